@@ -1,0 +1,1661 @@
+/*
+ * config.c - ringmxd configuration: embedded defaults, a Postfix main.cf
+ * style file read through libinih, `-o key=value` overrides and the
+ * dedicated command-line flags. Contract: include/ringmx/config.h; every key
+ * is documented in docs/config.md.
+ *
+ * Owner: the configuration module (this file, tests/unit/test_config.c,
+ * tests/fuzz/fuzz_config.c). A struct config is built here on the main
+ * thread and never modified after config_load() returns; config_free()
+ * releases everything it holds (domain strings, the domain array, itself).
+ *
+ * Layers, applied in order: defaults, file, -o, flags. Inside one layer a
+ * scalar key may be set once. A list key (listen, domains, cpus) replaces
+ * the lower layer's list on its first use in a layer and appends after that;
+ * domains and cpus also take continuation lines.
+ *
+ * libinih is driven through ini_parse_stream() with our own line reader, so
+ * that we know the line number in the handler, can reject what inih would
+ * accept but main.cf does not (sections, `key: value`, over-long lines, NUL
+ * bytes) and stop at the first error. The first error wins: every later
+ * fail() is ignored.
+ */
+#include <assert.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <sched.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
+#include <ini.h>
+
+#include "ringmx/config.h"
+#include "ringmx_version.h"
+
+#define NS_PER_S 1000000000ull
+#define DAY_S    86400ull
+
+/* Keep the CPU list bound and the kernel's in step. */
+_Static_assert(CONFIG_MAX_CPUS == CPU_SETSIZE, "CONFIG_MAX_CPUS must equal CPU_SETSIZE");
+
+enum key_type {
+	T_LISTEN,
+	T_HOSTNAME,
+	T_DOMAINS,
+	T_WORKERS,
+	T_CPUS,
+	T_UINT,     /* unsigned, plain decimal */
+	T_POW2,     /* unsigned, plain decimal, power of two */
+	T_SIZE32,   /* unsigned, size syntax */
+	T_SIZE64,   /* uint64_t, size syntax */
+	T_DURATION, /* uint64_t ns, duration syntax */
+	T_SINK,
+	T_BARE_NEWLINE,
+	T_PATH,       /* spool_dir */
+	T_DURABILITY,
+};
+
+struct key_def {
+	const char *name;
+	enum key_type type;
+	size_t off;        /* into struct config, for the numeric types */
+	uint64_t min, max; /* numeric bounds (ns for durations) */
+	bool reload;       /* takes effect on SIGHUP */
+};
+
+#define CO(f) offsetof(struct config, f)
+#define SEC(n) ((uint64_t)(n) * NS_PER_S)
+
+/* The order here is the order of config_print() and docs/config.md. */
+static const struct key_def keys[] = {
+	{"listen", T_LISTEN, 0, 0, 0, false},
+	{"hostname", T_HOSTNAME, 0, 0, 0, true},
+	{"domains", T_DOMAINS, 0, 0, 0, true},
+	{"workers", T_WORKERS, CO(workers), 0, CONFIG_MAX_WORKERS, false},
+	{"cpus", T_CPUS, 0, 0, 0, false},
+	{"max_connections", T_UINT, CO(max_connections), 1, 1048576, false},
+	{"recv_buffers", T_POW2, CO(recv_buffers), 16, 32768, false},
+	{"recv_buffer_size", T_SIZE32, CO(recv_buffer_size), 4096, 1048576, false},
+	{"listen_backlog", T_UINT, CO(listen_backlog), 1, 65535, false},
+	{"sink", T_SINK, 0, 0, 0, false},
+	{"spool_dir", T_PATH, 0, 0, 0, false},
+	{"segment_size", T_SIZE64, CO(segment_size), 64ull << 10, 1ull << 40, false},
+	{"durability", T_DURABILITY, 0, 0, 0, false},
+	{"commit_delay", T_DURATION, CO(commit_delay), 0, SEC(1), true},
+	{"commit_size", T_SIZE64, CO(commit_size), 4096, 1ull << 30, true},
+	{"spool_memory", T_SIZE64, CO(spool_memory), 1ull << 20, 1ull << 40, false},
+	{"message_size_limit", T_SIZE64, CO(smtp.message_size_limit), 1, 1ull << 40, true},
+	{"recipient_limit", T_UINT, CO(smtp.recipient_limit), 1, 1000000, true},
+	{"error_limit", T_UINT, CO(smtp.error_limit), 1, 1000000, true},
+	{"junk_limit", T_UINT, CO(smtp.junk_limit), 1, 1000000, true},
+	{"bare_newline", T_BARE_NEWLINE, 0, 0, 0, true},
+	{"greeting_timeout", T_DURATION, CO(smtp.greeting_timeout), SEC(1), SEC(7 * DAY_S), true},
+	{"command_timeout", T_DURATION, CO(smtp.command_timeout), SEC(1), SEC(7 * DAY_S), true},
+	{"data_timeout", T_DURATION, CO(smtp.data_timeout), SEC(1), SEC(7 * DAY_S), true},
+	{"data_end_timeout", T_DURATION, CO(smtp.data_end_timeout), SEC(1), SEC(7 * DAY_S), true},
+	{"session_timeout", T_DURATION, CO(smtp.session_timeout), SEC(1), SEC(7 * DAY_S), true},
+	{"shutdown_timeout", T_DURATION, CO(shutdown_timeout), 0, SEC(7 * DAY_S), true},
+};
+#define NKEYS (sizeof(keys) / sizeof(keys[0]))
+
+static const char *const default_domains[] = {"localhost", "example.test"};
+
+/* One source of settings: the file, the -o options or the flags. */
+struct layer {
+	const char *file; /* file name; NULL for the command line */
+	int lineno;       /* current physical line (file) */
+	bool cont;        /* current line is a continuation line */
+	int seen[NKEYS];  /* line (file) or 1 (command line) a key was first set */
+	char label[CONFIG_ERR_MAX / 2]; /* command line: "-o key=value" */
+};
+
+struct pstate {
+	struct config *cfg;
+	char *err;
+	bool failed;
+	struct layer ly;
+	/* The line reader's input. */
+	const char *buf;
+	size_t len, pos;
+	bool key_seen; /* mirrors inih's prev_name: a key line was seen */
+	char qbuf[288];
+};
+
+static int fail(struct pstate *st, const char *key, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static void buff(char *b, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* snprintf() for messages where cutting an over-long path or value short is
+ * the intended behaviour (and not worth a -Wformat-truncation warning). */
+static void
+buff(char *b, size_t cap, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(b, cap, fmt, ap);
+	va_end(ap);
+}
+
+/* First error wins. File errors: "file:line: key: problem"; command-line
+ * errors: "label: problem". */
+static int
+fail(struct pstate *st, const char *key, const char *fmt, ...)
+{
+	char prob[CONFIG_ERR_MAX];
+	va_list ap;
+
+	if (st->failed)
+		return -1;
+	st->failed = true;
+	va_start(ap, fmt);
+	vsnprintf(prob, sizeof(prob), fmt, ap);
+	va_end(ap);
+	if (st->ly.file == NULL)
+		buff(st->err, CONFIG_ERR_MAX, "%s: %s", st->ly.label, prob);
+	else if (key == NULL)
+		buff(st->err, CONFIG_ERR_MAX, "%s:%d: %s", st->ly.file, st->ly.lineno, prob);
+	else
+		buff(st->err, CONFIG_ERR_MAX, "%s:%d: %s: %s", st->ly.file, st->ly.lineno, key,
+		     prob);
+	return -1;
+}
+
+/* Printable, bounded copy of untrusted text for messages. */
+static void
+quote_into(char *b, size_t cap, const char *s)
+{
+	size_t o = 0, i;
+
+	assert(cap >= 64 * 4 + 8);
+	for (i = 0; s[i] != '\0'; i++) {
+		unsigned char c = (unsigned char)s[i];
+
+		if (i == 64) {
+			memcpy(b + o, "...", 3);
+			o += 3;
+			break;
+		}
+		if (c >= 0x20 && c < 0x7f) {
+			b[o++] = (char)c;
+		} else {
+			snprintf(b + o, 5, "\\x%02x", c);
+			o += 4;
+		}
+	}
+	b[o] = '\0';
+}
+
+static const char *
+q(struct pstate *st, const char *s)
+{
+	quote_into(st->qbuf, sizeof(st->qbuf), s);
+	return st->qbuf;
+}
+
+/* ---- value syntax ---- */
+
+static bool
+is_digit(char c)
+{
+	return c >= '0' && c <= '9';
+}
+
+static bool
+is_blank(char c)
+{
+	return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
+}
+
+/* Decimal digits up to end (or NUL). Returns 0, -1 (junk), -2 (overflow).
+ * *end is set past the last digit. */
+static int
+parse_digits(const char *s, uint64_t *out, const char **end)
+{
+	uint64_t v = 0;
+	const char *p = s;
+
+	if (!is_digit(*p))
+		return -1;
+	for (; is_digit(*p); p++) {
+		unsigned d = (unsigned)(*p - '0');
+
+		if (v > (UINT64_MAX - d) / 10) {
+			while (is_digit(*p))
+				p++;
+			*end = p;
+			return -2;
+		}
+		v = v * 10 + d;
+	}
+	*out = v;
+	*end = p;
+	return 0;
+}
+
+static int
+parse_uint(const char *s, uint64_t *out)
+{
+	const char *end;
+	int rc = parse_digits(s, out, &end);
+
+	if (rc == 0 && *end != '\0')
+		return -1;
+	if (rc == -2 && *end != '\0')
+		return -1;
+	return rc;
+}
+
+/* Bytes with an optional k/m/g suffix (powers of 1024). */
+static int
+parse_size(const char *s, uint64_t *out)
+{
+	const char *end;
+	uint64_t v, mul = 1;
+	int rc = parse_digits(s, &v, &end);
+
+	if (rc == -1)
+		return -1;
+	switch (*end) {
+	case '\0':
+		break;
+	case 'k':
+	case 'K':
+		mul = 1ull << 10;
+		end++;
+		break;
+	case 'm':
+	case 'M':
+		mul = 1ull << 20;
+		end++;
+		break;
+	case 'g':
+	case 'G':
+		mul = 1ull << 30;
+		end++;
+		break;
+	default:
+		return -1;
+	}
+	if (*end != '\0')
+		return -1;
+	if (rc == -2 || v > UINT64_MAX / mul)
+		return -2;
+	*out = v * mul;
+	return 0;
+}
+
+/* Seconds with an optional us/ms/s/m/h/d suffix; the result is in ns. */
+static int
+parse_duration(const char *s, uint64_t *ns)
+{
+	const char *end;
+	uint64_t v, mul = 1;
+	int rc = parse_digits(s, &v, &end);
+
+	if (rc == -1)
+		return -1;
+	/* Sub-second units (commit_delay): the multiplier is in ns. */
+	if ((end[0] == 'm' || end[0] == 'u') && end[1] == 's' && end[2] == '\0') {
+		uint64_t sub = end[0] == 'm' ? 1000000ull : 1000ull;
+
+		if (rc == -2 || v > UINT64_MAX / sub)
+			return -2;
+		*ns = v * sub;
+		return 0;
+	}
+	switch (*end) {
+	case '\0':
+		break;
+	case 's':
+		end++;
+		break;
+	case 'm':
+		mul = 60;
+		end++;
+		break;
+	case 'h':
+		mul = 3600;
+		end++;
+		break;
+	case 'd':
+		mul = DAY_S;
+		end++;
+		break;
+	default:
+		return -1;
+	}
+	if (*end != '\0')
+		return -1;
+	if (rc == -2 || v > UINT64_MAX / mul || v * mul > UINT64_MAX / NS_PER_S)
+		return -2;
+	*ns = v * mul * NS_PER_S;
+	return 0;
+}
+
+static int
+parse_bool(const char *s, bool *b)
+{
+	static const char *const yes[] = {"yes", "true", "on", "1"};
+	static const char *const no[] = {"no", "false", "off", "0"};
+	size_t i;
+
+	for (i = 0; i < 4; i++) {
+		if (strcmp(s, yes[i]) == 0) {
+			*b = true;
+			return 0;
+		}
+		if (strcmp(s, no[i]) == 0) {
+			*b = false;
+			return 0;
+		}
+	}
+	return -1;
+}
+
+/* Largest unit that divides exactly: "5m", "1h", "30s", "1ms", "250us". */
+static void
+fmt_duration(char *b, size_t cap, uint64_t ns)
+{
+	uint64_t s = ns / NS_PER_S;
+
+	if (ns % NS_PER_S != 0) {
+		if (ns % 1000000ull == 0)
+			snprintf(b, cap, "%llums", (unsigned long long)(ns / 1000000ull));
+		else
+			snprintf(b, cap, "%lluus", (unsigned long long)(ns / 1000ull));
+		return;
+	}
+	if (s != 0 && s % DAY_S == 0)
+		snprintf(b, cap, "%llud", (unsigned long long)(s / DAY_S));
+	else if (s != 0 && s % 3600 == 0)
+		snprintf(b, cap, "%lluh", (unsigned long long)(s / 3600));
+	else if (s != 0 && s % 60 == 0)
+		snprintf(b, cap, "%llum", (unsigned long long)(s / 60));
+	else
+		snprintf(b, cap, "%llus", (unsigned long long)s);
+}
+
+/*
+ * RFC 1035 LDH labels of at most 63 octets, at most SMTP_DOMAIN_MAX in all,
+ * no empty label (so no trailing dot), and a last label that is not all
+ * digits (that would be an IPv4 address). With wildcard_ok a leading '.'
+ * (every subdomain) is allowed.
+ */
+static bool
+domain_valid(const char *s, size_t n, bool wildcard_ok)
+{
+	size_t i, label = 0;
+	bool digits = true;
+
+	if (wildcard_ok && n > 0 && s[0] == '.') {
+		s++;
+		n--;
+	}
+	if (n == 0 || n > SMTP_DOMAIN_MAX)
+		return false;
+	for (i = 0; i < n; i++) {
+		char c = s[i];
+
+		if (c == '.') {
+			if (label == 0 || s[i - 1] == '-')
+				return false;
+			label = 0;
+			digits = true;
+			continue;
+		}
+		if (!(is_digit(c) || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '-'))
+			return false;
+		if (label == 0 && c == '-')
+			return false;
+		if (++label > 63)
+			return false;
+		if (!is_digit(c))
+			digits = false;
+	}
+	return label != 0 && s[n - 1] != '-' && !digits;
+}
+
+/* ---- lists ---- */
+
+static void
+domains_clear(struct config *cfg)
+{
+	size_t i;
+
+	for (i = 0; i < cfg->ndomains; i++)
+		free(cfg->domain_list[i]);
+	free(cfg->domain_list);
+	cfg->domain_list = NULL;
+	cfg->ndomains = 0;
+}
+
+static int
+domain_add(struct pstate *st, const char *key, const char *tok, size_t n)
+{
+	struct config *cfg = st->cfg;
+	char d[SMTP_DOMAIN_MAX + 2];
+	char **nl;
+	size_t i;
+
+	if (!domain_valid(tok, n, true)) {
+		char raw[CONFIG_LINE_MAX + 1];
+
+		assert(n <= CONFIG_LINE_MAX);
+		memcpy(raw, tok, n);
+		raw[n] = '\0';
+		return fail(st, key, "not a domain: '%s'", q(st, raw));
+	}
+	assert(n < sizeof(d));
+	for (i = 0; i < n; i++)
+		d[i] = (tok[i] >= 'A' && tok[i] <= 'Z') ? (char)(tok[i] - 'A' + 'a') : tok[i];
+	d[n] = '\0';
+	for (i = 0; i < cfg->ndomains; i++)
+		if (strcmp(cfg->domain_list[i], d) == 0)
+			return fail(st, key, "duplicate domain: '%s'", d);
+	if (cfg->ndomains == CONFIG_MAX_DOMAINS)
+		return fail(st, key, "too many domains (max %d)", CONFIG_MAX_DOMAINS);
+	nl = realloc(cfg->domain_list, (cfg->ndomains + 1) * sizeof(*nl));
+	if (nl == NULL)
+		return fail(st, key, "out of memory");
+	cfg->domain_list = nl;
+	nl[cfg->ndomains] = strdup(d);
+	if (nl[cfg->ndomains] == NULL)
+		return fail(st, key, "out of memory");
+	cfg->ndomains++;
+	return 0;
+}
+
+/* Domains separated by commas and/or blanks; appended to the list. */
+static int
+domains_parse(struct pstate *st, const char *key, const char *v)
+{
+	const char *p = v;
+
+	for (;;) {
+		const char *t;
+
+		while (*p == ',' || is_blank(*p))
+			p++;
+		if (*p == '\0')
+			return 0;
+		t = p;
+		while (*p != '\0' && *p != ',' && !is_blank(*p))
+			p++;
+		if (domain_add(st, key, t, (size_t)(p - t)) < 0)
+			return -1;
+	}
+}
+
+/* Quoted copy of the token t[0..n) for messages. */
+static void
+tok_quote(char *b, size_t cap, const char *t, size_t n)
+{
+	char raw[72];
+
+	if (n > 65)
+		n = 65; /* quote_into() marks the cut with "..." */
+	memcpy(raw, t, n);
+	raw[n] = '\0';
+	quote_into(b, cap, raw);
+}
+
+/*
+ * CPUs ("0-3,6": numbers and ranges separated by commas and/or blanks)
+ * appended to list[*n]. Returns 0, or -1 with the reason in why.
+ */
+static int
+cpus_parse(const char *v, int *list, size_t *n, size_t max, char *why, size_t whylen)
+{
+	bool seen[CPU_SETSIZE] = {false};
+	const char *p = v;
+	char qb[288];
+	size_t i;
+
+	for (i = 0; i < *n; i++)
+		seen[list[i]] = true;
+	for (;;) {
+		uint64_t lo, hi;
+		const char *t, *end;
+		int rc;
+
+		while (*p == ',' || is_blank(*p))
+			p++;
+		if (*p == '\0')
+			return 0;
+		t = p;
+		while (*p != '\0' && *p != ',' && !is_blank(*p))
+			p++;
+		tok_quote(qb, sizeof(qb), t, (size_t)(p - t));
+		rc = parse_digits(t, &lo, &end);
+		hi = lo;
+		if (rc == 0 && *end == '-')
+			rc = parse_digits(end + 1, &hi, &end);
+		if (rc == -1 || end != p) {
+			buff(why, whylen, "not a CPU list: '%s'", qb);
+			return -1;
+		}
+		if (rc == -2 || lo >= CPU_SETSIZE || hi >= CPU_SETSIZE) {
+			buff(why, whylen, "CPU out of range: '%s' (0..%d)", qb, CPU_SETSIZE - 1);
+			return -1;
+		}
+		if (lo > hi) {
+			buff(why, whylen, "not a CPU range: '%s'", qb);
+			return -1;
+		}
+		for (; lo <= hi; lo++) {
+			if (seen[lo]) {
+				buff(why, whylen, "CPU %d listed twice", (int)lo);
+				return -1;
+			}
+			if (*n == max) {
+				buff(why, whylen, "too many CPUs (max %zu)", max);
+				return -1;
+			}
+			seen[lo] = true;
+			list[(*n)++] = (int)lo;
+		}
+	}
+}
+
+int
+config_parse_cpus(const char *s, int *cpus, size_t max)
+{
+	char why[400];
+	size_t n = 0;
+
+	assert(s != NULL && (cpus != NULL || max == 0));
+	if (cpus_parse(s, cpus, &n, max, why, sizeof(why)) < 0)
+		return -1;
+	return (int)n;
+}
+
+/* ---- listeners ---- */
+
+static bool
+listener_same(const struct listener_conf *a, const struct listener_conf *b)
+{
+	return a->addrlen == b->addrlen && memcmp(&a->addr, &b->addr, a->addrlen) == 0;
+}
+
+static void
+listener_text(struct listener_conf *l)
+{
+	char a[INET6_ADDRSTRLEN];
+
+	if (l->addr.ss_family == AF_INET) {
+		const struct sockaddr_in *s4 = (const struct sockaddr_in *)&l->addr;
+
+		inet_ntop(AF_INET, &s4->sin_addr, a, sizeof(a));
+		snprintf(l->text, sizeof(l->text), "%s:%u", a, ntohs(s4->sin_port));
+	} else {
+		const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)&l->addr;
+
+		assert(l->addr.ss_family == AF_INET6);
+		inet_ntop(AF_INET6, &s6->sin6_addr, a, sizeof(a));
+		snprintf(l->text, sizeof(l->text), "[%s]:%u", a, ntohs(s6->sin6_port));
+	}
+}
+
+static void
+listener_set_port(struct listener_conf *l, uint16_t port)
+{
+	if (l->addr.ss_family == AF_INET)
+		((struct sockaddr_in *)&l->addr)->sin_port = htons(port);
+	else
+		((struct sockaddr_in6 *)&l->addr)->sin6_port = htons(port);
+	listener_text(l);
+}
+
+static int
+port_parse(struct pstate *st, const char *key, const char *s, uint16_t *port)
+{
+	uint64_t v;
+	int rc = parse_uint(s, &v);
+
+	if (rc == -1)
+		return fail(st, key, "not a port: '%s'", q(st, s));
+	if (rc == -2 || v < 1 || v > 65535)
+		return fail(st, key, "port out of range: '%s' (1..65535)", q(st, s));
+	*port = (uint16_t)v;
+	return 0;
+}
+
+/* "ADDRESS:PORT": IPv4, [IPv6], '*' (0.0.0.0) or [::]. */
+static int
+listener_addr(struct pstate *st, const char *key, char *a, struct listener_conf *l)
+{
+	struct sockaddr_in *s4 = (struct sockaddr_in *)&l->addr;
+	struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&l->addr;
+	char *host = a, *port;
+	uint16_t pn;
+
+	if (*a == '[') {
+		char *rb = strchr(a, ']');
+
+		if (rb == NULL || rb[1] != ':')
+			return fail(st, key, "not ADDRESS:PORT: '%s'", q(st, a));
+		*rb = '\0';
+		host = a + 1;
+		port = rb + 2;
+		if (inet_pton(AF_INET6, host, &s6->sin6_addr) != 1)
+			return fail(st, key, "not an IPv6 address: '%s'", q(st, host));
+		s6->sin6_family = AF_INET6;
+		l->addrlen = sizeof(*s6);
+	} else {
+		port = strrchr(a, ':');
+		if (port == NULL)
+			return fail(st, key, "not ADDRESS:PORT: '%s'", q(st, a));
+		*port++ = '\0';
+		if (strchr(host, ':') != NULL)
+			return fail(st, key, "IPv6 addresses must be in brackets: '%s'", q(st, host));
+		if (strcmp(host, "*") == 0)
+			s4->sin_addr.s_addr = htonl(INADDR_ANY);
+		else if (inet_pton(AF_INET, host, &s4->sin_addr) != 1)
+			return fail(st, key, "not an IPv4 address: '%s'", q(st, host));
+		s4->sin_family = AF_INET;
+		l->addrlen = sizeof(*s4);
+	}
+	if (port_parse(st, key, port, &pn) < 0)
+		return -1;
+	listener_set_port(l, pn);
+	return 0;
+}
+
+static int
+listener_option(struct pstate *st, const char *key, char *opt, struct listener_conf *l,
+		unsigned *have)
+{
+	static const char *const tls[] = {"none", "starttls", "required", "implicit"};
+	char *v = strchr(opt, '=');
+	size_t i;
+
+	if (v == NULL)
+		return fail(st, key, "not option=value: '%s'", q(st, opt));
+	*v++ = '\0';
+	if (strcmp(opt, "tls") == 0) {
+		if (*have & 1)
+			return fail(st, key, "option given twice: 'tls'");
+		*have |= 1;
+		for (i = 0; i < 4; i++)
+			if (strcmp(v, tls[i]) == 0)
+				break;
+		if (i == 4)
+			return fail(st, key, "not one of none, starttls, required, implicit: tls=%s",
+				    q(st, v));
+		l->tls = (enum listener_tls)i;
+		return 0;
+	}
+	if (strcmp(opt, "proxy") == 0) {
+		if (*have & 2)
+			return fail(st, key, "option given twice: 'proxy'");
+		*have |= 2;
+		if (parse_bool(v, &l->proxy) < 0)
+			return fail(st, key, "not a boolean: proxy=%s", q(st, v));
+		return 0;
+	}
+	return fail(st, key, "unknown option: '%s'", q(st, opt));
+}
+
+/* "ADDRESS:PORT [option=value ...]", appended to the listeners. */
+static int
+listen_parse(struct pstate *st, const char *key, const char *value)
+{
+	struct config *cfg = st->cfg;
+	struct listener_conf l;
+	char buf[CONFIG_LINE_MAX + 1], *tok, *save = NULL;
+	unsigned have = 0;
+	size_t i;
+
+	memset(&l, 0, sizeof(l));
+	if (strlen(value) >= sizeof(buf))
+		return fail(st, key, "value too long");
+	strcpy(buf, value);
+	tok = strtok_r(buf, " \t", &save);
+	assert(tok != NULL); /* empty values are refused before */
+	if (listener_addr(st, key, tok, &l) < 0)
+		return -1;
+	while ((tok = strtok_r(NULL, " \t", &save)) != NULL)
+		if (listener_option(st, key, tok, &l, &have) < 0)
+			return -1;
+	if (l.tls != LISTENER_TLS_NONE) {
+		static const char *const names[] = {"none", "starttls", "required", "implicit"};
+
+		return fail(st, key, "tls=%s is not supported by this build yet", names[l.tls]);
+	}
+	if (l.proxy)
+		return fail(st, key, "proxy=yes is not supported by this build yet");
+	for (i = 0; i < cfg->nlisteners; i++)
+		if (listener_same(&cfg->listeners[i], &l))
+			return fail(st, key, "duplicate listener: %s", l.text);
+	if (cfg->nlisteners == CONFIG_MAX_LISTENERS)
+		return fail(st, key, "too many listeners (max %d)", CONFIG_MAX_LISTENERS);
+	cfg->listeners[cfg->nlisteners++] = l;
+	return 0;
+}
+
+/* ---- keys ---- */
+
+static const struct key_def *
+key_find(const char *name)
+{
+	size_t i;
+
+	for (i = 0; i < NKEYS; i++)
+		if (strcmp(keys[i].name, name) == 0)
+			return &keys[i];
+	return NULL;
+}
+
+static bool
+key_is_list(const struct key_def *k)
+{
+	return k->type == T_LISTEN || k->type == T_DOMAINS || k->type == T_CPUS;
+}
+
+static int
+set_number(struct pstate *st, const struct key_def *k, const char *v)
+{
+	char lo[32], hi[32];
+	uint64_t n = 0;
+	int rc;
+
+	switch (k->type) {
+	case T_SIZE32:
+	case T_SIZE64:
+		rc = parse_size(v, &n);
+		if (rc == -1)
+			return fail(st, k->name, "not a size: '%s'", q(st, v));
+		break;
+	case T_DURATION:
+		rc = parse_duration(v, &n);
+		if (rc == -1)
+			return fail(st, k->name, "not a duration: '%s'", q(st, v));
+		break;
+	default:
+		rc = parse_uint(v, &n);
+		if (rc == -1)
+			return fail(st, k->name, "not a number: '%s'", q(st, v));
+		break;
+	}
+	if (rc == -2 || n < k->min || n > k->max) {
+		if (k->type == T_DURATION) {
+			fmt_duration(lo, sizeof(lo), k->min);
+			fmt_duration(hi, sizeof(hi), k->max);
+		} else {
+			snprintf(lo, sizeof(lo), "%llu", (unsigned long long)k->min);
+			snprintf(hi, sizeof(hi), "%llu", (unsigned long long)k->max);
+		}
+		return fail(st, k->name, "out of range: '%s' (%s..%s)", q(st, v), lo, hi);
+	}
+	if (k->type == T_POW2 && (n & (n - 1)) != 0)
+		return fail(st, k->name, "not a power of two: '%s'", q(st, v));
+	if (k->type == T_SIZE64 || k->type == T_DURATION)
+		*(uint64_t *)(void *)((char *)st->cfg + k->off) = n;
+	else
+		*(unsigned *)(void *)((char *)st->cfg + k->off) = (unsigned)n;
+	return 0;
+}
+
+static int
+set_value(struct pstate *st, const struct key_def *k, const char *v)
+{
+	struct config *cfg = st->cfg;
+	char why[400];
+
+	switch (k->type) {
+	case T_LISTEN:
+		return listen_parse(st, k->name, v);
+	case T_DOMAINS:
+		return domains_parse(st, k->name, v);
+	case T_CPUS:
+		if (cpus_parse(v, cfg->cpu_list, &cfg->ncpu_list, CONFIG_MAX_CPUS, why,
+			       sizeof(why)) < 0)
+			return fail(st, k->name, "%s", why);
+		return 0;
+	case T_HOSTNAME:
+		if (!domain_valid(v, strlen(v), false))
+			return fail(st, k->name, "not a valid host name: '%s'", q(st, v));
+		strcpy(cfg->smtp.hostname, v); /* domain_valid bounds it to 255 */
+		return 0;
+	case T_SINK:
+		if (strcmp(v, "discard") == 0)
+			cfg->sink = SINK_KIND_DISCARD;
+		else if (strcmp(v, "spool") == 0)
+			cfg->sink = SINK_KIND_SPOOL;
+		else
+			return fail(st, k->name, "not one of spool, discard: '%s'", q(st, v));
+		return 0;
+	case T_DURABILITY:
+		if (strcmp(v, "fsync") == 0)
+			cfg->durability = SPOOL_DURABILITY_FSYNC;
+		else if (strcmp(v, "none") == 0)
+			cfg->durability = SPOOL_DURABILITY_NONE;
+		else
+			return fail(st, k->name, "not one of fsync, none: '%s'", q(st, v));
+		return 0;
+	case T_PATH:
+		/* Control characters would make log lines and file names
+		 * ambiguous; a path is otherwise taken as written. */
+		for (const char *c = v; *c; c++)
+			if ((unsigned char)*c < 0x20 || *c == 0x7f)
+				return fail(st, k->name, "control character in path: '%s'", q(st, v));
+		if (strlen(v) >= sizeof(cfg->spool_dir) - 64)
+			return fail(st, k->name, "path too long (max %zu bytes)",
+				    sizeof(cfg->spool_dir) - 65);
+		strcpy(cfg->spool_dir, v);
+		return 0;
+	case T_BARE_NEWLINE:
+		if (strcmp(v, "normalize") == 0)
+			cfg->smtp.bare_newline = SMTP_BARE_NEWLINE_NORMALIZE;
+		else if (strcmp(v, "reject") == 0)
+			cfg->smtp.bare_newline = SMTP_BARE_NEWLINE_REJECT;
+		else
+			return fail(st, k->name, "not one of normalize, reject: '%s'", q(st, v));
+		return 0;
+	default:
+		return set_number(st, k, v);
+	}
+}
+
+/*
+ * Apply one setting of the current layer. cont: v continues the previous
+ * line of the same key. Scalars may be set once per layer; a list key's
+ * first use in a layer drops what lower layers set.
+ */
+static int
+set_key(struct pstate *st, const char *name, const char *v, bool cont)
+{
+	const struct key_def *k = key_find(name);
+	struct config *cfg = st->cfg;
+	int *seen;
+
+	if (k == NULL)
+		return fail(st, name, "unknown key");
+	seen = &st->ly.seen[k - keys];
+	if (cont && k->type != T_DOMAINS && k->type != T_CPUS)
+		return fail(st, k->name, "continuation line not allowed (only domains and cpus "
+					 "take continuation lines)");
+	if (!cont && !key_is_list(k) && *seen != 0) {
+		if (st->ly.file != NULL)
+			return fail(st, k->name, "already set on line %d", *seen);
+		return fail(st, k->name, "already set by an earlier option");
+	}
+	if (!cont && *seen == 0) {
+		*seen = st->ly.file != NULL ? st->ly.lineno : 1;
+		if (k->type == T_LISTEN)
+			cfg->nlisteners = 0;
+		else if (k->type == T_DOMAINS)
+			domains_clear(cfg);
+		else if (k->type == T_CPUS)
+			cfg->ncpu_list = 0;
+	}
+	/* An empty `domains =` or `cpus =` line may be followed by
+	 * continuation lines; an empty cpus list means no pinning. */
+	if (*v == '\0' && k->type != T_CPUS && !(k->type == T_DOMAINS && st->ly.file != NULL))
+		return fail(st, k->name, "empty value");
+	return set_value(st, k, v);
+}
+
+/* End of a layer: list keys that ended up empty. */
+static int
+layer_end(struct pstate *st)
+{
+	int line = st->ly.seen[2]; /* domains */
+
+	assert(strcmp(keys[2].name, "domains") == 0);
+	if (line != 0 && st->cfg->ndomains == 0) {
+		st->ly.lineno = line;
+		return fail(st, "domains", "empty list");
+	}
+	return 0;
+}
+
+/* ---- the file ---- */
+
+/*
+ * inih's line reader. Hands inih one physical line at a time (so the line
+ * number is known in the handler) after checking what inih would accept
+ * but main.cf syntax does not. Returning NULL stops the parse.
+ */
+static char *
+cfg_reader(char *str, int num, void *stream)
+{
+	struct pstate *st = stream;
+	const char *p, *nl, *s, *k;
+	size_t n, body;
+
+	if (st->failed || st->pos >= st->len)
+		return NULL;
+	p = st->buf + st->pos;
+	nl = memchr(p, '\n', st->len - st->pos);
+	n = nl != NULL ? (size_t)(nl - p) + 1 : st->len - st->pos;
+	body = nl != NULL ? n - 1 : n;
+	st->pos += n;
+	st->ly.lineno++;
+	st->ly.cont = false;
+	if (body > CONFIG_LINE_MAX) {
+		fail(st, NULL, "line too long (max %d bytes)", CONFIG_LINE_MAX);
+		return NULL;
+	}
+	if (memchr(p, '\0', body) != NULL) {
+		fail(st, NULL, "NUL byte in line");
+		return NULL;
+	}
+	assert(num > 0 && (size_t)num > n);
+	memcpy(str, p, n);
+	str[n] = '\0';
+
+	for (s = str; is_blank(*s); s++)
+		;
+	if (*s == '\0' || *s == '#')
+		return str; /* blank or comment */
+	if (s > str && st->key_seen) {
+		st->ly.cont = true; /* inih passes it with the previous key */
+		return str;
+	}
+	if (*s == '[') {
+		fail(st, NULL, "sections are not supported");
+		return NULL;
+	}
+	for (k = s; is_digit(*s) || (*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') ||
+		    *s == '_' || *s == '-';
+	     s++)
+		;
+	if (s == k || s - k > 40) {
+		fail(st, NULL, "syntax error: expected 'key = value'");
+		return NULL;
+	}
+	while (*s == ' ' || *s == '\t')
+		s++;
+	if (*s != '=') {
+		fail(st, NULL, "syntax error: expected 'key = value'");
+		return NULL;
+	}
+	st->key_seen = true;
+	return str;
+}
+
+static int
+cfg_handler(void *user, const char *section, const char *name, const char *value)
+{
+	struct pstate *st = user;
+
+	if (st->failed)
+		return 0;
+	if (section != NULL && *section != '\0') {
+		fail(st, NULL, "sections are not supported");
+		return 0;
+	}
+	assert(name != NULL && value != NULL);
+	return set_key(st, name, value, st->ly.cont) == 0;
+}
+
+static char ini_comment_prefixes[] = "#";
+static char ini_no_inline_prefixes[] = "";
+
+static int
+parse_text(struct pstate *st, const char *name, const char *text, size_t len)
+{
+	int rc;
+
+	memset(&st->ly, 0, sizeof(st->ly));
+	st->ly.file = name;
+	st->buf = text;
+	st->len = len;
+	st->pos = 0;
+	st->key_seen = false;
+
+	/* libinih 55 runtime knobs (Debian builds it with INI_RUNTIME_OPTIONS).
+	 * main.cf has only whole-line '#' comments: a ';' or '#' inside a
+	 * value is part of the value. */
+	ini_allow_multiline = true;
+	ini_allow_bom = false;
+	ini_start_comment_prefixes = ini_comment_prefixes;
+	ini_allow_inline_comments = false;
+	ini_inline_comment_prefixes = ini_no_inline_prefixes;
+	ini_use_stack = true;
+	ini_max_line = CONFIG_LINE_MAX + 3; /* '\r', '\n', NUL */
+	ini_allow_realloc = false;
+	ini_stop_on_first_error = true;
+	ini_allow_no_value = false;
+
+	rc = ini_parse_stream(cfg_reader, st, cfg_handler, st);
+	if (st->failed)
+		return -1;
+	if (rc == -2)
+		return fail(st, NULL, "out of memory");
+	if (rc != 0) {
+		st->ly.lineno = rc;
+		return fail(st, NULL, "syntax error");
+	}
+	return layer_end(st);
+}
+
+static int
+read_file(const char *path, char **out, size_t *outlen, char *err)
+{
+	size_t len = 0, cap = 8192;
+	char *buf;
+	int fd;
+
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		buff(err, CONFIG_ERR_MAX, "%s: cannot open: %s", path, strerror(errno));
+		return -1;
+	}
+	buf = malloc(cap);
+	while (buf != NULL) {
+		ssize_t r;
+
+		if (len == cap) {
+			char *nb = cap > CONFIG_FILE_MAX ? NULL : realloc(buf, cap * 2);
+
+			if (nb == NULL) {
+				free(buf);
+				close(fd);
+				buff(err, CONFIG_ERR_MAX, "%s: file too large (max %d bytes)",
+					 path, CONFIG_FILE_MAX);
+				return -1;
+			}
+			buf = nb;
+			cap *= 2;
+		}
+		r = read(fd, buf + len, cap - len);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0) {
+			buff(err, CONFIG_ERR_MAX, "%s: cannot read: %s", path, strerror(errno));
+			free(buf);
+			close(fd);
+			return -1;
+		}
+		if (r == 0)
+			break;
+		len += (size_t)r;
+	}
+	close(fd);
+	if (buf == NULL) {
+		buff(err, CONFIG_ERR_MAX, "%s: out of memory", path);
+		return -1;
+	}
+	if (len > CONFIG_FILE_MAX) {
+		buff(err, CONFIG_ERR_MAX, "%s: file too large (max %d bytes)", path,
+			 CONFIG_FILE_MAX);
+		free(buf);
+		return -1;
+	}
+	*out = buf;
+	*outlen = len;
+	return 0;
+}
+
+/* ---- the command line ---- */
+
+static void
+layer_cli(struct pstate *st, const char *opt, const char *arg)
+{
+	memset(&st->ly, 0, sizeof(st->ly));
+	quote_into(st->qbuf, sizeof(st->qbuf), arg);
+	buff(st->ly.label, sizeof(st->ly.label), "%s %s", opt, st->qbuf);
+}
+
+/* One -o key=value. Keeps the -o layer's seen[] (scalars once per layer). */
+static int
+apply_set(struct pstate *st, const char *arg, int *seen)
+{
+	char key[48], val[CONFIG_LINE_MAX + 1];
+	const char *eq = strchr(arg, '=');
+	size_t kl, vl;
+	int rc;
+
+	layer_cli(st, "-o", arg);
+	memcpy(st->ly.seen, seen, sizeof(st->ly.seen));
+	if (eq == NULL)
+		return fail(st, NULL, "expected key=value");
+	kl = (size_t)(eq - arg);
+	if (kl >= sizeof(key))
+		return fail(st, NULL, "unknown key");
+	memcpy(key, arg, kl);
+	key[kl] = '\0';
+	eq++;
+	while (is_blank(*eq))
+		eq++;
+	vl = strlen(eq);
+	while (vl > 0 && is_blank(eq[vl - 1]))
+		vl--;
+	if (vl >= sizeof(val))
+		return fail(st, NULL, "value too long");
+	memcpy(val, eq, vl);
+	val[vl] = '\0';
+	rc = set_key(st, key, val, false);
+	memcpy(seen, st->ly.seen, sizeof(st->ly.seen));
+	return rc;
+}
+
+static int
+apply_args(struct pstate *st, const struct config_args *a)
+{
+	int seen[NKEYS] = {0};
+	uint16_t port;
+	size_t i, j;
+
+	for (i = 0; i < a->nsets; i++)
+		if (apply_set(st, a->sets[i], seen) < 0)
+			return -1;
+	memset(seen, 0, sizeof(seen));
+	for (i = 0; i < a->nlisten; i++) {
+		layer_cli(st, "--listen", a->listen[i]);
+		if (i == 0)
+			st->cfg->nlisteners = 0;
+		if (*a->listen[i] == '\0')
+			return fail(st, NULL, "empty value");
+		if (listen_parse(st, NULL, a->listen[i]) < 0)
+			return -1;
+	}
+	if (a->workers != NULL) {
+		layer_cli(st, "--workers", a->workers);
+		if (set_key(st, "workers", a->workers, false) < 0)
+			return -1;
+	}
+	if (a->cpus != NULL) {
+		layer_cli(st, "--cpus", a->cpus);
+		if (set_key(st, "cpus", a->cpus, false) < 0)
+			return -1;
+	}
+	if (a->port == NULL)
+		return 0;
+	layer_cli(st, "--port", a->port);
+	if (port_parse(st, NULL, a->port, &port) < 0)
+		return -1;
+	for (i = 0; i < st->cfg->nlisteners; i++) {
+		listener_set_port(&st->cfg->listeners[i], port);
+		for (j = 0; j < i; j++)
+			if (listener_same(&st->cfg->listeners[j], &st->cfg->listeners[i]))
+				return fail(st, NULL, "duplicate listener: %s",
+					    st->cfg->listeners[i].text);
+	}
+	return 0;
+}
+
+/* ---- defaults and resolution ---- */
+
+static int
+set_defaults(struct config *cfg)
+{
+	struct sockaddr_in *s4 = (struct sockaddr_in *)&cfg->listeners[0].addr;
+	size_t i;
+
+	s4->sin_family = AF_INET;
+	s4->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	cfg->listeners[0].addrlen = sizeof(*s4);
+	listener_set_port(&cfg->listeners[0], 2525);
+	cfg->nlisteners = 1;
+
+	cfg->workers = 0;
+	cfg->max_connections = 16384;
+	cfg->recv_buffers = 4096;
+	cfg->recv_buffer_size = 16384;
+	cfg->listen_backlog = 4096;
+	cfg->sink = SINK_KIND_SPOOL;
+	strcpy(cfg->spool_dir, "/var/spool/ringmx");
+	cfg->segment_size = 64ull << 20;
+	cfg->durability = SPOOL_DURABILITY_FSYNC;
+	cfg->commit_delay = 1000000ull; /* 1ms */
+	cfg->commit_size = 1ull << 20;
+	cfg->spool_memory = 256ull << 20;
+
+	cfg->smtp.message_size_limit = 10240000;
+	cfg->smtp.recipient_limit = 1000;
+	cfg->smtp.error_limit = 20;
+	cfg->smtp.junk_limit = 100;
+	cfg->smtp.bare_newline = SMTP_BARE_NEWLINE_NORMALIZE;
+	cfg->smtp.greeting_timeout = SEC(300);
+	cfg->smtp.command_timeout = SEC(300);
+	cfg->smtp.data_timeout = SEC(180);
+	cfg->smtp.data_end_timeout = SEC(600);
+	cfg->smtp.session_timeout = SEC(3600);
+	cfg->smtp.starttls = false;
+	cfg->shutdown_timeout = SEC(30);
+
+	cfg->domain_list = calloc(2, sizeof(char *));
+	if (cfg->domain_list == NULL)
+		return -1;
+	for (i = 0; i < 2; i++) {
+		cfg->domain_list[i] = strdup(default_domains[i]);
+		if (cfg->domain_list[i] == NULL)
+			return -1;
+		cfg->ndomains++;
+	}
+	return 0;
+}
+
+static unsigned
+affinity_cpus(void)
+{
+	cpu_set_t set;
+	long n;
+
+	if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0)
+		return (unsigned)CPU_COUNT(&set);
+	n = sysconf(_SC_NPROCESSORS_ONLN);
+	return n > 0 ? (unsigned)n : 1;
+}
+
+static int
+finish(struct config *cfg, char *err)
+{
+	size_t i;
+
+	(void)err; /* no cross-key check can fail today */
+
+	if (cfg->smtp.hostname[0] == '\0') {
+		char h[256] = "";
+
+		/* A machine named like "build_01" must still start on defaults
+		 * (tools/run): fall back to "localhost"; operators set hostname. */
+		if (gethostname(h, sizeof(h) - 1) < 0 || !domain_valid(h, strlen(h), false))
+			strcpy(h, "localhost");
+		strcpy(cfg->smtp.hostname, h);
+	}
+	if (cfg->workers == 0) {
+		cfg->workers = cfg->ncpu_list > 0 ? (unsigned)cfg->ncpu_list : affinity_cpus();
+		if (cfg->workers > CONFIG_MAX_WORKERS)
+			cfg->workers = CONFIG_MAX_WORKERS;
+	}
+	assert(cfg->workers >= 1 && cfg->workers <= CONFIG_MAX_WORKERS);
+	for (i = 0; i < CONFIG_MAX_WORKERS; i++)
+		cfg->cpus[i] = -1;
+	cfg->ncpus = 0;
+	if (cfg->ncpu_list > 0) {
+		for (i = 0; i < cfg->workers; i++)
+			cfg->cpus[i] = cfg->cpu_list[i % cfg->ncpu_list];
+		cfg->ncpus = cfg->workers;
+	}
+	assert(cfg->nlisteners >= 1 && cfg->ndomains >= 1);
+	cfg->smtp.domains = (const char *const *)cfg->domain_list;
+	cfg->smtp.ndomains = cfg->ndomains;
+	cfg->smtp.starttls = false;
+	return 0;
+}
+
+static struct config *
+load(const char *name, const char *text, size_t len, const struct config_args *args, char *err)
+{
+	struct pstate st;
+	struct config *cfg;
+
+	assert(err != NULL);
+	err[0] = '\0';
+	cfg = calloc(1, sizeof(*cfg));
+	if (cfg == NULL || set_defaults(cfg) < 0) {
+		buff(err, CONFIG_ERR_MAX, "out of memory");
+		config_free(cfg);
+		return NULL;
+	}
+	memset(&st, 0, sizeof(st));
+	st.cfg = cfg;
+	st.err = err;
+	if (name != NULL) {
+		snprintf(cfg->path, sizeof(cfg->path), "%s", name);
+		if (parse_text(&st, name, text, len) < 0)
+			goto fail;
+	}
+	if (args != NULL && apply_args(&st, args) < 0)
+		goto fail;
+	if (finish(cfg, err) < 0)
+		goto fail;
+	return cfg;
+fail:
+	assert(err[0] != '\0');
+	config_free(cfg);
+	return NULL;
+}
+
+struct config *
+config_load_string(const char *name, const char *text, size_t len,
+		   const struct config_args *args, char err[CONFIG_ERR_MAX])
+{
+	assert(name != NULL && (text != NULL || len == 0));
+	return load(name, text != NULL ? text : "", len, args, err);
+}
+
+struct config *
+config_load(const struct config_args *args, char err[CONFIG_ERR_MAX])
+{
+	struct config *cfg;
+	char *text = NULL;
+	size_t len = 0;
+
+	if (args == NULL || args->config_path == NULL)
+		return load(NULL, NULL, 0, args, err);
+	if (read_file(args->config_path, &text, &len, err) < 0)
+		return NULL;
+	cfg = load(args->config_path, text, len, args, err);
+	free(text);
+	return cfg;
+}
+
+void
+config_free(struct config *cfg)
+{
+	if (cfg == NULL)
+		return;
+	domains_clear(cfg);
+	free(cfg);
+}
+
+/* ---- output ---- */
+
+static void
+print_cpus(const struct config *cfg, FILE *f)
+{
+	size_t i = 0;
+
+	while (i < cfg->ncpu_list) {
+		size_t j = i;
+
+		while (j + 1 < cfg->ncpu_list && cfg->cpu_list[j + 1] == cfg->cpu_list[j] + 1)
+			j++;
+		fprintf(f, "%s%d", i == 0 ? " " : ",", cfg->cpu_list[i]);
+		if (j > i)
+			fprintf(f, "-%d", cfg->cpu_list[j]);
+		i = j + 1;
+	}
+}
+
+static void
+print_domains(const struct config *cfg, FILE *f)
+{
+	size_t i, col = sizeof("domains =") - 1;
+
+	for (i = 0; i < cfg->ndomains; i++) {
+		size_t w = strlen(cfg->domain_list[i]) + 2;
+
+		if (i > 0 && col + w > 78) {
+			fputs(",\n   ", f);
+			col = 3;
+		} else if (i > 0) {
+			fputc(',', f);
+		}
+		fprintf(f, " %s", cfg->domain_list[i]);
+		col += w;
+	}
+}
+
+void
+config_print(const struct config *cfg, FILE *f)
+{
+	static const char *const tls[] = {"none", "starttls", "required", "implicit"};
+	char d[32];
+	size_t i, j;
+
+	fprintf(f, "# ringmxd %s: effective configuration\n", RINGMX_VERSION);
+	for (i = 0; i < NKEYS; i++) {
+		const struct key_def *k = &keys[i];
+		const void *p = (const char *)cfg + k->off;
+
+		switch (k->type) {
+		case T_LISTEN:
+			for (j = 0; j < cfg->nlisteners; j++) {
+				const struct listener_conf *l = &cfg->listeners[j];
+
+				fprintf(f, "listen = %s", l->text);
+				if (l->tls != LISTENER_TLS_NONE)
+					fprintf(f, " tls=%s", tls[l->tls]);
+				if (l->proxy)
+					fprintf(f, " proxy=yes");
+				fputc('\n', f);
+			}
+			continue;
+		case T_HOSTNAME:
+			fprintf(f, "hostname = %s\n", cfg->smtp.hostname);
+			continue;
+		case T_DOMAINS:
+			fputs("domains =", f);
+			print_domains(cfg, f);
+			break;
+		case T_CPUS:
+			fputs("cpus =", f);
+			print_cpus(cfg, f);
+			break;
+		case T_SINK:
+			fputs(cfg->sink == SINK_KIND_SPOOL ? "sink = spool" : "sink = discard", f);
+			break;
+		case T_PATH:
+			fprintf(f, "spool_dir = %s", cfg->spool_dir);
+			break;
+		case T_DURABILITY:
+			fprintf(f, "durability = %s",
+				cfg->durability == SPOOL_DURABILITY_NONE ? "none" : "fsync");
+			break;
+		case T_BARE_NEWLINE:
+			fprintf(f, "bare_newline = %s",
+				cfg->smtp.bare_newline == SMTP_BARE_NEWLINE_REJECT ? "reject"
+										   : "normalize");
+			break;
+		case T_SIZE64:
+			fprintf(f, "%s = %llu", k->name,
+				(unsigned long long)*(const uint64_t *)p);
+			break;
+		case T_DURATION:
+			fmt_duration(d, sizeof(d), *(const uint64_t *)p);
+			fprintf(f, "%s = %s", k->name, d);
+			break;
+		default:
+			fprintf(f, "%s = %u", k->name, *(const unsigned *)p);
+			break;
+		}
+		fputc('\n', f);
+	}
+}
+
+int
+config_check_reload(const struct config *cur, const struct config *next, char err[CONFIG_ERR_MAX])
+{
+	size_t i;
+
+	for (i = 0; i < NKEYS; i++) {
+		const struct key_def *k = &keys[i];
+		bool same = true;
+
+		if (k->reload)
+			continue;
+		switch (k->type) {
+		case T_LISTEN:
+			same = cur->nlisteners == next->nlisteners;
+			for (size_t j = 0; same && j < cur->nlisteners; j++)
+				same = listener_same(&cur->listeners[j], &next->listeners[j]) &&
+				       cur->listeners[j].tls == next->listeners[j].tls &&
+				       cur->listeners[j].proxy == next->listeners[j].proxy;
+			break;
+		case T_CPUS:
+			same = cur->ncpus == next->ncpus &&
+			       memcmp(cur->cpus, next->cpus, sizeof(cur->cpus)) == 0;
+			break;
+		case T_SINK:
+			same = cur->sink == next->sink;
+			break;
+		case T_PATH:
+			same = strcmp(cur->spool_dir, next->spool_dir) == 0;
+			break;
+		case T_DURABILITY:
+			same = cur->durability == next->durability;
+			break;
+		case T_SIZE64:
+		case T_DURATION:
+			same = *(const uint64_t *)(const void *)((const char *)cur + k->off) ==
+			       *(const uint64_t *)(const void *)((const char *)next + k->off);
+			break;
+		default:
+			same = *(const unsigned *)(const void *)((const char *)cur + k->off) ==
+			       *(const unsigned *)(const void *)((const char *)next + k->off);
+			break;
+		}
+		if (!same) {
+			buff(err, CONFIG_ERR_MAX,
+				 "%s: cannot be changed by a reload; restart ringmxd", k->name);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+/* ---- argv ---- */
+
+enum {
+	OPT_LISTEN = 256,
+	OPT_PORT,
+	OPT_WORKERS,
+	OPT_CPUS,
+	OPT_PRINT,
+};
+
+void
+config_usage(FILE *f)
+{
+	fputs("Usage: ringmxd [options]\n"
+	      "  -c, --config FILE      read FILE (key = value, see docs/config.md);\n"
+	      "                         without it only defaults and options apply\n"
+	      "  -t, --check-config     load the configuration, report the first error and exit\n"
+	      "      --print-config     print the effective configuration and exit\n"
+	      "  -o KEY=VALUE           set a configuration key (repeatable; wins over the file)\n"
+	      "      --listen 'ADDR:PORT [tls=..] [proxy=..]'\n"
+	      "                         listen there instead of the file's listen lines\n"
+	      "                         (repeatable); ADDR is IPv4, [IPv6], * or [::]\n"
+	      "      --port N           use port N on every listener\n"
+	      "      --workers N        worker threads (0 = one per CPU)\n"
+	      "      --cpus LIST        pin workers to CPUs, e.g. 0-3,6\n"
+	      "  -V, --version          print the version and exit\n"
+	      "  -h, --help             print this help and exit\n"
+	      "Precedence: defaults < file < -o < --listen, --workers, --cpus, --port.\n",
+	      f);
+}
+
+static int
+arg_once(const char **slot, const char *v, const char *name, char *err)
+{
+	if (*slot != NULL) {
+		buff(err, CONFIG_ERR_MAX, "option '%s' given twice", name);
+		return -1;
+	}
+	*slot = v;
+	return 0;
+}
+
+/* getopt_long() returned '?' (unknown) or ':' (missing argument). */
+static int
+arg_error(int c, int argc, char **argv, char *err)
+{
+	const char *last = optind > 0 && optind <= argc ? argv[optind - 1] : "";
+	bool is_long = strncmp(last, "--", 2) == 0;
+	char qb[288];
+
+	/* An unknown long option leaves optopt 0; a missing argument of a
+	 * long option leaves its val (maybe a short letter) and optind past
+	 * it; a short option inside a cluster is named by optopt alone. */
+	if (c == '?')
+		is_long = optopt == 0;
+	if (is_long) {
+		const char *eq = strchr(last, '=');
+		char raw[72];
+		size_t n = eq != NULL ? (size_t)(eq - last) : strlen(last);
+
+		snprintf(raw, sizeof(raw), "%.*s", (int)(n > 64 ? 64 : n), last);
+		quote_into(qb, sizeof(qb), raw);
+	} else {
+		snprintf(qb, sizeof(qb), "-%c", optopt > 32 && optopt < 127 ? optopt : '?');
+	}
+	if (c == ':')
+		buff(err, CONFIG_ERR_MAX, "option '%s' requires an argument", qb);
+	else
+		buff(err, CONFIG_ERR_MAX, "unknown option '%s'", qb);
+	return -1;
+}
+
+int
+config_parse_args(int argc, char **argv, struct config_args *args, char err[CONFIG_ERR_MAX])
+{
+	static const struct option lopts[] = {
+		{"config", required_argument, NULL, 'c'},
+		{"check-config", no_argument, NULL, 't'},
+		{"version", no_argument, NULL, 'V'},
+		{"help", no_argument, NULL, 'h'},
+		{"print-config", no_argument, NULL, OPT_PRINT},
+		{"listen", required_argument, NULL, OPT_LISTEN},
+		{"port", required_argument, NULL, OPT_PORT},
+		{"workers", required_argument, NULL, OPT_WORKERS},
+		{"cpus", required_argument, NULL, OPT_CPUS},
+		{NULL, 0, NULL, 0},
+	};
+	int c;
+
+	memset(args, 0, sizeof(*args));
+	err[0] = '\0';
+	optind = 0; /* glibc: full re-initialisation */
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, "+:c:tVho:", lopts, NULL)) != -1) {
+		int rc = 0;
+
+		switch (c) {
+		case 'c':
+			rc = arg_once(&args->config_path, optarg, "--config", err);
+			break;
+		case 't':
+			args->check_only = true;
+			break;
+		case 'V':
+			args->version = true;
+			break;
+		case 'h':
+			args->help = true;
+			break;
+		case OPT_PRINT:
+			args->print_config = true;
+			break;
+		case 'o':
+			if (args->nsets == sizeof(args->sets) / sizeof(args->sets[0])) {
+				buff(err, CONFIG_ERR_MAX, "too many -o options (max %zu)",
+					 sizeof(args->sets) / sizeof(args->sets[0]));
+				return -1;
+			}
+			args->sets[args->nsets++] = optarg;
+			break;
+		case OPT_LISTEN:
+			if (args->nlisten == CONFIG_MAX_LISTENERS) {
+				buff(err, CONFIG_ERR_MAX, "too many --listen options (max %d)",
+					 CONFIG_MAX_LISTENERS);
+				return -1;
+			}
+			args->listen[args->nlisten++] = optarg;
+			break;
+		case OPT_PORT:
+			rc = arg_once(&args->port, optarg, "--port", err);
+			break;
+		case OPT_WORKERS:
+			rc = arg_once(&args->workers, optarg, "--workers", err);
+			break;
+		case OPT_CPUS:
+			rc = arg_once(&args->cpus, optarg, "--cpus", err);
+			break;
+		default:
+			return arg_error(c, argc, argv, err);
+		}
+		if (rc < 0)
+			return -1;
+	}
+	if (optind < argc) {
+		char qb[288];
+
+		quote_into(qb, sizeof(qb), argv[optind]);
+		buff(err, CONFIG_ERR_MAX, "unexpected argument '%s'", qb);
+		return -1;
+	}
+	return 0;
+}

@@ -1,0 +1,240 @@
+/*
+ * main.c - ringmxd: configuration, start-up checks, worker threads and
+ * signals.
+ *
+ * The main thread never touches a connection. It loads the configuration,
+ * creates every worker's listening sockets (so a bind error stops start-up
+ * with one message), starts the pinned workers, then waits for signals:
+ *   SIGTERM, SIGINT  drain: stop accepting, finish open transactions up to
+ *                    shutdown_timeout, then 421 and close; exit 0.
+ *   SIGHUP           reload the configuration file (domains, limits,
+ *                    timeouts); a broken file is refused and logged, the
+ *                    running configuration stays.
+ *   SIGUSR1          every worker logs its counters.
+ * Workers are told through their control block and woken with an eventfd.
+ *
+ * Ownership: main owns the configurations. A replaced one is freed only
+ * after every worker has acknowledged its successor.
+ */
+#include <errno.h>
+#include <liburing.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "ringmx/config.h"
+#include "ringmx_version.h"
+#include "worker.h"
+
+static void
+sleep_ms(long ms)
+{
+	struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+	nanosleep(&ts, NULL);
+}
+
+/* Fail fast, with the fix, when io_uring is not available (TigerBeetle's
+ * init does the same): Docker's default seccomp profile and the sysctl
+ * kernel.io_uring_disabled both make io_uring_setup fail. */
+static void
+check_io_uring(void)
+{
+	struct io_uring ring;
+	int r = io_uring_queue_init(2, &ring, 0);
+	if (r == 0) {
+		io_uring_queue_exit(&ring);
+		return;
+	}
+	if (r == -EPERM || r == -ENOSYS || r == -EACCES) {
+		fatal("io_uring is not available (%s). ringmxd needs io_uring (Linux >= 6.1). "
+		      "Check 'sysctl kernel.io_uring_disabled' (set it to 0, or to 1 and run as a "
+		      "member of kernel.io_uring_group) and any seccomp filter (Docker's default "
+		      "profile blocks io_uring: run with a profile that allows io_uring_setup, "
+		      "io_uring_enter and io_uring_register)",
+		      strerror(-r));
+	}
+	fatal("io_uring_queue_init: %s", strerror(-r));
+}
+
+/* Each connection is a descriptor: make sure the limit allows the pools. */
+static void
+raise_nofile(const struct config *cfg)
+{
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+		return;
+	rlim_t want = (rlim_t)cfg->workers * cfg->max_connections + 64 * cfg->workers + 64;
+	if (rl.rlim_cur < want) {
+		rl.rlim_cur = want < rl.rlim_max ? want : rl.rlim_max;
+		if (rl.rlim_cur < want && geteuid() == 0)
+			rl.rlim_max = rl.rlim_cur = want; /* root may raise the hard limit */
+		setrlimit(RLIMIT_NOFILE, &rl);
+		getrlimit(RLIMIT_NOFILE, &rl);
+	}
+	if (rl.rlim_cur < want)
+		log_warn("open file limit %llu is below workers x max_connections (%llu): "
+			 "connections past it will be refused",
+			 (unsigned long long)rl.rlim_cur, (unsigned long long)want);
+}
+
+static void
+wake_all(struct worker *ws, unsigned n)
+{
+	for (unsigned i = 0; i < n; i++)
+		worker_wake(&ws[i]);
+}
+
+static const struct config *
+reload(struct worker *ws, unsigned n, const struct config_args *args, const struct config *cur)
+{
+	char err[CONFIG_ERR_MAX];
+	struct config *next = config_load(args, err);
+	if (next == NULL) {
+		log_err("reload refused, keeping the running configuration: %s", err);
+		return cur;
+	}
+	if (config_check_reload(cur, next, err) < 0) {
+		log_err("reload refused, keeping the running configuration: %s", err);
+		config_free(next);
+		return cur;
+	}
+	for (unsigned i = 0; i < n; i++)
+		atomic_store(&ws[i].ctl.next_cfg, next);
+	wake_all(ws, n);
+	/* Wait until every worker switched; only then is cur unused. */
+	for (unsigned i = 0; i < n; i++)
+		while (atomic_load(&ws[i].ctl.cfg_ack) != next && atomic_load(&ws[i].started) == 1)
+			sleep_ms(1);
+	log_info("configuration reloaded from %s", next->path[0] ? next->path : "(defaults)");
+	config_free((struct config *)cur);
+	return next;
+}
+
+int
+main(int argc, char **argv)
+{
+	struct config_args args;
+	char err[CONFIG_ERR_MAX];
+
+	log_init("ringmxd");
+	if (config_parse_args(argc, argv, &args, err) < 0) {
+		fprintf(stderr, "ringmxd: %s\n", err);
+		fprintf(stderr, "Try 'ringmxd --help'.\n");
+		return 2;
+	}
+	if (args.help) {
+		config_usage(stdout);
+		return 0;
+	}
+	if (args.version) {
+		printf("ringmxd %s\n", RINGMX_VERSION);
+		return 0;
+	}
+	struct config *cfg = config_load(&args, err);
+	if (cfg == NULL) {
+		fprintf(stderr, "ringmxd: %s\n", err);
+		return 1;
+	}
+	if (args.print_config) {
+		config_print(cfg, stdout);
+		config_free(cfg);
+		return 0;
+	}
+	if (args.check_only) {
+		printf("ringmxd: configuration %s is valid\n", cfg->path[0] ? cfg->path : "(defaults)");
+		config_free(cfg);
+		return 0;
+	}
+
+	check_io_uring();
+	raise_nofile(cfg);
+	signal(SIGPIPE, SIG_IGN);
+
+	/* Workers inherit this mask: only the main thread takes signals. */
+	sigset_t sigs;
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGTERM);
+	sigaddset(&sigs, SIGINT);
+	sigaddset(&sigs, SIGHUP);
+	sigaddset(&sigs, SIGUSR1);
+	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+
+	unsigned n = cfg->workers;
+	struct worker *ws = calloc(n, sizeof(*ws));
+	if (ws == NULL)
+		fatal("out of memory");
+	for (unsigned i = 0; i < n; i++) {
+		struct worker *w = &ws[i];
+		w->id = i;
+		w->cfg = cfg;
+		w->cpu = cfg->ncpus ? cfg->cpus[i % cfg->ncpus] : -1;
+		for (size_t l = 0; l < CONFIG_MAX_LISTENERS; l++)
+			w->listen_fd[l] = -1;
+		if (worker_setup_listeners(w, cfg, err, sizeof(err)) < 0)
+			fatal("%s", err);
+		w->wake_fd = eventfd(0, EFD_CLOEXEC);
+		if (w->wake_fd < 0)
+			fatal("eventfd: %s", strerror(errno));
+	}
+	for (unsigned i = 0; i < n; i++) {
+		int r = pthread_create(&ws[i].thread, NULL, worker_main, &ws[i]);
+		if (r != 0)
+			fatal("pthread_create: %s", strerror(r));
+	}
+	for (unsigned i = 0; i < n; i++) {
+		int st;
+		while ((st = atomic_load(&ws[i].started)) == 0)
+			sleep_ms(1);
+		if (st < 0)
+			fatal("worker %u failed to start: %s", i, strerror(-st));
+	}
+
+	char where[CONFIG_MAX_LISTENERS * 90] = "";
+	for (size_t l = 0, off = 0; l < cfg->nlisteners && off < sizeof(where); l++)
+		off += (size_t)snprintf(where + off, sizeof(where) - off, "%s%s", l ? ", " : "",
+					cfg->listeners[l].text);
+	log_info("ringmxd %s listening on %s (%u worker%s, sink=%s, config %s)", RINGMX_VERSION,
+		 where, n, n == 1 ? "" : "s", cfg->sink == SINK_KIND_SPOOL ? "spool" : "discard",
+		 cfg->path[0] ? cfg->path : "(defaults)");
+
+	const struct config *cur = cfg;
+	for (;;) {
+		siginfo_t si;
+		int sig = sigwaitinfo(&sigs, &si);
+		if (sig < 0)
+			continue;
+		if (sig == SIGHUP) {
+			cur = reload(ws, n, &args, cur);
+		} else if (sig == SIGUSR1) {
+			for (unsigned i = 0; i < n; i++)
+				atomic_store(&ws[i].ctl.dump, true);
+			wake_all(ws, n);
+		} else {
+			log_info("%s: draining", sig == SIGINT ? "SIGINT" : "SIGTERM");
+			break;
+		}
+	}
+	for (unsigned i = 0; i < n; i++)
+		atomic_store(&ws[i].ctl.stop, true);
+	wake_all(ws, n);
+
+	struct ringmx_stats total = {0};
+	for (unsigned i = 0; i < n; i++) {
+		pthread_join(ws[i].thread, NULL);
+#define RINGMX_STATS_SUM(name, help) total.name += ws[i].stats.name;
+		RINGMX_STATS(RINGMX_STATS_SUM)
+#undef RINGMX_STATS_SUM
+		close(ws[i].wake_fd);
+	}
+	log_info("stopped: connections=%llu messages=%llu", (unsigned long long)total.connections_accepted,
+		 (unsigned long long)total.messages_accepted);
+	free(ws);
+	config_free((struct config *)cur);
+	return 0;
+}

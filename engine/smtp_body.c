@@ -1,0 +1,222 @@
+/*
+ * smtp_body.c - streaming decoder for message content (DATA and BDAT).
+ *
+ * DATA content is dot-stuffed and ends only at <CRLF>.<CRLF> (RFC 5321
+ * 4.1.1.4, 4.5.2). Everything that merely looks like an end (bare LF, bare
+ * CR, "\r\n.\n", ...) is content or a policy violation, never an end: the
+ * difference between this reader and the next hop's is what SMTP smuggling
+ * (CVE-2023-51764) exploits. BDAT content is counted by the caller; this
+ * decoder then only applies the bare CR/LF policy, size limit and line count.
+ *
+ * Ownership rules
+ *  - The decoder owns nothing but struct smtp_body. Emitted spans are views
+ *    into the fed input, or the static "\r\n" (normalized bare LF, a CRLF
+ *    whose CR arrived in the previous feed); they are valid during emit only.
+ *  - A CR at the end of a feed is held as state, never emitted early: only
+ *    the next byte tells whether it ends a line or is a bare CR.
+ *
+ * Invariants: the only bytes not emitted from content are the stuffing dot,
+ * the terminator and a held CR (emitted as part of the static CRLF). Once a
+ * FAILED flag is set nothing more is emitted, but the input is still scanned
+ * for the real end so that exactly one reply follows it, and size still
+ * counts the decoded octets.
+ */
+#include "smtp_internal.h"
+
+enum body_state {
+	ST_BOL = 0, /* after a real CRLF (or at start of DATA): a dot is special */
+	ST_MID,     /* inside a line */
+	ST_CR,      /* a CR ended the previous feed */
+	ST_DOT,     /* a line-leading dot was dropped */
+	ST_DOTCR,   /* "." then CR: LF next would end the message */
+	ST_END,     /* <CRLF>.<CRLF> seen */
+};
+
+/* RFC 5321 4.5.3.1.6 counts the CRLF in the 1000. */
+#define BODY_LINE_CONTENT_MAX (SMTP_TEXT_LINE_MAX - 2)
+
+static const char crlf[2] = {'\r', '\n'};
+
+void
+smtp_body_init(struct smtp_body *b, enum smtp_body_mode mode)
+{
+	memset(b, 0, sizeof *b);
+	b->mode = (uint8_t)mode;
+	b->st = mode == SMTP_BODY_DATA ? ST_BOL : ST_MID;
+}
+
+bool
+smtp_body_done(const struct smtp_body *b)
+{
+	return b->st == ST_END;
+}
+
+/* size counts decoded content whether or not it reaches the sink, so the
+ * size limit and the logged size do not depend on feed boundaries. */
+static void
+account(struct smtp_body *b, const struct smtp_body_env *env, size_t n)
+{
+	b->size += n;
+	if (env->size_limit != 0 && b->size > env->size_limit)
+		b->flags |= SMTP_BODY_F_TOO_BIG;
+}
+
+static void
+emit(struct smtp_body *b, const struct smtp_body_env *env, const char *p, size_t n)
+{
+	if (n == 0)
+		return;
+	account(b, env, n);
+	if (b->flags & SMTP_BODY_F_FAILED)
+		return;
+	if (env->emit(env->ctx, p, n) < 0)
+		b->flags |= SMTP_BODY_F_SINK_ERR;
+}
+
+/* Long lines are accepted (RFC 5322 content does not change meaning with
+ * length) but counted once per line so operators can see them. */
+static inline void
+line_add(struct smtp_body *b, const struct smtp_body_env *env, size_t k)
+{
+	uint64_t after = (uint64_t)b->line_len + k;
+
+	if (b->line_len <= BODY_LINE_CONTENT_MAX && after > BODY_LINE_CONTENT_MAX)
+		env->stats->long_lines++;
+	b->line_len = after > UINT32_MAX ? UINT32_MAX : (uint32_t)after;
+}
+
+static void
+bare_cr(struct smtp_body *b, const struct smtp_body_env *env)
+{
+	if (!(b->flags & SMTP_BODY_F_BARE_CR))
+		env->stats->bare_cr++;
+	b->flags |= SMTP_BODY_F_BARE_CR;
+}
+
+static void
+bare_lf(struct smtp_body *b, const struct smtp_body_env *env)
+{
+	if (!(b->flags & (SMTP_BODY_F_SAW_LF | SMTP_BODY_F_BARE_LF)))
+		env->stats->bare_lf++;
+	if (env->reject_bare_lf) {
+		b->flags |= SMTP_BODY_F_BARE_LF;
+	} else {
+		b->flags |= SMTP_BODY_F_SAW_LF;
+		emit(b, env, crlf, sizeof crlf);
+	}
+	/* Stored as a line end, but it does not start a line for dot
+	 * purposes: the state stays ST_MID. */
+	b->line_len = 0;
+}
+
+size_t
+smtp_body_feed(struct smtp_body *b, const struct smtp_body_env *env, const char *p, size_t n)
+{
+	const uint8_t bol = b->mode == SMTP_BODY_DATA ? ST_BOL : ST_MID;
+	size_t i = 0, span = 0; /* p[span..i) is decoded content not yet emitted */
+
+	while (i < n) {
+		switch (b->st) {
+		case ST_MID: {
+			size_t k = smtp_scan_crlf(p + i, n - i);
+
+			line_add(b, env, k);
+			i += k;
+			if (i == n)
+				break;
+			if (p[i] == '\r') {
+				if (i + 1 == n) {
+					emit(b, env, p + span, i - span);
+					span = ++i;
+					b->st = ST_CR;
+				} else if (p[i + 1] == '\n') {
+					/* Fast path: the CRLF stays inside the span. */
+					i += 2;
+					b->line_len = 0;
+					b->st = bol;
+				} else {
+					bare_cr(b, env);
+					line_add(b, env, 1);
+					i++;
+				}
+			} else {
+				emit(b, env, p + span, i - span);
+				span = ++i;
+				bare_lf(b, env);
+			}
+			break;
+		}
+		case ST_CR:
+			/* Only reached at the start of a feed: span == i. */
+			if (p[i] == '\n') {
+				emit(b, env, crlf, sizeof crlf);
+				span = ++i;
+				b->line_len = 0;
+				b->st = bol;
+			} else {
+				bare_cr(b, env);
+				line_add(b, env, 1);
+				account(b, env, 1); /* the held CR */
+				b->st = ST_MID;
+			}
+			break;
+		case ST_BOL:
+			if (p[i] == '.') {
+				emit(b, env, p + span, i - span);
+				span = ++i;
+				line_add(b, env, 1);
+				b->st = ST_DOT;
+			} else {
+				b->st = ST_MID;
+			}
+			break;
+		case ST_DOT:
+			if (p[i] == '\r') {
+				/* Held: with an LF next this is the end. */
+				span = ++i;
+				b->st = ST_DOTCR;
+			} else {
+				/* RFC 5321 4.5.2: the leading dot is dropped. */
+				b->st = ST_MID;
+			}
+			break;
+		case ST_DOTCR:
+			if (p[i] == '\n') {
+				b->st = ST_END;
+				return i + 1;
+			}
+			/* ".\r" + other: the CR is bare; the message is refused,
+			 * so the held CR need not be emitted. */
+			bare_cr(b, env);
+			line_add(b, env, 1);
+			account(b, env, 1);
+			b->st = ST_MID;
+			break;
+		default: /* ST_END: the caller must not feed past the end */
+			return i;
+		}
+	}
+	if (b->st != ST_END)
+		emit(b, env, p + span, n - span);
+	return n;
+}
+
+void
+smtp_body_finish(struct smtp_body *b, const struct smtp_body_env *env)
+{
+	if (b->st == ST_CR) {
+		bare_cr(b, env);
+		account(b, env, 1);
+		b->line_len++;
+		b->st = ST_MID;
+	}
+	if (b->flags & SMTP_BODY_F_FAILED)
+		return;
+	/* line_len == 0 with content means the last thing stored was a CRLF.
+	 * The added CRLF is not held to the size limit: it is ours. */
+	if (b->size == 0 || b->line_len != 0) {
+		if (env->emit(env->ctx, crlf, sizeof crlf) < 0)
+			b->flags |= SMTP_BODY_F_SINK_ERR;
+		b->size += sizeof crlf;
+	}
+}

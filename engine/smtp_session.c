@@ -1,0 +1,1214 @@
+/*
+ * smtp_session.c - the SMTP server state machine (sans I/O).
+ *
+ * Bytes come in through smtp_session_feed(); replies are appended to the
+ * caller's struct smtp_out; transactions go to a struct sink. The session
+ * never reads a clock (time is passed in), never allocates, never does I/O.
+ *
+ * Ownership rules
+ *  - Command lines are parsed in place as views into the fed input. Only a
+ *    line split across feeds is copied, into the bounded carry
+ *    (SMTP_CARRY_MAX); past that the line is discarded up to its CRLF.
+ *  - Message content is handed to the sink as views into the fed input
+ *    (smtp_body.c); the Received: header is formatted on the stack.
+ *  - The transaction handle (s->tx) belongs to the sink from tx_open until
+ *    tx_abort returns or tx_commit's verdict has been delivered; the
+ *    session forgets it at that point and never touches it again.
+ *
+ * Invariants
+ *  - The state changes only in enter(), which checks the transition.
+ *  - A command (or end of data) is processed only with SMTP_OUT_MIN room in
+ *    the output, so a reply and a following 421 always fit and are never
+ *    split; otherwise feeding stops with SMTP_ST_OUTFULL.
+ *  - Exactly one reply per end of data; once SMTP_S_QUIT is entered nothing
+ *    more is written or read.
+ */
+#include <assert.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <time.h>
+
+#include "smtp_internal.h"
+
+/* Bits for a command line's bare CR/LF (carry_bad). */
+enum { LINE_BARE_LF = 1u << 0, LINE_BARE_CR = 1u << 1 };
+
+/* BDAT chunk that is read and discarded, then refused (bdat_err). */
+enum { BDAT_OK = 0, BDAT_NEED_MAIL, BDAT_NO_RCPT };
+
+/* Received: header: helo 255 + hostname 255 + path 256 + fixed text. */
+#define RECEIVED_MAX 1024
+/* One log line (hooks->log); fields are truncated to fit. */
+#define LOG_LINE_MAX 1536
+/* "Sat, 28 Nov 2026 12:53:05 +0000" plus slack. */
+#define DATE_MAX 48
+
+#define REPLY(s, lit) reply((s), lit "\r\n", sizeof(lit "\r\n") - 1)
+
+static const char r_need_mail[] = "503 5.5.1 Error: need MAIL command\r\n";
+static const char r_no_rcpt[] = "554 5.5.1 Error: no valid recipients\r\n";
+static const char r_sink_err[] = "451 4.3.0 Error: queue file write error\r\n";
+static const char r_no_space[] = "452 4.3.1 Insufficient system storage\r\n";
+static const char r_too_big[] = "552 5.3.4 Message size exceeds fixed limit\r\n";
+static const char r_bare_cr[] = "550 5.5.2 Error: bare <CR> received\r\n";
+static const char r_bare_lf[] = "550 5.5.2 Error: bare <LF> received\r\n";
+
+/* ---- state, output, replies ---- */
+
+static bool
+closing(const struct smtp_session *s)
+{
+	return s->state == SMTP_S_QUIT;
+}
+
+static bool
+in_tx(const struct smtp_session *s)
+{
+	return s->tx != NULL || s->state == SMTP_S_DATA || s->state == SMTP_S_BDAT ||
+	       s->state == SMTP_S_VERDICT;
+}
+
+#define B(st) (1u << (st))
+/* Legal transitions: from -> set of to. BDAT from CONNECTED/READY/MAIL is
+ * a chunk that is read and then refused. */
+static const unsigned legal[] = {
+	[SMTP_S_CONNECTED] = B(SMTP_S_CONNECTED) | B(SMTP_S_READY) | B(SMTP_S_BDAT) | B(SMTP_S_QUIT),
+	[SMTP_S_READY] = B(SMTP_S_READY) | B(SMTP_S_MAIL) | B(SMTP_S_BDAT) | B(SMTP_S_QUIT),
+	[SMTP_S_MAIL] = B(SMTP_S_READY) | B(SMTP_S_RCPT) | B(SMTP_S_BDAT) | B(SMTP_S_QUIT),
+	[SMTP_S_RCPT] = B(SMTP_S_READY) | B(SMTP_S_RCPT) | B(SMTP_S_DATA) | B(SMTP_S_BDAT) |
+			B(SMTP_S_QUIT),
+	[SMTP_S_DATA] = B(SMTP_S_READY) | B(SMTP_S_VERDICT) | B(SMTP_S_QUIT),
+	[SMTP_S_BDAT] = B(SMTP_S_CONNECTED) | B(SMTP_S_READY) | B(SMTP_S_MAIL) | B(SMTP_S_RCPT) |
+			B(SMTP_S_VERDICT) | B(SMTP_S_QUIT),
+	[SMTP_S_VERDICT] = B(SMTP_S_READY) | B(SMTP_S_QUIT),
+	[SMTP_S_QUIT] = 0,
+};
+#undef B
+
+static void
+enter(struct smtp_session *s, enum smtp_state to)
+{
+	assert(legal[s->state] & (1u << to));
+	s->state = to;
+}
+
+static size_t
+out_room(const struct smtp_session *s)
+{
+	return s->out->cap - s->out->len;
+}
+
+static void
+tx_reset(struct smtp_session *s)
+{
+	s->tx = NULL;
+	s->qid[0] = '\0';
+	s->tx_utf8 = s->tx_bdat = s->tx_8bit = false;
+	s->tx_size_decl = 0;
+	s->tx_nrcpt = 0;
+	s->mail_from[0] = s->rcpt1[0] = '\0';
+	memset(&s->body, 0, sizeof s->body);
+}
+
+static void
+tx_abort(struct smtp_session *s)
+{
+	if (s->tx != NULL)
+		s->sink->ops->tx_abort(s->tx);
+	tx_reset(s);
+}
+
+static void
+session_close(struct smtp_session *s)
+{
+	if (!closing(s)) {
+		tx_abort(s);
+		enter(s, SMTP_S_QUIT);
+	}
+}
+
+/* Replies are written whole or not at all. From feed() the SMTP_OUT_MIN
+ * check guarantees room; the asynchronous entries (tick, shutdown) close
+ * instead of writing half a reply. */
+static bool
+out_put(struct smtp_session *s, const char *p, size_t n)
+{
+	if (n > out_room(s))
+		return false;
+	memcpy(s->out->buf + s->out->len, p, n);
+	s->out->len += n;
+	return true;
+}
+
+/* 421 with the hostname; not counted as an error (it ends the session). */
+static void
+reply_421(struct smtp_session *s, const char *ecode, const char *text)
+{
+	char buf[SMTP_REPLY_MAX];
+	int len = snprintf(buf, sizeof buf, "421 %s %s %s\r\n", ecode, s->conf->hostname, text);
+
+	assert(len > 0 && (size_t)len < sizeof buf);
+	out_put(s, buf, (size_t)len);
+}
+
+static void
+reply(struct smtp_session *s, const char *text, size_t len)
+{
+	unsigned code;
+
+	assert(len >= 5 && text[len - 2] == '\r' && text[len - 1] == '\n');
+	if (!out_put(s, text, len)) {
+		session_close(s);
+		return;
+	}
+	if (text[0] != '4' && text[0] != '5')
+		return;
+	code = (unsigned)(text[0] - '0') * 100 + (unsigned)(text[1] - '0') * 10 +
+	       (unsigned)(text[2] - '0');
+	s->counts.errors++;
+	if (code == 500 || code == 501 || code == 555)
+		s->stats->syntax_errors++;
+	else if (code == 503)
+		s->stats->sequence_errors++;
+	if (s->conf->error_limit != 0 && s->counts.errors > s->conf->error_limit && !closing(s)) {
+		s->stats->error_limit++;
+		reply_421(s, "4.7.0", "Error: too many errors");
+		session_close(s);
+	}
+}
+
+static void replyf(struct smtp_session *s, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+static void
+replyf(struct smtp_session *s, const char *fmt, ...)
+{
+	char buf[SMTP_REPLY_MAX];
+	va_list ap;
+	int len;
+
+	va_start(ap, fmt);
+	len = vsnprintf(buf, sizeof buf, fmt, ap);
+	va_end(ap);
+	assert(len > 0 && (size_t)len < sizeof buf);
+	reply(s, buf, (size_t)len);
+}
+
+/* ---- log hook ---- */
+
+struct logbuf {
+	size_t n;
+	char b[LOG_LINE_MAX];
+};
+
+/* Client-supplied text is logged with control bytes (and, unless it is
+ * valid UTF-8, non-ASCII) replaced, so a log line stays one line. */
+static void
+lb_put(struct logbuf *l, const char *p, size_t n)
+{
+	bool utf8 = smtp_utf8_valid(p, n);
+
+	for (size_t i = 0; i < n && l->n < sizeof l->b; i++) {
+		unsigned char c = (unsigned char)p[i];
+
+		l->b[l->n++] = (c < 0x20 || c == 0x7f || (c >= 0x80 && !utf8)) ? '?' : (char)c;
+	}
+}
+
+static void lb_fmt(struct logbuf *l, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void
+lb_fmt(struct logbuf *l, const char *fmt, ...)
+{
+	va_list ap;
+	int len;
+
+	if (l->n >= sizeof l->b)
+		return;
+	va_start(ap, fmt);
+	len = vsnprintf(l->b + l->n, sizeof l->b - l->n, fmt, ap);
+	va_end(ap);
+	if (len > 0)
+		l->n += (size_t)len < sizeof l->b - l->n ? (size_t)len : sizeof l->b - l->n - 1;
+}
+
+static void
+lb_client(struct logbuf *l, const struct smtp_session *s)
+{
+	if (s->peer != NULL)
+		lb_fmt(l, "[%s]:%u", s->peer->addr_text, (unsigned)s->peer->port);
+	else
+		lb_fmt(l, "[unknown]");
+}
+
+static void
+lb_emit(struct smtp_session *s, struct logbuf *l)
+{
+	if (s->hooks != NULL && s->hooks->log != NULL)
+		s->hooks->log(s->owner, l->b, l->n);
+}
+
+/* NOQUEUE: reject: MAIL/RCPT from [ip]:port: <reply>; from=<> [to=<>] ... */
+static void
+log_reject(struct smtp_session *s, const char *verb, const char *text, size_t len,
+	   const char *addr, size_t addr_len)
+{
+	struct logbuf l;
+
+	if (s->hooks == NULL || s->hooks->log == NULL)
+		return;
+	l.n = 0;
+	lb_fmt(&l, "NOQUEUE: reject: %s from ", verb);
+	lb_client(&l, s);
+	lb_fmt(&l, ": ");
+	lb_put(&l, text, len - 2);
+	lb_fmt(&l, "; from=<");
+	if (verb[0] == 'M') {
+		lb_put(&l, addr, addr_len);
+	} else {
+		lb_put(&l, s->mail_from, strlen(s->mail_from));
+		lb_fmt(&l, "> to=<");
+		lb_put(&l, addr, addr_len);
+	}
+	lb_fmt(&l, "> proto=%s helo=<", s->esmtp ? "ESMTP" : "SMTP");
+	lb_put(&l, s->helo, strlen(s->helo));
+	lb_fmt(&l, ">");
+	lb_emit(s, &l);
+}
+
+static void
+log_message(struct smtp_session *s, const char *text, size_t len, bool sent)
+{
+	struct logbuf l;
+
+	if (s->hooks == NULL || s->hooks->log == NULL)
+		return;
+	l.n = 0;
+	lb_fmt(&l, "%s: client=", s->qid);
+	lb_client(&l, s);
+	lb_fmt(&l, ", helo=<");
+	lb_put(&l, s->helo, strlen(s->helo));
+	lb_fmt(&l, ">, from=<");
+	lb_put(&l, s->mail_from, strlen(s->mail_from));
+	lb_fmt(&l, ">, nrcpt=%" PRIu32 ", size=%" PRIu64 ", status=%s (", s->tx_nrcpt,
+	       s->body.size, sent ? "sent" : "rejected");
+	lb_put(&l, text, len - 2);
+	lb_fmt(&l, ")");
+	lb_emit(s, &l);
+}
+
+/* A MAIL/RCPT refusal: the reply plus one log line. */
+static void
+reject(struct smtp_session *s, const char *verb, const char *text, size_t len, const char *addr,
+       size_t addr_len)
+{
+	log_reject(s, verb, text, len, addr, addr_len);
+	reply(s, text, len);
+}
+
+/* 555 for an unknown esmtp-keyword; smtp_param_next() checked its syntax,
+ * so it is safe to echo. */
+static void
+reject_option(struct smtp_session *s, const char *verb, const struct smtp_param *prm,
+	      const char *addr, size_t addr_len)
+{
+	char buf[SMTP_REPLY_MAX];
+	int len = snprintf(buf, sizeof buf, "555 5.5.4 Unsupported option: %.*s\r\n",
+			   (int)(prm->key_len < 64 ? prm->key_len : 64), prm->key);
+
+	assert(len > 0 && (size_t)len < sizeof buf);
+	reject(s, verb, buf, (size_t)len, addr, addr_len);
+}
+
+#define REJECT(s, verb, lit, a, an) reject((s), verb, lit "\r\n", sizeof(lit "\r\n") - 1, a, an)
+
+/* ---- message content ---- */
+
+static int
+body_emit(void *ctx, const char *p, size_t n)
+{
+	struct smtp_session *s = ctx;
+
+	s->stats->message_bytes += n;
+	return s->sink->ops->tx_data(s->tx, p, n);
+}
+
+static void
+body_env(struct smtp_session *s, struct smtp_body_env *env)
+{
+	env->emit = body_emit;
+	env->ctx = s;
+	env->size_limit = s->conf->message_size_limit;
+	env->reject_bare_lf = s->conf->bare_newline == SMTP_BARE_NEWLINE_REJECT;
+	env->stats = s->stats;
+}
+
+/* RFC 5322 3.3 date-time in UTC; month/day names are not locale-dependent. */
+static void
+fmt_date(int64_t wall, char out[DATE_MAX])
+{
+	static const char days[7][4] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
+	static const char months[12][4] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+					   "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+	time_t t = (time_t)wall;
+	struct tm tm;
+
+	if (gmtime_r(&t, &tm) == NULL) {
+		t = 0;
+		gmtime_r(&t, &tm);
+	}
+	snprintf(out, DATE_MAX, "%s, %02d %s %04d %02d:%02d:%02d +0000", days[tm.tm_wday % 7],
+		 tm.tm_mday, months[tm.tm_mon % 12], tm.tm_year + 1900, tm.tm_hour, tm.tm_min,
+		 tm.tm_sec);
+}
+
+/* RFC 5321 4.4 trace header, the first bytes of every message. */
+static void
+emit_received(struct smtp_session *s)
+{
+	char buf[RECEIVED_MAX], date[DATE_MAX];
+	const char *proto = !s->esmtp ? "SMTP" : s->tx_utf8 ? "UTF8SMTP" : "ESMTP";
+	const char *addr = s->peer != NULL ? s->peer->addr_text : "unknown";
+	int len;
+
+	fmt_date(s->now_wall, date);
+	if (s->tx_nrcpt == 1)
+		len = snprintf(buf, sizeof buf,
+			       "Received: from %s ([%s])\r\n\tby %s (ringmx) with %s id %s\r\n"
+			       "\tfor <%s>; %s\r\n",
+			       s->helo, addr, s->conf->hostname, proto, s->qid, s->rcpt1, date);
+	else
+		len = snprintf(buf, sizeof buf,
+			       "Received: from %s ([%s])\r\n\tby %s (ringmx) with %s id %s;\r\n"
+			       "\t%s\r\n",
+			       s->helo, addr, s->conf->hostname, proto, s->qid, date);
+	assert(len > 0 && (size_t)len < sizeof buf);
+	s->stats->message_bytes += (size_t)len;
+	if (s->sink->ops->tx_data(s->tx, buf, (size_t)len) < 0)
+		s->body.flags |= SMTP_BODY_F_SINK_ERR;
+}
+
+/* The transaction's final reply: log, forget the transaction, reply. */
+static void
+message_done(struct smtp_session *s, const char *text, size_t len, bool sent)
+{
+	if (sent) {
+		s->stats->messages_accepted++;
+		s->counts.messages++;
+	} else {
+		s->stats->messages_rejected++;
+	}
+	log_message(s, text, len, sent);
+	tx_abort(s); /* no-op unless refused before tx_commit */
+	enter(s, SMTP_S_READY);
+	reply(s, text, len);
+}
+
+/* tx_commit's answer (now or through smtp_session_verdict()). */
+static void
+message_verdict(struct smtp_session *s, int res)
+{
+	char buf[SMTP_REPLY_MAX];
+	int len;
+
+	s->tx = NULL; /* the sink is done with it: never abort it */
+	if (res == 0) {
+		len = snprintf(buf, sizeof buf, "250 2.0.0 Ok: queued as %s\r\n", s->qid);
+		assert(len > 0 && (size_t)len < sizeof buf);
+		message_done(s, buf, (size_t)len, true);
+		return;
+	}
+	s->stats->sink_errors++;
+	if (res == -ENOSPC)
+		message_done(s, r_no_space, sizeof r_no_space - 1, false);
+	else
+		message_done(s, r_sink_err, sizeof r_sink_err - 1, false);
+}
+
+static void
+message_end(struct smtp_session *s)
+{
+	unsigned f = s->body.flags;
+	int rc;
+
+	/* The protocol failures are decided by the content alone, whatever
+	 * the feed boundaries (which decide how much reached a failing sink),
+	 * so they take precedence. */
+	if (f & SMTP_BODY_F_FAILED) {
+		if (f & SMTP_BODY_F_TOO_BIG) {
+			s->stats->size_limit++;
+			message_done(s, r_too_big, sizeof r_too_big - 1, false);
+		} else if (f & SMTP_BODY_F_BARE_CR) {
+			message_done(s, r_bare_cr, sizeof r_bare_cr - 1, false);
+		} else if (f & SMTP_BODY_F_BARE_LF) {
+			message_done(s, r_bare_lf, sizeof r_bare_lf - 1, false);
+		} else {
+			s->stats->sink_errors++;
+			message_done(s, r_sink_err, sizeof r_sink_err - 1, false);
+		}
+		return;
+	}
+	rc = s->sink->ops->tx_commit(s->tx);
+	if (rc == SINK_PENDING) {
+		s->t_verdict = s->now;
+		enter(s, SMTP_S_VERDICT);
+		return;
+	}
+	message_verdict(s, rc == SINK_DONE ? 0 : rc < 0 ? rc : -EIO);
+}
+
+static size_t
+data_feed(struct smtp_session *s, const char *p, size_t n)
+{
+	struct smtp_body_env env;
+	size_t k;
+
+	body_env(s, &env);
+	k = smtp_body_feed(&s->body, &env, p, n);
+	if (smtp_body_done(&s->body))
+		message_end(s);
+	return k;
+}
+
+static void
+bdat_chunk_end(struct smtp_session *s)
+{
+	struct smtp_body_env env;
+
+	if (s->bdat_err != BDAT_OK) {
+		unsigned err = s->bdat_err;
+
+		s->bdat_err = BDAT_OK;
+		enter(s, s->bdat_ret);
+		if (err == BDAT_NEED_MAIL)
+			reply(s, r_need_mail, sizeof r_need_mail - 1);
+		else
+			reply(s, r_no_rcpt, sizeof r_no_rcpt - 1);
+		return;
+	}
+	if (s->bdat_last) {
+		body_env(s, &env);
+		smtp_body_finish(&s->body, &env);
+		message_end(s);
+	} else if (s->body.flags & SMTP_BODY_F_FAILED) {
+		/* The first failing chunk ends the transaction. */
+		message_end(s);
+	} else {
+		enter(s, SMTP_S_RCPT);
+		replyf(s, "250 2.0.0 Ok: %" PRIu64 " octets received\r\n", s->bdat_count);
+	}
+}
+
+static size_t
+bdat_feed(struct smtp_session *s, const char *p, size_t n)
+{
+	size_t k = n < s->bdat_left ? n : (size_t)s->bdat_left;
+
+	/* A failed body is still decoded (nothing reaches the sink) so its
+	 * size does not depend on feed boundaries. */
+	if (s->bdat_err == BDAT_OK) {
+		struct smtp_body_env env;
+
+		body_env(s, &env);
+		smtp_body_feed(&s->body, &env, p, k);
+	}
+	s->bdat_left -= k;
+	if (s->bdat_left == 0)
+		bdat_chunk_end(s);
+	return k;
+}
+
+/* ---- commands ---- */
+
+static bool
+helo_arg_ok(const struct smtp_cmdline *c)
+{
+	if (c->arg_len == 0 || c->arg_len > SMTP_DOMAIN_MAX)
+		return false;
+	for (size_t i = 0; i < c->arg_len; i++)
+		if ((unsigned char)c->arg[i] < 0x21 || (unsigned char)c->arg[i] > 0x7e)
+			return false;
+	return true;
+}
+
+static void
+helo_common(struct smtp_session *s, const struct smtp_cmdline *c, bool esmtp)
+{
+	tx_abort(s);
+	memcpy(s->helo, c->arg, c->arg_len);
+	s->helo[c->arg_len] = '\0';
+	s->esmtp = esmtp;
+	enter(s, SMTP_S_READY);
+}
+
+void
+smtp_cmd_helo(struct smtp_session *s, const struct smtp_cmdline *c)
+{
+	s->counts.helo++;
+	if (!helo_arg_ok(c)) {
+		REPLY(s, "501 5.5.4 Syntax: HELO hostname");
+		return;
+	}
+	helo_common(s, c, false);
+	replyf(s, "250 %s\r\n", s->conf->hostname);
+}
+
+void
+smtp_cmd_ehlo(struct smtp_session *s, const struct smtp_cmdline *c)
+{
+	s->counts.ehlo++;
+	if (!helo_arg_ok(c)) {
+		REPLY(s, "501 5.5.4 Syntax: EHLO hostname");
+		return;
+	}
+	helo_common(s, c, true);
+	replyf(s,
+	       "250-%s\r\n250-PIPELINING\r\n250-SIZE %" PRIu64 "\r\n250-8BITMIME\r\n"
+	       "250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n%s250 CHUNKING\r\n",
+	       s->conf->hostname, s->conf->message_size_limit,
+	       s->conf->starttls ? "250-STARTTLS\r\n" : "");
+}
+
+enum { P_SIZE = 1u << 0, P_BODY = 1u << 1, P_UTF8 = 1u << 2 };
+
+void
+smtp_cmd_mail(struct smtp_session *s, const struct smtp_cmdline *c)
+{
+	const char *path = c->arg, *params;
+	size_t plen = c->arg_len, nparams;
+	struct smtp_param prm;
+	struct smtp_addr a;
+	unsigned seen = 0;
+	uint64_t size = 0;
+	bool eightbit = false, utf8 = false;
+	int r;
+
+	s->counts.mail++;
+	if (s->state == SMTP_S_CONNECTED) {
+		REJECT(s, "MAIL", "503 5.5.1 Error: send HELO/EHLO first", path, plen);
+		return;
+	}
+	if (s->state != SMTP_S_READY) {
+		REJECT(s, "MAIL", "503 5.5.1 Error: nested MAIL command", path, plen);
+		return;
+	}
+	if (smtp_parse_path_arg(c->arg, c->arg_len, "FROM:", 5, &path, &plen, &params, &nparams) <
+	    0) {
+		REJECT(s, "MAIL", "501 5.5.4 Syntax: MAIL FROM:<address>", c->arg, c->arg_len);
+		return;
+	}
+	while ((r = smtp_param_next(&params, &nparams, &prm)) > 0) {
+		unsigned bit;
+
+		if (prm.key_len == 4 && smtp_ieq(prm.key, "SIZE", 4))
+			bit = P_SIZE;
+		else if (prm.key_len == 4 && smtp_ieq(prm.key, "BODY", 4))
+			bit = P_BODY;
+		else if (prm.key_len == 8 && smtp_ieq(prm.key, "SMTPUTF8", 8))
+			bit = P_UTF8;
+		else {
+			reject_option(s, "MAIL", &prm, path, plen);
+			return;
+		}
+		if (seen & bit) {
+			REJECT(s, "MAIL", "501 5.5.4 Duplicate parameter", path, plen);
+			return;
+		}
+		seen |= bit;
+		if (bit == P_SIZE) {
+			if (prm.val == NULL || smtp_parse_u64(prm.val, prm.val_len, &size) < 0) {
+				REJECT(s, "MAIL", "501 5.5.4 Bad SIZE syntax", path, plen);
+				return;
+			}
+		} else if (bit == P_BODY) {
+			if (prm.val != NULL && prm.val_len == 8 && smtp_ieq(prm.val, "8BITMIME", 8)) {
+				eightbit = true;
+			} else if (!(prm.val != NULL && prm.val_len == 4 &&
+				     smtp_ieq(prm.val, "7BIT", 4))) {
+				REJECT(s, "MAIL", "501 5.5.4 Unsupported BODY type", path, plen);
+				return;
+			}
+		} else {
+			if (prm.val != NULL) {
+				REJECT(s, "MAIL", "501 5.5.4 Bad SMTPUTF8 syntax", path, plen);
+				return;
+			}
+			utf8 = true;
+		}
+	}
+	if (r < 0) {
+		REJECT(s, "MAIL", "501 5.5.4 Syntax: MAIL FROM:<address>", path, plen);
+		return;
+	}
+	switch (smtp_addr_parse(path, plen, utf8, &a)) {
+	case SMTP_ADDR_OK:
+	case SMTP_ADDR_RELAY_TRICK: /* harmless in a sender */
+	case SMTP_ADDR_LITERAL:
+		break;
+	case SMTP_ADDR_UTF8:
+		REJECT(s, "MAIL", "553 5.6.7 Must declare SMTPUTF8 to send UTF-8 address", path,
+		       plen);
+		return;
+	default:
+		REJECT(s, "MAIL", "501 5.1.7 Bad sender address syntax", path, plen);
+		return;
+	}
+	if (s->conf->message_size_limit != 0 && size > s->conf->message_size_limit) {
+		s->stats->size_limit++;
+		REJECT(s, "MAIL", "552 5.3.4 Message size exceeds fixed limit", path, plen);
+		return;
+	}
+
+	struct sink_open_info info = {
+		.peer = s->peer,
+		.helo = s->helo,
+		.from = path,
+		.from_len = plen,
+		.size_declared = size,
+		.utf8 = utf8,
+		.eightbit = eightbit,
+		.esmtp = s->esmtp,
+		.wall = s->now_wall,
+	};
+	s->qid[0] = '\0';
+	r = s->sink->ops->tx_open(s->sink->self, s->owner, &info, &s->tx, s->qid);
+	if (r < 0) {
+		s->tx = NULL;
+		s->stats->sink_errors++;
+		if (r == -ENOSPC)
+			reject(s, "MAIL", r_no_space, sizeof r_no_space - 1, path, plen);
+		else
+			reject(s, "MAIL", r_sink_err, sizeof r_sink_err - 1, path, plen);
+		return;
+	}
+	s->qid[SINK_QID_MAX - 1] = '\0';
+	memcpy(s->mail_from, path, plen);
+	s->mail_from[plen] = '\0';
+	s->tx_utf8 = utf8;
+	s->tx_8bit = eightbit;
+	s->tx_size_decl = size;
+	s->tx_nrcpt = 0;
+	enter(s, SMTP_S_MAIL);
+	REPLY(s, "250 2.1.0 Ok");
+}
+
+void
+smtp_cmd_rcpt(struct smtp_session *s, const struct smtp_cmdline *c)
+{
+	const char *path = c->arg, *params;
+	size_t plen = c->arg_len, nparams;
+	struct smtp_param prm;
+	struct smtp_addr a;
+	char buf[SMTP_REPLY_MAX];
+	int r, len;
+
+	s->counts.rcpt++;
+	if (s->state != SMTP_S_MAIL && s->state != SMTP_S_RCPT) {
+		reject(s, "RCPT", r_need_mail, sizeof r_need_mail - 1, path, plen);
+		return;
+	}
+	if (smtp_parse_path_arg(c->arg, c->arg_len, "TO:", 3, &path, &plen, &params, &nparams) <
+	    0) {
+		REJECT(s, "RCPT", "501 5.5.4 Syntax: RCPT TO:<address>", c->arg, c->arg_len);
+		return;
+	}
+	/* No RCPT parameters are supported (no DSN). */
+	if ((r = smtp_param_next(&params, &nparams, &prm)) != 0) {
+		if (r < 0)
+			REJECT(s, "RCPT", "501 5.5.4 Syntax: RCPT TO:<address>", path, plen);
+		else
+			reject_option(s, "RCPT", &prm, path, plen);
+		return;
+	}
+	if (s->conf->recipient_limit != 0 && s->tx_nrcpt >= s->conf->recipient_limit) {
+		s->stats->rcpt_limit++;
+		REJECT(s, "RCPT", "452 4.5.3 Error: too many recipients", path, plen);
+		return;
+	}
+	switch (smtp_addr_parse(path, plen, s->tx_utf8, &a)) {
+	case SMTP_ADDR_OK:
+		if (a.local_len == 0) /* <> is only a reverse-path */
+			goto syntax;
+		if (a.domain == NULL) /* <Postmaster>: always accepted */
+			break;
+		if (smtp_domain_accepted(s->conf, a.domain, a.domain_len))
+			break;
+		goto relay;
+	case SMTP_ADDR_ROUTE:
+	case SMTP_ADDR_RELAY_TRICK:
+	case SMTP_ADDR_LITERAL:
+	case SMTP_ADDR_NO_DOMAIN:
+		goto relay;
+	case SMTP_ADDR_UTF8:
+		REJECT(s, "RCPT", "553 5.6.7 Must declare SMTPUTF8 to send UTF-8 address", path,
+		       plen);
+		return;
+	default:
+		goto syntax;
+	}
+	r = s->sink->ops->tx_rcpt(s->tx, path, plen);
+	if (r < 0) {
+		s->stats->sink_errors++;
+		reject(s, "RCPT", r_sink_err, sizeof r_sink_err - 1, path, plen);
+		return;
+	}
+	if (s->tx_nrcpt == 0) {
+		memcpy(s->rcpt1, path, plen);
+		s->rcpt1[plen] = '\0';
+	}
+	s->tx_nrcpt++;
+	s->stats->rcpt_accepted++;
+	enter(s, SMTP_S_RCPT);
+	REPLY(s, "250 2.1.5 Ok");
+	return;
+syntax:
+	REJECT(s, "RCPT", "501 5.1.3 Bad recipient address syntax", path, plen);
+	return;
+relay:
+	/* Any valid path: plen <= SMTP_PATH_MAX - 2, so this fits. */
+	s->stats->rcpt_relay_denied++;
+	len = snprintf(buf, sizeof buf, "550 5.7.1 <%.*s>: Relay access denied\r\n", (int)plen,
+		       path);
+	assert(len > 0 && (size_t)len < sizeof buf);
+	reject(s, "RCPT", buf, (size_t)len, path, plen);
+}
+
+void
+smtp_cmd_data(struct smtp_session *s, const struct smtp_cmdline *c)
+{
+	s->counts.data++;
+	if (c->arg_len != 0) {
+		REPLY(s, "501 5.5.4 Syntax: DATA");
+		return;
+	}
+	if (s->state != SMTP_S_MAIL && s->state != SMTP_S_RCPT) {
+		reply(s, r_need_mail, sizeof r_need_mail - 1);
+		return;
+	}
+	if (s->tx_bdat) {
+		REPLY(s, "503 5.5.1 Error: DATA not allowed with BDAT");
+		return;
+	}
+	if (s->state == SMTP_S_MAIL) {
+		reply(s, r_no_rcpt, sizeof r_no_rcpt - 1);
+		return;
+	}
+	/* RFC 2920: DATA ends a pipelining group; content sent before the
+	 * client could have seen 354 is the smuggling pattern (Postfix
+	 * smtpd_forbid_unauth_pipelining). */
+	if (c->more) {
+		s->stats->sync_errors++;
+		session_close(s);
+		REPLY(s, "554 5.5.0 Error: SMTP protocol synchronization");
+		return;
+	}
+	smtp_body_init(&s->body, SMTP_BODY_DATA);
+	emit_received(s);
+	enter(s, SMTP_S_DATA);
+	REPLY(s, "354 End data with <CR><LF>.<CR><LF>");
+}
+
+void
+smtp_cmd_bdat(struct smtp_session *s, const struct smtp_cmdline *c)
+{
+	uint64_t count;
+	bool last;
+
+	s->counts.bdat++;
+	if (smtp_parse_bdat(c->arg, c->arg_len, &count, &last) < 0) {
+		REPLY(s, "501 5.5.4 Syntax: BDAT count [LAST]");
+		return;
+	}
+	s->bdat_count = s->bdat_left = count;
+	s->bdat_last = last;
+	s->bdat_ret = s->state;
+	s->bdat_err = BDAT_OK;
+	/* A refused chunk is still read, or its octets would be taken for
+	 * commands. */
+	if (s->state != SMTP_S_MAIL && s->state != SMTP_S_RCPT) {
+		s->bdat_err = BDAT_NEED_MAIL;
+	} else if (s->state == SMTP_S_MAIL) {
+		s->bdat_err = BDAT_NO_RCPT;
+	} else if (!s->tx_bdat) {
+		s->tx_bdat = true;
+		smtp_body_init(&s->body, SMTP_BODY_BDAT);
+		emit_received(s);
+	}
+	enter(s, SMTP_S_BDAT);
+	if (count == 0)
+		bdat_chunk_end(s);
+}
+
+void
+smtp_cmd_rset(struct smtp_session *s, const struct smtp_cmdline *c)
+{
+	(void)c;
+	s->counts.rset++;
+	tx_abort(s);
+	if (s->state != SMTP_S_CONNECTED)
+		enter(s, SMTP_S_READY);
+	REPLY(s, "250 2.0.0 Ok");
+}
+
+void
+smtp_cmd_noop(struct smtp_session *s, const struct smtp_cmdline *c)
+{
+	(void)c;
+	s->counts.noop++;
+	REPLY(s, "250 2.0.0 Ok");
+}
+
+void
+smtp_cmd_quit(struct smtp_session *s, const struct smtp_cmdline *c)
+{
+	(void)c;
+	s->counts.quit++;
+	REPLY(s, "221 2.0.0 Bye");
+	session_close(s);
+}
+
+void
+smtp_cmd_vrfy(struct smtp_session *s, const struct smtp_cmdline *c)
+{
+	(void)c;
+	s->counts.vrfy++;
+	REPLY(s, "252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery");
+}
+
+void
+smtp_cmd_expn(struct smtp_session *s, const struct smtp_cmdline *c)
+{
+	(void)c;
+	REPLY(s, "502 5.5.1 Error: EXPN not supported");
+}
+
+void
+smtp_cmd_help(struct smtp_session *s, const struct smtp_cmdline *c)
+{
+	(void)c;
+	REPLY(s, "214 2.0.0 See https://www.rfc-editor.org/rfc/rfc5321");
+}
+
+void
+smtp_cmd_starttls(struct smtp_session *s, const struct smtp_cmdline *c)
+{
+	(void)c;
+	if (!s->conf->starttls)
+		REPLY(s, "502 5.5.1 Error: STARTTLS not available");
+	else /* advertised, but the TLS layer has not landed yet */
+		REPLY(s, "454 4.7.0 TLS not available due to local problem");
+}
+
+/* ---- command lines ---- */
+
+/*
+ * Index of the LF of the CRLF ending the line in p[0..n), or n. prev_cr: the
+ * byte before p[0] (in the carry) is a CR. Only CRLF ends a line; a bare LF
+ * or CR is noted in *bad and the line goes on.
+ */
+static size_t
+line_scan(const char *p, size_t n, bool prev_cr, unsigned *bad)
+{
+	size_t i = 0;
+
+	if (prev_cr) {
+		if (p[0] == '\n')
+			return 0;
+		*bad |= LINE_BARE_CR;
+	}
+	for (;;) {
+		i += smtp_scan_crlf(p + i, n - i);
+		if (i >= n)
+			return n;
+		if (p[i] == '\n') {
+			*bad |= LINE_BARE_LF;
+			i++;
+			continue;
+		}
+		if (i + 1 == n)
+			return n; /* a CR at the end: decided by the next feed */
+		if (p[i + 1] == '\n')
+			return i + 1;
+		*bad |= LINE_BARE_CR;
+		i++;
+	}
+}
+
+static void
+handle_line(struct smtp_session *s, const char *line, size_t len, unsigned bad, bool too_long,
+	    bool more)
+{
+	const struct smtp_cmd_def *d = NULL;
+	struct smtp_cmdline c;
+
+	s->stats->commands++;
+	s->counts.commands++;
+	if (!too_long) {
+		smtp_cmd_split(line, len, &c);
+		d = smtp_cmd_lookup(c.verb, c.verb_len);
+		too_long = len + 2 > ((d != NULL && (d->flags & SMTP_CMDF_LONG))
+					      ? SMTP_PARAM_LINE_MAX
+					      : SMTP_CMD_LINE_MAX);
+	}
+	if (too_long) {
+		s->stats->line_too_long++;
+		REPLY(s, "500 5.5.0 Error: line too long");
+		return;
+	}
+	if (bad & LINE_BARE_LF) {
+		s->stats->bare_lf++;
+		REPLY(s, "500 5.5.2 Error: bare <LF> received");
+		return;
+	}
+	if (bad & LINE_BARE_CR) {
+		s->stats->bare_cr++;
+		REPLY(s, "500 5.5.2 Error: bare <CR> received");
+		return;
+	}
+	if (memchr(line, '\0', len) != NULL) {
+		REPLY(s, "500 5.5.2 Error: NUL in command");
+		return;
+	}
+	if (d == NULL) {
+		s->counts.unknown++;
+		REPLY(s, "500 5.5.2 Error: command not recognized");
+		return;
+	}
+	c.more = more;
+	if (d->flags & SMTP_CMDF_LIMIT)
+		s->counts.junk++;
+	d->handler(s, &c);
+	if ((d->flags & SMTP_CMDF_LIMIT) && s->conf->junk_limit != 0 &&
+	    s->counts.junk > s->conf->junk_limit && !closing(s)) {
+		s->stats->junk_limit++;
+		reply_421(s, "4.7.0", "Error: too many junk commands");
+		session_close(s);
+	}
+}
+
+/* Consume at most one command line from p[0..n) (n > 0). */
+static size_t
+cmd_feed(struct smtp_session *s, const char *p, size_t n)
+{
+	unsigned bad = 0;
+	size_t lf = line_scan(p, n, s->carry_cr, &bad);
+	const char *line;
+	size_t len;
+	bool too_long = false;
+
+	if (lf == n) {
+		/* Incomplete: keep it in the carry, or only remember to
+		 * discard it once it cannot be a valid line any more. */
+		s->partial = true;
+		s->carry_bad |= (uint8_t)bad;
+		if (!s->carry_long) {
+			if (n <= (size_t)SMTP_CARRY_MAX - s->carry_len) {
+				memcpy(s->carry + s->carry_len, p, n);
+				s->carry_len = (uint16_t)(s->carry_len + n);
+			} else {
+				s->carry_long = true;
+				s->carry_len = 0;
+			}
+		}
+		s->carry_cr = p[n - 1] == '\r';
+		return n;
+	}
+	if (!s->partial) {
+		line = p; /* zero-copy: the line is a view into the input */
+		len = lf - 1;
+	} else {
+		bad |= s->carry_bad;
+		if (s->carry_long || lf > (size_t)SMTP_CARRY_MAX - s->carry_len) {
+			too_long = true;
+			line = NULL;
+			len = 0;
+		} else {
+			memcpy(s->carry + s->carry_len, p, lf);
+			line = s->carry;
+			len = s->carry_len + lf - 1;
+		}
+		s->partial = s->carry_long = s->carry_cr = false;
+		s->carry_bad = 0;
+		s->carry_len = 0;
+	}
+	handle_line(s, line, len, bad, too_long, lf + 1 < n);
+	return lf + 1;
+}
+
+/* ---- public API ---- */
+
+void
+smtp_session_init(struct smtp_session *s, const struct smtp_conf *conf,
+		  const struct smtp_peer *peer, struct smtp_out *out, const struct sink *sink,
+		  const struct smtp_hooks *hooks, void *owner, struct ringmx_stats *stats,
+		  uint64_t now_ns, int64_t now_wall)
+{
+	memset(s, 0, sizeof *s);
+	s->state = SMTP_S_CONNECTED;
+	s->conf = conf;
+	s->peer = peer;
+	s->out = out;
+	s->sink = sink;
+	s->hooks = hooks;
+	s->owner = owner;
+	s->stats = stats;
+	s->t_start = s->t_activity = s->now = now_ns;
+	s->wall_start = s->now_wall = now_wall;
+}
+
+void
+smtp_session_start(struct smtp_session *s)
+{
+	char buf[SMTP_REPLY_MAX];
+	int len = snprintf(buf, sizeof buf, "220 %s ESMTP ringmx\r\n", s->conf->hostname);
+
+	assert(len > 0 && (size_t)len < sizeof buf);
+	if (!out_put(s, buf, (size_t)len))
+		session_close(s);
+}
+
+/* A drain waits for the transaction to end, then says goodbye. */
+static void
+shutdown_check(struct smtp_session *s)
+{
+	if (s->shutdown && !closing(s) && !in_tx(s)) {
+		reply_421(s, "4.3.2", "Service shutting down");
+		session_close(s);
+	}
+}
+
+size_t
+smtp_session_feed(struct smtp_session *s, const char *p, size_t n, uint64_t now_ns,
+		  int64_t now_wall)
+{
+	size_t i = 0;
+
+	if (closing(s))
+		return n;
+	s->now = now_ns;
+	s->now_wall = now_wall;
+	while (i < n && !closing(s)) {
+		if (s->state == SMTP_S_VERDICT || out_room(s) < SMTP_OUT_MIN)
+			break;
+		switch (s->state) {
+		case SMTP_S_DATA:
+			i += data_feed(s, p + i, n - i);
+			break;
+		case SMTP_S_BDAT:
+			i += bdat_feed(s, p + i, n - i);
+			break;
+		default:
+			i += cmd_feed(s, p + i, n - i);
+			break;
+		}
+		shutdown_check(s);
+	}
+	if (closing(s))
+		i = n; /* after QUIT or a fatal error, input is ignored */
+	if (i > 0)
+		s->t_activity = now_ns;
+	assert(i <= n);
+	return i;
+}
+
+unsigned
+smtp_session_status(const struct smtp_session *s)
+{
+	unsigned st = 0;
+
+	if (closing(s))
+		return SMTP_ST_CLOSE;
+	if (s->state == SMTP_S_VERDICT)
+		st |= SMTP_ST_PAUSED;
+	if (out_room(s) < SMTP_OUT_MIN)
+		st |= SMTP_ST_OUTFULL;
+	if (in_tx(s))
+		st |= SMTP_ST_IN_TX;
+	return st;
+}
+
+void
+smtp_session_verdict(struct smtp_session *s, int res, uint64_t now_ns)
+{
+	/* A verdict for an aborted transaction must not arrive (sink.h);
+	 * tolerate it rather than reply twice. */
+	if (s->state != SMTP_S_VERDICT)
+		return;
+	s->now = now_ns;
+	s->t_activity = now_ns;
+	message_verdict(s, res == 0 ? 0 : res < 0 ? res : -EIO);
+	shutdown_check(s);
+}
+
+static uint64_t
+add_sat(uint64_t t, uint64_t d)
+{
+	return d == 0 ? UINT64_MAX : t + d < t ? UINT64_MAX : t + d;
+}
+
+uint64_t
+smtp_session_deadline(const struct smtp_session *s)
+{
+	const struct smtp_conf *c = s->conf;
+	uint64_t d, cap = add_sat(s->t_start, c->session_timeout);
+
+	switch (s->state) {
+	case SMTP_S_CONNECTED:
+		d = add_sat(s->t_activity, c->greeting_timeout);
+		break;
+	case SMTP_S_READY:
+	case SMTP_S_MAIL:
+	case SMTP_S_RCPT:
+		d = add_sat(s->t_activity, c->command_timeout);
+		break;
+	case SMTP_S_DATA:
+	case SMTP_S_BDAT:
+		d = add_sat(s->t_activity, c->data_timeout);
+		break;
+	case SMTP_S_VERDICT:
+		d = add_sat(s->t_verdict, c->data_end_timeout);
+		break;
+	default:
+		return UINT64_MAX;
+	}
+	return d < cap ? d : cap;
+}
+
+bool
+smtp_session_tick(struct smtp_session *s, uint64_t now_ns)
+{
+	if (closing(s) || now_ns < smtp_session_deadline(s))
+		return false;
+	s->now = now_ns;
+	s->stats->timeouts++;
+	reply_421(s, "4.4.2", "Error: timeout exceeded");
+	session_close(s);
+	return true;
+}
+
+void
+smtp_session_shutdown(struct smtp_session *s, bool force)
+{
+	if (closing(s))
+		return;
+	if (force || !in_tx(s)) {
+		reply_421(s, "4.3.2", "Service shutting down");
+		session_close(s);
+		return;
+	}
+	s->shutdown = true;
+}
+
+void
+smtp_session_eof(struct smtp_session *s)
+{
+	session_close(s);
+}
+
+void
+smtp_session_set_conf(struct smtp_session *s, const struct smtp_conf *conf)
+{
+	s->conf = conf;
+}

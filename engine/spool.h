@@ -1,0 +1,67 @@
+/*
+ * spool.h - the durable spool: per-worker append-only segments with group
+ * commit. Implements the sink interface (sink.h); "250" is released only
+ * when the batch holding the message is on stable storage.
+ *
+ * Integration with the worker (engine/worker.c):
+ *  - spool_open() runs on the worker thread after its ring exists; it
+ *    recovers the worker's segments (verify, truncate a torn tail, log).
+ *  - All I/O goes through the worker's ring. The spool takes SQEs with
+ *    get_sqe(ctx) and tags them with user_data ud_base | tag (tag < 2^32;
+ *    the worker passes ud_base = ud_make(OP_SPOOL, 0, 0)); the worker hands
+ *    every OP_SPOOL CQE to spool_on_cqe().
+ *  - Once per loop iteration, before submitting, the worker calls
+ *    spool_poll(now): the spool closes a batch that is big or old enough
+ *    and submits its writes, or its fsync when the writes are in.
+ *  - spool_wait_ns() bounds how long the loop may sleep (the batch delay).
+ *  - Verdicts go out through the callback given at open (the engine routes
+ *    them to smtp_session_verdict via the transaction's owner pointer).
+ *  - spool_set_conf() on reload (commit_delay and commit_size follow it;
+ *    the other spool keys need a restart, see config_check_reload()).
+ *  - spool_close() at exit, once spool_idle(): closes the segment files.
+ *
+ * Ownership: one spool per worker, used only by that worker's thread. The
+ * memory of a transaction's staged bytes belongs to the spool from tx_open
+ * until its verdict is delivered or it is aborted.
+ */
+#ifndef RINGMX_SPOOL_H
+#define RINGMX_SPOOL_H
+
+#include <liburing.h>
+#include <stdint.h>
+
+#include "qid.h"
+#include "ringmx/sink.h"
+#include "ringmx/stats.h"
+
+struct spool;
+struct config;
+
+struct spool_env {
+	unsigned worker;
+	struct io_uring *ring;
+	/* An SQE from the worker's ring (submits first when the SQ is full). */
+	struct io_uring_sqe *(*get_sqe)(void *ctx);
+	void *ctx;
+	uint64_t ud_base; /* user_data of spool SQEs: ud_base | tag */
+	struct qid_gen *qid;
+	struct ringmx_stats *stats;
+	/* Deliver the verdict for the transaction opened with this owner. */
+	void (*verdict)(void *owner, int res);
+};
+
+/* Returns 0 or -errno; on error err holds one line for the operator.
+ * Creates spool_dir (mode 0700, with parents) and spool_dir/w<N>, recovers
+ * the worker's segments and opens a new one. */
+int spool_open(struct spool **out, const struct config *cfg, const struct spool_env *env,
+	       char *err, size_t errlen);
+void spool_set_conf(struct spool *sp, const struct config *cfg);
+void spool_sink(struct spool *sp, struct sink *out);
+void spool_on_cqe(struct spool *sp, struct io_uring_cqe *cqe);
+void spool_poll(struct spool *sp, uint64_t now_ns);
+uint64_t spool_wait_ns(const struct spool *sp, uint64_t now_ns, uint64_t max_ns);
+/* Nothing in flight and nothing staged (the worker may exit). */
+int spool_idle(const struct spool *sp);
+void spool_close(struct spool *sp);
+
+#endif

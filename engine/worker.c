@@ -1,0 +1,499 @@
+/*
+ * worker.c - the per-core event loop: ring set-up, listeners, multishot
+ * accept, wake-ups from the main thread, and the loop itself
+ * (submit_and_wait_timeout -> for_each_cqe -> one cq_advance -> timers ->
+ * flush replies and re-arm receives -> publish returned buffers).
+ *
+ * Ownership: everything reachable from struct worker belongs to its thread,
+ * except ctl (written by main, read here after a wake) and cfg (read-only,
+ * freed by main only after this worker acknowledged the next one).
+ */
+#include "worker.h"
+
+#include <arpa/inet.h>
+#include <assert.h>
+#include <errno.h>
+#include <netinet/tcp.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Buffer group id of the worker's provided-buffer ring (one per ring). */
+#define RECV_BGID 0
+#define SQ_ENTRIES 4096u
+
+uint64_t
+now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Create this worker's socket for every listener. Runs on the main thread
+ * before any worker starts, so a bind error stops start-up with one message. */
+int
+worker_setup_listeners(struct worker *w, const struct config *cfg, char *err, size_t errlen)
+{
+	w->nlisteners = cfg->nlisteners;
+	for (size_t i = 0; i < cfg->nlisteners; i++) {
+		const struct listener_conf *l = &cfg->listeners[i];
+		int one = 1;
+		int fd = socket(l->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (fd < 0) {
+			snprintf(err, errlen, "listen %s: socket: %s", l->text, strerror(errno));
+			return -1;
+		}
+		/* Each worker has its own listening socket in one reuseport
+		 * group, so the kernel spreads connections without a shared
+		 * accept queue or lock. */
+		if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+		    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0) {
+			snprintf(err, errlen, "listen %s: setsockopt: %s", l->text, strerror(errno));
+			close(fd);
+			return -1;
+		}
+		/* Accepted sockets inherit TCP_NODELAY: replies are already
+		 * batched per loop, Nagle would only add latency. */
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+		if (l->addr.ss_family == AF_INET6)
+			setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+		if (bind(fd, (const struct sockaddr *)&l->addr, l->addrlen) < 0) {
+			snprintf(err, errlen, "listen %s: bind: %s", l->text, strerror(errno));
+			close(fd);
+			return -1;
+		}
+		if (listen(fd, (int)cfg->listen_backlog) < 0) {
+			snprintf(err, errlen, "listen %s: listen: %s", l->text, strerror(errno));
+			close(fd);
+			return -1;
+		}
+		w->listen_fd[i] = fd;
+	}
+	return 0;
+}
+
+void
+worker_wake(struct worker *w)
+{
+	uint64_t one = 1;
+	ssize_t r = write(w->wake_fd, &one, sizeof(one));
+	(void)r; /* an eventfd write only fails on counter overflow */
+}
+
+/* An SQE, submitting first if the SQ is full (TigerBeetle's enqueue). */
+struct io_uring_sqe *
+worker_sqe(struct worker *w)
+{
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&w->ring);
+	while (sqe == NULL) {
+		int r = io_uring_submit(&w->ring);
+		if (r < 0 && r != -EAGAIN && r != -EBUSY && r != -EINTR)
+			panic("io_uring_submit: %s", strerror(-r));
+		sqe = io_uring_get_sqe(&w->ring);
+	}
+	return sqe;
+}
+
+static struct io_uring_sqe *
+spool_get_sqe(void *ctx)
+{
+	return worker_sqe(ctx);
+}
+
+static void
+arm_accept(struct worker *w, unsigned i)
+{
+	struct io_uring_sqe *sqe = worker_sqe(w);
+	io_uring_prep_multishot_accept(sqe, w->listen_fd[i], NULL, NULL, SOCK_CLOEXEC);
+	io_uring_sqe_set_data64(sqe, ud_make(OP_ACCEPT, 0, i));
+	w->accept_armed[i] = true;
+}
+
+static void
+arm_wake(struct worker *w)
+{
+	struct io_uring_sqe *sqe = worker_sqe(w);
+	io_uring_prep_read(sqe, w->wake_fd, &w->wake_val, sizeof(w->wake_val), 0);
+	io_uring_sqe_set_data64(sqe, ud_make(OP_WAKE, 0, 0));
+}
+
+static void
+stop_accepting(struct worker *w)
+{
+	for (size_t i = 0; i < w->nlisteners; i++) {
+		if (w->listen_fd[i] < 0)
+			continue;
+		if (w->accept_armed[i]) {
+			struct io_uring_sqe *sqe = worker_sqe(w);
+			io_uring_prep_cancel_fd(sqe, w->listen_fd[i], IORING_ASYNC_CANCEL_ALL);
+			io_uring_sqe_set_data64(sqe, ud_make(OP_CANCEL, 0, 0));
+		}
+		/* The accept's final CQE may still come; the ring holds its
+		 * own file reference, so closing the descriptor now is safe. */
+		close(w->listen_fd[i]);
+		w->listen_fd[i] = -1;
+	}
+}
+
+static void
+on_accept(struct worker *w, struct io_uring_cqe *cqe)
+{
+	unsigned i = ud_idx(cqe->user_data);
+	if (!(cqe->flags & IORING_CQE_F_MORE))
+		w->accept_armed[i] = false;
+	if (cqe->res >= 0) {
+		if (w->draining) {
+			close(cqe->res);
+			return;
+		}
+		conn_open(w, cqe->res, i);
+	} else if (cqe->res != -ECANCELED) {
+		/* EMFILE/ENFILE/ENOMEM end the multishot; it is re-armed when
+		 * a connection closes (or on the next timer tick), not in a
+		 * tight loop. */
+		w->stats.connections_refused++;
+		log_warn("accept on %s: %s", w->cfg->listeners[i].text, strerror(-cqe->res));
+	}
+	if (!w->accept_armed[i] && !w->draining) {
+		w->accept_wanted = true;
+		if (cqe->res < 0)
+			w->accept_retry_at = w->now + TIMER_TICK_NS;
+	}
+}
+
+static void
+rearm_accepts(struct worker *w)
+{
+	if (!w->accept_wanted || w->draining || w->nfree == 0 || w->now < w->accept_retry_at)
+		return;
+	w->accept_wanted = false;
+	for (size_t i = 0; i < w->nlisteners; i++)
+		if (!w->accept_armed[i] && w->listen_fd[i] >= 0)
+			arm_accept(w, (unsigned)i);
+}
+
+static void
+log_stats(struct worker *w, const char *when)
+{
+	char line[3072];
+	size_t off = (size_t)snprintf(line, sizeof(line), "stats %s:", when);
+#define RINGMX_STATS_FMT(name, help)                                                               \
+	if (off < sizeof(line))                                                                    \
+		off += (size_t)snprintf(line + off, sizeof(line) - off, " %s=%llu", #name,         \
+					(unsigned long long)w->stats.name);
+	RINGMX_STATS(RINGMX_STATS_FMT)
+#undef RINGMX_STATS_FMT
+	log_line(LOG_INFO, line, off < sizeof(line) ? off : sizeof(line) - 1);
+}
+
+static void
+start_drain(struct worker *w)
+{
+	if (w->draining)
+		return;
+	w->draining = true;
+	w->drain_deadline = w->now + w->cfg->shutdown_timeout;
+	stop_accepting(w);
+	for (uint32_t i = 0; i < w->nconns; i++)
+		if (w->conns[i].state == CONN_OPEN)
+			conn_drain(w, &w->conns[i], false);
+	log_info("draining: %u connections open, shutdown_timeout %llus", w->active,
+		 (unsigned long long)(w->cfg->shutdown_timeout / 1000000000u));
+}
+
+static void
+switch_config(struct worker *w, const struct config *cfg)
+{
+	w->cfg = cfg;
+	if (w->spool != NULL)
+		spool_set_conf(w->spool, cfg);
+	for (uint32_t i = 0; i < w->nconns; i++)
+		if (w->conns[i].state != CONN_FREE)
+			conn_set_conf(&w->conns[i], &cfg->smtp);
+	atomic_store(&w->ctl.cfg_ack, cfg);
+}
+
+static void
+on_wake(struct worker *w, struct io_uring_cqe *cqe)
+{
+	if (cqe->res < 0 && cqe->res != -EINTR && cqe->res != -EAGAIN)
+		panic("wake eventfd read: %s", strerror(-cqe->res));
+	const struct config *next = atomic_exchange(&w->ctl.next_cfg, NULL);
+	if (next != NULL)
+		switch_config(w, next);
+	if (atomic_exchange(&w->ctl.dump, false))
+		log_stats(w, "now");
+	if (atomic_load(&w->ctl.stop))
+		start_drain(w);
+	arm_wake(w);
+}
+
+static void
+handle_cqe(struct worker *w, struct io_uring_cqe *cqe)
+{
+	uint64_t ud = cqe->user_data;
+	switch (ud_op(ud)) {
+	case OP_ACCEPT:
+		on_accept(w, cqe);
+		return;
+	case OP_WAKE:
+		on_wake(w, cqe);
+		return;
+	case OP_CANCEL:
+		return; /* -ENOENT/-EALREADY: the target finished on its own */
+	case OP_SPOOL:
+		spool_on_cqe(w->spool, cqe);
+		return;
+	case OP_RECV:
+	case OP_SEND: {
+		uint32_t idx = ud_idx(ud);
+		assert(idx < w->nconns);
+		struct conn *c = &w->conns[idx];
+		if (c->state == CONN_FREE || (c->gen & 0xffffff) != ud_gen(ud)) {
+			/* A late CQE for a slot's previous occupant. Any buffer
+			 * it carries must still go back to the ring. */
+			if (cqe->flags & IORING_CQE_F_BUFFER) {
+				bufring_taken(&w->br);
+				bufring_put(&w->br, cqe->flags >> IORING_CQE_BUFFER_SHIFT);
+			}
+			return;
+		}
+		if (ud_op(ud) == OP_RECV)
+			conn_on_recv(w, c, cqe);
+		else
+			conn_on_send(w, c, cqe->res);
+		return;
+	}
+	}
+	panic("unknown CQE op %u (user_data %llx)", (unsigned)ud_op(ud), (unsigned long long)ud);
+}
+
+static int
+ring_init(struct worker *w)
+{
+	struct io_uring_params p;
+	unsigned cq = 1;
+	/* Multishot recv and accept post many CQEs per SQE: size the CQ well
+	 * above the in-flight count so it never overflows (liburing proxy.c). */
+	while (cq < w->nconns * 4u && cq < (1u << 20))
+		cq <<= 1;
+	if (cq < 4 * SQ_ENTRIES)
+		cq = 4 * SQ_ENTRIES;
+	memset(&p, 0, sizeof(p));
+	/* SINGLE_ISSUER (6.0): only this thread submits, so the kernel skips
+	 * cross-thread synchronisation. DEFER_TASKRUN (6.1): completions run
+	 * only when we wait, in batches, never interrupting the loop.
+	 * SUBMIT_ALL: one bad SQE does not stop the rest of the batch. */
+	p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_CQSIZE |
+		  IORING_SETUP_CLAMP | IORING_SETUP_SUBMIT_ALL;
+	p.cq_entries = cq;
+	int r = io_uring_queue_init_params(SQ_ENTRIES, &w->ring, &p);
+	if (r == -EINVAL) {
+		/* Kernels before 6.1: cooperative task running instead. */
+		memset(&p, 0, sizeof(p));
+		p.flags = IORING_SETUP_COOP_TASKRUN | IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP |
+			  IORING_SETUP_SUBMIT_ALL;
+		p.cq_entries = cq;
+		r = io_uring_queue_init_params(SQ_ENTRIES, &w->ring, &p);
+		if (r == 0)
+			log_warn("kernel lacks DEFER_TASKRUN (6.1): using COOP_TASKRUN");
+	}
+	if (r < 0)
+		return r;
+	if (!(p.features & IORING_FEAT_EXT_ARG)) {
+		io_uring_queue_exit(&w->ring);
+		return -EOPNOTSUPP;
+	}
+	io_uring_register_ring_fd(&w->ring); /* best effort: saves an fget per enter */
+	return 0;
+}
+
+static int
+pools_init(struct worker *w)
+{
+	const struct config *cfg = w->cfg;
+	w->nconns = cfg->max_connections;
+	/* Large pools come from mmap: untouched slots and blocks cost no
+	 * resident memory, and LIFO free stacks keep reusing the warm ones. */
+	size_t csz = (size_t)w->nconns * sizeof(struct conn);
+	w->conns = mmap(NULL, csz, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	w->outmem = mmap(NULL, (size_t)w->nconns * CONN_OUT_SIZE, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	w->free_conns = calloc(w->nconns, sizeof(uint32_t));
+	w->free_out = calloc(w->nconns, sizeof(char *));
+	w->hold_next = calloc(cfg->recv_buffers, sizeof(uint32_t));
+	w->hold_len = calloc(cfg->recv_buffers, sizeof(uint32_t));
+	w->wheel = malloc(sizeof(*w->wheel));
+	if (w->conns == MAP_FAILED || w->outmem == MAP_FAILED || !w->free_conns || !w->free_out ||
+	    !w->hold_next || !w->hold_len || !w->wheel)
+		return -ENOMEM;
+	for (uint32_t i = 0; i < w->nconns; i++) {
+		w->free_conns[i] = w->nconns - 1 - i;
+		w->free_out[i] = w->outmem + (size_t)(w->nconns - 1 - i) * CONN_OUT_SIZE;
+	}
+	w->nfree = w->nconns;
+	w->nfree_out = w->nconns;
+	timer_wheel_init(w->wheel, now_ns());
+	return 0;
+}
+
+static void
+pools_fini(struct worker *w)
+{
+	if (w->conns && w->conns != MAP_FAILED)
+		munmap(w->conns, (size_t)w->nconns * sizeof(struct conn));
+	if (w->outmem && w->outmem != MAP_FAILED)
+		munmap(w->outmem, (size_t)w->nconns * CONN_OUT_SIZE);
+	free(w->free_conns);
+	free(w->free_out);
+	free(w->hold_next);
+	free(w->hold_len);
+	free(w->wheel);
+}
+
+static void
+pin(struct worker *w)
+{
+	if (w->cpu < 0)
+		return;
+	cpu_set_t set;
+	CPU_ZERO(&set);
+	CPU_SET(w->cpu, &set);
+	int r = pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+	if (r != 0)
+		log_warn("cannot pin to cpu %d: %s", w->cpu, strerror(r));
+}
+
+static void
+loop(struct worker *w)
+{
+	for (;;) {
+		/* First, so verdicts it gives (a failed batch) are flushed
+		 * below and the batch's SQEs go out with this submit. */
+		if (w->spool != NULL)
+			spool_poll(w->spool, w->now);
+		conn_rearm_all(w);
+		conn_flush_all(w);
+		rearm_accepts(w);
+		bufring_publish(&w->br);
+		log_flush();
+		if (w->draining && w->active == 0 && (w->spool == NULL || spool_idle(w->spool)))
+			break;
+
+		uint64_t wait = timer_wait_ns(w->wheel, 1000000000ull);
+		if (w->spool != NULL)
+			wait = spool_wait_ns(w->spool, w->now, wait);
+		if (w->draining && wait > TIMER_TICK_NS)
+			wait = TIMER_TICK_NS;
+		struct __kernel_timespec ts = {.tv_sec = (long long)(wait / 1000000000u),
+					       .tv_nsec = (long long)(wait % 1000000000u)};
+		struct io_uring_cqe *cqe;
+		int r = io_uring_submit_and_wait_timeout(&w->ring, &cqe, 1, &ts, NULL);
+		if (r < 0 && r != -ETIME && r != -EINTR && r != -EAGAIN && r != -EBUSY)
+			panic("io_uring_submit_and_wait_timeout: %s", strerror(-r));
+
+		w->now = now_ns();
+		w->wall = time(NULL);
+		w->stats.loop_iterations++;
+
+		unsigned head, n = 0;
+		io_uring_for_each_cqe(&w->ring, head, cqe)
+		{
+			handle_cqe(w, cqe);
+			n++;
+		}
+		io_uring_cq_advance(&w->ring, n);
+
+		timer_expire(w->wheel, w->now, conn_on_timer, w);
+		if (w->draining && w->now >= w->drain_deadline) {
+			for (uint32_t i = 0; i < w->nconns; i++)
+				if (w->conns[i].state == CONN_OPEN)
+					conn_drain(w, &w->conns[i], true);
+			w->drain_deadline = UINT64_MAX;
+		}
+	}
+}
+
+void *
+worker_main(void *arg)
+{
+	struct worker *w = arg;
+	snprintf(w->log.tag, sizeof(w->log.tag), "w%u", w->id);
+	log_set_thread_buf(&w->log);
+	pin(w);
+
+	w->now = now_ns();
+	w->wall = time(NULL);
+	int r = pools_init(w);
+	if (r == 0)
+		r = ring_init(w);
+	if (r < 0) {
+		log_err("io_uring setup: %s", strerror(-r));
+		log_flush();
+		pools_fini(w);
+		atomic_store(&w->started, r);
+		return NULL;
+	}
+	r = bufring_init(&w->br, &w->ring, w->cfg->recv_buffers, w->cfg->recv_buffer_size, RECV_BGID);
+	if (r < 0) {
+		log_err("provided buffer ring (%u x %u bytes): %s", w->cfg->recv_buffers,
+			w->cfg->recv_buffer_size, strerror(-r));
+		log_flush();
+		io_uring_queue_exit(&w->ring);
+		pools_fini(w);
+		atomic_store(&w->started, r);
+		return NULL;
+	}
+	qid_init(&w->qid, w->id);
+	if (w->cfg->sink == SINK_KIND_SPOOL) {
+		char err[512];
+		struct spool_env env = {
+			.worker = w->id,
+			.ring = &w->ring,
+			.get_sqe = spool_get_sqe,
+			.ctx = w,
+			.ud_base = ud_make(OP_SPOOL, 0, 0),
+			.qid = &w->qid,
+			.stats = &w->stats,
+			.verdict = conn_sink_verdict,
+		};
+		r = spool_open(&w->spool, w->cfg, &env, err, sizeof(err));
+		if (r < 0) {
+			log_err("%s", err);
+			log_flush();
+			bufring_fini(&w->br, &w->ring);
+			io_uring_queue_exit(&w->ring);
+			pools_fini(w);
+			atomic_store(&w->started, r);
+			return NULL;
+		}
+		spool_sink(w->spool, &w->sink);
+	} else {
+		sink_discard_init(&w->discard, &w->qid, &w->sink);
+	}
+	w->hooks.log = conn_log_hook;
+	atomic_store(&w->ctl.cfg_ack, w->cfg);
+
+	for (size_t i = 0; i < w->nlisteners; i++)
+		arm_accept(w, (unsigned)i);
+	arm_wake(w);
+	atomic_store(&w->started, 1);
+
+	loop(w);
+
+	log_stats(w, "final");
+	spool_close(w->spool);
+	w->spool = NULL;
+	log_flush();
+	bufring_fini(&w->br, &w->ring);
+	io_uring_queue_exit(&w->ring);
+	pools_fini(w);
+	return NULL;
+}

@@ -1,0 +1,190 @@
+/*
+ * worker.h - one pinned thread per core, each with its own io_uring, its own
+ * SO_REUSEPORT listeners, provided-buffer ring, connection pool, timer wheel,
+ * sink and counters. Nothing here is shared between workers except the
+ * read-only configuration and the control block the main thread writes.
+ *
+ * Layers: worker.c (ring, loop, accept, wake-ups) -> conn.c (one client
+ * connection: recv/send/close, input holding, timers) -> the SMTP core
+ * (smtp_session_*, no I/O) -> the sink. Calls go down; the only upward path
+ * is the sink's verdict callback, routed by conn.c into the session.
+ *
+ * user_data layout (64 bits): op:8 | gen:24 | idx:32. gen changes every
+ * time a connection slot is reused, so a CQE that arrives for a previous
+ * occupant of the slot is recognised and dropped.
+ */
+#ifndef RINGMX_WORKER_H
+#define RINGMX_WORKER_H
+
+#include <liburing.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "bufring.h"
+#include "log.h"
+#include "qid.h"
+#include "ringmx/config.h"
+#include "ringmx/smtp.h"
+#include "ringmx/stats.h"
+#include "sink_discard.h"
+#include "spool.h"
+#include "timer.h"
+
+enum op {
+	OP_ACCEPT = 1, /* idx = listener */
+	OP_RECV,       /* idx = conn */
+	OP_SEND,       /* idx = conn */
+	OP_WAKE,       /* eventfd read from the main thread */
+	OP_CANCEL,     /* async cancel; result only logged */
+	OP_SPOOL,      /* spool write/fsync; idx = spool tag (spool.c) */
+};
+
+static inline uint64_t
+ud_make(enum op op, uint32_t gen, uint32_t idx)
+{
+	return (uint64_t)op << 56 | (uint64_t)(gen & 0xffffff) << 32 | idx;
+}
+static inline enum op
+ud_op(uint64_t ud)
+{
+	return (enum op)(ud >> 56);
+}
+static inline uint32_t
+ud_gen(uint64_t ud)
+{
+	return (uint32_t)(ud >> 32) & 0xffffff;
+}
+static inline uint32_t
+ud_idx(uint64_t ud)
+{
+	return (uint32_t)ud;
+}
+
+/* Output block per connection with something to send; from the worker's pool. */
+#define CONN_OUT_SIZE 4096
+/* Receive buffers one paused connection may hold before its recv is
+ * cancelled (TCP then pushes back on the client). */
+#define CONN_HOLD_MAX 4
+#define HOLD_NONE     UINT32_MAX
+
+enum conn_state { CONN_FREE = 0, CONN_OPEN, CONN_CLOSING };
+
+struct worker;
+
+struct conn {
+	struct worker *w;
+	uint32_t idx;
+	uint32_t gen;
+	int fd;
+	uint8_t state;
+	uint8_t listener;
+	bool recv_armed;    /* a multishot recv is in the kernel */
+	bool recv_wanted;   /* re-arm when possible (ENOBUFS, cancelled, ended) */
+	bool recv_cancel;   /* cancel requested for backpressure */
+	bool eof;           /* the client closed its side */
+	bool send_inflight;
+	bool shut;          /* shutdown(2) issued during teardown */
+	bool in_flush;      /* on the worker's flush list */
+	bool in_rearm;      /* on the worker's re-arm list */
+	bool logged_error;  /* the reason for an abnormal close is logged */
+
+	/* Held input: receive buffers the session could not consume yet
+	 * (paused or output full), in order. hold_off is the read offset in
+	 * the head buffer; per-buffer lengths and links live in the worker. */
+	uint32_t hold_head, hold_tail;
+	uint32_t hold_off;
+	uint32_t nheld;
+
+	char *outbuf;  /* NULL when nothing is pending */
+	size_t send_len; /* bytes of outbuf in the send in flight */
+	struct smtp_out out;
+
+	struct conn *next_flush, *next_rearm;
+	struct timer_node timer;
+	uint64_t t_connect;
+	uint64_t close_deadline; /* CLOSING: when a stuck last send is cancelled */
+
+	struct smtp_peer peer;
+	struct smtp_session session;
+};
+
+/* Written by the main thread, read by the worker after an eventfd wake. */
+struct worker_ctl {
+	atomic_bool stop;      /* drain and exit */
+	atomic_bool dump;      /* log counters */
+	_Atomic(const struct config *) next_cfg; /* reload: switch to this */
+	_Atomic(const struct config *) cfg_ack;  /* the config now in use */
+};
+
+struct worker {
+	unsigned id;
+	int cpu; /* -1: not pinned */
+	pthread_t thread;
+	atomic_int started; /* 0 starting, 1 running, -errno failed */
+
+	const struct config *cfg;
+	struct io_uring ring;
+	struct bufring br;
+	uint32_t *hold_next; /* per buffer id: next held buffer of the same conn */
+	uint32_t *hold_len;  /* per buffer id: bytes the kernel put there */
+
+	int listen_fd[CONFIG_MAX_LISTENERS];
+	bool accept_armed[CONFIG_MAX_LISTENERS];
+	bool accept_wanted; /* re-arm accepts when slots free up */
+	uint64_t accept_retry_at; /* after an accept error, not before this */
+	size_t nlisteners;
+
+	struct conn *conns;
+	uint32_t *free_conns; /* LIFO stack of free slots */
+	uint32_t nfree;
+	uint32_t nconns;
+	uint32_t active;
+
+	char *outmem; /* nconns * CONN_OUT_SIZE, mapped, touched lazily */
+	char **free_out;
+	uint32_t nfree_out;
+
+	struct conn *flush_head;
+	struct conn *rearm_head;
+	struct timer_wheel *wheel;
+
+	uint64_t now;   /* monotonic ns, updated once per loop iteration */
+	int64_t wall;   /* time(NULL), same */
+	bool draining;
+	uint64_t drain_deadline;
+
+	int wake_fd;
+	uint64_t wake_val;
+	struct worker_ctl ctl;
+
+	struct qid_gen qid;
+	struct sink_discard discard;
+	struct spool *spool; /* sink = spool; NULL otherwise */
+	struct sink sink;
+	struct smtp_hooks hooks;
+	struct ringmx_stats stats;
+	struct log_buf log;
+};
+
+/* worker.c */
+int worker_setup_listeners(struct worker *w, const struct config *cfg, char *err, size_t errlen);
+void *worker_main(void *arg);
+void worker_wake(struct worker *w);
+struct io_uring_sqe *worker_sqe(struct worker *w);
+uint64_t now_ns(void);
+
+/* conn.c */
+void conn_open(struct worker *w, int fd, unsigned listener);
+void conn_on_recv(struct worker *w, struct conn *c, struct io_uring_cqe *cqe);
+void conn_on_send(struct worker *w, struct conn *c, int res);
+void conn_flush_all(struct worker *w);
+void conn_rearm_all(struct worker *w);
+void conn_on_timer(struct timer_node *n, void *arg);
+void conn_drain(struct worker *w, struct conn *c, bool force);
+void conn_set_conf(struct conn *c, const struct smtp_conf *conf);
+void conn_sink_verdict(void *owner, int res);
+void conn_log_hook(void *owner, const char *line, size_t len);
+
+#endif

@@ -1,0 +1,172 @@
+/*
+ * config.h - ringmxd configuration: embedded defaults, a Postfix main.cf
+ * style `key = value` file, and command-line overrides. Implemented in
+ * engine/config.c; every key is documented in docs/config.md.
+ * Owner: the configuration module (engine/config.c and its tests).
+ *
+ * Precedence (lowest to highest): embedded defaults < config file < `-o
+ * key=value` < dedicated flags (--listen, --workers, --cpus, --port).
+ * `--listen` replaces every `listen` line of the file; `--port` is applied
+ * last, to every listener.
+ *
+ * Ownership rules
+ *  - A struct config is built by config_load() on the main thread and is
+ *    immutable afterwards. Workers read it; on SIGHUP a new one is built and
+ *    published, and the old one is freed by the main thread once every
+ *    worker has switched (config_free()).
+ *  - All strings inside are owned by the struct.
+ *  - config_load() sets libinih's process-wide runtime knobs before each
+ *    parse, so only one thread may load a configuration at a time.
+ */
+#ifndef RINGMX_CONFIG_H
+#define RINGMX_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <sys/socket.h>
+
+#include "ringmx/smtp.h"
+
+#define CONFIG_MAX_LISTENERS 16
+#define CONFIG_MAX_DOMAINS   4096
+#define CONFIG_MAX_WORKERS   256
+#define CONFIG_ERR_MAX       512
+#define CONFIG_MAX_CPUS      1024    /* == CPU_SETSIZE: entries in cpu_list */
+#define CONFIG_LINE_MAX      4000    /* bytes per physical line, newline excluded */
+#define CONFIG_FILE_MAX      (1 << 20)
+
+enum listener_tls {
+	LISTENER_TLS_NONE = 0,
+	LISTENER_TLS_STARTTLS,
+	LISTENER_TLS_REQUIRED,
+	LISTENER_TLS_IMPLICIT,
+};
+
+struct listener_conf {
+	struct sockaddr_storage addr;
+	socklen_t addrlen;
+	char text[80]; /* as written, for logs: "127.0.0.1:2525", "[::1]:2525" */
+	/* Per-listener options (`listen = ADDR:PORT key=value ...`). Parsed
+	 * now so later issues only add keys: tls= and proxy= are accepted
+	 * by the parser but refused until their issue lands. */
+	enum listener_tls tls;
+	bool proxy;
+};
+
+enum sink_kind {
+	SINK_KIND_DISCARD = 0,
+	SINK_KIND_SPOOL,
+};
+
+/* When the spool answers 250 (docs/spool.md). */
+enum spool_durability {
+	SPOOL_DURABILITY_FSYNC = 0, /* after the batch's fdatasync: durable */
+	SPOOL_DURABILITY_NONE,      /* after the write completed: UNSAFE, benchmarks only */
+};
+
+#define CONFIG_PATH_MAX 4096
+
+struct config {
+	char path[4096]; /* the file read, "" for embedded defaults */
+
+	struct listener_conf listeners[CONFIG_MAX_LISTENERS];
+	size_t nlisteners;
+
+	/* Resolved at load time: never 0 in a loaded config (0 in the file
+	 * means one per CPU in the affinity mask, or one per listed CPU). */
+	unsigned workers;
+	int cpus[CONFIG_MAX_WORKERS]; /* CPU for worker i; -1 = not pinned */
+	size_t ncpus;                 /* entries in cpus[] (== workers if pinned); 0 = no pinning */
+	/* The `cpus` list as written (for config_print); cpus[i] is
+	 * cpu_list[i % ncpu_list]. */
+	int cpu_list[CONFIG_MAX_CPUS];
+	size_t ncpu_list;
+
+	unsigned max_connections; /* per worker */
+	unsigned recv_buffers;    /* provided buffers per worker, power of two */
+	unsigned recv_buffer_size;
+	unsigned listen_backlog;
+
+	enum sink_kind sink;
+
+	/* The durable spool (sink = spool); see docs/spool.md. */
+	char spool_dir[CONFIG_PATH_MAX]; /* absolute or relative path, no NUL */
+	uint64_t segment_size;           /* bytes per preallocated segment file */
+	enum spool_durability durability;
+	uint64_t commit_delay;           /* ns: a batch closes this long after its first message */
+	uint64_t commit_size;            /* bytes: a batch closes at this size */
+	uint64_t spool_memory;           /* bytes of staged messages per worker */
+
+	/* SMTP policy and limits handed to sessions; domains point into
+	 * domain_list. */
+	struct smtp_conf smtp;
+	char **domain_list;
+	size_t ndomains;
+
+	uint64_t shutdown_timeout; /* ns */
+};
+
+/*
+ * Command-line options that override the file. Strings are borrowed from
+ * argv. Filled by config_parse_args().
+ */
+struct config_args {
+	const char *config_path; /* -c/--config */
+	bool check_only;         /* -t/--check-config */
+	bool version;            /* -V/--version */
+	bool help;               /* -h/--help */
+	bool print_config;       /* --print-config */
+	const char *listen[CONFIG_MAX_LISTENERS]; /* --listen (repeatable) */
+	size_t nlisten;
+	const char *port;    /* --port N: every listener's port (old interface) */
+	const char *workers; /* --workers */
+	const char *cpus;    /* --cpus */
+	const char *sets[64]; /* -o key=value (repeatable), Postfix master.cf style */
+	size_t nsets;
+};
+
+/* Parse argv. Returns 0, or -1 with a message in err (usage errors).
+ * May permute argv (getopt_long); resets getopt's state, so it can be
+ * called more than once. */
+int config_parse_args(int argc, char **argv, struct config_args *args, char err[CONFIG_ERR_MAX]);
+
+/* The --help text. */
+void config_usage(FILE *f);
+
+/*
+ * Build a configuration: defaults, then the file (if args->config_path, or
+ * NULL for none), then the command line. Returns a new config, or NULL with
+ * one line in err naming the file, line and key, e.g.
+ *   "/etc/ringmx/ringmxd.conf:12: message_size_limit: not a size: '10QB'"
+ * Command-line errors name the option instead of a line.
+ */
+struct config *config_load(const struct config_args *args, char err[CONFIG_ERR_MAX]);
+
+/* As config_load(), but the file's text is given (len bytes, need not be
+ * NUL terminated) and name is used in messages; args->config_path is
+ * ignored. For tests and fuzzing. args may be NULL. */
+struct config *config_load_string(const char *name, const char *text, size_t len,
+				  const struct config_args *args, char err[CONFIG_ERR_MAX]);
+
+/* NULL is allowed. */
+void config_free(struct config *cfg);
+
+/*
+ * SIGHUP: may next replace cur? Returns 0 if they differ only in keys that
+ * are reloadable (docs/config.md), else -1 with err naming the first key
+ * that needs a restart, e.g. "workers: cannot be changed by a reload;
+ * restart ringmxd". The caller decides whether to refuse the reload.
+ */
+int config_check_reload(const struct config *cur, const struct config *next,
+			char err[CONFIG_ERR_MAX]);
+
+/* Write the effective configuration in file syntax (for --print-config). */
+void config_print(const struct config *cfg, FILE *f);
+
+/* Parse "0-3,6" (comma and/or blank separated; each CPU < CPU_SETSIZE,
+ * at most once) into a CPU list. Returns count or -1. */
+int config_parse_cpus(const char *s, int *cpus, size_t max);
+
+#endif

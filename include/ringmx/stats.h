@@ -1,0 +1,59 @@
+/*
+ * stats.h - per-worker counters. Each worker owns one struct and is its only
+ * writer (no atomics on the hot path); readers sum the workers' copies and
+ * accept a slightly stale total. Every limit the engine enforces has a
+ * counter here, so a refusal is never silent.
+ */
+#ifndef RINGMX_STATS_H
+#define RINGMX_STATS_H
+
+#include <stdint.h>
+
+/* X(name, help) - one line per counter, used for the struct, the dump and docs. */
+#define RINGMX_STATS(X)                                                                            \
+	X(connections_accepted, "connections accepted")                                            \
+	X(connections_refused, "connections refused at max_connections")                           \
+	X(connections_closed, "connections closed")                                                \
+	X(commands, "SMTP commands processed")                                                     \
+	X(messages_accepted, "messages answered 250")                                              \
+	X(messages_rejected, "messages refused at end of data")                                    \
+	X(bytes_received, "octets received from clients")                                          \
+	X(message_bytes, "message octets handed to the sink")                                      \
+	X(rcpt_accepted, "recipients accepted")                                                    \
+	X(rcpt_relay_denied, "recipients refused: relay access denied")                            \
+	X(rcpt_limit, "recipients refused: recipient_limit")                                       \
+	X(size_limit, "messages refused: message_size_limit")                                      \
+	X(line_too_long, "command lines over the limit")                                           \
+	X(long_lines, "body lines over 1000 octets (accepted)")                                    \
+	X(bare_lf, "bare LF seen (commands or content)")                                           \
+	X(bare_cr, "bare CR seen (commands or content)")                                           \
+	X(syntax_errors, "500/501/555 replies")                                                    \
+	X(sequence_errors, "503 replies")                                                          \
+	X(sync_errors, "pipelining synchronization errors")                                        \
+	X(error_limit, "sessions closed at error_limit")                                           \
+	X(junk_limit, "sessions closed at junk_limit")                                             \
+	X(timeouts, "sessions closed by a timeout")                                                \
+	X(sink_errors, "transactions failed by the sink")                                          \
+	X(recv_enobufs, "multishot recv stopped for lack of buffers")                              \
+	X(recv_rearms, "multishot recv re-armed")                                                  \
+	X(recv_held, "receive buffers held while a session was paused")                            \
+	X(sends, "send operations")                                                                \
+	X(spool_messages, "messages made durable by the spool (or written, durability=none)")     \
+	X(spool_batches, "spool batches written")                                                  \
+	X(spool_writes, "spool write operations (writev SQEs)")                                    \
+	X(spool_short_writes, "spool writes that completed short and were resubmitted")            \
+	X(spool_fsyncs, "spool fdatasync operations")                                              \
+	X(spool_bytes_written, "octets written to spool segments")                                 \
+	X(spool_write_errors, "spool batches failed by a write or fsync error (451)")              \
+	X(spool_enospc, "spool refusals for lack of disk space (452)")                             \
+	X(spool_memory_full, "messages refused at spool_memory (451)")                             \
+	X(spool_segments, "spool segments created")                                                \
+	X(loop_iterations, "event loop iterations")
+
+struct ringmx_stats {
+#define RINGMX_STATS_FIELD(name, help) uint64_t name;
+	RINGMX_STATS(RINGMX_STATS_FIELD)
+#undef RINGMX_STATS_FIELD
+} __attribute__((aligned(64)));
+
+#endif

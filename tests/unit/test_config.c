@@ -1,0 +1,1351 @@
+/*
+ * test_config.c - unit tests for engine/config.c: defaults, every key with
+ * valid and invalid values (exact "file:line: key: problem" text),
+ * continuation lines, comments, the command line and its precedence, and
+ * the print -> parse -> print round trip.
+ *
+ * Owner: the configuration module. Files are written under a mkdtemp()
+ * directory created in the group setup and removed in the teardown.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "ringmx/config.h"
+
+#define S(n) ((uint64_t)(n) * 1000000000ull)
+
+static char tmpdir[64];
+
+/* ---- helpers ---- */
+
+static struct config *
+load(const char *text, char *err)
+{
+	return config_load_string("t.conf", text, strlen(text), NULL, err);
+}
+
+/* text must load. */
+static struct config *
+ok(const char *text)
+{
+	char err[CONFIG_ERR_MAX] = "";
+	struct config *cfg = load(text, err);
+
+	if (cfg == NULL)
+		fail_msg("unexpected error: %s\n--- input\n%s", err, text);
+	return cfg;
+}
+
+/* text must fail with exactly msg. */
+static void
+bad(const char *text, const char *msg)
+{
+	char err[CONFIG_ERR_MAX] = "";
+	struct config *cfg = load(text, err);
+
+	if (cfg != NULL) {
+		config_free(cfg);
+		fail_msg("loaded, expected: %s\n--- input\n%s", msg, text);
+	}
+	assert_string_equal(err, msg);
+}
+
+/* One key = value must fail with "t.conf:1: key: problem". */
+static void
+bad1(const char *key, const char *value, const char *problem)
+{
+	char text[512], msg[CONFIG_ERR_MAX];
+
+	snprintf(text, sizeof(text), "%s = %s\n", key, value);
+	snprintf(msg, sizeof(msg), "t.conf:1: %s: %s", key, problem);
+	bad(text, msg);
+}
+
+static char *
+print(const struct config *cfg)
+{
+	char *buf = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&buf, &len);
+
+	assert_non_null(f);
+	config_print(cfg, f);
+	assert_int_equal(fclose(f), 0);
+	return buf;
+}
+
+static int
+parse_argv(char **err_out, struct config_args *a, ...)
+{
+	static char err[CONFIG_ERR_MAX];
+	char *argv[64];
+	int argc = 0;
+	va_list ap;
+	const char *s;
+
+	argv[argc++] = (char *)"ringmxd";
+	va_start(ap, a);
+	while ((s = va_arg(ap, const char *)) != NULL)
+		argv[argc++] = (char *)s;
+	va_end(ap);
+	argv[argc] = NULL;
+	err[0] = '\0';
+	*err_out = err;
+	return config_parse_args(argc, argv, a, err);
+}
+#define ARGS(a, ...) parse_argv(&perr, a, __VA_ARGS__, (const char *)NULL)
+
+static const char *
+write_file(const char *name, const char *text)
+{
+	static char path[128];
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/%s", tmpdir, name);
+	f = fopen(path, "w");
+	assert_non_null(f);
+	fputs(text, f);
+	assert_int_equal(fclose(f), 0);
+	return path;
+}
+
+static unsigned
+affinity_count(void)
+{
+	cpu_set_t set;
+	unsigned n;
+
+	assert_int_equal(sched_getaffinity(0, sizeof(set), &set), 0);
+	n = (unsigned)CPU_COUNT(&set);
+	return n > CONFIG_MAX_WORKERS ? CONFIG_MAX_WORKERS : n;
+}
+
+static uint16_t
+lport(const struct listener_conf *l)
+{
+	if (l->addr.ss_family == AF_INET)
+		return ntohs(((const struct sockaddr_in *)&l->addr)->sin_port);
+	return ntohs(((const struct sockaddr_in6 *)&l->addr)->sin6_port);
+}
+
+/* ---- defaults ---- */
+
+static void
+test_defaults(void **state)
+{
+	char err[CONFIG_ERR_MAX], host[256] = "";
+	struct config *cfg = config_load(NULL, err);
+	const struct sockaddr_in *s4;
+	size_t i;
+
+	(void)state;
+	assert_non_null(cfg); /* defaults always load, whatever the host is called */
+	assert_string_equal(cfg->path, "");
+	assert_int_equal(cfg->nlisteners, 1);
+	assert_string_equal(cfg->listeners[0].text, "127.0.0.1:2525");
+	s4 = (const struct sockaddr_in *)&cfg->listeners[0].addr;
+	assert_int_equal(s4->sin_family, AF_INET);
+	assert_int_equal(ntohl(s4->sin_addr.s_addr), INADDR_LOOPBACK);
+	assert_int_equal(ntohs(s4->sin_port), 2525);
+	assert_int_equal(cfg->listeners[0].addrlen, sizeof(struct sockaddr_in));
+	assert_int_equal(cfg->listeners[0].tls, LISTENER_TLS_NONE);
+	assert_false(cfg->listeners[0].proxy);
+
+	assert_int_equal(gethostname(host, sizeof(host) - 1), 0);
+	/* The system name, or "localhost" when it is not a valid domain. */
+	if (strcmp(cfg->smtp.hostname, "localhost") != 0)
+		assert_string_equal(cfg->smtp.hostname, host);
+	assert_int_equal(cfg->ndomains, 2);
+	assert_string_equal(cfg->domain_list[0], "localhost");
+	assert_string_equal(cfg->domain_list[1], "example.test");
+	assert_ptr_equal(cfg->smtp.domains, cfg->domain_list);
+	assert_int_equal(cfg->smtp.ndomains, 2);
+
+	assert_int_equal(cfg->workers, affinity_count());
+	assert_int_equal(cfg->ncpus, 0);
+	assert_int_equal(cfg->ncpu_list, 0);
+	for (i = 0; i < CONFIG_MAX_WORKERS; i++)
+		assert_int_equal(cfg->cpus[i], -1);
+	assert_int_equal(cfg->max_connections, 16384);
+	assert_int_equal(cfg->recv_buffers, 4096);
+	assert_int_equal(cfg->recv_buffer_size, 16384);
+	assert_int_equal(cfg->listen_backlog, 4096);
+	assert_int_equal(cfg->sink, SINK_KIND_SPOOL);
+	assert_string_equal(cfg->spool_dir, "/var/spool/ringmx");
+	assert_int_equal(cfg->segment_size, 64 << 20);
+	assert_int_equal(cfg->durability, SPOOL_DURABILITY_FSYNC);
+	assert_int_equal(cfg->commit_delay, 1000000);
+	assert_int_equal(cfg->commit_size, 1 << 20);
+	assert_int_equal(cfg->spool_memory, 256 << 20);
+	assert_int_equal(cfg->smtp.message_size_limit, 10240000);
+	assert_int_equal(cfg->smtp.recipient_limit, 1000);
+	assert_int_equal(cfg->smtp.error_limit, 20);
+	assert_int_equal(cfg->smtp.junk_limit, 100);
+	assert_int_equal(cfg->smtp.bare_newline, SMTP_BARE_NEWLINE_NORMALIZE);
+	assert_int_equal(cfg->smtp.greeting_timeout, S(300));
+	assert_int_equal(cfg->smtp.command_timeout, S(300));
+	assert_int_equal(cfg->smtp.data_timeout, S(180));
+	assert_int_equal(cfg->smtp.data_end_timeout, S(600));
+	assert_int_equal(cfg->smtp.session_timeout, S(3600));
+	assert_int_equal(cfg->shutdown_timeout, S(30));
+	assert_false(cfg->smtp.starttls);
+	config_free(cfg);
+	config_free(NULL);
+
+	/* An empty file and one of comments only are the defaults too. */
+	cfg = ok("");
+	assert_string_equal(cfg->path, "t.conf");
+	assert_int_equal(cfg->nlisteners, 1);
+	config_free(cfg);
+	cfg = ok("# nothing\n\n   \n#x = y\n");
+	assert_int_equal(cfg->ndomains, 2);
+	config_free(cfg);
+}
+
+/* ---- every key, valid ---- */
+
+static void
+test_all_keys(void **state)
+{
+	struct config *cfg = ok("listen = 192.0.2.1:25\n"
+				"listen = [2001:db8::1]:587\n"
+				"hostname = mx1.Example.NET\n"
+				"domains = Example.COM, .sub.example.org\n"
+				"workers = 3\n"
+				"cpus = 1\n"
+				"max_connections = 1048576\n"
+				"recv_buffers = 32768\n"
+				"recv_buffer_size = 64k\n"
+				"listen_backlog = 65535\n"
+				"sink = discard\n"
+				"spool_dir = /srv/spool dir\n"
+				"segment_size = 1g\n"
+				"durability = none\n"
+				"commit_delay = 250us\n"
+				"commit_size = 4k\n"
+				"spool_memory = 1m\n"
+				"message_size_limit = 50m\n"
+				"recipient_limit = 1\n"
+				"error_limit = 1000000\n"
+				"junk_limit = 7\n"
+				"bare_newline = reject\n"
+				"greeting_timeout = 1\n"
+				"command_timeout = 5m\n"
+				"data_timeout = 2h\n"
+				"data_end_timeout = 1d\n"
+				"session_timeout = 7d\n"
+				"shutdown_timeout = 0\n");
+
+	(void)state;
+	assert_int_equal(cfg->nlisteners, 2);
+	assert_string_equal(cfg->listeners[0].text, "192.0.2.1:25");
+	assert_string_equal(cfg->listeners[1].text, "[2001:db8::1]:587");
+	assert_int_equal(cfg->listeners[1].addr.ss_family, AF_INET6);
+	assert_int_equal(cfg->listeners[1].addrlen, sizeof(struct sockaddr_in6));
+	assert_int_equal(lport(&cfg->listeners[1]), 587);
+	assert_string_equal(cfg->smtp.hostname, "mx1.Example.NET");
+	assert_int_equal(cfg->ndomains, 2);
+	assert_string_equal(cfg->smtp.domains[0], "example.com");
+	assert_string_equal(cfg->smtp.domains[1], ".sub.example.org");
+	assert_int_equal(cfg->workers, 3);
+	assert_int_equal(cfg->ncpus, 3);
+	assert_int_equal(cfg->cpus[0], 1);
+	assert_int_equal(cfg->cpus[2], 1);
+	assert_int_equal(cfg->cpus[3], -1);
+	assert_int_equal(cfg->max_connections, 1048576);
+	assert_int_equal(cfg->recv_buffers, 32768);
+	assert_int_equal(cfg->recv_buffer_size, 65536);
+	assert_int_equal(cfg->listen_backlog, 65535);
+	assert_int_equal(cfg->smtp.message_size_limit, 50ull << 20);
+	assert_int_equal(cfg->smtp.recipient_limit, 1);
+	assert_int_equal(cfg->smtp.error_limit, 1000000);
+	assert_int_equal(cfg->smtp.junk_limit, 7);
+	assert_int_equal(cfg->smtp.bare_newline, SMTP_BARE_NEWLINE_REJECT);
+	assert_int_equal(cfg->smtp.greeting_timeout, S(1));
+	assert_int_equal(cfg->smtp.command_timeout, S(300));
+	assert_int_equal(cfg->smtp.data_timeout, S(7200));
+	assert_int_equal(cfg->smtp.data_end_timeout, S(86400));
+	assert_int_equal(cfg->smtp.session_timeout, S(7 * 86400));
+	assert_int_equal(cfg->shutdown_timeout, 0);
+	config_free(cfg);
+}
+
+/* ---- sizes, durations, numbers ---- */
+
+static void
+test_sizes(void **state)
+{
+	static const struct {
+		const char *v;
+		uint64_t want;
+	} good[] = {
+		{"1", 1},         {"1024", 1024},          {"10k", 10240},     {"10K", 10240},
+		{"3m", 3 << 20},  {"3M", 3 << 20},         {"2g", 2ull << 30}, {"1024G", 1ull << 40},
+		{"007", 7},       {"  12k  ", 12288},
+	};
+	char text[128];
+	size_t i;
+
+	(void)state;
+	for (i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+		struct config *cfg;
+
+		snprintf(text, sizeof(text), "message_size_limit = %s\n", good[i].v);
+		cfg = ok(text);
+		assert_int_equal(cfg->smtp.message_size_limit, good[i].want);
+		config_free(cfg);
+	}
+	bad1("message_size_limit", "10QB", "not a size: '10QB'");
+	bad1("message_size_limit", "-1", "not a size: '-1'");
+	bad1("message_size_limit", "+1", "not a size: '+1'");
+	bad1("message_size_limit", "1.5m", "not a size: '1.5m'");
+	bad1("message_size_limit", "10 k", "not a size: '10 k'");
+	bad1("message_size_limit", "k", "not a size: 'k'");
+	bad1("message_size_limit", "10kk", "not a size: '10kk'");
+	bad1("message_size_limit", "0x10", "not a size: '0x10'");
+	bad1("message_size_limit", "0", "out of range: '0' (1..1099511627776)");
+	bad1("message_size_limit", "1025G", "out of range: '1025G' (1..1099511627776)");
+	bad1("message_size_limit", "18446744073709551616",
+	     "out of range: '18446744073709551616' (1..1099511627776)");
+	bad1("message_size_limit", "17179869184G",
+	     "out of range: '17179869184G' (1..1099511627776)");
+	bad1("message_size_limit", "99999999999999999999999k",
+	     "out of range: '99999999999999999999999k' (1..1099511627776)");
+	bad1("recv_buffer_size", "4095", "out of range: '4095' (4096..1048576)");
+	bad1("recv_buffer_size", "2m", "out of range: '2m' (4096..1048576)");
+	bad("message_size_limit =\n", "t.conf:1: message_size_limit: empty value");
+}
+
+static void round_trip(const char *text);
+
+static void
+test_durations(void **state)
+{
+	struct config *cfg;
+
+	(void)state;
+	cfg = ok("greeting_timeout = 45\ncommand_timeout = 45s\ndata_timeout = 3m\n"
+		 "data_end_timeout = 1h\nsession_timeout = 2d\nshutdown_timeout = 0s\n");
+	assert_int_equal(cfg->smtp.greeting_timeout, S(45));
+	assert_int_equal(cfg->smtp.command_timeout, S(45));
+	assert_int_equal(cfg->smtp.data_timeout, S(180));
+	assert_int_equal(cfg->smtp.data_end_timeout, S(3600));
+	assert_int_equal(cfg->smtp.session_timeout, S(2 * 86400));
+	assert_int_equal(cfg->shutdown_timeout, 0);
+	config_free(cfg);
+
+	/* Sub-second units (commit_delay) and their printing. */
+	cfg = ok("commit_delay = 2ms\ngreeting_timeout = 1500ms\nshutdown_timeout = 7us\n");
+	assert_int_equal(cfg->commit_delay, 2000000);
+	assert_int_equal(cfg->smtp.greeting_timeout, 1500000000);
+	assert_int_equal(cfg->shutdown_timeout, 7000);
+	config_free(cfg);
+	round_trip("commit_delay = 250us\nshutdown_timeout = 1500ms\n");
+
+	bad1("greeting_timeout", "5x", "not a duration: '5x'");
+	bad1("greeting_timeout", "5M", "not a duration: '5M'");
+	bad1("greeting_timeout", "-5", "not a duration: '-5'");
+	bad1("greeting_timeout", "1m30s", "not a duration: '1m30s'");
+	bad1("greeting_timeout", "500ms", "out of range: '500ms' (1s..7d)");
+	bad1("greeting_timeout", "1msx", "not a duration: '1msx'");
+	bad1("greeting_timeout", "0", "out of range: '0' (1s..7d)");
+	bad1("command_timeout", "0s", "out of range: '0s' (1s..7d)");
+	bad1("data_timeout", "8d", "out of range: '8d' (1s..7d)");
+	bad1("data_end_timeout", "604801", "out of range: '604801' (1s..7d)");
+	bad1("session_timeout", "99999999999999999999d",
+	     "out of range: '99999999999999999999d' (1s..7d)");
+	bad1("session_timeout", "18446744073h", "out of range: '18446744073h' (1s..7d)");
+	bad1("shutdown_timeout", "169h", "out of range: '169h' (0s..7d)");
+	bad("data_timeout = \n", "t.conf:1: data_timeout: empty value");
+}
+
+static void
+test_numbers(void **state)
+{
+	struct config *cfg;
+
+	(void)state;
+	cfg = ok("recv_buffers = 16\nmax_connections = 1\nlisten_backlog = 1\n"
+		 "recipient_limit = 1000000\njunk_limit = 1\nerror_limit = 1\n");
+	assert_int_equal(cfg->recv_buffers, 16);
+	assert_int_equal(cfg->max_connections, 1);
+	config_free(cfg);
+
+	bad1("recv_buffers", "100", "not a power of two: '100'");
+	bad1("recv_buffers", "8", "out of range: '8' (16..32768)");
+	bad1("recv_buffers", "65536", "out of range: '65536' (16..32768)");
+	bad1("recv_buffers", "4k", "not a number: '4k'");
+	bad1("max_connections", "0", "out of range: '0' (1..1048576)");
+	bad1("max_connections", "1048577", "out of range: '1048577' (1..1048576)");
+	bad1("max_connections", "abc", "not a number: 'abc'");
+	bad1("max_connections", "-3", "not a number: '-3'");
+	bad1("listen_backlog", "65536", "out of range: '65536' (1..65535)");
+	bad1("recipient_limit", "0", "out of range: '0' (1..1000000)");
+	bad1("error_limit", "1e3", "not a number: '1e3'");
+	bad1("junk_limit", "99999999999999999999999",
+	     "out of range: '99999999999999999999999' (1..1000000)");
+	bad1("workers", "257", "out of range: '257' (0..256)");
+	bad1("workers", "two", "not a number: 'two'");
+	bad1("sink", "file", "not one of spool, discard: 'file'");
+	bad1("durability", "sync", "not one of fsync, none: 'sync'");
+	bad1("spool_dir", "/a\tb", "control character in path: '/a\\x09b'");
+	bad1("segment_size", "1k", "out of range: '1k' (65536..1099511627776)");
+	bad1("commit_size", "1k", "out of range: '1k' (4096..1073741824)");
+	bad1("spool_memory", "64k", "out of range: '64k' (1048576..1099511627776)");
+	bad1("commit_delay", "2s", "out of range: '2s' (0s..1s)");
+	bad1("commit_delay", "1001ms", "out of range: '1001ms' (0s..1s)");
+	bad1("commit_delay", "5ns", "not a duration: '5ns'");
+	bad1("bare_newline", "strict", "not one of normalize, reject: 'strict'");
+	bad1("bare_newline", "Reject", "not one of normalize, reject: 'Reject'");
+}
+
+/* ---- listen ---- */
+
+static void
+test_listen_valid(void **state)
+{
+	struct config *cfg = ok("listen = 127.0.0.1:25\n"
+				"listen = *:26\n"
+				"listen = [::]:27\n"
+				"listen = [::1]:28 tls=none proxy=no\n"
+				"listen = 10.0.0.1:29   proxy=off\ttls=none\n"
+				"listen = [0:0:0:0:0:0:0:1]:30 proxy=false\n"
+				"listen = 10.0.0.1:65535 proxy=0\n");
+	const struct sockaddr_in *s4;
+	const struct sockaddr_in6 *s6;
+
+	(void)state;
+	assert_int_equal(cfg->nlisteners, 7);
+	assert_string_equal(cfg->listeners[0].text, "127.0.0.1:25");
+	assert_string_equal(cfg->listeners[1].text, "0.0.0.0:26");
+	s4 = (const struct sockaddr_in *)&cfg->listeners[1].addr;
+	assert_int_equal(s4->sin_addr.s_addr, htonl(INADDR_ANY));
+	assert_string_equal(cfg->listeners[2].text, "[::]:27");
+	s6 = (const struct sockaddr_in6 *)&cfg->listeners[2].addr;
+	assert_int_equal(s6->sin6_family, AF_INET6);
+	assert_memory_equal(&s6->sin6_addr, &in6addr_any, sizeof(in6addr_any));
+	assert_string_equal(cfg->listeners[3].text, "[::1]:28");
+	assert_string_equal(cfg->listeners[5].text, "[::1]:30");
+	assert_int_equal(lport(&cfg->listeners[6]), 65535);
+	config_free(cfg);
+
+	/* IPv4 and IPv6 loopback on one port are different listeners. */
+	cfg = ok("listen = 127.0.0.1:25\nlisten = [::1]:25\n");
+	assert_int_equal(cfg->nlisteners, 2);
+	config_free(cfg);
+}
+
+static void
+test_listen_invalid(void **state)
+{
+	char text[2048];
+	size_t i, o = 0;
+
+	(void)state;
+	bad1("listen", "127.0.0.1:25 tls=implicit",
+	     "tls=implicit is not supported by this build yet");
+	bad1("listen", "127.0.0.1:25 tls=starttls",
+	     "tls=starttls is not supported by this build yet");
+	bad1("listen", "[::1]:25 tls=required", "tls=required is not supported by this build yet");
+	bad1("listen", "127.0.0.1:25 proxy=yes", "proxy=yes is not supported by this build yet");
+	bad1("listen", "127.0.0.1:25 proxy=on", "proxy=yes is not supported by this build yet");
+	bad1("listen", "127.0.0.1:25 tls=bogus",
+	     "not one of none, starttls, required, implicit: tls=bogus");
+	bad1("listen", "127.0.0.1:25 proxy=maybe", "not a boolean: proxy=maybe");
+	bad1("listen", "127.0.0.1:25 color=red", "unknown option: 'color'");
+	bad1("listen", "127.0.0.1:25 tls", "not option=value: 'tls'");
+	bad1("listen", "127.0.0.1:25 tls=none tls=none", "option given twice: 'tls'");
+	bad1("listen", "127.0.0.1:25 proxy=no proxy=no", "option given twice: 'proxy'");
+	bad1("listen", "127.0.0.1:0", "port out of range: '0' (1..65535)");
+	bad1("listen", "127.0.0.1:65536", "port out of range: '65536' (1..65535)");
+	bad1("listen", "127.0.0.1:99999999999999999999",
+	     "port out of range: '99999999999999999999' (1..65535)");
+	bad1("listen", "127.0.0.1:smtp", "not a port: 'smtp'");
+	bad1("listen", "127.0.0.1:", "not a port: ''");
+	bad1("listen", "127.0.0.1:-25", "not a port: '-25'");
+	bad1("listen", "127.0.0.1", "not ADDRESS:PORT: '127.0.0.1'");
+	bad1("listen", "[::1]", "not ADDRESS:PORT: '[::1]'");
+	bad1("listen", "[::1:25", "not ADDRESS:PORT: '[::1:25'");
+	bad1("listen", "::1:25", "IPv6 addresses must be in brackets: '::1'");
+	bad1("listen", "[127.0.0.1]:25", "not an IPv6 address: '127.0.0.1'");
+	bad1("listen", "[fe80::1%eth0]:25", "not an IPv6 address: 'fe80::1%eth0'");
+	bad1("listen", "localhost:25", "not an IPv4 address: 'localhost'");
+	bad1("listen", "1.2.3:25", "not an IPv4 address: '1.2.3'");
+	bad1("listen", "256.1.1.1:25", "not an IPv4 address: '256.1.1.1'");
+	bad1("listen", "[*]:25", "not an IPv6 address: '*'");
+	bad("listen =\n", "t.conf:1: listen: empty value");
+	bad("listen = 127.0.0.1:25\nlisten = 127.0.0.1:25\n",
+	    "t.conf:2: listen: duplicate listener: 127.0.0.1:25");
+	bad("listen = *:25\nlisten = 0.0.0.0:25\n",
+	    "t.conf:2: listen: duplicate listener: 0.0.0.0:25");
+	bad("listen = [::1]:25\nlisten = [0::1]:25\n",
+	    "t.conf:2: listen: duplicate listener: [::1]:25");
+	bad("listen = 127.0.0.1:25\n  tls=none\n",
+	    "t.conf:2: listen: continuation line not allowed (only domains and cpus take "
+	    "continuation lines)");
+
+	for (i = 0; i <= CONFIG_MAX_LISTENERS; i++)
+		o += (size_t)snprintf(text + o, sizeof(text) - o, "listen = 127.0.0.1:%zu\n",
+				      1000 + i);
+	bad(text, "t.conf:17: listen: too many listeners (max 16)");
+	text[o - strlen("listen = 127.0.0.1:1016\n")] = '\0';
+	config_free(ok(text));
+}
+
+/* The file's listen lines replace the default, and only the default. */
+static void
+test_listen_replaces_default(void **state)
+{
+	struct config *cfg = ok("listen = 10.1.1.1:2525\n");
+
+	(void)state;
+	assert_int_equal(cfg->nlisteners, 1);
+	assert_string_equal(cfg->listeners[0].text, "10.1.1.1:2525");
+	config_free(cfg);
+	/* ...which may be listed again explicitly. */
+	cfg = ok("listen = 127.0.0.1:2525\nworkers = 1\nlisten = [::1]:2525\n");
+	assert_int_equal(cfg->nlisteners, 2);
+	config_free(cfg);
+}
+
+/* ---- hostname and domains ---- */
+
+static void
+test_hostname(void **state)
+{
+	char text[600], want[700], label[70], name[300];
+	struct config *cfg;
+
+	(void)state;
+	cfg = ok("hostname = localhost\n");
+	assert_string_equal(cfg->smtp.hostname, "localhost");
+	config_free(cfg);
+	cfg = ok("hostname = xn--bcher-kva.example\n");
+	assert_string_equal(cfg->smtp.hostname, "xn--bcher-kva.example");
+	config_free(cfg);
+
+	bad1("hostname", "bad_host.example", "not a valid host name: 'bad_host.example'");
+	bad1("hostname", "a..b", "not a valid host name: 'a..b'");
+	bad1("hostname", "mx.example.", "not a valid host name: 'mx.example.'");
+	bad1("hostname", ".example", "not a valid host name: '.example'");
+	bad1("hostname", "-mx.example", "not a valid host name: '-mx.example'");
+	bad1("hostname", "mx-.example", "not a valid host name: 'mx-.example'");
+	bad1("hostname", "192.0.2.1", "not a valid host name: '192.0.2.1'");
+	bad1("hostname", "mx example", "not a valid host name: 'mx example'");
+	bad1("hostname", "m\xc3\xa9.example", "not a valid host name: 'm\\xc3\\xa9.example'");
+	bad("hostname =\n", "t.conf:1: hostname: empty value");
+
+	/* Labels of 63 are fine, 64 are not; 255 in all is fine, 256 is not. */
+	memset(label, 'a', 63);
+	label[63] = '\0';
+	snprintf(text, sizeof(text), "hostname = %s.x\n", label);
+	config_free(ok(text));
+	snprintf(text, sizeof(text), "hostname = %sa.x\n", label);
+	snprintf(want, sizeof(want), "t.conf:1: hostname: not a valid host name: '%.64s...'",
+		 text + 11);
+	bad(text, want);
+	snprintf(name, sizeof(name), "%s.%s.%s.%s", label, label, label, label); /* 255 */
+	assert_int_equal(strlen(name), 255);
+	snprintf(text, sizeof(text), "hostname = %s\n", name);
+	cfg = ok(text);
+	assert_string_equal(cfg->smtp.hostname, name);
+	config_free(cfg);
+	snprintf(text, sizeof(text), "hostname = b.%s\n", name); /* 257 */
+	snprintf(want, sizeof(want), "t.conf:1: hostname: not a valid host name: '%.64s...'",
+		 text + 11);
+	bad(text, want);
+}
+
+static void
+test_domains(void **state)
+{
+	struct config *cfg;
+
+	(void)state;
+	cfg = ok("domains = A.example,b.example  c.example ,\t.D.Example,,x\n");
+	assert_int_equal(cfg->ndomains, 5);
+	assert_string_equal(cfg->domain_list[0], "a.example");
+	assert_string_equal(cfg->domain_list[2], "c.example");
+	assert_string_equal(cfg->domain_list[3], ".d.example");
+	assert_string_equal(cfg->domain_list[4], "x");
+	assert_ptr_equal(cfg->smtp.domains, cfg->domain_list);
+	assert_int_equal(cfg->smtp.ndomains, 5);
+	config_free(cfg);
+
+	bad1("domains", "a.example, b..example", "not a domain: 'b..example'");
+	bad1("domains", "a.example.", "not a domain: 'a.example.'");
+	bad1("domains", "..a.example", "not a domain: '..a.example'");
+	bad1("domains", ".", "not a domain: '.'");
+	bad1("domains", "-a.example", "not a domain: '-a.example'");
+	bad1("domains", "a_b.example", "not a domain: 'a_b.example'");
+	bad1("domains", "192.0.2.1", "not a domain: '192.0.2.1'");
+	bad1("domains", "[192.0.2.1]", "not a domain: '[192.0.2.1]'");
+	bad1("domains", "a;b", "not a domain: 'a;b'");
+	bad1("domains", "x.example X.Example", "duplicate domain: 'x.example'");
+	bad("domains =\n", "t.conf:1: domains: empty list");
+	bad("domains = ,,\n", "t.conf:1: domains: empty list");
+	bad("workers = 1\ndomains =\n# no continuation\nworkers = 2\n",
+	    "t.conf:4: workers: already set on line 1");
+	bad("workers = 1\ndomains =\n# nothing follows\n", "t.conf:2: domains: empty list");
+}
+
+static void
+test_domains_many(void **state)
+{
+	size_t cap = (CONFIG_MAX_DOMAINS + 2) * 16, o = 0, i;
+	char *text = malloc(cap);
+	struct config *cfg;
+
+	(void)state;
+	assert_non_null(text);
+	o += (size_t)snprintf(text, cap, "domains =\n");
+	for (i = 0; i < CONFIG_MAX_DOMAINS; i++)
+		o += (size_t)snprintf(text + o, cap - o, "  d%zu.test\n", i);
+	cfg = ok(text);
+	assert_int_equal(cfg->ndomains, CONFIG_MAX_DOMAINS);
+	config_free(cfg);
+	snprintf(text + o, cap - o, "  one-more.test\n");
+	bad(text, "t.conf:4098: domains: too many domains (max 4096)");
+	free(text);
+}
+
+/* ---- continuation lines and comments ---- */
+
+static void
+test_continuation(void **state)
+{
+	struct config *cfg;
+
+	(void)state;
+	cfg = ok("domains = a.example,\n"
+		 "    b.example c.example\n"
+		 "# a comment between continuation lines\n"
+		 "\n"
+		 "\tD.example\n"
+		 "workers = 2\n");
+	assert_int_equal(cfg->ndomains, 4);
+	assert_string_equal(cfg->domain_list[3], "d.example");
+	assert_int_equal(cfg->workers, 2);
+	config_free(cfg);
+
+	/* An empty first line, the list on continuation lines. */
+	cfg = ok("domains =\n  one.example\n  two.example\n");
+	assert_int_equal(cfg->ndomains, 2);
+	assert_string_equal(cfg->domain_list[0], "one.example");
+	config_free(cfg);
+
+	/* Repeated domains lines append too; the default is gone. */
+	cfg = ok("domains = a.example\nhostname = mx.example\ndomains = b.example\n");
+	assert_int_equal(cfg->ndomains, 2);
+	assert_string_equal(cfg->domain_list[1], "b.example");
+	config_free(cfg);
+
+	/* A continuation line's error names its own line. */
+	bad("domains = a.example\n  b.example\n  bad..example\n",
+	    "t.conf:3: domains: not a domain: 'bad..example'");
+	bad("workers = 2\n  3\n",
+	    "t.conf:2: workers: continuation line not allowed (only domains and cpus take "
+	    "continuation lines)");
+	bad("hostname = mx\n  .example\n",
+	    "t.conf:2: hostname: continuation line not allowed (only domains and cpus take "
+	    "continuation lines)");
+	/* An indented first line is an ordinary key line. */
+	cfg = ok("  workers = 5\n");
+	assert_int_equal(cfg->workers, 5);
+	config_free(cfg);
+}
+
+static void
+test_syntax(void **state)
+{
+	char *text;
+	struct config *cfg;
+
+	(void)state;
+	/* CRLF, trailing blanks, blanks around '=', '#' and ';' inside values. */
+	cfg = ok("workers=2\r\nrecipient_limit   =\t7  \r\n  # indented comment\r\n");
+	assert_int_equal(cfg->workers, 2);
+	assert_int_equal(cfg->smtp.recipient_limit, 7);
+	config_free(cfg);
+	/* No final newline. */
+	cfg = ok("workers = 4");
+	assert_int_equal(cfg->workers, 4);
+	config_free(cfg);
+
+	bad("workers = 2 # two\n", "t.conf:1: workers: not a number: '2 # two'");
+	bad("workers = 2 ; two\n", "t.conf:1: workers: not a number: '2 ; two'");
+	bad("; comment\n", "t.conf:1: syntax error: expected 'key = value'");
+	bad("workers = 1\n[main]\nworkers = 2\n", "t.conf:2: sections are not supported");
+	bad("[main]\n", "t.conf:1: sections are not supported");
+	bad("workers: 2\n", "t.conf:1: syntax error: expected 'key = value'");
+	bad("workers 2\n", "t.conf:1: syntax error: expected 'key = value'");
+	bad("listen 127.0.0.1:25\n", "t.conf:1: syntax error: expected 'key = value'");
+	bad("= 2\n", "t.conf:1: syntax error: expected 'key = value'");
+	bad("\xef\xbb\xbfworkers = 2\n", "t.conf:1: syntax error: expected 'key = value'");
+	bad("# ok\nfrobnicate = 1\n", "t.conf:2: frobnicate: unknown key");
+	bad("Workers = 1\n", "t.conf:1: Workers: unknown key");
+	bad("smtpd_banner = x\n", "t.conf:1: smtpd_banner: unknown key");
+	bad("workers = 1\n\nworkers = 2\n", "t.conf:3: workers: already set on line 1");
+	bad("sink = discard\nsink = discard\n", "t.conf:2: sink: already set on line 1");
+	/* The first error wins. */
+	bad("workers = x\nfrob = 1\n", "t.conf:1: workers: not a number: 'x'");
+
+	/* A NUL byte, and a line longer than CONFIG_LINE_MAX. */
+	{
+		static const char nul[] = "workers = 1\nhostname = a\0b\n";
+		char err[CONFIG_ERR_MAX];
+
+		assert_null(config_load_string("t.conf", nul, sizeof(nul) - 1, NULL, err));
+		assert_string_equal(err, "t.conf:2: NUL byte in line");
+	}
+	text = malloc(CONFIG_LINE_MAX + 64);
+	assert_non_null(text);
+	memset(text, ' ', CONFIG_LINE_MAX + 2);
+	memcpy(text, "domains = a", 11);
+	strcpy(text + CONFIG_LINE_MAX - 1, "b\n");
+	cfg = ok(text); /* exactly CONFIG_LINE_MAX bytes */
+	config_free(cfg);
+	strcpy(text + CONFIG_LINE_MAX - 1, "bc\n");
+	bad(text, "t.conf:1: line too long (max 4000 bytes)");
+	free(text);
+}
+
+/* ---- workers and cpus ---- */
+
+static void
+test_workers_cpus(void **state)
+{
+	struct config *cfg;
+
+	(void)state;
+	cfg = ok("workers = 0\n");
+	assert_int_equal(cfg->workers, affinity_count());
+	assert_int_equal(cfg->ncpus, 0);
+	config_free(cfg);
+
+	/* workers 0 + cpus: one worker per listed CPU. */
+	cfg = ok("cpus = 0-3,6\n");
+	assert_int_equal(cfg->workers, 5);
+	assert_int_equal(cfg->ncpus, 5);
+	assert_int_equal(cfg->ncpu_list, 5);
+	assert_int_equal(cfg->cpus[0], 0);
+	assert_int_equal(cfg->cpus[3], 3);
+	assert_int_equal(cfg->cpus[4], 6);
+	assert_int_equal(cfg->cpus[5], -1);
+	config_free(cfg);
+
+	/* More workers than CPUs: round-robin over the list. */
+	cfg = ok("workers = 5\ncpus = 2,7\n");
+	assert_int_equal(cfg->ncpus, 5);
+	assert_int_equal(cfg->cpus[0], 2);
+	assert_int_equal(cfg->cpus[1], 7);
+	assert_int_equal(cfg->cpus[2], 2);
+	assert_int_equal(cfg->cpus[4], 2);
+	config_free(cfg);
+
+	/* Fewer workers than CPUs: the first ones are used. */
+	cfg = ok("workers = 2\ncpus = 4 5 6\n");
+	assert_int_equal(cfg->ncpus, 2);
+	assert_int_equal(cfg->cpus[1], 5);
+	assert_int_equal(cfg->cpus[2], -1);
+	config_free(cfg);
+
+	/* Continuation lines and repeated lines append; empty means none. */
+	cfg = ok("cpus = 1-2,\n   9\ncpus = 1023\n");
+	assert_int_equal(cfg->ncpu_list, 4);
+	assert_int_equal(cfg->cpu_list[3], 1023);
+	config_free(cfg);
+	cfg = ok("cpus =\n");
+	assert_int_equal(cfg->ncpus, 0);
+	config_free(cfg);
+
+	/* More listed CPUs than workers can exist: capped at the maximum. */
+	cfg = ok("cpus = 0-1023\n");
+	assert_int_equal(cfg->workers, CONFIG_MAX_WORKERS);
+	assert_int_equal(cfg->cpus[255], 255);
+	config_free(cfg);
+
+	bad1("cpus", "3-1", "not a CPU range: '3-1'");
+	bad1("cpus", "1024", "CPU out of range: '1024' (0..1023)");
+	bad1("cpus", "0-1024", "CPU out of range: '0-1024' (0..1023)");
+	bad1("cpus", "99999999999999999999999", "CPU out of range: '99999999999999999999999' (0..1023)");
+	bad1("cpus", "0,0", "CPU 0 listed twice");
+	bad1("cpus", "0-3,2", "CPU 2 listed twice");
+	bad1("cpus", "a", "not a CPU list: 'a'");
+	bad1("cpus", "0-", "not a CPU list: '0-'");
+	bad1("cpus", "-1", "not a CPU list: '-1'");
+	bad1("cpus", "1-2-3", "not a CPU list: '1-2-3'");
+	bad1("cpus", "0x1", "not a CPU list: '0x1'");
+	bad1("cpus", "1 - 2", "not a CPU list: '-'");
+	bad("cpus = 1\n  1\n", "t.conf:2: cpus: CPU 1 listed twice");
+}
+
+static void
+test_parse_cpus_api(void **state)
+{
+	int c[8];
+
+	(void)state;
+	assert_int_equal(config_parse_cpus("", c, 8), 0);
+	assert_int_equal(config_parse_cpus(" , ", c, 8), 0);
+	assert_int_equal(config_parse_cpus("0-3,6", c, 8), 5);
+	assert_int_equal(c[0], 0);
+	assert_int_equal(c[4], 6);
+	assert_int_equal(config_parse_cpus("5,1", c, 8), 2);
+	assert_int_equal(c[0], 5);
+	assert_int_equal(c[1], 1);
+	assert_int_equal(config_parse_cpus("7-7", c, 8), 1);
+	assert_int_equal(config_parse_cpus("0-7", c, 8), 8);
+	assert_int_equal(config_parse_cpus("0-8", c, 8), -1); /* more than max */
+	assert_int_equal(config_parse_cpus("1023", c, 8), 1);
+	assert_int_equal(config_parse_cpus("1024", c, 8), -1);
+	assert_int_equal(config_parse_cpus("2,2", c, 8), -1);
+	assert_int_equal(config_parse_cpus("2-1", c, 8), -1);
+	assert_int_equal(config_parse_cpus("x", c, 8), -1);
+	assert_int_equal(config_parse_cpus("1;2", c, 8), -1);
+}
+
+/* ---- files ---- */
+
+static void
+test_files(void **state)
+{
+	struct config_args a;
+	char err[CONFIG_ERR_MAX], want[CONFIG_ERR_MAX];
+	struct config *cfg;
+
+	(void)state;
+	memset(&a, 0, sizeof(a));
+	a.config_path = write_file("ok.conf", "workers = 2\nlisten = [::1]:2626\n");
+	cfg = config_load(&a, err);
+	assert_non_null(cfg);
+	assert_string_equal(cfg->path, a.config_path);
+	assert_int_equal(cfg->workers, 2);
+	assert_string_equal(cfg->listeners[0].text, "[::1]:2626");
+	config_free(cfg);
+
+	a.config_path = write_file("bad.conf", "# x\n\nmessage_size_limit = 10QB\n");
+	assert_null(config_load(&a, err));
+	snprintf(want, sizeof(want), "%s:3: message_size_limit: not a size: '10QB'",
+		 a.config_path);
+	assert_string_equal(err, want);
+
+	{
+		char path[128];
+
+		snprintf(path, sizeof(path), "%s/missing.conf", tmpdir);
+		a.config_path = path;
+		assert_null(config_load(&a, err));
+		snprintf(want, sizeof(want), "%s: cannot open: %s", path, strerror(ENOENT));
+		assert_string_equal(err, want);
+	}
+	a.config_path = tmpdir; /* a directory */
+	assert_null(config_load(&a, err));
+	snprintf(want, sizeof(want), "%s: cannot read: %s", tmpdir, strerror(EISDIR));
+	assert_string_equal(err, want);
+}
+
+/* ---- command line ---- */
+
+static void
+test_args_parse(void **state)
+{
+	struct config_args a;
+	char *perr;
+
+	(void)state;
+	assert_int_equal(ARGS(&a, "-c", "/x.conf", "-t", "-V", "-h", "--print-config", "-o",
+			      "workers=1", "-o", "cpus=0", "--listen", "127.0.0.1:25",
+			      "--listen=[::1]:25", "--port", "26", "--workers", "3", "--cpus",
+			      "0-1"),
+			 0);
+	assert_string_equal(a.config_path, "/x.conf");
+	assert_true(a.check_only && a.version && a.help && a.print_config);
+	assert_int_equal(a.nsets, 2);
+	assert_string_equal(a.sets[1], "cpus=0");
+	assert_int_equal(a.nlisten, 2);
+	assert_string_equal(a.listen[1], "[::1]:25");
+	assert_string_equal(a.port, "26");
+	assert_string_equal(a.workers, "3");
+	assert_string_equal(a.cpus, "0-1");
+
+	assert_int_equal(ARGS(&a, "--config=/y.conf", "--check-config", "-oworkers=2"), 0);
+	assert_string_equal(a.config_path, "/y.conf");
+	assert_true(a.check_only);
+	assert_false(a.version);
+	assert_string_equal(a.sets[0], "workers=2");
+
+	assert_int_equal(ARGS(&a, "-x"), -1);
+	assert_string_equal(perr, "unknown option '-x'");
+	assert_int_equal(ARGS(&a, "-tx"), -1);
+	assert_string_equal(perr, "unknown option '-x'");
+	assert_int_equal(ARGS(&a, "--frob"), -1);
+	assert_string_equal(perr, "unknown option '--frob'");
+	assert_int_equal(ARGS(&a, "--frob=1"), -1);
+	assert_string_equal(perr, "unknown option '--frob'");
+	assert_int_equal(ARGS(&a, "-c"), -1);
+	assert_string_equal(perr, "option '-c' requires an argument");
+	assert_int_equal(ARGS(&a, "--config"), -1);
+	assert_string_equal(perr, "option '--config' requires an argument");
+	assert_int_equal(ARGS(&a, "--listen"), -1);
+	assert_string_equal(perr, "option '--listen' requires an argument");
+	assert_int_equal(ARGS(&a, "-t", "stray"), -1);
+	assert_string_equal(perr, "unexpected argument 'stray'");
+	assert_int_equal(ARGS(&a, "stray", "-t"), -1);
+	assert_string_equal(perr, "unexpected argument 'stray'");
+	assert_int_equal(ARGS(&a, "--port", "1", "--port", "2"), -1);
+	assert_string_equal(perr, "option '--port' given twice");
+	assert_int_equal(ARGS(&a, "-c", "a", "-c", "b"), -1);
+	assert_string_equal(perr, "option '--config' given twice");
+	assert_int_equal(ARGS(&a, "--"), 0);
+}
+
+static void
+test_args_limits(void **state)
+{
+	char *argv[200], err[CONFIG_ERR_MAX];
+	struct config_args a;
+	int argc = 0, i;
+
+	(void)state;
+	argv[argc++] = (char *)"ringmxd";
+	for (i = 0; i < 65; i++) {
+		argv[argc++] = (char *)"-o";
+		argv[argc++] = (char *)"workers=1";
+	}
+	argv[argc] = NULL;
+	assert_int_equal(config_parse_args(argc, argv, &a, err), -1);
+	assert_string_equal(err, "too many -o options (max 64)");
+
+	argc = 1;
+	for (i = 0; i < 17; i++) {
+		argv[argc++] = (char *)"--listen";
+		argv[argc++] = (char *)"127.0.0.1:25";
+	}
+	argv[argc] = NULL;
+	assert_int_equal(config_parse_args(argc, argv, &a, err), -1);
+	assert_string_equal(err, "too many --listen options (max 16)");
+}
+
+static struct config *
+load_args(const char *text, const struct config_args *a, char *err)
+{
+	return config_load_string("t.conf", text, strlen(text), a, err);
+}
+
+static void
+test_precedence(void **state)
+{
+	static const char file[] = "workers = 2\n"
+				   "message_size_limit = 1m\n"
+				   "listen = 10.0.0.1:25\n"
+				   "listen = [::1]:587\n"
+				   "domains = file.example\n"
+				   "cpus = 0\n";
+	char err[CONFIG_ERR_MAX];
+	struct config_args a;
+	struct config *cfg;
+	char *perr;
+
+	(void)state;
+	/* File only. */
+	assert_int_equal(ARGS(&a, "-t"), 0);
+	cfg = load_args(file, &a, err);
+	assert_non_null(cfg);
+	assert_int_equal(cfg->workers, 2);
+	assert_int_equal(cfg->nlisteners, 2);
+	config_free(cfg);
+
+	/* -o beats the file; --workers beats -o; -o listen replaces. */
+	assert_int_equal(ARGS(&a, "-o", "workers=3", "-o", "message_size_limit=2m",
+			      "-o", "domains=a.example b.example", "-o", "listen=10.9.9.9:25",
+			      "-o", "listen=10.9.9.8:25"),
+			 0);
+	cfg = load_args(file, &a, err);
+	assert_non_null(cfg);
+	assert_int_equal(cfg->workers, 3);
+	assert_int_equal(cfg->smtp.message_size_limit, 2 << 20);
+	assert_int_equal(cfg->ndomains, 2);
+	assert_string_equal(cfg->domain_list[0], "a.example");
+	assert_int_equal(cfg->nlisteners, 2);
+	assert_string_equal(cfg->listeners[1].text, "10.9.9.8:25");
+	config_free(cfg);
+
+	assert_int_equal(ARGS(&a, "-o", "workers=3", "--workers", "4", "--cpus", "5-6"), 0);
+	cfg = load_args(file, &a, err);
+	assert_non_null(cfg);
+	assert_int_equal(cfg->workers, 4);
+	assert_int_equal(cfg->cpus[0], 5);
+	assert_int_equal(cfg->cpus[1], 6);
+	assert_int_equal(cfg->cpus[2], 5);
+	config_free(cfg);
+
+	/* --cpus '' turns pinning off. */
+	assert_int_equal(ARGS(&a, "--cpus", ""), 0);
+	cfg = load_args(file, &a, err);
+	assert_non_null(cfg);
+	assert_int_equal(cfg->ncpus, 0);
+	config_free(cfg);
+
+	/* --listen replaces both the file's and -o's listeners. */
+	assert_int_equal(ARGS(&a, "-o", "listen=10.9.9.9:25", "--listen", "[::]:2525",
+			      "--listen", "*:2526"),
+			 0);
+	cfg = load_args(file, &a, err);
+	assert_non_null(cfg);
+	assert_int_equal(cfg->nlisteners, 2);
+	assert_string_equal(cfg->listeners[0].text, "[::]:2525");
+	assert_string_equal(cfg->listeners[1].text, "0.0.0.0:2526");
+	config_free(cfg);
+
+	/* Without a file. */
+	assert_int_equal(ARGS(&a, "--workers", "1"), 0);
+	cfg = config_load(&a, err);
+	assert_non_null(cfg);
+	assert_int_equal(cfg->workers, 1);
+	assert_string_equal(cfg->listeners[0].text, "127.0.0.1:2525");
+	config_free(cfg);
+}
+
+static void
+test_port(void **state)
+{
+	char err[CONFIG_ERR_MAX];
+	struct config_args a;
+	struct config *cfg;
+	char *perr;
+
+	(void)state;
+	assert_int_equal(ARGS(&a, "--port", "2600"), 0);
+	cfg = load_args("listen = 10.0.0.1:25\nlisten = [::1]:587\n", &a, err);
+	assert_non_null(cfg);
+	assert_int_equal(lport(&cfg->listeners[0]), 2600);
+	assert_int_equal(lport(&cfg->listeners[1]), 2600);
+	assert_string_equal(cfg->listeners[0].text, "10.0.0.1:2600");
+	assert_string_equal(cfg->listeners[1].text, "[::1]:2600");
+	config_free(cfg);
+
+	/* The default listener, and together with --listen. */
+	cfg = load_args("", &a, err);
+	assert_non_null(cfg);
+	assert_string_equal(cfg->listeners[0].text, "127.0.0.1:2600");
+	config_free(cfg);
+	assert_int_equal(ARGS(&a, "--listen", "[::1]:1", "--port", "3"), 0);
+	cfg = load_args("", &a, err);
+	assert_non_null(cfg);
+	assert_string_equal(cfg->listeners[0].text, "[::1]:3");
+	config_free(cfg);
+
+	/* Two listeners that differ only by port collapse: an error. */
+	assert_int_equal(ARGS(&a, "--port", "25"), 0);
+	assert_null(load_args("listen = 10.0.0.1:25\nlisten = 10.0.0.1:587\n", &a, err));
+	assert_string_equal(err, "--port 25: duplicate listener: 10.0.0.1:25");
+	assert_int_equal(ARGS(&a, "--port", "0"), 0);
+	assert_null(load_args("", &a, err));
+	assert_string_equal(err, "--port 0: port out of range: '0' (1..65535)");
+	assert_int_equal(ARGS(&a, "--port", "smtp"), 0);
+	assert_null(load_args("", &a, err));
+	assert_string_equal(err, "--port smtp: not a port: 'smtp'");
+}
+
+static void
+test_cli_errors(void **state)
+{
+	static const struct {
+		const char *opt, *arg, *msg;
+	} cases[] = {
+		{"-o", "message_size_limit=x", "-o message_size_limit=x: not a size: 'x'"},
+		{"-o", "frobnicate=1", "-o frobnicate=1: unknown key"},
+		{"-o", "workers", "-o workers: expected key=value"},
+		{"-o", "workers=", "-o workers=: empty value"},
+		{"-o", "domains=", "-o domains=: empty value"},
+		{"-o", "listen=", "-o listen=: empty value"},
+		{"-o", " workers=1", "-o  workers=1: unknown key"},
+		{"-o", "listen=1.2.3.4:25 tls=implicit",
+		 "-o listen=1.2.3.4:25 tls=implicit: tls=implicit is not supported by this build yet"},
+		{"-o", "hostname=a\tb", "-o hostname=a\\x09b: not a valid host name: 'a\\x09b'"},
+		{"--workers", "x", "--workers x: not a number: 'x'"},
+		{"--workers", "999", "--workers 999: out of range: '999' (0..256)"},
+		{"--cpus", "4-2", "--cpus 4-2: not a CPU range: '4-2'"},
+		{"--listen", "1.2.3.4", "--listen 1.2.3.4: not ADDRESS:PORT: '1.2.3.4'"},
+		{"--listen", "", "--listen : empty value"},
+		{"--listen", "[::1]:25 proxy=yes",
+		 "--listen [::1]:25 proxy=yes: proxy=yes is not supported by this build yet"},
+	};
+	char err[CONFIG_ERR_MAX];
+	struct config_args a;
+	size_t i;
+	char *perr;
+
+	(void)state;
+	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		assert_int_equal(ARGS(&a, cases[i].opt, cases[i].arg), 0);
+		assert_null(load_args("", &a, err));
+		assert_string_equal(err, cases[i].msg);
+	}
+	/* A scalar twice among the -o options; -o wins over the file's. */
+	assert_int_equal(ARGS(&a, "-o", "workers=1", "-o", "workers=2"), 0);
+	assert_null(load_args("", &a, err));
+	assert_string_equal(err, "-o workers=2: already set by an earlier option");
+	/* The same key in the file and in -o is fine. */
+	assert_int_equal(ARGS(&a, "-o", "workers=1", "--listen", "[::1]:25", "--listen",
+			      "[::1]:25"),
+			 0);
+	assert_null(load_args("workers = 3\n", &a, err));
+	assert_string_equal(err, "--listen [::1]:25: duplicate listener: [::1]:25");
+	/* File errors come first. */
+	assert_int_equal(ARGS(&a, "-o", "frob=1"), 0);
+	assert_null(load_args("workers = x\n", &a, err));
+	assert_string_equal(err, "t.conf:1: workers: not a number: 'x'");
+}
+
+/* ---- print ---- */
+
+static void
+round_trip(const char *text)
+{
+	char err[CONFIG_ERR_MAX];
+	struct config *a = ok(text), *b;
+	char *p1, *p2;
+
+	p1 = print(a);
+	b = config_load_string("printed", p1, strlen(p1), NULL, err);
+	if (b == NULL)
+		fail_msg("printed config does not load: %s\n%s", err, p1);
+	p2 = print(b);
+	assert_string_equal(p1, p2);
+	assert_int_equal(a->workers, b->workers);
+	assert_int_equal(a->ncpus, b->ncpus);
+	assert_memory_equal(a->cpus, b->cpus, sizeof(a->cpus));
+	assert_int_equal(a->nlisteners, b->nlisteners);
+	assert_memory_equal(a->listeners, b->listeners, sizeof(a->listeners));
+	assert_memory_equal(&a->smtp.hostname, &b->smtp.hostname, sizeof(a->smtp.hostname));
+	assert_int_equal(a->ndomains, b->ndomains);
+	free(p1);
+	free(p2);
+	config_free(a);
+	config_free(b);
+}
+
+static void
+test_print(void **state)
+{
+	char *text, *p;
+	struct config *cfg;
+	size_t cap = 64 * 1024, o = 0, i;
+
+	(void)state;
+	round_trip("");
+	round_trip("listen = *:25\nlisten = [::]:25\nlisten = [2001:db8::7]:2525 tls=none\n"
+		   "hostname = mx.example\ndomains = .a.example b.example\ncpus = 3,0-2,8-9,5\n"
+		   "workers = 7\nrecv_buffer_size = 32k\nmessage_size_limit = 1g\n"
+		   "bare_newline = reject\ngreeting_timeout = 90\ncommand_timeout = 7200\n"
+		   "data_timeout = 86400\nshutdown_timeout = 0\nsession_timeout = 61\n");
+
+	/* Enough domains to wrap onto continuation lines. */
+	text = malloc(cap);
+	assert_non_null(text);
+	o += (size_t)snprintf(text, cap, "domains =");
+	for (i = 0; i < 150; i++)
+		o += (size_t)snprintf(text + o, cap - o, "%shost-%zu.example.org",
+				      i % 50 == 0 ? "\n  " : " ", i);
+	strcpy(text + o, "\n");
+	round_trip(text);
+	cfg = ok(text);
+	p = print(cfg);
+	assert_non_null(strstr(p, ",\n    host-"));
+	for (char *l = p; *l != '\0'; l = strchr(l, '\n') + 1)
+		assert_true(strchr(l, '\n') - l <= 80);
+	free(p);
+	config_free(cfg);
+	free(text);
+
+	/* Exact text for a small config. */
+	cfg = ok("hostname = mx.example\nworkers = 2\ncpus = 1,2,3,7\n");
+	p = print(cfg);
+	assert_non_null(strstr(p, "\nlisten = 127.0.0.1:2525\nhostname = mx.example\n"
+				  "domains = localhost, example.test\nworkers = 2\n"
+				  "cpus = 1-3,7\nmax_connections = 16384\nrecv_buffers = 4096\n"
+				  "recv_buffer_size = 16384\nlisten_backlog = 4096\nsink = spool\n"
+				  "spool_dir = /var/spool/ringmx\nsegment_size = 67108864\n"
+				  "durability = fsync\ncommit_delay = 1ms\ncommit_size = 1048576\n"
+				  "spool_memory = 268435456\n"
+				  "message_size_limit = 10240000\nrecipient_limit = 1000\n"
+				  "error_limit = 20\njunk_limit = 100\nbare_newline = normalize\n"
+				  "greeting_timeout = 5m\ncommand_timeout = 5m\ndata_timeout = 3m\n"
+				  "data_end_timeout = 10m\nsession_timeout = 1h\n"
+				  "shutdown_timeout = 30s\n"));
+	assert_int_equal(strncmp(p, "# ringmxd ", 10), 0);
+	free(p);
+	config_free(cfg);
+
+	/* No pinning prints an empty list, which loads. */
+	round_trip("cpus =\n");
+}
+
+/* ---- reload and usage ---- */
+
+static void
+test_reload_check(void **state)
+{
+	struct config *a = ok("workers = 2\ndomains = a.example\n");
+	struct config *b = ok("workers = 2\ndomains = b.example\nmessage_size_limit = 5\n"
+			      "hostname = other.example\ncommand_timeout = 1\n");
+	struct config *c = ok("workers = 3\ndomains = a.example\n");
+	struct config *d = ok("workers = 2\nlisten = [::1]:2525\n");
+	struct config *e = ok("workers = 2\nrecv_buffers = 16\n");
+	struct config *f = ok("workers = 2\ndomains = a.example\ncommit_delay = 5ms\n"
+			      "commit_size = 64k\n");
+	struct config *g = ok("workers = 2\ndomains = a.example\nspool_dir = /elsewhere\n");
+	struct config *h = ok("workers = 2\ndomains = a.example\ndurability = none\n");
+	struct config *k = ok("workers = 2\ndomains = a.example\nspool_memory = 1g\n");
+	char err[CONFIG_ERR_MAX];
+
+	(void)state;
+	assert_int_equal(config_check_reload(a, b, err), 0);
+	assert_int_equal(config_check_reload(a, c, err), -1);
+	assert_string_equal(err, "workers: cannot be changed by a reload; restart ringmxd");
+	assert_int_equal(config_check_reload(a, d, err), -1);
+	assert_string_equal(err, "listen: cannot be changed by a reload; restart ringmxd");
+	assert_int_equal(config_check_reload(a, e, err), -1);
+	assert_string_equal(err, "recv_buffers: cannot be changed by a reload; restart ringmxd");
+	assert_int_equal(config_check_reload(a, f, err), 0);
+	assert_int_equal(config_check_reload(a, g, err), -1);
+	assert_string_equal(err, "spool_dir: cannot be changed by a reload; restart ringmxd");
+	assert_int_equal(config_check_reload(a, h, err), -1);
+	assert_string_equal(err, "durability: cannot be changed by a reload; restart ringmxd");
+	assert_int_equal(config_check_reload(a, k, err), -1);
+	assert_string_equal(err, "spool_memory: cannot be changed by a reload; restart ringmxd");
+	config_free(f);
+	config_free(g);
+	config_free(h);
+	config_free(k);
+	config_free(a);
+	config_free(b);
+	config_free(c);
+	config_free(d);
+	config_free(e);
+}
+
+static void
+test_usage(void **state)
+{
+	char *buf = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&buf, &len);
+
+	(void)state;
+	assert_non_null(f);
+	config_usage(f);
+	fclose(f);
+	assert_non_null(strstr(buf, "Usage: ringmxd"));
+	assert_non_null(strstr(buf, "--check-config"));
+	assert_non_null(strstr(buf, "--listen"));
+	assert_non_null(strstr(buf, "--port"));
+	assert_non_null(strstr(buf, "-o KEY=VALUE"));
+	free(buf);
+}
+
+/* etc/ringmxd.conf.example loads and is the defaults but for [::1]. The
+ * source tree is found through RINGMX_DIALOGUES (set by tests/meson.build
+ * to <source>/tests/dialogues); without it the test is skipped. */
+static void
+test_example_file(void **state)
+{
+	const char *d = getenv("RINGMX_DIALOGUES");
+	char path[4096], err[CONFIG_ERR_MAX];
+	struct config_args a;
+	struct config *cfg;
+	size_t n = d != NULL ? strlen(d) : 0;
+
+	(void)state;
+	if (n < 16 || strcmp(d + n - 16, "/tests/dialogues") != 0)
+		skip();
+	snprintf(path, sizeof(path), "%.*s/etc/ringmxd.conf.example", (int)(n - 16), d);
+	memset(&a, 0, sizeof(a));
+	a.config_path = path;
+	cfg = config_load(&a, err);
+	if (cfg == NULL)
+		fail_msg("%s", err);
+	assert_int_equal(cfg->nlisteners, 2);
+	assert_string_equal(cfg->listeners[1].text, "[::1]:2525");
+	assert_int_equal(cfg->ndomains, 2);
+	assert_int_equal(cfg->workers, affinity_count());
+	assert_int_equal(cfg->smtp.message_size_limit, 10240000);
+	assert_int_equal(cfg->smtp.data_end_timeout, S(600));
+	assert_int_equal(cfg->recv_buffer_size, 16384);
+	assert_int_equal(cfg->sink, SINK_KIND_SPOOL);
+	assert_int_equal(cfg->commit_delay, 1000000);
+	assert_int_equal(cfg->spool_memory, 256 << 20);
+	config_free(cfg);
+}
+
+/* ---- fixture ---- */
+
+static int
+setup(void **state)
+{
+	(void)state;
+	snprintf(tmpdir, sizeof(tmpdir), "%s", "/tmp/test_config.XXXXXX");
+	return mkdtemp(tmpdir) == NULL ? -1 : 0;
+}
+
+static int
+teardown(void **state)
+{
+	char cmd[128];
+
+	(void)state;
+	/* Only the files this suite wrote. */
+	snprintf(cmd, sizeof(cmd), "%s/ok.conf", tmpdir);
+	unlink(cmd);
+	snprintf(cmd, sizeof(cmd), "%s/bad.conf", tmpdir);
+	unlink(cmd);
+	return rmdir(tmpdir);
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_defaults),
+		cmocka_unit_test(test_all_keys),
+		cmocka_unit_test(test_sizes),
+		cmocka_unit_test(test_durations),
+		cmocka_unit_test(test_numbers),
+		cmocka_unit_test(test_listen_valid),
+		cmocka_unit_test(test_listen_invalid),
+		cmocka_unit_test(test_listen_replaces_default),
+		cmocka_unit_test(test_hostname),
+		cmocka_unit_test(test_domains),
+		cmocka_unit_test(test_domains_many),
+		cmocka_unit_test(test_continuation),
+		cmocka_unit_test(test_syntax),
+		cmocka_unit_test(test_workers_cpus),
+		cmocka_unit_test(test_parse_cpus_api),
+		cmocka_unit_test(test_files),
+		cmocka_unit_test(test_args_parse),
+		cmocka_unit_test(test_args_limits),
+		cmocka_unit_test(test_precedence),
+		cmocka_unit_test(test_port),
+		cmocka_unit_test(test_cli_errors),
+		cmocka_unit_test(test_print),
+		cmocka_unit_test(test_reload_check),
+		cmocka_unit_test(test_usage),
+		cmocka_unit_test(test_example_file),
+	};
+
+	return cmocka_run_group_tests(tests, setup, teardown);
+}

@@ -1,0 +1,342 @@
+/*
+ * test_smtp_session.c - session behaviour that golden dialogues cannot state
+ * well: the exact Received: header, a 1000-command pipelined burst through a
+ * small output buffer, carry bounds, writes after close, timers with
+ * disabled timeouts, late verdicts. Uses the recording sink.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "ringmx/smtp.h"
+#include "smtp_test_sink.h"
+
+#define NS    1000000000ull
+#define WALL0 1795870385 /* Sat, 28 Nov 2026 12:53:05 +0000 */
+#define OUT_CAP 4096
+
+static const char *const domains[] = {"example.test"};
+
+struct fx {
+	struct smtp_conf conf;
+	struct smtp_peer peer;
+	struct smtp_out out;
+	struct ringmx_stats st;
+	struct sink sink;
+	struct smtp_session s;
+	struct tsink ts;
+	char outbuf[OUT_CAP];
+	size_t tlen;
+	char transcript[256 * 1024];
+};
+
+static struct fx *
+fx_new(void)
+{
+	struct fx *f = calloc(1, sizeof *f);
+
+	snprintf(f->conf.hostname, sizeof f->conf.hostname, "mx.example.test");
+	f->conf.domains = domains;
+	f->conf.ndomains = 1;
+	f->conf.message_size_limit = 1000000;
+	f->conf.error_limit = 10;
+	f->conf.command_timeout = 300 * NS;
+	snprintf(f->peer.addr_text, sizeof f->peer.addr_text, "192.0.2.1");
+	f->peer.port = 25;
+	f->out.buf = f->outbuf;
+	f->out.cap = OUT_CAP;
+	f->sink.ops = &tsink_ops;
+	f->sink.self = &f->ts;
+	return f;
+}
+
+static void
+fx_start(struct fx *f)
+{
+	smtp_session_init(&f->s, &f->conf, &f->peer, &f->out, &f->sink, &tsink_hooks, &f->ts,
+			  &f->st, 0, WALL0);
+	smtp_session_start(&f->s);
+}
+
+static void
+fx_flush(struct fx *f)
+{
+	assert_true(f->out.len <= f->out.cap);
+	assert_true(f->tlen + f->out.len <= sizeof f->transcript);
+	memcpy(f->transcript + f->tlen, f->out.buf, f->out.len);
+	f->tlen += f->out.len;
+	f->out.len = 0;
+}
+
+/* Feed everything as the engine would; returns the number of feed calls. */
+static unsigned
+fx_send(struct fx *f, const char *p, size_t n)
+{
+	unsigned calls = 0;
+
+	while (n > 0) {
+		size_t c = smtp_session_feed(&f->s, p, n, 0, WALL0);
+
+		calls++;
+		assert_true(c <= n);
+		p += c;
+		n -= c;
+		fx_flush(f);
+		if (smtp_session_status(&f->s) & (SMTP_ST_CLOSE | SMTP_ST_PAUSED))
+			break;
+	}
+	return calls;
+}
+
+static void
+fx_sends(struct fx *f, const char *str)
+{
+	fx_send(f, str, strlen(str));
+}
+
+static size_t
+received_of(const struct fx *f, char *buf, size_t cap)
+{
+	size_t r = tsink_received_len(f->ts.data, f->ts.datalen);
+
+	assert_true(r > 0 && r < cap);
+	memcpy(buf, f->ts.data, r);
+	buf[r] = '\0';
+	return r;
+}
+
+static void
+test_received_one_rcpt(void **state)
+{
+	struct fx *f = fx_new();
+	char rec[1024];
+
+	(void)state;
+	fx_start(f);
+	fx_sends(f, "EHLO client.example\r\nMAIL FROM:<a@c.example>\r\nRCPT TO:<b@example.test>\r\n");
+	fx_sends(f, "DATA\r\n");
+	received_of(f, rec, sizeof rec);
+	assert_string_equal(rec, "Received: from client.example ([192.0.2.1])\r\n"
+				 "\tby mx.example.test (ringmx) with ESMTP id Q0001\r\n"
+				 "\tfor <b@example.test>; Sat, 28 Nov 2026 12:53:05 +0000\r\n");
+	free(f);
+}
+
+static void
+test_received_many_rcpts_helo_v6(void **state)
+{
+	struct fx *f = fx_new();
+	char rec[1024];
+
+	(void)state;
+	snprintf(f->peer.addr_text, sizeof f->peer.addr_text, "IPv6:2001:db8::1");
+	fx_start(f);
+	fx_sends(f, "HELO h\r\nMAIL FROM:<>\r\nRCPT TO:<b@example.test>\r\nRCPT TO:<c@example.test>\r\n");
+	fx_sends(f, "DATA\r\n");
+	received_of(f, rec, sizeof rec);
+	assert_string_equal(rec, "Received: from h ([IPv6:2001:db8::1])\r\n"
+				 "\tby mx.example.test (ringmx) with SMTP id Q0001;\r\n"
+				 "\tSat, 28 Nov 2026 12:53:05 +0000\r\n");
+	free(f);
+}
+
+static void
+test_received_utf8_bdat(void **state)
+{
+	struct fx *f = fx_new();
+	char rec[1024];
+
+	(void)state;
+	fx_start(f);
+	fx_sends(f, "EHLO h\r\nMAIL FROM:<\xc3\xa9@c.example> SMTPUTF8\r\n"
+		    "RCPT TO:<\xc3\xa9@example.test>\r\nBDAT 3\r\nab");
+	/* The header precedes the first chunk's octets. */
+	assert_int_equal(f->ts.datalen, tsink_received_len(f->ts.data, f->ts.datalen) + 2);
+	fx_sends(f, "c");
+	received_of(f, rec, sizeof rec);
+	assert_string_equal(rec, "Received: from h ([192.0.2.1])\r\n"
+				 "\tby mx.example.test (ringmx) with UTF8SMTP id Q0001\r\n"
+				 "\tfor <\xc3\xa9@example.test>; Sat, 28 Nov 2026 12:53:05 +0000\r\n");
+	assert_non_null(strstr(f->transcript, "250 2.0.0 Ok: 3 octets received\r\n"));
+	free(f);
+}
+
+/* 1000 pipelined RCPTs in one buffer: the session pauses for OUTFULL and
+ * resumes; every command gets exactly one reply. */
+static void
+test_burst_1000_rcpt(void **state)
+{
+	static char burst[64 * 1024];
+	struct fx *f = fx_new();
+	size_t n = 0;
+	unsigned calls;
+
+	(void)state;
+	f->conf.recipient_limit = 0;
+	fx_start(f);
+	fx_sends(f, "EHLO h\r\nMAIL FROM:<a@c.example>\r\n");
+	f->tlen = 0;
+	for (int i = 0; i < 1000; i++)
+		n += (size_t)snprintf(burst + n, sizeof burst - n, "RCPT TO:<u%d@example.test>\r\n", i);
+	calls = fx_send(f, burst, n);
+	assert_true(calls > 1); /* OUTFULL happened */
+	assert_int_equal(f->tlen, 1000 * strlen("250 2.1.5 Ok\r\n"));
+	assert_int_equal(f->st.rcpt_accepted, 1000);
+	assert_int_equal(f->s.tx_nrcpt, 1000);
+	free(f);
+}
+
+static void
+test_outfull_status(void **state)
+{
+	struct fx *f = fx_new();
+	size_t c;
+
+	(void)state;
+	f->out.cap = SMTP_OUT_MIN + 20;
+	fx_start(f);
+	fx_flush(f);
+	c = smtp_session_feed(&f->s, "NOOP\r\nNOOP\r\nNOOP\r\n", 18, 0, WALL0);
+	assert_int_equal(c, 12); /* two replies fit before room < SMTP_OUT_MIN */
+	assert_true(smtp_session_status(&f->s) & SMTP_ST_OUTFULL);
+	assert_int_equal(smtp_session_feed(&f->s, "NOOP\r\n", 6, 0, WALL0), 0);
+	fx_flush(f);
+	assert_false(smtp_session_status(&f->s) & SMTP_ST_OUTFULL);
+	assert_int_equal(smtp_session_feed(&f->s, "NOOP\r\n", 6, 0, WALL0), 6);
+	free(f);
+}
+
+/* A line that never ends, fed one byte at a time, never grows the carry
+ * past its bound and gets exactly one reply when the CRLF comes. */
+static void
+test_carry_bound(void **state)
+{
+	struct fx *f = fx_new();
+
+	(void)state;
+	fx_start(f);
+	fx_flush(f);
+	f->tlen = 0;
+	for (int i = 0; i < 5000; i++) {
+		assert_int_equal(smtp_session_feed(&f->s, "x", 1, 0, WALL0), 1);
+		assert_true(f->s.carry_len <= SMTP_CARRY_MAX);
+	}
+	assert_int_equal(f->out.len, 0);
+	fx_sends(f, "\r\nNOOP\r\n");
+	f->transcript[f->tlen] = '\0';
+	assert_string_equal(f->transcript, "500 5.5.0 Error: line too long\r\n250 2.0.0 Ok\r\n");
+	assert_int_equal(f->st.line_too_long, 1);
+	free(f);
+}
+
+static void
+test_closed_consumes_all(void **state)
+{
+	struct fx *f = fx_new();
+
+	(void)state;
+	fx_start(f);
+	fx_sends(f, "QUIT\r\n");
+	fx_flush(f);
+	assert_int_equal(smtp_session_status(&f->s), SMTP_ST_CLOSE);
+	assert_int_equal(smtp_session_feed(&f->s, "NOOP\r\nNOOP\r\n", 12, 0, WALL0), 12);
+	assert_int_equal(f->out.len, 0);
+	smtp_session_shutdown(&f->s, true);
+	assert_false(smtp_session_tick(&f->s, UINT64_MAX));
+	assert_int_equal(f->out.len, 0);
+	free(f);
+}
+
+static void
+test_timers_disabled(void **state)
+{
+	struct fx *f = fx_new();
+
+	(void)state;
+	f->conf.command_timeout = 0;
+	fx_start(f);
+	assert_int_equal(smtp_session_deadline(&f->s), UINT64_MAX);
+	assert_false(smtp_session_tick(&f->s, UINT64_MAX - 1));
+	f->conf.session_timeout = 10 * NS;
+	assert_int_equal(smtp_session_deadline(&f->s), 10 * NS);
+	free(f);
+}
+
+/* The 421 of a timeout is written only whole; without room the session
+ * just closes. */
+static void
+test_tick_without_room(void **state)
+{
+	struct fx *f = fx_new();
+
+	(void)state;
+	f->conf.greeting_timeout = 5 * NS;
+	fx_start(f);
+	f->out.len = f->out.cap - 10;
+	assert_true(smtp_session_tick(&f->s, 5 * NS));
+	assert_int_equal(f->out.len, f->out.cap - 10);
+	assert_int_equal(smtp_session_status(&f->s), SMTP_ST_CLOSE);
+	assert_int_equal(f->st.timeouts, 1);
+	free(f);
+}
+
+static void
+test_late_verdict_ignored(void **state)
+{
+	struct fx *f = fx_new();
+
+	(void)state;
+	fx_start(f);
+	fx_flush(f);
+	smtp_session_verdict(&f->s, 0, 0);
+	assert_int_equal(f->out.len, 0);
+	free(f);
+}
+
+/* Replace the configuration mid-session (SIGHUP). */
+static void
+test_set_conf(void **state)
+{
+	struct fx *f = fx_new();
+	struct smtp_conf c2;
+	static const char *const d2[] = {"new.test"};
+
+	(void)state;
+	fx_start(f);
+	c2 = f->conf;
+	c2.domains = d2;
+	smtp_session_set_conf(&f->s, &c2);
+	f->tlen = 0;
+	fx_flush(f);
+	f->tlen = 0;
+	fx_sends(f, "HELO h\r\nMAIL FROM:<>\r\nRCPT TO:<a@new.test>\r\nRCPT TO:<a@example.test>\r\n");
+	f->transcript[f->tlen] = '\0';
+	assert_string_equal(f->transcript, "250 mx.example.test\r\n250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n"
+					   "550 5.7.1 <a@example.test>: Relay access denied\r\n");
+	free(f);
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_received_one_rcpt),
+		cmocka_unit_test(test_received_many_rcpts_helo_v6),
+		cmocka_unit_test(test_received_utf8_bdat),
+		cmocka_unit_test(test_burst_1000_rcpt),
+		cmocka_unit_test(test_outfull_status),
+		cmocka_unit_test(test_carry_bound),
+		cmocka_unit_test(test_closed_consumes_all),
+		cmocka_unit_test(test_timers_disabled),
+		cmocka_unit_test(test_tick_without_room),
+		cmocka_unit_test(test_late_verdict_ignored),
+		cmocka_unit_test(test_set_conf),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,374 @@
+/*
+ * test_spool_format.c - the spool's on-disk record (spool_format.c): CRC32C
+ * vectors for both implementations, encode/decode round trips, torn-tail
+ * recovery at every cut offset of the last record, damage detection, and
+ * queue-id uniqueness.
+ * Owner: the spool module.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "qid.h"
+#include "ringmx/spool_format.h"
+
+static uint32_t
+crc_with(uint32_t (*fn)(uint32_t, const void *, size_t), const void *p, size_t n)
+{
+	return ~fn(~0u, p, n);
+}
+
+static void
+check_vector(const void *p, size_t n, uint32_t want)
+{
+	assert_int_equal(crc_with(spool_crc32c_update_sw, p, n), want);
+	if (spool_crc32c_hw())
+		assert_int_equal(crc_with(spool_crc32c_update_hw, p, n), want);
+	assert_int_equal(spool_crc32c(p, n), want);
+}
+
+/* RFC 3720 (iSCSI) B.4 test vectors and the classic check value. */
+static void
+test_crc_vectors(void **state)
+{
+	uint8_t buf[32];
+
+	(void)state;
+	check_vector("123456789", 9, 0xE3069283u);
+	check_vector("", 0, 0);
+	memset(buf, 0, sizeof(buf));
+	check_vector(buf, 32, 0x8A9136AAu);
+	memset(buf, 0xff, sizeof(buf));
+	check_vector(buf, 32, 0x62A8AB43u);
+	for (int i = 0; i < 32; i++)
+		buf[i] = (uint8_t)i;
+	check_vector(buf, 32, 0x46DD794Eu);
+	for (int i = 0; i < 32; i++)
+		buf[i] = (uint8_t)(31 - i);
+	check_vector(buf, 32, 0x113FDB5Cu);
+}
+
+/* Both implementations agree on every length and alignment, and
+ * incremental updates equal one pass. */
+static void
+test_crc_hw_sw(void **state)
+{
+	uint8_t buf[1100];
+
+	(void)state;
+	srand(42);
+	for (size_t i = 0; i < sizeof(buf); i++)
+		buf[i] = (uint8_t)rand();
+	for (size_t off = 0; off < 9; off++)
+		for (size_t n = 0; n + off <= sizeof(buf); n += 1 + n / 7) {
+			uint32_t sw = crc_with(spool_crc32c_update_sw, buf + off, n);
+			if (spool_crc32c_hw())
+				assert_int_equal(crc_with(spool_crc32c_update_hw, buf + off, n), sw);
+			size_t h = n / 3;
+			uint32_t c = spool_crc32c_update(~0u, buf + off, h);
+			c = spool_crc32c_update(c, buf + off + h, n - h);
+			assert_int_equal(~c, sw);
+		}
+}
+
+/* ---- records ---- */
+
+static size_t
+make_env(uint8_t *env, size_t cap, const char *from, int nrcpt)
+{
+	size_t off = 0;
+	uint8_t port[2] = {0x39, 0x30}; /* 12345 */
+	uint8_t params[SPOOL_MAIL_PARAMS_LEN] = {0x10, 0x27, 0, 0, 0, 0, 0, 0,
+						 SPOOL_MAIL_8BITMIME | SPOOL_MAIL_ESMTP};
+	char r[64];
+
+	assert_int_equal(spool_tlv_put(env, cap, &off, SPOOL_TLV_CLIENT_ADDR, "192.0.2.7", 9), 0);
+	assert_int_equal(spool_tlv_put(env, cap, &off, SPOOL_TLV_CLIENT_PORT, port, 2), 0);
+	assert_int_equal(spool_tlv_put(env, cap, &off, SPOOL_TLV_HELO, "client.test", 11), 0);
+	assert_int_equal(spool_tlv_put(env, cap, &off, SPOOL_TLV_MAIL_FROM, from, strlen(from)), 0);
+	assert_int_equal(spool_tlv_put(env, cap, &off, SPOOL_TLV_MAIL_PARAMS, params, 9), 0);
+	assert_int_equal(spool_tlv_put(env, cap, &off, 999, "future", 6), 0); /* skipped */
+	for (int i = 0; i < nrcpt; i++) {
+		int n = snprintf(r, sizeof(r), "user%d@example.test", i);
+		assert_int_equal(spool_tlv_put(env, cap, &off, SPOOL_TLV_RCPT, r, (size_t)n), 0);
+	}
+	return off;
+}
+
+static void
+test_round_trip(void **state)
+{
+	uint8_t env[1024], buf[4096];
+	const char *msg = "Received: from x\r\n\tby y; date\r\nSubject: s\r\n\r\nbody\r\n";
+	struct spool_hdr h;
+	struct spool_envelope e;
+
+	(void)state;
+	size_t el = make_env(env, sizeof(env), "a@sender.test", 3);
+	size_t n = spool_rec_encode(buf, sizeof(buf), "1K1AR1NF0VG00", 1234567890123456ull, env,
+				    el, (const uint8_t *)msg, strlen(msg));
+	assert_int_equal(n, spool_rec_len(el, strlen(msg)));
+	assert_int_equal(n % SPOOL_REC_ALIGN, 0);
+	assert_int_equal(memcmp(buf, "RMSR", 4), 0); /* magic as bytes */
+	assert_int_equal(spool_rec_check(buf, n, &h), SPOOL_REC_OK);
+	assert_string_equal(h.qid, "1K1AR1NF0VG00");
+	assert_int_equal(h.received_us, 1234567890123456ull);
+	assert_int_equal(h.env_len, el);
+	assert_int_equal(h.msg_len, strlen(msg));
+	assert_int_equal(h.rec_len, n);
+	assert_memory_equal(buf + SPOOL_HDR_SIZE + el, msg, strlen(msg));
+
+	assert_int_equal(spool_env_parse(buf + SPOOL_HDR_SIZE, h.env_len, &e), 0);
+	assert_int_equal(e.client_addr_len, 9);
+	assert_memory_equal(e.client_addr, "192.0.2.7", 9);
+	assert_int_equal(e.client_port, 12345);
+	assert_memory_equal(e.helo, "client.test", 11);
+	assert_memory_equal(e.from, "a@sender.test", 13);
+	assert_int_equal(e.size_declared, 10000);
+	assert_int_equal(e.mail_flags, SPOOL_MAIL_8BITMIME | SPOOL_MAIL_ESMTP);
+	assert_int_equal(e.nrcpt, 3);
+
+	/* Recipients in order. */
+	struct spool_tlv_iter it = {buf + SPOOL_HDR_SIZE, h.env_len, 0};
+	unsigned type, k = 0;
+	const uint8_t *v;
+	size_t vl;
+	while (spool_tlv_next(&it, &type, &v, &vl) > 0)
+		if (type == SPOOL_TLV_RCPT) {
+			char want[64];
+			snprintf(want, sizeof(want), "user%u@example.test", k++);
+			assert_int_equal(vl, strlen(want));
+			assert_memory_equal(v, want, vl);
+		}
+	assert_int_equal(k, 3);
+
+	/* Null sender, empty message. */
+	el = make_env(env, sizeof(env), "", 1);
+	n = spool_rec_encode(buf, sizeof(buf), "X", 1, env, el, NULL, 0);
+	assert_int_equal(spool_rec_check(buf, n, &h), SPOOL_REC_OK);
+	assert_int_equal(spool_env_parse(buf + SPOOL_HDR_SIZE, h.env_len, &e), 0);
+	assert_int_equal(e.from_len, 0);
+
+	/* Every single-bit flip anywhere is caught. */
+	n = spool_rec_encode(buf, sizeof(buf), "1K1AR1NF0VG00", 7, env, el, (const uint8_t *)msg,
+			     strlen(msg));
+	for (size_t i = 0; i < n * 8; i++) {
+		buf[i / 8] ^= (uint8_t)(1u << (i % 8));
+		assert_int_not_equal(spool_rec_check(buf, n, &h), SPOOL_REC_OK);
+		buf[i / 8] ^= (uint8_t)(1u << (i % 8));
+	}
+	assert_int_equal(spool_rec_check(buf, n, &h), SPOOL_REC_OK);
+	assert_int_equal(spool_rec_check(buf, n - 8, &h), SPOOL_REC_SHORT);
+
+	/* Malformed envelopes. */
+	uint8_t bad[8] = {SPOOL_TLV_HELO, 0, 10, 0, 'a', 'b', 'c', 'd'};
+	assert_int_equal(spool_env_parse(bad, sizeof(bad), &e), -1);
+	uint8_t noport[6] = {SPOOL_TLV_CLIENT_PORT, 0, 2, 0, 1, 2};
+	assert_int_equal(spool_env_parse(noport, 6, &e), -1); /* no MAIL_FROM */
+	assert_int_equal(spool_tlv_put(env, 8, &(size_t){0}, 1, "0123456789", 10), -1);
+}
+
+/* ---- segments ---- */
+
+#define SEG_SIZE 65536
+#define NREC 4
+
+struct seg_fixture {
+	uint8_t *seg;
+	uint64_t off[NREC + 1]; /* off[i]: start of record i; off[NREC]: end */
+};
+
+static void
+build_segment(struct seg_fixture *f)
+{
+	uint8_t env[1024], msg[3000];
+	f->seg = calloc(1, SEG_SIZE);
+	assert_non_null(f->seg);
+	uint64_t off = 0;
+	for (int i = 0; i < NREC; i++) {
+		size_t ml = 100 + (size_t)i * 700;
+		for (size_t j = 0; j < ml; j++)
+			msg[j] = (uint8_t)("abcdefgh\r\n"[j % 10] + (j % 7 == 0 ? i : 0));
+		size_t el = make_env(env, sizeof(env), "s@example.test", i + 1);
+		char qid[16];
+		snprintf(qid, sizeof(qid), "ID%d", i);
+		f->off[i] = off;
+		off += spool_rec_encode(f->seg + off, SEG_SIZE - off, qid, (uint64_t)i, env, el, msg,
+					ml);
+	}
+	f->off[NREC] = off;
+}
+
+static int
+count_cb(void *arg, uint64_t off, const struct spool_hdr *h, const uint8_t *rec)
+{
+	uint64_t *n = arg;
+	(void)off;
+	(void)rec;
+	char want[16];
+	snprintf(want, sizeof(want), "ID%llu", (unsigned long long)*n);
+	assert_string_equal(h->qid, want); /* in order, none skipped */
+	(*n)++;
+	return 0;
+}
+
+/* Cut the last record at every offset (the rest zero, as in a preallocated
+ * file, or the file ending there): the earlier records survive, the torn
+ * one is never handed on, and the tail is torn, not damage. */
+static void
+test_torn_tail(void **state)
+{
+	struct seg_fixture f;
+	uint8_t *work = malloc(SEG_SIZE);
+	struct spool_scan sc;
+
+	(void)state;
+	build_segment(&f);
+	uint64_t last = f.off[NREC - 1], end = f.off[NREC], full = end;
+	/* The record's zero padding is the same whether written or not. */
+	while (full > last && f.seg[full - 1] == 0)
+		full--;
+	for (uint64_t cut = last; cut <= end; cut++) {
+		for (int eof = 0; eof < 2; eof++) {
+			uint64_t size = eof ? cut : SEG_SIZE;
+			uint64_t n = 0;
+			memset(work, 0, SEG_SIZE);
+			memcpy(work, f.seg, cut);
+			spool_seg_scan(work, size, count_cb, &n, &sc);
+			if (cut >= full && !(eof && cut < end)) {
+				assert_int_equal(n, NREC);
+				assert_int_equal(sc.end, SPOOL_SCAN_CLEAN);
+				assert_int_equal(sc.valid_end, end);
+				continue;
+			}
+			assert_int_equal(n, NREC - 1);
+			assert_int_equal(sc.records, NREC - 1);
+			assert_int_equal(sc.valid_end, last);
+			/* Cut exactly at a record boundary: a clean end. */
+			assert_int_equal(sc.end, cut == last ? SPOOL_SCAN_CLEAN : SPOOL_SCAN_TORN);
+		}
+	}
+	free(work);
+	free(f.seg);
+}
+
+/* A destroyed record in the middle, followed by good ones, is damage: the
+ * scan stops there and says so (ringmxd must not truncate it). */
+static void
+test_damage(void **state)
+{
+	struct seg_fixture f;
+	struct spool_scan sc;
+	uint64_t n;
+
+	(void)state;
+	build_segment(&f);
+	/* A flipped byte inside record 1's message. */
+	f.seg[f.off[1] + 200] ^= 0x20;
+	n = 0;
+	spool_seg_scan(f.seg, SEG_SIZE, count_cb, &n, &sc);
+	assert_int_equal(n, 1);
+	assert_int_equal(sc.end, SPOOL_SCAN_DAMAGED);
+	assert_int_equal(sc.valid_end, f.off[1]);
+	f.seg[f.off[1] + 200] ^= 0x20;
+
+	/* A zeroed record (lost write) before good ones. */
+	memset(f.seg + f.off[2], 0, SPOOL_HDR_SIZE);
+	n = 0;
+	spool_seg_scan(f.seg, SEG_SIZE, count_cb, &n, &sc);
+	assert_int_equal(n, 2);
+	assert_int_equal(sc.end, SPOOL_SCAN_DAMAGED);
+	free(f.seg);
+
+	/* Garbage where the zeros should be, after the last record. */
+	build_segment(&f);
+	f.seg[SEG_SIZE - 1] = 1;
+	n = 0;
+	spool_seg_scan(f.seg, SEG_SIZE, count_cb, &n, &sc);
+	assert_int_equal(n, NREC);
+	assert_int_equal(sc.end, SPOOL_SCAN_DAMAGED);
+	free(f.seg);
+
+	/* A bit flip in the last record is never handed on. */
+	build_segment(&f);
+	f.seg[f.off[NREC - 1] + 100] ^= 1;
+	n = 0;
+	spool_seg_scan(f.seg, SEG_SIZE, count_cb, &n, &sc);
+	assert_int_equal(n, NREC - 1);
+	assert_int_not_equal(sc.end, SPOOL_SCAN_CLEAN);
+	free(f.seg);
+
+	/* An empty (all zero) segment is clean with no records. */
+	uint8_t *z = calloc(1, 4096);
+	spool_seg_scan(z, 4096, NULL, NULL, &sc);
+	assert_int_equal(sc.end, SPOOL_SCAN_CLEAN);
+	assert_int_equal(sc.records, 0);
+	free(z);
+}
+
+static void
+test_seg_names(void **state)
+{
+	uint64_t seq;
+
+	(void)state;
+	assert_int_equal(spool_seg_name_parse("00000000000000ff.seg", &seq), 0);
+	assert_int_equal(seq, 255);
+	assert_int_equal(spool_seg_name_parse("00000000000000FF.seg", &seq), -1);
+	assert_int_equal(spool_seg_name_parse("00000000000000ff.seg.tmp", &seq), -1);
+	assert_int_equal(spool_seg_name_parse("0000000000000ff.seg", &seq), -1);
+	assert_int_equal(spool_seg_name_parse("..", &seq), -1);
+}
+
+static int
+cmp_str(const void *a, const void *b)
+{
+	return strcmp((const char *)a, (const char *)b);
+}
+
+/* Queue ids: unique within a worker at any arrival rate, across workers,
+ * and across a restart (a new generator, the clock moved on). */
+static void
+test_qid_unique(void **state)
+{
+	enum { PER = 5000, WORKERS = 3 };
+	static char ids[2 * WORKERS * PER][QID_LEN + 1];
+	size_t n = 0;
+
+	(void)state;
+	for (int run = 0; run < 2; run++)
+		for (unsigned w = 0; w < WORKERS; w++) {
+			struct qid_gen g;
+			qid_init(&g, w);
+			/* All in the same few microseconds: the generator steps. */
+			uint64_t t = 1700000000000000ull + (uint64_t)run * 1000000u;
+			for (int i = 0; i < PER; i++)
+				qid_next(&g, t + (uint64_t)(i / 100), ids[n++]);
+		}
+	qsort(ids, n, sizeof(ids[0]), cmp_str);
+	for (size_t i = 1; i < n; i++)
+		assert_string_not_equal(ids[i - 1], ids[i]);
+	for (size_t i = 0; i < n; i++)
+		assert_int_equal(strlen(ids[i]), QID_LEN); /* fits SPOOL_QID_FIELD */
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_crc_vectors),
+		cmocka_unit_test(test_crc_hw_sw),
+		cmocka_unit_test(test_round_trip),
+		cmocka_unit_test(test_torn_tail),
+		cmocka_unit_test(test_damage),
+		cmocka_unit_test(test_seg_names),
+		cmocka_unit_test(test_qid_unique),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
