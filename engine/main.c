@@ -165,6 +165,8 @@ main(int argc, char **argv)
 	sigaddset(&sigs, SIGUSR1);
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 
+	if (listener_probe(cfg, err, sizeof(err)) < 0)
+		fatal("%s", err);
 	unsigned n = cfg->workers;
 	struct worker *ws = calloc(n, sizeof(*ws));
 	if (ws == NULL)

@@ -36,6 +36,36 @@ now_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+/*
+ * SO_REUSEPORT would let a second ringmxd (same user) join our listeners
+ * without an error and silently take half the connections. Bind each
+ * address once without it first: if anything listens there, that bind fails
+ * and start-up stops with "address already in use", as Postfix's would.
+ */
+int
+listener_probe(const struct config *cfg, char *err, size_t errlen)
+{
+	for (size_t i = 0; i < cfg->nlisteners; i++) {
+		const struct listener_conf *l = &cfg->listeners[i];
+		int one = 1;
+		int fd = socket(l->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (fd < 0) {
+			snprintf(err, errlen, "listen %s: socket: %s", l->text, strerror(errno));
+			return -1;
+		}
+		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)); /* TIME_WAIT is fine */
+		if (l->addr.ss_family == AF_INET6)
+			setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+		if (bind(fd, (const struct sockaddr *)&l->addr, l->addrlen) < 0) {
+			snprintf(err, errlen, "listen %s: bind: %s", l->text, strerror(errno));
+			close(fd);
+			return -1;
+		}
+		close(fd);
+	}
+	return 0;
+}
+
 /* Create this worker's socket for every listener. Runs on the main thread
  * before any worker starts, so a bind error stops start-up with one message. */
 int

@@ -169,6 +169,7 @@ struct worker {
 };
 
 /* worker.c */
+int listener_probe(const struct config *cfg, char *err, size_t errlen);
 int worker_setup_listeners(struct worker *w, const struct config *cfg, char *err, size_t errlen);
 void *worker_main(void *arg);
 void worker_wake(struct worker *w);

@@ -43,6 +43,7 @@
 	X(spool_writes, "spool write operations (writev SQEs)")                                    \
 	X(spool_short_writes, "spool writes that completed short and were resubmitted")            \
 	X(spool_fsyncs, "spool fdatasync operations")                                              \
+	X(spool_fsync_us, "microseconds spool fdatasyncs were in flight (sum)")                    \
 	X(spool_bytes_written, "octets written to spool segments")                                 \
 	X(spool_write_errors, "spool batches failed by a write or fsync error (451)")              \
 	X(spool_enospc, "spool refusals for lack of disk space (452)")                             \

@@ -382,6 +382,10 @@ class Server:
         os.rename(tmp, self.config_path)
 
     def _start_once(self):
+        # ringmxd refuses a port anything else listens on (it probe-binds
+        # each listener without SO_REUSEPORT before its workers join), so a
+        # port taken between free_port() and the start shows up as "in use"
+        # and start() retries with another one.
         self.ports = []
         cmd = [ringmxd_path()]
         for h in self.listen_hosts:
@@ -392,6 +396,9 @@ class Server:
                 p = free_port(socket.AF_INET, h)
                 cmd += ["--listen", "%s:%d" % (h, p)]
             self.ports.append(p)
+        self._spawn(cmd)
+
+    def _spawn(self, cmd):
         # Without listen hosts the config file names the listener; the
         # test sets .port itself.
         self.port = self.ports[0] if self.ports else getattr(self, "port", None)

@@ -184,4 +184,15 @@ def _():
         hold.close()
 
 
+@T.test("a second ringmxd on the same port refuses to start (no silent SO_REUSEPORT sharing)")
+def _():
+    with Server(workers=2) as s:
+        p = rx("--listen", "127.0.0.1:%d" % s.port, "--workers", "1", "-o", "sink=discard",
+               "-o", "hostname=" + HOSTNAME, timeout=15)
+        check_eq(p.returncode, 1, "exit code (stderr %r)" % p.stderr)
+        check("Address already in use" in p.stderr and "127.0.0.1:%d" % s.port in p.stderr,
+              p.stderr)
+        smtplib_send(s)  # the first one still has every connection
+
+
 T.main()

@@ -8,8 +8,7 @@ import re
 import signal
 import time
 
-from ringmx_harness import (HOSTNAME, Server, Suite, check, check_eq, free_port, smtplib_send,
-                            wait_for)
+from ringmx_harness import HOSTNAME, Server, Suite, check, check_eq, free_port, smtplib_send
 
 T = Suite(__file__)
 
