@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """ringmxd command line: --version, --help, unknown options, -t/--check-config
 (valid and broken files with FILE:LINE), --print-config and precedence,
---listen (repeatable, IPv6), --port, --workers, bind failure."""
+--listen (repeatable, IPv6), --port, --workers, bind failure, a second
+instance on the same port, io_uring blocked by seccomp."""
 
 import os
 import re
 import socket
+import subprocess
 import tempfile
 
 from ringmx_harness import (HOSTNAME, Server, Skip, Suite, check, check_eq, free_port,
@@ -193,6 +195,23 @@ def _():
         check("Address already in use" in p.stderr and "127.0.0.1:%d" % s.port in p.stderr,
               p.stderr)
         smtplib_send(s)  # the first one still has every connection
+
+
+@T.test("io_uring blocked by seccomp (as in Docker's default profile): one clear fatal line, exit 1")
+def _():
+    deny = os.environ.get("RINGMX_DENY_IO_URING")
+    if not deny or not os.access(deny, os.X_OK):
+        raise Skip("RINGMX_DENY_IO_URING not set")
+    p = subprocess.run([deny, ringmxd_path(), "--listen", "127.0.0.1:%d" % free_port(),
+                        "-o", "sink=discard", "-o", "hostname=" + HOSTNAME],
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=15)
+    if p.returncode == 77:
+        raise Skip("seccomp not available here")
+    check_eq(p.returncode, 1, "exit code (stderr %r)" % p.stderr)
+    check("io_uring is not available (Operation not permitted)" in p.stderr, p.stderr)
+    check("seccomp" in p.stderr and "kernel.io_uring_disabled" in p.stderr,
+          "the message should name the causes and the fix: " + p.stderr)
+    check("listening on" not in p.stderr, p.stderr)
 
 
 T.main()
