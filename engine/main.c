@@ -78,8 +78,9 @@ raise_nofile(const struct config *cfg)
 		getrlimit(RLIMIT_NOFILE, &rl);
 	}
 	if (rl.rlim_cur < want)
-		log_warn("open file limit %llu is below workers x max_connections (%llu): "
-			 "connections past it will be refused",
+		log_warn("open file limit %llu is below what workers x max_connections needs (%llu): "
+			 "connections past it will be refused; raise the limit (ulimit -n, "
+			 "systemd LimitNOFILE=) or lower max_connections",
 			 (unsigned long long)rl.rlim_cur, (unsigned long long)want);
 }
 
