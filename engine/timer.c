@@ -38,14 +38,14 @@ timer_cancel(struct timer_wheel *w, struct timer_node *n)
 void
 timer_set(struct timer_wheel *w, struct timer_node *n, uint64_t deadline_ns)
 {
-	/* A deadline already due goes into the next tick's slot: it fires on
-	 * the next expiry pass, never synchronously inside timer_set. */
-	uint64_t t = tick_of(deadline_ns);
+	/* The slot of the tick after the deadline's: when expiry reaches it,
+	 * the deadline has passed. A deadline already due goes into the next
+	 * tick's slot: it fires on the next pass, never inside timer_set. */
+	uint64_t t = tick_of(deadline_ns) + 1;
 	if (t <= w->tick)
 		t = w->tick + 1;
 	if (timer_armed(n)) {
-		uint64_t old = tick_of(n->deadline) <= w->tick ? w->tick + 1 : tick_of(n->deadline);
-		if (old == t) {
+		if (n->tick == t) {
 			n->deadline = deadline_ns; /* same slot: nothing to move */
 			return;
 		}
@@ -53,6 +53,7 @@ timer_set(struct timer_wheel *w, struct timer_node *n, uint64_t deadline_ns)
 	}
 	struct timer_node *head = &w->slots[t & (TIMER_SLOTS - 1)];
 	n->deadline = deadline_ns;
+	n->tick = t;
 	n->next = head;
 	n->prev = head->prev;
 	head->prev->next = n;
@@ -73,7 +74,7 @@ timer_expire(struct timer_wheel *w, uint64_t now_ns, timer_cb *cb, void *arg)
 		struct timer_node *head = &w->slots[w->tick & (TIMER_SLOTS - 1)];
 		/* Detach the due nodes first, so a callback that re-arms into
 		 * this same slot (a later revolution) is not visited twice. */
-		struct timer_node due = {&due, &due, 0};
+		struct timer_node due = {&due, &due, 0, 0};
 		for (struct timer_node *n = head->next, *next; n != head; n = next) {
 			next = n->next;
 			if (n->deadline > now_ns)

@@ -8,8 +8,10 @@
  * slot (nginx's lazy timer idea). The event loop waits at most one tick
  * while timers are armed and calls timer_expire().
  *
- * Resolution is TIMER_TICK_NS (100 ms); a deadline fires within one tick
- * after it passes, never before. Deadlines beyond the wheel's horizon
+ * Resolution is TIMER_TICK_NS (100 ms); a deadline fires within two ticks
+ * after it passes, never before. A node is filed under the tick after its
+ * deadline's, so every node found in a slot whose tick has come is due
+ * (unless it belongs to a later revolution): none is ever passed over. Deadlines beyond the wheel's horizon
  * (TIMER_SLOTS ticks) stay in their slot and are skipped until their
  * revolution comes.
  *
@@ -28,6 +30,7 @@
 struct timer_node {
 	struct timer_node *next, *prev; /* NULL when not armed */
 	uint64_t deadline;              /* ns, monotonic */
+	uint64_t tick;                  /* the tick whose slot holds the node */
 };
 
 struct timer_wheel {

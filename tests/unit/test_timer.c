@@ -58,10 +58,10 @@ test_fires_not_early_not_late(void **state)
 	for (uint64_t t = t0; t < t0 + 5 * SEC; t += TIMER_TICK_NS / 4)
 		advance(w, t);
 	assert_int_equal(r.fired, 0);
-	advance(w, t0 + 5 * SEC + TIMER_TICK_NS);
+	advance(w, t0 + 5 * SEC + 2 * TIMER_TICK_NS);
 	assert_int_equal(r.fired, 1);
 	assert_false(timer_armed(&r.node));
-	assert_true(r.fired_at >= t0 + 5 * SEC && r.fired_at <= t0 + 5 * SEC + TIMER_TICK_NS);
+	assert_true(r.fired_at >= t0 + 5 * SEC && r.fired_at <= t0 + 5 * SEC + 2 * TIMER_TICK_NS);
 	assert_int_equal(w->count, 0);
 	free(w);
 }
@@ -143,6 +143,45 @@ test_past_deadline_fires_next_tick(void **state)
 	free(w);
 }
 
+/* A deadline late in the tick being expired must not be passed over until
+ * the wheel comes round again (a bug that showed as timeouts firing 400 s
+ * late under CPU load). */
+static void
+test_deadline_later_in_current_tick(void **state)
+{
+	(void)state;
+	uint64_t t0 = 100 * SEC;
+	struct timer_wheel *w = wheel(t0);
+	struct rec r = {0};
+	uint64_t d = t0 + 2 * SEC + TIMER_TICK_NS - 1000; /* near the end of its tick */
+	timer_set(w, &r.node, d);
+	advance(w, d - 5000); /* expiry runs inside the deadline's tick, before it */
+	assert_int_equal(r.fired, 0);
+	advance(w, d + 2 * TIMER_TICK_NS);
+	assert_int_equal(r.fired, 1);
+	assert_true(r.fired_at - d <= 2 * TIMER_TICK_NS);
+	free(w);
+}
+
+/* Re-arming within the same slot after time moved on keeps it findable. */
+static void
+test_rearm_after_time_moved(void **state)
+{
+	(void)state;
+	uint64_t t0 = 7 * SEC;
+	struct timer_wheel *w = wheel(t0);
+	struct rec r = {0};
+	timer_set(w, &r.node, t0 + 50 * TIMER_TICK_NS);
+	for (uint64_t t = t0; t < t0 + 40 * TIMER_TICK_NS; t += TIMER_TICK_NS / 3) {
+		advance(w, t);
+		timer_set(w, &r.node, t + 2 * SEC); /* activity keeps pushing it */
+	}
+	uint64_t last = r.node.deadline;
+	advance(w, last + 2 * TIMER_TICK_NS);
+	assert_int_equal(r.fired, 1);
+	free(w);
+}
+
 static void
 test_wait_hint(void **state)
 {
@@ -165,6 +204,8 @@ main(void)
 		cmocka_unit_test(test_beyond_horizon),
 		cmocka_unit_test(test_long_stall_fires_everything),
 		cmocka_unit_test(test_past_deadline_fires_next_tick),
+		cmocka_unit_test(test_deadline_later_in_current_tick),
+		cmocka_unit_test(test_rearm_after_time_moved),
 		cmocka_unit_test(test_wait_hint),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
