@@ -59,6 +59,12 @@ enum key_type {
 	T_BARE_NEWLINE,
 	T_PATH,       /* spool_dir */
 	T_DURABILITY,
+	T_BOOL,        /* bool at off */
+	T_TLS_PATH,    /* tls_cert, tls_key: char[CONFIG_TLS_PATH_MAX] at off */
+	T_TLS_SNI,     /* tls_sni = NAME CERTFILE KEYFILE (list) */
+	T_TLS_VERSION, /* tls_min_version = 1.2 | 1.3 */
+	T_TLS_CIPHERS, /* tls_ciphers */
+	T_PROXY_TRUSTED, /* list of CIDRs */
 };
 
 struct key_def {
@@ -83,6 +89,7 @@ static const struct key_def keys[] = {
 	{"recv_buffers", T_POW2, CO(recv_buffers), 16, 32768, false},
 	{"recv_buffer_size", T_SIZE32, CO(recv_buffer_size), 4096, 1048576, false},
 	{"listen_backlog", T_UINT, CO(listen_backlog), 1, 65535, false},
+	{"proxy_trusted", T_PROXY_TRUSTED, 0, 0, 0, true},
 	{"sink", T_SINK, 0, 0, 0, false},
 	{"spool_dir", T_PATH, 0, 0, 0, false},
 	{"segment_size", T_SIZE64, CO(segment_size), 64ull << 10, 1ull << 40, false},
@@ -101,6 +108,16 @@ static const struct key_def keys[] = {
 	{"data_end_timeout", T_DURATION, CO(smtp.data_end_timeout), SEC(1), SEC(7 * DAY_S), true},
 	{"session_timeout", T_DURATION, CO(smtp.session_timeout), SEC(1), SEC(7 * DAY_S), true},
 	{"shutdown_timeout", T_DURATION, CO(shutdown_timeout), 0, SEC(7 * DAY_S), true},
+	/* Native TLS (docs/tls.md). Reloadable: SIGHUP rebuilds every
+	 * worker's contexts; only adding or removing tls_cert needs a restart
+	 * (it changes the listeners' tls= default). */
+	{"tls_cert", T_TLS_PATH, CO(tls.cert), 0, 0, true},
+	{"tls_key", T_TLS_PATH, CO(tls.key), 0, 0, true},
+	{"tls_sni", T_TLS_SNI, 0, 0, 0, true},
+	{"tls_min_version", T_TLS_VERSION, 0, 0, 0, true},
+	{"tls_ciphers", T_TLS_CIPHERS, 0, 0, 0, true},
+	{"tls_session_tickets", T_BOOL, CO(tls.session_tickets), 0, 0, true},
+	{"handshake_timeout", T_DURATION, CO(tls.handshake_timeout), SEC(1), SEC(3600), true},
 };
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
 
@@ -690,6 +707,7 @@ listener_option(struct pstate *st, const char *key, char *opt, struct listener_c
 			return fail(st, key, "not one of none, starttls, required, implicit: tls=%s",
 				    q(st, v));
 		l->tls = (enum listener_tls)i;
+		l->tls_explicit = true;
 		return 0;
 	}
 	if (strcmp(opt, "proxy") == 0) {
@@ -724,13 +742,6 @@ listen_parse(struct pstate *st, const char *key, const char *value)
 	while ((tok = strtok_r(NULL, " \t", &save)) != NULL)
 		if (listener_option(st, key, tok, &l, &have) < 0)
 			return -1;
-	if (l.tls != LISTENER_TLS_NONE) {
-		static const char *const names[] = {"none", "starttls", "required", "implicit"};
-
-		return fail(st, key, "tls=%s is not supported by this build yet", names[l.tls]);
-	}
-	if (l.proxy)
-		return fail(st, key, "proxy=yes is not supported by this build yet");
 	for (i = 0; i < cfg->nlisteners; i++)
 		if (listener_same(&cfg->listeners[i], &l))
 			return fail(st, key, "duplicate listener: %s", l.text);
@@ -738,6 +749,108 @@ listen_parse(struct pstate *st, const char *key, const char *value)
 		return fail(st, key, "too many listeners (max %d)", CONFIG_MAX_LISTENERS);
 	cfg->listeners[cfg->nlisteners++] = l;
 	return 0;
+}
+
+/* ---- proxy_trusted ---- */
+
+/*
+ * One network: ADDRESS[/LEN]; IPv6 may be bracketed ([::1]/128, Postfix's
+ * mynetworks form). Without /LEN it is the one host (/32, /128). Host bits
+ * must be zero: 10.0.0.1/8 is more likely a typo than an intent.
+ */
+static int
+cidr_parse(struct pstate *st, const char *key, const char *tok, size_t n, struct proxy_cidr *c)
+{
+	char a[INET6_ADDRSTRLEN + 8], qb[288], *host = a, *pl;
+	unsigned max, i;
+	uint64_t len;
+
+	tok_quote(qb, sizeof(qb), tok, n);
+	memset(c, 0, sizeof(*c));
+	if (n >= sizeof(a))
+		return fail(st, key, "not a network: '%s'", qb);
+	memcpy(a, tok, n);
+	a[n] = '\0';
+	pl = strchr(a, '/');
+	if (pl != NULL)
+		*pl++ = '\0';
+	if (*host == '[') {
+		size_t hl = strlen(host);
+
+		if (hl < 3 || host[hl - 1] != ']')
+			return fail(st, key, "not a network: '%s'", qb);
+		host[hl - 1] = '\0';
+		host++;
+	}
+	if (strchr(host, ':') != NULL) {
+		if (inet_pton(AF_INET6, host, c->addr) != 1)
+			return fail(st, key, "not an IPv6 address: '%s'", qb);
+		c->family = AF_INET6;
+		max = 128;
+	} else {
+		if (host != a || inet_pton(AF_INET, host, c->addr) != 1)
+			return fail(st, key, "not an IPv4 address: '%s'", qb);
+		c->family = AF_INET;
+		max = 32;
+	}
+	len = max;
+	if (pl != NULL && (parse_uint(pl, &len) != 0 || len > max))
+		return fail(st, key, "not a prefix length: '%s' (0..%u)", qb, max);
+	c->prefix = (uint8_t)len;
+	for (i = c->prefix; i < max; i++)
+		if (c->addr[i / 8] & (0x80u >> (i % 8)))
+			return fail(st, key, "host bits set in '%s' (network/%u is meant?)", qb,
+				    c->prefix);
+	return 0;
+}
+
+/* Networks separated by commas and/or blanks; appended to the list. */
+static int
+trusted_parse(struct pstate *st, const char *key, const char *v)
+{
+	struct proxy_trust *t = &st->cfg->proxy_trusted;
+	const char *p = v;
+	size_t added = 0;
+
+	for (;; added++) {
+		struct proxy_cidr c;
+		const char *tk;
+		size_t i;
+
+		while (*p == ',' || is_blank(*p))
+			p++;
+		if (*p == '\0')
+			return added > 0 ? 0 : fail(st, key, "empty list");
+		tk = p;
+		while (*p != '\0' && *p != ',' && !is_blank(*p))
+			p++;
+		if (cidr_parse(st, key, tk, (size_t)(p - tk), &c) < 0)
+			return -1;
+		for (i = 0; i < t->n; i++) {
+			const struct proxy_cidr *o = &t->net[i];
+
+			if (o->family == c.family && o->prefix == c.prefix &&
+			    memcmp(o->addr, c.addr, sizeof(c.addr)) == 0) {
+				char qb[288];
+
+				tok_quote(qb, sizeof(qb), tk, (size_t)(p - tk));
+				return fail(st, key, "network listed twice: '%s'", qb);
+			}
+		}
+		if (t->n == PROXY_TRUST_MAX)
+			return fail(st, key, "too many networks (max %d)", PROXY_TRUST_MAX);
+		t->net[t->n++] = c;
+	}
+}
+
+/* Text form of one network, for config_print(). */
+static void
+cidr_text(const struct proxy_cidr *c, char *b, size_t cap)
+{
+	char a[INET6_ADDRSTRLEN];
+
+	inet_ntop(c->family, c->addr, a, sizeof(a));
+	buff(b, cap, "%s/%u", a, c->prefix);
 }
 
 /* ---- keys ---- */
@@ -756,7 +869,8 @@ key_find(const char *name)
 static bool
 key_is_list(const struct key_def *k)
 {
-	return k->type == T_LISTEN || k->type == T_DOMAINS || k->type == T_CPUS;
+	return k->type == T_LISTEN || k->type == T_DOMAINS || k->type == T_CPUS ||
+	       k->type == T_PROXY_TRUSTED || k->type == T_TLS_SNI;
 }
 
 static int
@@ -803,6 +917,80 @@ set_number(struct pstate *st, const struct key_def *k, const char *v)
 	return 0;
 }
 
+/* A file name for TLS: bounded, no control characters (log lines). */
+static int
+tls_path_set(struct pstate *st, const char *key, char *dst, const char *v, size_t n)
+{
+	char qb[288];
+
+	tok_quote(qb, sizeof(qb), v, n);
+	for (size_t i = 0; i < n; i++)
+		if ((unsigned char)v[i] < 0x20 || v[i] == 0x7f)
+			return fail(st, key, "control character in path: '%s'", qb);
+	if (n >= CONFIG_TLS_PATH_MAX)
+		return fail(st, key, "path too long (max %d bytes)", CONFIG_TLS_PATH_MAX - 1);
+	memcpy(dst, v, n);
+	dst[n] = '\0';
+	return 0;
+}
+
+/* tls_sni = NAME CERTFILE KEYFILE; NAME is a host name or *.domain. */
+static int
+tls_sni_parse(struct pstate *st, const char *key, const char *v)
+{
+	struct tls_conf *t = &st->cfg->tls;
+	struct tls_sni_conf *e;
+	const char *f[4];
+	size_t fl[4], n = 0, i;
+	const char *p = v;
+
+	while (n < 4) {
+		while (is_blank(*p))
+			p++;
+		if (*p == '\0')
+			break;
+		f[n] = p;
+		while (*p != '\0' && !is_blank(*p))
+			p++;
+		fl[n] = (size_t)(p - f[n]);
+		n++;
+	}
+	if (n != 3)
+		return fail(st, key, "expected 'NAME CERTFILE KEYFILE': '%s'", q(st, v));
+	if (t->nsni == CONFIG_TLS_SNI_MAX)
+		return fail(st, key, "too many names (max %d)", CONFIG_TLS_SNI_MAX);
+	e = &t->sni[t->nsni];
+	memset(e, 0, sizeof(*e));
+	{
+		const char *name = f[0];
+		size_t nl = fl[0];
+		bool wild = nl > 2 && name[0] == '*' && name[1] == '.';
+		char qb[288];
+
+		tok_quote(qb, sizeof(qb), f[0], fl[0]);
+		if (wild) {
+			name += 2;
+			nl -= 2;
+		}
+		if (nl >= sizeof(e->name) - 2 || !domain_valid(name, nl, false))
+			return fail(st, key, "not a host name or *.domain: '%s'", qb);
+		for (i = 0; i < fl[0]; i++) {
+			char c = f[0][i];
+
+			e->name[i] = (char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
+		}
+		e->name[fl[0]] = '\0';
+		for (i = 0; i < t->nsni; i++)
+			if (strcmp(t->sni[i].name, e->name) == 0)
+				return fail(st, key, "name listed twice: '%s'", qb);
+	}
+	if (tls_path_set(st, key, e->cert, f[1], fl[1]) < 0 ||
+	    tls_path_set(st, key, e->key, f[2], fl[2]) < 0)
+		return -1;
+	t->nsni++;
+	return 0;
+}
+
 static int
 set_value(struct pstate *st, const struct key_def *k, const char *v)
 {
@@ -840,6 +1028,8 @@ set_value(struct pstate *st, const struct key_def *k, const char *v)
 		else
 			return fail(st, k->name, "not one of fsync, none: '%s'", q(st, v));
 		return 0;
+	case T_PROXY_TRUSTED:
+		return trusted_parse(st, k->name, v);
 	case T_PATH:
 		/* Control characters would make log lines and file names
 		 * ambiguous; a path is otherwise taken as written. */
@@ -850,6 +1040,35 @@ set_value(struct pstate *st, const struct key_def *k, const char *v)
 			return fail(st, k->name, "path too long (max %zu bytes)",
 				    sizeof(cfg->spool_dir) - 65);
 		strcpy(cfg->spool_dir, v);
+		return 0;
+	case T_BOOL:
+		if (parse_bool(v, (bool *)(void *)((char *)cfg + k->off)) < 0)
+			return fail(st, k->name, "not a boolean: '%s'", q(st, v));
+		return 0;
+	case T_TLS_PATH:
+		return tls_path_set(st, k->name, (char *)cfg + k->off, v, strlen(v));
+	case T_TLS_SNI:
+		return tls_sni_parse(st, k->name, v);
+	case T_TLS_VERSION:
+		/* TLS 1.0 and 1.1 are never offered (RFC 8996). */
+		if (strcmp(v, "1.2") == 0)
+			cfg->tls.min_version = 12;
+		else if (strcmp(v, "1.3") == 0)
+			cfg->tls.min_version = 13;
+		else
+			return fail(st, k->name, "not one of 1.2, 1.3: '%s'", q(st, v));
+		return 0;
+	case T_TLS_CIPHERS:
+		/* Checked against wolfSSL when the contexts are built
+		 * (engine/tls.c); here only the syntax of a cipher list. */
+		for (const char *c = v; *c; c++)
+			if (!((*c >= 'A' && *c <= 'Z') || (*c >= 'a' && *c <= 'z') ||
+			      (*c >= '0' && *c <= '9') || strchr(":-_+!@=.,", *c) != NULL))
+				return fail(st, k->name, "not a cipher list: '%s'", q(st, v));
+		if (strlen(v) >= sizeof(cfg->tls.ciphers))
+			return fail(st, k->name, "value too long (max %zu bytes)",
+				    sizeof(cfg->tls.ciphers) - 1);
+		strcpy(cfg->tls.ciphers, v);
 		return 0;
 	case T_BARE_NEWLINE:
 		if (strcmp(v, "normalize") == 0)
@@ -895,6 +1114,10 @@ set_key(struct pstate *st, const char *name, const char *v, bool cont)
 			domains_clear(cfg);
 		else if (k->type == T_CPUS)
 			cfg->ncpu_list = 0;
+		else if (k->type == T_TLS_SNI)
+			cfg->tls.nsni = 0;
+		else if (k->type == T_PROXY_TRUSTED)
+			cfg->proxy_trusted.n = 0;
 	}
 	/* An empty `domains =` or `cpus =` line may be followed by
 	 * continuation lines; an empty cpus list means no pinning. */
@@ -1184,6 +1407,36 @@ apply_args(struct pstate *st, const struct config_args *a)
 	return 0;
 }
 
+/*
+ * The old interface's environment, a layer between the defaults and the
+ * file: SMTP_TLS_CERT / SMTP_TLS_KEY name the files, SMTP_ENABLE_TLS=true
+ * demands them (and turns STARTTLS on for listeners without tls=), =false
+ * leaves such listeners without TLS.
+ */
+static int
+apply_env(struct pstate *st, const struct config_args *a)
+{
+	bool on;
+
+	if (a->env_enable_tls != NULL) {
+		layer_cli(st, "SMTP_ENABLE_TLS", a->env_enable_tls);
+		if (parse_bool(a->env_enable_tls, &on) < 0)
+			return fail(st, NULL, "not a boolean");
+		st->cfg->tls.env_enable = on;
+	}
+	if (a->env_tls_cert != NULL && a->env_tls_cert[0] != '\0') {
+		layer_cli(st, "SMTP_TLS_CERT", a->env_tls_cert);
+		if (set_key(st, "tls_cert", a->env_tls_cert, false) < 0)
+			return -1;
+	}
+	if (a->env_tls_key != NULL && a->env_tls_key[0] != '\0') {
+		layer_cli(st, "SMTP_TLS_KEY", a->env_tls_key);
+		if (set_key(st, "tls_key", a->env_tls_key, false) < 0)
+			return -1;
+	}
+	return 0;
+}
+
 /* ---- defaults and resolution ---- */
 
 static int
@@ -1224,6 +1477,20 @@ set_defaults(struct config *cfg)
 	cfg->smtp.starttls = false;
 	cfg->shutdown_timeout = SEC(30);
 
+	cfg->tls.min_version = 12;
+	cfg->tls.session_tickets = true;
+	cfg->tls.handshake_timeout = SEC(30);
+	cfg->tls.env_enable = -1;
+
+	/* proxy_trusted = 127.0.0.0/8, ::1/128: a proxy on the same host. */
+	cfg->proxy_trusted.net[0].family = AF_INET;
+	cfg->proxy_trusted.net[0].prefix = 8;
+	cfg->proxy_trusted.net[0].addr[0] = 127;
+	cfg->proxy_trusted.net[1].family = AF_INET6;
+	cfg->proxy_trusted.net[1].prefix = 128;
+	cfg->proxy_trusted.net[1].addr[15] = 1;
+	cfg->proxy_trusted.n = 2;
+
 	cfg->domain_list = calloc(2, sizeof(char *));
 	if (cfg->domain_list == NULL)
 		return -1;
@@ -1248,12 +1515,55 @@ affinity_cpus(void)
 	return n > 0 ? (unsigned)n : 1;
 }
 
+/* Cross-key TLS rules; the files themselves are checked by engine/tls.c. */
+static int
+finish_tls(struct config *cfg, char *err)
+{
+	struct tls_conf *t = &cfg->tls;
+	bool have = t->cert[0] != '\0';
+	size_t i;
+
+	if (have && t->key[0] == '\0') {
+		buff(err, CONFIG_ERR_MAX, "tls_key: missing (tls_cert is set)");
+		return -1;
+	}
+	if (!have && t->key[0] != '\0') {
+		buff(err, CONFIG_ERR_MAX, "tls_cert: missing (tls_key is set)");
+		return -1;
+	}
+	if (!have && t->nsni > 0) {
+		buff(err, CONFIG_ERR_MAX, "tls_sni: needs a default certificate (tls_cert, tls_key)");
+		return -1;
+	}
+	if (t->env_enable == 1 && !have) {
+		buff(err, CONFIG_ERR_MAX, "SMTP_ENABLE_TLS=true: no certificate (set SMTP_TLS_CERT "
+					  "and SMTP_TLS_KEY, or tls_cert and tls_key)");
+		return -1;
+	}
+	for (i = 0; i < cfg->nlisteners; i++) {
+		struct listener_conf *l = &cfg->listeners[i];
+		static const char *const names[] = {"none", "starttls", "required", "implicit"};
+
+		if (!l->tls_explicit)
+			l->tls = have && t->env_enable != 0 ? LISTENER_TLS_STARTTLS
+							   : LISTENER_TLS_NONE;
+		if (l->tls != LISTENER_TLS_NONE && !have) {
+			buff(err, CONFIG_ERR_MAX,
+			     "listen %s: tls=%s needs a certificate (tls_cert and tls_key)", l->text,
+			     names[l->tls]);
+			return -1;
+		}
+	}
+	return 0;
+}
+
 static int
 finish(struct config *cfg, char *err)
 {
 	size_t i;
 
-	(void)err; /* no cross-key check can fail today */
+	if (finish_tls(cfg, err) < 0)
+		return -1;
 
 	if (cfg->smtp.hostname[0] == '\0') {
 		char h[256] = "";
@@ -1302,6 +1612,8 @@ load(const char *name, const char *text, size_t len, const struct config_args *a
 	memset(&st, 0, sizeof(st));
 	st.cfg = cfg;
 	st.err = err;
+	if (args != NULL && apply_env(&st, args) < 0)
+		goto fail;
 	if (name != NULL) {
 		snprintf(cfg->path, sizeof(cfg->path), "%s", name);
 		if (parse_text(&st, name, text, len) < 0)
@@ -1407,7 +1719,7 @@ config_print(const struct config *cfg, FILE *f)
 				const struct listener_conf *l = &cfg->listeners[j];
 
 				fprintf(f, "listen = %s", l->text);
-				if (l->tls != LISTENER_TLS_NONE)
+				if (l->tls != LISTENER_TLS_NONE || l->tls_explicit)
 					fprintf(f, " tls=%s", tls[l->tls]);
 				if (l->proxy)
 					fprintf(f, " proxy=yes");
@@ -1425,6 +1737,15 @@ config_print(const struct config *cfg, FILE *f)
 			fputs("cpus =", f);
 			print_cpus(cfg, f);
 			break;
+		case T_PROXY_TRUSTED:
+			fputs("proxy_trusted =", f);
+			for (j = 0; j < cfg->proxy_trusted.n; j++) {
+				char net[INET6_ADDRSTRLEN + 8];
+
+				cidr_text(&cfg->proxy_trusted.net[j], net, sizeof(net));
+				fprintf(f, "%s %s", j == 0 ? "" : ",", net);
+			}
+			break;
 		case T_SINK:
 			fputs(cfg->sink == SINK_KIND_SPOOL ? "sink = spool" : "sink = discard", f);
 			break;
@@ -1434,6 +1755,27 @@ config_print(const struct config *cfg, FILE *f)
 		case T_DURABILITY:
 			fprintf(f, "durability = %s",
 				cfg->durability == SPOOL_DURABILITY_NONE ? "none" : "fsync");
+			break;
+		case T_BOOL:
+			fprintf(f, "%s = %s", k->name, *(const bool *)p ? "yes" : "no");
+			break;
+		case T_TLS_PATH:
+			if (*(const char *)p == '\0')
+				continue; /* unset: no empty `key =` line (that is an error) */
+			fprintf(f, "%s = %s", k->name, (const char *)p);
+			break;
+		case T_TLS_SNI:
+			for (j = 0; j < cfg->tls.nsni; j++)
+				fprintf(f, "tls_sni = %s %s %s\n", cfg->tls.sni[j].name,
+					cfg->tls.sni[j].cert, cfg->tls.sni[j].key);
+			continue;
+		case T_TLS_VERSION:
+			fprintf(f, "tls_min_version = 1.%u", cfg->tls.min_version - 10);
+			break;
+		case T_TLS_CIPHERS:
+			if (cfg->tls.ciphers[0] == '\0')
+				continue; /* the built-in list */
+			fprintf(f, "tls_ciphers = %s", cfg->tls.ciphers);
 			break;
 		case T_BARE_NEWLINE:
 			fprintf(f, "bare_newline = %s",
@@ -1461,6 +1803,12 @@ config_check_reload(const struct config *cur, const struct config *next, char er
 {
 	size_t i;
 
+	/* The listeners' tls= default follows the certificate. */
+	if ((cur->tls.cert[0] == '\0') != (next->tls.cert[0] == '\0')) {
+		buff(err, CONFIG_ERR_MAX, "tls_cert: adding or removing the certificate changes the "
+					  "listeners' TLS; restart ringmxd");
+		return -1;
+	}
 	for (i = 0; i < NKEYS; i++) {
 		const struct key_def *k = &keys[i];
 		bool same = true;
@@ -1534,7 +1882,10 @@ config_usage(FILE *f)
 	      "      --cpus LIST        pin workers to CPUs, e.g. 0-3,6\n"
 	      "  -V, --version          print the version and exit\n"
 	      "  -h, --help             print this help and exit\n"
-	      "Precedence: defaults < file < -o < --listen, --workers, --cpus, --port.\n",
+	      "Environment (old interface): SMTP_ENABLE_TLS=true|false, SMTP_TLS_CERT=FILE,\n"
+	      "                         SMTP_TLS_KEY=FILE (as tls_cert, tls_key)\n"
+	      "Precedence: defaults < environment < file < -o < --listen, --workers, --cpus,\n"
+	      "            --port.\n",
 	      f);
 }
 
@@ -1657,5 +2008,8 @@ config_parse_args(int argc, char **argv, struct config_args *args, char err[CONF
 		buff(err, CONFIG_ERR_MAX, "unexpected argument '%s'", qb);
 		return -1;
 	}
+	args->env_enable_tls = getenv("SMTP_ENABLE_TLS");
+	args->env_tls_cert = getenv("SMTP_TLS_CERT");
+	args->env_tls_key = getenv("SMTP_TLS_KEY");
 	return 0;
 }

@@ -16,8 +16,26 @@
  *    append after out.len.
  *  - A slot is freed (gen bumped) only when no recv or send is in the
  *    kernel, and returned to the free stack only when it is on no list.
+ *
+ * Input pipeline (worker.h, enum conn_stage), one switch per CQE in
+ * conn_input():  ring bytes -> [PROXY] -> [TLS] -> SMTP session.
+ *  - Plaintext connections (c->tls == NULL) keep the zero-copy path:
+ *    held receive buffers are fed to the session as they are (pump()).
+ *  - TLS connections (section "TLS stage" below): the held buffers are
+ *    ciphertext that wolfSSL pulls through conn_tls_recv() (a buffer goes
+ *    back to the ring once all its bytes are copied out); decrypted bytes
+ *    land in the connection's window (struct conn_tls, from the worker's
+ *    pool) and go through the same smtp_session_feed(). Replies the
+ *    session writes to the plaintext output block are encrypted at flush
+ *    time into the ciphertext block, which is what is sent. Still at most
+ *    one send in flight.
+ *  - STARTTLS: the 220 goes out in plaintext; bytes received until it has
+ *    been sent are discarded (CVE-2011-0411), then the handshake starts.
+ *  - PROXY (proxy=yes listeners): conn_stage_proxy() is the one place the
+ *    header parser plugs in; see its comment for the contract.
  */
 #include "worker.h"
+#include "ringmx/proxy.h"
 
 #include <arpa/inet.h>
 #include <assert.h>
@@ -28,12 +46,27 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <wolfssl/options.h>
+#include <wolfssl/ssl.h>
+#include <wolfssl/wolfio.h>
+
 /* How long a closing connection may wait for its last send (a client that
  * stopped reading) before the send is cancelled. */
 #define CONN_CLOSE_TIMEOUT_NS (10ull * 1000000000ull)
 
 static void conn_after_io(struct worker *w, struct conn *c);
 static void conn_teardown(struct worker *w, struct conn *c);
+static void conn_input(struct worker *w, struct conn *c);
+static void tls_begin(struct worker *w, struct conn *c);
+static void tls_release(struct worker *w, struct conn *c);
+
+/* Bytes waiting to go out: the plaintext block, plus for TLS the
+ * ciphertext not yet sent. */
+static size_t
+pending_out(const struct conn *c)
+{
+	return c->out.len + (c->tls != NULL ? c->tls->cout_len : 0);
+}
 
 static void
 out_ensure(struct worker *w, struct conn *c)
@@ -62,7 +95,7 @@ out_release(struct worker *w, struct conn *c)
 static void
 mark_flush(struct worker *w, struct conn *c)
 {
-	if (c->in_flush || c->out.len == 0 || c->send_inflight)
+	if (c->in_flush || pending_out(c) == 0 || c->send_inflight)
 		return;
 	c->in_flush = true;
 	c->next_flush = w->flush_head;
@@ -114,7 +147,14 @@ cancel_op(struct worker *w, struct conn *c, enum op op)
 static void
 update_timer(struct worker *w, struct conn *c)
 {
-	uint64_t d = c->state == CONN_CLOSING ? c->close_deadline : smtp_session_deadline(&c->session);
+	uint64_t d;
+
+	if (c->state == CONN_CLOSING)
+		d = c->close_deadline;
+	else if (c->stage == CONN_STAGE_STARTTLS || c->stage == CONN_STAGE_HANDSHAKE)
+		d = c->hs_deadline; /* handshake_timeout bounds the handshake */
+	else
+		d = smtp_session_deadline(&c->session);
 	if (d == UINT64_MAX)
 		timer_cancel(w->wheel, &c->timer);
 	else
@@ -141,6 +181,26 @@ peer_fill(struct conn *c)
 		inet_ntop(AF_INET6, &a->sin6_addr, c->peer.addr_text + 5, sizeof(c->peer.addr_text) - 5);
 		c->peer.port = ntohs(a->sin6_port);
 	}
+}
+
+/*
+ * Start the connection proper, after the PROXY stage if there is one: the
+ * TLS handshake on an implicit listener (the greeting follows it), else
+ * the 220 greeting.
+ */
+static void
+conn_begin(struct worker *w, struct conn *c)
+{
+	/* After a PROXY stage the idle connection gave its output block back;
+	 * the greeting (or the handshake's first flight) needs one again. */
+	out_ensure(w, c);
+	if (w->cfg->listeners[c->listener].tls == LISTENER_TLS_IMPLICIT && w->tls != NULL) {
+		c->hs_deadline = w->now + w->cfg->tls.handshake_timeout;
+		tls_begin(w, c);
+		return;
+	}
+	c->stage = CONN_STAGE_SMTP;
+	smtp_session_start(&c->session);
 }
 
 void
@@ -180,8 +240,32 @@ conn_open(struct worker *w, int fd, unsigned listener)
 	out_ensure(w, c);
 	smtp_session_init(&c->session, &w->cfg->smtp, &c->peer, &c->out, &w->sink, &w->hooks, c,
 			  &w->stats, w->now, w->wall);
-	smtp_session_start(&c->session);
-	arm_recv(w, c, true);
+	const struct listener_conf *l = &w->cfg->listeners[listener];
+	if (w->tls != NULL)
+		smtp_session_set_tls_policy(&c->session,
+					    l->tls == LISTENER_TLS_STARTTLS ||
+						    l->tls == LISTENER_TLS_REQUIRED,
+					    l->tls == LISTENER_TLS_REQUIRED);
+	if (l->proxy) {
+		/* A PROXY header is believed only from the proxies we run. */
+		if (!proxy_trusted(&w->cfg->proxy_trusted, (const struct sockaddr *)&c->peer.addr)) {
+			w->stats.proxy_untrusted++;
+			log_info("connection from [%s]:%u on %s: not in proxy_trusted; closing",
+				 c->peer.addr_text, c->peer.port, l->text);
+			c->logged_error = true;
+			c->eof = true;
+			conn_after_io(w, c);
+			return;
+		}
+		/* The client (proxy) speaks first: no POLL_FIRST. */
+		c->stage = CONN_STAGE_PROXY;
+		arm_recv(w, c, false);
+		conn_after_io(w, c);
+		return;
+	}
+	conn_begin(w, c);
+	/* Plaintext: the server speaks first. Implicit TLS: the client does. */
+	arm_recv(w, c, c->stage == CONN_STAGE_SMTP);
 	conn_after_io(w, c);
 }
 
@@ -219,7 +303,10 @@ hold_drop(struct worker *w, struct conn *c)
 		hold_pop(w, c);
 }
 
-/* Feed held input to the session for as long as it takes it. */
+static void hold_backpressure(struct worker *w, struct conn *c);
+static void starttls_switch(struct worker *w, struct conn *c);
+
+/* Feed held input to the session for as long as it takes it (plaintext). */
 static void
 pump(struct worker *w, struct conn *c)
 {
@@ -244,7 +331,17 @@ pump(struct worker *w, struct conn *c)
 			 !(smtp_session_status(&c->session) &
 			   (SMTP_ST_PAUSED | SMTP_ST_OUTFULL | SMTP_ST_CLOSE)))
 			panic("session made no progress on %zu bytes", n);
+		if (smtp_session_status(&c->session) & SMTP_ST_STARTTLS) {
+			starttls_switch(w, c);
+			return;
+		}
 	}
+	hold_backpressure(w, c);
+}
+
+static void
+hold_backpressure(struct worker *w, struct conn *c)
+{
 	if (c->nheld > 0)
 		w->stats.recv_held++;
 	/* Backpressure: stop reading from a client whose input piles up. */
@@ -300,7 +397,7 @@ conn_on_recv(struct worker *w, struct conn *c, struct io_uring_cqe *cqe)
 	if (!c->recv_armed && !c->eof && c->state == CONN_OPEN)
 		c->recv_wanted = true;
 	if (c->state == CONN_OPEN && !c->eof)
-		pump(w, c);
+		conn_input(w, c);
 	conn_after_io(w, c);
 }
 
@@ -316,15 +413,26 @@ conn_on_send(struct worker *w, struct conn *c, int res)
 			c->logged_error = true;
 		}
 		c->out.len = 0;
+		if (c->tls != NULL)
+			c->tls->cout_len = 0;
 		c->eof = true; /* nothing more can be said to this client */
+	} else if (c->tls != NULL) {
+		/* What went out was ciphertext (conn_flush_all). */
+		size_t sent = (size_t)res;
+		assert(sent <= c->tls->cout_len);
+		memmove(c->tls->cout, c->tls->cout + sent, c->tls->cout_len - sent);
+		c->tls->cout_len -= (uint32_t)sent;
 	} else {
 		size_t sent = (size_t)res;
 		assert(sent <= c->out.len);
 		memmove(c->out.buf, c->out.buf + sent, c->out.len - sent);
 		c->out.len -= sent;
 	}
+	/* STARTTLS: the 220 is out, so what comes next is the ClientHello. */
+	if (c->stage == CONN_STAGE_STARTTLS && c->out.len == 0 && c->state == CONN_OPEN && !c->eof)
+		tls_begin(w, c);
 	if (c->state == CONN_OPEN && !c->eof)
-		pump(w, c);
+		conn_input(w, c);
 	conn_after_io(w, c);
 }
 
@@ -338,9 +446,17 @@ conn_after_io(struct worker *w, struct conn *c)
 			smtp_session_eof(&c->session);
 			c->state = CONN_CLOSING;
 			c->out.len = c->send_inflight ? c->out.len : 0;
-		} else if ((smtp_session_status(&c->session) & SMTP_ST_CLOSE) && c->out.len == 0 &&
+			if (c->tls != NULL && !c->send_inflight)
+				c->tls->cout_len = 0;
+		} else if ((smtp_session_status(&c->session) & SMTP_ST_CLOSE) && pending_out(c) == 0 &&
 			   !c->send_inflight) {
-			c->state = CONN_CLOSING;
+			/* TLS: say close_notify (RFC 8446 6.1) before closing. */
+			if (c->tls != NULL && c->tls->done && !c->tls->notify_sent) {
+				c->tls->notify_sent = true;
+				wolfSSL_shutdown(c->tls->ssl);
+			}
+			if (pending_out(c) == 0)
+				c->state = CONN_CLOSING;
 		}
 	}
 	if (c->state == CONN_CLOSING) {
@@ -378,6 +494,9 @@ log_disconnect(struct worker *w, struct conn *c)
 	COUNT(messages)
 	COUNT(errors)
 #undef COUNT
+	if (c->tls != NULL && c->tls->done && off < sizeof(line))
+		off += (size_t)snprintf(line + off, sizeof(line) - off, " tls=%s/%s%s", c->tls->version,
+					c->tls->cipher, c->tls->resumed ? "/resumed" : "");
 	if (off < sizeof(line))
 		off += (size_t)snprintf(line + off, sizeof(line) - off, " commands=%u duration=%.3fs",
 					k->commands, (double)(w->now - c->t_connect) / 1e9);
@@ -409,6 +528,7 @@ conn_teardown(struct worker *w, struct conn *c)
 	out_release(w, c);
 	if (!c->logged_error || c->session.counts.commands)
 		log_disconnect(w, c);
+	tls_release(w, c);
 	w->stats.connections_closed++;
 	assert(w->active > 0);
 	w->active--;
@@ -417,6 +537,8 @@ conn_teardown(struct worker *w, struct conn *c)
 	if (!c->in_flush && !c->in_rearm)
 		free_slot(w, c);
 }
+
+static void tls_encrypt_out(struct worker *w, struct conn *c);
 
 void
 conn_flush_all(struct worker *w)
@@ -430,15 +552,24 @@ conn_flush_all(struct worker *w)
 				free_slot(w, c);
 			continue;
 		}
-		if (c->send_inflight || c->out.len == 0)
+		if (c->send_inflight)
+			continue;
+		const char *p = c->out.buf;
+		size_t len = c->out.len;
+		if (c->tls != NULL) {
+			tls_encrypt_out(w, c);
+			p = c->tls->cout;
+			len = c->tls->cout_len;
+		}
+		if (len == 0)
 			continue;
 		struct io_uring_sqe *sqe = worker_sqe(w);
 		/* MSG_WAITALL: the kernel retries a short send itself, so a
 		 * completion normally means everything went out. */
-		io_uring_prep_send(sqe, c->fd, c->out.buf, c->out.len, MSG_NOSIGNAL | MSG_WAITALL);
+		io_uring_prep_send(sqe, c->fd, p, len, MSG_NOSIGNAL | MSG_WAITALL);
 		io_uring_sqe_set_data64(sqe, ud_make(OP_SEND, c->gen, c->idx));
 		c->send_inflight = true;
-		c->send_len = c->out.len;
+		c->send_len = len;
 		w->stats.sends++;
 	}
 }
@@ -490,10 +621,33 @@ conn_on_timer(struct timer_node *n, void *arg)
 	}
 	if (c->state != CONN_OPEN)
 		return;
+	if (c->stage == CONN_STAGE_STARTTLS || c->stage == CONN_STAGE_HANDSHAKE) {
+		if (w->now < c->hs_deadline) {
+			update_timer(w, c);
+			return;
+		}
+		/* No reply is possible mid-handshake: just close. */
+		log_info("TLS handshake failed from [%s]:%u: timeout after %llus", c->peer.addr_text,
+			 c->peer.port, (unsigned long long)(w->cfg->tls.handshake_timeout / 1000000000u));
+		w->stats.tls_handshake_timeouts++;
+		w->stats.tls_handshake_failures++;
+		c->logged_error = true;
+		c->eof = true;
+		hold_drop(w, c);
+		conn_after_io(w, c);
+		return;
+	}
 	out_ensure(w, c);
+	/* Name the phase before the tick moves the session to QUIT. */
+	static const char *const phase[] = {
+		[SMTP_S_CONNECTED] = "CONNECT", [SMTP_S_READY] = "EHLO", [SMTP_S_MAIL] = "MAIL",
+		[SMTP_S_RCPT] = "RCPT",         [SMTP_S_DATA] = "DATA",  [SMTP_S_BDAT] = "BDAT",
+		[SMTP_S_VERDICT] = "END-OF-MESSAGE", [SMTP_S_QUIT] = "QUIT",
+	};
+	enum smtp_state before = c->session.state;
 	if (smtp_session_tick(&c->session, w->now)) {
-		log_info("timeout after %s from [%s]:%u", c->session.state >= SMTP_S_DATA ? "DATA" : "command",
-			 c->peer.addr_text, c->peer.port);
+		log_info("timeout after %s from [%s]:%u", phase[before], c->peer.addr_text,
+			 c->peer.port);
 		hold_drop(w, c);
 	}
 	conn_after_io(w, c);
@@ -504,6 +658,14 @@ conn_drain(struct worker *w, struct conn *c, bool force)
 {
 	if (c->state != CONN_OPEN)
 		return;
+	if (c->stage != CONN_STAGE_SMTP) {
+		/* Before the session speaks (PROXY header, handshake) there is
+		 * nobody to say 421 to: close. */
+		c->eof = true;
+		hold_drop(w, c);
+		conn_after_io(w, c);
+		return;
+	}
 	out_ensure(w, c);
 	smtp_session_shutdown(&c->session, force);
 	if (force)
@@ -527,7 +689,7 @@ conn_sink_verdict(void *owner, int res)
 	assert(c->state == CONN_OPEN);
 	out_ensure(w, c);
 	smtp_session_verdict(&c->session, res, w->now);
-	pump(w, c);
+	conn_input(w, c);
 	conn_after_io(w, c);
 }
 
@@ -536,4 +698,391 @@ conn_log_hook(void *owner, const char *line, size_t len)
 {
 	(void)owner;
 	log_line(LOG_INFO, line, len);
+}
+
+/* ---- input stages (worker.h, enum conn_stage) ---- */
+
+static void tls_pump(struct worker *w, struct conn *c);
+static void tls_handshake(struct worker *w, struct conn *c);
+static void conn_stage_proxy(struct worker *w, struct conn *c);
+
+/* Held input to whichever stage owns it. Plaintext sessions take the
+ * zero-copy pump(); everything else is off that path. */
+static void
+conn_input(struct worker *w, struct conn *c)
+{
+	switch ((enum conn_stage)c->stage) {
+	case CONN_STAGE_SMTP:
+		if (c->tls == NULL)
+			pump(w, c);
+		else
+			tls_pump(w, c);
+		return;
+	case CONN_STAGE_PROXY:
+		conn_stage_proxy(w, c);
+		return;
+	case CONN_STAGE_STARTTLS:
+		/* CVE-2011-0411: the client cannot have seen our 220 yet, so
+		 * whatever arrives now is injected plaintext, not a
+		 * ClientHello. Never interpreted, counted once per batch. */
+		if (c->hold_head != HOLD_NONE) {
+			w->stats.starttls_injection_discarded++;
+			log_info("STARTTLS from [%s]:%u: discarded plaintext sent before the 220 "
+				 "(CVE-2011-0411)",
+				 c->peer.addr_text, c->peer.port);
+			hold_drop(w, c);
+		}
+		hold_backpressure(w, c);
+		return;
+	case CONN_STAGE_HANDSHAKE:
+		tls_handshake(w, c);
+		return;
+	}
+	panic("connection in unknown stage %u", (unsigned)c->stage);
+}
+
+/*
+ * PROXY stage: the ONE place the PROXY protocol plugs in (engine/proxy.c,
+ * include/ringmx/proxy.h; docs/proxy.md). Called with c->stage ==
+ * CONN_STAGE_PROXY whenever bytes are held (c->hold_head != HOLD_NONE),
+ * before any greeting and before the TLS handshake.
+ *
+ * Contract for the implementation:
+ *  - Peek at the held bytes with conn_hold_copy(w, c, buf, n) (copies up
+ *    to n bytes across held buffers without consuming them) into a buffer
+ *    of PROXY_HDR_MAX and call proxy_parse(). NEED_MORE: return (the
+ *    session's greeting_timeout bounds the wait; update_timer uses it).
+ *  - Header complete (hdr_len bytes): conn_hold_consume(w, c, hdr_len),
+ *    apply the peer to c->peer (the session and logs point at it), then
+ *    conn_begin(w, c) - implicit TLS: starts the handshake; otherwise:
+ *    writes the 220 - and, if bytes remain held, conn_input(w, c) so they
+ *    reach the handshake or the session. They are never dropped.
+ *  - Bad header, untrusted peer: count, log once, set c->logged_error and
+ *    c->eof; conn_after_io() closes.
+ */
+static void
+proxy_drop(struct worker *w, struct conn *c, const char *why)
+{
+	w->stats.proxy_bad++;
+	/* The raw bytes are not logged: they are attacker-controlled. */
+	log_info("PROXY header from [%s]:%u on %s: %s; closing", c->peer.addr_text, c->peer.port,
+		 w->cfg->listeners[c->listener].text, why);
+	c->logged_error = true;
+	c->eof = true;
+	hold_drop(w, c);
+}
+
+static void
+conn_stage_proxy(struct worker *w, struct conn *c)
+{
+	/* Headers are small (<= PROXY_HDR_MAX) and arrive whole in practice,
+	 * so re-parsing a copy of the held prefix on each receive is cheaper
+	 * than keeping parser state (picohttpparser's approach). */
+	uint8_t buf[PROXY_HDR_MAX];
+	size_t n = conn_hold_copy(w, c, (char *)buf, sizeof(buf));
+	struct proxy_hdr hdr;
+	int len = proxy_parse(buf, n, &hdr);
+
+	if (len == PROXY_NEED_MORE) {
+		/* proxy_parse() refuses a header that announces more than
+		 * PROXY_HDR_MAX, so a full buffer is never "need more". */
+		assert(n < sizeof(buf));
+		return;
+	}
+	if (len < 0) {
+		proxy_drop(w, c, "malformed (not PROXY protocol v1/v2)");
+		return;
+	}
+	if (hdr.version == 1)
+		w->stats.proxy_headers_v1++;
+	else
+		w->stats.proxy_headers_v2++;
+	if (hdr.command == PROXY_CMD_LOCAL)
+		w->stats.proxy_local++;
+	conn_hold_consume(w, c, (size_t)len);
+	/* The session and the logs point at c->peer: from here on they name
+	 * the client the proxy relayed (LOCAL/UNKNOWN keep the real peer). */
+	proxy_peer_apply(&hdr, &c->peer);
+	conn_begin(w, c);
+	if (c->hold_head != HOLD_NONE)
+		conn_input(w, c); /* the client's first bytes after the header */
+}
+
+/* Copy up to n held bytes, from the read position, without consuming. */
+size_t
+conn_hold_copy(struct worker *w, struct conn *c, char *dst, size_t n)
+{
+	size_t got = 0;
+	uint32_t off = c->hold_off;
+
+	for (uint32_t bid = c->hold_head; bid != HOLD_NONE && got < n; bid = w->hold_next[bid]) {
+		size_t k = w->hold_len[bid] - off;
+
+		if (k > n - got)
+			k = n - got;
+		memcpy(dst + got, bufring_addr(&w->br, bid) + off, k);
+		got += k;
+		off = 0;
+	}
+	return got;
+}
+
+/* Consume n held bytes (n <= what is held); emptied buffers go back to
+ * the ring at once. */
+size_t
+conn_hold_consume(struct worker *w, struct conn *c, size_t n)
+{
+	size_t done = 0;
+
+	while (done < n && c->hold_head != HOLD_NONE) {
+		uint32_t bid = c->hold_head;
+		size_t k = w->hold_len[bid] - c->hold_off;
+
+		if (k > n - done)
+			k = n - done;
+		c->hold_off += (uint32_t)k;
+		done += k;
+		if (c->hold_off == w->hold_len[bid])
+			hold_pop(w, c);
+	}
+	return done;
+}
+
+/* The session wrote "220 2.0.0 Ready to start TLS" and discarded the rest
+ * of its feed; drop what else is held and wait for the 220 to be sent. */
+static void
+starttls_switch(struct worker *w, struct conn *c)
+{
+	c->stage = CONN_STAGE_STARTTLS;
+	c->hs_deadline = w->now + w->cfg->tls.handshake_timeout;
+	if (c->hold_head != HOLD_NONE) {
+		w->stats.starttls_injection_discarded++;
+		hold_drop(w, c);
+	}
+	hold_backpressure(w, c);
+}
+
+/* ---- TLS stage: wolfSSL over memory, driven by the ring ---- */
+
+/*
+ * wolfSSL's receive callback: copy ciphertext out of the held receive
+ * buffers (giving each back to the ring once all its bytes are copied).
+ * Nothing held: WANT_READ, and the next recv CQE drives wolfSSL again.
+ */
+int
+conn_tls_recv(struct WOLFSSL *ssl, char *buf, int sz, void *ctx)
+{
+	struct conn *c = ctx;
+	size_t n;
+
+	(void)ssl;
+	assert(sz >= 0);
+	n = conn_hold_copy(c->w, c, buf, (size_t)sz);
+	if (n == 0)
+		return c->eof ? WOLFSSL_CBIO_ERR_CONN_CLOSE : WOLFSSL_CBIO_ERR_WANT_READ;
+	conn_hold_consume(c->w, c, n);
+	return (int)n;
+}
+
+/*
+ * wolfSSL's send callback: append ciphertext to the connection's block
+ * (after any bytes a send in flight owns); conn_flush_all() sends it.
+ * WANT_WRITE only when the block is full; wolfSSL keeps the rest and the
+ * send completion drives it again.
+ */
+int
+conn_tls_send(struct WOLFSSL *ssl, char *buf, int sz, void *ctx)
+{
+	struct conn *c = ctx;
+	struct conn_tls *t = c->tls;
+	size_t room, k;
+
+	(void)ssl;
+	assert(t != NULL && sz >= 0);
+	room = CONN_TLS_OUT - t->cout_len;
+	if (room == 0)
+		return WOLFSSL_CBIO_ERR_WANT_WRITE;
+	k = (size_t)sz < room ? (size_t)sz : room;
+	memcpy(t->cout + t->cout_len, buf, k);
+	t->cout_len += (uint32_t)k;
+	mark_flush(c->w, c);
+	return (int)k;
+}
+
+/* A TLS state from the pool and a WOLFSSL on the worker's current
+ * contexts; stage HANDSHAKE. The connection keeps a reference to those
+ * contexts, so a reload never pulls them from under it. */
+static void
+tls_begin(struct worker *w, struct conn *c)
+{
+	assert(c->tls == NULL && w->tls != NULL && w->nfree_tls > 0);
+	struct conn_tls *t = w->free_tls[--w->nfree_tls];
+	t->ssl = NULL;
+	t->set = NULL;
+	t->win_off = t->win_len = t->cout_len = 0;
+	t->done = t->notify_sent = t->resumed = false;
+	t->version[0] = t->cipher[0] = '\0';
+	c->tls = t;
+	c->stage = CONN_STAGE_HANDSHAKE;
+	t->ssl = tls_set_ssl(w->tls, c);
+	if (t->ssl == NULL) {
+		log_err("TLS from [%s]:%u: cannot create a wolfSSL session (out of memory)",
+			c->peer.addr_text, c->peer.port);
+		w->stats.tls_handshake_failures++;
+		c->logged_error = true;
+		c->eof = true;
+		return;
+	}
+	t->set = w->tls;
+	tls_set_ref(t->set);
+}
+
+static void
+tls_release(struct worker *w, struct conn *c)
+{
+	struct conn_tls *t = c->tls;
+
+	if (t == NULL)
+		return;
+	if (t->ssl != NULL)
+		wolfSSL_free(t->ssl);
+	tls_set_unref(t->set); /* may free contexts replaced by a reload */
+	t->ssl = NULL;
+	t->set = NULL;
+	c->tls = NULL;
+	w->free_tls[w->nfree_tls++] = t;
+}
+
+static void
+tls_fail(struct worker *w, struct conn *c, const char *what, int err)
+{
+	char why[160];
+
+	tls_strerror(err, why, sizeof why);
+	log_info("%s from [%s]:%u: %s", what, c->peer.addr_text, c->peer.port, why);
+	c->logged_error = true;
+	c->eof = true;
+	hold_drop(w, c);
+}
+
+static void
+tls_handshake(struct worker *w, struct conn *c)
+{
+	struct conn_tls *t = c->tls;
+	int r, err;
+
+	if (t == NULL || t->ssl == NULL || c->eof)
+		return;
+	r = wolfSSL_accept(t->ssl);
+	if (r != WOLFSSL_SUCCESS) {
+		err = wolfSSL_get_error(t->ssl, r);
+		if (err == WOLFSSL_ERROR_WANT_READ || err == WOLFSSL_ERROR_WANT_WRITE) {
+			hold_backpressure(w, c);
+			return;
+		}
+		w->stats.tls_handshake_failures++;
+		tls_fail(w, c, "TLS handshake failed", err);
+		return;
+	}
+	t->done = true;
+	w->stats.tls_handshakes++;
+	if (wolfSSL_session_reused(t->ssl)) {
+		t->resumed = true;
+		w->stats.tls_resumed++;
+	}
+	snprintf(t->version, sizeof t->version, "%s", wolfSSL_get_version(t->ssl));
+	/* IANA/OpenSSL-style name ("TLS_AES_256_GCM_SHA384") for logs and
+	 * Received:, as other MTAs write it. */
+	int suite = wolfSSL_get_current_cipher_suite(t->ssl);
+	const char *iana = wolfSSL_get_cipher_name_iana_from_suite((unsigned char)(suite >> 8),
+								   (unsigned char)suite);
+	snprintf(t->cipher, sizeof t->cipher, "%s",
+		 iana != NULL ? iana : wolfSSL_get_cipher_name(t->ssl));
+	c->stage = CONN_STAGE_SMTP;
+	out_ensure(w, c);
+	smtp_session_tls_started(&c->session, t->version, t->cipher, w->now);
+	if (w->cfg->listeners[c->listener].tls == LISTENER_TLS_IMPLICIT)
+		smtp_session_start(&c->session); /* RFC 8314 3.3: greeting after TLS */
+	/* The client may have sent its first command with its Finished. */
+	tls_pump(w, c);
+}
+
+/* Decrypt into the window and feed the session while it takes input. */
+static void
+tls_pump(struct worker *w, struct conn *c)
+{
+	struct conn_tls *t = c->tls;
+
+	for (;;) {
+		out_ensure(w, c);
+		unsigned st = smtp_session_status(&c->session);
+		if (st & SMTP_ST_CLOSE) {
+			hold_drop(w, c);
+			t->win_off = t->win_len = 0;
+			break;
+		}
+		if (st & (SMTP_ST_PAUSED | SMTP_ST_OUTFULL))
+			break;
+		if (t->win_off < t->win_len) {
+			size_t n = t->win_len - t->win_off;
+			size_t used = smtp_session_feed(&c->session, t->win + t->win_off, n, w->now,
+							w->wall);
+			assert(used <= n);
+			t->win_off += (uint32_t)used;
+			if (t->win_off == t->win_len)
+				t->win_off = t->win_len = 0;
+			else if (used == 0 &&
+				 !(smtp_session_status(&c->session) &
+				   (SMTP_ST_PAUSED | SMTP_ST_OUTFULL | SMTP_ST_CLOSE)))
+				panic("session made no progress on %zu bytes", n);
+			continue;
+		}
+		int r = wolfSSL_read(t->ssl, t->win, CONN_TLS_WIN);
+		if (r > 0) {
+			t->win_len = (uint32_t)r;
+			t->win_off = 0;
+			continue;
+		}
+		int err = wolfSSL_get_error(t->ssl, r);
+		if (err == WOLFSSL_ERROR_WANT_READ || err == WOLFSSL_ERROR_WANT_WRITE)
+			break;
+		if (err == WOLFSSL_ERROR_ZERO_RETURN) {
+			/* close_notify: the client is done; like EOF. */
+			c->eof = true;
+			hold_drop(w, c);
+			break;
+		}
+		w->stats.tls_errors++;
+		tls_fail(w, c, "TLS error", err);
+		break;
+	}
+	hold_backpressure(w, c);
+}
+
+/* Flush time: encrypt the session's plaintext replies into the ciphertext
+ * block. Only with no send in flight and room for the whole block, so a
+ * record never has to be split across calls. */
+static void
+tls_encrypt_out(struct worker *w, struct conn *c)
+{
+	struct conn_tls *t = c->tls;
+
+	if (!t->done || c->out.len == 0 || t->ssl == NULL)
+		return;
+	if (CONN_TLS_OUT - t->cout_len < c->out.len + CONN_TLS_RECORD_OVERHEAD)
+		return; /* after the send in flight */
+	int r = wolfSSL_write(t->ssl, c->out.buf, (int)c->out.len);
+	if (r == (int)c->out.len) {
+		c->out.len = 0;
+		return;
+	}
+	/* Cannot happen with the room checked above; if it does, end the
+	 * connection: the recv CQE that shutdown(2) causes tears it down. */
+	char why[160];
+	log_err("TLS write to [%s]:%u failed: %s", c->peer.addr_text, c->peer.port,
+		tls_strerror(wolfSSL_get_error(t->ssl, r), why, sizeof why));
+	w->stats.tls_errors++;
+	c->logged_error = true;
+	c->out.len = 0;
+	shutdown(c->fd, SHUT_RDWR);
 }

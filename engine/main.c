@@ -29,6 +29,7 @@
 
 #include "log.h"
 #include "ringmx/config.h"
+#include "tls.h"
 #include "ringmx_version.h"
 #include "worker.h"
 
@@ -105,6 +106,14 @@ reload(struct worker *ws, unsigned n, const struct config_args *args, const stru
 		config_free(next);
 		return cur;
 	}
+	/* Certificates are re-read on every SIGHUP (certbot deploy hook); a
+	 * broken one keeps the old configuration and certificates. */
+	if (tls_check(&next->tls, (int64_t)time(NULL), err, sizeof(err)) < 0) {
+		log_err("reload refused, keeping the running configuration and certificates: %s",
+			err);
+		config_free(next);
+		return cur;
+	}
 	for (unsigned i = 0; i < n; i++)
 		atomic_store(&ws[i].ctl.next_cfg, next);
 	wake_all(ws, n);
@@ -146,6 +155,18 @@ main(int argc, char **argv)
 		config_print(cfg, stdout);
 		config_free(cfg);
 		return 0;
+	}
+	if (tls_global_init() < 0) {
+		fprintf(stderr, "ringmxd: wolfSSL_Init failed\n");
+		config_free(cfg);
+		return 1;
+	}
+	/* Certificates: one clear error each, before anything starts. */
+	if (tls_check(&cfg->tls, (int64_t)time(NULL), err, sizeof(err)) < 0) {
+		log_flush();
+		fprintf(stderr, "ringmxd: %s\n", err);
+		config_free(cfg);
+		return 1;
 	}
 	if (args.check_only) {
 		printf("ringmxd: configuration %s is valid\n", cfg->path[0] ? cfg->path : "(defaults)");
@@ -239,5 +260,6 @@ main(int argc, char **argv)
 		 (unsigned long long)total.messages_accepted);
 	free(ws);
 	config_free((struct config *)cur);
+	tls_global_fini();
 	return 0;
 }

@@ -38,8 +38,8 @@ enum { LINE_BARE_LF = 1u << 0, LINE_BARE_CR = 1u << 1 };
 /* BDAT chunk that is read and discarded, then refused (bdat_err). */
 enum { BDAT_OK = 0, BDAT_NEED_MAIL, BDAT_NO_RCPT };
 
-/* Received: header: helo 255 + hostname 255 + path 256 + fixed text. */
-#define RECEIVED_MAX 1024
+/* Received: header: helo 255 + hostname 255 + path 256 + TLS facts 128 + fixed text. */
+#define RECEIVED_MAX 1280
 /* One log line (hooks->log); fields are truncated to fit. */
 #define LOG_LINE_MAX 1536
 /* "Sat, 28 Nov 2026 12:53:05 +0000" plus slack. */
@@ -75,7 +75,8 @@ in_tx(const struct smtp_session *s)
  * a chunk that is read and then refused. */
 static const unsigned legal[] = {
 	[SMTP_S_CONNECTED] = B(SMTP_S_CONNECTED) | B(SMTP_S_READY) | B(SMTP_S_BDAT) | B(SMTP_S_QUIT),
-	[SMTP_S_READY] = B(SMTP_S_READY) | B(SMTP_S_MAIL) | B(SMTP_S_BDAT) | B(SMTP_S_QUIT),
+	[SMTP_S_READY] = B(SMTP_S_CONNECTED) | B(SMTP_S_READY) | B(SMTP_S_MAIL) | B(SMTP_S_BDAT) |
+			 B(SMTP_S_QUIT), /* READY -> CONNECTED: TLS started (RFC 3207) */
 	[SMTP_S_MAIL] = B(SMTP_S_READY) | B(SMTP_S_RCPT) | B(SMTP_S_BDAT) | B(SMTP_S_QUIT),
 	[SMTP_S_RCPT] = B(SMTP_S_READY) | B(SMTP_S_RCPT) | B(SMTP_S_DATA) | B(SMTP_S_BDAT) |
 			B(SMTP_S_QUIT),
@@ -369,21 +370,28 @@ static void
 emit_received(struct smtp_session *s)
 {
 	char buf[RECEIVED_MAX], date[DATE_MAX];
-	const char *proto = !s->esmtp ? "SMTP" : s->tx_utf8 ? "UTF8SMTP" : "ESMTP";
+	/* RFC 3848 / RFC 6531: a trailing S says the session ran over TLS. */
+	static const char *const protos[2][3] = {{"SMTP", "ESMTP", "UTF8SMTP"},
+						 {"SMTPS", "ESMTPS", "UTF8SMTPS"}};
+	const char *proto = protos[s->tls_active][!s->esmtp ? 0 : s->tx_utf8 ? 2 : 1];
 	const char *addr = s->peer != NULL ? s->peer->addr_text : "unknown";
+	char tls[SMTP_TLS_INFO_MAX + 32] = "";
 	int len;
 
 	fmt_date(s->now_wall, date);
+	/* Postfix's form of the TLS facts, as a comment after "from". */
+	if (s->tls_active)
+		snprintf(tls, sizeof tls, "\t(using %s)\r\n", s->tls_info);
 	if (s->tx_nrcpt == 1)
 		len = snprintf(buf, sizeof buf,
-			       "Received: from %s ([%s])\r\n\tby %s (ringmx) with %s id %s\r\n"
+			       "Received: from %s ([%s])\r\n%s\tby %s (ringmx) with %s id %s\r\n"
 			       "\tfor <%s>; %s\r\n",
-			       s->helo, addr, s->conf->hostname, proto, s->qid, s->rcpt1, date);
+			       s->helo, addr, tls, s->conf->hostname, proto, s->qid, s->rcpt1, date);
 	else
 		len = snprintf(buf, sizeof buf,
-			       "Received: from %s ([%s])\r\n\tby %s (ringmx) with %s id %s;\r\n"
+			       "Received: from %s ([%s])\r\n%s\tby %s (ringmx) with %s id %s;\r\n"
 			       "\t%s\r\n",
-			       s->helo, addr, s->conf->hostname, proto, s->qid, date);
+			       s->helo, addr, tls, s->conf->hostname, proto, s->qid, date);
 	assert(len > 0 && (size_t)len < sizeof buf);
 	s->stats->message_bytes += (size_t)len;
 	if (s->sink->ops->tx_data(s->tx, buf, (size_t)len) < 0)
@@ -543,6 +551,12 @@ helo_common(struct smtp_session *s, const struct smtp_cmdline *c, bool esmtp)
 	enter(s, SMTP_S_READY);
 }
 
+static bool
+starttls_offered(const struct smtp_session *s)
+{
+	return (s->tls_offer || s->conf->starttls) && !s->tls_active;
+}
+
 void
 smtp_cmd_helo(struct smtp_session *s, const struct smtp_cmdline *c)
 {
@@ -568,7 +582,7 @@ smtp_cmd_ehlo(struct smtp_session *s, const struct smtp_cmdline *c)
 	       "250-%s\r\n250-PIPELINING\r\n250-SIZE %" PRIu64 "\r\n250-8BITMIME\r\n"
 	       "250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n%s250 CHUNKING\r\n",
 	       s->conf->hostname, s->conf->message_size_limit,
-	       s->conf->starttls ? "250-STARTTLS\r\n" : "");
+	       starttls_offered(s) ? "250-STARTTLS\r\n" : "");
 }
 
 enum { P_SIZE = 1u << 0, P_BODY = 1u << 1, P_UTF8 = 1u << 2 };
@@ -586,6 +600,10 @@ smtp_cmd_mail(struct smtp_session *s, const struct smtp_cmdline *c)
 	int r;
 
 	s->counts.mail++;
+	if (s->tls_require && !s->tls_active) {
+		REJECT(s, "MAIL", "530 5.7.0 Must issue a STARTTLS command first", path, plen);
+		return;
+	}
 	if (s->state == SMTP_S_CONNECTED) {
 		REJECT(s, "MAIL", "503 5.5.1 Error: send HELO/EHLO first", path, plen);
 		return;
@@ -891,14 +909,34 @@ smtp_cmd_help(struct smtp_session *s, const struct smtp_cmdline *c)
 	REPLY(s, "214 2.0.0 See https://www.rfc-editor.org/rfc/rfc5321");
 }
 
+/*
+ * RFC 3207. After the 220 the rest of this feed is discarded by
+ * smtp_session_feed() and the connection discards everything until the
+ * handshake (CVE-2011-0411): nothing pipelined behind STARTTLS in
+ * plaintext is ever interpreted.
+ */
 void
 smtp_cmd_starttls(struct smtp_session *s, const struct smtp_cmdline *c)
 {
-	(void)c;
-	if (!s->conf->starttls)
+	if (s->tls_active) {
+		REPLY(s, "503 5.5.1 Error: TLS already active");
+		return;
+	}
+	if (!starttls_offered(s)) {
 		REPLY(s, "502 5.5.1 Error: STARTTLS not available");
-	else /* advertised, but the TLS layer has not landed yet */
-		REPLY(s, "454 4.7.0 TLS not available due to local problem");
+		return;
+	}
+	if (c->arg_len != 0) {
+		REPLY(s, "501 5.5.4 Syntax: STARTTLS");
+		return;
+	}
+	if (s->state != SMTP_S_CONNECTED && s->state != SMTP_S_READY) {
+		REPLY(s, "503 5.5.1 Error: MAIL transaction in progress");
+		return;
+	}
+	REPLY(s, "220 2.0.0 Ready to start TLS");
+	if (!closing(s)) /* the reply may have hit error_limit: no */
+		s->tls_starting = true;
 }
 
 /* ---- command lines ---- */
@@ -1085,8 +1123,8 @@ smtp_session_feed(struct smtp_session *s, const char *p, size_t n, uint64_t now_
 {
 	size_t i = 0;
 
-	if (closing(s))
-		return n;
+	if (closing(s) || s->tls_starting)
+		return n; /* STARTTLS: plaintext before the handshake is discarded */
 	s->now = now_ns;
 	s->now_wall = now_wall;
 	while (i < n && !closing(s)) {
@@ -1101,6 +1139,14 @@ smtp_session_feed(struct smtp_session *s, const char *p, size_t n, uint64_t now_
 			break;
 		default:
 			i += cmd_feed(s, p + i, n - i);
+			break;
+		}
+		if (s->tls_starting) {
+			/* CVE-2011-0411: bytes pipelined behind STARTTLS in
+			 * plaintext are never interpreted. */
+			if (i < n)
+				s->stats->starttls_injection_discarded++;
+			i = n;
 			break;
 		}
 		shutdown_check(s);
@@ -1126,6 +1172,8 @@ smtp_session_status(const struct smtp_session *s)
 		st |= SMTP_ST_OUTFULL;
 	if (in_tx(s))
 		st |= SMTP_ST_IN_TX;
+	if (s->tls_starting)
+		st |= SMTP_ST_STARTTLS;
 	return st;
 }
 
@@ -1211,4 +1259,36 @@ void
 smtp_session_set_conf(struct smtp_session *s, const struct smtp_conf *conf)
 {
 	s->conf = conf;
+}
+
+void
+smtp_session_set_tls_policy(struct smtp_session *s, bool offer_starttls, bool require_tls)
+{
+	s->tls_offer = offer_starttls;
+	s->tls_require = require_tls;
+}
+
+void
+smtp_session_tls_started(struct smtp_session *s, const char *version, const char *cipher,
+			 uint64_t now_ns)
+{
+	if (closing(s))
+		return;
+	/* RFC 3207 4.2: discard all knowledge obtained from the client in
+	 * plaintext. STARTTLS is refused inside a transaction, but an
+	 * implicit listener may call this in any pre-greeting state. */
+	tx_abort(s);
+	if (s->state != SMTP_S_CONNECTED)
+		enter(s, SMTP_S_CONNECTED);
+	s->helo[0] = '\0';
+	s->esmtp = false;
+	s->partial = s->carry_long = s->carry_cr = false;
+	s->carry_bad = 0;
+	s->carry_len = 0;
+	s->tls_starting = false;
+	s->tls_active = true;
+	snprintf(s->tls_info, sizeof s->tls_info, "%s with cipher %s", version != NULL ? version : "TLS",
+		 cipher != NULL ? cipher : "unknown");
+	s->now = now_ns;
+	s->t_activity = now_ns;
 }

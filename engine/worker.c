@@ -238,10 +238,34 @@ start_drain(struct worker *w)
 		 (unsigned long long)(w->cfg->shutdown_timeout / 1000000000u));
 }
 
+/*
+ * SIGHUP: new contexts from the (already checked) files. Sessions already
+ * running keep the set they hold a reference to; new ones use this one. A
+ * file that went bad since main's check keeps the old set in service.
+ */
+static void
+tls_reload(struct worker *w, const struct config *cfg)
+{
+	char err[512];
+	struct tls_set *s;
+
+	if (w->tls == NULL || cfg->tls.cert[0] == '\0')
+		return;
+	s = tls_set_new(&cfg->tls, conn_tls_recv, conn_tls_send, err, sizeof(err));
+	if (s == NULL) {
+		log_err("TLS reload refused, keeping the running certificates: %s", err);
+		return;
+	}
+	tls_set_unref(w->tls);
+	w->tls = s;
+	w->stats.tls_ctx_reloads++;
+}
+
 static void
 switch_config(struct worker *w, const struct config *cfg)
 {
 	w->cfg = cfg;
+	tls_reload(w, cfg);
 	if (w->spool != NULL)
 		spool_set_conf(w->spool, cfg);
 	for (uint32_t i = 0; i < w->nconns; i++)
@@ -361,6 +385,18 @@ pools_init(struct worker *w)
 	w->hold_next = calloc(cfg->recv_buffers, sizeof(uint32_t));
 	w->hold_len = calloc(cfg->recv_buffers, sizeof(uint32_t));
 	w->wheel = malloc(sizeof(*w->wheel));
+	if (cfg->tls.cert[0] != '\0') {
+		/* One TLS state per slot (~48 KiB each), mapped: only slots that
+		 * ever ran TLS become resident. */
+		w->tlsmem = mmap(NULL, (size_t)w->nconns * sizeof(struct conn_tls),
+				 PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		w->free_tls = calloc(w->nconns, sizeof(*w->free_tls));
+		if (w->tlsmem == MAP_FAILED || w->free_tls == NULL)
+			return -ENOMEM;
+		for (uint32_t i = 0; i < w->nconns; i++)
+			w->free_tls[i] = &w->tlsmem[w->nconns - 1 - i];
+		w->nfree_tls = w->nconns;
+	}
 	if (w->conns == MAP_FAILED || w->outmem == MAP_FAILED || !w->free_conns || !w->free_out ||
 	    !w->hold_next || !w->hold_len || !w->wheel)
 		return -ENOMEM;
@@ -386,6 +422,11 @@ pools_fini(struct worker *w)
 	free(w->hold_next);
 	free(w->hold_len);
 	free(w->wheel);
+	if (w->tlsmem != NULL && w->tlsmem != MAP_FAILED)
+		munmap(w->tlsmem, (size_t)w->nconns * sizeof(struct conn_tls));
+	free(w->free_tls);
+	tls_set_unref(w->tls);
+	w->tls = NULL;
 }
 
 static void
@@ -481,6 +522,20 @@ worker_main(void *arg)
 		atomic_store(&w->started, r);
 		return NULL;
 	}
+	if (w->cfg->tls.cert[0] != '\0') {
+		/* This worker's own contexts, built on its thread (tls.h). */
+		char err[512];
+		w->tls = tls_set_new(&w->cfg->tls, conn_tls_recv, conn_tls_send, err, sizeof(err));
+		if (w->tls == NULL) {
+			log_err("%s", err);
+			log_flush();
+			bufring_fini(&w->br, &w->ring);
+			io_uring_queue_exit(&w->ring);
+			pools_fini(w);
+			atomic_store(&w->started, -EINVAL);
+			return NULL;
+		}
+	}
 	qid_init(&w->qid, w->id);
 	if (w->cfg->sink == SINK_KIND_SPOOL) {
 		char err[512];
@@ -519,6 +574,7 @@ worker_main(void *arg)
 	loop(w);
 
 	log_stats(w, "final");
+	tls_thread_fini();
 	spool_close(w->spool);
 	w->spool = NULL;
 	log_flush();

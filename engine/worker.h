@@ -31,6 +31,7 @@
 #include "sink_discard.h"
 #include "spool.h"
 #include "timer.h"
+#include "tls.h"
 
 enum op {
 	OP_ACCEPT = 1, /* idx = listener */
@@ -71,6 +72,46 @@ ud_idx(uint64_t ud)
 
 enum conn_state { CONN_FREE = 0, CONN_OPEN, CONN_CLOSING };
 
+/*
+ * Where a connection's received bytes go (conn.c, conn_input()):
+ *   ring bytes -> [PROXY] -> [TLS] -> SMTP session
+ * PROXY:     proxy=yes listeners; the header comes before anything else
+ *            (before the handshake on implicit listeners, before the 220
+ *            otherwise). See conn_stage_proxy().
+ * STARTTLS:  the 220 for STARTTLS is being sent in plaintext; every byte
+ *            received now is discarded (CVE-2011-0411).
+ * HANDSHAKE: ciphertext goes to wolfSSL_accept().
+ * SMTP:      plaintext straight to the session (c->tls == NULL, zero copy)
+ *            or decrypted through the TLS window first.
+ */
+enum conn_stage { CONN_STAGE_SMTP = 0, CONN_STAGE_PROXY, CONN_STAGE_STARTTLS, CONN_STAGE_HANDSHAKE };
+
+/* Decrypted input window: one TLS record's plaintext (RFC 8446 5.1). */
+#define CONN_TLS_WIN 16384
+/* Ciphertext output: the handshake flight (certificate chain) or one
+ * encrypted output block plus record overhead, with room to spare. */
+#define CONN_TLS_OUT 32768
+/* Room kept free in the ciphertext block for one record's overhead. */
+#define CONN_TLS_RECORD_OVERHEAD 256
+
+/* Per TLS connection, from the worker's pool (only when TLS is configured).
+ * Ownership: the ciphertext bytes [0, send_len) of cout belong to the
+ * kernel while a send is in flight; wolfSSL's send callback only appends.
+ * The window holds decrypted bytes the session has not consumed yet. */
+struct conn_tls {
+	struct WOLFSSL *ssl;
+	struct tls_set *set; /* one reference, dropped at teardown */
+	uint32_t win_off, win_len;
+	uint32_t cout_len;
+	bool done;        /* handshake complete */
+	bool notify_sent; /* close_notify queued */
+	bool resumed;
+	char version[16]; /* "TLSv1.3", for logs */
+	char cipher[64];
+	char win[CONN_TLS_WIN];
+	char cout[CONN_TLS_OUT];
+};
+
 struct worker;
 
 struct conn {
@@ -89,6 +130,9 @@ struct conn {
 	bool in_flush;      /* on the worker's flush list */
 	bool in_rearm;      /* on the worker's re-arm list */
 	bool logged_error;  /* the reason for an abnormal close is logged */
+	uint8_t stage;      /* enum conn_stage */
+	struct conn_tls *tls; /* NULL for plaintext connections */
+	uint64_t hs_deadline; /* STARTTLS/HANDSHAKE stage: handshake_timeout */
 
 	/* Held input: receive buffers the session could not consume yet
 	 * (paused or output full), in order. hold_off is the read offset in
@@ -146,6 +190,14 @@ struct worker {
 	char **free_out;
 	uint32_t nfree_out;
 
+	/* TLS (only with a certificate configured): the contexts new
+	 * sessions use (tls.h: refcounted, this thread only) and a pool of
+	 * per-connection states, one per slot, mapped and touched lazily. */
+	struct tls_set *tls;
+	struct conn_tls *tlsmem;
+	struct conn_tls **free_tls;
+	uint32_t nfree_tls;
+
 	struct conn *flush_head;
 	struct conn *rearm_head;
 	struct timer_wheel *wheel;
@@ -187,5 +239,10 @@ void conn_drain(struct worker *w, struct conn *c, bool force);
 void conn_set_conf(struct conn *c, const struct smtp_conf *conf);
 void conn_sink_verdict(void *owner, int res);
 void conn_log_hook(void *owner, const char *line, size_t len);
+int conn_tls_recv(struct WOLFSSL *ssl, char *buf, int sz, void *ctx);
+/* Held input, for input stages that parse across receive buffers (PROXY). */
+size_t conn_hold_copy(struct worker *w, struct conn *c, char *dst, size_t n);
+size_t conn_hold_consume(struct worker *w, struct conn *c, size_t n);
+int conn_tls_send(struct WOLFSSL *ssl, char *buf, int sz, void *ctx);
 
 #endif

@@ -4,7 +4,8 @@
  * engine/config.c; every key is documented in docs/config.md.
  * Owner: the configuration module (engine/config.c and its tests).
  *
- * Precedence (lowest to highest): embedded defaults < config file < `-o
+ * Precedence (lowest to highest): embedded defaults < environment
+ * (SMTP_ENABLE_TLS, SMTP_TLS_CERT, SMTP_TLS_KEY) < config file < `-o
  * key=value` < dedicated flags (--listen, --workers, --cpus, --port).
  * `--listen` replaces every `listen` line of the file; `--port` is applied
  * last, to every listener.
@@ -27,6 +28,7 @@
 #include <stdio.h>
 #include <sys/socket.h>
 
+#include "ringmx/proxy.h"
 #include "ringmx/smtp.h"
 
 #define CONFIG_MAX_LISTENERS 16
@@ -48,11 +50,13 @@ struct listener_conf {
 	struct sockaddr_storage addr;
 	socklen_t addrlen;
 	char text[80]; /* as written, for logs: "127.0.0.1:2525", "[::1]:2525" */
-	/* Per-listener options (`listen = ADDR:PORT key=value ...`). Parsed
-	 * now so later issues only add keys: tls= and proxy= are accepted
-	 * by the parser but refused until their issue lands. */
+	/* Per-listener options (`listen = ADDR:PORT key=value ...`). tls is
+	 * resolved at load time: without tls= it is STARTTLS when a
+	 * certificate is configured (and SMTP_ENABLE_TLS is not false), else
+	 * NONE (docs/tls.md). */
 	enum listener_tls tls;
-	bool proxy;
+	bool tls_explicit; /* tls= was written on the line */
+	bool proxy; /* PROXY header first (docs/proxy.md); peers from proxy_trusted only */
 };
 
 enum sink_kind {
@@ -67,6 +71,30 @@ enum spool_durability {
 };
 
 #define CONFIG_PATH_MAX 4096
+
+/* Native TLS (docs/tls.md). Files are only named here; engine/tls.c loads
+ * and validates them (start-up, -t, SIGHUP). */
+#define CONFIG_TLS_PATH_MAX    1024
+#define CONFIG_TLS_SNI_MAX     32
+#define CONFIG_TLS_CIPHERS_MAX 1024
+
+struct tls_sni_conf {
+	char name[256]; /* lower case; "*.example.org" matches one label */
+	char cert[CONFIG_TLS_PATH_MAX];
+	char key[CONFIG_TLS_PATH_MAX];
+};
+
+struct tls_conf {
+	char cert[CONFIG_TLS_PATH_MAX]; /* PEM, leaf first then chain; "" = no TLS */
+	char key[CONFIG_TLS_PATH_MAX];
+	struct tls_sni_conf sni[CONFIG_TLS_SNI_MAX];
+	size_t nsni;
+	unsigned min_version;                 /* 12 (TLS 1.2) or 13 */
+	char ciphers[CONFIG_TLS_CIPHERS_MAX]; /* "" = the built-in AEAD-only list */
+	bool session_tickets;
+	uint64_t handshake_timeout; /* ns */
+	int env_enable;             /* SMTP_ENABLE_TLS: -1 unset, 0 false, 1 true */
+};
 
 struct config {
 	char path[4096]; /* the file read, "" for embedded defaults */
@@ -106,6 +134,12 @@ struct config {
 	size_t ndomains;
 
 	uint64_t shutdown_timeout; /* ns */
+
+	struct tls_conf tls;
+
+	/* Peers allowed to send a PROXY header on proxy=yes listeners
+	 * (docs/proxy.md). Reloadable: checked at accept time. */
+	struct proxy_trust proxy_trusted;
 };
 
 /*
@@ -125,6 +159,12 @@ struct config_args {
 	const char *cpus;    /* --cpus */
 	const char *sets[64]; /* -o key=value (repeatable), Postfix master.cf style */
 	size_t nsets;
+	/* The old interface's environment (read by config_parse_args(),
+	 * applied above the defaults and below the file): SMTP_ENABLE_TLS,
+	 * SMTP_TLS_CERT, SMTP_TLS_KEY. NULL = unset. */
+	const char *env_enable_tls;
+	const char *env_tls_cert;
+	const char *env_tls_key;
 };
 
 /* Parse argv. Returns 0, or -1 with a message in err (usage errors).

@@ -83,7 +83,10 @@ struct smtp_conf {
 	uint64_t data_timeout;      /* between two reads inside DATA/BDAT */
 	uint64_t data_end_timeout;  /* end of data to the sink's verdict */
 	uint64_t session_timeout;   /* whole session */
-	bool starttls;              /* advertise STARTTLS (TLS issue; false for now) */
+	/* Offer STARTTLS on every session regardless of the listener (tests
+	 * and fuzzers). The engine leaves it false and sets the policy per
+	 * listener with smtp_session_set_tls_policy(). */
+	bool starttls;
 };
 
 /* Where the client is. Filled by the connection layer (or PROXY header). */
@@ -106,7 +109,16 @@ enum {
 	SMTP_ST_OUTFULL = 1u << 1, /* output lacks SMTP_OUT_MIN room: flush, then feed */
 	SMTP_ST_CLOSE   = 1u << 2, /* close once the output is flushed; feed no more */
 	SMTP_ST_IN_TX   = 1u << 3, /* a MAIL transaction is open (for drain) */
+	/* "220 2.0.0 Ready to start TLS" is in the output: flush it in
+	 * plaintext, discard every input byte until the handshake starts
+	 * (CVE-2011-0411), then call smtp_session_tls_started(). While set,
+	 * smtp_session_feed() consumes and discards everything. */
+	SMTP_ST_STARTTLS = 1u << 4,
 };
+
+/* Longest "TLSv1.3 TLS_AES_256_GCM_SHA384" style TLS description kept by
+ * the session (for Received:). */
+#define SMTP_TLS_INFO_MAX 96
 
 /*
  * Hooks the session calls outward besides the sink. All optional (NULL).
@@ -170,6 +182,13 @@ struct smtp_session {
 	bool carry_long;  /* the carried line overflowed: discard to CRLF */
 	uint8_t carry_bad; /* the carried line holds a bare CR or LF (bits) */
 	bool carry_cr;    /* carry ends in a CR that may pair with the next LF */
+
+	/* TLS (smtp_session_set_tls_policy / smtp_session_tls_started). */
+	bool tls_offer;     /* the listener offers STARTTLS */
+	bool tls_require;   /* tls=required: MAIL needs TLS first (530 5.7.0) */
+	bool tls_active;    /* the session runs over TLS */
+	bool tls_starting;  /* 220 for STARTTLS written: SMTP_ST_STARTTLS */
+	char tls_info[SMTP_TLS_INFO_MAX]; /* "TLSv1.3 TLS_AES_256_GCM_SHA384" */
 
 	/* The open transaction. */
 	struct sink_tx *tx;
@@ -239,6 +258,27 @@ void smtp_session_eof(struct smtp_session *s);
 
 /* Replace the configuration (SIGHUP). */
 void smtp_session_set_conf(struct smtp_session *s, const struct smtp_conf *conf);
+
+/*
+ * TLS facts of the listener, set by the connection after init and before
+ * any input: offer_starttls advertises STARTTLS in EHLO and accepts the
+ * command (tls=starttls|required); require_tls refuses MAIL before TLS with
+ * 530 5.7.0 (tls=required). Neither applies once TLS is active.
+ */
+void smtp_session_set_tls_policy(struct smtp_session *s, bool offer_starttls, bool require_tls);
+
+/*
+ * The TLS handshake finished (after STARTTLS, or before the greeting on an
+ * implicit TLS listener). RFC 3207 4.2: the session forgets everything it
+ * learnt in plaintext (HELO/EHLO, any transaction) and waits for a new
+ * EHLO; STARTTLS is no longer offered; Received: says ESMTPS/UTF8SMTPS
+ * (RFC 3848, RFC 6531) and names version and cipher. Clears
+ * SMTP_ST_STARTTLS. Writes nothing: on an implicit listener the caller
+ * then calls smtp_session_start() for the greeting. Strings are copied
+ * (truncated to SMTP_TLS_INFO_MAX).
+ */
+void smtp_session_tls_started(struct smtp_session *s, const char *version, const char *cipher,
+			      uint64_t now_ns);
 
 /* ---- building blocks, exposed for tests, fuzzing and benchmarks ---- */
 

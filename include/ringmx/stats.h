@@ -49,6 +49,21 @@
 	X(spool_enospc, "spool refusals for lack of disk space (452)")                             \
 	X(spool_memory_full, "messages refused at spool_memory (451)")                             \
 	X(spool_segments, "spool segments created")                                                \
+	X(spool_segments_prezeroed, "spool segments started pre-zeroed (zero-filled ahead of need)") \
+	X(spool_segments_unzeroed, "spool segments started fallocated, not pre-zeroed (none ready in time, oversized record, durability=none)") \
+	X(spool_prezero_errors, "spool segments whose zero-filling failed (fallocate used instead)") \
+	X(proxy_headers_v1, "PROXY v1 headers accepted")                                           \
+	X(proxy_headers_v2, "PROXY v2 headers accepted (LOCAL included)")                          \
+	X(proxy_local, "PROXY v2 LOCAL headers (real peer kept)")                                  \
+	X(proxy_bad, "connections dropped: malformed, oversized or missing PROXY header")         \
+	X(proxy_untrusted, "connections dropped: PROXY listener, peer not in proxy_trusted")      \
+	X(tls_handshakes, "TLS handshakes completed (STARTTLS and implicit)")                      \
+	X(tls_handshake_failures, "TLS handshakes failed (error, timeout or client gone)")        \
+	X(tls_handshake_timeouts, "TLS handshakes cut off at handshake_timeout")                   \
+	X(tls_resumed, "TLS handshakes that resumed a session (ticket)")                           \
+	X(tls_errors, "TLS errors after the handshake (bad record, alert)")                        \
+	X(starttls_injection_discarded, "plaintext pipelined after STARTTLS, discarded (CVE-2011-0411)") \
+	X(tls_ctx_reloads, "certificate sets rebuilt by this worker after SIGHUP")                \
 	X(loop_iterations, "event loop iterations")
 
 struct ringmx_stats {

@@ -454,13 +454,13 @@ test_listen_invalid(void **state)
 	size_t i, o = 0;
 
 	(void)state;
-	bad1("listen", "127.0.0.1:25 tls=implicit",
-	     "tls=implicit is not supported by this build yet");
-	bad1("listen", "127.0.0.1:25 tls=starttls",
-	     "tls=starttls is not supported by this build yet");
-	bad1("listen", "[::1]:25 tls=required", "tls=required is not supported by this build yet");
-	bad1("listen", "127.0.0.1:25 proxy=yes", "proxy=yes is not supported by this build yet");
-	bad1("listen", "127.0.0.1:25 proxy=on", "proxy=yes is not supported by this build yet");
+	/* TLS on a listener needs a certificate (checked after the file). */
+	bad("listen = 127.0.0.1:25 tls=implicit\n",
+	    "listen 127.0.0.1:25: tls=implicit needs a certificate (tls_cert and tls_key)");
+	bad("listen = 127.0.0.1:25 tls=starttls\n",
+	    "listen 127.0.0.1:25: tls=starttls needs a certificate (tls_cert and tls_key)");
+	bad("listen = [::1]:25 tls=required\n",
+	    "listen [::1]:25: tls=required needs a certificate (tls_cert and tls_key)");
 	bad1("listen", "127.0.0.1:25 tls=bogus",
 	     "not one of none, starttls, required, implicit: tls=bogus");
 	bad1("listen", "127.0.0.1:25 proxy=maybe", "not a boolean: proxy=maybe");
@@ -517,6 +517,103 @@ test_listen_replaces_default(void **state)
 	/* ...which may be listed again explicitly. */
 	cfg = ok("listen = 127.0.0.1:2525\nworkers = 1\nlisten = [::1]:2525\n");
 	assert_int_equal(cfg->nlisteners, 2);
+	config_free(cfg);
+}
+
+/* ---- PROXY protocol: proxy=yes and proxy_trusted (docs/proxy.md) ---- */
+
+static void
+want_net(const struct proxy_cidr *c, int fam, const char *addr, unsigned prefix)
+{
+	uint8_t a[16] = {0};
+
+	assert_int_equal(c->family, fam);
+	assert_int_equal(c->prefix, prefix);
+	assert_int_equal(inet_pton(fam, addr, a), 1);
+	assert_memory_equal(c->addr, a, sizeof(a));
+}
+
+static void
+test_proxy_trusted(void **state)
+{
+	char text[4096], err[CONFIG_ERR_MAX];
+	struct config *cfg, *cfg2;
+	size_t o = 0;
+
+	(void)state;
+	/* Defaults: loopback only. */
+	cfg = ok("");
+	assert_int_equal(cfg->proxy_trusted.n, 2);
+	want_net(&cfg->proxy_trusted.net[0], AF_INET, "127.0.0.0", 8);
+	want_net(&cfg->proxy_trusted.net[1], AF_INET6, "::1", 128);
+	config_free(cfg);
+
+	/* proxy=yes is accepted now. */
+	cfg = ok("listen = 127.0.0.1:2526 proxy=yes\nlisten = [::1]:2526 proxy=on tls=none\n"
+		 "listen = 127.0.0.1:2525\n");
+	assert_true(cfg->listeners[0].proxy);
+	assert_true(cfg->listeners[1].proxy);
+	assert_false(cfg->listeners[2].proxy);
+	config_free(cfg);
+	round_trip("listen = 127.0.0.1:2526 proxy=yes\n");
+
+	/* Lists, brackets, bare hosts, blanks and commas; lines append. */
+	cfg = ok("proxy_trusted = 10.0.0.0/8, 192.0.2.7 [2001:db8::]/32,,fd00::/8\n"
+		 "proxy_trusted = 0.0.0.0/0 ::/0 [::1]\n");
+	assert_int_equal(cfg->proxy_trusted.n, 7);
+	want_net(&cfg->proxy_trusted.net[0], AF_INET, "10.0.0.0", 8);
+	want_net(&cfg->proxy_trusted.net[1], AF_INET, "192.0.2.7", 32);
+	want_net(&cfg->proxy_trusted.net[2], AF_INET6, "2001:db8::", 32);
+	want_net(&cfg->proxy_trusted.net[3], AF_INET6, "fd00::", 8);
+	want_net(&cfg->proxy_trusted.net[4], AF_INET, "0.0.0.0", 0);
+	want_net(&cfg->proxy_trusted.net[5], AF_INET6, "::", 0);
+	want_net(&cfg->proxy_trusted.net[6], AF_INET6, "::1", 128);
+	/* Reloadable: a different list is not a restart. */
+	cfg2 = ok("");
+	assert_int_equal(config_check_reload(cfg2, cfg, err), 0);
+	config_free(cfg2);
+	config_free(cfg);
+	round_trip("proxy_trusted = 10.0.0.0/8, [2001:db8::]/32 192.0.2.1\n");
+	cfg = ok("proxy_trusted = [2001:db8::]/32\n");
+	{
+		char *p = print(cfg);
+
+		assert_non_null(strstr(p, "\nproxy_trusted = 2001:db8::/32\n"));
+		free(p);
+	}
+	config_free(cfg);
+
+	bad1("proxy_trusted", "", "empty value");
+	bad1("proxy_trusted", ", ,", "empty list");
+	bad1("proxy_trusted", "10.0.0.1/8", "host bits set in '10.0.0.1/8' (network/8 is meant?)");
+	bad1("proxy_trusted", "2001:db8::1/32",
+	     "host bits set in '2001:db8::1/32' (network/32 is meant?)");
+	bad1("proxy_trusted", "10.0.0.0/33", "not a prefix length: '10.0.0.0/33' (0..32)");
+	bad1("proxy_trusted", "::/129", "not a prefix length: '::/129' (0..128)");
+	bad1("proxy_trusted", "10.0.0.0/", "not a prefix length: '10.0.0.0/' (0..32)");
+	bad1("proxy_trusted", "10.0.0.0/-1", "not a prefix length: '10.0.0.0/-1' (0..32)");
+	bad1("proxy_trusted", "10.0.0.0/8/8", "not a prefix length: '10.0.0.0/8/8' (0..32)");
+	bad1("proxy_trusted", "mx.example.com", "not an IPv4 address: 'mx.example.com'");
+	bad1("proxy_trusted", "010.0.0.0/8", "not an IPv4 address: '010.0.0.0/8'");
+	bad1("proxy_trusted", "[10.0.0.1]", "not an IPv4 address: '[10.0.0.1]'");
+	bad1("proxy_trusted", "[::1", "not a network: '[::1'");
+	bad1("proxy_trusted", "fe80::1%eth0", "not an IPv6 address: 'fe80::1%eth0'");
+	bad1("proxy_trusted", "10.0.0.0/8, 10.0.0.0/8", "network listed twice: '10.0.0.0/8'");
+	bad1("proxy_trusted", "::1 [::1]/128", "network listed twice: '[::1]/128'");
+	bad1("proxy_trusted",
+	     "1111:2222:3333:4444:5555:6666:7777:8888:9999:aaaa:bbbb:cccc:dddd:eeee:ffff/128",
+	     "not a network: '1111:2222:3333:4444:5555:6666:7777:8888:9999:aaaa:bbbb:cccc:dddd...'");
+
+	/* At most PROXY_TRUST_MAX networks. */
+	o = (size_t)snprintf(text, sizeof(text), "proxy_trusted =");
+	for (unsigned i = 0; i < PROXY_TRUST_MAX + 1; i++)
+		o += (size_t)snprintf(text + o, sizeof(text) - o, " 10.0.%u.0/24", i);
+	strcpy(text + o, "\n");
+	bad(text, "t.conf:1: proxy_trusted: too many networks (max 64)");
+	text[o - strlen(" 10.0.64.0/24")] = '\n';
+	text[o - strlen(" 10.0.64.0/24") + 1] = '\0';
+	cfg = ok(text);
+	assert_int_equal(cfg->proxy_trusted.n, PROXY_TRUST_MAX);
 	config_free(cfg);
 }
 
@@ -1074,15 +1171,17 @@ test_cli_errors(void **state)
 		{"-o", "listen=", "-o listen=: empty value"},
 		{"-o", " workers=1", "-o  workers=1: unknown key"},
 		{"-o", "listen=1.2.3.4:25 tls=implicit",
-		 "-o listen=1.2.3.4:25 tls=implicit: tls=implicit is not supported by this build yet"},
+		 "listen 1.2.3.4:25: tls=implicit needs a certificate (tls_cert and tls_key)"},
 		{"-o", "hostname=a\tb", "-o hostname=a\\x09b: not a valid host name: 'a\\x09b'"},
 		{"--workers", "x", "--workers x: not a number: 'x'"},
 		{"--workers", "999", "--workers 999: out of range: '999' (0..256)"},
 		{"--cpus", "4-2", "--cpus 4-2: not a CPU range: '4-2'"},
 		{"--listen", "1.2.3.4", "--listen 1.2.3.4: not ADDRESS:PORT: '1.2.3.4'"},
 		{"--listen", "", "--listen : empty value"},
-		{"--listen", "[::1]:25 proxy=yes",
-		 "--listen [::1]:25 proxy=yes: proxy=yes is not supported by this build yet"},
+		{"--listen", "[::1]:25 proxy=sometimes",
+		 "--listen [::1]:25 proxy=sometimes: not a boolean: proxy=sometimes"},
+		{"-o", "proxy_trusted=10.0.0.1/8",
+		 "-o proxy_trusted=10.0.0.1/8: host bits set in '10.0.0.1/8' (network/8 is meant?)"},
 	};
 	char err[CONFIG_ERR_MAX];
 	struct config_args a;
@@ -1178,7 +1277,8 @@ test_print(void **state)
 	assert_non_null(strstr(p, "\nlisten = 127.0.0.1:2525\nhostname = mx.example\n"
 				  "domains = localhost, example.test\nworkers = 2\n"
 				  "cpus = 1-3,7\nmax_connections = 16384\nrecv_buffers = 4096\n"
-				  "recv_buffer_size = 16384\nlisten_backlog = 4096\nsink = spool\n"
+				  "recv_buffer_size = 16384\nlisten_backlog = 4096\n"
+				  "proxy_trusted = 127.0.0.0/8, ::1/128\nsink = spool\n"
 				  "spool_dir = /var/spool/ringmx\nsegment_size = 67108864\n"
 				  "durability = fsync\ncommit_delay = 1ms\ncommit_size = 1048576\n"
 				  "spool_memory = 268435456\n"
@@ -1316,6 +1416,116 @@ teardown(void **state)
 	return rmdir(tmpdir);
 }
 
+/* ---- native TLS keys (docs/tls.md) ---- */
+
+static void
+test_tls_keys(void **state)
+{
+	char err[CONFIG_ERR_MAX];
+	struct config_args a;
+	struct config *cfg, *c2;
+	char *p;
+
+	(void)state;
+	cfg = ok("");
+	assert_string_equal(cfg->tls.cert, "");
+	assert_int_equal(cfg->tls.min_version, 12);
+	assert_true(cfg->tls.session_tickets);
+	assert_int_equal(cfg->tls.handshake_timeout, S(30));
+	assert_int_equal(cfg->listeners[0].tls, LISTENER_TLS_NONE);
+	config_free(cfg);
+
+	/* A certificate turns STARTTLS on for listeners without tls=. */
+	cfg = ok("tls_cert = /etc/c.pem\ntls_key = /etc/k.pem\nlisten = 127.0.0.1:25\n"
+		 "listen = 127.0.0.1:465 tls=implicit\nlisten = 127.0.0.1:26 tls=none\n"
+		 "listen = 127.0.0.1:587 tls=required\n"
+		 "tls_sni = Mail.Example.org /c1 /k1\ntls_sni = *.example.net /c2 /k2\n"
+		 "tls_min_version = 1.3\ntls_session_tickets = no\nhandshake_timeout = 10s\n"
+		 "tls_ciphers = TLS13-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384\n");
+	assert_int_equal(cfg->listeners[0].tls, LISTENER_TLS_STARTTLS);
+	assert_int_equal(cfg->listeners[1].tls, LISTENER_TLS_IMPLICIT);
+	assert_int_equal(cfg->listeners[2].tls, LISTENER_TLS_NONE);
+	assert_int_equal(cfg->listeners[3].tls, LISTENER_TLS_REQUIRED);
+	assert_int_equal(cfg->tls.nsni, 2);
+	assert_string_equal(cfg->tls.sni[0].name, "mail.example.org");
+	assert_string_equal(cfg->tls.sni[1].name, "*.example.net");
+	assert_string_equal(cfg->tls.sni[1].key, "/k2");
+	assert_int_equal(cfg->tls.min_version, 13);
+	assert_false(cfg->tls.session_tickets);
+	assert_int_equal(cfg->tls.handshake_timeout, S(10));
+	p = print(cfg);
+	assert_non_null(strstr(p, "listen = 127.0.0.1:25 tls=starttls\n"));
+	assert_non_null(strstr(p, "listen = 127.0.0.1:26 tls=none\n"));
+	assert_non_null(strstr(p, "tls_cert = /etc/c.pem\ntls_key = /etc/k.pem\n"
+				  "tls_sni = mail.example.org /c1 /k1\n"
+				  "tls_sni = *.example.net /c2 /k2\ntls_min_version = 1.3\n"
+				  "tls_ciphers = TLS13-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384\n"
+				  "tls_session_tickets = no\nhandshake_timeout = 10s\n"));
+	c2 = config_load_string("printed", p, strlen(p), NULL, err);
+	assert_non_null(c2);
+	assert_int_equal(c2->listeners[0].tls, LISTENER_TLS_STARTTLS);
+	assert_int_equal(c2->tls.nsni, 2);
+	/* Changing files, versions or tickets is a reload; dropping the
+	 * certificate is not (it changes the listeners' default). */
+	assert_int_equal(config_check_reload(cfg, c2, err), 0);
+	config_free(c2);
+	free(p);
+	c2 = ok("listen = 127.0.0.1:25\nlisten = 127.0.0.1:465\nlisten = 127.0.0.1:26\n"
+		"listen = 127.0.0.1:587\n");
+	assert_int_equal(config_check_reload(cfg, c2, err), -1);
+	assert_string_equal(err, "tls_cert: adding or removing the certificate changes the "
+				 "listeners' TLS; restart ringmxd");
+	config_free(c2);
+	config_free(cfg);
+
+	bad("tls_cert = /c\n", "tls_key: missing (tls_cert is set)");
+	bad("tls_key = /k\n", "tls_cert: missing (tls_key is set)");
+	bad("tls_sni = a.example /c /k\n", "tls_sni: needs a default certificate (tls_cert, tls_key)");
+	bad1("tls_min_version", "1.1", "not one of 1.2, 1.3: '1.1'");
+	bad1("tls_min_version", "1.0", "not one of 1.2, 1.3: '1.0'");
+	bad1("tls_sni", "a.example /c", "expected 'NAME CERTFILE KEYFILE': 'a.example /c'");
+	bad1("tls_sni", "bad_name /c /k", "not a host name or *.domain: 'bad_name'");
+	bad1("tls_session_tickets", "maybe", "not a boolean: 'maybe'");
+	bad1("tls_ciphers", "AES GCM", "not a cipher list: 'AES GCM'");
+	bad1("handshake_timeout", "0", "out of range: '0' (1s..1h)");
+	bad("tls_cert = /c\ntls_key = /k\ntls_sni = a.example /c /k\ntls_sni = A.example /d /e\n",
+	    "t.conf:4: tls_sni: name listed twice: 'A.example'");
+
+	/* The old interface: defaults < environment < file < command line. */
+	memset(&a, 0, sizeof(a));
+	a.env_tls_cert = "/env/c.pem";
+	a.env_tls_key = "/env/k.pem";
+	cfg = load_args("", &a, err);
+	assert_non_null(cfg);
+	assert_string_equal(cfg->tls.cert, "/env/c.pem");
+	assert_int_equal(cfg->listeners[0].tls, LISTENER_TLS_STARTTLS);
+	config_free(cfg);
+	cfg = load_args("tls_cert = /file/c.pem\n", &a, err);
+	assert_non_null(cfg);
+	assert_string_equal(cfg->tls.cert, "/file/c.pem");
+	assert_string_equal(cfg->tls.key, "/env/k.pem");
+	config_free(cfg);
+	a.sets[a.nsets++] = "tls_cert=/cli/c.pem";
+	cfg = load_args("tls_cert = /file/c.pem\n", &a, err);
+	assert_non_null(cfg);
+	assert_string_equal(cfg->tls.cert, "/cli/c.pem");
+	config_free(cfg);
+	a.nsets = 0;
+	a.env_enable_tls = "false";
+	cfg = load_args("", &a, err);
+	assert_non_null(cfg);
+	assert_int_equal(cfg->listeners[0].tls, LISTENER_TLS_NONE);
+	config_free(cfg);
+	memset(&a, 0, sizeof(a));
+	a.env_enable_tls = "true";
+	assert_null(load_args("", &a, err));
+	assert_string_equal(err, "SMTP_ENABLE_TLS=true: no certificate (set SMTP_TLS_CERT and "
+				 "SMTP_TLS_KEY, or tls_cert and tls_key)");
+	a.env_enable_tls = "sometimes";
+	assert_null(load_args("", &a, err));
+	assert_string_equal(err, "SMTP_ENABLE_TLS sometimes: not a boolean");
+}
+
 int
 main(void)
 {
@@ -1328,6 +1538,7 @@ main(void)
 		cmocka_unit_test(test_listen_valid),
 		cmocka_unit_test(test_listen_invalid),
 		cmocka_unit_test(test_listen_replaces_default),
+		cmocka_unit_test(test_proxy_trusted),
 		cmocka_unit_test(test_hostname),
 		cmocka_unit_test(test_domains),
 		cmocka_unit_test(test_domains_many),
@@ -1344,6 +1555,7 @@ main(void)
 		cmocka_unit_test(test_print),
 		cmocka_unit_test(test_reload_check),
 		cmocka_unit_test(test_usage),
+		cmocka_unit_test(test_tls_keys),
 		cmocka_unit_test(test_example_file),
 	};
 

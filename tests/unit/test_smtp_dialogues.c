@@ -33,7 +33,8 @@
  *   ! conf KEY=VALUE ...  before the first flight: size, rcpt_limit,
  *                         error_limit, junk_limit, bare_newline=reject|normalize,
  *                         starttls=0|1, greeting_timeout, command_timeout,
- *                         data_timeout, data_end_timeout, session_timeout (s)
+ *                         data_timeout, data_end_timeout, session_timeout (s),
+ *                         tls_offer=0|1, tls_require=0|1 (smtp_session_set_tls_policy)
  *   ! out N               output buffer capacity (default 8192)
  *   ! whole-only          the result depends on feed boundaries (the DATA
  *                         synchronization rule): run mode (a) only
@@ -45,7 +46,8 @@
  *   ! deadline S          assert the deadline is S seconds from now (or "none")
  *   ! shutdown [force]    smtp_session_shutdown()
  *   ! eof                 smtp_session_eof()
- *   ! status FLAGS        assert smtp_session_status(): none or PAUSED|CLOSE|IN_TX
+ *   ! status FLAGS        assert smtp_session_status(): none or PAUSED|CLOSE|IN_TX|STARTTLS
+ *   ! tls_started V C     smtp_session_tls_started(version V, cipher C)
  *   ! stat NAME=N         assert a struct ringmx_stats counter
  * The greeting is sent (smtp_session_start) before the first non-conf item.
  */
@@ -87,6 +89,7 @@ struct op {
 struct dlg {
 	char name[256];
 	struct smtp_conf conf;
+	bool tls_offer, tls_require; /* smtp_session_set_tls_policy() */
 	size_t out_cap;
 	bool whole_only;
 	size_t nops;
@@ -206,6 +209,10 @@ conf_set(struct dlg *d, const char *kv, int line)
 		d->conf.junk_limit = (unsigned)v;
 	else if (strcmp(key, "starttls") == 0)
 		d->conf.starttls = v != 0;
+	else if (strcmp(key, "tls_offer") == 0)
+		d->tls_offer = v != 0;
+	else if (strcmp(key, "tls_require") == 0)
+		d->tls_require = v != 0;
 	else if (strcmp(key, "greeting_timeout") == 0)
 		d->conf.greeting_timeout = v * NS;
 	else if (strcmp(key, "command_timeout") == 0)
@@ -542,6 +549,8 @@ directive(struct run *r, const char *t, int line)
 			want |= SMTP_ST_IN_TX;
 		if (strstr(t, "OUTFULL"))
 			want |= SMTP_ST_OUTFULL;
+		if (strstr(t, "STARTTLS"))
+			want |= SMTP_ST_STARTTLS;
 		if (got != want)
 			fail_msg("%s:%d (%s): status %#x, want %#x", d->name, line, mode_name(r), got,
 				 want);
@@ -557,6 +566,11 @@ directive(struct run *r, const char *t, int line)
 		if (got != want)
 			fail_msg("%s:%d (%s): %s = %llu, want %llu", d->name, line, mode_name(r), name,
 				 got, want);
+	} else if (strncmp(t, "tls_started ", 12) == 0) {
+		char ver[32], cipher[64];
+		if (sscanf(t + 12, "%31s %63s", ver, cipher) != 2)
+			fail_msg("%s:%d: bad tls_started directive", d->name, line);
+		smtp_session_tls_started(&r->s, ver, cipher, r->now);
 	} else if (strcmp(t, "flush") == 0) {
 		/* only ends a flight */
 	} else {
@@ -604,6 +618,7 @@ run_dialogue(const struct dlg *d, enum mode mode, size_t split, struct run *r)
 
 	smtp_session_init(&r->s, &d->conf, &r->peer, &r->out, &r->sink, &tsink_hooks, r->ts,
 			  &r->stats, r->now, WALL0);
+	smtp_session_set_tls_policy(&r->s, d->tls_offer, d->tls_require);
 	for (size_t i = 0; i < d->nops; i++) {
 		const struct op *o = &d->ops[i];
 		const char *t = d->text + o->off;

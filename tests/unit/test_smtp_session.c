@@ -322,6 +322,94 @@ test_set_conf(void **state)
 	free(f);
 }
 
+
+/* After STARTTLS and the handshake, Received: says ESMTPS and names the
+ * TLS version and cipher (RFC 3848; Postfix's "(using ...)" comment). */
+static void
+test_received_tls(void **state)
+{
+	struct fx *f = fx_new();
+	char rec[1024];
+
+	(void)state;
+	fx_start(f);
+	smtp_session_set_tls_policy(&f->s, true, false);
+	fx_sends(f, "EHLO client.example\r\nSTARTTLS\r\n");
+	assert_true(smtp_session_status(&f->s) & SMTP_ST_STARTTLS);
+	smtp_session_tls_started(&f->s, "TLSv1.3", "TLS_AES_256_GCM_SHA384", 0);
+	assert_false(smtp_session_status(&f->s) & SMTP_ST_STARTTLS);
+	assert_string_equal(f->s.helo, "");
+	fx_sends(f, "EHLO client.example\r\nMAIL FROM:<a@c.example>\r\nRCPT TO:<b@example.test>\r\n");
+	fx_sends(f, "DATA\r\n");
+	received_of(f, rec, sizeof rec);
+	assert_string_equal(rec, "Received: from client.example ([192.0.2.1])\r\n"
+				 "\t(using TLSv1.3 with cipher TLS_AES_256_GCM_SHA384)\r\n"
+				 "\tby mx.example.test (ringmx) with ESMTPS id Q0001\r\n"
+				 "\tfor <b@example.test>; Sat, 28 Nov 2026 12:53:05 +0000\r\n");
+	free(f);
+}
+
+/* Implicit TLS with SMTPUTF8: UTF8SMTPS; HELO over TLS: SMTPS. */
+static void
+test_received_tls_utf8_and_helo(void **state)
+{
+	struct fx *f = fx_new();
+	char rec[1024];
+
+	(void)state;
+	smtp_session_init(&f->s, &f->conf, &f->peer, &f->out, &f->sink, &tsink_hooks, &f->ts,
+			  &f->st, 0, WALL0);
+	smtp_session_tls_started(&f->s, "TLSv1.2", "ECDHE-RSA-AES128-GCM-SHA256", 0);
+	smtp_session_start(&f->s);
+	fx_sends(f, "EHLO h\r\nMAIL FROM:<\xc3\xa9@c.example> SMTPUTF8\r\n"
+		    "RCPT TO:<b@example.test>\r\nDATA\r\n");
+	received_of(f, rec, sizeof rec);
+	assert_non_null(strstr(rec, "\t(using TLSv1.2 with cipher ECDHE-RSA-AES128-GCM-SHA256)\r\n"
+				    "\tby mx.example.test (ringmx) with UTF8SMTPS id Q0001\r\n"));
+	/* EHLO over TLS offers no STARTTLS even with the policy on. */
+	smtp_session_set_tls_policy(&f->s, true, false);
+	fx_sends(f, ".\r\n");
+	f->tlen = 0;
+	f->ts.datalen = 0; /* the second message's Received: */
+	fx_sends(f, "EHLO h\r\n");
+	f->transcript[f->tlen] = '\0';
+	assert_non_null(strstr(f->transcript, "250 CHUNKING"));
+	assert_null(strstr(f->transcript, "STARTTLS"));
+	fx_sends(f, "HELO h\r\nMAIL FROM:<a@c.example>\r\nRCPT TO:<b@example.test>\r\n"
+		    "RCPT TO:<c@example.test>\r\nDATA\r\n");
+	received_of(f, rec, sizeof rec);
+	assert_non_null(strstr(rec, "with SMTPS id Q0002;"));
+	free(f);
+}
+
+/* CVE-2011-0411: what follows STARTTLS in the same feed is discarded and
+ * counted; later feeds before the handshake are consumed and ignored. */
+static void
+test_starttls_injection(void **state)
+{
+	struct fx *f = fx_new();
+	static const char burst[] = "EHLO c\r\nSTARTTLS\r\nMAIL FROM:<x@evil.example>\r\nNOOP\r\n";
+
+	(void)state;
+	fx_start(f);
+	smtp_session_set_tls_policy(&f->s, true, false);
+	f->tlen = 0;
+	assert_int_equal(smtp_session_feed(&f->s, burst, sizeof burst - 1, 0, WALL0), sizeof burst - 1);
+	fx_flush(f);
+	f->transcript[f->tlen] = '\0';
+	assert_non_null(strstr(f->transcript, "250 CHUNKING\r\n220 2.0.0 Ready to start TLS\r\n"));
+	assert_null(strstr(f->transcript + 300, "250 2.0.0 Ok"));
+	assert_int_equal(f->st.starttls_injection_discarded, 1);
+	assert_int_equal(f->s.counts.mail, 0);
+	assert_int_equal(f->s.counts.noop, 0);
+	assert_int_equal(smtp_session_feed(&f->s, "NOOP\r\n", 6, 0, WALL0), 6);
+	assert_int_equal(f->out.len, 0);
+	assert_int_equal(f->s.counts.noop, 0);
+	assert_int_equal(f->ts.nopen, 0);
+	assert_true(smtp_session_status(&f->s) & SMTP_ST_STARTTLS);
+	free(f);
+}
+
 int
 main(void)
 {
@@ -337,6 +425,9 @@ main(void)
 		cmocka_unit_test(test_tick_without_room),
 		cmocka_unit_test(test_late_verdict_ignored),
 		cmocka_unit_test(test_set_conf),
+		cmocka_unit_test(test_received_tls),
+		cmocka_unit_test(test_received_tls_utf8_and_helo),
+		cmocka_unit_test(test_starttls_injection),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,83 @@
+/*
+ * tls.h - native TLS contexts (wolfSSL): certificate loading and start-up
+ * validation, one set of WOLFSSL_CTX per worker (default certificate plus
+ * SNI names), and reload. The per-connection side (memory I/O callbacks,
+ * handshake, record layer) is in engine/conn.c, section "TLS stage".
+ * Operator documentation: docs/tls.md.
+ *
+ * Ownership rules
+ *  - wolfSSL_Init()/wolfSSL_Cleanup() are called once, by main
+ *    (tls_global_init/tls_global_fini).
+ *  - tls_check() runs on the main thread only (start-up, -t, SIGHUP). It
+ *    reads the files, reports the first problem as one line, and logs a
+ *    warning for a certificate that expires within TLS_EXPIRY_WARN_DAYS.
+ *  - A struct tls_set belongs to one worker thread: it is built there
+ *    (tls_set_new), used only there and freed there. Its reference count
+ *    is therefore a plain integer, not an atomic: the worker holds one
+ *    reference for new sessions, every TLS connection holds one for its
+ *    WOLFSSL object. After a reload the worker drops its reference to the
+ *    old set; the set (and its CTXs) is freed when the last connection
+ *    that was accepted under it closes, so open sessions keep their
+ *    certificate and new ones get the new one.
+ *  - No locks on the hot path: the server-side session cache is off (TLS
+ *    1.2 and 1.3 resume through stateless tickets), and CTXs are never
+ *    shared between threads.
+ */
+#ifndef RINGMX_TLS_H
+#define RINGMX_TLS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ringmx/config.h"
+
+/* wolfSSL's types, without its headers in every includer. */
+struct WOLFSSL;
+struct WOLFSSL_CTX;
+
+#define TLS_EXPIRY_WARN_DAYS 30
+/* Largest certificate or key file read (a fullchain is a few KiB). */
+#define TLS_FILE_MAX (1u << 20)
+
+struct tls_set;
+
+/* I/O callbacks installed on every WOLFSSL object created from a set
+ * (wolfio.h CallbackIORecv/CallbackIOSend; ctx is the connection). */
+typedef int tls_io_fn(struct WOLFSSL *ssl, char *buf, int sz, void *ctx);
+
+/* main: wolfSSL_Init() once. Returns 0 or -1. */
+int tls_global_init(void);
+void tls_global_fini(void);
+/* Every thread that ran handshakes, before it exits (wolfSSL's per-thread
+ * ECC caches). */
+void tls_thread_fini(void);
+
+/*
+ * main thread: validate every file named in t (tls_cert/tls_key and each
+ * tls_sni triple) and that wolfSSL accepts the resulting contexts
+ * (ciphers, key match). now_wall is time(NULL). Returns 0, or -1 with one
+ * line in err, e.g.
+ *   "tls_cert: /x/cert.pem: Permission denied (mode 0600, owner root)"
+ *   "tls_key: /x/key.pem: private key does not match the certificate in /x/cert.pem"
+ * A configuration without tls_cert passes trivially.
+ */
+int tls_check(const struct tls_conf *t, int64_t now_wall, char *err, size_t errlen);
+
+/* worker thread: build the contexts for t. NULL with err on failure. The
+ * new set has one reference (the caller's). */
+struct tls_set *tls_set_new(const struct tls_conf *t, tls_io_fn *recv, tls_io_fn *send,
+			    char *err, size_t errlen);
+void tls_set_ref(struct tls_set *s);
+/* NULL is allowed; frees the set and its CTXs at zero. */
+void tls_set_unref(struct tls_set *s);
+
+/* A new server-side WOLFSSL on the set's default context (SNI may switch
+ * it to another context of the same set during the handshake), with the
+ * memory I/O callbacks pointed at io_ctx. NULL on allocation failure. */
+struct WOLFSSL *tls_set_ssl(struct tls_set *s, void *io_ctx);
+
+/* "reason" text for a wolfSSL error code, for log lines. */
+const char *tls_strerror(int err, char *buf, size_t len);
+
+#endif
