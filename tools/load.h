@@ -1,9 +1,11 @@
 /*
  * tools/load.h - shared declarations of ringmx-load, the io_uring SMTP load client.
  *
- * Ownership: ringmx-load (issue 4). Included only by tools/ringmx-load.c (options,
- * threads, report) and tools/load_*.c (load_engine.c: ring loop and SMTP client;
- * load_msg.c: body templates, address patterns, FNV-1a; load_hist.c: latency histogram).
+ * Ownership: ringmx-load (issue 4; TLS from issue 5). Included only by
+ * tools/ringmx-load.c (options, threads, report) and tools/load_*.c (load_engine.c:
+ * ring loop and SMTP client; load_tls.c: wolfSSL over memory I/O; load_msg.c: body
+ * templates, address patterns, FNV-1a; load_hist.c: latency histogram). wolfSSL types
+ * appear here only as opaque pointers, so only load_tls.c includes wolfSSL.
  * Nothing in engine/ depends on it.
  *
  * Invariants: everything here is set up by the main thread before the worker threads
@@ -30,6 +32,7 @@
 #define LOAD_EHLO_MAX 200
 
 enum load_proxy { LOAD_PROXY_NONE, LOAD_PROXY_V1, LOAD_PROXY_V2 };
+enum load_tls_mode { LOAD_TLS_NONE, LOAD_TLS_STARTTLS, LOAD_TLS_IMPLICIT };
 
 struct load_addr {
 	struct sockaddr_storage ss;
@@ -58,6 +61,13 @@ struct load_opts {
 	bool bdat;
 	double rate;           /* messages/s over all threads; 0 = closed loop */
 	enum load_proxy proxy;
+	enum load_tls_mode tls;
+	int tls_version;       /* 0: negotiate 1.2 or 1.3; 12 or 13: only that one */
+	bool tls_resume;       /* keep each slot's session and offer it on reconnect */
+	const char *tls_verify;/* CA file; NULL = no certificate verification */
+	const char *sni;
+	const char *tls_ciphers;
+	const char *tls_groups;
 	struct load_addr targets[LOAD_MAX_TARGETS];
 	unsigned ntargets;
 	bool source_set;       /* --source: bind to src_base .. src_base+src_count-1 */
@@ -112,6 +122,14 @@ uint64_t hist_percentile(const struct load_hist *h, double q);
 
 #define LOAD_CODES 600
 
+/* "TLSv1.3 TLS13-CHACHA20-POLY1305-SHA256 X25519": version, cipher, key exchange group
+ * of completed handshakes, with counts. */
+#define LOAD_TLS_SEEN 8
+struct load_tls_seen {
+	char name[96];
+	uint64_t n;
+};
+
 struct load_stats {
 	uint64_t attempted;      /* messages whose MAIL was written */
 	uint64_t accepted;       /* final reply 2xx */
@@ -130,8 +148,16 @@ struct load_stats {
 	uint64_t short_sends;
 	uint64_t lockstep_sessions; /* --pipelining on, but the server did not offer it */
 	uint64_t stale_cqes;       /* CQEs for an older incarnation of a connection slot */
+	uint64_t tls_handshakes;   /* completed */
+	uint64_t tls_failures;     /* handshakes that did not complete (error, EOF, timeout) */
+	uint64_t tls_resumed;      /* completed handshakes that resumed a session */
 	uint64_t codes[LOAD_CODES]; /* the reply code that decided each message */
 	struct load_hist hist;
+	/* Not summed by the generic counter merge (ringmx-load.c merges them by hand). */
+	struct load_hist tls_hist;  /* handshake time: ClientHello written to Finished */
+	struct load_tls_seen tls_seen[LOAD_TLS_SEEN];
+	unsigned tls_nseen;
+	char tls_error[160];        /* first handshake/TLS failure reason */
 };
 
 struct load_thread {
@@ -173,5 +199,30 @@ int load_body_build(struct load_body *b, uint64_t min, uint64_t max);
 void load_body_free(struct load_body *b);
 uint64_t load_fnv1a64(uint64_t h, const void *p, size_t n);
 #define LOAD_FNV_INIT 0xcbf29ce484222325ull
+
+/* load_tls.c: per-connection TLS state, embedded in the engine's connection. */
+struct WOLFSSL;
+struct WOLFSSL_SESSION;
+struct load_tls {
+	struct WOLFSSL *ssl;     /* NULL: this connection is plaintext (now) */
+	const char *in;          /* ciphertext not yet pulled by wolfSSL: a view into the */
+	size_t in_len;           /* provided buffer being handled, valid during one CQE */
+	char *out;               /* ciphertext for the ring; [0, out_busy) is in flight */
+	size_t out_len, out_cap, out_busy, out_sent;
+	bool hs_done;
+	uint64_t hs_start;       /* ns: first ClientHello written */
+	struct WOLFSSL_SESSION *sess; /* --tls-resume: last resumable session of this slot */
+};
+int load_tls_init(const struct load_opts *o, char *err, size_t errlen);
+void load_tls_cleanup(void);
+void *load_tls_ctx_new(const struct load_opts *o, char *err, size_t errlen);
+void load_tls_ctx_free(void *ctx);
+int load_tls_start(void *ctx, struct load_tls *t, const struct load_opts *o);
+int load_tls_handshake(struct load_tls *t, char *err, size_t errlen); /* 1 done, 0 more, -1 */
+long load_tls_read(struct load_tls *t, char *buf, size_t cap, char *err, size_t errlen);
+int load_tls_write(struct load_tls *t, const void *p, size_t n, char *err, size_t errlen);
+void load_tls_describe(const struct load_tls *t, char *buf, size_t n, bool *resumed);
+void load_tls_end(struct load_tls *t, bool keep_session);
+void load_tls_forget(struct load_tls *t);
 
 #endif

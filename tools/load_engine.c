@@ -33,10 +33,15 @@
  * next MAIL/RCPT/DATA or QUIT]. MSG_WAITALL lets the kernel retry short sends (proxy.c
  * submit_send); a short completion is still handled by advancing the iovecs.
  *
- * TLS extension point (a later issue): conn_feed() is the single entry for received
- * plaintext and conn_submit_send() the single exit for output. A TLS layer decrypts
- * recv buffers into conn_feed() and encrypts the iovecs of conn_submit_send() into a
- * per-connection ciphertext buffer; nothing else in this file touches socket bytes.
+ * TLS (--tls, --starttls; issue 5) sits at the two ends and nowhere else: conn_feed()
+ * is the single entry for received plaintext and conn_submit_send() the single exit
+ * for output. On a TLS connection (c->tls.ssl set) tls_on_data() hands the provided
+ * buffer to wolfSSL as a view (load_tls.c), decrypts into a per-thread plaintext
+ * buffer and calls conn_feed(); conn_submit_send() encrypts the same iovecs the
+ * plaintext path would sendmsg() into the connection's ciphertext buffer, at most
+ * TLS_OUT_TARGET bytes ahead of the socket (a 64 KiB body streams through in pieces,
+ * so the buffer stays small), and tls_kick() sends that buffer. The plaintext path is
+ * unchanged: one pointer test per CQE and per reply line, no copies.
  */
 #include "load.h"
 
@@ -65,6 +70,11 @@
 #define BACKOFF_NS 200000000ull
 #define TICK_NS 20000000ull   /* housekeeping period: timeouts are checked this often */
 #define NS 1000000000ull
+#define TLS_REC 16384u        /* max TLS plaintext record: full records, fewest AEAD calls */
+#define TLS_OUT_TARGET 32768u /* encrypt ahead of the socket at most this much */
+/* The target, plus one record that may start just below it, plus handshake and alert
+ * slack: wolfSSL's send callback then never sees a full buffer. */
+#define TLS_OUT_CAP (TLS_OUT_TARGET + TLS_REC + 4096u)
 
 enum op { OP_CONNECT = 1, OP_RECV, OP_SEND, OP_CANCEL, OP_CLOSE };
 
@@ -77,7 +87,7 @@ static inline uint64_t ud_make(enum op op, uint32_t gen, uint32_t idx)
 
 enum exp {
 	EXP_GREETING = 1, EXP_EHLO, EXP_HELO, EXP_RSET, EXP_MAIL, EXP_RCPT,
-	EXP_DATA, EXP_DOT, EXP_BDAT, EXP_QUIT,
+	EXP_DATA, EXP_DOT, EXP_BDAT, EXP_QUIT, EXP_STARTTLS,
 };
 #define EXP_SLOT 0x80u /* message slot (0/1) of MAIL..DOT/BDAT expectations */
 
@@ -86,11 +96,11 @@ enum exp {
 enum {
 	OUT_PROXY = 1 << 0, OUT_EHLO = 1 << 1, OUT_HELO = 1 << 2, OUT_BODY = 1 << 3,
 	OUT_RSET = 1 << 4, OUT_NEXT = 1 << 5, OUT_RCPT = 1 << 6, OUT_DATA = 1 << 7,
-	OUT_QUIT = 1 << 8,
+	OUT_QUIT = 1 << 8, OUT_STARTTLS = 1 << 9,
 };
 
 enum phase { P_FREE, P_CONNECTING, P_OPEN, P_CLOSING, P_RETIRED };
-enum why { WHY_OK, WHY_CONNECT, WHY_SESSION, WHY_TIMEOUT, WHY_DISCONNECT, WHY_PROTOCOL };
+enum why { WHY_OK, WHY_CONNECT, WHY_SESSION, WHY_TIMEOUT, WHY_DISCONNECT, WHY_PROTOCOL, WHY_TLS };
 
 struct msg {
 	uint64_t seq;      /* thread-local; id is ringmx-load.PID.THREAD.SEQ */
@@ -108,6 +118,7 @@ struct conn {
 	enum phase phase;
 	bool connecting, recv_armed, send_inflight;
 	bool dirty, idle, waiting, rearm, reserved, quit_sent, ehlo_ok, pipe, cap_pipe, cap_chunk, in_reply;
+	bool cap_starttls, starttls_go, tls_sending;
 	unsigned out_flags;
 	unsigned target, src_next;
 	unsigned consec_fail;
@@ -129,7 +140,8 @@ struct conn {
 	char hdr[HDR_CAP];
 	struct iovec iov[4];
 	struct msghdr mh;
-	size_t out_total, out_done;
+	size_t out_total, out_done; /* under TLS: plaintext bytes encrypted so far */
+	struct load_tls tls;
 };
 
 struct eng {
@@ -160,6 +172,9 @@ struct eng {
 	time_t date_sec;
 	char *man;        /* --verify manifest lines, flushed in batches */
 	size_t man_len;
+	void *tls_ctx;    /* WOLFSSL_CTX of this thread (--tls/--starttls) */
+	char *tls_rd;     /* decrypted replies, parsed before the next read */
+	char *tls_wr;     /* small iovecs gathered into one record */
 };
 
 #define MAN_CAP 65536u
@@ -309,6 +324,17 @@ static unsigned exp_head(const struct conn *c)
 
 static void conn_connect(struct eng *e, struct conn *c);
 static void conn_close(struct eng *e, struct conn *c, enum why why);
+static void tls_begin(struct eng *e, struct conn *c);
+static void put_proxy(struct eng *e, struct conn *c, struct wbuf *w);
+
+/* The first TLS failure reason of the thread, for the summary; later ones are counted
+ * only. */
+static void tls_note(struct eng *e, const char *what, const char *detail)
+{
+	struct load_stats *st = &e->t->st;
+	if (!st->tls_error[0])
+		snprintf(st->tls_error, sizeof(st->tls_error), "%s%s", what, detail);
+}
 
 static void conn_retire(struct eng *e, struct conn *c)
 {
@@ -371,11 +397,25 @@ static void conn_close(struct eng *e, struct conn *c, enum why why)
 	case WHY_TIMEOUT: st->timeouts++; break;
 	case WHY_DISCONNECT: st->disconnects++; break;
 	case WHY_PROTOCOL: st->protocol_errors++; break;
+	case WHY_TLS: c->consec_fail++; break; /* counted as tls_failures below */
 	}
 	/* A session that dies before EHLO succeeded consumed no message budget; count it
 	 * toward retiring the slot, or a mute or black-holed target is retried forever. */
 	if ((why == WHY_TIMEOUT || why == WHY_DISCONNECT || why == WHY_PROTOCOL) && !c->ehlo_ok)
 		c->consec_fail++;
+	if (c->tls.ssl) {
+		if (!c->tls.hs_done) {
+			/* Whatever ended it (alert, EOF, timeout), the handshake did not finish. */
+			st->tls_failures++;
+			if (why == WHY_TIMEOUT)
+				tls_note(e, "handshake timed out", "");
+			else if (why == WHY_DISCONNECT)
+				tls_note(e, "connection closed during the handshake", "");
+		}
+		/* Nothing below reads from wolfSSL again; an in-flight send uses c->tls.out,
+		 * which is ours and lives as long as the slot. */
+		load_tls_end(&c->tls, e->o->tls_resume);
+	}
 	msg_fail_all(e, c);
 	c->phase = P_CLOSING;
 	c->deadline = 0;
@@ -464,8 +504,22 @@ static void conn_on_connect(struct eng *e, struct conn *c, int res)
 	c->msgs_started = 0;
 	c->out_flags = 0;
 	c->deadline = 0;
+	c->cap_starttls = c->starttls_go = false;
+	c->out_total = c->out_done = 0;
+	c->tls.out_len = c->tls.out_busy = c->tls.out_sent = 0;
 	conn_arm_recv(e, c);
-	exp_push(e, c, EXP_GREETING);
+	exp_push(e, c, EXP_GREETING); /* under implicit TLS it arrives after the handshake */
+	if (e->o->tls == LOAD_TLS_IMPLICIT) {
+		/* The PROXY header goes first and in the clear, then the ClientHello; both
+		 * leave in one send. */
+		if (e->o->proxy != LOAD_PROXY_NONE) {
+			struct wbuf w = { c->tls.out, 0, c->tls.out_cap };
+			put_proxy(e, c, &w);
+			c->tls.out_len = w.len;
+		}
+		tls_begin(e, c);
+		return;
+	}
 	if (e->o->proxy != LOAD_PROXY_NONE) {
 		c->out_flags |= OUT_PROXY;
 		dirty_push(e, c);
@@ -682,12 +736,128 @@ static void put_proxy(struct eng *e, struct conn *c, struct wbuf *w)
 	wb_put(w, &dp, 2);
 }
 
-static void conn_submit_send(struct eng *e, struct conn *c)
+/* Drops the first n bytes of the pending iovecs (after a short send, or once they are
+ * encrypted). */
+static void iov_skip(struct conn *c, size_t skip)
+{
+	while (skip && c->mh.msg_iovlen) {
+		struct iovec *v = c->mh.msg_iov;
+		if (skip >= v->iov_len) {
+			skip -= v->iov_len;
+			c->mh.msg_iov++;
+			c->mh.msg_iovlen--;
+		} else {
+			v->iov_base = (char *)v->iov_base + skip;
+			v->iov_len -= skip;
+			skip = 0;
+		}
+	}
+}
+
+/* ---- TLS output: plaintext iovecs -> wolfSSL -> c->tls.out -> one send ---- */
+
+static void tls_send_sqe(struct eng *e, struct conn *c)
+{
+	struct load_tls *t = &c->tls;
+	struct io_uring_sqe *sqe = eng_sqe(e);
+	io_uring_prep_send(sqe, c->fd, t->out + t->out_sent, t->out_busy - t->out_sent,
+	                   MSG_NOSIGNAL | MSG_WAITALL);
+	io_uring_sqe_set_data64(sqe, ud_make(OP_SEND, c->gen, c->idx));
+	c->send_inflight = true;
+	c->tls_sending = true;
+}
+
+/* Sends whatever ciphertext is queued, unless a send is already in flight (its
+ * completion calls this again). */
+static void tls_kick(struct eng *e, struct conn *c)
+{
+	struct load_tls *t = &c->tls;
+	if (c->send_inflight || t->out_len == 0 || c->phase != P_OPEN)
+		return;
+	t->out_busy = t->out_len;
+	t->out_sent = 0;
+	tls_send_sqe(e, c);
+}
+
+/* Encrypts pending plaintext while the ciphertext buffer is below its target. Small
+ * iovecs (commands, headers, the tail) are gathered into one record; a long run of the
+ * body template is encrypted straight from the template. Returns false if the
+ * connection was closed. */
+static bool tls_pump(struct eng *e, struct conn *c)
+{
+	struct load_tls *t = &c->tls;
+	while (c->out_done < c->out_total && t->out_len < TLS_OUT_TARGET) {
+		const struct iovec *v = c->mh.msg_iov;
+		const char *p;
+		size_t n;
+		if (v->iov_len >= TLS_REC || c->mh.msg_iovlen == 1) {
+			n = v->iov_len < TLS_REC ? v->iov_len : TLS_REC;
+			p = v->iov_base;
+			iov_skip(c, n);
+		} else {
+			n = 0;
+			while (n < TLS_REC && c->mh.msg_iovlen) {
+				v = c->mh.msg_iov;
+				size_t take = v->iov_len < TLS_REC - n ? v->iov_len : TLS_REC - n;
+				memcpy(e->tls_wr + n, v->iov_base, take);
+				iov_skip(c, take);
+				n += take;
+			}
+			p = e->tls_wr;
+		}
+		char err[128];
+		if (load_tls_write(t, p, n, err, sizeof(err)) < 0) {
+			tls_note(e, "wolfSSL_write: ", err);
+			conn_close(e, c, WHY_PROTOCOL);
+			return false;
+		}
+		c->out_done += n;
+	}
+	return true;
+}
+
+static void plain_send(struct eng *e, struct conn *c)
 {
 	struct io_uring_sqe *sqe = eng_sqe(e);
 	io_uring_prep_sendmsg(sqe, c->fd, &c->mh, MSG_NOSIGNAL | MSG_WAITALL);
 	io_uring_sqe_set_data64(sqe, ud_make(OP_SEND, c->gen, c->idx));
 	c->send_inflight = true;
+}
+
+/* The single exit for output (see the TLS note at the top). */
+static void conn_submit_send(struct eng *e, struct conn *c)
+{
+	if (c->tls.ssl) {
+		if (tls_pump(e, c))
+			tls_kick(e, c);
+		return;
+	}
+	plain_send(e, c);
+}
+
+/* Output is still being produced: the plaintext send is in flight, or under TLS not
+ * all plaintext is encrypted yet (the iovecs and c->hdr are still referenced). */
+static bool conn_out_busy(const struct conn *c)
+{
+	return c->tls.ssl ? c->out_done < c->out_total : c->send_inflight;
+}
+
+/* Starts the client handshake: after connect (--tls) or after 220 to STARTTLS. The
+ * ClientHello is queued behind anything already in c->tls.out (a PROXY header). */
+static void tls_begin(struct eng *e, struct conn *c)
+{
+	if (load_tls_start(e->tls_ctx, &c->tls, e->o) < 0)
+		die_oom();
+	c->tls.hs_start = e->now;
+	if (exp_empty(c)) /* STARTTLS: no reply is awaited, bound the handshake itself */
+		c->deadline = e->now + (uint64_t)(e->o->timeout * (double)NS);
+	char err[128];
+	if (load_tls_handshake(&c->tls, err, sizeof(err)) < 0) {
+		tls_note(e, "handshake: ", err);
+		conn_close(e, c, WHY_TLS);
+		return;
+	}
+	tls_kick(e, c);
 }
 
 /* Body placement: iov[1] = unique headers, iov[2] = template prefix, and the variant's
@@ -746,7 +916,7 @@ static void conn_flush(struct eng *e, struct conn *c)
 {
 	const struct load_opts *o = e->o;
 	c->dirty = false;
-	if (c->phase != P_OPEN || c->send_inflight || !c->out_flags)
+	if (c->phase != P_OPEN || conn_out_busy(c) || !c->out_flags)
 		return;
 	unsigned f = c->out_flags;
 	c->out_flags = 0;
@@ -768,6 +938,10 @@ static void conn_flush(struct eng *e, struct conn *c)
 		wb_put(w, o->ehlo, strlen(o->ehlo));
 		WB_LIT(w, "\r\n");
 		exp_push(e, c, EXP_HELO);
+	}
+	if (f & OUT_STARTTLS) {
+		WB_LIT(w, "STARTTLS\r\n"); /* last of its group (RFC 3207, RFC 2920) */
+		exp_push(e, c, EXP_STARTTLS);
 	}
 	if (f & OUT_BODY) {
 		struct msg *m = &c->msg[c->body_slot];
@@ -913,6 +1087,17 @@ static void conn_reply(struct eng *e, struct conn *c, int code, const char *text
 			c->out_flags |= OUT_QUIT;
 			break;
 		}
+		if (e->o->tls == LOAD_TLS_STARTTLS && !c->tls.ssl) {
+			/* Like --bdat: measuring plaintext when TLS was asked for would be a
+			 * silent lie, so a server without STARTTLS ends the run (exit 2). */
+			if (!c->cap_starttls) {
+				fatal_capability(e, c, "server does not advertise STARTTLS (RFC 3207); --starttls needs it");
+				c->out_flags |= OUT_QUIT;
+			} else {
+				c->out_flags |= OUT_STARTTLS;
+			}
+			break;
+		}
 		c->consec_fail = 0;
 		c->ehlo_ok = true;
 		c->pipe = e->o->pipelining && c->cap_pipe;
@@ -985,6 +1170,21 @@ static void conn_reply(struct eng *e, struct conn *c, int code, const char *text
 	case EXP_QUIT:
 		conn_close(e, c, c->consec_fail ? WHY_SESSION : WHY_OK);
 		return;
+	case EXP_STARTTLS:
+		if (code == 220) {
+			c->starttls_go = true; /* conn_feed starts the handshake after this line */
+		} else {
+			char why[80];
+			snprintf(why, sizeof(why), "%d %.60s", code, text);
+			for (char *q = why; *q; q++)
+				if ((unsigned char)*q < ' ')
+					*q = ' ';
+			tls_note(e, "STARTTLS refused: ", why);
+			st->session_errors++;
+			c->consec_fail++;
+			c->out_flags |= OUT_QUIT;
+		}
+		break;
 	}
 	if (c->out_flags)
 		dirty_push(e, c);
@@ -1000,6 +1200,8 @@ static void ehlo_keyword(struct conn *c, const char *s, size_t n)
 		c->cap_pipe = true;
 	else if (k == 8 && strncasecmp(s, "CHUNKING", 8) == 0)
 		c->cap_chunk = true;
+	else if (k == 8 && strncasecmp(s, "STARTTLS", 8) == 0)
+		c->cap_starttls = true;
 }
 
 static void conn_line(struct eng *e, struct conn *c, const char *l, size_t n)
@@ -1048,7 +1250,112 @@ static void conn_feed(struct eng *e, struct conn *c, const char *p, size_t n)
 		}
 		p += len;
 		n -= len;
+		if (c->starttls_go) {
+			c->starttls_go = false;
+			/* The server must wait for our ClientHello. Bytes after its 220 were
+			 * written before TLS, and reading them as the first TLS bytes would
+			 * be the client side of response injection (CVE-2011-0411). */
+			if (n || c->line_len) {
+				tls_note(e, "server sent data after its 220 reply to STARTTLS", "");
+				conn_close(e, c, WHY_PROTOCOL);
+				return;
+			}
+			tls_begin(e, c);
+			return;
+		}
 	}
+}
+
+/* ---- TLS input ---- */
+
+static void tls_seen(struct load_stats *st, const char *name)
+{
+	for (unsigned i = 0; i < st->tls_nseen; i++) {
+		if (!strcmp(st->tls_seen[i].name, name)) {
+			st->tls_seen[i].n++;
+			return;
+		}
+	}
+	if (st->tls_nseen < LOAD_TLS_SEEN) {
+		snprintf(st->tls_seen[st->tls_nseen].name, sizeof(st->tls_seen[0].name), "%s", name);
+		st->tls_seen[st->tls_nseen++].n = 1;
+	}
+}
+
+static void tls_handshake_done(struct eng *e, struct conn *c)
+{
+	struct load_stats *st = &e->t->st;
+	char name[sizeof(st->tls_seen[0].name)];
+	bool resumed;
+	st->tls_handshakes++;
+	hist_record(&st->tls_hist, e->now > c->tls.hs_start ? e->now - c->tls.hs_start : 0);
+	load_tls_describe(&c->tls, name, sizeof(name), &resumed);
+	if (resumed)
+		st->tls_resumed++;
+	tls_seen(st, name);
+	if (e->o->tls == LOAD_TLS_STARTTLS) {
+		/* RFC 3207 4.2: forget everything learnt before TLS and ask again. */
+		c->cap_pipe = c->cap_chunk = c->cap_starttls = false;
+		c->out_flags |= OUT_EHLO;
+		dirty_push(e, c);
+	}
+}
+
+static void conn_eof(struct eng *e, struct conn *c)
+{
+	bool quitting = exp_empty(c) || (exp_head(c) & ~EXP_SLOT) == EXP_QUIT;
+	conn_close(e, c, quitting && !c->msg[0].live && !c->msg[1].live ? WHY_OK : WHY_DISCONNECT);
+}
+
+/* Ciphertext from the ring: wolfSSL reads it through the view (load_tls.c io_recv)
+ * until it wants more, which leaves the view empty, so the caller can return the
+ * provided buffer right after. */
+static void tls_on_data(struct eng *e, struct conn *c, const char *p, size_t n)
+{
+	struct load_tls *t = &c->tls;
+	char err[128];
+	t->in = p;
+	t->in_len = n;
+	if (!t->hs_done) {
+		int r = load_tls_handshake(t, err, sizeof(err));
+		if (r < 0) {
+			tls_note(e, "handshake: ", err);
+			conn_close(e, c, WHY_TLS);
+			return;
+		}
+		if (r == 0) {
+			tls_kick(e, c);
+			t->in = NULL;
+			t->in_len = 0;
+			return;
+		}
+		tls_handshake_done(e, c);
+	}
+	for (;;) {
+		long k = load_tls_read(t, e->tls_rd, TLS_REC, err, sizeof(err));
+		if (k > 0) {
+			conn_feed(e, c, e->tls_rd, (size_t)k);
+			if (c->phase != P_OPEN || !c->tls.ssl)
+				return; /* closed (and the WOLFSSL freed) while parsing */
+			continue;
+		}
+		if (k == 0)
+			break;
+		if (k == -2) { /* close_notify: the same as a TCP FIN */
+			conn_eof(e, c);
+			return;
+		}
+		tls_note(e, "wolfSSL_read: ", err);
+		conn_close(e, c, WHY_PROTOCOL);
+		return;
+	}
+	if (t->in_len) { /* wolfSSL stopped early: those bytes would be lost */
+		tls_note(e, "wolfSSL left received bytes unread", "");
+		conn_close(e, c, WHY_PROTOCOL);
+		return;
+	}
+	t->in = NULL;
+	tls_kick(e, c); /* alerts or key updates wolfSSL wrote while reading */
 }
 
 /* ---- CQE handlers ---- */
@@ -1068,9 +1375,14 @@ static void conn_on_recv(struct eng *e, struct conn *c, struct io_uring_cqe *cqe
 		c->recv_armed = false;
 	if (cqe->flags & IORING_CQE_F_BUFFER) {
 		unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
-		if (res > 0 && c->phase == P_OPEN)
-			conn_feed(e, c, e->bufs + (size_t)bid * RECV_BUF_SIZE, (size_t)res);
-		buf_recycle(e, bid); /* parsed (or carried): back to the ring at once */
+		if (res > 0 && c->phase == P_OPEN) {
+			const char *p = e->bufs + (size_t)bid * RECV_BUF_SIZE;
+			if (c->tls.ssl)
+				tls_on_data(e, c, p, (size_t)res);
+			else
+				conn_feed(e, c, p, (size_t)res);
+		}
+		buf_recycle(e, bid); /* parsed, carried or pulled by wolfSSL: back to the ring */
 	}
 	if (c->phase != P_OPEN)
 		return;
@@ -1085,20 +1397,48 @@ static void conn_on_recv(struct eng *e, struct conn *c, struct io_uring_cqe *cqe
 		return;
 	}
 	if (res == 0) {
-		bool quitting = exp_empty(c) || (exp_head(c) & ~EXP_SLOT) == EXP_QUIT;
-		conn_close(e, c, quitting && !c->msg[0].live && !c->msg[1].live ? WHY_OK : WHY_DISCONNECT);
+		conn_eof(e, c);
 		return;
 	}
 	conn_close(e, c, WHY_DISCONNECT);
 }
 
+/* A ciphertext send completed: drop what went out, encrypt more of the pending
+ * plaintext, send again. */
+static void tls_on_send(struct eng *e, struct conn *c, int res)
+{
+	struct load_tls *t = &c->tls;
+	e->t->st.bytes_out += (uint64_t)res;
+	t->out_sent += (size_t)res;
+	if (t->out_sent < t->out_busy) {
+		e->t->st.short_sends++;
+		tls_send_sqe(e, c);
+		return;
+	}
+	/* Ciphertext queued while the send was in flight moves to the front. */
+	memmove(t->out, t->out + t->out_busy, t->out_len - t->out_busy);
+	t->out_len -= t->out_busy;
+	t->out_busy = t->out_sent = 0;
+	if (!tls_pump(e, c))
+		return;
+	tls_kick(e, c);
+	if (!conn_out_busy(c) && c->out_flags)
+		dirty_push(e, c);
+}
+
 static void conn_on_send(struct eng *e, struct conn *c, int res)
 {
+	bool tls = c->tls_sending;
 	c->send_inflight = false;
+	c->tls_sending = false;
 	if (c->phase != P_OPEN)
 		return;
 	if (res < 0) {
 		conn_close(e, c, WHY_DISCONNECT);
+		return;
+	}
+	if (tls) {
+		tls_on_send(e, c, res);
 		return;
 	}
 	e->t->st.bytes_out += (uint64_t)res;
@@ -1106,22 +1446,12 @@ static void conn_on_send(struct eng *e, struct conn *c, int res)
 	if (c->out_done < c->out_total) {
 		/* Short send despite MSG_WAITALL (e.g. a signal): skip what went out. */
 		e->t->st.short_sends++;
-		size_t skip = (size_t)res;
-		while (skip && c->mh.msg_iovlen) {
-			struct iovec *v = c->mh.msg_iov;
-			if (skip >= v->iov_len) {
-				skip -= v->iov_len;
-				c->mh.msg_iov++;
-				c->mh.msg_iovlen--;
-			} else {
-				v->iov_base = (char *)v->iov_base + skip;
-				v->iov_len -= skip;
-				skip = 0;
-			}
-		}
-		conn_submit_send(e, c);
+		iov_skip(c, (size_t)res);
+		plain_send(e, c);
 		return;
 	}
+	if (c->tls.ssl) /* the STARTTLS line went out after the 220 came in: send the hello */
+		tls_kick(e, c);
 	if (c->out_flags)
 		dirty_push(e, c);
 }
@@ -1312,6 +1642,13 @@ static void eng_conns_init(struct eng *e)
 		c->post = c->pre + cmd_cap;
 		c->exp = (uint8_t *)c->post + cmd_cap;
 		c->exp_mask = exp_cap - 1;
+		if (o->tls != LOAD_TLS_NONE) {
+			/* ~52 KiB per TLS connection, on top of wolfSSL's own buffers. */
+			c->tls.out = malloc(TLS_OUT_CAP);
+			if (!c->tls.out)
+				die_oom();
+			c->tls.out_cap = TLS_OUT_CAP;
+		}
 	}
 }
 
@@ -1322,11 +1659,15 @@ static void eng_fini(struct eng *e)
 		munmap(e->br, e->br_map_len);
 	}
 	io_uring_queue_exit(&e->ring);
-	for (unsigned i = 0; i < e->n; i++) {
+	for (unsigned i = 0; e->conns && i < e->n; i++) {
 		if (e->conns[i].fd >= 0)
 			close(e->conns[i].fd);
 		free(e->conns[i].pre);
+		load_tls_forget(&e->conns[i].tls);
+		free(e->conns[i].tls.out);
 	}
+	load_tls_ctx_free(e->tls_ctx);
+	free(e->tls_rd);
 	free(e->conns);
 	free(e->dirty);
 	free(e->rearm);
@@ -1408,6 +1749,7 @@ void *load_thread_main(void *arg)
 	e->idpfx_len = (size_t)snprintf(e->idpfx, sizeof(e->idpfx), "ringmx-load.%d.%u.",
 	                                (int)load_run.pid, t->id);
 	hist_init(&t->st.hist);
+	hist_init(&t->st.tls_hist);
 	if (load_run.manifest_fd >= 0 && !(e->man = malloc(MAN_CAP)))
 		die_oom();
 	eng_pin(t);
@@ -1422,6 +1764,21 @@ void *load_thread_main(void *arg)
 		eng_fini(e);
 		free(e);
 		return NULL;
+	}
+	if (e->o->tls != LOAD_TLS_NONE) {
+		/* Per thread: no CTX state is shared, so nothing on the hot path locks. */
+		e->tls_ctx = load_tls_ctx_new(e->o, t->fatal_msg, sizeof(t->fatal_msg));
+		e->tls_rd = malloc(2 * TLS_REC);
+		if (!e->tls_rd)
+			die_oom();
+		e->tls_wr = e->tls_rd + TLS_REC;
+		if (!e->tls_ctx) {
+			t->fatal = 2;
+			__atomic_store_n(&load_run.stop, 1, __ATOMIC_RELAXED);
+			eng_fini(e);
+			free(e);
+			return NULL;
+		}
 	}
 	eng_conns_init(e);
 	e->now = load_now_ns();

@@ -2,15 +2,16 @@
  * tools/ringmx-load.c - ringmx-load, an io_uring SMTP load client: command line,
  * worker threads, progress line and the final report (text and JSON).
  *
- * Ownership: ringmx-load (issue 4). The protocol engine is in load_engine.c (one ring
- * per worker thread), message material in load_msg.c, the latency histogram in
- * load_hist.c; shared declarations in load.h. See docs/ringmx-load.md for usage and
+ * Ownership: ringmx-load (issue 4; TLS options from issue 5). The protocol engine is
+ * in load_engine.c (one ring per worker thread), the wolfSSL client in load_tls.c,
+ * message material in load_msg.c, the latency histogram in load_hist.c; shared
+ * declarations in load.h. See docs/ringmx-load.md for usage and
  * measurements against Postfix smtp-sink/smtp-source.
  *
  * Exit status: 0 all messages accepted; 1 some message was not accepted (unless
  * --expect-reject) or there were connect errors, timeouts, disconnects or protocol
- * errors; 2 usage error, setup failure, or a missing server capability (--bdat without
- * CHUNKING).
+ * errors, or TLS handshakes failed; 2 usage error, setup failure, or a missing server
+ * capability (--bdat without CHUNKING, --starttls without STARTTLS).
  */
 #include "load.h"
 
@@ -53,7 +54,15 @@ static void usage(FILE *f)
 	"      --to PATTERN        recipients, %%d = sequence (default rcpt%%d@example.test)\n"
 	"      --pipelining on|off RFC 2920 pipelining when offered (default on)\n"
 	"      --bdat              RFC 3030 BDAT LAST instead of DATA (needs CHUNKING)\n"
-	"      --proxy v1|v2       send a PROXY protocol header first\n"
+	"      --proxy v1|v2       send a PROXY protocol header first (in the clear, before TLS)\n"
+	"      --starttls          EHLO, STARTTLS, TLS handshake, EHLO again, then mail\n"
+	"      --tls               implicit TLS (port 465 style): handshake, then the greeting\n"
+	"      --tls-version V     1.2 or 1.3 only (default: negotiate, at least 1.2)\n"
+	"      --tls-resume        resume each connection slot's last session on reconnect\n"
+	"      --tls-verify CAFILE verify the server certificate (default: no verification)\n"
+	"      --sni NAME          send SNI NAME (and check it with --tls-verify)\n"
+	"      --tls-ciphers LIST  wolfSSL cipher list, e.g. TLS13-CHACHA20-POLY1305-SHA256\n"
+	"      --tls-groups LIST   key exchange groups, e.g. X25519:P-256\n"
 	"      --rate N            open loop: start N messages/s; latency from intended start\n"
 	"      --source A[-B]      bind to IPv4 loopback source addresses A..B, round-robin\n"
 	"      --ehlo NAME         EHLO argument (default ringmx-load.test)\n"
@@ -219,6 +228,8 @@ static void parse_target(const char *s)
 enum {
 	O_PER_CONN = 256, O_RCPTS, O_FROM, O_TO, O_PIPELINING, O_BDAT, O_PROXY, O_RATE, O_SOURCE,
 	O_EHLO, O_TIMEOUT, O_CPUS, O_EXPECT_REJECT, O_JSON, O_VERIFY, O_VERSION,
+	O_STARTTLS, O_TLS, O_TLS_VERSION, O_TLS_RESUME, O_TLS_VERIFY, O_SNI, O_TLS_CIPHERS,
+	O_TLS_GROUPS,
 };
 
 static const struct option long_opts[] = {
@@ -233,6 +244,14 @@ static const struct option long_opts[] = {
 	{ "pipelining", required_argument, NULL, O_PIPELINING },
 	{ "bdat", no_argument, NULL, O_BDAT },
 	{ "proxy", required_argument, NULL, O_PROXY },
+	{ "starttls", no_argument, NULL, O_STARTTLS },
+	{ "tls", no_argument, NULL, O_TLS },
+	{ "tls-version", required_argument, NULL, O_TLS_VERSION },
+	{ "tls-resume", no_argument, NULL, O_TLS_RESUME },
+	{ "tls-verify", required_argument, NULL, O_TLS_VERIFY },
+	{ "sni", required_argument, NULL, O_SNI },
+	{ "tls-ciphers", required_argument, NULL, O_TLS_CIPHERS },
+	{ "tls-groups", required_argument, NULL, O_TLS_GROUPS },
 	{ "rate", required_argument, NULL, O_RATE },
 	{ "source", required_argument, NULL, O_SOURCE },
 	{ "ehlo", required_argument, NULL, O_EHLO },
@@ -260,6 +279,7 @@ static void parse_args(int argc, char **argv)
 	load_pattern_parse(&opts.from, "load%d@ringmx-load.test");
 	load_pattern_parse(&opts.to, "rcpt%d@example.test");
 	bool messages_set = false;
+	const char *tls_opt = NULL; /* a --tls-* option seen, for the "needs --tls" check */
 	int ch;
 	while ((ch = getopt_long(argc, argv, "c:m:d:s:t:qh", long_opts, NULL)) != -1) {
 		switch (ch) {
@@ -294,6 +314,38 @@ static void parse_args(int argc, char **argv)
 			else
 				fail_usage("--proxy takes v1 or v2, not '%s'", optarg);
 			break;
+		case O_STARTTLS:
+		case O_TLS: {
+			enum load_tls_mode m = ch == O_TLS ? LOAD_TLS_IMPLICIT : LOAD_TLS_STARTTLS;
+			if (opts.tls != LOAD_TLS_NONE && opts.tls != m)
+				fail_usage("%s", "--tls and --starttls exclude each other");
+			opts.tls = m;
+			break;
+		}
+		case O_TLS_VERSION:
+			if (!strcmp(optarg, "1.2"))
+				opts.tls_version = 12;
+			else if (!strcmp(optarg, "1.3"))
+				opts.tls_version = 13;
+			else
+				fail_usage("--tls-version takes 1.2 or 1.3, not '%s'", optarg);
+			tls_opt = "--tls-version";
+			break;
+		case O_TLS_RESUME: opts.tls_resume = true; tls_opt = "--tls-resume"; break;
+		case O_TLS_VERIFY: opts.tls_verify = optarg; tls_opt = "--tls-verify"; break;
+		case O_SNI:
+			if (!*optarg || strlen(optarg) > 253 || strpbrk(optarg, " \r\n\t"))
+				fail_usage("bad --sni '%s'", optarg);
+			opts.sni = optarg;
+			tls_opt = "--sni";
+			break;
+		case O_TLS_CIPHERS: opts.tls_ciphers = optarg; tls_opt = "--tls-ciphers"; break;
+		case O_TLS_GROUPS:
+			if (strlen(optarg) > 200)
+				fail_usage("--tls-groups too long: '%s'", optarg);
+			opts.tls_groups = optarg;
+			tls_opt = "--tls-groups";
+			break;
 		case O_RATE: opts.rate = parse_pos_double(optarg, "--rate"); break;
 		case O_SOURCE: parse_source(optarg); break;
 		case O_EHLO:
@@ -325,6 +377,8 @@ static void parse_args(int argc, char **argv)
 		opts.messages = 10000;
 	if (messages_set && opts.messages == 0)
 		fail_usage("%s", "--messages must be at least 1");
+	if (tls_opt && opts.tls == LOAD_TLS_NONE)
+		fail_usage("%s needs --tls or --starttls", tls_opt);
 	if (opts.source_set) {
 		for (unsigned i = 0; i < opts.ntargets; i++)
 			if (opts.targets[i].ss.ss_family != AF_INET)
@@ -402,6 +456,7 @@ struct summary {
 
 static const double pct_q[] = { 0.50, 0.90, 0.99, 0.999 };
 static const char *pct_name[] = { "p50", "p90", "p99", "p99.9" };
+static const char *tls_mode_name[] = { "none", "starttls", "implicit" };
 
 static void print_text(const struct summary *s)
 {
@@ -422,6 +477,9 @@ static void print_text(const struct summary *s)
 		fprintf(f, ", %u msg/conn", opts.per_conn);
 	if (opts.rate > 0)
 		fprintf(f, ", rate %.0f/s", opts.rate);
+	if (opts.tls != LOAD_TLS_NONE)
+		fprintf(f, ", %s%s", opts.tls == LOAD_TLS_IMPLICIT ? "implicit TLS" : "STARTTLS",
+		        opts.tls_resume ? " with resumption" : "");
 	fprintf(f, "\n");
 	fprintf(f, "  messages     %llu attempted, %llu accepted, %llu rejected, %llu failed",
 	        (unsigned long long)st->attempted, (unsigned long long)st->accepted,
@@ -450,6 +508,21 @@ static void print_text(const struct summary *s)
 	        (unsigned long long)st->connections, (unsigned long long)st->connect_errors,
 	        (unsigned long long)st->timeouts, (unsigned long long)st->disconnects,
 	        (unsigned long long)st->protocol_errors, (unsigned long long)st->session_errors);
+	if (opts.tls != LOAD_TLS_NONE) {
+		fprintf(f, "  tls          %llu handshakes (%llu resumed, %llu full), %llu failed%s\n",
+		        (unsigned long long)st->tls_handshakes, (unsigned long long)st->tls_resumed,
+		        (unsigned long long)(st->tls_handshakes - st->tls_resumed),
+		        (unsigned long long)st->tls_failures,
+		        opts.tls_verify ? "" : ", certificates not verified");
+		fprintf(f, "  handshake    p50 %.3f ms  p99 %.3f ms  max %.3f ms  (ClientHello to Finished)\n",
+		        (double)hist_percentile(&st->tls_hist, 0.50) / 1e6,
+		        (double)hist_percentile(&st->tls_hist, 0.99) / 1e6, (double)st->tls_hist.max / 1e6);
+		for (unsigned i = 0; i < st->tls_nseen; i++)
+			fprintf(f, "  negotiated   %s: %llu\n", st->tls_seen[i].name,
+			        (unsigned long long)st->tls_seen[i].n);
+		if (st->tls_error[0])
+			fprintf(f, "  tls error    %s\n", st->tls_error);
+	}
 	if (st->rcpt_rejected)
 		fprintf(f, "  recipients   %llu refused\n", (unsigned long long)st->rcpt_rejected);
 	fprintf(f, "  cpu          %.3f s (user %.3f, sys %.3f), %.2f us/message\n", s->cpu,
@@ -459,6 +532,51 @@ static void print_text(const struct summary *s)
 		        (unsigned long long)st->lockstep_sessions);
 	if (st->enobufs)
 		fprintf(f, "  note         %llu ENOBUFS re-arms of multishot recv\n", (unsigned long long)st->enobufs);
+}
+
+static void json_str(FILE *f, const char *p)
+{
+	fputc('"', f);
+	for (; *p; p++) {
+		if (*p == '"' || *p == '\\')
+			fprintf(f, "\\%c", *p);
+		else if ((unsigned char)*p < ' ')
+			fprintf(f, "\\u%04x", (unsigned char)*p);
+		else
+			fputc(*p, f);
+	}
+	fputc('"', f);
+}
+
+static void write_json_tls(FILE *f, const struct load_stats *st)
+{
+	if (opts.tls == LOAD_TLS_NONE) {
+		fprintf(f, "\"tls\":null,");
+		return;
+	}
+	fprintf(f, "\"tls\":{\"mode\":\"%s\",\"handshakes\":%llu,\"handshake_failures\":%llu,"
+	        "\"resumed\":%llu,\"full\":%llu,\"verified\":%s,\"handshake_us\":{",
+	        tls_mode_name[opts.tls], (unsigned long long)st->tls_handshakes,
+	        (unsigned long long)st->tls_failures, (unsigned long long)st->tls_resumed,
+	        (unsigned long long)(st->tls_handshakes - st->tls_resumed),
+	        opts.tls_verify ? "true" : "false");
+	for (unsigned i = 0; i < 4; i++)
+		fprintf(f, "\"%s\":%.1f,", pct_name[i], (double)hist_percentile(&st->tls_hist, pct_q[i]) / 1e3);
+	fprintf(f, "\"max\":%.1f,\"mean\":%.1f,\"count\":%llu},\"negotiated\":{",
+	        (double)st->tls_hist.max / 1e3,
+	        st->tls_hist.count ? (double)st->tls_hist.sum / (double)st->tls_hist.count / 1e3 : 0.0,
+	        (unsigned long long)st->tls_hist.count);
+	for (unsigned i = 0; i < st->tls_nseen; i++) {
+		fprintf(f, "%s", i ? "," : "");
+		json_str(f, st->tls_seen[i].name);
+		fprintf(f, ":%llu", (unsigned long long)st->tls_seen[i].n);
+	}
+	fprintf(f, "},\"error\":");
+	if (st->tls_error[0])
+		json_str(f, st->tls_error);
+	else
+		fprintf(f, "null");
+	fprintf(f, "},");
 }
 
 static void write_json(const struct summary *s)
@@ -480,7 +598,20 @@ static void write_json(const struct summary *s)
 	        (int)opts.proxy, opts.rate);
 	for (unsigned i = 0; i < opts.ntargets; i++)
 		fprintf(f, "%s\"%s\"", i ? "," : "", opts.targets[i].text);
-	fprintf(f, "]},");
+	fprintf(f, "],\"tls\":\"%s\",\"tls_version\":\"%s\",\"tls_resume\":%s,\"sni\":",
+	        tls_mode_name[opts.tls],
+	        opts.tls_version == 12 ? "1.2" : opts.tls_version == 13 ? "1.3" : "any",
+	        opts.tls_resume ? "true" : "false");
+	if (opts.sni)
+		json_str(f, opts.sni);
+	else
+		fprintf(f, "null");
+	fprintf(f, ",\"tls_ciphers\":");
+	if (opts.tls_ciphers)
+		json_str(f, opts.tls_ciphers);
+	else
+		fprintf(f, "null");
+	fprintf(f, "},");
 	fprintf(f, "\"requested\":%llu,", (unsigned long long)opts.messages);
 	fprintf(f, "\"messages\":%llu,\"accepted\":%llu,\"rejected\":%llu,\"failed\":%llu,",
 	        (unsigned long long)st->attempted, (unsigned long long)st->accepted,
@@ -511,15 +642,13 @@ static void write_json(const struct summary *s)
 	        (unsigned long long)st->disconnects, (unsigned long long)st->protocol_errors,
 	        (unsigned long long)st->session_errors, (unsigned long long)st->lockstep_sessions,
 	        (unsigned long long)st->enobufs);
+	write_json_tls(f, st);
 	fprintf(f, "\"cpu_s\":%.6f,\"cpu_user_s\":%.6f,\"cpu_sys_s\":%.6f,\"cpu_us_per_msg\":%.3f,",
 	        s->cpu, s->cpu_user, s->cpu_sys,
 	        st->attempted ? s->cpu * 1e6 / (double)st->attempted : 0.0);
 	fprintf(f, "\"error\":");
 	if (s->fatal) {
-		fputc('"', f);
-		for (const char *p = s->fatal_msg; *p; p++)
-			fprintf(f, *p == '"' || *p == '\\' ? "\\%c" : "%c", *p);
-		fputc('"', f);
+		json_str(f, s->fatal_msg);
 	} else {
 		fprintf(f, "null");
 	}
@@ -539,6 +668,21 @@ static void merge_stats(struct load_stats *dst, const struct load_stats *src)
 	for (size_t i = 0; i < n; i++)
 		d[i] += s[i];
 	hist_merge(&dst->hist, &src->hist);
+	hist_merge(&dst->tls_hist, &src->tls_hist);
+	for (unsigned i = 0; i < src->tls_nseen; i++) {
+		unsigned j = 0;
+		while (j < dst->tls_nseen && strcmp(dst->tls_seen[j].name, src->tls_seen[i].name))
+			j++;
+		if (j == dst->tls_nseen) {
+			if (j == LOAD_TLS_SEEN)
+				continue;
+			dst->tls_seen[dst->tls_nseen++] = src->tls_seen[i];
+		} else {
+			dst->tls_seen[j].n += src->tls_seen[i].n;
+		}
+	}
+	if (!dst->tls_error[0])
+		memcpy(dst->tls_error, src->tls_error, sizeof(dst->tls_error));
 }
 
 int main(int argc, char **argv)
@@ -553,6 +697,13 @@ int main(int argc, char **argv)
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGTERM, &sa, NULL);
 
+	if (opts.tls != LOAD_TLS_NONE) {
+		char err[256];
+		if (load_tls_init(&opts, err, sizeof(err)) < 0) {
+			fprintf(stderr, "ringmx-load: %s\n", err);
+			return 2;
+		}
+	}
 	if (load_body_build(&body, opts.size_min, opts.size_max) < 0) {
 		fprintf(stderr, "ringmx-load: cannot allocate a %llu-byte body template\n",
 		        (unsigned long long)opts.size_max);
@@ -593,6 +744,7 @@ int main(int argc, char **argv)
 		}
 		t->cpu = opts.ncpus ? opts.cpus[i % opts.ncpus] : -1;
 		hist_init(&t->st.hist);
+		hist_init(&t->st.tls_hist);
 		int rc = pthread_create(&t->th, NULL, thread_entry, t);
 		if (rc) {
 			fprintf(stderr, "ringmx-load: pthread_create: %s\n", strerror(rc));
@@ -617,6 +769,7 @@ int main(int argc, char **argv)
 	struct summary s;
 	memset(&s, 0, sizeof(s));
 	hist_init(&s.st.hist);
+	hist_init(&s.st.tls_hist);
 	uint64_t t1 = load_run.t0_ns;
 	for (unsigned i = 0; i < opts.threads; i++) {
 		pthread_join(threads[i].th, NULL);
@@ -647,11 +800,14 @@ int main(int argc, char **argv)
 		close(load_run.manifest_fd);
 	load_body_free(&body);
 	free(threads);
+	if (opts.tls != LOAD_TLS_NONE)
+		load_tls_cleanup();
 
 	if (s.fatal)
 		return 2;
 	const struct load_stats *st = &s.st;
-	if (st->failed || st->connect_errors || st->timeouts || st->disconnects || st->protocol_errors)
+	if (st->failed || st->connect_errors || st->timeouts || st->disconnects || st->protocol_errors ||
+	    st->tls_failures)
 		return 1;
 	if (!opts.expect_reject && (st->accepted < st->attempted || st->session_errors))
 		return 1;

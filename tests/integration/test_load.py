@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""tests/integration/test_load.py - end-to-end checks of ringmx-load (issue 4).
+"""tests/integration/test_load.py - end-to-end checks of ringmx-load (issues 4 and 5).
 
-Ownership: ringmx-load (issue 4). Standalone: exit 0 pass, 1 fail, 77 skip (no
+Ownership: ringmx-load (issue 4; TLS checks from issue 5). Standalone: exit 0 pass, 1 fail, 77 skip (no
 /usr/sbin/smtp-sink); the last line printed is "N passed, M failed".
 
 What it pins:
@@ -17,7 +17,20 @@ What it pins:
     manifest's queue ids are the ones the server issued;
   * rejections (smtp-sink -r RCPT, a server answering 550) exit 1, or 0 with
     --expect-reject; a server that never greets exits 1 with a timeout; a closed port
-    exits 1 with connect errors; --rate/--duration runs stay bounded.
+    exits 1 with connect errors; --rate/--duration runs stay bounded;
+  * TLS (issue 5), against the same check server speaking Python `ssl` with a throw-away
+    self-signed P-256 certificate: --tls and --starttls (with PROXY v1/v2 in the clear
+    first, BDAT, TLS 1.2 and 1.3, 10-70k bodies that stream through several records)
+    deliver every message intact inside TLS and count one timed handshake per connection;
+    --tls-resume resumes on both versions (the server agrees); --tls-ciphers and
+    --tls-groups are honoured; --tls-verify checks the name; --tls against a plaintext
+    port and a wrong name fail with exit 1 and a reason; --starttls without STARTTLS
+    offered exits 2 with a message; bytes after the 220 to STARTTLS are refused
+    (CVE-2011-0411, client side). The same checks run against the real ringmxd (next to
+    ringmx-load in the build dir, or $RINGMXD) when it starts with tls=implicit and
+    tls=starttls listeners, and are skipped with a message otherwise.
+
+Run one block with e.g. `test_load.py test_tls`.
 
 The binary is $RINGMX_LOAD, else build/tools/ringmx-load relative to the repository.
 Everything listens on 127.0.0.1 (or ::1) and every run is bounded in count and time.
@@ -27,6 +40,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -97,6 +111,17 @@ class Sink:
                 self.proc.wait()
 
 
+def readexact(rf, n):
+    """read(n) that also works on an unbuffered (raw) reader, which may return less."""
+    out = b""
+    while len(out) < n:
+        b = rf.read(n - len(out))
+        if not b:
+            break
+        out += b
+    return out
+
+
 def fnv1a64(data):
     h = 0xCBF29CE484222325
     for b in data:
@@ -110,8 +135,14 @@ class CheckServer:
     verifies each message's X-Ringmx-Load-Sum, issues queue ids. mode 'reject-rcpt'
     answers 550 to RCPT; mode 'mute' accepts and never greets."""
 
-    def __init__(self, family=socket.AF_INET, host="127.0.0.1", proxy=None, mode="ok"):
-        self.proxy, self.mode = proxy, mode
+    def __init__(self, family=socket.AF_INET, host="127.0.0.1", proxy=None, mode="ok",
+                 tls=None, tls_ctx=None):
+        # tls: None (plaintext), "starttls" (offers STARTTLS, requires EHLO again after
+        # it), "implicit" (handshake before the greeting). mode "inject" answers
+        # STARTTLS with 220 plus a second reply in the same write.
+        self.proxy, self.mode, self.tls, self.tls_ctx = proxy, mode, tls, tls_ctx
+        self.handshakes, self.resumed, self.tls_seen = 0, 0, set()
+        self.mail_in_tls, self.mail_in_clear = 0, 0
         self.lsock = socket.socket(family, socket.SOCK_STREAM)
         self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.lsock.bind((host, 0))
@@ -147,14 +178,22 @@ class CheckServer:
     def _serve(self, conn):
         try:
             conn.settimeout(20)
-            rf = conn.makefile("rb")
+            # Before TLS starts, read without read-ahead: a buffered reader would
+            # swallow the ClientHello that follows the PROXY header or STARTTLS.
+            rf = conn.makefile("rb", buffering=0 if self.tls else -1)
+            if self.tls:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.mode == "mute":
                 rf.read()  # until the client gives up
                 return
             if self.proxy and not self._read_proxy(rf, conn):
                 return
+            in_tls = False
+            if self.tls == "implicit":
+                conn, rf = self._handshake(conn)
+                in_tls = True
             conn.sendall(b"220 check ESMTP\r\n")
-            rcpts, mail = 0, False
+            rcpts, mail, ehlo = 0, False, False
             while True:
                 line = rf.readline(2000)
                 if not line:
@@ -165,8 +204,25 @@ class CheckServer:
                 cmd = line[:-2].decode("ascii", "replace")
                 verb = cmd.split(" ", 1)[0].upper()
                 if verb == "EHLO":
-                    conn.sendall(b"250-check\r\n250-PIPELINING\r\n250-CHUNKING\r\n250 8BITMIME\r\n")
+                    ehlo = True
+                    offer = b"250-STARTTLS\r\n" if self.tls == "starttls" and not in_tls else b""
+                    conn.sendall(b"250-check\r\n250-PIPELINING\r\n" + offer +
+                                 b"250-CHUNKING\r\n250 8BITMIME\r\n")
+                elif verb == "STARTTLS" and self.tls == "starttls" and not in_tls:
+                    if self.mode == "inject":
+                        conn.sendall(b"220 2.0.0 go ahead\r\n250 injected\r\n")
+                        return
+                    conn.sendall(b"220 2.0.0 go ahead\r\n")
+                    conn, rf = self._handshake(conn)
+                    in_tls, ehlo, mail, rcpts = True, False, False, 0  # RFC 3207 4.2 reset
                 elif verb == "MAIL":
+                    if self.tls == "starttls" and in_tls and not ehlo:
+                        self._err("MAIL after STARTTLS without a new EHLO")
+                    with self.lock:
+                        if in_tls:
+                            self.mail_in_tls += 1
+                        else:
+                            self.mail_in_clear += 1
                     mail, rcpts = True, 0
                     conn.sendall(b"250 2.1.0 Ok\r\n")
                 elif verb == "RCPT":
@@ -218,6 +274,14 @@ class CheckServer:
         finally:
             conn.close()
 
+    def _handshake(self, conn):
+        tconn = self.tls_ctx.wrap_socket(conn, server_side=True)
+        with self.lock:
+            self.handshakes += 1
+            self.resumed += 1 if tconn.session_reused else 0
+            self.tls_seen.add((tconn.version(), tconn.cipher()[0]))
+        return tconn, tconn.makefile("rb")
+
     def _read_proxy(self, rf, conn):
         if self.proxy == "v1":
             line = rf.readline(108)
@@ -228,11 +292,11 @@ class CheckServer:
                 peer = conn.getpeername()
                 ok = parts[2] == peer[0] and int(parts[4]) == peer[1] and int(parts[5]) == self.port
         else:
-            head = rf.read(16)
+            head = readexact(rf, 16)
             ok = len(head) == 16 and head[:12] == b"\r\n\r\n\x00\r\nQUIT\n" and head[12] == 0x21
             if ok:
                 fam, ln = head[13], struct.unpack("!H", head[14:16])[0]
-                body = rf.read(ln)
+                body = readexact(rf, ln)
                 ok = fam in (0x11, 0x21) and len(body) == ln
                 if ok and fam == 0x11:
                     src, dst = socket.inet_ntoa(body[0:4]), socket.inet_ntoa(body[4:8])
@@ -439,6 +503,224 @@ def test_misc():
         sink.stop()
 
 
+def make_cert(d):
+    """A throw-away self-signed P-256 certificate for CN=localhost."""
+    cert, key = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost", "-days", "2",
+                    "-keyout", key, "-out", cert], check=True, capture_output=True, timeout=30)
+    return cert, key
+
+
+def tls_ok(js, n_conns=None, mode=None):
+    """TLS block present, every opened connection completed its handshake."""
+    if not js or not js.get("tls"):
+        return False
+    t = js["tls"]
+    ok = (t["handshake_failures"] == 0 and t["handshakes"] == js["connections_opened"] > 0
+          and t["handshake_us"]["count"] == t["handshakes"]
+          and 0 < t["handshake_us"]["p50"] <= t["handshake_us"]["p99"] <= t["handshake_us"]["max"]
+          and sum(t["negotiated"].values()) == t["handshakes"] and t["error"] is None)
+    if n_conns is not None:
+        ok = ok and t["handshakes"] == n_conns
+    if mode is not None:
+        ok = ok and t["mode"] == mode
+    return ok
+
+
+def test_tls():
+    if not shutil.which("openssl"):
+        print("skip TLS checks: no openssl command to make a certificate")
+        return
+    with tempfile.TemporaryDirectory() as d:
+        cert, key = make_cert(d)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert, key)
+        _tls_end_to_end(d, ctx)
+        _tls_resume(ctx)
+        _tls_failures(cert, ctx)
+        _tls_ringmxd(d, cert, key)
+
+
+def _tls_end_to_end(d, ctx):
+    # mode, proxy, bdat, extra args
+    cases = (("implicit", None, False, []), ("starttls", None, True, []),
+             ("implicit", "v2", True, ["--tls-version", "1.2"]),
+             ("starttls", "v1", False, ["--tls-version", "1.3", "--pipelining", "off"]))
+    for mode, proxy, bdat, extra in cases:
+        srv = CheckServer(proxy=proxy, tls=mode, tls_ctx=ctx)
+        name = f"TLS {mode} proxy={proxy} bdat={bdat} {' '.join(extra)}".strip()
+        try:
+            man = os.path.join(d, "manifest")
+            # 10-70k bodies: several TLS records per message, so the encrypt-ahead
+            # window (32 KiB) streams; 4 connections x 3 reconnects.
+            args = ["-q", "-c", "4", "-m", "120", "--per-connection", "10", "-s", "10-70k",
+                    "--rcpts", "2", "--verify", man, "--tls" if mode == "implicit" else "--starttls",
+                    srv.target] + extra
+            if proxy:
+                args += ["--proxy", proxy]
+            if bdat:
+                args += ["--bdat"]
+            rc, js, _ = run(args, name)
+            check(f"{name}: exit 0, all 120 accepted", rc == 0 and consistent(js, 120), (rc, js))
+            check(f"{name}: one handshake per connection, counted and timed",
+                  tls_ok(js, None, mode) and js["tls"]["handshakes"] >= 12
+                  and srv.handshakes == js["tls"]["handshakes"], (js and js.get("tls"), srv.handshakes))
+            check(f"{name}: server saw intact bodies, all mail inside TLS",
+                  not srv.errors and srv.mail_in_tls == 120 and srv.mail_in_clear == 0,
+                  (srv.errors[:3], srv.mail_in_tls, srv.mail_in_clear))
+            lines = read_manifest(man) if os.path.exists(man) else []
+            check(f"{name}: manifest matches server queue ids",
+                  len(lines) == 120 and all(l[0] in srv.messages and srv.messages[l[0]][0] == l[1]
+                                            for l in lines), lines[:2])
+            if proxy:
+                check(f"{name}: PROXY {proxy} header in the clear before TLS",
+                      len(srv.proxy_headers) == srv.handshakes and all(srv.proxy_headers),
+                      srv.proxy_headers[:3])
+            want = {"1.2": "TLSv1.2", "1.3": "TLSv1.3"}.get(extra[1] if extra else "", "TLSv1.3")
+            neg = js and js["tls"] and list(js["tls"]["negotiated"])
+            check(f"{name}: negotiated {want} reported", neg and all(k.startswith(want + " ") for k in neg),
+                  neg)
+        finally:
+            srv.stop()
+
+    srv = CheckServer(tls="implicit", tls_ctx=ctx)
+    try:
+        rc, js, _ = run(["-q", "-c", "3", "-m", "30", "--tls", "--tls-ciphers",
+                         "TLS13-CHACHA20-POLY1305-SHA256", srv.target], "chacha")
+        neg = js and js["tls"] and list(js["tls"]["negotiated"])
+        check("--tls-ciphers TLS13-CHACHA20-POLY1305-SHA256: negotiated and reported",
+              rc == 0 and consistent(js, 30) and neg and all("CHACHA20" in k for k in neg), (rc, neg))
+        rc, js, _ = run(["-q", "-c", "2", "-m", "20", "--tls", "--tls-groups", "X25519", srv.target],
+                        "x25519")
+        neg = js and js["tls"] and list(js["tls"]["negotiated"])
+        check("--tls-groups X25519: used for the key exchange",
+              rc == 0 and neg and all(k.endswith(" X25519") for k in neg), (rc, neg))
+    finally:
+        srv.stop()
+
+
+def _tls_resume(ctx):
+    for ver in ("1.3", "1.2"):
+        srv = CheckServer(tls="implicit", tls_ctx=ctx)
+        name = f"--tls-resume TLS {ver}, one message per connection"
+        try:
+            rc, js, _ = run(["-q", "-c", "2", "-m", "40", "--per-connection", "1", "--tls",
+                             "--tls-resume", "--tls-version", ver, srv.target], name)
+            t = js and js["tls"]
+            # Each of the 2 connection slots does one full handshake, then resumes.
+            check(f"{name}: 40 handshakes, 38 resumed, server agrees",
+                  rc == 0 and consistent(js, 40) and tls_ok(js, 40) and t["resumed"] == 38
+                  and t["full"] == 2 and srv.resumed == 38, (rc, t, srv.resumed))
+            rc, js, _ = run(["-q", "-c", "2", "-m", "10", "--per-connection", "1", "--tls",
+                             "--tls-version", ver, srv.target], name + " (off)")
+            check(f"TLS {ver} without --tls-resume: no resumption",
+                  rc == 0 and js["tls"]["resumed"] == 0 and js["tls"]["full"] == 10, js and js["tls"])
+        finally:
+            srv.stop()
+
+
+def _tls_failures(cert, ctx):
+    srv = CheckServer(tls="implicit", tls_ctx=ctx)
+    try:
+        rc, js, _ = run(["-q", "-c", "2", "-m", "10", "--tls", "--tls-verify", cert, "--sni",
+                         "localhost", srv.target], "verify-ok")
+        check("--tls-verify CA --sni localhost: verified, exit 0",
+              rc == 0 and consistent(js, 10) and js["tls"]["verified"], (rc, js and js["tls"]))
+        rc, js, err = run(["-q", "-c", "2", "-m", "4", "--tls", "--tls-verify", cert, "--sni",
+                           "wrong.example", srv.target], "verify-bad-name")
+        t = js and js["tls"]
+        check("--tls-verify with a name the certificate lacks: exit 1, handshake failures, reason",
+              rc == 1 and t and t["handshake_failures"] >= 2 and t["handshakes"] == 0 and t["error"],
+              (rc, t))
+    finally:
+        srv.stop()
+
+    srv = CheckServer(tls="starttls", tls_ctx=ctx)  # offers STARTTLS, but --tls speaks TLS first
+    try:
+        t0 = time.time()
+        rc, js, _ = run(["-q", "-c", "2", "-m", "6", "--timeout", "3", "--tls", srv.target], "tls-vs-plain")
+        t = js and js["tls"]
+        check("--tls against a plaintext SMTP port: exit 1, handshake failures, bounded",
+              rc == 1 and t and t["handshake_failures"] >= 2 and t["handshakes"] == 0
+              and time.time() - t0 < 20, (rc, t))
+    finally:
+        srv.stop()
+
+    srv = CheckServer()  # no STARTTLS offered
+    try:
+        rc, js, err = run(["-q", "-c", "2", "-m", "10", "--starttls", srv.target], "no-starttls")
+        check("--starttls without STARTTLS offered: exit 2 with a clear message",
+              rc == 2 and "does not advertise STARTTLS" in err and js and js["error"]
+              and "STARTTLS" in js["error"] and js["accepted"] == 0, (rc, err[-300:]))
+    finally:
+        srv.stop()
+
+    srv = CheckServer(tls="starttls", tls_ctx=ctx, mode="inject")
+    try:
+        rc, js, _ = run(["-q", "-c", "1", "-m", "3", "--starttls", srv.target], "inject")
+        t = js and js["tls"]
+        check("bytes after the 220 to STARTTLS: refused as response injection, exit 1",
+              rc == 1 and js["protocol_errors"] >= 1 and t["handshakes"] == 0
+              and "after its 220" in (t["error"] or ""), (rc, js))
+    finally:
+        srv.stop()
+
+    for bad in (["--tls-resume", "127.0.0.1:25"], ["--tls", "--starttls", "127.0.0.1:25"],
+                ["--tls", "--tls-version", "1.1", "127.0.0.1:25"],
+                ["--tls", "--tls-ciphers", "NO-SUCH-CIPHER", "127.0.0.1:25"],
+                ["--tls", "--tls-verify", "/nonexistent/ca.pem", "127.0.0.1:25"]):
+        p = subprocess.run([LOAD] + bad, capture_output=True, text=True, timeout=10)
+        check(f"usage: {' '.join(bad[:-1])}: exit 2 with a message",
+              p.returncode == 2 and "ringmx-load:" in p.stderr, (p.returncode, p.stderr[-200:]))
+
+
+def ringmxd_binary():
+    p = os.environ.get("RINGMXD") or os.path.join(os.path.dirname(os.path.dirname(LOAD)), "ringmxd")
+    return p if os.access(p, os.X_OK) else None
+
+
+def _tls_ringmxd(d, cert, key):
+    """The real server, once it has native TLS (issue 5); skipped until then."""
+    rd = ringmxd_binary()
+    if not rd:
+        print("skip ringmxd TLS checks: no ringmxd binary next to ringmx-load (set RINGMXD)")
+        return
+    p_imp, p_st = free_port(), free_port()
+    log = os.path.join(d, "ringmxd.log")
+    with open(log, "w") as lf:
+        proc = subprocess.Popen([rd, "--listen", f"127.0.0.1:{p_imp} tls=implicit",
+                                 "--listen", f"127.0.0.1:{p_st} tls=starttls", "--workers", "1",
+                                 "-o", f"tls_cert={cert}", "-o", f"tls_key={key}",
+                                 "-o", "sink=discard"], stdout=lf, stderr=subprocess.STDOUT)
+    try:
+        up = wait_listening("127.0.0.1", p_st, timeout=5) and proc.poll() is None
+        if not up:
+            with open(log) as f:
+                why = f.read().strip().splitlines()[-1:] or ["no output"]
+            print(f"skip ringmxd TLS checks: ringmxd does not support TLS yet ({why[0][:160]})")
+            return
+        for mode, port in (("implicit", p_imp), ("starttls", p_st)):
+            flag = "--tls" if mode == "implicit" else "--starttls"
+            rc, js, _ = run(["-q", "-c", "8", "-m", "400", "--per-connection", "50", "-s", "1k-20k",
+                             flag, f"127.0.0.1:{port}"], f"ringmxd {mode}")
+            check(f"ringmxd tls={mode}: all accepted, every handshake counted",
+                  rc == 0 and consistent(js, 400) and tls_ok(js, None, mode), (rc, js and js.get("tls")))
+        rc, js, _ = run(["-q", "-c", "2", "-m", "40", "--per-connection", "1", "--tls", "--tls-resume",
+                         f"127.0.0.1:{p_imp}"], "ringmxd resume")
+        check("ringmxd tls=implicit: --tls-resume resumes", rc == 0 and js["tls"]["resumed"] >= 30,
+              js and js["tls"])
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
 def main():
     if not os.path.exists(SMTP_SINK):
         print("skip: /usr/sbin/smtp-sink not installed")
@@ -448,7 +730,11 @@ def main():
         print(f"ringmx-load not found at {LOAD} (set RINGMX_LOAD)")
         print("0 passed, 1 failed")
         return 1
-    for t in (test_sink, test_check_server, test_misc):
+    tests = (test_sink, test_check_server, test_misc, test_tls)
+    only = sys.argv[1:]  # e.g. "test_tls": run just those blocks
+    for t in tests:
+        if only and t.__name__ not in only:
+            continue
         try:
             t()
         except Exception as ex:  # a crashed block counts as one failure, keep going
