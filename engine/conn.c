@@ -149,12 +149,20 @@ update_timer(struct worker *w, struct conn *c)
 {
 	uint64_t d;
 
-	if (c->state == CONN_CLOSING)
+	if (c->state == CONN_CLOSING) {
 		d = c->close_deadline;
-	else if (c->stage == CONN_STAGE_STARTTLS || c->stage == CONN_STAGE_HANDSHAKE)
+	} else if (c->stage == CONN_STAGE_STARTTLS || c->stage == CONN_STAGE_HANDSHAKE) {
 		d = c->hs_deadline; /* handshake_timeout bounds the handshake */
-	else
+	} else if (smtp_session_status(&c->session) & SMTP_ST_CLOSE) {
+		/* Only the last replies are left to send. A client that stops
+		 * reading must not pin the slot (or a drain) forever: linger
+		 * CONN_CLOSE_TIMEOUT_NS, then give up on it. */
+		if (c->close_deadline == 0)
+			c->close_deadline = w->now + CONN_CLOSE_TIMEOUT_NS;
+		d = c->close_deadline;
+	} else {
 		d = smtp_session_deadline(&c->session);
+	}
 	if (d == UINT64_MAX)
 		timer_cancel(w->wheel, &c->timer);
 	else
@@ -463,6 +471,11 @@ conn_after_io(struct worker *w, struct conn *c)
 		conn_teardown(w, c);
 		return;
 	}
+	/* Whatever stage owns the input, a receive that stopped (ENOBUFS,
+	 * cancelled for backpressure, ended) is re-armed once there is room:
+	 * no stage has to remember it. */
+	if (c->recv_wanted && !c->recv_armed && !c->eof && c->nheld < CONN_HOLD_MAX)
+		mark_rearm(w, c);
 	mark_flush(w, c);
 	out_release(w, c);
 	update_timer(w, c);
@@ -513,11 +526,11 @@ conn_teardown(struct worker *w, struct conn *c)
 	}
 	if (c->recv_armed || c->send_inflight) {
 		/* Wait for the kernel to let go; a last send to a client that
-		 * stopped reading is cancelled after CONN_CLOSE_TIMEOUT_NS. */
-		if (c->close_deadline == 0) {
+		 * stopped reading is cancelled at close_deadline (already past
+		 * when the linger ran out: then it fires on the next tick). */
+		if (c->close_deadline == 0)
 			c->close_deadline = w->now + CONN_CLOSE_TIMEOUT_NS;
-			update_timer(w, c);
-		}
+		update_timer(w, c);
 		return;
 	}
 	hold_drop(w, c);
@@ -612,15 +625,45 @@ conn_on_timer(struct timer_node *n, void *arg)
 	struct worker *w = arg;
 	struct conn *c = (struct conn *)((char *)n - offsetof(struct conn, timer));
 	if (c->state == CONN_CLOSING) {
-		/* The last send did not finish in time: give up on it. */
+		/* The last send did not finish in time: give up on it. Ask
+		 * again a second later if the kernel still holds on (a cancel
+		 * can answer -EALREADY). */
 		if (c->send_inflight)
 			cancel_op(w, c, OP_SEND);
 		if (c->recv_armed)
 			cancel_op(w, c, OP_RECV);
+		c->close_deadline = w->now + 10 * TIMER_TICK_NS;
+		update_timer(w, c);
 		return;
 	}
 	if (c->state != CONN_OPEN)
 		return;
+	if (c->stage == CONN_STAGE_PROXY) {
+		/* No header within greeting_timeout. The proxy gets no SMTP
+		 * reply (on an implicit listener it would expect TLS). */
+		w->stats.proxy_bad++;
+		log_info("no PROXY header from [%s]:%u on %s within greeting_timeout; closing",
+			 c->peer.addr_text, c->peer.port, w->cfg->listeners[c->listener].text);
+		c->logged_error = true;
+		c->eof = true;
+		hold_drop(w, c);
+		conn_after_io(w, c);
+		return;
+	}
+	if ((smtp_session_status(&c->session) & SMTP_ST_CLOSE) && c->close_deadline != 0) {
+		if (w->now < c->close_deadline) {
+			update_timer(w, c);
+			return;
+		}
+		log_info("[%s]:%u did not read its last replies within %llus; closing",
+			 c->peer.addr_text, c->peer.port,
+			 (unsigned long long)(CONN_CLOSE_TIMEOUT_NS / 1000000000u));
+		c->logged_error = true;
+		c->eof = true; /* teardown cancels the send that cannot finish */
+		hold_drop(w, c);
+		conn_after_io(w, c);
+		return;
+	}
 	if (c->stage == CONN_STAGE_STARTTLS || c->stage == CONN_STAGE_HANDSHAKE) {
 		if (w->now < c->hs_deadline) {
 			update_timer(w, c);
@@ -676,7 +719,9 @@ conn_drain(struct worker *w, struct conn *c, bool force)
 void
 conn_set_conf(struct conn *c, const struct smtp_conf *conf)
 {
-	if (c->state == CONN_OPEN)
+	/* Closing ones too: the old configuration is freed after the reload,
+	 * and nothing may keep pointing into it. */
+	if (c->state != CONN_FREE)
 		smtp_session_set_conf(&c->session, conf);
 }
 

@@ -264,6 +264,45 @@ def _():
         check(500 <= r.code < 600, "PROXY on a normal listener got %r" % r)
 
 
+@T.test("a header that arrives while the buffer pool is empty is read once buffers return")
+def _():
+    # Four clients that never read pin the whole 16-buffer pool, so the
+    # PROXY connection's receive ends with ENOBUFS; it must be re-armed
+    # when the pool refills (it once waited for greeting_timeout instead).
+    port, pport = free_port(), free_port()
+    with Server(listen=(), port=port, workers=1,
+                args=["--listen", "127.0.0.1:%d" % port,
+                      "--listen", "127.0.0.1:%d proxy=yes" % pport,
+                      "-o", "recv_buffers=16", "-o", "recv_buffer_size=4096",
+                      "-o", "greeting_timeout=30s"]) as s:
+        hogs = []
+        for _i in range(4):
+            h = socket.socket()
+            h.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            h.connect(("127.0.0.1", port))
+            h.setblocking(False)
+            hogs.append(h)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 1.5:
+            for h in hogs:
+                try:
+                    h.send(b"EHLO x\r\n" * 512)
+                except BlockingIOError:
+                    pass
+            time.sleep(0.01)
+        c = socket.create_connection(("127.0.0.1", pport), timeout=TIMEOUT)
+        time.sleep(0.3)
+        c.sendall(v1("192.0.2.1", "192.0.2.2", 1234, 25))
+        for h in hogs:   # reset: their buffers go back to the pool
+            h.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            h.close()
+        t1 = time.monotonic()
+        r = c.recv(512)
+        check(r.startswith(b"220 "), "greeting after the pool refilled: %r" % r)
+        check(time.monotonic() - t1 < 5, "greeting took %.1fs" % (time.monotonic() - t1))
+        c.close()
+
+
 # ---------------------------------------------------------------- (e) HAProxy
 
 def haproxy_bin():

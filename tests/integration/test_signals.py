@@ -6,6 +6,7 @@ refused and the old configuration keeps serving)."""
 
 import re
 import signal
+import socket
 import time
 
 from ringmx_harness import HOSTNAME, Server, Suite, check, check_eq, free_port, smtplib_send
@@ -207,6 +208,30 @@ def _():
         smtplib_send(s)
         reload(s, base.replace("example.test", "example.test, extra.test"))
         smtplib_send(s, rcpts=("u@extra.test",))
+
+
+@T.test("a client that never reads cannot pin its slot or the drain: dropped after the 10 s linger")
+def _():
+    with Server(workers=1, args=["-o", "command_timeout=1s", "-o", "shutdown_timeout=1s"]) as s:
+        c = socket.socket()
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        c.connect((s.host, s.port))
+        c.setblocking(False)
+        chunk = b"EHLO x\r\n" * 512
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 3:     # fill both directions; never read
+            try:
+                c.send(chunk)
+            except BlockingIOError:
+                time.sleep(0.05)
+        s.wait_log(r"timeout after EHLO")
+        t0 = time.monotonic()
+        rc = s.stop()                        # SIGTERM: must not hang on that client
+        dt = time.monotonic() - t0
+        check_eq(rc, 0, "exit code")
+        check(dt < 14, "drain took %.1fs (linger is 10s)" % dt)
+        check("did not read its last replies" in s.log(), s.log()[-2000:])
+        c.close()
 
 
 T.main()
