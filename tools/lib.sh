@@ -6,7 +6,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 # Packages by purpose. Everything comes from Debian 12 (bookworm).
 PKGS_BUILD="gcc meson ninja-build pkg-config liburing-dev libinih-dev libwolfssl-dev"
-PKGS_TEST="libcmocka-dev python3 swaks postfix clang libclang-rt-14-dev haproxy openssl"
+PKGS_TEST="libcmocka-dev python3 swaks postfix clang libclang-rt-14-dev haproxy openssl nginx libnginx-mod-stream stunnel4"
 PKGS_BENCH="hyperfine postfix"
 
 missing_pkgs() {
