@@ -190,6 +190,7 @@ quote_into(char *b, size_t cap, const char *s)
 {
 	size_t o = 0, i;
 
+	(void)cap; /* only the assertion reads it */
 	assert(cap >= 64 * 4 + 8);
 	for (i = 0; s[i] != '\0'; i++) {
 		unsigned char c = (unsigned char)s[i];
@@ -274,7 +275,7 @@ static int
 parse_size(const char *s, uint64_t *out)
 {
 	const char *end;
-	uint64_t v, mul = 1;
+	uint64_t v = 0, mul = 1;
 	int rc = parse_digits(s, &v, &end);
 
 	if (rc == -1)
@@ -313,7 +314,7 @@ static int
 parse_duration(const char *s, uint64_t *ns)
 {
 	const char *end;
-	uint64_t v, mul = 1;
+	uint64_t v = 0, mul = 1;
 	int rc = parse_digits(s, &v, &end);
 
 	if (rc == -1)
@@ -1171,7 +1172,12 @@ cfg_reader(char *str, int num, void *stream)
 		fail(st, NULL, "NUL byte in line");
 		return NULL;
 	}
-	assert(num > 0 && (size_t)num > n);
+	/* inih's buffer is ini_max_line (set to fit CONFIG_LINE_MAX below);
+	 * checked, not asserted, so a release build can never overflow it. */
+	if (num <= 0 || (size_t)num <= n) {
+		fail(st, NULL, "line too long (max %d bytes)", CONFIG_LINE_MAX);
+		return NULL;
+	}
 	memcpy(str, p, n);
 	str[n] = '\0';
 

@@ -73,7 +73,7 @@ in_tx(const struct smtp_session *s)
 #define B(st) (1u << (st))
 /* Legal transitions: from -> set of to. BDAT from CONNECTED/READY/MAIL is
  * a chunk that is read and then refused. */
-static const unsigned legal[] = {
+static const unsigned legal[] __attribute__((unused)) = { /* read by assert() */
 	[SMTP_S_CONNECTED] = B(SMTP_S_CONNECTED) | B(SMTP_S_READY) | B(SMTP_S_BDAT) | B(SMTP_S_QUIT),
 	[SMTP_S_READY] = B(SMTP_S_CONNECTED) | B(SMTP_S_READY) | B(SMTP_S_MAIL) | B(SMTP_S_BDAT) |
 			 B(SMTP_S_QUIT), /* READY -> CONNECTED: TLS started (RFC 3207) */

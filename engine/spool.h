@@ -60,7 +60,9 @@ void spool_sink(struct spool *sp, struct sink *out);
 void spool_on_cqe(struct spool *sp, struct io_uring_cqe *cqe);
 void spool_poll(struct spool *sp, uint64_t now_ns);
 uint64_t spool_wait_ns(const struct spool *sp, uint64_t now_ns, uint64_t max_ns);
-/* Nothing in flight and nothing staged (the worker may exit). */
+/* Nothing in flight and nothing staged (the worker may exit). Zero-filling
+ * of the next segment may still be in flight: it is not waited for, and
+ * spool_close() leaves what it needs in place (see there). */
 int spool_idle(const struct spool *sp);
 void spool_close(struct spool *sp);
 

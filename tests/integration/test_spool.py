@@ -13,6 +13,7 @@ import shutil
 import smtplib
 import subprocess
 import tempfile
+import time
 
 from ringmx_harness import Suite, Server, check, check_eq, fail, run, TIMEOUT
 
@@ -265,6 +266,151 @@ def _():
             ids = send(srv, msgs)
             check_eq(srv.stats().get("spool_fsyncs"), 0, "fsyncs with durability=none")
         check(len(os.listdir(os.path.join(spool, "w0"))) > 3, "no rotation")
+        for qid, (_s, data) in zip(ids, msgs):
+            check_message(spool, qid, data)
+        tool(spool, "verify")
+    finally:
+        shutil.rmtree(d)
+
+
+def seg_files(spool):
+    w0 = os.path.join(spool, "w0")
+    return sorted(f for f in os.listdir(w0) if f.endswith(".seg"))
+
+
+def all_zero(path):
+    with open(path, "rb") as f:
+        return f.read().count(0) == os.path.getsize(path)
+
+
+def send_paced(srv, msgs, pause=0.03):
+    """One message per connection with a pause after each, so zero-filling
+    the next segment (a few ms for 256 KiB) is done before it is needed."""
+    ids = []
+    for m in msgs:
+        ids += send(srv, [m])
+        time.sleep(pause)
+    return ids
+
+
+@T.test("durability=fsync: rotation onto segments zero-filled ahead, all byte-exact")
+def _():
+    d, spool = tmp_spool()
+    try:
+        # 256 KiB segments, ~20 KiB records: about 12 per segment; the next
+        # segment is zero-filled from the 7th on, ~200 ms before it is needed.
+        with SpoolServer(spool, extra=["-o", "segment_size=256k"], workers=1) as srv:
+            srv.wait_log(r"durability fsync \(segments pre-zeroed\)")
+            msgs = [("a@sender.test", body(i, 20000)) for i in range(45)]
+            ids = send_paced(srv, msgs)
+            st = srv.stats()
+            check(st.get("spool_segments", 0) >= 4, "no rotation: %r" % st)
+            # The first segment is zero-filled at start-up, the others ahead
+            # of need: none had to fall back to fallocate.
+            check_eq(st.get("spool_segments_unzeroed"), 0, "segments not pre-zeroed")
+            check_eq(st.get("spool_segments_prezeroed"), st.get("spool_segments"),
+                     "pre-zeroed segments")
+            check_eq(st.get("spool_prezero_errors"), 0, "zero-filling errors")
+            used = st["spool_segments"]
+            # Past the middle of the current segment, the next one is being
+            # or has been zero-filled: it exists and holds only zeros.
+            files = seg_files(spool)
+            check(len(files) in (used, used + 1), "files %s for %d segments" % (files, used))
+            if len(files) == used + 1:
+                check(all_zero(os.path.join(spool, "w0", files[-1])), "prepared segment not zero")
+            for qid, (_s, data) in zip(ids, msgs):
+                check_message(spool, qid, data)     # while ringmxd runs
+            v = tool(spool, "verify").stdout.decode()
+            check("DAMAGED" not in v and "incomplete" not in v, "verify: %s" % v)
+        # Stopped: the unused prepared segment is gone, every used one holds
+        # records, and the messages on both sides of each rotation are intact.
+        files = seg_files(spool)
+        check_eq(len(files), used, "segment files after stop: %s" % files)
+        for f in files:
+            check(not all_zero(os.path.join(spool, "w0", f)), "empty segment %s kept" % f)
+        for qid, (_s, data) in zip(ids, msgs):
+            check_message(spool, qid, data)
+        tool(spool, "verify")
+    finally:
+        shutil.rmtree(d)
+
+
+@T.test("a segment fallocated while one was prepared: the prepared one is renamed after it")
+def _():
+    d, spool = tmp_spool()
+    try:
+        with SpoolServer(spool, extra=["-o", "segment_size=256k"], workers=1) as srv:
+            msgs = [("a@sender.test", body(i, 20000)) for i in range(8)]  # past half
+            ids = send_paced(srv, msgs)
+            time.sleep(0.3)  # segment 2 zero-filled and ready
+            # Larger than a segment: it gets a fallocated segment of its own
+            # (3), after which the prepared segment 2 must not be used under
+            # its old, smaller number.
+            big = [("b@sender.test", body(50, 300000)), ("c@sender.test", body(51, 20000))]
+            ids += send(srv, big)
+            msgs += big
+            st = srv.stats()
+            check_eq(st.get("spool_segments_unzeroed"), 1, "fallocated segments")
+            check_eq(st.get("spool_segments_prezeroed"), 2, "pre-zeroed segments")
+        check_eq(seg_files(spool), ["0000000000000001.seg", "0000000000000003.seg",
+                                    "0000000000000004.seg"], "segments")
+        for qid, (_s, data) in zip(ids, msgs):
+            check_message(spool, qid, data)
+        out = tool(spool, "list").stdout.decode()
+        check(out.index(ids[-2]) < out.index(ids[-1]), "segments out of order:\n" + out)
+        tool(spool, "verify")
+    finally:
+        shutil.rmtree(d)
+
+
+@T.test("crash with a segment zero-filled ahead and one cut short: both removed at start")
+def _():
+    d, spool = tmp_spool()
+    try:
+        args = ["-o", "segment_size=256k"]
+        srv = SpoolServer(spool, extra=args, workers=1, check_exit=False)
+        srv.start()
+        try:
+            msgs = [("a@sender.test", body(i, 20000)) for i in range(8)]  # past half
+            ids = send_paced(srv, msgs)
+            w0 = os.path.join(spool, "w0")
+            prepared = os.path.join(w0, "0000000000000002.seg")
+            deadline = time.monotonic() + TIMEOUT
+            while not (os.path.exists(prepared) and os.path.getsize(prepared) == 256 << 10):
+                check(time.monotonic() < deadline, "segment 2 never prepared: %s" % seg_files(spool))
+                time.sleep(0.05)
+            time.sleep(0.2)  # its zeros, fdatasync and directory fsync
+            srv.proc.kill()
+            srv.proc.wait()
+            srv.logf.close()
+            srv.stopped = True
+        finally:
+            if not srv.stopped:
+                srv.proc.kill()
+                srv.proc.wait()
+            srv.tmpdir.cleanup()
+        check(all_zero(prepared), "the prepared segment is not all zeros")
+        # What a crash in the middle of zero-filling leaves: fallocated to
+        # full size, the first part written with zeros.
+        partial = os.path.join(w0, "0000000000000003.seg")
+        fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, 256 << 10)
+            os.pwrite(fd, bytes(100 << 10), 0)
+        finally:
+            os.close(fd)
+        v = tool(spool, "verify").stdout.decode()
+        check("DAMAGED" not in v, "verify: %s" % v)
+        with SpoolServer(spool, extra=args, workers=1) as srv:
+            srv.wait_log(r"0000000000000002\.seg: no records, removed")
+            srv.wait_log(r"0000000000000003\.seg: no records, removed")
+            srv.wait_log(r"recovered 8 messages")
+            more = [("b@sender.test", body(100 + i, 20000)) for i in range(3)]
+            ids += send(srv, more)
+            msgs += more
+            check("DAMAGED" not in srv.log(), "recovery found damage")
+        check_eq(seg_files(spool), ["0000000000000001.seg", "0000000000000004.seg"],
+                 "segments after recovery")
         for qid, (_s, data) in zip(ids, msgs):
             check_message(spool, qid, data)
         tool(spool, "verify")

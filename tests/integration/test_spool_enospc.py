@@ -117,6 +117,12 @@ def _():
                                  timeout=TIMEOUT).returncode == 0, "verify")
             check("452" in srv.log() or "cannot create segment" in srv.log(),
                   "disk full not logged")
+            # Zero-filling the next segment ahead of need hit the full disk
+            # first: not fatal, counted, logged once (not once per attempt).
+            stats = srv.stats()
+            check(stats.get("spool_prezero_errors", 0) >= 1, "spool_prezero_errors: %r" % stats)
+            check_eq(len(re.findall(r"zero-filling segment .* failed", srv.log())), 1,
+                     "zero-filling failures logged")
     finally:
         subprocess.run(["umount", "-l", mnt], capture_output=True)
         shutil.rmtree(d, ignore_errors=True)
