@@ -1627,8 +1627,17 @@ load(const char *name, const char *text, size_t len, const struct config_args *a
 	}
 	if (args != NULL && apply_args(&st, args) < 0)
 		goto fail;
-	if (finish(cfg, err) < 0)
+	if (finish(cfg, err) < 0) {
+		/* Checks across keys have no single line; still name the
+		 * file they concern (the contract: file, line where there is
+		 * one, key). */
+		if (name != NULL) {
+			char tmp[CONFIG_ERR_MAX];
+			snprintf(tmp, sizeof(tmp), "%s", err);
+			buff(err, CONFIG_ERR_MAX, "%s: %s", name, tmp);
+		}
 		goto fail;
+	}
 	return cfg;
 fail:
 	assert(err[0] != '\0');

@@ -169,14 +169,15 @@ update_timer(struct worker *w, struct conn *c)
 		timer_set(w->wheel, &c->timer, d);
 }
 
-static void
+/* Returns false when the client is already gone (reset before we asked). */
+static bool
 peer_fill(struct conn *c)
 {
 	socklen_t len = sizeof(c->peer.addr);
 	memset(&c->peer, 0, sizeof(c->peer));
 	if (getpeername(c->fd, (struct sockaddr *)&c->peer.addr, &len) < 0) {
 		snprintf(c->peer.addr_text, sizeof(c->peer.addr_text), "unknown");
-		return;
+		return false;
 	}
 	if (c->peer.addr.ss_family == AF_INET) {
 		const struct sockaddr_in *a = (const struct sockaddr_in *)&c->peer.addr;
@@ -189,6 +190,7 @@ peer_fill(struct conn *c)
 		inet_ntop(AF_INET6, &a->sin6_addr, c->peer.addr_text + 5, sizeof(c->peer.addr_text) - 5);
 		c->peer.port = ntohs(a->sin6_port);
 	}
+	return true;
 }
 
 /*
@@ -242,7 +244,15 @@ conn_open(struct worker *w, int fd, unsigned listener)
 	c->listener = (uint8_t)listener;
 	c->hold_head = c->hold_tail = HOLD_NONE;
 	c->t_connect = w->now;
-	peer_fill(c);
+	if (!peer_fill(c)) {
+		/* Reset between accept and now: nobody to talk to, nothing to
+		 * log (and not an untrusted proxy). */
+		close(fd);
+		c->state = CONN_FREE;
+		free_slot(w, c);
+		w->stats.connections_closed++;
+		return;
+	}
 	w->active++;
 
 	out_ensure(w, c);

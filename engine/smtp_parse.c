@@ -129,7 +129,8 @@ smtp_parse_path_arg(const char *a, size_t n, const char *kw, size_t kwlen, const
 }
 
 /* esmtp-keyword = (ALPHA / DIGIT) *(ALPHA / DIGIT / "-");
- * esmtp-value = 1*(%d33-60 / %d62-126), plus UTF-8 (RFC 6531). */
+ * esmtp-value = 1*(%d33-60 / %d62-126), plus UTF-8 (RFC 6531); an empty
+ * value is returned as such (val != NULL, val_len == 0). */
 int
 smtp_param_next(const char **pp, size_t *np, struct smtp_param *out)
 {
@@ -162,9 +163,9 @@ smtp_param_next(const char **pp, size_t *np, struct smtp_param *out)
 			if (c < 33 || c == '=' || c == 127)
 				return -1;
 		}
+		/* An empty value ("SIZE=") is left to the keyword's own check,
+		 * so the reply names what is wrong ("Bad SIZE syntax"). */
 		out->val_len = (size_t)(p + i - out->val);
-		if (out->val_len == 0)
-			return -1;
 	}
 	*pp = p + i;
 	*np = n - i;

@@ -600,6 +600,13 @@ smtp_cmd_mail(struct smtp_session *s, const struct smtp_cmdline *c)
 	int r;
 
 	s->counts.mail++;
+	/* As in RCPT: the reject lines below log the address, not the raw
+	 * argument, whenever the argument parses. */
+	if (smtp_parse_path_arg(c->arg, c->arg_len, "FROM:", 5, &path, &plen, &params, &nparams) <
+	    0) {
+		path = c->arg;
+		plen = c->arg_len;
+	}
 	if (s->tls_require && !s->tls_active) {
 		REJECT(s, "MAIL", "530 5.7.0 Must issue a STARTTLS command first", path, plen);
 		return;
@@ -723,12 +730,18 @@ smtp_cmd_rcpt(struct smtp_session *s, const struct smtp_cmdline *c)
 	int r, len;
 
 	s->counts.rcpt++;
+	/* Parsed first so that every reject line logs the address itself
+	 * (to=<u@d>), not the raw argument (to=<TO:<u@d>>). */
+	r = smtp_parse_path_arg(c->arg, c->arg_len, "TO:", 3, &path, &plen, &params, &nparams);
 	if (s->state != SMTP_S_MAIL && s->state != SMTP_S_RCPT) {
+		if (r < 0) {
+			path = c->arg;
+			plen = c->arg_len;
+		}
 		reject(s, "RCPT", r_need_mail, sizeof r_need_mail - 1, path, plen);
 		return;
 	}
-	if (smtp_parse_path_arg(c->arg, c->arg_len, "TO:", 3, &path, &plen, &params, &nparams) <
-	    0) {
+	if (r < 0) {
 		REJECT(s, "RCPT", "501 5.5.4 Syntax: RCPT TO:<address>", c->arg, c->arg_len);
 		return;
 	}

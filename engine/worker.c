@@ -27,6 +27,8 @@
 /* Buffer group id of the worker's provided-buffer ring (one per ring). */
 #define RECV_BGID 0
 #define SQ_ENTRIES 4096u
+/* At most one "accept: Too many open files" line per worker this often. */
+#define ACCEPT_ERROR_LOG_NS (10ull * 1000000000ull)
 
 uint64_t
 now_ns(void)
@@ -157,16 +159,28 @@ arm_wake(struct worker *w)
 static void
 stop_accepting(struct worker *w)
 {
+	bool cancels = false;
 	for (size_t i = 0; i < w->nlisteners; i++) {
-		if (w->listen_fd[i] < 0)
-			continue;
-		if (w->accept_armed[i]) {
+		if (w->listen_fd[i] >= 0 && w->accept_armed[i]) {
 			struct io_uring_sqe *sqe = worker_sqe(w);
 			io_uring_prep_cancel_fd(sqe, w->listen_fd[i], IORING_ASYNC_CANCEL_ALL);
 			io_uring_sqe_set_data64(sqe, ud_make(OP_CANCEL, 0, 0));
+			cancels = true;
 		}
-		/* The accept's final CQE may still come; the ring holds its
-		 * own file reference, so closing the descriptor now is safe. */
+	}
+	/* The cancels look the descriptors up, so they must reach the kernel
+	 * before the descriptors are closed; otherwise the multishot accepts
+	 * stay armed and keep taking (and dropping) connections. */
+	if (cancels)
+		io_uring_submit(&w->ring);
+	for (size_t i = 0; i < w->nlisteners; i++) {
+		if (w->listen_fd[i] < 0)
+			continue;
+		/* shutdown() takes the socket out of LISTEN at once: the
+		 * kernel refuses new connections instead of queueing them,
+		 * and any accept still pending ends. The ring holds its own
+		 * file reference, so closing afterwards is safe. */
+		shutdown(w->listen_fd[i], SHUT_RDWR);
 		close(w->listen_fd[i]);
 		w->listen_fd[i] = -1;
 	}
@@ -184,12 +198,18 @@ on_accept(struct worker *w, struct io_uring_cqe *cqe)
 			return;
 		}
 		conn_open(w, cqe->res, i);
-	} else if (cqe->res != -ECANCELED) {
-		/* EMFILE/ENFILE/ENOMEM end the multishot; it is re-armed when
-		 * a connection closes (or on the next timer tick), not in a
-		 * tight loop. */
-		w->stats.connections_refused++;
-		log_warn("accept on %s: %s", w->cfg->listeners[i].text, strerror(-cqe->res));
+	} else if (cqe->res != -ECANCELED && cqe->res != -EINVAL) {
+		/* EMFILE/ENFILE/ENOMEM end the multishot; it is re-armed on
+		 * the next tick, not in a tight loop. The clients wait in the
+		 * backlog meanwhile: nothing is refused, so this is counted
+		 * apart, and logged at most every ACCEPT_ERROR_LOG_NS. */
+		w->stats.accept_errors++;
+		if (w->now >= w->accept_error_logged + ACCEPT_ERROR_LOG_NS) {
+			w->accept_error_logged = w->now;
+			log_warn("accept on %s: %s (clients wait in the backlog; raise the open file "
+				 "limit or lower max_connections)",
+				 w->cfg->listeners[i].text, strerror(-cqe->res));
+		}
 	}
 	if (!w->accept_armed[i] && !w->draining) {
 		w->accept_wanted = true;

@@ -178,6 +178,7 @@ struct worker {
 	bool accept_armed[CONFIG_MAX_LISTENERS];
 	bool accept_wanted; /* re-arm accepts when slots free up */
 	uint64_t accept_retry_at; /* after an accept error, not before this */
+	uint64_t accept_error_logged; /* when the last accept error was logged */
 	size_t nlisteners;
 
 	struct conn *conns;

@@ -13,6 +13,7 @@
 #define RINGMX_STATS(X)                                                                            \
 	X(connections_accepted, "connections accepted")                                            \
 	X(connections_refused, "connections refused at max_connections")                           \
+	X(accept_errors, "accept failures (EMFILE, ENFILE, ENOMEM): clients wait in the backlog")   \
 	X(connections_closed, "connections closed")                                                \
 	X(commands, "SMTP commands processed")                                                     \
 	X(messages_accepted, "messages answered 250")                                              \

@@ -52,8 +52,12 @@ check(const struct config *cfg)
 			abort();
 	if (cfg->smtp.hostname[0] == '\0' || cfg->smtp.starttls)
 		abort();
+	/* TLS on a listener only with a certificate (whose files are checked
+	 * later, by tls_check() on the main thread), and both paths or none. */
+	if ((cfg->tls.cert[0] == '\0') != (cfg->tls.key[0] == '\0'))
+		abort();
 	for (i = 0; i < cfg->nlisteners; i++)
-		if (cfg->listeners[i].tls != LISTENER_TLS_NONE || cfg->listeners[i].proxy)
+		if (cfg->listeners[i].tls != LISTENER_TLS_NONE && cfg->tls.cert[0] == '\0')
 			abort();
 }
 

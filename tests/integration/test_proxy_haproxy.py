@@ -325,7 +325,12 @@ class HAProxy:
                     "defaults\n    mode tcp\n    timeout connect 5s\n"
                     "    timeout client 30s\n    timeout server 30s\n\n"
                     "frontend smtp\n    bind 127.0.0.1:%d\n    default_backend mx\n\n"
-                    "backend mx\n    server mx 127.0.0.1:%d %s\n"
+                    "backend mx\n"
+                    # An SMTP health check waits for the banner. A bare TCP
+                    # check resets right after its PROXY LOCAL header, before
+                    # ringmxd can even look at the peer (then it is dropped).
+                    "    option tcp-check\n    tcp-check expect rstring ^220\n"
+                    "    server mx 127.0.0.1:%d %s\n"
                     % (self.front, backend_port, server_opts))
         self.log = os.path.join(self.dir.name, "haproxy.log")
         self.proc = None

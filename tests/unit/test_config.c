@@ -454,13 +454,14 @@ test_listen_invalid(void **state)
 	size_t i, o = 0;
 
 	(void)state;
-	/* TLS on a listener needs a certificate (checked after the file). */
+	/* TLS on a listener needs a certificate (checked after the file, so
+	 * the message names the file but no line). */
 	bad("listen = 127.0.0.1:25 tls=implicit\n",
-	    "listen 127.0.0.1:25: tls=implicit needs a certificate (tls_cert and tls_key)");
+	    "t.conf: listen 127.0.0.1:25: tls=implicit needs a certificate (tls_cert and tls_key)");
 	bad("listen = 127.0.0.1:25 tls=starttls\n",
-	    "listen 127.0.0.1:25: tls=starttls needs a certificate (tls_cert and tls_key)");
+	    "t.conf: listen 127.0.0.1:25: tls=starttls needs a certificate (tls_cert and tls_key)");
 	bad("listen = [::1]:25 tls=required\n",
-	    "listen [::1]:25: tls=required needs a certificate (tls_cert and tls_key)");
+	    "t.conf: listen [::1]:25: tls=required needs a certificate (tls_cert and tls_key)");
 	bad1("listen", "127.0.0.1:25 tls=bogus",
 	     "not one of none, starttls, required, implicit: tls=bogus");
 	bad1("listen", "127.0.0.1:25 proxy=maybe", "not a boolean: proxy=maybe");
@@ -1171,7 +1172,7 @@ test_cli_errors(void **state)
 		{"-o", "listen=", "-o listen=: empty value"},
 		{"-o", " workers=1", "-o  workers=1: unknown key"},
 		{"-o", "listen=1.2.3.4:25 tls=implicit",
-		 "listen 1.2.3.4:25: tls=implicit needs a certificate (tls_cert and tls_key)"},
+		 "t.conf: listen 1.2.3.4:25: tls=implicit needs a certificate (tls_cert and tls_key)"},
 		{"-o", "hostname=a\tb", "-o hostname=a\\x09b: not a valid host name: 'a\\x09b'"},
 		{"--workers", "x", "--workers x: not a number: 'x'"},
 		{"--workers", "999", "--workers 999: out of range: '999' (0..256)"},
@@ -1478,9 +1479,9 @@ test_tls_keys(void **state)
 	config_free(c2);
 	config_free(cfg);
 
-	bad("tls_cert = /c\n", "tls_key: missing (tls_cert is set)");
-	bad("tls_key = /k\n", "tls_cert: missing (tls_key is set)");
-	bad("tls_sni = a.example /c /k\n", "tls_sni: needs a default certificate (tls_cert, tls_key)");
+	bad("tls_cert = /c\n", "t.conf: tls_key: missing (tls_cert is set)");
+	bad("tls_key = /k\n", "t.conf: tls_cert: missing (tls_key is set)");
+	bad("tls_sni = a.example /c /k\n", "t.conf: tls_sni: needs a default certificate (tls_cert, tls_key)");
 	bad1("tls_min_version", "1.1", "not one of 1.2, 1.3: '1.1'");
 	bad1("tls_min_version", "1.0", "not one of 1.2, 1.3: '1.0'");
 	bad1("tls_sni", "a.example /c", "expected 'NAME CERTFILE KEYFILE': 'a.example /c'");
@@ -1519,8 +1520,8 @@ test_tls_keys(void **state)
 	memset(&a, 0, sizeof(a));
 	a.env_enable_tls = "true";
 	assert_null(load_args("", &a, err));
-	assert_string_equal(err, "SMTP_ENABLE_TLS=true: no certificate (set SMTP_TLS_CERT and "
-				 "SMTP_TLS_KEY, or tls_cert and tls_key)");
+	assert_string_equal(err, "t.conf: SMTP_ENABLE_TLS=true: no certificate (set SMTP_TLS_CERT "
+				 "and SMTP_TLS_KEY, or tls_cert and tls_key)");
 	a.env_enable_tls = "sometimes";
 	assert_null(load_args("", &a, err));
 	assert_string_equal(err, "SMTP_ENABLE_TLS sometimes: not a boolean");
