@@ -39,6 +39,41 @@ now_ns(void)
 }
 
 /*
+ * A bound TCP socket for listener l, or -1 with err set. reuseport: join
+ * the listener's reuseport group (the workers' sockets) or not (the probe).
+ */
+static int
+listener_socket(const struct listener_conf *l, bool reuseport, char *err, size_t errlen)
+{
+	int one = 1;
+	int fd = socket(l->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		snprintf(err, errlen, "listen %s: socket: %s", l->text, strerror(errno));
+		return -1;
+	}
+	/* SO_REUSEADDR: a port with connections in TIME_WAIT is fine. Each
+	 * worker has its own listening socket in one reuseport group, so the
+	 * kernel spreads connections without a shared accept queue or lock. */
+	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+	    (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0)) {
+		snprintf(err, errlen, "listen %s: setsockopt: %s", l->text, strerror(errno));
+		close(fd);
+		return -1;
+	}
+	/* Accepted sockets inherit TCP_NODELAY: replies are already batched
+	 * per loop, Nagle would only add latency. */
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	if (l->addr.ss_family == AF_INET6)
+		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+	if (bind(fd, (const struct sockaddr *)&l->addr, l->addrlen) < 0) {
+		snprintf(err, errlen, "listen %s: bind: %s", l->text, strerror(errno));
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+/*
  * SO_REUSEPORT would let a second ringmxd (same user) join our listeners
  * without an error and silently take half the connections. Bind each
  * address once without it first: if anything listens there, that bind fails
@@ -48,21 +83,9 @@ int
 listener_probe(const struct config *cfg, char *err, size_t errlen)
 {
 	for (size_t i = 0; i < cfg->nlisteners; i++) {
-		const struct listener_conf *l = &cfg->listeners[i];
-		int one = 1;
-		int fd = socket(l->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-		if (fd < 0) {
-			snprintf(err, errlen, "listen %s: socket: %s", l->text, strerror(errno));
+		int fd = listener_socket(&cfg->listeners[i], false, err, errlen);
+		if (fd < 0)
 			return -1;
-		}
-		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)); /* TIME_WAIT is fine */
-		if (l->addr.ss_family == AF_INET6)
-			setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
-		if (bind(fd, (const struct sockaddr *)&l->addr, l->addrlen) < 0) {
-			snprintf(err, errlen, "listen %s: bind: %s", l->text, strerror(errno));
-			close(fd);
-			return -1;
-		}
 		close(fd);
 	}
 	return 0;
@@ -76,31 +99,9 @@ worker_setup_listeners(struct worker *w, const struct config *cfg, char *err, si
 	w->nlisteners = cfg->nlisteners;
 	for (size_t i = 0; i < cfg->nlisteners; i++) {
 		const struct listener_conf *l = &cfg->listeners[i];
-		int one = 1;
-		int fd = socket(l->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-		if (fd < 0) {
-			snprintf(err, errlen, "listen %s: socket: %s", l->text, strerror(errno));
+		int fd = listener_socket(l, true, err, errlen);
+		if (fd < 0)
 			return -1;
-		}
-		/* Each worker has its own listening socket in one reuseport
-		 * group, so the kernel spreads connections without a shared
-		 * accept queue or lock. */
-		if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
-		    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0) {
-			snprintf(err, errlen, "listen %s: setsockopt: %s", l->text, strerror(errno));
-			close(fd);
-			return -1;
-		}
-		/* Accepted sockets inherit TCP_NODELAY: replies are already
-		 * batched per loop, Nagle would only add latency. */
-		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-		if (l->addr.ss_family == AF_INET6)
-			setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
-		if (bind(fd, (const struct sockaddr *)&l->addr, l->addrlen) < 0) {
-			snprintf(err, errlen, "listen %s: bind: %s", l->text, strerror(errno));
-			close(fd);
-			return -1;
-		}
 		if (listen(fd, (int)cfg->listen_backlog) < 0) {
 			snprintf(err, errlen, "listen %s: listen: %s", l->text, strerror(errno));
 			close(fd);
