@@ -667,6 +667,40 @@ class Suite:
 
 # ---------------------------------------------------------------- misc
 
+OPENSSL = "/usr/bin/openssl"
+
+
+def self_signed_cert(directory, cn="localhost"):
+    """An ECDSA P-256 self-signed cert/key pair for cn (SAN: cn, localhost,
+    127.0.0.1) in directory; made once, reused after. Skip without openssl."""
+    cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+    if os.path.exists(cert) and os.path.exists(key):
+        return cert, key
+    if not os.access(OPENSSL, os.X_OK):
+        raise Skip("openssl is not installed (apt-get install openssl)")
+    os.makedirs(directory, exist_ok=True)
+    r = subprocess.run([OPENSSL, "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", cert,
+                        "-days", "30", "-subj", "/CN=" + cn,
+                        "-addext", "subjectAltName=DNS:%s,DNS:localhost,IP:127.0.0.1" % cn],
+                       capture_output=True, text=True, timeout=30)
+    if r.returncode != 0:
+        fail("openssl req: %s" % r.stderr[-800:])
+    return cert, key
+
+
+def stop_process(proc, timeout=5):
+    """SIGTERM a helper process (a proxy, a sink), SIGKILL it if it lingers."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def wait_for(pred, timeout=TIMEOUT, what="condition"):
     deadline = time.monotonic() + timeout
     while True:

@@ -39,7 +39,8 @@ import threading
 import time
 
 from ringmx_harness import (Server, Skip, Suite, check, check_eq, fail, free_port,
-                            ringmxd_path, smtplib_send, wait_for, TIMEOUT)
+                            ringmxd_path, smtplib_send, wait_for, TIMEOUT,
+                            self_signed_cert)
 
 T = Suite(__file__)
 SOAK = bool(os.environ.get("RINGMX_SOAK"))
@@ -58,9 +59,7 @@ def spool_tool():
 
 
 def make_cert():
-    cert, key = os.path.join(TLSDIR, "cert.pem"), os.path.join(TLSDIR, "key.pem")
-    if os.path.exists(cert):
-        return cert, key
+    return self_signed_cert(TLSDIR)
     os.makedirs(TLSDIR, exist_ok=True)
     r = subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
                         "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", cert,

@@ -26,7 +26,7 @@ import time
 from email.message import EmailMessage
 
 from ringmx_harness import (TIMEOUT, Client, Closed, Server, Skip, Suite, check, check_eq,
-                            fail, free_port, wait_for)
+                            fail, free_port, wait_for, stop_process)
 
 T = Suite(__file__)
 
@@ -357,13 +357,7 @@ class HAProxy:
 
     def __exit__(self, *exc):
         try:
-            if self.proc is not None and self.proc.poll() is None:
-                self.proc.terminate()
-                try:
-                    self.proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait()
+            stop_process(self.proc)
         finally:
             self.dir.cleanup()
         return False

@@ -28,11 +28,11 @@ import subprocess
 import tempfile
 from email.message import EmailMessage
 
-from ringmx_harness import TIMEOUT, Skip, Suite, check, check_eq, fail, free_port, wait_for
+from ringmx_harness import (TIMEOUT, Skip, Suite, check, check_eq, fail, free_port,
+                            self_signed_cert, stop_process, wait_for)
 
 T = Suite(__file__)
 
-OPENSSL = "/usr/bin/openssl"
 NGINX_STREAM_SO = "/usr/lib/nginx/modules/ngx_stream_module.so"
 
 PORT = free_port()
@@ -40,24 +40,11 @@ srv = T.shared(listen=(), port=PORT,
                args=["--listen", "127.0.0.1:%d proxy=yes" % PORT])
 
 TMP = tempfile.TemporaryDirectory(prefix="ringmx-rproxy-")
-_cert = {}
 
 
 def cert():
-    """A self-signed ECDSA P-256 cert/key for localhost (as test_tls.py)."""
-    if "pair" not in _cert:
-        if not os.access(OPENSSL, os.X_OK):
-            raise Skip("openssl is not installed (apt-get install openssl)")
-        c, k = os.path.join(TMP.name, "cert.pem"), os.path.join(TMP.name, "key.pem")
-        r = subprocess.run([OPENSSL, "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                            "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", k, "-out", c,
-                            "-days", "30", "-subj", "/CN=localhost",
-                            "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
-                           capture_output=True, text=True, timeout=30)
-        if r.returncode != 0:
-            fail("openssl req: %s" % r.stderr[-800:])
-        _cert["pair"] = (c, k)
-    return _cert["pair"]
+    """A self-signed ECDSA P-256 cert/key for localhost."""
+    return self_signed_cert(TMP.name)
 
 
 def tls_ctx():
@@ -119,13 +106,7 @@ class Proxy:
 
     def __exit__(self, *exc):
         try:
-            if self.proc is not None and self.proc.poll() is None:
-                self.proc.terminate()
-                try:
-                    self.proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait()
+            stop_process(self.proc)
         finally:
             self.dir.cleanup()
         return False

@@ -22,7 +22,8 @@ import re
 import subprocess
 import tempfile
 
-from ringmx_harness import Server, Suite, check, check_eq, fail, free_port
+from ringmx_harness import (Server, Suite, check, check_eq, fail, free_port,
+                            self_signed_cert)
 
 OPENSSL = "/usr/bin/openssl"
 T = Suite(__file__)
@@ -32,16 +33,8 @@ VERSIONS = (("-tls1_3", "TLSv1.3"), ("-tls1_2", "TLSv1.2"))
 
 
 def make_cert():
-    """ECDSA P-256 self-signed cert/key for localhost (as test_tls.py)."""
-    cert, key = os.path.join(D, "cert.pem"), os.path.join(D, "key.pem")
-    r = subprocess.run([OPENSSL, "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                        "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", cert,
-                        "-days", "30", "-subj", "/CN=localhost",
-                        "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
-                       capture_output=True, text=True, timeout=30)
-    if r.returncode != 0:
-        fail("openssl req: %s" % r.stderr[-800:])
-    return cert, key
+    """ECDSA P-256 self-signed cert/key for localhost."""
+    return self_signed_cert(D)
 
 
 if not os.access(OPENSSL, os.X_OK):
