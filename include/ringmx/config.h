@@ -96,6 +96,74 @@ struct tls_conf {
 	int env_enable;             /* SMTP_ENABLE_TLS: -1 unset, 0 false, 1 true */
 };
 
+/* Relay to the next hop (docs/relay.md, docs/config.md). */
+#define CONFIG_MAX_HOPS      64   /* distinct next hops: relay_host plus transport_maps targets */
+#define CONFIG_MAX_TRANSPORT 65536 /* entries in the transport_maps file */
+#define CONFIG_HOP_TEXT_MAX  300
+
+enum relay_proto {
+	RELAY_PROTO_SMTP = 0,
+	RELAY_PROTO_LMTP,
+};
+
+/* relay_tls: STARTTLS to the next hop. LMTP over a unix socket never uses
+ * TLS whatever the setting. */
+enum relay_tls {
+	RELAY_TLS_NONE = 0, /* never */
+	RELAY_TLS_MAY,      /* when the next hop offers STARTTLS; no certificate check */
+	RELAY_TLS_ENCRYPT,  /* required (4xx/deferral without it); no certificate check */
+	RELAY_TLS_VERIFY,   /* required, certificate checked against relay_tls_ca_file and
+			     * the next hop's host name */
+};
+
+/* One next hop, written "smtp:HOST:PORT", "lmtp:HOST:PORT", "lmtp:unix:/PATH",
+ * or (relay_host only) "HOST:PORT" meaning smtp. HOST is a name (resolved
+ * when the configuration is loaded: at start and on SIGHUP; the first
+ * address getaddrinfo returns is used), an IPv4 address or [IPv6]. */
+struct relay_hop_conf {
+	enum relay_proto proto;
+	struct sockaddr_storage addr; /* AF_INET, AF_INET6 or AF_UNIX */
+	socklen_t addrlen;
+	char host[256];  /* the name as written ("" for unix): TLS SNI and verification */
+	char text[CONFIG_HOP_TEXT_MAX]; /* canonical form, "smtp:127.0.0.1:25": identity and logs */
+};
+
+/* A transport_maps entry. domain is lower case: "example.org" matches that
+ * domain only; ".example.org" matches its subdomains (not itself); "*" is
+ * the default. Exact entries win over subdomain entries (the longest
+ * suffix), which win over "*", which wins over relay_host. */
+struct transport_entry {
+	char *domain;
+	uint32_t hop; /* index into relay.hops */
+};
+
+struct relay_conf {
+	struct relay_hop_conf hops[CONFIG_MAX_HOPS];
+	size_t nhops;
+	int default_hop; /* "*" in the map, else relay_host; -1: none */
+	struct transport_entry *map; /* sorted for relay_route(); owned */
+	size_t nmap;
+	char relay_host[CONFIG_HOP_TEXT_MAX];   /* as written, "" = none */
+	char transport_maps[CONFIG_PATH_MAX];   /* path, "" = none */
+	enum relay_tls tls;
+	char tls_ca_file[CONFIG_PATH_MAX];
+	unsigned connections;        /* per worker per next hop */
+	uint64_t connect_timeout;    /* ns */
+	uint64_t reply_timeout;      /* ns: any one reply, and each send */
+	uint64_t idle_timeout;       /* ns: an unused outbound connection is closed */
+	uint64_t retry_min, retry_max; /* ns: backoff after a temporary failure */
+	uint64_t queue_lifetime;     /* ns: maximal_queue_lifetime */
+	uint64_t high_water;         /* bytes of undelivered mail in the spool; 0 = no limit */
+	uint64_t defer_after;        /* ns: a next hop failing this long -> 451 to new mail; 0 = never */
+};
+
+/* relay_host or transport_maps set (and sink = spool). */
+static inline bool
+relay_enabled(const struct relay_conf *r)
+{
+	return r->nhops > 0;
+}
+
 struct config {
 	char path[4096]; /* the file read, "" for embedded defaults */
 
@@ -140,6 +208,8 @@ struct config {
 	/* Peers allowed to send a PROXY header on proxy=yes listeners
 	 * (docs/proxy.md). Reloadable: checked at accept time. */
 	struct proxy_trust proxy_trusted;
+
+	struct relay_conf relay;
 };
 
 /*
@@ -204,6 +274,10 @@ int config_check_reload(const struct config *cur, const struct config *next,
 
 /* Write the effective configuration in file syntax (for --print-config). */
 void config_print(const struct config *cfg, FILE *f);
+
+/* The next hop for a recipient domain (not NUL terminated, any case):
+ * an index into cfg->relay.hops, or -1 when nothing routes it. */
+int relay_route(const struct relay_conf *r, const char *domain, size_t len);
 
 /* Parse "0-3,6" (comma and/or blank separated; each CPU < CPU_SETSIZE,
  * at most once) into a CPU list. Returns count or -1. */
