@@ -10,47 +10,7 @@
 #include <assert.h>
 #include <string.h>
 
-/* ---- little-endian helpers (explicit, so the format does not depend on
- * the host) ---- */
-
-static void
-put16(uint8_t *p, uint16_t v)
-{
-	p[0] = (uint8_t)v;
-	p[1] = (uint8_t)(v >> 8);
-}
-
-static void
-put32(uint8_t *p, uint32_t v)
-{
-	for (int i = 0; i < 4; i++)
-		p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static void
-put64(uint8_t *p, uint64_t v)
-{
-	for (int i = 0; i < 8; i++)
-		p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint16_t
-get16(const uint8_t *p)
-{
-	return (uint16_t)(p[0] | p[1] << 8);
-}
-
-static uint32_t
-get32(const uint8_t *p)
-{
-	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static uint64_t
-get64(const uint8_t *p)
-{
-	return (uint64_t)get32(p) | (uint64_t)get32(p + 4) << 32;
-}
+#include "le.h"
 
 /* ---- CRC32C ---- */
 
@@ -86,7 +46,7 @@ spool_crc32c_update_sw(uint32_t crc, const void *data, size_t n)
 	if (!__atomic_load_n(&crc_table_ready, __ATOMIC_ACQUIRE))
 		crc_table_init();
 	while (n >= 8) {
-		uint32_t lo = crc ^ get32(p), hi = get32(p + 4);
+		uint32_t lo = crc ^ le_get32(p), hi = le_get32(p + 4);
 		crc = crc_table[7][lo & 0xff] ^ crc_table[6][(lo >> 8) & 0xff] ^
 		      crc_table[5][(lo >> 16) & 0xff] ^ crc_table[4][lo >> 24] ^
 		      crc_table[3][hi & 0xff] ^ crc_table[2][(hi >> 8) & 0xff] ^
@@ -165,38 +125,38 @@ void
 spool_hdr_encode(uint8_t *out, const struct spool_hdr *h)
 {
 	memset(out, 0, SPOOL_HDR_SIZE);
-	put32(out + 0, h->magic);
-	put16(out + 4, h->version);
-	put16(out + 6, h->flags);
-	put64(out + 8, h->rec_len);
-	put32(out + SPOOL_CRC_OFF, h->crc);
+	le_put32(out + 0, h->magic);
+	le_put16(out + 4, h->version);
+	le_put16(out + 6, h->flags);
+	le_put64(out + 8, h->rec_len);
+	le_put32(out + SPOOL_CRC_OFF, h->crc);
 	/* 20..23 reserved */
 	memcpy(out + 24, h->qid, strnlen(h->qid, SPOOL_QID_FIELD));
-	put64(out + 40, h->received_us);
-	put32(out + 48, h->env_len);
+	le_put64(out + 40, h->received_us);
+	le_put32(out + 48, h->env_len);
 	/* 52..55 reserved */
-	put64(out + 56, h->msg_len);
+	le_put64(out + 56, h->msg_len);
 }
 
 void
 spool_hdr_decode(const uint8_t *p, struct spool_hdr *h)
 {
-	h->magic = get32(p);
-	h->version = get16(p + 4);
-	h->flags = get16(p + 6);
-	h->rec_len = get64(p + 8);
-	h->crc = get32(p + SPOOL_CRC_OFF);
+	h->magic = le_get32(p);
+	h->version = le_get16(p + 4);
+	h->flags = le_get16(p + 6);
+	h->rec_len = le_get64(p + 8);
+	h->crc = le_get32(p + SPOOL_CRC_OFF);
 	memcpy(h->qid, p + 24, SPOOL_QID_FIELD);
 	h->qid[SPOOL_QID_FIELD] = '\0';
-	h->received_us = get64(p + 40);
-	h->env_len = get32(p + 48);
-	h->msg_len = get64(p + 56);
+	h->received_us = le_get64(p + 40);
+	h->env_len = le_get32(p + 48);
+	h->msg_len = le_get64(p + 56);
 }
 
 void
 spool_hdr_set_crc(uint8_t *hdr, uint32_t crc)
 {
-	put32(hdr + SPOOL_CRC_OFF, crc);
+	le_put32(hdr + SPOOL_CRC_OFF, crc);
 }
 
 int
@@ -204,8 +164,8 @@ spool_tlv_put(uint8_t *out, size_t cap, size_t *off, unsigned type, const void *
 {
 	if (len > SPOOL_TLV_VALUE_MAX || *off > cap || cap - *off < SPOOL_TLV_HDR + len)
 		return -1;
-	put16(out + *off, (uint16_t)type);
-	put16(out + *off + 2, (uint16_t)len);
+	le_put16(out + *off, (uint16_t)type);
+	le_put16(out + *off + 2, (uint16_t)len);
 	if (len)
 		memcpy(out + *off + SPOOL_TLV_HDR, v, len);
 	*off += SPOOL_TLV_HDR + len;
@@ -283,10 +243,10 @@ spool_tlv_next(struct spool_tlv_iter *it, unsigned *type, const uint8_t **val, s
 		return 0;
 	if (it->len - it->off < SPOOL_TLV_HDR)
 		return -1;
-	size_t l = get16(it->p + it->off + 2);
+	size_t l = le_get16(it->p + it->off + 2);
 	if (it->len - it->off - SPOOL_TLV_HDR < l)
 		return -1;
-	*type = get16(it->p + it->off);
+	*type = le_get16(it->p + it->off);
 	*val = it->p + it->off + SPOOL_TLV_HDR;
 	*len = l;
 	it->off += SPOOL_TLV_HDR + l;
@@ -313,7 +273,7 @@ spool_env_parse(const uint8_t *p, size_t len, struct spool_envelope *out)
 		case SPOOL_TLV_CLIENT_PORT:
 			if (n != 2)
 				return -1;
-			out->client_port = get16(v);
+			out->client_port = le_get16(v);
 			break;
 		case SPOOL_TLV_HELO:
 			out->helo = v;
@@ -327,7 +287,7 @@ spool_env_parse(const uint8_t *p, size_t len, struct spool_envelope *out)
 		case SPOOL_TLV_MAIL_PARAMS:
 			if (n != SPOOL_MAIL_PARAMS_LEN)
 				return -1;
-			out->size_declared = get64(v);
+			out->size_declared = le_get64(v);
 			out->mail_flags = v[8];
 			break;
 		case SPOOL_TLV_RCPT:
