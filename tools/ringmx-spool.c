@@ -1,14 +1,19 @@
 /*
  * ringmx-spool - read ringmxd's spool: list, show, cat, verify, export to a
- * Maildir, stats. Safe while ringmxd runs: it only reads, maps segments
- * read-only and hands on complete, CRC-valid records only.
+ * Maildir, stats, and the delivery queue (queue, hold, release, delete,
+ * flush). Reading is safe while ringmxd runs: segments are mapped
+ * read-only, journals read, and only complete, CRC-valid records are used.
+ * Journals are written only while this tool holds SPOOL_DIR/lock (ringmxd
+ * is not running); otherwise ringmxd is asked through SPOOL_DIR/ctl/.
  *
  * Owner: the spool module. Format: include/ringmx/spool_format.h and
  * docs/spool-format.md; operator guide: docs/spool.md.
  *
- * Layout read: SPOOL_DIR/w<N>/<seq 16 hex>.seg, workers in numeric order,
- * segments in sequence order, records in file order.
+ * Layout read: SPOOL_DIR/w<N>/<seq 16 hex>.seg (and its <seq>.jnl),
+ * workers in numeric order, segments in sequence order, records in file
+ * order.
  */
+#include <assert.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -17,12 +22,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "ringmx/config.h"
+#include "ringmx/journal_format.h"
 #include "ringmx/spool_format.h"
 
 #define DEFAULT_SPOOL_DIR "/var/spool/ringmx"
@@ -270,19 +277,41 @@ fmt_time(char *b, size_t n, uint64_t us)
 	snprintf(b + k, n - k, ".%06uZ", (unsigned)(us % 1000000u));
 }
 
+/* JSON string contents: quotes, backslashes and control bytes escaped;
+ * other bytes as they are (addresses are UTF-8 at most). */
 static void
-rcpts(FILE *f, const struct rec *r, const char *sep, const char *pre, const char *post)
+put_json(FILE *f, const uint8_t *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (p[i] == '"' || p[i] == '\\')
+			fprintf(f, "\\%c", p[i]);
+		else if (p[i] < 0x20 || p[i] == 0x7f)
+			fprintf(f, "\\u%04x", p[i]);
+		else
+			fputc(p[i], f);
+	}
+}
+
+/* The recipients, each as pre, text (through put), post, separated by sep.
+ * done (NULL: none) holds the journal's verdict per recipient; finished
+ * ones are left out. */
+static void
+rcpts(FILE *f, const struct rec *r, const uint8_t *done,
+      void (*put)(FILE *, const uint8_t *, size_t), const char *sep, const char *pre,
+      const char *post)
 {
 	struct spool_tlv_iter it = {r->env, r->h->env_len, 0};
-	unsigned type, k = 0;
+	unsigned type, k = 0, i = 0;
 	const uint8_t *v;
 	size_t n;
 	while (spool_tlv_next(&it, &type, &v, &n) > 0) {
 		if (type != SPOOL_TLV_RCPT)
 			continue;
+		if (done != NULL && done[i++] != 0)
+			continue;
 		fputs(k++ ? sep : "", f);
 		fputs(pre, f);
-		put_text(f, v, n);
+		put(f, v, n);
 		fputs(post, f);
 	}
 }
@@ -303,7 +332,7 @@ list_one(void *arg, const struct rec *r)
 	printf("%-13s %s %10" PRIu64 " <", r->h->qid, t, r->h->msg_len);
 	put_text(stdout, e.from, e.from_len);
 	printf("> ");
-	rcpts(stdout, r, ",", "<", ">");
+	rcpts(stdout, r, NULL, put_text, ",", "<", ">");
 	putchar('\n');
 	return 0;
 }
@@ -349,7 +378,7 @@ show_rec(const struct rec *r)
 	       e.size_declared, e.mail_flags & SPOOL_MAIL_8BITMIME ? "8BITMIME" : "7BIT",
 	       e.mail_flags & SPOOL_MAIL_SMTPUTF8 ? "yes" : "no",
 	       e.mail_flags & SPOOL_MAIL_ESMTP ? "yes" : "no");
-	rcpts(stdout, r, "", "rcpt_to: <", ">\n");
+	rcpts(stdout, r, NULL, put_text, "", "rcpt_to: <", ">\n");
 	return 0;
 }
 
@@ -468,6 +497,612 @@ cmd_export(const char *spool, const char *maildir)
 	return x.err || w.damaged ? 1 : 0;
 }
 
+/* ---- delivery journals (docs/spool-format.md, "Delivery journal") ---- */
+
+/* Largest journal this tool reads: a journal holds a few records per
+ * message, so even a 64 MiB segment of tiny messages stays far below. */
+#define JNL_READ_MAX (256u << 20)
+
+/* SPOOL_DIR/w<N>/<seq>.jnl beside <seq>.seg. */
+static void
+jnl_path(char *out, size_t n, const char *seg_path)
+{
+	size_t l = strlen(seg_path);
+	snprintf(out, n, "%.*s.jnl", (int)(l > 4 ? l - 4 : 0), seg_path);
+}
+
+/* Read a whole journal (fd at any offset) into *out (malloc, caller frees;
+ * NULL when empty). A journal is read, not mapped: ringmxd truncates a
+ * torn tail when it starts, and a mapped page past the new end would be
+ * SIGBUS, while a copy is merely stale. 0 or -1 (errno). */
+static int
+jnl_read(int fd, uint8_t **out, size_t *size)
+{
+	struct stat st;
+	*out = NULL;
+	*size = 0;
+	if (fstat(fd, &st) < 0)
+		return -1;
+	if (st.st_size > JNL_READ_MAX) {
+		errno = EFBIG;
+		return -1;
+	}
+	if (st.st_size == 0)
+		return 0;
+	uint8_t *b = malloc((size_t)st.st_size);
+	size_t got = 0;
+	if (b == NULL)
+		return -1;
+	while (got < (size_t)st.st_size) {
+		ssize_t r = pread(fd, b + got, (size_t)st.st_size - got, (off_t)got);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0) {
+			free(b);
+			return -1;
+		}
+		if (r == 0)
+			break; /* shorter now than fstat said: use what is there */
+		got += (size_t)r;
+	}
+	*out = b;
+	*size = got;
+	return 0;
+}
+
+/* The valid records of one segment's journal, read once per segment
+ * (segments are walked in order). text points into data, which lives
+ * until the next jnl_load() or jnl_unload(). */
+struct jnl {
+	char seg[CONFIG_PATH_MAX + 64]; /* the segment these belong to; "" none */
+	uint8_t *data;
+	size_t size;
+	struct journal_rec *recs;
+	size_t n, cap;
+};
+
+static _Noreturn void
+out_of_memory(void)
+{
+	fprintf(stderr, "%s: out of memory\n", prog);
+	exit(2);
+}
+
+/* v (n elements of size bytes used, *cap allocated) with room for one
+ * more. The tool has nothing useful to do without the memory. */
+static void *
+grow(void *v, size_t n, size_t *cap, size_t size)
+{
+	if (n < *cap)
+		return v;
+	size_t c = *cap ? 2 * *cap : 64;
+	void *nv = realloc(v, c * size);
+	if (nv == NULL)
+		out_of_memory();
+	*cap = c;
+	return nv;
+}
+
+static int
+jnl_collect(void *arg, size_t off, const struct journal_rec *r)
+{
+	struct jnl *j = arg;
+	(void)off;
+	j->recs = grow(j->recs, j->n, &j->cap, sizeof(*j->recs));
+	j->recs[j->n++] = *r;
+	return 0;
+}
+
+static void
+jnl_unload(struct jnl *j)
+{
+	free(j->data);
+	j->data = NULL;
+	j->size = 0;
+	j->n = 0;
+	j->seg[0] = '\0';
+}
+
+static void
+jnl_load(struct jnl *j, const char *seg_path)
+{
+	char path[sizeof(j->seg) + 8];
+	if (strcmp(j->seg, seg_path) == 0)
+		return;
+	jnl_unload(j);
+	snprintf(j->seg, sizeof(j->seg), "%s", seg_path);
+	jnl_path(path, sizeof(path), seg_path);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		/* No journal: nothing has happened to these messages yet. */
+		if (errno != ENOENT)
+			fprintf(stderr, "%s: %s: %s\n", prog, path, strerror(errno));
+		return;
+	}
+	if (jnl_read(fd, &j->data, &j->size) < 0)
+		fprintf(stderr, "%s: %s: %s\n", prog, path, strerror(errno));
+	close(fd);
+	/* A torn last record (an append in progress) simply ends the scan. */
+	journal_scan(j->data, j->size, jnl_collect, j);
+}
+
+/* One message's state from its segment's journal: st->done is allocated
+ * here (one byte per recipient; the caller frees it). deferred: a
+ * DEFERRED record exists. -1 if the envelope is malformed. */
+static int
+msg_state(struct jnl *j, const struct rec *r, struct spool_envelope *e,
+	  struct journal_msg_state *st, bool *deferred)
+{
+	memset(st, 0, sizeof(*st));
+	*deferred = false;
+	if (spool_env_parse(r->env, r->h->env_len, e) < 0) {
+		fprintf(stderr, "%s: %s: malformed envelope, skipped\n", prog, r->h->qid);
+		return -1;
+	}
+	st->nrcpt = e->nrcpt;
+	st->done = calloc(e->nrcpt ? e->nrcpt : 1, 1);
+	if (st->done == NULL)
+		out_of_memory();
+	jnl_load(j, r->seg->path);
+	for (size_t i = 0; i < j->n; i++) {
+		if (j->recs[i].rec_off != r->off)
+			continue;
+		journal_state_apply(st, &j->recs[i]);
+		if (j->recs[i].type == JOURNAL_DEFERRED)
+			*deferred = true;
+	}
+	return 0;
+}
+
+/* ---- queue ---- */
+
+struct queue {
+	struct jnl j;
+	bool json;
+	uint64_t messages, bytes;
+};
+
+static const char *
+msg_status(const struct journal_msg_state *st, bool deferred)
+{
+	return st->held ? "held" : deferred ? "deferred" : "active";
+}
+
+static void
+queue_text(const struct queue *q, const struct rec *r, const struct spool_envelope *e,
+	   const struct journal_msg_state *st, bool deferred)
+{
+	char t[40], next[40] = "now";
+	if (q->messages == 1)
+		printf("%-13s %10s %-27s %-8s %s\n", "-Queue ID-", "--Size--",
+		       "----Arrival Time (UTC)-----", "-State--", "-Sender/Recipient-------");
+	fmt_time(t, sizeof(t), r->h->received_us);
+	if (st->next_us)
+		fmt_time(next, sizeof(next), st->next_us);
+	printf("%-13s %10" PRIu64 " %-27s %-8s <", r->h->qid, r->h->msg_len, t,
+	       msg_status(st, deferred));
+	put_text(stdout, e->from, e->from_len);
+	printf(">\n%53sattempts: %" PRIu32 ", next: %s\n", "", st->attempts, next);
+	if (st->last_text_len) {
+		printf("%53s(", "");
+		put_text(stdout, (const uint8_t *)st->last_text, st->last_text_len);
+		printf(")\n");
+	}
+	rcpts(stdout, r, st->done, put_text, "", "                                                     <",
+	      ">\n");
+	putchar('\n');
+}
+
+static void
+queue_json(const struct rec *r, const struct spool_envelope *e,
+	   const struct journal_msg_state *st, bool deferred)
+{
+	char t[40], next[40] = "now";
+	fmt_time(t, sizeof(t), r->h->received_us);
+	if (st->next_us)
+		fmt_time(next, sizeof(next), st->next_us);
+	printf("{\"queue_id\":\"");
+	put_json(stdout, (const uint8_t *)r->h->qid, strlen(r->h->qid));
+	printf("\",\"size\":%" PRIu64 ",\"arrival_time\":\"%s\",\"state\":\"%s\",\"sender\":\"",
+	       r->h->msg_len, t, msg_status(st, deferred));
+	put_json(stdout, e->from, e->from_len);
+	printf("\",\"attempts\":%" PRIu32 ",\"next_attempt\":\"%s\",\"reason\":", st->attempts,
+	       next);
+	if (st->last_text_len) {
+		putchar('"');
+		put_json(stdout, (const uint8_t *)st->last_text, st->last_text_len);
+		putchar('"');
+	} else {
+		printf("null");
+	}
+	printf(",\"recipients\":[");
+	rcpts(stdout, r, st->done, put_json, ",", "\"", "\"");
+	printf("]}\n");
+}
+
+static int
+queue_one(void *arg, const struct rec *r)
+{
+	struct queue *q = arg;
+	struct spool_envelope e;
+	struct journal_msg_state st;
+	bool deferred;
+	if (msg_state(&q->j, r, &e, &st, &deferred) < 0)
+		return 0;
+	if (!journal_state_finished(&st)) {
+		q->messages++;
+		q->bytes += r->h->msg_len;
+		if (q->json)
+			queue_json(r, &e, &st, deferred);
+		else
+			queue_text(q, r, &e, &st, deferred);
+	}
+	free(st.done);
+	return 0;
+}
+
+static int
+cmd_queue(const char *spool, bool json)
+{
+	static struct queue q;
+	struct walk w = {0};
+	q.json = json;
+	walk(spool, queue_one, &q, &w, false);
+	jnl_unload(&q.j);
+	free(q.j.recs);
+	if (!json) {
+		if (q.messages == 0)
+			printf("Mail queue is empty\n");
+		else
+			printf("-- %" PRIu64 " KiB in %" PRIu64 " message%s.\n", (q.bytes + 1023) / 1024,
+			       q.messages, q.messages == 1 ? "" : "s");
+	}
+	return 0;
+}
+
+/* ---- hold, release, delete, flush ---- */
+
+/* Offline (the tool holds SPOOL_DIR/lock, so ringmxd is not running) the
+ * tool appends journal records itself; online (ringmxd holds the lock) it
+ * asks ringmxd through a request file in SPOOL_DIR/ctl/ (docs/spool.md). */
+
+#define CTL_TIMEOUT_S 10.0 /* how long to wait for ringmxd's answer */
+#define CTL_POLL_MS 50
+#define CTL_RES_MAX 65536 /* bytes of an answer read: one short line per id */
+
+static const struct ctl_cmd {
+	const char *name;
+	uint8_t type;    /* the journal record appended offline */
+	bool ids_needed; /* false: no ID means every message */
+} ctl_cmds[] = {
+	{"hold", JOURNAL_HOLD, true},
+	{"release", JOURNAL_RELEASE, true},
+	{"delete", JOURNAL_DELETE, true},
+	{"flush", JOURNAL_DEFERRED, false},
+};
+
+static const struct ctl_cmd *
+ctl_cmd_find(const char *name)
+{
+	for (size_t i = 0; i < sizeof(ctl_cmds) / sizeof(ctl_cmds[0]); i++)
+		if (strcmp(ctl_cmds[i].name, name) == 0)
+			return &ctl_cmds[i];
+	return NULL;
+}
+
+/* A queue id as ringmxd makes them (letters and digits, at most the
+ * record's field): anything else could not be one, and must not reach a
+ * request file, which is line- and space-separated. */
+static bool
+qid_valid(const char *id)
+{
+	size_t n = strlen(id);
+	if (n == 0 || n > SPOOL_QID_FIELD)
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if (!((id[i] >= '0' && id[i] <= '9') || (id[i] >= 'A' && id[i] <= 'Z') ||
+		      (id[i] >= 'a' && id[i] <= 'z')))
+			return false;
+	return true;
+}
+
+/* A message to act on, found by walking the spool. */
+struct target {
+	const char *id; /* as given; NULL for "every message" entries */
+	char qid[SPOOL_QID_FIELD + 1];
+	char seg[CONFIG_PATH_MAX + 64];
+	uint64_t rec_off;
+	uint32_t attempts;
+	bool found;
+};
+
+struct targets {
+	struct jnl j;
+	struct target *t;
+	size_t n, cap, found;
+	bool all; /* every unfinished message (flush without ids) */
+};
+
+static void
+target_set(struct target *t, const struct rec *r, const struct journal_msg_state *st)
+{
+	snprintf(t->qid, sizeof(t->qid), "%s", r->h->qid);
+	snprintf(t->seg, sizeof(t->seg), "%s", r->seg->path);
+	t->rec_off = r->off;
+	t->attempts = st->attempts;
+	t->found = true;
+}
+
+static int
+target_one(void *arg, const struct rec *r)
+{
+	struct targets *ts = arg;
+	struct spool_envelope e;
+	struct journal_msg_state st;
+	bool deferred;
+	size_t i;
+
+	if (!ts->all) {
+		for (i = 0; i < ts->n; i++)
+			if (!ts->t[i].found && strcmp(ts->t[i].id, r->h->qid) == 0)
+				break;
+		if (i == ts->n)
+			return 0;
+	}
+	if (msg_state(&ts->j, r, &e, &st, &deferred) < 0)
+		return 0;
+	/* A finished message only waits for its segment to go: it is no
+	 * longer in the queue, so it is "no such message" like a gone one. */
+	if (!journal_state_finished(&st)) {
+		if (ts->all) {
+			ts->t = grow(ts->t, ts->n, &ts->cap, sizeof(*ts->t));
+			i = ts->n++;
+			ts->t[i].id = NULL;
+		}
+		target_set(&ts->t[i], r, &st);
+		ts->found++;
+	}
+	free(st.done);
+	/* Queue ids are unique: stop once every one asked for is found. */
+	return !ts->all && ts->found == ts->n;
+}
+
+static int
+write_at(int fd, const uint8_t *p, size_t n, off_t off)
+{
+	while (n > 0) {
+		ssize_t w = pwrite(fd, p, n, off);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			return -1;
+		p += w;
+		n -= (size_t)w;
+		off += w;
+	}
+	return 0;
+}
+
+/* Append r to the journal of segment seg_path, creating it (0600) if
+ * absent: after the last valid record (a torn tail is cut off first, as
+ * ringmxd does), then fdatasync; a new file's directory entry is made
+ * durable too. Only called with the spool lock held. 0 or -1 (errno). */
+static int
+jnl_append(const char *seg_path, const struct journal_rec *r)
+{
+	char path[CONFIG_PATH_MAX + 80], dir[CONFIG_PATH_MAX + 80];
+	uint8_t rec[JOURNAL_REC_MAX], *old;
+	size_t size, n = journal_encode(rec, sizeof(rec), r);
+	int fd, err = 0;
+
+	assert(n > 0);
+	jnl_path(path, sizeof(path), seg_path);
+	fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return -1;
+	if (jnl_read(fd, &old, &size) < 0) {
+		err = errno;
+		goto out;
+	}
+	size_t end = journal_scan(old, size, NULL, NULL);
+	free(old);
+	if ((end < size && ftruncate(fd, (off_t)end) < 0) ||
+	    write_at(fd, rec, n, (off_t)end) < 0 || fdatasync(fd) < 0) {
+		err = errno;
+		goto out;
+	}
+	if (size == 0) {
+		snprintf(dir, sizeof(dir), "%s", path);
+		*strrchr(dir, '/') = '\0';
+		if (sync_dir(dir) < 0)
+			err = errno;
+	}
+out:
+	close(fd);
+	errno = err;
+	return err ? -1 : 0;
+}
+
+static uint64_t
+now_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+/* One result line per id, as ringmxd writes them online. */
+static int
+ctl_offline(const char *spool, const struct ctl_cmd *c, char **ids, int nids)
+{
+	static struct targets ts;
+	struct walk w = {0};
+	int rc = 0;
+
+	ts.all = nids == 0;
+	if (!ts.all) {
+		ts.t = calloc((size_t)nids, sizeof(*ts.t));
+		if (ts.t == NULL)
+			out_of_memory();
+		for (int i = 0; i < nids; i++)
+			ts.t[i].id = ids[i];
+		ts.n = (size_t)nids;
+	}
+	walk(spool, target_one, &ts, &w, false);
+	jnl_unload(&ts.j);
+	free(ts.j.recs);
+	for (size_t i = 0; i < ts.n; i++) {
+		struct target *t = &ts.t[i];
+		const char *shown = t->id != NULL ? t->id : t->qid;
+		if (!t->found) {
+			printf("error %s %s: no such message\n", c->name, shown);
+			rc = 1;
+			continue;
+		}
+		struct journal_rec r = {
+			.type = c->type,
+			.rcpt_count = JOURNAL_ALL_RCPTS,
+			.rec_off = t->rec_off,
+			.time_us = now_us(),
+		};
+		if (c->type == JOURNAL_DEFERRED) {
+			/* Due now; the attempts so far stay as they were. */
+			r.attempts = t->attempts;
+			r.text = "flush requested";
+			r.text_len = (uint16_t)strlen(r.text);
+		}
+		if (jnl_append(t->seg, &r) < 0) {
+			printf("error %s %s: %s\n", c->name, shown, strerror(errno));
+			rc = 1;
+			continue;
+		}
+		if (t->id != NULL)
+			printf("ok %s %s\n", c->name, shown);
+	}
+	if (ts.all)
+		printf("ok flush\n");
+	free(ts.t);
+	return rc;
+}
+
+static double
+ctl_timeout(void)
+{
+	const char *s = getenv("RINGMX_SPOOL_CTL_TIMEOUT");
+	char *end;
+	double v = s != NULL ? strtod(s, &end) : 0;
+	return s != NULL && end != s && *end == '\0' && v > 0 && v <= 3600 ? v : CTL_TIMEOUT_S;
+}
+
+/* Print ringmxd's answer; 1 if any line is an error, else 0. */
+static int
+ctl_answer(const char *path)
+{
+	char buf[CTL_RES_MAX + 1];
+	int rc = 0;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	ssize_t n = fd >= 0 ? read(fd, buf, CTL_RES_MAX) : -1;
+	if (fd >= 0)
+		close(fd);
+	if (n < 0) {
+		fprintf(stderr, "%s: %s: %s\n", prog, path, strerror(errno));
+		return 1;
+	}
+	buf[n] = '\0';
+	fputs(buf, stdout);
+	if (n > 0 && buf[n - 1] != '\n')
+		putchar('\n');
+	for (char *l = buf; l != NULL && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL)
+		if (strncmp(l, "ok ", 3) != 0)
+			rc = 1; /* "error ...", or something not understood */
+	unlink(path);
+	return rc;
+}
+
+static int
+ctl_online(const char *spool, const struct ctl_cmd *c, char **ids, int nids)
+{
+	char ctl[CONFIG_PATH_MAX + 8], base[CONFIG_PATH_MAX + 64], tmp[CONFIG_PATH_MAX + 80],
+		req[CONFIG_PATH_MAX + 80], res[CONFIG_PATH_MAX + 80];
+	struct timespec ts;
+	struct stat st;
+
+	snprintf(ctl, sizeof(ctl), "%s/ctl", spool);
+	if (mkdir(ctl, 0700) < 0 && errno != EEXIST) {
+		fprintf(stderr, "%s: mkdir %s: %s\n", prog, ctl, strerror(errno));
+		return 2;
+	}
+	clock_gettime(CLOCK_REALTIME, &ts);
+	snprintf(base, sizeof(base), "%s/%ld.%" PRIu64, ctl, (long)getpid(),
+		 (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec);
+	snprintf(tmp, sizeof(tmp), "%s.tmp", base);
+	snprintf(req, sizeof(req), "%s.req", base);
+	snprintf(res, sizeof(res), "%s.res", base);
+
+	/* Written under a temporary name and renamed, so ringmxd never reads
+	 * half a request. */
+	FILE *f = fopen(tmp, "wex");
+	if (f == NULL) {
+		fprintf(stderr, "%s: %s: %s\n", prog, tmp, strerror(errno));
+		return 2;
+	}
+	if (nids == 0)
+		fprintf(f, "%s\n", c->name);
+	for (int i = 0; i < nids; i++)
+		fprintf(f, "%s %s\n", c->name, ids[i]);
+	if (fclose(f) != 0 || rename(tmp, req) < 0) {
+		fprintf(stderr, "%s: %s: %s\n", prog, req, strerror(errno));
+		unlink(tmp);
+		return 2;
+	}
+
+	double limit = ctl_timeout();
+	for (double waited = 0; waited < limit; waited += CTL_POLL_MS / 1000.0) {
+		if (stat(res, &st) == 0)
+			return ctl_answer(res);
+		usleep(CTL_POLL_MS * 1000);
+	}
+	if (stat(res, &st) == 0)
+		return ctl_answer(res);
+	if (unlink(req) == 0)
+		fprintf(stderr, "%s: ringmxd did not answer within %.1f s; request withdrawn\n", prog,
+			limit);
+	else
+		fprintf(stderr, "%s: ringmxd took the request but did not answer within %.1f s; "
+			"it may still be applied\n", prog, limit);
+	return 2;
+}
+
+static int
+cmd_control(const char *spool, const struct ctl_cmd *c, char **ids, int nids)
+{
+	char lock[CONFIG_PATH_MAX + 8];
+	for (int i = 0; i < nids; i++)
+		if (!qid_valid(ids[i])) {
+			fprintf(stderr, "%s: %s: not a queue id\n", prog, ids[i]);
+			return 2;
+		}
+	snprintf(lock, sizeof(lock), "%s/lock", spool);
+	int fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		fprintf(stderr, "%s: %s: %s\n", prog, lock, strerror(errno));
+		return 2;
+	}
+	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+		int e = errno;
+		close(fd);
+		if (e == EWOULDBLOCK)
+			return ctl_online(spool, c, ids, nids); /* ringmxd runs */
+		fprintf(stderr, "%s: flock %s: %s\n", prog, lock, strerror(e));
+		return 2;
+	}
+	/* The lock is held until the last record is synced: ringmxd cannot
+	 * start meanwhile and append to the same journals. */
+	int rc = ctl_offline(spool, c, ids, nids);
+	close(fd);
+	return rc;
+}
+
 static void
 usage(FILE *f)
 {
@@ -479,9 +1114,18 @@ usage(FILE *f)
 		"  verify                  check every record's CRC; exit 1 on damage\n"
 		"  export --maildir DIR    one file per message in DIR/new (via DIR/tmp)\n"
 		"  stats                   segments, messages, bytes, oldest and newest\n"
+		"  queue [--json]          messages still to deliver: state, attempts, next\n"
+		"                          attempt, last reason, pending recipients\n"
+		"  hold ID...              no delivery until released\n"
+		"  release ID...           lift a hold\n"
+		"  delete ID...            remove from the queue: no delivery, no bounce\n"
+		"  flush [ID...]           try now (no ID: every message)\n"
 		"  -d SPOOL_DIR  the spool (default %s)\n"
 		"  -c CONFIG     read spool_dir from a ringmxd configuration file\n"
-		"Only complete, CRC-valid records are shown; safe while ringmxd runs.\n",
+		"Only complete, CRC-valid records are shown; safe while ringmxd runs.\n"
+		"hold/release/delete/flush write the journal themselves when ringmxd is not\n"
+		"running, else ask ringmxd (SPOOL_DIR/ctl); exit 0 all ok, 1 an error, 2 no\n"
+		"answer (RINGMX_SPOOL_CTL_TIMEOUT seconds, default 10).\n",
 		DEFAULT_SPOOL_DIR);
 }
 
@@ -557,6 +1201,12 @@ main(int argc, char **argv)
 	}
 	if (strcmp(cmd, "export") == 0 && nargs == 2 && strcmp(args[0], "--maildir") == 0)
 		return cmd_export(spool, args[1]);
+	if (strcmp(cmd, "queue") == 0 &&
+	    (nargs == 0 || (nargs == 1 && strcmp(args[0], "--json") == 0)))
+		return cmd_queue(spool, nargs == 1);
+	const struct ctl_cmd *cc = ctl_cmd_find(cmd);
+	if (cc != NULL && (nargs > 0 || !cc->ids_needed))
+		return cmd_control(spool, cc, args, nargs);
 	if (strcmp(cmd, "stats") == 0 && nargs == 0) {
 		char a[40] = "-", b[40] = "-";
 		walk(spool, NULL, NULL, &w, false);
