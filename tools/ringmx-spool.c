@@ -840,7 +840,7 @@ target_one(void *arg, const struct rec *r)
 	struct spool_envelope e;
 	struct journal_msg_state st;
 	bool deferred;
-	size_t i;
+	size_t i = 0; /* the target: found below, or appended (ts->all) */
 
 	if (!ts->all) {
 		for (i = 0; i < ts->n; i++)
