@@ -19,6 +19,9 @@
  *   3. text/rfc822-headers: the original message's header section (up to
  *      the first empty line, at most DSN_HEADERS_MAX bytes; cut at a line
  *      boundary when longer).
+ * When info->utf8, parts 2 and 3 are message/global-delivery-status and
+ * message/global-headers (RFC 6533 6: raw UTF-8 addresses are allowed
+ * only there), and the report is 8bit: relay it with SMTPUTF8.
  * Headers of the report: Date, From: MAILER-DAEMON@<hostname> (display name
  * "Mail Delivery System"), To: <sender>, Subject: Undelivered Mail Returned
  * to Sender, Message-ID: <qid.timestamp@hostname>, Auto-Submitted:
@@ -64,7 +67,8 @@ struct dsn_info {
 	size_t msg_len;
 };
 
-/* Upper bound of dsn_build()'s output for this info. */
+/* Upper bound of dsn_build()'s output for this info; 0 when the info is
+ * invalid (see dsn_build()). */
 size_t dsn_size_bound(const struct dsn_info *info);
 
 /* Build the report into out (cap bytes). Returns its length, or 0 if cap is
