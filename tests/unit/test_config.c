@@ -1413,6 +1413,10 @@ test_example_file(void **state)
 	assert_int_equal(cfg->sink, SINK_KIND_SPOOL);
 	assert_int_equal(cfg->commit_delay, 1000000);
 	assert_int_equal(cfg->spool_memory, 256 << 20);
+	assert_false(relay_enabled(&cfg->relay));
+	assert_int_equal(cfg->relay.connections, 4);
+	assert_int_equal(cfg->relay.retry_max, S(3600));
+	assert_int_equal(cfg->relay.queue_lifetime, S(5 * 86400));
 	config_free(cfg);
 }
 
