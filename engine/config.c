@@ -37,6 +37,7 @@
 
 #include "ringmx/config.h"
 #include "ringmx_version.h"
+#include "relay_route.h"
 
 #define NS_PER_S 1000000000ull
 #define DAY_S    86400ull
@@ -65,6 +66,9 @@ enum key_type {
 	T_TLS_VERSION, /* tls_min_version = 1.2 | 1.3 */
 	T_TLS_CIPHERS, /* tls_ciphers */
 	T_PROXY_TRUSTED, /* list of CIDRs */
+	T_RELAY_HOST,    /* a next hop, checked here, resolved in finish_relay() */
+	T_FILE,          /* a path: char[CONFIG_PATH_MAX] at off */
+	T_RELAY_TLS,     /* none | may | encrypt | verify */
 };
 
 struct key_def {
@@ -97,6 +101,22 @@ static const struct key_def keys[] = {
 	{"commit_delay", T_DURATION, CO(commit_delay), 0, SEC(1), true},
 	{"commit_size", T_SIZE64, CO(commit_size), 4096, 1ull << 30, true},
 	{"spool_memory", T_SIZE64, CO(spool_memory), 1ull << 20, 1ull << 40, false},
+	/* Relay to the next hop (docs/config.md). All reloadable: SIGHUP
+	 * builds a new map and hop list, and names are resolved again. */
+	{"relay_host", T_RELAY_HOST, 0, 0, 0, true},
+	{"transport_maps", T_FILE, CO(relay.transport_maps), 0, 0, true},
+	{"relay_tls", T_RELAY_TLS, 0, 0, 0, true},
+	{"relay_tls_ca_file", T_FILE, CO(relay.tls_ca_file), 0, 0, true},
+	{"relay_connections", T_UINT, CO(relay.connections), 1, 1024, true},
+	{"relay_connect_timeout", T_DURATION, CO(relay.connect_timeout), SEC(1), SEC(3600), true},
+	{"relay_reply_timeout", T_DURATION, CO(relay.reply_timeout), SEC(1), SEC(3600), true},
+	{"relay_idle_timeout", T_DURATION, CO(relay.idle_timeout), 0, SEC(3600), true},
+	{"retry_min", T_DURATION, CO(relay.retry_min), SEC(1), SEC(7 * DAY_S), true},
+	{"retry_max", T_DURATION, CO(relay.retry_max), SEC(1), SEC(7 * DAY_S), true},
+	{"maximal_queue_lifetime", T_DURATION, CO(relay.queue_lifetime), SEC(1), SEC(100 * DAY_S),
+	 true},
+	{"spool_high_water", T_SIZE64, CO(relay.high_water), 0, 1ull << 50, true},
+	{"relay_defer_after", T_DURATION, CO(relay.defer_after), 0, SEC(7 * DAY_S), true},
 	{"message_size_limit", T_SIZE64, CO(smtp.message_size_limit), 1, 1ull << 40, true},
 	{"recipient_limit", T_UINT, CO(smtp.recipient_limit), 1, 1000000, true},
 	{"error_limit", T_UINT, CO(smtp.error_limit), 1, 1000000, true},
@@ -123,6 +143,14 @@ static const struct key_def keys[] = {
 
 static const char *const default_domains[] = {"localhost", "example.test"};
 
+/* Where a key got its value, for checks made after every layer is read
+ * (finish_relay()). Neither line nor cli: the built-in default. */
+struct key_origin {
+	int line;  /* file line; 0 = not from the file */
+	bool cli;  /* from the command line or environment: label */
+	char label[CONFIG_ERR_MAX / 2];
+};
+
 /* One source of settings: the file, the -o options or the flags. */
 struct layer {
 	const char *file; /* file name; NULL for the command line */
@@ -142,10 +170,13 @@ struct pstate {
 	size_t len, pos;
 	bool key_seen; /* mirrors inih's prev_name: a key line was seen */
 	char qbuf[288];
+	struct key_origin origin[NKEYS]; /* the layer that set each key last */
 };
 
 static int fail(struct pstate *st, const char *key, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
+static int vfail(struct pstate *st, const char *key, const char *fmt, va_list ap)
+	__attribute__((format(printf, 3, 0)));
 static void buff(char *b, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 /* snprintf() for messages where cutting an over-long path or value short is
@@ -160,28 +191,40 @@ buff(char *b, size_t cap, const char *fmt, ...)
 	va_end(ap);
 }
 
-/* First error wins. File errors: "file:line: key: problem"; command-line
- * errors: "label: problem". */
+/* First error wins. File errors: "file:line: key: problem" (line 0: a
+ * built-in value, "file: key: problem"); command-line errors: "label:
+ * problem". */
 static int
-fail(struct pstate *st, const char *key, const char *fmt, ...)
+vfail(struct pstate *st, const char *key, const char *fmt, va_list ap)
 {
 	char prob[CONFIG_ERR_MAX];
-	va_list ap;
 
 	if (st->failed)
 		return -1;
 	st->failed = true;
-	va_start(ap, fmt);
 	vsnprintf(prob, sizeof(prob), fmt, ap);
-	va_end(ap);
 	if (st->ly.file == NULL)
 		buff(st->err, CONFIG_ERR_MAX, "%s: %s", st->ly.label, prob);
+	else if (st->ly.lineno == 0 && key != NULL)
+		buff(st->err, CONFIG_ERR_MAX, "%s: %s: %s", st->ly.file, key, prob);
 	else if (key == NULL)
 		buff(st->err, CONFIG_ERR_MAX, "%s:%d: %s", st->ly.file, st->ly.lineno, prob);
 	else
 		buff(st->err, CONFIG_ERR_MAX, "%s:%d: %s: %s", st->ly.file, st->ly.lineno, key,
 		     prob);
 	return -1;
+}
+
+static int
+fail(struct pstate *st, const char *key, const char *fmt, ...)
+{
+	va_list ap;
+	int rc;
+
+	va_start(ap, fmt);
+	rc = vfail(st, key, fmt, ap);
+	va_end(ap);
+	return rc;
 }
 
 /* Printable, bounded copy of untrusted text for messages. */
@@ -440,6 +483,19 @@ domain_valid(const char *s, size_t n, bool wildcard_ok)
 	return label != 0 && s[n - 1] != '-' && !digits;
 }
 
+/* For the transport map parser (engine/relay_route.c): one set of rules. */
+bool
+config_domain_valid(const char *s, size_t n, bool wildcard_ok)
+{
+	return domain_valid(s, n, wildcard_ok);
+}
+
+int
+config_parse_uint(const char *s, uint64_t *out)
+{
+	return parse_uint(s, out);
+}
+
 /* ---- lists ---- */
 
 static void
@@ -522,6 +578,12 @@ tok_quote(char *b, size_t cap, const char *t, size_t n)
 	memcpy(raw, t, n);
 	raw[n] = '\0';
 	quote_into(b, cap, raw);
+}
+
+void
+config_quote(char *b, size_t cap, const char *t, size_t n)
+{
+	tok_quote(b, cap, t, n);
 }
 
 /*
@@ -918,9 +980,10 @@ set_number(struct pstate *st, const struct key_def *k, const char *v)
 	return 0;
 }
 
-/* A file name for TLS: bounded, no control characters (log lines). */
+/* A file name: bounded (cap bytes with the NUL), no control characters
+ * (log lines). */
 static int
-tls_path_set(struct pstate *st, const char *key, char *dst, const char *v, size_t n)
+path_set(struct pstate *st, const char *key, char *dst, size_t cap, const char *v, size_t n)
 {
 	char qb[288];
 
@@ -928,8 +991,8 @@ tls_path_set(struct pstate *st, const char *key, char *dst, const char *v, size_
 	for (size_t i = 0; i < n; i++)
 		if ((unsigned char)v[i] < 0x20 || v[i] == 0x7f)
 			return fail(st, key, "control character in path: '%s'", qb);
-	if (n >= CONFIG_TLS_PATH_MAX)
-		return fail(st, key, "path too long (max %d bytes)", CONFIG_TLS_PATH_MAX - 1);
+	if (n >= cap)
+		return fail(st, key, "path too long (max %zu bytes)", cap - 1);
 	memcpy(dst, v, n);
 	dst[n] = '\0';
 	return 0;
@@ -985,8 +1048,8 @@ tls_sni_parse(struct pstate *st, const char *key, const char *v)
 			if (strcmp(t->sni[i].name, e->name) == 0)
 				return fail(st, key, "name listed twice: '%s'", qb);
 	}
-	if (tls_path_set(st, key, e->cert, f[1], fl[1]) < 0 ||
-	    tls_path_set(st, key, e->key, f[2], fl[2]) < 0)
+	if (path_set(st, key, e->cert, sizeof(e->cert), f[1], fl[1]) < 0 ||
+	    path_set(st, key, e->key, sizeof(e->key), f[2], fl[2]) < 0)
 		return -1;
 	t->nsni++;
 	return 0;
@@ -1047,7 +1110,33 @@ set_value(struct pstate *st, const struct key_def *k, const char *v)
 			return fail(st, k->name, "not a boolean: '%s'", q(st, v));
 		return 0;
 	case T_TLS_PATH:
-		return tls_path_set(st, k->name, (char *)cfg + k->off, v, strlen(v));
+		return path_set(st, k->name, (char *)cfg + k->off, CONFIG_TLS_PATH_MAX, v, strlen(v));
+	case T_FILE:
+		return path_set(st, k->name, (char *)cfg + k->off, CONFIG_PATH_MAX, v, strlen(v));
+	case T_RELAY_HOST: {
+		struct relay_hop_conf h;
+
+		/* Syntax now, for the line number; the name is resolved
+		 * once every layer is read (finish_relay()), so a relay_host
+		 * that -o overrides is never looked up. */
+		if (relay_hop_parse(v, strlen(v), false, &h, why, sizeof(why)) < 0)
+			return fail(st, k->name, "bad next hop '%s': %s", q(st, v), why);
+		strcpy(cfg->relay.relay_host, v); /* relay_hop_parse() bounds it */
+		return 0;
+	}
+	case T_RELAY_TLS: {
+		static const char *const names[] = {"none", "may", "encrypt", "verify"};
+		size_t i;
+
+		for (i = 0; i < 4; i++)
+			if (strcmp(v, names[i]) == 0)
+				break;
+		if (i == 4)
+			return fail(st, k->name, "not one of none, may, encrypt, verify: '%s'",
+				    q(st, v));
+		cfg->relay.tls = (enum relay_tls)i;
+		return 0;
+	}
 	case T_TLS_SNI:
 		return tls_sni_parse(st, k->name, v);
 	case T_TLS_VERSION:
@@ -1108,7 +1197,12 @@ set_key(struct pstate *st, const char *name, const char *v, bool cont)
 		return fail(st, k->name, "already set by an earlier option");
 	}
 	if (!cont && *seen == 0) {
+		struct key_origin *o = &st->origin[k - keys];
+
 		*seen = st->ly.file != NULL ? st->ly.lineno : 1;
+		o->line = st->ly.file != NULL ? st->ly.lineno : 0;
+		o->cli = st->ly.file == NULL;
+		snprintf(o->label, sizeof(o->label), "%s", st->ly.label);
 		if (k->type == T_LISTEN)
 			cfg->nlisteners = 0;
 		else if (k->type == T_DOMAINS)
@@ -1267,8 +1361,9 @@ parse_text(struct pstate *st, const char *name, const char *text, size_t len)
 	return layer_end(st);
 }
 
+/* The whole file, at most max bytes. */
 static int
-read_file(const char *path, char **out, size_t *outlen, char *err)
+read_file(const char *path, size_t max, char **out, size_t *outlen, char *err)
 {
 	size_t len = 0, cap = 8192;
 	char *buf;
@@ -1284,13 +1379,13 @@ read_file(const char *path, char **out, size_t *outlen, char *err)
 		ssize_t r;
 
 		if (len == cap) {
-			char *nb = cap > CONFIG_FILE_MAX ? NULL : realloc(buf, cap * 2);
+			char *nb = cap > max ? NULL : realloc(buf, cap * 2);
 
 			if (nb == NULL) {
 				free(buf);
 				close(fd);
-				buff(err, CONFIG_ERR_MAX, "%s: file too large (max %d bytes)",
-					 path, CONFIG_FILE_MAX);
+				buff(err, CONFIG_ERR_MAX, "%s: file too large (max %zu bytes)",
+					 path, max);
 				return -1;
 			}
 			buf = nb;
@@ -1314,9 +1409,8 @@ read_file(const char *path, char **out, size_t *outlen, char *err)
 		buff(err, CONFIG_ERR_MAX, "%s: out of memory", path);
 		return -1;
 	}
-	if (len > CONFIG_FILE_MAX) {
-		buff(err, CONFIG_ERR_MAX, "%s: file too large (max %d bytes)", path,
-			 CONFIG_FILE_MAX);
+	if (len > max) {
+		buff(err, CONFIG_ERR_MAX, "%s: file too large (max %zu bytes)", path, max);
 		free(buf);
 		return -1;
 	}
@@ -1470,6 +1564,18 @@ set_defaults(struct config *cfg)
 	cfg->commit_size = 1ull << 20;
 	cfg->spool_memory = 256ull << 20;
 
+	cfg->relay.default_hop = -1;
+	cfg->relay.tls = RELAY_TLS_NONE;
+	cfg->relay.connections = 4;
+	cfg->relay.connect_timeout = SEC(30);
+	cfg->relay.reply_timeout = SEC(300);
+	cfg->relay.idle_timeout = SEC(10);
+	cfg->relay.retry_min = SEC(60);
+	cfg->relay.retry_max = SEC(3600);
+	cfg->relay.queue_lifetime = SEC(5 * DAY_S);
+	cfg->relay.high_water = 0;
+	cfg->relay.defer_after = SEC(600);
+
 	cfg->smtp.message_size_limit = 10240000;
 	cfg->smtp.recipient_limit = 1000;
 	cfg->smtp.error_limit = 20;
@@ -1601,6 +1707,166 @@ finish(struct config *cfg, char *err)
 	return 0;
 }
 
+/* ---- relay: checks across keys, the map, name resolution ---- */
+
+static size_t
+key_index(const char *name)
+{
+	const struct key_def *k = key_find(name);
+
+	assert(k != NULL);
+	return (size_t)(k - keys);
+}
+
+static int fail_key(struct pstate *st, const char *name, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+/*
+ * An error found after every layer was read, named after the place that
+ * set the key: "FILE:LINE: key: problem", "-o key=value: problem", or for
+ * a built-in value "FILE: key: problem" (just "key: problem" without a
+ * file), so it reads like an error found while parsing that line.
+ */
+static int
+fail_key(struct pstate *st, const char *name, const char *fmt, ...)
+{
+	const struct key_origin *o = &st->origin[key_index(name)];
+	va_list ap;
+	int rc;
+
+	/* Stand in the layer that set the key; every layer has been read. */
+	memset(&st->ly, 0, sizeof(st->ly));
+	if (o->cli)
+		snprintf(st->ly.label, sizeof(st->ly.label), "%s", o->label);
+	else if (st->cfg->path[0] != '\0') {
+		st->ly.file = st->cfg->path;
+		st->ly.lineno = o->line;
+	} else
+		snprintf(st->ly.label, sizeof(st->ly.label), "%s", name);
+	va_start(ap, fmt);
+	rc = vfail(st, name, fmt, ap);
+	va_end(ap);
+	return rc;
+}
+
+/* transport_maps: read the whole file (every load, so every SIGHUP),
+ * parse it, resolve its names. A relative path is taken from the
+ * configuration file's directory, as an operator reading that file would. */
+static int
+load_map(struct pstate *st)
+{
+	static const char key[] = "transport_maps";
+	struct relay_conf *r = &st->cfg->relay;
+	const char *tm = r->transport_maps, *slash = strrchr(st->cfg->path, '/');
+	struct relay_hop_origin *origin;
+	char path[CONFIG_PATH_MAX], why[CONFIG_ERR_MAX];
+	char *text = NULL;
+	size_t len = 0, i;
+	int rc;
+
+	if (tm[0] != '/' && slash != NULL) {
+		size_t dl = (size_t)(slash - st->cfg->path);
+
+		if (dl + 1 + strlen(tm) >= sizeof(path))
+			return fail_key(st, key, "path too long (max %zu bytes) with the "
+					"configuration file's directory", sizeof(path) - 1);
+		memcpy(path, st->cfg->path, dl + 1); /* with the '/' */
+		strcpy(path + dl + 1, tm);            /* fits: checked above */
+	} else {
+		strcpy(path, tm); /* both CONFIG_PATH_MAX */
+	}
+	if (read_file(path, RELAY_MAP_FILE_MAX, &text, &len, why) < 0)
+		return fail_key(st, key, "%s", why);
+	/* 64 origins of ~300 bytes: the heap, not the main thread's stack. */
+	origin = calloc(CONFIG_MAX_HOPS, sizeof(*origin));
+	if (origin == NULL) {
+		free(text);
+		return fail_key(st, key, "out of memory");
+	}
+	rc = relay_map_parse(r, path, text, len, origin, why, sizeof(why));
+	free(text);
+	if (rc < 0) {
+		free(origin);
+		return fail_key(st, key, "%s", why);
+	}
+	assert(r->nhops <= CONFIG_MAX_HOPS);
+	for (i = 0; rc == 0 && i < r->nhops; i++) {
+		struct relay_hop_conf *h = &r->hops[i];
+
+		if (relay_hop_resolve(h, why, sizeof(why)) < 0)
+			rc = fail_key(st, key, "%s:%u: %s: cannot resolve '%s': %s", path,
+				      origin[i].line, origin[i].domain, h->host, why);
+	}
+	free(origin);
+	return rc;
+}
+
+/*
+ * The relay keys together: retry bounds, TLS verification, the map and
+ * relay_host (both resolved here, at start-up and on every SIGHUP), and
+ * what a relay needs from the rest: the spool, and a route for every
+ * local domain (else mail accepted for it could never leave).
+ */
+static int
+finish_relay(struct pstate *st)
+{
+	struct config *cfg = st->cfg;
+	struct relay_conf *r = &cfg->relay;
+	char why[CONFIG_ERR_MAX], a[32], b[32];
+	size_t i;
+
+	assert(r->map == NULL && r->nhops == 0 && r->default_hop == -1);
+	if (r->retry_max < r->retry_min) {
+		fmt_duration(a, sizeof(a), r->retry_max);
+		fmt_duration(b, sizeof(b), r->retry_min);
+		return fail_key(st, "retry_max", "%s is less than retry_min (%s)", a, b);
+	}
+	if (r->tls == RELAY_TLS_VERIFY && r->tls_ca_file[0] == '\0')
+		return fail_key(st, "relay_tls", "verify needs relay_tls_ca_file");
+	if (r->tls_ca_file[0] != '\0') {
+		/* Only readability: engine/relay.c loads the certificates. */
+		int fd = open(r->tls_ca_file, O_RDONLY | O_CLOEXEC);
+
+		if (fd < 0)
+			return fail_key(st, "relay_tls_ca_file", "cannot open: %s", strerror(errno));
+		close(fd);
+	}
+	if (r->transport_maps[0] != '\0' && load_map(st) < 0)
+		return -1;
+	if (r->relay_host[0] != '\0') {
+		struct relay_hop_conf h;
+		int idx;
+
+		if (relay_hop_parse(r->relay_host, strlen(r->relay_host), false, &h, why,
+				    sizeof(why)) < 0)
+			abort(); /* set_value() accepted it */
+		/* Deduplicated before resolving: a hop the map already has
+		 * was resolved with it. */
+		idx = relay_hop_add(r, &h);
+		if (idx < 0)
+			return fail_key(st, "relay_host", "too many next hops with transport_maps "
+				       "(max %d)", CONFIG_MAX_HOPS);
+		if (relay_hop_resolve(&r->hops[idx], why, sizeof(why)) < 0)
+			return fail_key(st, "relay_host", "cannot resolve '%s': %s",
+					r->hops[idx].host, why);
+		if (r->default_hop < 0)
+			r->default_hop = idx;
+	}
+	if (!relay_enabled(r))
+		return 0;
+	if (cfg->sink != SINK_KIND_SPOOL)
+		return fail_key(st, r->relay_host[0] != '\0' ? "relay_host" : "transport_maps",
+				"needs sink = spool");
+	for (i = 0; i < cfg->ndomains; i++) {
+		const char *d = cfg->domain_list[i];
+
+		if (relay_route(r, d, strlen(d)) < 0)
+			return fail_key(st, "domains", "no next hop for '%s': add it to "
+				       "transport_maps or set relay_host", d);
+	}
+	return 0;
+}
+
 static struct config *
 load(const char *name, const char *text, size_t len, const struct config_args *args, char *err)
 {
@@ -1638,6 +1904,8 @@ load(const char *name, const char *text, size_t len, const struct config_args *a
 		}
 		goto fail;
 	}
+	if (finish_relay(&st) < 0)
+		goto fail;
 	return cfg;
 fail:
 	assert(err[0] != '\0');
@@ -1662,7 +1930,7 @@ config_load(const struct config_args *args, char err[CONFIG_ERR_MAX])
 
 	if (args == NULL || args->config_path == NULL)
 		return load(NULL, NULL, 0, args, err);
-	if (read_file(args->config_path, &text, &len, err) < 0)
+	if (read_file(args->config_path, CONFIG_FILE_MAX, &text, &len, err) < 0)
 		return NULL;
 	cfg = load(args->config_path, text, len, args, err);
 	free(text);
@@ -1675,6 +1943,7 @@ config_free(struct config *cfg)
 	if (cfg == NULL)
 		return;
 	domains_clear(cfg);
+	relay_map_free(&cfg->relay);
 	free(cfg);
 }
 
@@ -1774,6 +2043,18 @@ config_print(const struct config *cfg, FILE *f)
 		case T_BOOL:
 			fprintf(f, "%s = %s", k->name, *(const bool *)p ? "yes" : "no");
 			break;
+		case T_RELAY_HOST:
+			if (cfg->relay.relay_host[0] == '\0')
+				continue;
+			fprintf(f, "relay_host = %s", cfg->relay.relay_host);
+			break;
+		case T_RELAY_TLS: {
+			static const char *const rt[] = {"none", "may", "encrypt", "verify"};
+
+			fprintf(f, "relay_tls = %s", rt[cfg->relay.tls]);
+			break;
+		}
+		case T_FILE:
 		case T_TLS_PATH:
 			if (*(const char *)p == '\0')
 				continue; /* unset: no empty `key =` line (that is an error) */

@@ -124,14 +124,18 @@ struct relay_hop_conf {
 	enum relay_proto proto;
 	struct sockaddr_storage addr; /* AF_INET, AF_INET6 or AF_UNIX */
 	socklen_t addrlen;
-	char host[256];  /* the name as written ("" for unix): TLS SNI and verification */
+	/* TLS SNI and verification: the name as written, lower-cased; for an
+	 * address literal its inet_ntop() text, without brackets (no SNI:
+	 * RFC 6066 forbids literals); "" for unix. */
+	char host[256];
 	char text[CONFIG_HOP_TEXT_MAX]; /* canonical form, "smtp:127.0.0.1:25": identity and logs */
 };
 
 /* A transport_maps entry. domain is lower case: "example.org" matches that
  * domain only; ".example.org" matches its subdomains (not itself); "*" is
  * the default. Exact entries win over subdomain entries (the longest
- * suffix), which win over "*", which wins over relay_host. */
+ * suffix), which win over "*", which wins over relay_host. The "*" entry
+ * is not kept in relay.map: it is relay.default_hop. */
 struct transport_entry {
 	char *domain;
 	uint32_t hop; /* index into relay.hops */

@@ -4,6 +4,9 @@
  * continuation lines, comments, the command line and its precedence, and
  * the print -> parse -> print round trip.
  *
+ * The relay keys (relay_host, transport_maps and the rest) have their own
+ * section at the end: map files, routing, cross-key checks.
+ *
  * Owner: the configuration module. Files are written under a mkdtemp()
  * directory created in the group setup and removed in the teardown.
  */
@@ -17,16 +20,21 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <sched.h>
+#include <sys/un.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "ringmx/config.h"
+#include "relay_route.h"
 
 #define S(n) ((uint64_t)(n) * 1000000000ull)
 
 static char tmpdir[64];
+/* Every file write_file() created, for the teardown. */
+static char written[32][64];
+static size_t nwritten;
 
 /* ---- helpers ---- */
 
@@ -114,6 +122,16 @@ write_file(const char *name, const char *text)
 	FILE *f;
 
 	snprintf(path, sizeof(path), "%s/%s", tmpdir, name);
+	{
+		size_t i;
+
+		for (i = 0; i < nwritten && strcmp(written[i], name) != 0; i++)
+			;
+		if (i == nwritten) {
+			assert_true(nwritten < sizeof(written) / sizeof(written[0]));
+			snprintf(written[nwritten++], sizeof(written[0]), "%s", name);
+		}
+	}
 	f = fopen(path, "w");
 	assert_non_null(f);
 	fputs(text, f);
@@ -1283,6 +1301,11 @@ test_print(void **state)
 				  "spool_dir = /var/spool/ringmx\nsegment_size = 67108864\n"
 				  "durability = fsync\ncommit_delay = 1ms\ncommit_size = 1048576\n"
 				  "spool_memory = 268435456\n"
+				  "relay_tls = none\nrelay_connections = 4\n"
+				  "relay_connect_timeout = 30s\nrelay_reply_timeout = 5m\n"
+				  "relay_idle_timeout = 10s\nretry_min = 1m\nretry_max = 1h\n"
+				  "maximal_queue_lifetime = 5d\nspool_high_water = 0\n"
+				  "relay_defer_after = 10m\n"
 				  "message_size_limit = 10240000\nrecipient_limit = 1000\n"
 				  "error_limit = 20\njunk_limit = 100\nbare_newline = normalize\n"
 				  "greeting_timeout = 5m\ncommand_timeout = 5m\ndata_timeout = 3m\n"
@@ -1390,6 +1413,10 @@ test_example_file(void **state)
 	assert_int_equal(cfg->sink, SINK_KIND_SPOOL);
 	assert_int_equal(cfg->commit_delay, 1000000);
 	assert_int_equal(cfg->spool_memory, 256 << 20);
+	assert_false(relay_enabled(&cfg->relay));
+	assert_int_equal(cfg->relay.connections, 4);
+	assert_int_equal(cfg->relay.retry_max, S(3600));
+	assert_int_equal(cfg->relay.queue_lifetime, S(5 * 86400));
 	config_free(cfg);
 }
 
@@ -1410,10 +1437,10 @@ teardown(void **state)
 
 	(void)state;
 	/* Only the files this suite wrote. */
-	snprintf(cmd, sizeof(cmd), "%s/ok.conf", tmpdir);
-	unlink(cmd);
-	snprintf(cmd, sizeof(cmd), "%s/bad.conf", tmpdir);
-	unlink(cmd);
+	for (size_t i = 0; i < nwritten; i++) {
+		snprintf(cmd, sizeof(cmd), "%s/%s", tmpdir, written[i]);
+		unlink(cmd);
+	}
 	return rmdir(tmpdir);
 }
 
@@ -1527,6 +1554,591 @@ test_tls_keys(void **state)
 	assert_string_equal(err, "SMTP_ENABLE_TLS sometimes: not a boolean");
 }
 
+
+/* ---- relay: relay_host, transport_maps and the rest ---- */
+
+/* "t.conf" text with the map file's path substituted for every "@MAP@". */
+static char *
+with_map(const char *text, const char *map)
+{
+	static char buf[4096];
+	const char *at;
+	size_t o = 0;
+
+	while ((at = strstr(text, "@MAP@")) != NULL) {
+		o += (size_t)snprintf(buf + o, sizeof(buf) - o, "%.*s%s", (int)(at - text), text,
+				      map);
+		text = at + 5;
+	}
+	snprintf(buf + o, sizeof(buf) - o, "%s", text);
+	return buf;
+}
+
+static const char *
+map_file(const char *name, const char *text)
+{
+	static char path[128];
+
+	snprintf(path, sizeof(path), "%s", write_file(name, text));
+	return path;
+}
+
+/* The canonical text of the hop d routes to, or "-" for none. */
+static const char *
+route(const struct config *cfg, const char *d)
+{
+	int h = relay_route(&cfg->relay, d, strlen(d));
+
+	if (h < 0)
+		return "-";
+	assert_true((size_t)h < cfg->relay.nhops);
+	return cfg->relay.hops[h].text;
+}
+
+static void
+test_relay_defaults(void **state)
+{
+	struct config *cfg = ok("");
+	const struct relay_conf *r = &cfg->relay;
+
+	(void)state;
+	assert_false(relay_enabled(r));
+	assert_int_equal(r->nhops, 0);
+	assert_int_equal(r->default_hop, -1);
+	assert_null(r->map);
+	assert_int_equal(r->nmap, 0);
+	assert_string_equal(r->relay_host, "");
+	assert_string_equal(r->transport_maps, "");
+	assert_int_equal(r->tls, RELAY_TLS_NONE);
+	assert_string_equal(r->tls_ca_file, "");
+	assert_int_equal(r->connections, 4);
+	assert_int_equal(r->connect_timeout, S(30));
+	assert_int_equal(r->reply_timeout, S(300));
+	assert_int_equal(r->idle_timeout, S(10));
+	assert_int_equal(r->retry_min, S(60));
+	assert_int_equal(r->retry_max, S(3600));
+	assert_int_equal(r->queue_lifetime, S(5 * 86400));
+	assert_int_equal(r->high_water, 0);
+	assert_int_equal(r->defer_after, S(600));
+	assert_int_equal(relay_route(r, "example.test", 12), -1);
+	config_free(cfg);
+}
+
+static void
+test_relay_scalars(void **state)
+{
+	struct config *cfg;
+	char *p;
+
+	(void)state;
+	cfg = ok("relay_tls = encrypt\nrelay_connections = 1024\nrelay_connect_timeout = 1h\n"
+		 "relay_reply_timeout = 1\nrelay_idle_timeout = 0\nretry_min = 1s\n"
+		 "retry_max = 7d\nmaximal_queue_lifetime = 100d\nspool_high_water = 10g\n"
+		 "relay_defer_after = 0\n");
+	assert_int_equal(cfg->relay.tls, RELAY_TLS_ENCRYPT);
+	assert_int_equal(cfg->relay.connections, 1024);
+	assert_int_equal(cfg->relay.connect_timeout, S(3600));
+	assert_int_equal(cfg->relay.reply_timeout, S(1));
+	assert_int_equal(cfg->relay.idle_timeout, 0);
+	assert_int_equal(cfg->relay.retry_min, S(1));
+	assert_int_equal(cfg->relay.retry_max, S(7 * 86400));
+	assert_int_equal(cfg->relay.queue_lifetime, S(100 * 86400));
+	assert_int_equal(cfg->relay.high_water, 10ull << 30);
+	assert_int_equal(cfg->relay.defer_after, 0);
+	assert_false(relay_enabled(&cfg->relay));
+	p = print(cfg);
+	assert_non_null(strstr(p, "\nspool_memory = 268435456\nrelay_tls = encrypt\n"
+				  "relay_connections = 1024\nrelay_connect_timeout = 1h\n"
+				  "relay_reply_timeout = 1s\nrelay_idle_timeout = 0s\n"
+				  "retry_min = 1s\nretry_max = 7d\nmaximal_queue_lifetime = 100d\n"
+				  "spool_high_water = 10737418240\nrelay_defer_after = 0s\n"
+				  "message_size_limit = "));
+	free(p);
+	config_free(cfg);
+	cfg = ok("relay_tls = may\nretry_min = 5m\nretry_max = 5m\n");
+	assert_int_equal(cfg->relay.tls, RELAY_TLS_MAY);
+	assert_int_equal(cfg->relay.retry_max, S(300));
+	config_free(cfg);
+	round_trip("relay_tls = may\nrelay_connections = 9\nrelay_idle_timeout = 0\n"
+		   "retry_min = 1s\nspool_high_water = 1m\nrelay_defer_after = 7d\n");
+
+	bad1("relay_tls", "yes", "not one of none, may, encrypt, verify: 'yes'");
+	bad1("relay_tls", "Verify", "not one of none, may, encrypt, verify: 'Verify'");
+	bad1("relay_connections", "0", "out of range: '0' (1..1024)");
+	bad1("relay_connections", "1025", "out of range: '1025' (1..1024)");
+	bad1("relay_connections", "4k", "not a number: '4k'");
+	bad1("relay_connect_timeout", "0", "out of range: '0' (1s..1h)");
+	bad1("relay_connect_timeout", "61m", "out of range: '61m' (1s..1h)");
+	bad1("relay_reply_timeout", "500ms", "out of range: '500ms' (1s..1h)");
+	bad1("relay_reply_timeout", "2h", "out of range: '2h' (1s..1h)");
+	bad1("relay_idle_timeout", "3601", "out of range: '3601' (0s..1h)");
+	bad1("relay_idle_timeout", "x", "not a duration: 'x'");
+	bad1("retry_min", "0", "out of range: '0' (1s..7d)");
+	bad1("retry_min", "8d", "out of range: '8d' (1s..7d)");
+	bad1("retry_max", "8d", "out of range: '8d' (1s..7d)");
+	bad1("maximal_queue_lifetime", "0", "out of range: '0' (1s..100d)");
+	bad1("maximal_queue_lifetime", "101d", "out of range: '101d' (1s..100d)");
+	bad1("spool_high_water", "1.5g", "not a size: '1.5g'");
+	bad1("spool_high_water", "2000000g",
+	     "out of range: '2000000g' (0..1125899906842624)");
+	bad1("relay_defer_after", "8d", "out of range: '8d' (0s..7d)");
+	bad1("relay_tls_ca_file", "/a\tb", "control character in path: '/a\\x09b'");
+	bad1("transport_maps", "/a\x01" "b", "control character in path: '/a\\x01b'");
+	bad("relay_host =\n", "t.conf:1: relay_host: empty value");
+
+	/* retry_max below retry_min names retry_max, where it was set. */
+	bad("retry_min = 10m\nretry_max = 5m\n",
+	    "t.conf:2: retry_max: 5m is less than retry_min (10m)");
+	bad("retry_min = 2h\n", "t.conf: retry_max: 1h is less than retry_min (2h)");
+	{
+		struct config_args a;
+		char err[CONFIG_ERR_MAX];
+
+		memset(&a, 0, sizeof(a));
+		a.sets[a.nsets++] = "retry_max=30s";
+		assert_null(load_args("retry_max = 1h\n", &a, err));
+		assert_string_equal(err, "-o retry_max=30s: 30s is less than retry_min (1m)");
+	}
+
+	/* verify needs a CA file, which must be readable at load. */
+	bad("relay_tls = verify\n", "t.conf:1: relay_tls: verify needs relay_tls_ca_file");
+	{
+		char want[CONFIG_ERR_MAX], text[256];
+		const char *ca = write_file("ca.pem", "not really PEM: only opened\n");
+
+		snprintf(text, sizeof(text), "relay_tls = verify\nrelay_tls_ca_file = %s\n", ca);
+		cfg = ok(text);
+		assert_int_equal(cfg->relay.tls, RELAY_TLS_VERIFY);
+		assert_string_equal(cfg->relay.tls_ca_file, ca);
+		p = print(cfg);
+		snprintf(want, sizeof(want), "relay_tls = verify\nrelay_tls_ca_file = %s\n", ca);
+		assert_non_null(strstr(p, want));
+		free(p);
+		config_free(cfg);
+		snprintf(text, sizeof(text), "relay_tls = verify\nrelay_tls_ca_file = %s/none.pem\n",
+			 tmpdir);
+		snprintf(want, sizeof(want), "t.conf:2: relay_tls_ca_file: cannot open: %s",
+			 strerror(ENOENT));
+		bad(text, want);
+	}
+}
+
+static void
+test_relay_host(void **state)
+{
+	const struct relay_hop_conf *h;
+	const struct sockaddr_in *s4;
+	const struct sockaddr_in6 *s6;
+	struct config *cfg;
+	char text[512], want[CONFIG_ERR_MAX];
+	char *p;
+
+	(void)state;
+	/* HOST:PORT is smtp; the default local domains route to it. */
+	cfg = ok("relay_host = 127.0.0.1:25\n");
+	assert_true(relay_enabled(&cfg->relay));
+	assert_int_equal(cfg->relay.nhops, 1);
+	assert_int_equal(cfg->relay.default_hop, 0);
+	h = &cfg->relay.hops[0];
+	assert_int_equal(h->proto, RELAY_PROTO_SMTP);
+	assert_string_equal(h->text, "smtp:127.0.0.1:25");
+	assert_string_equal(h->host, "127.0.0.1");
+	s4 = (const struct sockaddr_in *)&h->addr;
+	assert_int_equal(s4->sin_family, AF_INET);
+	assert_int_equal(ntohl(s4->sin_addr.s_addr), INADDR_LOOPBACK);
+	assert_int_equal(ntohs(s4->sin_port), 25);
+	assert_int_equal(h->addrlen, sizeof(*s4));
+	assert_string_equal(route(cfg, "localhost"), "smtp:127.0.0.1:25");
+	assert_string_equal(route(cfg, "anything.example"), "smtp:127.0.0.1:25");
+	assert_string_equal(route(cfg, "[192.0.2.1]"), "smtp:127.0.0.1:25");
+	p = print(cfg);
+	assert_non_null(strstr(p, "\nspool_memory = 268435456\nrelay_host = 127.0.0.1:25\n"
+				  "relay_tls = none\n"));
+	free(p);
+	config_free(cfg);
+
+	cfg = ok("relay_host = lmtp:[0:0::1]:24\n");
+	h = &cfg->relay.hops[0];
+	assert_int_equal(h->proto, RELAY_PROTO_LMTP);
+	assert_string_equal(h->text, "lmtp:[::1]:24");
+	s6 = (const struct sockaddr_in6 *)&h->addr;
+	assert_int_equal(s6->sin6_family, AF_INET6);
+	assert_int_equal(ntohs(s6->sin6_port), 24);
+	assert_int_equal(h->addrlen, sizeof(*s6));
+	config_free(cfg);
+
+	cfg = ok("relay_host = smtp:[2001:db8::1]:2525\n");
+	assert_string_equal(cfg->relay.hops[0].text, "smtp:[2001:db8::1]:2525");
+	assert_int_equal(cfg->relay.hops[0].proto, RELAY_PROTO_SMTP);
+	config_free(cfg);
+
+	cfg = ok("relay_host = lmtp:unix:/run/dovecot/lmtp\n");
+	h = &cfg->relay.hops[0];
+	assert_string_equal(h->text, "lmtp:unix:/run/dovecot/lmtp");
+	assert_string_equal(h->host, "");
+	assert_int_equal(h->addr.ss_family, AF_UNIX);
+	assert_string_equal(((const struct sockaddr_un *)&h->addr)->sun_path, "/run/dovecot/lmtp");
+	assert_int_equal(h->addrlen, offsetof(struct sockaddr_un, sun_path) + 18);
+	config_free(cfg);
+
+	/* A name is resolved at load time (first address); the text keeps
+	 * the name, lower-cased. */
+	cfg = ok("relay_host = LocalHost:2525\n");
+	h = &cfg->relay.hops[0];
+	assert_string_equal(h->text, "smtp:localhost:2525");
+	assert_string_equal(h->host, "localhost");
+	assert_string_equal(cfg->relay.relay_host, "LocalHost:2525"); /* as written */
+	assert_true(h->addr.ss_family == AF_INET || h->addr.ss_family == AF_INET6);
+	if (h->addr.ss_family == AF_INET)
+		assert_int_equal(ntohs(((const struct sockaddr_in *)&h->addr)->sin_port), 2525);
+	else
+		assert_int_equal(ntohs(((const struct sockaddr_in6 *)&h->addr)->sin6_port), 2525);
+	config_free(cfg);
+	round_trip("relay_host = LocalHost:2525\n");
+	round_trip("relay_host = lmtp:unix:/run/x\n");
+
+	bad1("relay_host", "host", "bad next hop 'host': expected HOST:PORT");
+	bad1("relay_host", "smtp:host", "bad next hop 'smtp:host': expected HOST:PORT");
+	bad1("relay_host", "127.0.0.1:0", "bad next hop '127.0.0.1:0': port not in 1..65535");
+	bad1("relay_host", "127.0.0.1:65536",
+	     "bad next hop '127.0.0.1:65536': port not in 1..65535");
+	bad1("relay_host", "127.0.0.1:smtp", "bad next hop '127.0.0.1:smtp': port not in 1..65535");
+	bad1("relay_host", "::1:25", "bad next hop '::1:25': IPv6 addresses must be in brackets");
+	bad1("relay_host", "[::g]:25", "bad next hop '[::g]:25': not an IPv6 address");
+	bad1("relay_host", "[::1]25", "bad next hop '[::1]25': expected HOST:PORT");
+	bad1("relay_host", "bad_host:25", "bad next hop 'bad_host:25': not a host name or address");
+	bad1("relay_host", "1.2.3.256:25", "bad next hop '1.2.3.256:25': not a host name or address");
+	bad1("relay_host", "esmtp:a.example:25",
+	     "bad next hop 'esmtp:a.example:25': not a host name or address");
+	bad1("relay_host", "smtp:unix:/run/x", "bad next hop 'smtp:unix:/run/x': a unix socket needs lmtp:");
+	bad1("relay_host", "lmtp:unix:run/x",
+	     "bad next hop 'lmtp:unix:run/x': unix socket path must be absolute");
+	bad1("relay_host", "a.example:25 b.example:25",
+	     "bad next hop 'a.example:25 b.example:25': blank or control character");
+	/* sun_path holds 107 bytes and the NUL. */
+	snprintf(text, sizeof(text), "lmtp:unix:/%0107d", 0);
+	snprintf(want, sizeof(want), "bad next hop '%.64s...': unix socket path too long (max 107 bytes)",
+		 text);
+	bad1("relay_host", text, want);
+	snprintf(text, sizeof(text), "relay_host = lmtp:unix:/%0106d\n", 0);
+	config_free(ok(text));
+
+	/* Resolution failures are errors naming the key and its line. */
+	{
+		char err[CONFIG_ERR_MAX];
+		const char *t = "# x\nrelay_host = nonexistent.invalid:25\n";
+
+		const char *pre = "t.conf:2: relay_host: cannot resolve 'nonexistent.invalid': ";
+
+		assert_null(load(t, err));
+		if (strncmp(err, pre, strlen(pre)) != 0)
+			fail_msg("%s", err);
+	}
+	/* The name of an overridden relay_host is never looked up. */
+	{
+		struct config_args a;
+		char err[CONFIG_ERR_MAX];
+
+		memset(&a, 0, sizeof(a));
+		a.sets[a.nsets++] = "relay_host=[::1]:25";
+		cfg = load_args("relay_host = nonexistent.invalid:25\n", &a, err);
+		assert_non_null(cfg);
+		assert_string_equal(cfg->relay.hops[0].text, "smtp:[::1]:25");
+		config_free(cfg);
+	}
+
+	/* A relay needs the spool. */
+	bad("relay_host = 127.0.0.1:25\nsink = discard\n",
+	    "t.conf:1: relay_host: needs sink = spool");
+}
+
+static void
+test_transport_maps(void **state)
+{
+	const char *map;
+	struct config *cfg;
+	char want[CONFIG_ERR_MAX];
+	int star;
+
+	(void)state;
+	map = map_file("transport", "# comment\n"
+				    "\n"
+				    "   # indented comment\n"
+				    "example.org      smtp:127.0.0.1:2525\n"
+				    ".example.org\tlmtp:[::1]:24\r\n"
+				    "  Sub.Example.NET  lmtp:unix:/run/lmtp.sock  \n"
+				    ".net             smtp:127.0.0.1:2525\n"
+				    "*                smtp:192.0.2.1:25");
+	cfg = ok(with_map("domains = example.org, .example.org, b.example.net\n"
+			  "transport_maps = @MAP@\n",
+			  map));
+	assert_true(relay_enabled(&cfg->relay));
+	assert_string_equal(cfg->relay.transport_maps, map);
+	assert_int_equal(cfg->relay.nmap, 4); /* "*" is default_hop */
+	assert_int_equal(cfg->relay.nhops, 4); /* 127.0.0.1:2525 once */
+	star = cfg->relay.default_hop;
+	assert_true(star >= 0);
+	assert_string_equal(cfg->relay.hops[star].text, "smtp:192.0.2.1:25");
+	assert_string_equal(route(cfg, "example.org"), "smtp:127.0.0.1:2525");
+	assert_string_equal(route(cfg, "EXAMPLE.Org"), "smtp:127.0.0.1:2525");
+	assert_string_equal(route(cfg, "a.example.org"), "lmtp:[::1]:24");
+	assert_string_equal(route(cfg, "a.b.EXAMPLE.org"), "lmtp:[::1]:24");
+	assert_string_equal(route(cfg, "sub.example.net"), "lmtp:unix:/run/lmtp.sock");
+	assert_string_equal(route(cfg, "x.sub.example.net"), "smtp:127.0.0.1:2525");
+	assert_string_equal(route(cfg, "example.net"), "smtp:127.0.0.1:2525");
+	assert_string_equal(route(cfg, "net"), "smtp:192.0.2.1:25");
+	assert_string_equal(route(cfg, "xexample.org"), "smtp:192.0.2.1:25");
+	assert_string_equal(route(cfg, "example.org.evil"), "smtp:192.0.2.1:25");
+	assert_string_equal(route(cfg, "[127.0.0.1]"), "smtp:192.0.2.1:25");
+	assert_string_equal(route(cfg, ""), "smtp:192.0.2.1:25");
+	/* Not NUL terminated: only len bytes count. */
+	assert_string_equal(cfg->relay.hops[relay_route(&cfg->relay, "example.orgX", 11)].text,
+			    "smtp:127.0.0.1:2525");
+	round_trip(with_map("domains = example.org\ntransport_maps = @MAP@\n", map));
+	config_free(cfg);
+
+	/* The map wins over relay_host, which is the default without "*";
+	 * the same hop in both is one hop. */
+	map = map_file("transport2", "example.org smtp:127.0.0.1:25\n"
+				     ".example.org smtp:127.0.0.1:26\n");
+	cfg = ok(with_map("domains = example.org, other.example\nrelay_host = 127.0.0.1:25\n"
+			  "transport_maps = @MAP@\n",
+			  map));
+	assert_int_equal(cfg->relay.nhops, 2);
+	assert_string_equal(cfg->relay.hops[cfg->relay.default_hop].text, "smtp:127.0.0.1:25");
+	assert_string_equal(route(cfg, "x.example.org"), "smtp:127.0.0.1:26");
+	assert_string_equal(route(cfg, "other.example"), "smtp:127.0.0.1:25");
+	config_free(cfg);
+	map = map_file("transport3", "* smtp:127.0.0.1:27\nexample.org smtp:127.0.0.1:25\n");
+	cfg = ok(with_map("relay_host = 127.0.0.1:26\ntransport_maps = @MAP@\n", map));
+	assert_int_equal(cfg->relay.nhops, 3);
+	assert_string_equal(route(cfg, "localhost"), "smtp:127.0.0.1:27");
+	config_free(cfg);
+
+	/* Every local domain needs a route. */
+	map = map_file("transport4", "example.org smtp:127.0.0.1:25\n");
+	bad(with_map("transport_maps = @MAP@\ndomains = example.org\n  .example.org\n", map),
+	    "t.conf:2: domains: no next hop for '.example.org': add it to transport_maps or "
+	    "set relay_host");
+	bad(with_map("transport_maps = @MAP@\n", map),
+	    "t.conf: domains: no next hop for 'localhost': add it to transport_maps or set "
+	    "relay_host");
+	map = map_file("transport5", ".example.org smtp:127.0.0.1:25\n");
+	config_free(ok(with_map("transport_maps = @MAP@\ndomains = .example.org, a.example.org\n",
+				map)));
+	bad(with_map("transport_maps = @MAP@\nsink = discard\ndomains = a.example.org\n", map),
+	    "t.conf:1: transport_maps: needs sink = spool");
+
+	/* An empty map (comments only) enables nothing. */
+	map = map_file("transport6", "# nothing yet\n\n");
+	cfg = ok(with_map("transport_maps = @MAP@\nsink = discard\n", map));
+	assert_false(relay_enabled(&cfg->relay));
+	config_free(cfg);
+
+	/* A name in the map is resolved too. */
+	map = map_file("transport7", "example.org smtp:LOCALHOST:25\n");
+	cfg = ok(with_map("transport_maps = @MAP@\ndomains = example.org\n", map));
+	assert_string_equal(cfg->relay.hops[0].text, "smtp:localhost:25");
+	assert_string_equal(cfg->relay.hops[0].host, "localhost");
+	assert_true(cfg->relay.hops[0].addrlen > 0);
+	config_free(cfg);
+	{
+		char err[CONFIG_ERR_MAX];
+
+		map = map_file("transport8", "example.org smtp:127.0.0.1:25\n"
+					     "Example.NET lmtp:nonexistent.invalid:24\n");
+		assert_null(load(with_map("domains = example.org\ntransport_maps = @MAP@\n", map),
+				 err));
+		snprintf(want, sizeof(want), "t.conf:2: transport_maps: %s:2: Example.NET: cannot "
+					     "resolve 'nonexistent.invalid': ", map);
+		assert_int_equal(strncmp(err, want, strlen(want)), 0);
+	}
+
+	/* Errors name the config line and the map's own line and domain. */
+	map = map_file("bad1", "# x\nexample.net smtp:127.0.0.1:25\nexample.org smtp:host\n");
+	snprintf(want, sizeof(want), "t.conf:1: transport_maps: %s:3: example.org: bad next hop "
+				     "'smtp:host': expected HOST:PORT", map);
+	bad(with_map("transport_maps = @MAP@\n", map), want);
+	map = map_file("bad2", "example.org 127.0.0.1:25\n");
+	snprintf(want, sizeof(want), "t.conf:1: transport_maps: %s:1: example.org: bad next hop "
+				     "'127.0.0.1:25': expected smtp: or lmtp: before the host", map);
+	bad(with_map("transport_maps = @MAP@\n", map), want);
+	map = map_file("bad3", "a.example smtp:127.0.0.1:25\nexample.org smtp:127.0.0.1:25\n"
+			       "b.example smtp:127.0.0.1:25\nExample.ORG smtp:127.0.0.1:26\n"
+			       "a.example smtp:127.0.0.1:26\n");
+	snprintf(want, sizeof(want), "t.conf:1: transport_maps: %s:4: example.org: duplicate "
+				     "domain (first on line 2)", map);
+	bad(with_map("transport_maps = @MAP@\n", map), want);
+	map = map_file("bad4", "* smtp:127.0.0.1:25\n* smtp:127.0.0.1:25\n");
+	snprintf(want, sizeof(want), "t.conf:1: transport_maps: %s:2: *: duplicate domain "
+				     "(first on line 1)", map);
+	bad(with_map("transport_maps = @MAP@\n", map), want);
+	map = map_file("bad5", "bad_domain smtp:127.0.0.1:25\n");
+	snprintf(want, sizeof(want), "t.conf:1: transport_maps: %s:1: not a domain: 'bad_domain'",
+		 map);
+	bad(with_map("transport_maps = @MAP@\n", map), want);
+	map = map_file("bad6", "example.org\n");
+	snprintf(want, sizeof(want), "t.conf:1: transport_maps: %s:1: example.org: no next hop "
+				     "(expected 'DOMAIN NEXTHOP')", map);
+	bad(with_map("transport_maps = @MAP@\n", map), want);
+	map = map_file("bad7", "example.org smtp:127.0.0.1:25 # trailing\n");
+	snprintf(want, sizeof(want), "t.conf:1: transport_maps: %s:1: example.org: extra text "
+				     "after the next hop", map);
+	bad(with_map("transport_maps = @MAP@\n", map), want);
+	{
+		char line[256];
+
+		snprintf(line, sizeof(line), "example.org lmtp:unix:/%0107d\n", 0);
+		map = map_file("bad8", line);
+		snprintf(want, sizeof(want), "t.conf:1: transport_maps: %s:1: example.org: bad "
+					     "next hop 'lmtp:unix:/%053d...': unix socket path too "
+					     "long (max 107 bytes)", map, 0);
+		bad(with_map("transport_maps = @MAP@\n", map), want);
+	}
+	snprintf(want, sizeof(want), "t.conf:2: transport_maps: %s/missing: cannot open: %s",
+		 tmpdir, strerror(ENOENT));
+	{
+		char text[256];
+
+		snprintf(text, sizeof(text), "#\ntransport_maps = %s/missing\n", tmpdir);
+		bad(text, want);
+	}
+}
+
+/* A relative transport_maps is found next to the configuration file. */
+static void
+test_transport_relative(void **state)
+{
+	struct config_args a;
+	char err[CONFIG_ERR_MAX], want[CONFIG_ERR_MAX];
+	struct config *cfg;
+
+	(void)state;
+	write_file("rel.map", "example.org lmtp:unix:/run/rel\n");
+	memset(&a, 0, sizeof(a));
+	a.config_path = write_file("rel.conf", "domains = example.org\ntransport_maps = rel.map\n");
+	cfg = config_load(&a, err);
+	if (cfg == NULL)
+		fail_msg("%s", err);
+	assert_string_equal(cfg->relay.transport_maps, "rel.map"); /* as written */
+	assert_string_equal(route(cfg, "example.org"), "lmtp:unix:/run/rel");
+	config_free(cfg);
+
+	a.config_path = write_file("rel2.conf", "domains = example.org\n"
+						"transport_maps = rel-missing.map\n");
+	assert_null(config_load(&a, err));
+	snprintf(want, sizeof(want), "%s:2: transport_maps: %s/rel-missing.map: cannot open: %s",
+		 a.config_path, tmpdir, strerror(ENOENT));
+	assert_string_equal(err, want);
+}
+
+/* The map's limits: entries and distinct next hops. */
+static void
+test_transport_limits(void **state)
+{
+	size_t cap = 4u << 20, o = 0, i;
+	char *text = malloc(cap), want[CONFIG_ERR_MAX];
+	struct relay_conf *r = calloc(1, sizeof(*r));
+	char err[CONFIG_ERR_MAX];
+
+	(void)state;
+	assert_non_null(text);
+	assert_non_null(r);
+	for (i = 0; i < CONFIG_MAX_HOPS; i++)
+		o += (size_t)snprintf(text + o, cap - o, "d%zu.example smtp:127.0.0.1:%zu\n", i,
+				      i + 1);
+	r->default_hop = -1;
+	assert_int_equal(relay_map_parse(r, "m", text, o, NULL, err, sizeof(err)), 0);
+	assert_int_equal(r->nhops, CONFIG_MAX_HOPS);
+	relay_map_free(r);
+	memset(r, 0, sizeof(*r));
+	r->default_hop = -1;
+	/* 64 hops in the map, and relay_host a 65th. */
+	{
+		const char *map = map_file("hops64", text);
+		char conf[256];
+
+		snprintf(conf, sizeof(conf), "domains = d1.example\nrelay_host = 127.0.0.1:9999\n"
+					     "transport_maps = %s\n", map);
+		bad(conf, "t.conf:2: relay_host: too many next hops with transport_maps (max 64)");
+		snprintf(conf, sizeof(conf), "domains = d1.example\nrelay_host = 127.0.0.1:64\n"
+					     "transport_maps = %s\n", map);
+		config_free(ok(conf)); /* the same as the map's last: still 64 */
+	}
+	o += (size_t)snprintf(text + o, cap - o, "d64.example smtp:127.0.0.1:65\n");
+	assert_int_equal(relay_map_parse(r, "m", text, o, NULL, err, sizeof(err)), -1);
+	assert_string_equal(err, "m:65: d64.example: too many next hops (max 64)");
+	assert_null(r->map);
+
+	/* CONFIG_MAX_TRANSPORT entries, "*" included. */
+	o = 0;
+	for (i = 0; i < CONFIG_MAX_TRANSPORT - 1; i++)
+		o += (size_t)snprintf(text + o, cap - o, "d%zu.example smtp:127.0.0.1:25\n", i);
+	o += (size_t)snprintf(text + o, cap - o, "* smtp:127.0.0.1:26\n");
+	memset(r, 0, sizeof(*r));
+	r->default_hop = -1;
+	assert_int_equal(relay_map_parse(r, "m", text, o, NULL, err, sizeof(err)), 0);
+	assert_int_equal(r->nmap, CONFIG_MAX_TRANSPORT - 1);
+	assert_int_equal(r->nhops, 2);
+	assert_int_equal(relay_route(r, "d65534.example", 14), 0);
+	assert_int_equal(relay_route(r, "D0.EXAMPLE", 10), 0);
+	assert_int_equal(relay_route(r, "d65535.example", 14), 1);
+	relay_map_free(r);
+	o += (size_t)snprintf(text + o, cap - o, "one.more smtp:127.0.0.1:25\n");
+	memset(r, 0, sizeof(*r));
+	r->default_hop = -1;
+	assert_int_equal(relay_map_parse(r, "m", text, o, NULL, err, sizeof(err)), -1);
+	snprintf(want, sizeof(want), "m:%d: one.more: too many entries (max %d)",
+		 CONFIG_MAX_TRANSPORT + 1, CONFIG_MAX_TRANSPORT);
+	assert_string_equal(err, want);
+
+	/* The parser alone: text without a final newline, NUL bytes, long
+	 * lines. */
+	memset(r, 0, sizeof(*r));
+	r->default_hop = -1;
+	assert_int_equal(relay_map_parse(r, "m", "a.example smtp:127.0.0.1:25", 27, NULL, err,
+					 sizeof(err)), 0);
+	assert_int_equal(r->nmap, 1);
+	relay_map_free(r);
+	memset(r, 0, sizeof(*r));
+	assert_int_equal(relay_map_parse(r, "m", "x\n\0", 3, NULL, err, sizeof(err)), -1);
+	assert_string_equal(err, "m:1: x: no next hop (expected 'DOMAIN NEXTHOP')");
+	memset(r, 0, sizeof(*r));
+	assert_int_equal(relay_map_parse(r, "m", "#\na\0b", 5, NULL, err, sizeof(err)), -1);
+	assert_string_equal(err, "m:2: NUL byte in line");
+	memset(text, 'a', CONFIG_LINE_MAX + 1);
+	memset(r, 0, sizeof(*r));
+	assert_int_equal(relay_map_parse(r, "m", text, CONFIG_LINE_MAX + 1, NULL, err,
+					 sizeof(err)), -1);
+	assert_string_equal(err, "m:1: line too long (max 4000 bytes)");
+	free(r);
+	free(text);
+}
+
+/* Every relay key reloads; a reload may add, change or drop the relay. */
+static void
+test_relay_reload(void **state)
+{
+	const char *map = map_file("reload.map", "* smtp:127.0.0.1:25\n");
+	struct config *a = ok("workers = 2\n");
+	struct config *b = ok(with_map("workers = 2\nrelay_host = [::1]:25\n"
+				       "transport_maps = @MAP@\nrelay_tls = may\n"
+				       "relay_connections = 8\nrelay_connect_timeout = 5s\n"
+				       "relay_reply_timeout = 60s\nrelay_idle_timeout = 0\n"
+				       "retry_min = 1s\nretry_max = 10s\n"
+				       "maximal_queue_lifetime = 1d\nspool_high_water = 1g\n"
+				       "relay_defer_after = 0\n",
+				       map));
+	char err[CONFIG_ERR_MAX];
+
+	(void)state;
+	assert_true(relay_enabled(&b->relay));
+	assert_int_equal(config_check_reload(a, b, err), 0);
+	assert_int_equal(config_check_reload(b, a, err), 0);
+	config_free(a);
+	config_free(b);
+}
+
 int
 main(void)
 {
@@ -1558,6 +2170,13 @@ main(void)
 		cmocka_unit_test(test_usage),
 		cmocka_unit_test(test_tls_keys),
 		cmocka_unit_test(test_example_file),
+		cmocka_unit_test(test_relay_defaults),
+		cmocka_unit_test(test_relay_scalars),
+		cmocka_unit_test(test_relay_host),
+		cmocka_unit_test(test_transport_maps),
+		cmocka_unit_test(test_transport_relative),
+		cmocka_unit_test(test_transport_limits),
+		cmocka_unit_test(test_relay_reload),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);

@@ -1,0 +1,541 @@
+/*
+ * relay_route.c - next hops for relayed mail: the next-hop syntax shared by
+ * relay_host and transport_maps, the transport map parser, and
+ * relay_route(), the per-recipient lookup the relay runs (engine/relay.c).
+ * Contract: include/ringmx/config.h (relay_route, struct relay_conf) and
+ * engine/relay_route.h (the parser, for config.c and the fuzzer);
+ * documented in docs/config.md ("Transport map").
+ *
+ * Owner: the configuration module. The map built here belongs to the
+ * struct config it is part of: built once on the main thread at load time
+ * (start-up, -t, SIGHUP), read-only afterwards, so relay_route() may run on
+ * every worker without locks. relay_map_free() is its only destructor
+ * (called by config_free()).
+ *
+ * Invariants of a parsed map: r->map is sorted by strcmp() of its domains,
+ * which are lower case, unique, and either "example.org" or
+ * ".example.org"; "*" is never in it (it is r->default_hop); every hop
+ * index is < r->nhops.
+ */
+#include <assert.h>
+#include <errno.h>
+#include <netdb.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/un.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
+#include "relay_route.h"
+
+static char
+lower(char c)
+{
+	return c >= 'A' && c <= 'Z' ? (char)(c - 'A' + 'a') : c;
+}
+
+static bool
+blank(char c)
+{
+	return c == ' ' || c == '\t' || c == '\r' || c == '\v' || c == '\f';
+}
+
+/* ---- one next hop ---- */
+
+static int
+hop_unix(const char *path, struct relay_hop_conf *h, char *why, size_t whylen)
+{
+	struct sockaddr_un *su = (struct sockaddr_un *)&h->addr;
+	size_t n = strlen(path);
+
+	_Static_assert(sizeof(struct sockaddr_un) <= sizeof(struct sockaddr_storage),
+		       "sockaddr_un must fit the hop's address");
+	if (path[0] != '/') {
+		snprintf(why, whylen, "unix socket path must be absolute");
+		return -1;
+	}
+	/* The kernel needs room for the terminating NUL in sun_path. */
+	if (n >= sizeof(su->sun_path)) {
+		snprintf(why, whylen, "unix socket path too long (max %zu bytes)",
+		    sizeof(su->sun_path) - 1);
+		return -1;
+	}
+	su->sun_family = AF_UNIX;
+	memcpy(su->sun_path, path, n + 1);
+	h->addrlen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n + 1);
+	snprintf(h->text, sizeof(h->text), "lmtp:unix:%s", path);
+	return 0;
+}
+
+int
+relay_hop_parse(const char *s, size_t n, bool need_proto, struct relay_hop_conf *h,
+		char *why, size_t whylen)
+{
+	static const char *const proto[] = {"smtp", "lmtp"};
+	char b[CONFIG_HOP_TEXT_MAX], *p = b, *host, *port;
+	struct sockaddr_in *s4 = (struct sockaddr_in *)&h->addr;
+	struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&h->addr;
+	uint64_t pn;
+	size_t i;
+
+	assert(s != NULL && h != NULL && why != NULL);
+	memset(h, 0, sizeof(*h));
+	if (n >= sizeof(b)) {
+		snprintf(why, whylen, "too long (max %zu bytes)", sizeof(b) - 1);
+		return -1;
+	}
+	for (i = 0; i < n; i++) {
+		/* Blanks would split a map line; control bytes would forge log
+		 * lines; neither can be part of a host or a socket path. */
+		if ((unsigned char)s[i] <= 0x20 || s[i] == 0x7f) {
+			snprintf(why, whylen, "blank or control character");
+			return -1;
+		}
+		b[i] = s[i];
+	}
+	b[n] = '\0';
+	h->proto = RELAY_PROTO_SMTP;
+	if (strncmp(p, "smtp:", 5) == 0) {
+		p += 5;
+	} else if (strncmp(p, "lmtp:", 5) == 0) {
+		h->proto = RELAY_PROTO_LMTP;
+		p += 5;
+	} else if (need_proto) {
+		snprintf(why, whylen, "expected smtp: or lmtp: before the host");
+		return -1;
+	}
+	if (strncmp(p, "unix:", 5) == 0) {
+		if (h->proto != RELAY_PROTO_LMTP) {
+			snprintf(why, whylen, "a unix socket needs lmtp:");
+			return -1;
+		}
+		return hop_unix(p + 5, h, why, whylen);
+	}
+
+	if (*p == '[') {
+		char *rb = strchr(p, ']');
+
+		if (rb == NULL || rb[1] != ':') {
+			snprintf(why, whylen, "expected HOST:PORT");
+			return -1;
+		}
+		*rb = '\0';
+		host = p + 1;
+		port = rb + 2;
+		if (inet_pton(AF_INET6, host, &s6->sin6_addr) != 1) {
+			snprintf(why, whylen, "not an IPv6 address");
+			return -1;
+		}
+		s6->sin6_family = AF_INET6;
+		h->addrlen = sizeof(*s6);
+	} else {
+		port = strrchr(p, ':');
+		if (port == NULL) {
+			snprintf(why, whylen, "expected HOST:PORT");
+			return -1;
+		}
+		*port++ = '\0';
+		host = p;
+		if (strchr(host, ':') != NULL) {
+			struct in6_addr a6;
+
+			/* "::1:25", or an unknown prefix ("esmtp:x:25"). */
+			snprintf(why, whylen, "%s", inet_pton(AF_INET6, host, &a6) == 1
+						       ? "IPv6 addresses must be in brackets"
+						       : "not a host name or address");
+			return -1;
+		}
+		if (inet_pton(AF_INET, host, &s4->sin_addr) == 1) {
+			s4->sin_family = AF_INET;
+			h->addrlen = sizeof(*s4);
+		} else if (!config_domain_valid(host, strlen(host), false)) {
+			snprintf(why, whylen, "not a host name or address");
+			return -1;
+		}
+	}
+	if (config_parse_uint(port, &pn) != 0 || pn < 1 || pn > 65535) {
+		snprintf(why, whylen, "port not in 1..65535");
+		return -1;
+	}
+
+	/* host: what TLS names and checks; text: the hop's identity, one
+	 * spelling per hop, so "SMTP.example.org" and "smtp.example.org"
+	 * share connections and so that literals are in inet_ntop() form. */
+	if (h->addrlen == 0) {
+		for (i = 0; host[i] != '\0'; i++)
+			h->host[i] = lower(host[i]);
+		h->host[i] = '\0';
+	} else if (h->addr.ss_family == AF_INET) {
+		s4->sin_port = htons((uint16_t)pn);
+		inet_ntop(AF_INET, &s4->sin_addr, h->host, sizeof(h->host));
+	} else {
+		s6->sin6_port = htons((uint16_t)pn);
+		inet_ntop(AF_INET6, &s6->sin6_addr, h->host, sizeof(h->host));
+	}
+	snprintf(h->text, sizeof(h->text), h->addr.ss_family == AF_INET6 ? "%s:[%s]:%u" : "%s:%s:%u",
+		 proto[h->proto], h->host, (unsigned)pn);
+	return 0;
+}
+
+int
+relay_hop_resolve(struct relay_hop_conf *h, char *why, size_t whylen)
+{
+	struct addrinfo hints, *res = NULL, *ai;
+	const char *port;
+	int rc;
+
+	if (h->addrlen != 0)
+		return 0;
+	assert(h->host[0] != '\0');
+	/* The port is the text's last field: "smtp:NAME:PORT". */
+	port = strrchr(h->text, ':');
+	assert(port != NULL);
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	/* No AI_ADDRCONFIG: it drops every address on a host whose only
+	 * interface is loopback, and "localhost" must still resolve there. */
+	hints.ai_flags = AI_NUMERICSERV;
+	rc = getaddrinfo(h->host, port + 1, &hints, &res);
+	if (rc != 0) {
+		snprintf(why, whylen, "%s", rc == EAI_SYSTEM ? strerror(errno) : gai_strerror(rc));
+		return -1;
+	}
+	for (ai = res; ai != NULL; ai = ai->ai_next)
+		if ((ai->ai_family == AF_INET || ai->ai_family == AF_INET6) &&
+		    ai->ai_addrlen <= sizeof(h->addr))
+			break;
+	if (ai == NULL) {
+		freeaddrinfo(res);
+		snprintf(why, whylen, "no IPv4 or IPv6 address");
+		return -1;
+	}
+	memcpy(&h->addr, ai->ai_addr, ai->ai_addrlen);
+	h->addrlen = ai->ai_addrlen;
+	freeaddrinfo(res);
+	return 0;
+}
+
+int
+relay_hop_add(struct relay_conf *r, const struct relay_hop_conf *h)
+{
+	size_t i;
+
+	assert(r->nhops <= CONFIG_MAX_HOPS && h->text[0] != '\0');
+	/* At most CONFIG_MAX_HOPS hops: a linear scan costs less than keeping
+	 * an index, even for a map of CONFIG_MAX_TRANSPORT lines. */
+	for (i = 0; i < r->nhops; i++)
+		if (strcmp(r->hops[i].text, h->text) == 0)
+			return (int)i;
+	if (r->nhops == CONFIG_MAX_HOPS)
+		return -1;
+	r->hops[r->nhops] = *h;
+	return (int)r->nhops++;
+}
+
+/* ---- the map ---- */
+
+/* An entry while the file is read: the line is kept for messages. */
+struct pending {
+	char *domain;
+	uint32_t hop;
+	unsigned line;
+};
+
+static int
+pending_cmp(const void *a, const void *b)
+{
+	const struct pending *x = a, *y = b;
+	int c = strcmp(x->domain, y->domain);
+
+	if (c != 0)
+		return c;
+	return x->line < y->line ? -1 : x->line > y->line;
+}
+
+static void
+pending_free(struct pending *v, size_t n)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		free(v[i].domain);
+	free(v);
+}
+
+/* Map parser state: the first error wins. */
+struct mparse {
+	struct relay_conf *r;
+	const char *name;
+	char *err;
+	size_t errlen;
+	unsigned line;
+	struct pending *v;
+	size_t n, cap;
+	unsigned star_line;
+	size_t hops_before;
+	struct relay_hop_origin *origin;
+};
+
+static int mfail(struct mparse *m, const char *dom, size_t dl, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+
+/* "NAME:LINE: DOMAIN: problem", or "NAME:LINE: problem" without a domain. */
+static int
+mfail(struct mparse *m, const char *dom, size_t dl, const char *fmt, ...)
+{
+	char prob[CONFIG_ERR_MAX], qd[288];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(prob, sizeof(prob), fmt, ap);
+	va_end(ap);
+	if (dom == NULL) {
+		snprintf(m->err, m->errlen, "%s:%u: %s", m->name, m->line, prob);
+	} else {
+		config_quote(qd, sizeof(qd), dom, dl);
+		snprintf(m->err, m->errlen, "%s:%u: %s: %s", m->name, m->line, qd, prob);
+	}
+	return -1;
+}
+
+/* One "DOMAIN NEXTHOP" line, already split. */
+static int
+map_entry(struct mparse *m, const char *d, size_t dl, const char *hop, size_t hl)
+{
+	struct relay_conf *r = m->r;
+	struct relay_hop_conf h;
+	char why[200], qh[288];
+	size_t before = r->nhops, i;
+	int idx;
+
+	if (relay_hop_parse(hop, hl, true, &h, why, sizeof(why)) < 0) {
+		config_quote(qh, sizeof(qh), hop, hl);
+		return mfail(m, d, dl, "bad next hop '%s': %s", qh, why);
+	}
+	if (m->n + (m->star_line != 0) == CONFIG_MAX_TRANSPORT)
+		return mfail(m, d, dl, "too many entries (max %d)", CONFIG_MAX_TRANSPORT);
+	idx = relay_hop_add(r, &h);
+	if (idx < 0)
+		return mfail(m, d, dl, "too many next hops (max %d)", CONFIG_MAX_HOPS);
+	if (r->nhops > before && m->origin != NULL) {
+		struct relay_hop_origin *o = &m->origin[idx - (int)m->hops_before];
+
+		o->line = m->line;
+		config_quote(o->domain, sizeof(o->domain), d, dl);
+	}
+	if (dl == 1 && d[0] == '*') {
+		if (m->star_line != 0)
+			return mfail(m, d, dl, "duplicate domain (first on line %u)", m->star_line);
+		m->star_line = m->line;
+		r->default_hop = idx;
+		return 0;
+	}
+	if (m->n == m->cap) {
+		size_t nc = m->cap == 0 ? 256 : m->cap * 2;
+		struct pending *nv = realloc(m->v, nc * sizeof(*nv));
+
+		if (nv == NULL)
+			return mfail(m, d, dl, "out of memory");
+		m->v = nv;
+		m->cap = nc;
+	}
+	m->v[m->n].domain = malloc(dl + 1);
+	if (m->v[m->n].domain == NULL)
+		return mfail(m, d, dl, "out of memory");
+	for (i = 0; i < dl; i++)
+		m->v[m->n].domain[i] = lower(d[i]);
+	m->v[m->n].domain[dl] = '\0';
+	m->v[m->n].hop = (uint32_t)idx;
+	m->v[m->n].line = m->line;
+	m->n++;
+	return 0;
+}
+
+/* One physical line, without its '\n'. */
+static int
+map_line(struct mparse *m, const char *p, size_t n)
+{
+	const char *f[3];
+	size_t fl[3], nf = 0, i = 0;
+
+	if (n > CONFIG_LINE_MAX)
+		return mfail(m, NULL, 0, "line too long (max %d bytes)", CONFIG_LINE_MAX);
+	if (memchr(p, '\0', n) != NULL)
+		return mfail(m, NULL, 0, "NUL byte in line");
+	while (nf < 3) {
+		while (i < n && blank(p[i]))
+			i++;
+		if (i == n)
+			break;
+		if (nf == 0 && p[i] == '#')
+			return 0; /* a comment takes the whole line */
+		f[nf] = p + i;
+		while (i < n && !blank(p[i]))
+			i++;
+		fl[nf] = (size_t)(p + i - f[nf]);
+		nf++;
+	}
+	if (nf == 0)
+		return 0;
+	if (!(fl[0] == 1 && f[0][0] == '*') && !config_domain_valid(f[0], fl[0], true)) {
+		char qd[288];
+
+		config_quote(qd, sizeof(qd), f[0], fl[0]);
+		return mfail(m, NULL, 0, "not a domain: '%s'", qd);
+	}
+	if (nf == 1)
+		return mfail(m, f[0], fl[0], "no next hop (expected 'DOMAIN NEXTHOP')");
+	if (nf == 3)
+		return mfail(m, f[0], fl[0], "extra text after the next hop");
+	return map_entry(m, f[0], fl[0], f[1], fl[1]);
+}
+
+/* Sort, refuse duplicates (the one on the earliest line is reported), and
+ * hand the entries over to r->map. */
+static int
+map_finish(struct mparse *m)
+{
+	struct relay_conf *r = m->r;
+	const struct pending *dup = NULL;
+	size_t i;
+
+	if (m->n == 0)
+		return 0;
+	qsort(m->v, m->n, sizeof(m->v[0]), pending_cmp);
+	for (i = 1; i < m->n; i++)
+		if (strcmp(m->v[i - 1].domain, m->v[i].domain) == 0 &&
+		    (dup == NULL || m->v[i].line < dup->line))
+			dup = &m->v[i];
+	if (dup != NULL) {
+		/* Sorted by (domain, line): the first of its run came first. */
+		const struct pending *first = dup - 1;
+
+		while (first > m->v && strcmp(first[-1].domain, dup->domain) == 0)
+			first--;
+		m->line = dup->line;
+		return mfail(m, dup->domain, strlen(dup->domain),
+			     "duplicate domain (first on line %u)", first->line);
+	}
+	r->map = calloc(m->n, sizeof(*r->map));
+	if (r->map == NULL)
+		return mfail(m, NULL, 0, "out of memory");
+	for (i = 0; i < m->n; i++) {
+		r->map[i].domain = m->v[i].domain;
+		r->map[i].hop = m->v[i].hop;
+		m->v[i].domain = NULL; /* owned by r->map now */
+	}
+	r->nmap = m->n;
+	return 0;
+}
+
+int
+relay_map_parse(struct relay_conf *r, const char *name, const char *text, size_t len,
+		struct relay_hop_origin *origin, char *err, size_t errlen)
+{
+	struct mparse m;
+	size_t pos = 0;
+	int rc = 0;
+
+	assert(r != NULL && name != NULL && (text != NULL || len == 0) && err != NULL);
+	assert(r->map == NULL && r->nmap == 0);
+	memset(&m, 0, sizeof(m));
+	m.r = r;
+	m.name = name;
+	m.err = err;
+	m.errlen = errlen;
+	m.origin = origin;
+	m.hops_before = r->nhops;
+	while (rc == 0 && pos < len) {
+		const char *p = text + pos, *nl = memchr(p, '\n', len - pos);
+		size_t n = nl != NULL ? (size_t)(nl - p) : len - pos;
+
+		m.line++;
+		pos += n + (nl != NULL);
+		rc = map_line(&m, p, n);
+	}
+	if (rc == 0)
+		rc = map_finish(&m);
+	pending_free(m.v, m.n);
+	if (rc < 0)
+		relay_map_free(r);
+	assert(rc < 0 || r->nmap == 0 || r->map != NULL);
+	return rc;
+}
+
+void
+relay_map_free(struct relay_conf *r)
+{
+	size_t i;
+
+	for (i = 0; i < r->nmap; i++)
+		free(r->map[i].domain);
+	free(r->map);
+	r->map = NULL;
+	r->nmap = 0;
+}
+
+/* ---- the lookup ---- */
+
+/* strcmp() order of d[0..n) lower-cased against the stored s. */
+static int
+key_cmp(const char *d, size_t n, const char *s)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		unsigned char a = (unsigned char)lower(d[i]), b = (unsigned char)s[i];
+
+		if (b == '\0' || a != b)
+			return b == '\0' ? 1 : (int)a - (int)b;
+	}
+	return s[n] == '\0' ? 0 : -1;
+}
+
+static int
+map_find(const struct relay_conf *r, const char *d, size_t n)
+{
+	size_t lo = 0, hi = r->nmap;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		int c = key_cmp(d, n, r->map[mid].domain);
+
+		if (c == 0)
+			return (int)r->map[mid].hop;
+		if (c < 0)
+			hi = mid;
+		else
+			lo = mid + 1;
+	}
+	return -1;
+}
+
+int
+relay_route(const struct relay_conf *r, const char *domain, size_t len)
+{
+	size_t i;
+	int h;
+
+	assert(r != NULL && (domain != NULL || len == 0));
+	/* An address literal names no domain a map could list. */
+	if (len == 0 || domain[0] == '[' || r->nmap == 0)
+		return r->default_hop;
+	h = map_find(r, domain, len);
+	if (h >= 0)
+		return h;
+	/* Parents from the longest: a.b.example.org tries .b.example.org,
+	 * .example.org, .org. A local domain ".example.org" (every
+	 * subdomain) is matched by the same entry or a shorter parent. */
+	for (i = 0; i < len; i++) {
+		if (domain[i] != '.')
+			continue;
+		h = map_find(r, domain + i, len - i);
+		if (h >= 0)
+			return h;
+	}
+	assert(r->default_hop < (int)r->nhops);
+	return r->default_hop;
+}
