@@ -31,6 +31,7 @@
 #include "ringmx/config.h"
 #include "tls.h"
 #include "ringmx_version.h"
+#include "control.h"
 #include "worker.h"
 
 static void
@@ -189,6 +190,8 @@ main(int argc, char **argv)
 
 	if (listener_probe(cfg, err, sizeof(err)) < 0)
 		fatal("%s", err);
+	if (cfg->sink == SINK_KIND_SPOOL && control_lock(cfg, err, sizeof(err)) < 0)
+		fatal("%s", err);
 	unsigned n = cfg->workers;
 	struct worker *ws = calloc(n, sizeof(*ws));
 	if (ws == NULL)
@@ -230,9 +233,14 @@ main(int argc, char **argv)
 	const struct config *cur = cfg;
 	for (;;) {
 		siginfo_t si;
-		int sig = sigwaitinfo(&sigs, &si);
-		if (sig < 0)
+		/* Wake once a second for ringmx-spool's requests (control.c). */
+		struct timespec tick = {1, 0};
+		int sig = sigtimedwait(&sigs, &si, &tick);
+		if (sig < 0) {
+			if (errno == EAGAIN && cur->sink == SINK_KIND_SPOOL)
+				control_poll(ws, n, cur);
 			continue;
+		}
 		if (sig == SIGHUP) {
 			cur = reload(ws, n, &args, cur);
 		} else if (sig == SIGUSR1) {

@@ -51,6 +51,8 @@ static const char r_need_mail[] = "503 5.5.1 Error: need MAIL command\r\n";
 static const char r_no_rcpt[] = "554 5.5.1 Error: no valid recipients\r\n";
 static const char r_sink_err[] = "451 4.3.0 Error: queue file write error\r\n";
 static const char r_no_space[] = "452 4.3.1 Insufficient system storage\r\n";
+/* Backpressure from the relay: the next hop has been failing for a while. */
+static const char r_busy[] = "451 4.3.0 Error: next hop unavailable, try again later\r\n";
 static const char r_too_big[] = "552 5.3.4 Message size exceeds fixed limit\r\n";
 static const char r_bare_cr[] = "550 5.5.2 Error: bare <CR> received\r\n";
 static const char r_bare_lf[] = "550 5.5.2 Error: bare <LF> received\r\n";
@@ -704,6 +706,8 @@ smtp_cmd_mail(struct smtp_session *s, const struct smtp_cmdline *c)
 		s->stats->sink_errors++;
 		if (r == -ENOSPC)
 			reject(s, "MAIL", r_no_space, sizeof r_no_space - 1, path, plen);
+		else if (r == -EBUSY)
+			reject(s, "MAIL", r_busy, sizeof r_busy - 1, path, plen);
 		else
 			reject(s, "MAIL", r_sink_err, sizeof r_sink_err - 1, path, plen);
 		return;

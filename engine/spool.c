@@ -275,6 +275,10 @@ struct spool {
 	bool prep_blocked;   /* a preparation failed: none until the next rotation */
 	bool prep_err_logged; /* log one failure, not one per segment */
 	bool keep_dirfd;     /* an SQE on dirfd may still be in the kernel at close */
+
+	struct spool_hooks hooks; /* the relay's (spool.h) */
+	uint64_t first_seq;  /* first segment of this run */
+	bool internal_next;  /* the next tx_open is a bounce: no admission check */
 };
 
 /* ---- helpers ---- */
@@ -472,6 +476,8 @@ seg_close(struct spool *sp, struct seg *s)
 		if (!s->abandoned && s->tail < s->size && ftruncate(s->fd, (off_t)s->tail) < 0)
 			log_warn("spool: truncate %s/%s: %s", sp->dir, name, strerror(errno));
 		close(s->fd);
+		if (sp->hooks.seg_closed != NULL)
+			sp->hooks.seg_closed(sp->hooks.ctx, s->seq);
 	}
 	s->fd = -1;
 }
@@ -936,6 +942,14 @@ batch_finish(struct spool *sp, struct batch *b, int res)
 	assert(b->state != B_FREE && b->state != B_DONE);
 	b->head = b->tail = NULL;
 	b->state = B_DONE;
+	/* The relay hears of each durable record before its 250 goes out
+	 * and before the segment can be closed (seg_unref below). */
+	uint64_t off = b->off, seq = b->seg->seq;
+	if (res == 0 && sp->hooks.durable != NULL)
+		for (struct sink_tx *t = tx; t != NULL; t = t->next) {
+			sp->hooks.durable(sp->hooks.ctx, seq, off, t->len);
+			off += t->len;
+		}
 	seg_unref(sp, b->seg);
 	b->seg = NULL;
 	while (tx != NULL) {
@@ -1271,6 +1285,13 @@ s_open(void *self, void *owner, const struct sink_open_info *info, struct sink_t
 {
 	struct spool *sp = self;
 	assert(owner != NULL);
+	bool internal = sp->internal_next;
+	sp->internal_next = false;
+	if (!internal && sp->hooks.admit != NULL) {
+		int a = sp->hooks.admit(sp->hooks.ctx);
+		if (a < 0)
+			return a;
+	}
 	if (sp->cur == NULL || sp->cur->abandoned) {
 		/* A new segment is needed before we can promise anything. */
 		int r = seg_ensure(sp, SPOOL_HDR_SIZE);
@@ -1464,8 +1485,8 @@ spool_set_conf(struct spool *sp, const struct config *cfg)
 /* ---- start-up: directories and recovery ---- */
 
 /* mkdir -p with mode 0700 for what it creates. */
-static int
-mkdir_p(const char *path)
+int
+spool_mkdir_p(const char *path)
 {
 	char buf[CONFIG_PATH_MAX];
 	size_t n = strlen(path);
@@ -1608,6 +1629,7 @@ recover(struct spool *sp, char *err, size_t errlen)
 		recover_seg(sp, seqs[i], &msgs, &bytes);
 	/* New messages always go to a new segment after a restart. */
 	sp->next_seq = n > 0 ? seqs[n - 1] + 1 : 1;
+	sp->first_seq = sp->next_seq;
 	free(seqs);
 	log_info("spool: %s: %zu segment%s, %" PRIu64 " messages, %" PRIu64 " bytes recovered",
 		 sp->dir, n, n == 1 ? "" : "s", msgs, bytes);
@@ -1666,10 +1688,10 @@ spool_open(struct spool **out, const struct config *cfg, const struct spool_env 
 		return -ENOMEM;
 	}
 
-	int r = mkdir_p(cfg->spool_dir);
+	int r = spool_mkdir_p(cfg->spool_dir);
 	if (r == 0) {
 		snprintf(sp->dir, sizeof(sp->dir), "%s/w%u", cfg->spool_dir, env->worker);
-		r = mkdir_p(sp->dir);
+		r = spool_mkdir_p(sp->dir);
 	}
 	if (r < 0) {
 		snprintf(err, errlen, "spool: cannot create %s/w%u: %s", cfg->spool_dir, env->worker,
@@ -1715,6 +1737,24 @@ spool_open(struct spool **out, const struct config *cfg, const struct spool_env 
 		 (unsigned long long)cfg->spool_memory);
 	*out = sp;
 	return 0;
+}
+
+void
+spool_set_hooks(struct spool *sp, const struct spool_hooks *hooks)
+{
+	sp->hooks = *hooks;
+}
+
+uint64_t
+spool_first_seq(const struct spool *sp)
+{
+	return sp->first_seq;
+}
+
+void
+spool_internal_next(struct spool *sp)
+{
+	sp->internal_next = true;
 }
 
 void

@@ -50,6 +50,26 @@ struct spool_env {
 	void (*verdict)(void *owner, int res);
 };
 
+/* What the relay (relay.h) hears from the spool. All optional (NULL). */
+struct spool_hooks {
+	void *ctx;
+	/* The record at off in segment seq (of this worker) is durable: its
+	 * 250 is being given. */
+	void (*durable)(void *ctx, uint64_t seq, uint64_t off, uint64_t rec_len);
+	/* Segment seq will never be written again and its file is closed. */
+	void (*seg_closed)(void *ctx, uint64_t seq);
+	/* May a client transaction start? 0 or -errno for tx_open (-ENOSPC,
+	 * -EBUSY). Not asked for transactions opened while in_internal is set
+	 * (bounces). */
+	int (*admit)(void *ctx);
+};
+void spool_set_hooks(struct spool *sp, const struct spool_hooks *hooks);
+/* The sequence number of the first segment this run uses: every older one
+ * of this worker's directory is closed. */
+uint64_t spool_first_seq(const struct spool *sp);
+/* The next tx_open is the relay's own (a bounce): no admission check. */
+void spool_internal_next(struct spool *sp);
+
 /* Returns 0 or -errno; on error err holds one line for the operator.
  * Creates spool_dir (mode 0700, with parents) and spool_dir/w<N>, recovers
  * the worker's segments and opens a new one. */
@@ -65,5 +85,7 @@ uint64_t spool_wait_ns(const struct spool *sp, uint64_t now_ns, uint64_t max_ns)
  * spool_close() leaves what it needs in place (see there). */
 int spool_idle(const struct spool *sp);
 void spool_close(struct spool *sp);
+/* mkdir -p, mode 0700 for what it creates. 0 or -errno. */
+int spool_mkdir_p(const char *path);
 
 #endif

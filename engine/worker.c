@@ -140,6 +140,20 @@ spool_get_sqe(void *ctx)
 	return worker_sqe(ctx);
 }
 
+/* The spool's verdicts go to the connection that opened the transaction,
+ * or to the relay for its bounces. The spool calls back on this thread. */
+static __thread struct worker *this_worker;
+
+static void
+sink_verdict(void *owner, int res)
+{
+	struct worker *w = this_worker;
+	if (w->relay != NULL && relay_owns(w->relay, owner))
+		relay_bounce_verdict(owner, res);
+	else
+		conn_sink_verdict(owner, res);
+}
+
 static void
 arm_accept(struct worker *w, unsigned i)
 {
@@ -255,6 +269,8 @@ start_drain(struct worker *w)
 	for (uint32_t i = 0; i < w->nconns; i++)
 		if (w->conns[i].state == CONN_OPEN)
 			conn_drain(w, &w->conns[i], false);
+	if (w->relay != NULL)
+		relay_drain(w->relay, false);
 	log_info("draining: %u connections open, shutdown_timeout %llus", w->active,
 		 (unsigned long long)(w->cfg->shutdown_timeout / 1000000000u));
 }
@@ -289,6 +305,8 @@ switch_config(struct worker *w, const struct config *cfg)
 	tls_reload(w, cfg);
 	if (w->spool != NULL)
 		spool_set_conf(w->spool, cfg);
+	if (w->relay != NULL)
+		relay_set_conf(w->relay, cfg);
 	for (uint32_t i = 0; i < w->nconns; i++)
 		if (w->conns[i].state != CONN_FREE)
 			conn_set_conf(&w->conns[i], &cfg->smtp);
@@ -303,8 +321,18 @@ on_wake(struct worker *w, struct io_uring_cqe *cqe)
 	const struct config *next = atomic_exchange(&w->ctl.next_cfg, NULL);
 	if (next != NULL)
 		switch_config(w, next);
-	if (atomic_exchange(&w->ctl.dump, false))
+	if (atomic_exchange(&w->ctl.dump, false)) {
 		log_stats(w, "now");
+		if (w->relay != NULL)
+			relay_log_backlog(w->relay);
+	}
+	struct relay_cmdset *set = atomic_exchange(&w->ctl.cmds, NULL);
+	if (set != NULL) {
+		if (w->relay != NULL)
+			relay_apply_cmds(w->relay, set);
+		else
+			atomic_fetch_add(&set->acks, 1);
+	}
 	if (atomic_load(&w->ctl.stop))
 		start_drain(w);
 	arm_wake(w);
@@ -325,6 +353,9 @@ handle_cqe(struct worker *w, struct io_uring_cqe *cqe)
 		return; /* -ENOENT/-EALREADY: the target finished on its own */
 	case OP_SPOOL:
 		spool_on_cqe(w->spool, cqe);
+		return;
+	case OP_RELAY:
+		relay_on_cqe(w->relay, cqe);
 		return;
 	case OP_RECV:
 	case OP_SEND: {
@@ -471,17 +502,22 @@ loop(struct worker *w)
 		 * below and the batch's SQEs go out with this submit. */
 		if (w->spool != NULL)
 			spool_poll(w->spool, w->now);
+		if (w->relay != NULL)
+			relay_poll(w->relay, w->now);
 		conn_rearm_all(w);
 		conn_flush_all(w);
 		rearm_accepts(w);
 		bufring_publish(&w->br);
 		log_flush();
-		if (w->draining && w->active == 0 && (w->spool == NULL || spool_idle(w->spool)))
+		if (w->draining && w->active == 0 && (w->spool == NULL || spool_idle(w->spool)) &&
+		    (w->relay == NULL || relay_idle(w->relay)))
 			break;
 
 		uint64_t wait = timer_wait_ns(w->wheel, 1000000000ull);
 		if (w->spool != NULL)
 			wait = spool_wait_ns(w->spool, w->now, wait);
+		if (w->relay != NULL)
+			wait = relay_wait_ns(w->relay, wait);
 		if (w->draining && wait > TIMER_TICK_NS)
 			wait = TIMER_TICK_NS;
 		struct __kernel_timespec ts = {.tv_sec = (long long)(wait / 1000000000u),
@@ -508,6 +544,8 @@ loop(struct worker *w)
 			for (uint32_t i = 0; i < w->nconns; i++)
 				if (w->conns[i].state == CONN_OPEN)
 					conn_drain(w, &w->conns[i], true);
+			if (w->relay != NULL)
+				relay_drain(w->relay, true);
 			w->drain_deadline = UINT64_MAX;
 		}
 	}
@@ -518,6 +556,7 @@ worker_main(void *arg)
 {
 	struct worker *w = arg;
 	snprintf(w->log.tag, sizeof(w->log.tag), "w%u", w->id);
+	this_worker = w;
 	log_set_thread_buf(&w->log);
 	pin(w);
 
@@ -568,7 +607,7 @@ worker_main(void *arg)
 			.ud_base = ud_make(OP_SPOOL, 0, 0),
 			.qid = &w->qid,
 			.stats = &w->stats,
-			.verdict = conn_sink_verdict,
+			.verdict = sink_verdict,
 		};
 		r = spool_open(&w->spool, w->cfg, &env, err, sizeof(err));
 		if (r < 0) {
@@ -581,6 +620,37 @@ worker_main(void *arg)
 			return NULL;
 		}
 		spool_sink(w->spool, &w->sink);
+		if (relay_enabled(&w->cfg->relay)) {
+			struct relay_env renv = {
+				.worker = w->id,
+				.nworkers = w->cfg->workers,
+				.get_sqe = spool_get_sqe,
+				.ctx = w,
+				.ud_base = ud_make(OP_RELAY, 0, 0),
+				.spool = &w->sink,
+				.sp = w->spool,
+				.first_seq = spool_first_seq(w->spool),
+				.stats = &w->stats,
+			};
+			r = relay_open(&w->relay, w->cfg, &renv, err, sizeof(err));
+			if (r < 0) {
+				log_err("%s", err);
+				log_flush();
+				spool_close(w->spool);
+				bufring_fini(&w->br, &w->ring);
+				io_uring_queue_exit(&w->ring);
+				pools_fini(w);
+				atomic_store(&w->started, r);
+				return NULL;
+			}
+			struct spool_hooks hooks = {
+				.ctx = w->relay,
+				.durable = relay_record_durable,
+				.seg_closed = relay_seg_closed,
+				.admit = relay_admit,
+			};
+			spool_set_hooks(w->spool, &hooks);
+		}
 	} else {
 		sink_discard_init(&w->discard, &w->qid, &w->sink);
 	}
@@ -601,6 +671,9 @@ worker_main(void *arg)
 	log_flush();
 	bufring_fini(&w->br, &w->ring);
 	io_uring_queue_exit(&w->ring);
+	/* After the ring: no send can still read a connection's buffer. */
+	relay_close(w->relay);
+	w->relay = NULL;
 	pools_fini(w);
 	return NULL;
 }

@@ -25,6 +25,7 @@
 #include "bufring.h"
 #include "log.h"
 #include "qid.h"
+#include "relay.h"
 #include "ringmx/config.h"
 #include "ringmx/smtp.h"
 #include "ringmx/stats.h"
@@ -40,6 +41,7 @@ enum op {
 	OP_WAKE,       /* eventfd read from the main thread */
 	OP_CANCEL,     /* async cancel; result only logged */
 	OP_SPOOL,      /* spool write/fsync; idx = spool tag (spool.c) */
+	OP_RELAY,      /* outbound connection I/O; gen/idx: relay.c */
 };
 
 static inline uint64_t
@@ -160,6 +162,9 @@ struct worker_ctl {
 	atomic_bool dump;      /* log counters */
 	_Atomic(const struct config *) next_cfg; /* reload: switch to this */
 	_Atomic(const struct config *) cfg_ack;  /* the config now in use */
+	/* ringmx-spool hold/release/delete/flush (engine/control.c): taken
+	 * with an exchange, acknowledged in the set. */
+	_Atomic(struct relay_cmdset *) cmds;
 };
 
 struct worker {
@@ -215,6 +220,7 @@ struct worker {
 	struct qid_gen qid;
 	struct sink_discard discard;
 	struct spool *spool; /* sink = spool; NULL otherwise */
+	struct relay *relay; /* relay_host/transport_maps set; NULL otherwise */
 	struct sink sink;
 	struct smtp_hooks hooks;
 	struct ringmx_stats stats;

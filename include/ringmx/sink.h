@@ -49,7 +49,8 @@ enum sink_commit {
 
 struct sink_ops {
 	/* Open a transaction. Writes the queue id into qid. Returns 0 or a
-	 * negative errno (-ENOSPC: 452 4.3.1, others: 451 4.3.0). */
+	 * negative errno (-ENOSPC: 452 4.3.1; -EBUSY: 451 4.3.0 "next hop
+	 * unavailable", the relay's backpressure; others: 451 4.3.0). */
 	int (*tx_open)(void *self, void *owner, const struct sink_open_info *info,
 		       struct sink_tx **tx, char qid[SINK_QID_MAX]);
 	/* One accepted recipient, forward-path without <>. 0 or -errno. */

@@ -65,6 +65,20 @@
 	X(tls_errors, "TLS errors after the handshake (bad record, alert)")                        \
 	X(starttls_injection_discarded, "plaintext pipelined after STARTTLS, discarded (CVE-2011-0411)") \
 	X(tls_ctx_reloads, "certificate sets rebuilt by this worker after SIGHUP")                \
+	X(relay_messages_queued, "messages handed to the relay (durable in the spool)")          \
+	X(relay_messages_done, "messages finished by the relay (every recipient delivered, bounced or deleted)") \
+	X(relay_attempts, "delivery attempts (one per message and next hop)")                      \
+	X(relay_rcpt_sent, "recipients delivered to the next hop")                                \
+	X(relay_rcpt_deferred, "recipient deliveries deferred (temporary failure, retried)")       \
+	X(relay_rcpt_bounced, "recipients failed permanently (5xx, expired, no route)")            \
+	X(relay_bounces, "bounces (delivery status notifications) spooled")                       \
+	X(relay_connections, "outbound connections opened")                                      \
+	X(relay_conn_failed, "outbound connections failed (refused, lost, timed out, bad reply)")  \
+	X(relay_sends, "outbound send operations")                                               \
+	X(relay_journal_writes, "delivery journal writes")                                       \
+	X(relay_segments_removed, "spool segments removed after every message was finished")      \
+	X(relay_refused_high_water, "MAIL refused: backlog over spool_high_water (452)")           \
+	X(relay_refused_hop_down, "MAIL refused: a next hop failing for relay_defer_after (451)")  \
 	X(loop_iterations, "event loop iterations")
 
 struct ringmx_stats {

@@ -1,0 +1,2434 @@
+/*
+ * relay.c - deliver spooled mail to the next hop. Contract: relay.h;
+ * operator view: docs/relay.md; journal: include/ringmx/journal_format.h.
+ *
+ * Owner: the relay module. One struct relay per worker, touched only by
+ * that worker's thread.
+ *
+ * Objects
+ *  rseg   a spool segment the relay reads (mapped read-only) and its
+ *         journal (appended through a small buffer, flushed once per loop
+ *         iteration). Deleted, with its journal, once the spool has closed
+ *         it and every message in it is finished.
+ *  rmsg   one spooled message: envelope views into the mapping, a done
+ *         mark per recipient. Freed when finished.
+ *  rjob   the part of a message that goes to one next hop (its recipients
+ *         routed there). A job waits (retry timer), is queued on its hop,
+ *         is active on one outbound connection, or waits for its bounce to
+ *         be spooled.
+ *  rhop   a next hop: its queue of jobs and its connections.
+ *  oconn  an outbound connection: connect (with a linked timeout), one
+ *         recv and at most one send in flight, a FIFO of the replies it
+ *         expects. Commands are pipelined when the next hop offers
+ *         PIPELINING: with CHUNKING, whole transactions follow each other
+ *         without waiting (BDAT n LAST); without it, a transaction waits
+ *         for 354 before its body.
+ *
+ * Durability and duplicates
+ *  A recipient is finished when a DELIVERED or FAILED journal record names
+ *  it. DELIVERED is appended when the final 2xx is read and written to the
+ *  file at the end of that loop iteration: a crash in between (or a power
+ *  loss before the page cache reaches the disk: the journal is not fsynced
+ *  per record) delivers the message again after restart - at least once,
+ *  never lost. FAILED is appended only after the bounce is durable in the
+ *  spool (a crash before that retries the recipient, and may bounce twice).
+ *
+ * Buffers
+ *  Each connection owns an input buffer (replies) and an output buffer
+ *  (commands and message bytes, dot-stuffed for DATA); the bytes
+ *  [0, send_len) of the output belong to the kernel while a send is in
+ *  flight. Message bytes are copied from the segment mapping into the
+ *  output buffer as room frees up, so a large message streams through a
+ *  fixed buffer.
+ */
+#include "relay.h"
+
+#include <arpa/inet.h>
+#include <assert.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "ringmx/config.h"
+#include "ringmx/dsn.h"
+#include "ringmx/journal_format.h"
+#include "ringmx/spool_format.h"
+#include "spool.h"
+#include "timer.h"
+
+/* Output buffer per connection: a burst of pipelined commands and message
+ * bytes; a larger message streams through it. */
+#define RELAY_OUT_SIZE (64u << 10)
+/* Input buffer: replies. A reply line longer than this is a protocol error. */
+#define RELAY_IN_SIZE (16u << 10)
+/* Reply text kept for logs, the journal and bounces. */
+#define RELAY_TEXT_MAX 512
+/* Replies one connection may be waiting for (commands in flight). */
+#define RELAY_EXP_MAX 512
+/* Transactions in flight on one connection (pipelined with CHUNKING). */
+#define RELAY_WINDOW 32
+/* Room an emitted command needs: a command line is at most 512 octets
+ * (RFC 5321 4.5.3.1.4) plus parameters. */
+#define RELAY_CMD_ROOM 1100
+/* Bounces being spooled at once; more wait for the next retry. */
+#define RELAY_BOUNCES_MAX 64
+/* Journal bytes buffered per segment before a write is forced. */
+#define RELAY_JBUF_SIZE (16u << 10)
+/* Outbound connections per worker (slots; idx field of user_data). */
+#define RELAY_SLOTS_MAX (1u << 20)
+/* Delay before a bounce that could not be spooled is tried again. */
+#define RELAY_BOUNCE_RETRY_NS (5ull * 1000000000ull)
+
+enum subop { S_CONNECT = 1, S_LTIMEOUT, S_SEND, S_RECV };
+
+/* Per recipient of a job, during and after an attempt. */
+enum rstate {
+	RS_PENDING = 0, /* not tried in this attempt yet */
+	RS_RCPT_OK,     /* RCPT accepted, waiting for the final reply */
+	RS_SENT,        /* delivered */
+	RS_PERM,        /* permanent failure: bounce */
+	RS_TEMP,        /* temporary failure: retry */
+	RS_DONE,        /* finished before this attempt (journal) */
+};
+
+enum jstate { J_WAIT = 0, J_QUEUED, J_ACTIVE, J_BOUNCING, J_DONE };
+
+enum tkind { T_JOB = 1, T_CONN };
+struct rtimer {
+	struct timer_node n; /* first: the wheel hands us &n */
+	uint8_t kind;
+};
+
+struct rseg;
+struct rhop;
+struct oconn;
+struct rmsg;
+
+struct rjob {
+	struct rmsg *m;
+	struct rhop *hop;
+	struct rjob *prev, *next; /* hop queue */
+	struct rtimer t;          /* retry */
+	struct oconn *conn;       /* J_ACTIVE */
+	uint8_t state;
+	bool mail_failed;
+	uint32_t n;           /* recipients */
+	uint32_t *ri;         /* their indices in the message */
+	uint8_t *rs;          /* enum rstate per recipient */
+	char **rtext;         /* per recipient: the reply that decided it (malloc) */
+	uint32_t nacc;        /* RCPTs accepted in this attempt */
+	uint32_t attempts;
+	char last_temp[RELAY_TEXT_MAX]; /* the last temporary failure */
+	uint16_t last_temp_len;
+	struct rbounce *bounce;
+};
+
+struct raddr {
+	const char *p;
+	uint32_t len;
+};
+
+struct rmsg {
+	struct rseg *seg;
+	struct rmsg *prev, *next; /* the segment's messages */
+	uint64_t off, rec_len;
+	char qid[SPOOL_QID_FIELD + 1];
+	uint64_t received_us;
+	const char *from;
+	size_t from_len;
+	unsigned flags;      /* SPOOL_MAIL_* */
+	const uint8_t *body;
+	uint64_t body_len;
+	uint32_t nrcpt;
+	struct raddr *rcpt;
+	uint8_t *done;       /* per recipient: 0, JOURNAL_DELIVERED or JOURNAL_FAILED */
+	uint32_t njobs;
+	uint32_t jobs_left;
+	struct rjob *jobs;
+	bool held;
+	bool deleted;
+};
+
+struct rseg {
+	struct rseg *next;
+	unsigned wdir;       /* w<wdir> */
+	uint64_t seq;
+	uint8_t *map;
+	size_t maplen;
+	int jfd;             /* -1 until the first journal record */
+	uint64_t jpos;       /* file offset of the next journal write */
+	uint32_t jbuf_len;
+	bool closed;         /* the spool will not write it again */
+	bool jerr_logged;
+	uint32_t pending;    /* messages not finished */
+	struct rmsg *msgs;   /* unfinished messages */
+	uint8_t jbuf[RELAY_JBUF_SIZE];
+};
+
+struct rhop {
+	struct rhop *next;
+	struct relay_hop_conf conf;
+	char name[CONFIG_HOP_TEXT_MAX + 64]; /* "host[ip]:port" for logs */
+	bool gone;           /* no longer in the configuration */
+	struct rjob *qhead, *qtail;
+	uint32_t qlen;
+	uint32_t nconns;     /* open or opening */
+	uint32_t nready;
+	struct oconn *conns; /* list */
+	uint64_t fail_since; /* monotonic ns of the first failure of a streak; 0: fine */
+	uint64_t retry_at;   /* no new connection before this (after a failed one) */
+};
+
+enum cstate { C_CONNECTING = 1, C_GREETING, C_HELLO, C_READY, C_QUIT, C_CLOSING };
+
+enum xkind { X_GREET = 1, X_EHLO, X_HELO, X_MAIL, X_RCPT, X_DATA, X_DOT, X_BDAT, X_RSET, X_QUIT };
+
+struct rexp {
+	uint8_t kind;
+	uint32_t k;        /* X_RCPT: recipient index in the job */
+	struct rjob *job;
+};
+
+/* What the generator emits next for the job being emitted. */
+enum estage { E_NONE = 0, E_MAIL, E_RCPT, E_DATA, E_WAIT354, E_BODY, E_DOT, E_BDAT };
+
+struct oconn {
+	struct relay *r;
+	struct rhop *hop;
+	struct oconn *next; /* hop's list */
+	uint32_t idx, gen;
+	int fd;
+	uint8_t st;
+	bool lmtp;
+	bool pipelining, chunking, eightbit, smtputf8, size_ext;
+	uint64_t size_max;
+	bool connect_inflight, lt_inflight, recv_inflight, send_inflight;
+	bool shut;
+	bool need_rset;
+	bool ever_ready;
+	struct __kernel_timespec cts; /* connect timeout (read at submit) */
+	struct rtimer t;
+	uint64_t deadline;
+
+	uint32_t in_len;
+	/* the reply being read */
+	int rcode;
+	uint16_t rtext_len;
+	char rtext[RELAY_TEXT_MAX];
+
+	struct rexp exp[RELAY_EXP_MAX];
+	uint32_t exp_head, exp_n;
+	struct rjob *lmtp_job; /* LMTP: per-recipient final replies still due */
+	uint32_t lmtp_k;       /* next accepted recipient (index in the job) */
+
+	struct rjob *active[RELAY_WINDOW];
+	uint32_t nactive;
+
+	/* generator */
+	struct rjob *emit;
+	uint8_t estage;
+	uint32_t ek;
+	uint64_t body_off;
+	bool bol; /* DATA: at the beginning of a line */
+
+	uint32_t out_len, send_len;
+	uint64_t t_open;
+	uint32_t msgs;
+	char in[RELAY_IN_SIZE];
+	char out[RELAY_OUT_SIZE];
+};
+
+struct rbounce {
+	struct relay *r;
+	struct rjob *job;
+	struct sink_tx *tx;
+	bool used;
+	char qid[SINK_QID_MAX];
+};
+
+struct relay {
+	struct relay_env env;
+	const struct config *cfg;
+	uint64_t now;   /* monotonic ns */
+	struct timer_wheel *wheel;
+	struct rseg *segs;
+	struct rhop *hops;
+	struct rhop *hopmap[CONFIG_MAX_HOPS]; /* cfg->relay.hops[i] -> ours */
+	struct oconn **slots;
+	uint32_t *slot_gen;
+	uint32_t nslots, slots_cap;
+	uint32_t *free_slots;
+	uint32_t nfree;
+	struct rbounce bounces[RELAY_BOUNCES_MAX];
+	uint32_t nbounces;
+	uint64_t backlog_bytes, backlog_msgs;
+	bool over_high_water;
+	bool deferring;
+	bool draining;
+	uint64_t jobs_waiting_timer;
+	char dir[CONFIG_PATH_MAX];
+};
+
+/* ---- small helpers ---- */
+
+static uint64_t
+wall_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+static void *
+xcalloc(size_t n, size_t sz)
+{
+	void *p = calloc(n, sz);
+	if (p == NULL)
+		panic("relay: out of memory (%zu x %zu)", n, sz);
+	return p;
+}
+
+static char *
+xstrndup(const char *s, size_t n)
+{
+	char *p = malloc(n + 1);
+	if (p == NULL)
+		panic("relay: out of memory");
+	memcpy(p, s, n);
+	p[n] = '\0';
+	return p;
+}
+
+static uint64_t
+backoff_ns(const struct relay *r, uint32_t attempts)
+{
+	uint64_t d = r->cfg->relay.retry_min;
+	for (uint32_t i = 1; i < attempts && d < r->cfg->relay.retry_max; i++)
+		d *= 2;
+	return d < r->cfg->relay.retry_max ? d : r->cfg->relay.retry_max;
+}
+
+/* The enhanced status code at the start of a reply's text ("2.1.5 Ok"),
+ * or one derived from the basic code. */
+static void
+dsn_of(int code, const char *text, size_t len, char out[16])
+{
+	size_t i = 0;
+	if (len >= 5 && text[0] >= '2' && text[0] <= '5' && text[1] == '.') {
+		i = 2;
+		size_t d1 = i;
+		while (i < len && i - d1 < 3 && text[i] >= '0' && text[i] <= '9')
+			i++;
+		if (i > d1 && i < len && text[i] == '.') {
+			size_t d2 = ++i;
+			while (i < len && i - d2 < 3 && text[i] >= '0' && text[i] <= '9')
+				i++;
+			if (i > d2 && (i == len || text[i] == ' ') && text[0] - '0' == code / 100) {
+				memcpy(out, text, i);
+				out[i] = '\0';
+				return;
+			}
+		}
+	}
+	snprintf(out, 16, "%d.0.0", code / 100 >= 2 && code / 100 <= 5 ? code / 100 : 4);
+}
+
+static const char *
+xkind_name(uint8_t k)
+{
+	static const char *const names[] = {"?", "the greeting", "EHLO", "HELO", "MAIL FROM",
+					    "RCPT TO", "DATA", "end of data", "BDAT", "RSET", "QUIT"};
+	return k < sizeof(names) / sizeof(names[0]) ? names[k] : "?";
+}
+
+/* ---- journal ---- */
+
+static void
+seg_path(const struct relay *r, const struct rseg *s, const char *ext, char *buf, size_t len)
+{
+	snprintf(buf, len, "%s/w%u/%016" PRIx64 ".%s", r->dir, s->wdir, s->seq, ext);
+}
+
+static void
+jflush(struct relay *r, struct rseg *s)
+{
+	if (s->jbuf_len == 0)
+		return;
+	if (s->jfd < 0) {
+		char path[CONFIG_PATH_MAX + 64];
+		seg_path(r, s, "jnl", path, sizeof(path));
+		s->jfd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+		if (s->jfd < 0) {
+			if (!s->jerr_logged)
+				log_err("relay: cannot open journal %s: %s; delivery state is kept "
+					"in memory only (a restart may deliver again)",
+					path, strerror(errno));
+			s->jerr_logged = true;
+			s->jbuf_len = 0;
+			return;
+		}
+	}
+	size_t done = 0;
+	while (done < s->jbuf_len) {
+		ssize_t n = pwrite(s->jfd, s->jbuf + done, s->jbuf_len - done, (off_t)(s->jpos + done));
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			if (!s->jerr_logged)
+				log_err("relay: journal write w%u/%016" PRIx64 ".jnl: %s; a restart "
+					"may deliver again",
+					s->wdir, s->seq, n < 0 ? strerror(errno) : "short write");
+			s->jerr_logged = true;
+			break;
+		}
+		done += (size_t)n;
+	}
+	s->jpos += done;
+	s->jbuf_len = 0;
+	r->env.stats->relay_journal_writes++;
+}
+
+static void
+jrec(struct relay *r, struct rmsg *m, uint8_t type, uint32_t first, uint32_t count,
+     uint32_t attempts, uint64_t next_us, const char *text, size_t text_len)
+{
+	struct rseg *s = m->seg;
+	struct journal_rec jr = {
+		.type = type,
+		.rcpt_first = first,
+		.rcpt_count = count,
+		.rec_off = m->off,
+		.attempts = attempts,
+		.time_us = wall_us(),
+		.next_us = next_us,
+		.text = text,
+		.text_len = (uint16_t)(text_len > JOURNAL_TEXT_MAX ? JOURNAL_TEXT_MAX : text_len),
+	};
+	if (s->jbuf_len + JOURNAL_REC_MAX > RELAY_JBUF_SIZE)
+		jflush(r, s);
+	size_t n = journal_encode(s->jbuf + s->jbuf_len, RELAY_JBUF_SIZE - s->jbuf_len, &jr);
+	assert(n > 0);
+	s->jbuf_len += (uint32_t)n;
+}
+
+static void
+jsync(struct relay *r, struct rseg *s)
+{
+	jflush(r, s);
+	if (s->jfd >= 0 && fdatasync(s->jfd) < 0)
+		log_err("relay: fdatasync journal w%u/%016" PRIx64 ".jnl: %s", s->wdir, s->seq,
+			strerror(errno));
+}
+
+/* ---- segments ---- */
+
+static struct rseg *
+seg_find(struct relay *r, unsigned wdir, uint64_t seq)
+{
+	for (struct rseg *s = r->segs; s != NULL; s = s->next)
+		if (s->seq == seq && s->wdir == wdir)
+			return s;
+	return NULL;
+}
+
+static struct rseg *
+seg_map(struct relay *r, unsigned wdir, uint64_t seq)
+{
+	char path[CONFIG_PATH_MAX + 64];
+	struct rseg tmp = {.wdir = wdir, .seq = seq};
+	seg_path(r, &tmp, "seg", path, sizeof(path));
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		log_err("relay: open %s: %s", path, strerror(errno));
+		return NULL;
+	}
+	struct stat st;
+	if (fstat(fd, &st) < 0 || st.st_size <= 0) {
+		close(fd);
+		return NULL;
+	}
+	void *map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+	close(fd);
+	if (map == MAP_FAILED) {
+		log_err("relay: mmap %s: %s", path, strerror(errno));
+		return NULL;
+	}
+	struct rseg *s = xcalloc(1, sizeof(*s));
+	s->wdir = wdir;
+	s->seq = seq;
+	s->map = map;
+	s->maplen = (size_t)st.st_size;
+	s->jfd = -1;
+	s->next = r->segs;
+	r->segs = s;
+	return s;
+}
+
+static void
+dir_fsync(const char *dir)
+{
+	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return;
+	if (fsync(fd) < 0)
+		log_err("relay: fsync %s: %s", dir, strerror(errno));
+	close(fd);
+}
+
+/* Every message finished and the spool is done with it: the segment and
+ * its journal go (the segment first: a journal without its segment is
+ * harmless, a segment without its journal would be delivered again). */
+static void
+seg_maybe_delete(struct relay *r, struct rseg *s)
+{
+	if (!s->closed || s->pending > 0)
+		return;
+	char path[CONFIG_PATH_MAX + 64], dir[CONFIG_PATH_MAX + 16];
+	s->jbuf_len = 0;
+	if (s->jfd >= 0)
+		close(s->jfd);
+	munmap(s->map, s->maplen);
+	seg_path(r, s, "seg", path, sizeof(path));
+	if (unlink(path) < 0 && errno != ENOENT)
+		log_err("relay: unlink %s: %s", path, strerror(errno));
+	seg_path(r, s, "jnl", path, sizeof(path));
+	if (unlink(path) < 0 && errno != ENOENT)
+		log_err("relay: unlink %s: %s", path, strerror(errno));
+	snprintf(dir, sizeof(dir), "%s/w%u", r->dir, s->wdir);
+	dir_fsync(dir);
+	r->env.stats->relay_segments_removed++;
+	for (struct rseg **pp = &r->segs; *pp != NULL; pp = &(*pp)->next)
+		if (*pp == s) {
+			*pp = s->next;
+			break;
+		}
+	free(s);
+}
+
+void
+relay_seg_closed(void *arg, uint64_t seq)
+{
+	struct relay *r = arg;
+	struct rseg *s = seg_find(r, r->env.worker, seq);
+	if (s == NULL)
+		return; /* nothing durable was ever written to it */
+	s->closed = true;
+	jflush(r, s);
+	seg_maybe_delete(r, s);
+}
+
+/* ---- messages and jobs ---- */
+
+static struct rhop *hop_for(struct relay *r, const char *domain, size_t len);
+static void hop_enqueue(struct relay *r, struct rjob *j);
+static void hop_dequeue(struct rjob *j);
+
+static void
+msg_log(const struct rmsg *m, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void
+msg_log(const struct rmsg *m, const char *fmt, ...)
+{
+	char line[1024];
+	int n = snprintf(line, sizeof(line), "%s: ", m->qid);
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(line + n, sizeof(line) - (size_t)n, fmt, ap);
+	va_end(ap);
+	log_info("%s", line);
+}
+
+static void
+msg_free(struct relay *r, struct rmsg *m)
+{
+	struct rseg *s = m->seg;
+	for (uint32_t i = 0; i < m->njobs; i++) {
+		struct rjob *j = &m->jobs[i];
+		assert(j->state != J_ACTIVE && j->state != J_BOUNCING);
+		if (j->state == J_QUEUED)
+			hop_dequeue(j);
+		if (timer_armed(&j->t.n))
+			timer_cancel(r->wheel, &j->t.n);
+		for (uint32_t k = 0; k < j->n; k++)
+			free(j->rtext[k]);
+		free(j->rtext);
+		free(j->rs);
+		free(j->ri);
+	}
+	free(m->jobs);
+	free(m->rcpt);
+	if (m->prev != NULL)
+		m->prev->next = m->next;
+	else
+		s->msgs = m->next;
+	if (m->next != NULL)
+		m->next->prev = m->prev;
+	assert(s->pending > 0);
+	s->pending--;
+	r->backlog_msgs--;
+	r->backlog_bytes -= m->rec_len;
+	free(m);
+	seg_maybe_delete(r, s);
+}
+
+/* A job is over for good. The message goes when its last job does. */
+static void
+job_done(struct relay *r, struct rjob *j)
+{
+	struct rmsg *m = j->m;
+	j->state = J_DONE;
+	assert(m->jobs_left > 0);
+	if (--m->jobs_left == 0) {
+		if (!m->deleted)
+			msg_log(m, "removed");
+		r->env.stats->relay_messages_done++;
+		msg_free(r, m);
+	}
+}
+
+static void
+job_schedule(struct relay *r, struct rjob *j, uint64_t at_ns)
+{
+	j->state = J_WAIT;
+	if (j->m->held)
+		return; /* RELEASE queues it */
+	if (at_ns <= r->now) {
+		hop_enqueue(r, j);
+		return;
+	}
+	timer_set(r->wheel, &j->t.n, at_ns);
+}
+
+/* Build the in-memory message for the record at off, with the journal's
+ * state applied (st may be NULL: nothing journaled). Returns NULL if the
+ * record is unusable (logged) or already finished. */
+static struct rmsg *
+msg_load(struct relay *r, struct rseg *s, uint64_t off, const struct journal_msg_state *st)
+{
+	struct spool_hdr h;
+	if (off >= s->maplen || spool_rec_check(s->map + off, s->maplen - off, &h) != SPOOL_REC_OK) {
+		log_err("relay: w%u/%016" PRIx64 ".seg: no valid record at offset %" PRIu64, s->wdir,
+			s->seq, off);
+		return NULL;
+	}
+	const uint8_t *rec = s->map + off;
+	struct spool_envelope env;
+	if (spool_env_parse(rec + SPOOL_HDR_SIZE, h.env_len, &env) < 0 || env.nrcpt == 0) {
+		log_err("relay: %s: malformed envelope; left in the spool", h.qid);
+		return NULL;
+	}
+	/* Routing first: it decides how many jobs there are. */
+	uint32_t nrcpt = env.nrcpt;
+	struct raddr *addrs = xcalloc(nrcpt, sizeof(*addrs));
+	struct rhop **rh = xcalloc(nrcpt, sizeof(*rh));
+	struct spool_tlv_iter it = {.p = rec + SPOOL_HDR_SIZE, .len = h.env_len};
+	unsigned type;
+	const uint8_t *v;
+	size_t vlen;
+	uint32_t k = 0;
+	while (spool_tlv_next(&it, &type, &v, &vlen) == 1)
+		if (type == SPOOL_TLV_RCPT && k < nrcpt) {
+			addrs[k].p = (const char *)v;
+			addrs[k].len = (uint32_t)vlen;
+			const char *at = memrchr(v, '@', vlen);
+			const char *dom = at != NULL ? at + 1 : "";
+			size_t dlen = at != NULL ? vlen - (size_t)(at + 1 - (const char *)v) : 0;
+			rh[k] = hop_for(r, dom, dlen);
+			k++;
+		}
+	uint32_t pending = 0, njobs = 0;
+	struct rhop *seen[CONFIG_MAX_HOPS + 1];
+	uint32_t nseen = 0;
+	for (k = 0; k < nrcpt; k++) {
+		if (st != NULL && st->done[k] != 0)
+			continue;
+		pending++;
+		bool dup = false;
+		for (uint32_t i = 0; i < nseen; i++)
+			dup |= seen[i] == rh[k];
+		if (!dup && nseen < CONFIG_MAX_HOPS + 1)
+			seen[nseen++] = rh[k];
+	}
+	njobs = nseen;
+	if (pending == 0 || (st != NULL && st->deleted)) {
+		free(addrs);
+		free(rh);
+		return NULL;
+	}
+	struct rmsg *m = xcalloc(1, sizeof(*m) + nrcpt);
+	m->done = (uint8_t *)(m + 1);
+	m->seg = s;
+	m->off = off;
+	m->rec_len = h.rec_len;
+	memcpy(m->qid, h.qid, sizeof(m->qid));
+	m->received_us = h.received_us;
+	m->from = (const char *)env.from;
+	m->from_len = env.from_len;
+	m->flags = env.mail_flags;
+	m->body = rec + SPOOL_HDR_SIZE + h.env_len;
+	m->body_len = h.msg_len;
+	m->nrcpt = nrcpt;
+	m->rcpt = addrs;
+	if (st != NULL) {
+		memcpy(m->done, st->done, nrcpt);
+		m->held = st->held;
+	}
+	m->jobs = xcalloc(njobs, sizeof(*m->jobs));
+	m->njobs = m->jobs_left = njobs;
+	for (uint32_t i = 0; i < njobs; i++) {
+		struct rjob *j = &m->jobs[i];
+		j->m = m;
+		j->hop = seen[i];
+		j->t.kind = T_JOB;
+		j->attempts = st != NULL ? st->attempts : 0;
+		for (k = 0; k < nrcpt; k++)
+			if (m->done[k] == 0 && rh[k] == seen[i])
+				j->n++;
+		j->ri = xcalloc(j->n, sizeof(*j->ri));
+		j->rs = xcalloc(j->n, 1);
+		j->rtext = xcalloc(j->n, sizeof(*j->rtext));
+		uint32_t n = 0;
+		for (k = 0; k < nrcpt; k++)
+			if (m->done[k] == 0 && rh[k] == seen[i])
+				j->ri[n++] = k;
+	}
+	free(rh);
+	/* The job arrays are separate allocations; free them with the message. */
+	m->next = s->msgs;
+	if (s->msgs != NULL)
+		s->msgs->prev = m;
+	s->msgs = m;
+	s->pending++;
+	r->backlog_msgs++;
+	r->backlog_bytes += m->rec_len;
+	return m;
+}
+
+/* ---- results of an attempt ---- */
+
+#define container_of(p, type, member) ((type *)(void *)((char *)(p) - offsetof(type, member)))
+
+static void job_end_attempt(struct relay *r, struct rjob *j);
+
+static double
+delay_s(const struct rmsg *m)
+{
+	uint64_t now = wall_us();
+	return now > m->received_us ? (double)(now - m->received_us) / 1e6 : 0.0;
+}
+
+static const char *
+hop_name(const struct rjob *j)
+{
+	return j->hop != NULL ? j->hop->name : "none";
+}
+
+/* One line per recipient and attempt, in the shape Postfix's tools parse. */
+static void
+rcpt_log(const struct rjob *j, uint32_t k, int code, const char *text, size_t len,
+	 const char *status)
+{
+	const struct rmsg *m = j->m;
+	const struct raddr *a = &m->rcpt[j->ri[k]];
+	char dsn[16];
+	dsn_of(code, text, len, dsn);
+	int tl = (int)(len > 400 ? 400 : len);
+	msg_log(m, "to=<%.*s>, relay=%s, delay=%.2f, dsn=%s, status=%s (%d %.*s)", (int)a->len,
+		a->p, hop_name(j), delay_s(m), dsn, status, code, tl, text);
+}
+
+/* Reply text as kept per recipient: "550 5.1.1 text". */
+static char *
+reply_dup(int code, const char *text, size_t len)
+{
+	char buf[RELAY_TEXT_MAX + 8];
+	int n = snprintf(buf, sizeof(buf), "%d %.*s", code, (int)(len > RELAY_TEXT_MAX ? RELAY_TEXT_MAX : len), text);
+	return xstrndup(buf, (size_t)n < sizeof(buf) ? (size_t)n : sizeof(buf) - 1);
+}
+
+static void
+rcpt_sent(struct relay *r, struct rjob *j, uint32_t k, int code, const char *text, size_t len)
+{
+	struct rmsg *m = j->m;
+	uint32_t ri = j->ri[k];
+	j->rs[k] = RS_SENT;
+	rcpt_log(j, k, code, text, len, "sent");
+	if (!m->done[ri]) {
+		char buf[RELAY_TEXT_MAX + 8];
+		int n = snprintf(buf, sizeof(buf), "%d %.*s", code, (int)(len > RELAY_TEXT_MAX ? RELAY_TEXT_MAX : len), text);
+		jrec(r, m, JOURNAL_DELIVERED, ri, 1, j->attempts, 0, buf, (size_t)n < sizeof(buf) ? (size_t)n : sizeof(buf) - 1);
+		m->done[ri] = JOURNAL_DELIVERED;
+	}
+	r->env.stats->relay_rcpt_sent++;
+}
+
+static void
+rcpt_perm(struct relay *r, struct rjob *j, uint32_t k, int code, const char *text, size_t len)
+{
+	j->rs[k] = RS_PERM;
+	free(j->rtext[k]);
+	j->rtext[k] = reply_dup(code, text, len);
+	rcpt_log(j, k, code, text, len, "bounced");
+	r->env.stats->relay_rcpt_bounced++;
+}
+
+static void
+rcpt_temp(struct rjob *j, uint32_t k, int code, const char *text, size_t len)
+{
+	j->rs[k] = RS_TEMP;
+	int n = snprintf(j->last_temp, sizeof(j->last_temp), "%d %.*s", code, (int)len, text);
+	j->last_temp_len = (uint16_t)((size_t)n < sizeof(j->last_temp) ? (size_t)n : sizeof(j->last_temp) - 1);
+}
+
+/* Apply one reply to recipient k: 2xx delivered, 5xx (but 503, a
+ * sequencing error that is ours, not the message's) permanent, else
+ * temporary. */
+static void
+rcpt_result(struct relay *r, struct rjob *j, uint32_t k, int code, const char *text, size_t len)
+{
+	if (code >= 200 && code < 300)
+		rcpt_sent(r, j, k, code, text, len);
+	else if (code >= 500 && code != 503)
+		rcpt_perm(r, j, k, code, text, len);
+	else
+		rcpt_temp(j, k, code, text, len);
+}
+
+/* Every recipient still open in this attempt fails temporarily. */
+static void
+job_fail_open(struct rjob *j, const char *reason)
+{
+	for (uint32_t k = 0; k < j->n; k++)
+		if (j->rs[k] == RS_PENDING || j->rs[k] == RS_RCPT_OK)
+			rcpt_temp(j, k, 451, reason, strlen(reason));
+}
+
+static bool bounce_start(struct relay *r, struct rjob *j);
+
+/* Permanent failures are journaled (FAILED) once their bounce is durable,
+ * or at once for the null sender; then temporary ones are scheduled. */
+static void
+job_settle(struct relay *r, struct rjob *j)
+{
+	struct rmsg *m = j->m;
+	uint32_t ntemp = 0;
+	for (uint32_t k = 0; k < j->n; k++) {
+		if (j->rs[k] == RS_PERM) {
+			uint32_t ri = j->ri[k];
+			const char *t = j->rtext[k] != NULL ? j->rtext[k] : "";
+			jrec(r, m, JOURNAL_FAILED, ri, 1, j->attempts, 0, t, strlen(t));
+			m->done[ri] = JOURNAL_FAILED;
+			j->rs[k] = RS_DONE;
+		} else if (j->rs[k] == RS_SENT) {
+			j->rs[k] = RS_DONE;
+		} else if (j->rs[k] == RS_TEMP) {
+			ntemp++;
+		}
+	}
+	if (ntemp == 0) {
+		job_done(r, j);
+		return;
+	}
+	uint64_t delay = backoff_ns(r, j->attempts);
+	uint64_t next_us = wall_us() + delay / 1000u;
+	for (uint32_t k = 0; k < j->n; k++)
+		if (j->rs[k] == RS_TEMP) {
+			const struct raddr *a = &m->rcpt[j->ri[k]];
+			int code = atoi(j->last_temp);
+			const char *t = j->last_temp_len > 4 ? j->last_temp + 4 : "";
+			char dsn[16];
+			dsn_of(code, t, strlen(t), dsn);
+			msg_log(m, "to=<%.*s>, relay=%s, delay=%.2f, dsn=%s, status=deferred (%s)",
+				(int)a->len, a->p, hop_name(j), delay_s(m), dsn, j->last_temp);
+			r->env.stats->relay_rcpt_deferred++;
+		}
+	jrec(r, m, JOURNAL_DEFERRED, 0, JOURNAL_ALL_RCPTS, j->attempts, next_us, j->last_temp,
+	     j->last_temp_len);
+	for (uint32_t k = 0; k < j->n; k++)
+		if (j->rs[k] != RS_DONE)
+			j->rs[k] = RS_PENDING;
+	job_schedule(r, j, r->now + delay);
+}
+
+/* The attempt is over (final reply, failure, or no route). */
+static void
+job_end_attempt(struct relay *r, struct rjob *j)
+{
+	struct rmsg *m = j->m;
+	j->conn = NULL;
+	j->state = J_WAIT;
+	if (m->deleted) {
+		job_done(r, j);
+		return;
+	}
+	bool expired = wall_us() - m->received_us >= r->cfg->relay.queue_lifetime / 1000u;
+	uint32_t nperm = 0;
+	for (uint32_t k = 0; k < j->n; k++) {
+		if (j->rs[k] == RS_PENDING || j->rs[k] == RS_RCPT_OK)
+			rcpt_temp(j, k, 451, "4.4.0 no final reply", 22);
+		if (j->rs[k] == RS_TEMP && expired) {
+			char t[RELAY_TEXT_MAX + 64];
+			int n = snprintf(t, sizeof(t), "4.4.7 delivery time expired; last error: %s",
+					 j->last_temp);
+			rcpt_perm(r, j, k, 450, t, (size_t)n < sizeof(t) ? (size_t)n : sizeof(t) - 1);
+		}
+		if (j->rs[k] == RS_PERM)
+			nperm++;
+	}
+	if (nperm > 0 && m->from_len > 0) {
+		if (bounce_start(r, j))
+			return; /* job_settle when the bounce is durable */
+		/* Not now (spool refused, too many in flight): the failures
+		 * stay RS_PERM and the bounce is tried again from the timer. */
+		j->state = J_WAIT;
+		timer_set(r->wheel, &j->t.n, r->now + RELAY_BOUNCE_RETRY_NS);
+		return;
+	}
+	job_settle(r, j);
+}
+
+/* ---- bounces ---- */
+
+static bool
+bounce_start(struct relay *r, struct rjob *j)
+{
+	struct rmsg *m = j->m;
+	struct rbounce *b = NULL;
+	for (unsigned i = 0; i < RELAY_BOUNCES_MAX && b == NULL; i++)
+		if (!r->bounces[i].used)
+			b = &r->bounces[i];
+	if (b == NULL)
+		return false;
+	struct dsn_rcpt dr[DSN_RCPTS_MAX];
+	char status[DSN_RCPTS_MAX][16];
+	size_t n = 0;
+	int64_t now = time(NULL);
+	for (uint32_t k = 0; k < j->n && n < DSN_RCPTS_MAX; k++) {
+		if (j->rs[k] != RS_PERM)
+			continue;
+		const char *t = j->rtext[k] != NULL ? j->rtext[k] : "550 failed";
+		size_t tl = strlen(t);
+		int code = atoi(t);
+		const char *txt = tl > 4 ? t + 4 : "";
+		dsn_of(code, txt, strlen(txt), status[n]);
+		dr[n] = (struct dsn_rcpt){
+			.addr = m->rcpt[j->ri[k]].p,
+			.addr_len = m->rcpt[j->ri[k]].len,
+			.status = status[n],
+			.remote_mta = j->hop != NULL ? j->hop->conf.host : NULL,
+			.diag = t,
+			.diag_len = tl,
+			.last_attempt = now,
+		};
+		if (dr[n].remote_mta != NULL && dr[n].remote_mta[0] == '\0')
+			dr[n].remote_mta = NULL;
+		n++;
+	}
+	struct dsn_info info = {
+		.hostname = r->cfg->smtp.hostname,
+		.qid = m->qid,
+		.sender = m->from,
+		.sender_len = m->from_len,
+		.arrival = (int64_t)(m->received_us / 1000000u),
+		.now = now,
+		.utf8 = (m->flags & SPOOL_MAIL_SMTPUTF8) != 0,
+		.rcpts = dr,
+		.nrcpt = n,
+		.msg = m->body,
+		.msg_len = m->body_len,
+	};
+	size_t cap = dsn_size_bound(&info);
+	char *buf = malloc(cap);
+	size_t len = buf != NULL ? dsn_build(buf, cap, &info) : 0;
+	if (len == 0) {
+		/* Cannot happen with a bound from dsn_size_bound; never loop on it. */
+		log_err("relay: %s: cannot build the bounce; failures recorded without one", m->qid);
+		free(buf);
+		job_settle(r, j);
+		return true;
+	}
+	struct sink_open_info oi = {
+		.peer = NULL,
+		.helo = r->cfg->smtp.hostname,
+		.from = "",
+		.from_len = 0,
+		.utf8 = info.utf8,
+		.eightbit = true,
+		.esmtp = true,
+		.wall = now,
+	};
+	const struct sink *sk = r->env.spool;
+	memset(b, 0, sizeof(*b));
+	b->r = r;
+	b->job = j;
+	b->used = true;
+	spool_internal_next(r->env.sp);
+	int rc = sk->ops->tx_open(sk->self, b, &oi, &b->tx, b->qid);
+	if (rc == 0) {
+		rc = sk->ops->tx_rcpt(b->tx, m->from, m->from_len);
+		if (rc == 0)
+			rc = sk->ops->tx_data(b->tx, buf, len);
+		if (rc < 0)
+			sk->ops->tx_abort(b->tx);
+		else
+			rc = sk->ops->tx_commit(b->tx);
+	}
+	free(buf);
+	if (rc < 0) {
+		b->used = false;
+		log_warn("relay: %s: cannot spool the bounce (%s); trying again in %llus", m->qid,
+			 strerror(-rc), RELAY_BOUNCE_RETRY_NS / 1000000000ull);
+		return false;
+	}
+	j->state = J_BOUNCING;
+	j->bounce = b;
+	r->nbounces++;
+	if (rc == SINK_DONE)
+		relay_bounce_verdict(b, 0);
+	return true;
+}
+
+bool
+relay_owns(const struct relay *r, const void *owner)
+{
+	const char *p = owner;
+	return r != NULL && p >= (const char *)r->bounces &&
+	       p < (const char *)(r->bounces + RELAY_BOUNCES_MAX);
+}
+
+void
+relay_bounce_verdict(void *owner, int res)
+{
+	struct rbounce *b = owner;
+	struct relay *r = b->r;
+	struct rjob *j = b->job;
+	assert(b->used && j->state == J_BOUNCING);
+	b->used = false;
+	j->bounce = NULL;
+	r->nbounces--;
+	if (res < 0) {
+		log_warn("relay: %s: the bounce was not spooled (%s); trying again in %llus",
+			 j->m->qid, strerror(-res), RELAY_BOUNCE_RETRY_NS / 1000000000ull);
+		j->state = J_WAIT;
+		timer_set(r->wheel, &j->t.n, r->now + RELAY_BOUNCE_RETRY_NS);
+		return;
+	}
+	msg_log(j->m, "sender non-delivery notification: %s", b->qid);
+	r->env.stats->relay_bounces++;
+	j->state = J_WAIT;
+	if (j->m->deleted) {
+		job_done(r, j);
+		return;
+	}
+	job_settle(r, j);
+}
+
+/* ---- next hops ---- */
+
+static void
+hop_make_name(struct rhop *h)
+{
+	const struct relay_hop_conf *c = &h->conf;
+	char ip[INET6_ADDRSTRLEN] = "?";
+	unsigned port = 0;
+	if (c->addr.ss_family == AF_UNIX) {
+		const struct sockaddr_un *un = (const struct sockaddr_un *)&c->addr;
+		snprintf(h->name, sizeof(h->name), "%s[%s]", c->proto == RELAY_PROTO_LMTP ? "lmtp" : "smtp",
+			 un->sun_path);
+		return;
+	}
+	if (c->addr.ss_family == AF_INET) {
+		const struct sockaddr_in *in = (const struct sockaddr_in *)&c->addr;
+		inet_ntop(AF_INET, &in->sin_addr, ip, sizeof(ip));
+		port = ntohs(in->sin_port);
+	} else if (c->addr.ss_family == AF_INET6) {
+		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&c->addr;
+		inet_ntop(AF_INET6, &in6->sin6_addr, ip, sizeof(ip));
+		port = ntohs(in6->sin6_port);
+	}
+	snprintf(h->name, sizeof(h->name), "%s[%s]:%u", c->host[0] != '\0' ? c->host : ip, ip, port);
+}
+
+/* Match our hops to the configuration's (by their canonical text). */
+static void
+hop_sync(struct relay *r)
+{
+	const struct relay_conf *rc = &r->cfg->relay;
+	for (struct rhop *h = r->hops; h != NULL; h = h->next)
+		h->gone = true;
+	for (size_t i = 0; i < rc->nhops; i++) {
+		struct rhop *h = r->hops;
+		while (h != NULL && strcmp(h->conf.text, rc->hops[i].text) != 0)
+			h = h->next;
+		if (h == NULL) {
+			h = xcalloc(1, sizeof(*h));
+			h->next = r->hops;
+			r->hops = h;
+		}
+		h->conf = rc->hops[i];
+		h->gone = false;
+		hop_make_name(h);
+		r->hopmap[i] = h;
+	}
+}
+
+static struct rhop *
+hop_for(struct relay *r, const char *domain, size_t len)
+{
+	int i = relay_route(&r->cfg->relay, domain, len);
+	return i < 0 ? NULL : r->hopmap[i];
+}
+
+static void
+hop_dequeue(struct rjob *j)
+{
+	struct rhop *h = j->hop;
+	if (j->prev != NULL)
+		j->prev->next = j->next;
+	else
+		h->qhead = j->next;
+	if (j->next != NULL)
+		j->next->prev = j->prev;
+	else
+		h->qtail = j->prev;
+	j->prev = j->next = NULL;
+	h->qlen--;
+	j->state = J_WAIT;
+}
+
+static void
+hop_enqueue(struct relay *r, struct rjob *j)
+{
+	assert(j->state == J_WAIT);
+	if (j->hop == NULL || j->hop->gone) {
+		/* Routes changed (SIGHUP), or there never was one: route the
+		 * job by its first recipient. */
+		const struct raddr *a = &j->m->rcpt[j->ri[0]];
+		const char *at = memrchr(a->p, '@', a->len);
+		j->hop = at != NULL ? hop_for(r, at + 1, a->len - (size_t)(at + 1 - a->p))
+				    : hop_for(r, "", 0);
+	}
+	if (j->hop == NULL) {
+		static const char t[] = "5.4.4 no next hop for this recipient's domain "
+					"(relay_host, transport_maps)";
+		for (uint32_t k = 0; k < j->n; k++)
+			if (j->rs[k] == RS_PENDING)
+				rcpt_perm(r, j, k, 550, t, sizeof(t) - 1);
+		j->attempts++;
+		job_end_attempt(r, j);
+		return;
+	}
+	struct rhop *h = j->hop;
+	j->state = J_QUEUED;
+	j->next = NULL;
+	j->prev = h->qtail;
+	if (h->qtail != NULL)
+		h->qtail->next = j;
+	else
+		h->qhead = j;
+	h->qtail = j;
+	h->qlen++;
+}
+
+/* The next hop cannot be reached: every job waiting for it is deferred
+ * (one attempt each), like Postfix's dead-site handling. */
+static void
+hop_defer_all(struct relay *r, struct rhop *h, const char *reason)
+{
+	while (h->qhead != NULL) {
+		struct rjob *j = h->qhead;
+		hop_dequeue(j);
+		j->attempts++;
+		job_fail_open(j, reason);
+		job_end_attempt(r, j);
+	}
+}
+
+/* ---- outbound connections ---- */
+
+static void conn_emit(struct oconn *c);
+static void conn_send(struct oconn *c);
+static void conn_close(struct oconn *c);
+
+static uint64_t
+conn_ud(const struct oconn *c, enum subop op)
+{
+	return c->r->env.ud_base | (uint64_t)(c->gen & 0xffffff) << 32 | (uint64_t)op << 24 | c->idx;
+}
+
+static void
+conn_timer_update(struct oconn *c)
+{
+	struct relay *r = c->r;
+	const struct relay_conf *rc = &r->cfg->relay;
+	uint64_t d;
+	if (c->st == C_CONNECTING || c->st == C_CLOSING) {
+		if (timer_armed(&c->t.n))
+			timer_cancel(r->wheel, &c->t.n);
+		return;
+	}
+	if (c->exp_n > 0 || c->lmtp_job != NULL || c->send_inflight || c->st != C_READY)
+		d = rc->reply_timeout;
+	else
+		d = rc->idle_timeout;
+	timer_set(r->wheel, &c->t.n, r->now + d);
+}
+
+static bool
+exp_push(struct oconn *c, uint8_t kind, struct rjob *j, uint32_t k)
+{
+	if (c->exp_n == RELAY_EXP_MAX)
+		return false;
+	struct rexp *e = &c->exp[(c->exp_head + c->exp_n) % RELAY_EXP_MAX];
+	e->kind = kind;
+	e->job = j;
+	e->k = k;
+	c->exp_n++;
+	return true;
+}
+
+static void
+out_cmd(struct oconn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void
+out_cmd(struct oconn *c, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	size_t room = RELAY_OUT_SIZE - c->out_len;
+	int n = vsnprintf(c->out + c->out_len, room, fmt, ap);
+	va_end(ap);
+	assert(n > 0 && (size_t)n < room);
+	c->out_len += (uint32_t)n;
+}
+
+static void
+active_remove(struct oconn *c, struct rjob *j)
+{
+	for (uint32_t i = 0; i < c->nactive; i++)
+		if (c->active[i] == j) {
+			c->active[i] = c->active[--c->nactive];
+			return;
+		}
+	assert(!"job not active on this connection");
+}
+
+static void
+conn_job_end(struct oconn *c, struct rjob *j)
+{
+	active_remove(c, j);
+	if (c->emit == j) {
+		c->emit = NULL;
+		c->estage = E_NONE;
+	}
+	c->msgs++;
+	job_end_attempt(c->r, j);
+}
+
+/* A connection failed: its jobs fail temporarily; if it never became
+ * usable, the next hop is considered down. */
+static void
+conn_fail(struct oconn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void
+conn_fail(struct oconn *c, const char *fmt, ...)
+{
+	struct relay *r = c->r;
+	struct rhop *h = c->hop;
+	if (c->st == C_CLOSING)
+		return;
+	char reason[RELAY_TEXT_MAX];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(reason, sizeof(reason), fmt, ap);
+	va_end(ap);
+	log_info("relay: %s: %s", h->name, reason + (strncmp(reason, "4.", 2) == 0 ? 6 : 0));
+	r->env.stats->relay_conn_failed++;
+	bool was_ready = c->ever_ready;
+	while (c->nactive > 0) {
+		struct rjob *j = c->active[0];
+		job_fail_open(j, reason);
+		conn_job_end(c, j);
+	}
+	c->lmtp_job = NULL;
+	c->exp_n = 0;
+	conn_close(c); /* may free c */
+	if (!was_ready) {
+		if (h->fail_since == 0)
+			h->fail_since = r->now;
+		h->retry_at = r->now + r->cfg->relay.retry_min;
+		if (h->nready == 0)
+			hop_defer_all(r, h, reason);
+	}
+}
+
+static void
+conn_release(struct oconn *c)
+{
+	struct relay *r = c->r;
+	struct rhop *h = c->hop;
+	if (c->connect_inflight || c->lt_inflight || c->recv_inflight || c->send_inflight)
+		return; /* the last CQE releases it */
+	if (c->fd >= 0)
+		close(c->fd);
+	for (struct oconn **pp = &h->conns; *pp != NULL; pp = &(*pp)->next)
+		if (*pp == c) {
+			*pp = c->next;
+			break;
+		}
+	h->nconns--;
+	r->slots[c->idx] = NULL;
+	r->slot_gen[c->idx]++;
+	r->free_slots[r->nfree++] = c->idx;
+	free(c);
+}
+
+static void
+conn_close(struct oconn *c)
+{
+	struct relay *r = c->r;
+	if (c->st == C_CLOSING)
+		return;
+	if (c->st == C_READY || c->st == C_QUIT)
+		c->hop->nready--;
+	c->st = C_CLOSING;
+	if (timer_armed(&c->t.n))
+		timer_cancel(r->wheel, &c->t.n);
+	/* Wakes the recv (0) and fails a send; a connect in flight ends by
+	 * itself or by its linked timeout. */
+	if (!c->shut && c->fd >= 0)
+		shutdown(c->fd, SHUT_RDWR);
+	c->shut = true;
+	conn_release(c);
+}
+
+static void
+conn_open(struct relay *r, struct rhop *h)
+{
+	if (r->nfree == 0) {
+		if (r->nslots == RELAY_SLOTS_MAX)
+			return;
+		if (r->nslots == r->slots_cap) {
+			uint32_t cap = r->slots_cap ? r->slots_cap * 2 : 64;
+			r->slots = realloc(r->slots, cap * sizeof(*r->slots));
+			r->slot_gen = realloc(r->slot_gen, cap * sizeof(*r->slot_gen));
+			r->free_slots = realloc(r->free_slots, cap * sizeof(*r->free_slots));
+			if (r->slots == NULL || r->slot_gen == NULL || r->free_slots == NULL)
+				panic("relay: out of memory");
+			r->slots_cap = cap;
+		}
+		r->slot_gen[r->nslots] = 0;
+		r->free_slots[r->nfree++] = r->nslots++;
+	}
+	const struct relay_hop_conf *hc = &h->conf;
+	int fd = socket(hc->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		log_err("relay: socket for %s: %s", h->name, strerror(errno));
+		h->retry_at = r->now + r->cfg->relay.retry_min;
+		return;
+	}
+	if (hc->addr.ss_family != AF_UNIX) {
+		int one = 1;
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	}
+	struct oconn *c = malloc(sizeof(*c));
+	if (c == NULL)
+		panic("relay: out of memory");
+	memset(c, 0, offsetof(struct oconn, in));
+	c->r = r;
+	c->hop = h;
+	c->idx = r->free_slots[--r->nfree];
+	c->gen = r->slot_gen[c->idx];
+	r->slots[c->idx] = c;
+	c->fd = fd;
+	c->st = C_CONNECTING;
+	c->lmtp = hc->proto == RELAY_PROTO_LMTP;
+	c->t.kind = T_CONN;
+	c->t_open = r->now;
+	c->next = h->conns;
+	h->conns = c;
+	h->nconns++;
+	r->env.stats->relay_connections++;
+
+	uint64_t to = r->cfg->relay.connect_timeout;
+	c->cts.tv_sec = (long long)(to / 1000000000u);
+	c->cts.tv_nsec = (long long)(to % 1000000000u);
+	struct io_uring_sqe *sqe = r->env.get_sqe(r->env.ctx);
+	io_uring_prep_connect(sqe, fd, (const struct sockaddr *)&hc->addr, hc->addrlen);
+	io_uring_sqe_set_data64(sqe, conn_ud(c, S_CONNECT));
+	sqe->flags |= IOSQE_IO_LINK;
+	sqe = r->env.get_sqe(r->env.ctx);
+	io_uring_prep_link_timeout(sqe, &c->cts, 0);
+	io_uring_sqe_set_data64(sqe, conn_ud(c, S_LTIMEOUT));
+	c->connect_inflight = c->lt_inflight = true;
+}
+
+static void
+conn_recv(struct oconn *c)
+{
+	if (c->recv_inflight || c->st == C_CLOSING)
+		return;
+	struct io_uring_sqe *sqe = c->r->env.get_sqe(c->r->env.ctx);
+	io_uring_prep_recv(sqe, c->fd, c->in + c->in_len, RELAY_IN_SIZE - c->in_len, 0);
+	io_uring_sqe_set_data64(sqe, conn_ud(c, S_RECV));
+	c->recv_inflight = true;
+}
+
+static void
+conn_send(struct oconn *c)
+{
+	if (c->send_inflight || c->out_len == 0 || c->st == C_CLOSING)
+		return;
+	struct io_uring_sqe *sqe = c->r->env.get_sqe(c->r->env.ctx);
+	io_uring_prep_send(sqe, c->fd, c->out, c->out_len, MSG_NOSIGNAL);
+	io_uring_sqe_set_data64(sqe, conn_ud(c, S_SEND));
+	c->send_len = c->out_len;
+	c->send_inflight = true;
+	c->r->env.stats->relay_sends++;
+}
+
+/* EHLO keywords we use (RFC 5321 4.1.1.1: one per line after the first). */
+static void
+ehlo_line(struct oconn *c, const char *p, size_t n)
+{
+	char kw[32];
+	size_t i = 0;
+	while (i < n && i < sizeof(kw) - 1 && p[i] != ' ' && p[i] != '=') {
+		kw[i] = (char)(p[i] >= 'a' && p[i] <= 'z' ? p[i] - 32 : p[i]);
+		i++;
+	}
+	kw[i] = '\0';
+	if (strcmp(kw, "PIPELINING") == 0)
+		c->pipelining = true;
+	else if (strcmp(kw, "CHUNKING") == 0)
+		c->chunking = true;
+	else if (strcmp(kw, "8BITMIME") == 0)
+		c->eightbit = true;
+	else if (strcmp(kw, "SMTPUTF8") == 0)
+		c->smtputf8 = true;
+	else if (strcmp(kw, "SIZE") == 0) {
+		c->size_ext = true;
+		c->size_max = i < n ? strtoull(p + i + 1, NULL, 10) : 0;
+	}
+}
+
+static void
+conn_ready(struct oconn *c)
+{
+	struct rhop *h = c->hop;
+	c->st = C_READY;
+	c->ever_ready = true;
+	h->nready++;
+	if (h->fail_since != 0)
+		log_info("relay: %s is reachable again", h->name);
+	h->fail_since = 0;
+	h->retry_at = 0;
+}
+
+/* A complete reply (code, text without the code) for the head of the
+ * expectation FIFO (or the LMTP job whose per-recipient replies are due). */
+static void
+on_reply(struct oconn *c, int code, const char *text, size_t len)
+{
+	struct relay *r = c->r;
+	if (c->lmtp_job != NULL) {
+		struct rjob *j = c->lmtp_job;
+		/* The next accepted recipient gets this reply. */
+		while (c->lmtp_k < j->n && j->rs[c->lmtp_k] != RS_RCPT_OK)
+			c->lmtp_k++;
+		if (c->lmtp_k < j->n)
+			rcpt_result(r, j, c->lmtp_k++, code, text, len);
+		while (c->lmtp_k < j->n && j->rs[c->lmtp_k] != RS_RCPT_OK)
+			c->lmtp_k++;
+		if (c->lmtp_k == j->n) {
+			c->lmtp_job = NULL;
+			conn_job_end(c, j);
+		}
+		return;
+	}
+	if (c->exp_n == 0) {
+		conn_fail(c, "4.4.2 unexpected reply from %s: %d %.*s", c->hop->name, code,
+			  (int)(len > 200 ? 200 : len), text);
+		return;
+	}
+	struct rexp e = c->exp[c->exp_head];
+	c->exp_head = (c->exp_head + 1) % RELAY_EXP_MAX;
+	c->exp_n--;
+	struct rjob *j = e.job;
+	bool ok = code >= 200 && code < 300;
+	switch (e.kind) {
+	case X_GREET:
+		if (!ok) {
+			conn_fail(c, "4.4.0 %s refused to talk to me: %d %.*s", c->hop->name, code,
+				  (int)(len > 200 ? 200 : len), text);
+			return;
+		}
+		c->st = C_HELLO;
+		out_cmd(c, "%s %s\r\n", c->lmtp ? "LHLO" : "EHLO", r->cfg->smtp.hostname);
+		exp_push(c, X_EHLO, NULL, 0);
+		return;
+	case X_EHLO:
+		if (ok) {
+			conn_ready(c);
+		} else if (!c->lmtp) {
+			out_cmd(c, "HELO %s\r\n", r->cfg->smtp.hostname);
+			exp_push(c, X_HELO, NULL, 0);
+		} else {
+			conn_fail(c, "4.4.0 %s refused LHLO: %d %.*s", c->hop->name, code,
+				  (int)(len > 200 ? 200 : len), text);
+		}
+		return;
+	case X_HELO:
+		if (ok)
+			conn_ready(c);
+		else
+			conn_fail(c, "4.4.0 %s refused HELO: %d %.*s", c->hop->name, code,
+				  (int)(len > 200 ? 200 : len), text);
+		return;
+	case X_MAIL:
+		if (!ok) {
+			j->mail_failed = true;
+			for (uint32_t k = 0; k < j->n; k++)
+				if (j->rs[k] == RS_PENDING)
+					rcpt_result(r, j, k, code, text, len);
+		}
+		return;
+	case X_RCPT:
+		if (j->mail_failed)
+			return;
+		if (ok) {
+			j->rs[e.k] = RS_RCPT_OK;
+			j->nacc++;
+		} else {
+			rcpt_result(r, j, e.k, code, text, len);
+		}
+		return;
+	case X_DATA:
+		if (code == 354) {
+			if (c->emit == j && c->estage == E_WAIT354) {
+				c->estage = j->nacc > 0 ? E_BODY : E_DOT;
+				c->body_off = 0;
+				c->bol = true;
+			}
+			return;
+		}
+		/* No data phase: the accepted recipients get this reply. */
+		for (uint32_t k = 0; k < j->n; k++)
+			if (j->rs[k] == RS_RCPT_OK)
+				rcpt_result(r, j, k, code, text, len);
+		c->need_rset = true;
+		conn_job_end(c, j);
+		return;
+	case X_DOT:
+	case X_BDAT:
+		if (j->nacc == 0 || j->mail_failed) {
+			if (!ok)
+				c->need_rset = true;
+			conn_job_end(c, j);
+			return;
+		}
+		if (c->lmtp) {
+			c->lmtp_job = j;
+			c->lmtp_k = 0;
+			on_reply(c, code, text, len);
+			return;
+		}
+		for (uint32_t k = 0; k < j->n; k++)
+			if (j->rs[k] == RS_RCPT_OK)
+				rcpt_result(r, j, k, code, text, len);
+		if (!ok && e.kind == X_BDAT)
+			c->need_rset = true;
+		conn_job_end(c, j);
+		return;
+	case X_RSET:
+		return;
+	case X_QUIT:
+		conn_close(c);
+		return;
+	}
+}
+
+/* Split the input into reply lines; a reply ends at a line whose fourth
+ * octet is not '-'. Returns false when the connection was closed. */
+static bool
+conn_parse(struct oconn *c)
+{
+	uint32_t off = 0;
+	while (off < c->in_len) {
+		char *p = c->in + off;
+		char *nl = memchr(p, '\n', c->in_len - off);
+		if (nl == NULL)
+			break;
+		size_t n = (size_t)(nl - p);
+		if (n > 0 && p[n - 1] == '\r')
+			n--;
+		off = (uint32_t)(nl + 1 - c->in);
+		if (n < 3 || p[0] < '2' || p[0] > '5' || p[1] < '0' || p[1] > '9' || p[2] < '0' ||
+		    p[2] > '9' || (n > 3 && p[3] != ' ' && p[3] != '-')) {
+			conn_fail(c, "4.4.2 malformed reply from %s: %.*s", c->hop->name,
+				  (int)(n > 100 ? 100 : n), p);
+			return false;
+		}
+		int code = (p[0] - '0') * 100 + (p[1] - '0') * 10 + (p[2] - '0');
+		bool more = n > 3 && p[3] == '-';
+		const char *t = n > 4 ? p + 4 : "";
+		size_t tl = n > 4 ? n - 4 : 0;
+		if (c->rcode == 0) {
+			c->rcode = code;
+			c->rtext_len = 0;
+		} else if (code != c->rcode) {
+			conn_fail(c, "4.4.2 inconsistent multi-line reply from %s", c->hop->name);
+			return false;
+		} else if (c->exp_n > 0 && c->exp[c->exp_head].kind == X_EHLO && c->lmtp_job == NULL) {
+			ehlo_line(c, t, tl);
+		}
+		if (c->rtext_len > 0 && c->rtext_len < RELAY_TEXT_MAX - 1)
+			c->rtext[c->rtext_len++] = ' ';
+		size_t k = RELAY_TEXT_MAX - 1 - c->rtext_len;
+		if (tl < k)
+			k = tl;
+		for (size_t i = 0; i < k; i++) /* no control characters into logs and journals */
+			c->rtext[c->rtext_len + i] = (unsigned char)t[i] < 0x20 || t[i] == 0x7f ? ' ' : t[i];
+		c->rtext_len += (uint16_t)k;
+		if (more)
+			continue;
+		c->rcode = 0;
+		uint32_t gen = c->gen;
+		struct relay *r = c->r;
+		uint32_t idx = c->idx;
+		on_reply(c, code, c->rtext, c->rtext_len);
+		/* on_reply may have closed (and freed) the connection. */
+		if (r->slots[idx] != c || r->slot_gen[idx] != gen || c->st == C_CLOSING)
+			return false;
+	}
+	if (off > 0) {
+		memmove(c->in, c->in + off, c->in_len - off);
+		c->in_len -= off;
+	}
+	if (c->in_len == RELAY_IN_SIZE) {
+		conn_fail(c, "4.4.2 reply line too long from %s", c->hop->name);
+		return false;
+	}
+	return true;
+}
+
+/* Copy message bytes into the output: raw for BDAT, dot-stuffed for DATA
+ * (RFC 5321 4.5.2). Returns true when the whole body is out. */
+static bool
+emit_body(struct oconn *c, struct rjob *j, bool stuff)
+{
+	const uint8_t *b = j->m->body;
+	uint64_t len = j->m->body_len;
+	while (c->body_off < len) {
+		size_t room = RELAY_OUT_SIZE - c->out_len;
+		if (room < 2)
+			return false;
+		if (!stuff) {
+			size_t n = len - c->body_off < room ? (size_t)(len - c->body_off) : room;
+			memcpy(c->out + c->out_len, b + c->body_off, n);
+			c->out_len += (uint32_t)n;
+			c->body_off += n;
+			continue;
+		}
+		if (c->bol && b[c->body_off] == '.') {
+			c->out[c->out_len++] = '.';
+			room--;
+			c->bol = false;
+		}
+		const uint8_t *p = b + c->body_off;
+		const uint8_t *nl = memchr(p, '\n', (size_t)(len - c->body_off));
+		size_t run = nl != NULL ? (size_t)(nl - p) + 1 : (size_t)(len - c->body_off);
+		size_t n = run < room ? run : room;
+		memcpy(c->out + c->out_len, p, n);
+		c->out_len += (uint32_t)n;
+		c->body_off += n;
+		c->bol = n == run && nl != NULL;
+	}
+	return true;
+}
+
+static bool
+room_for_cmd(const struct oconn *c)
+{
+	return RELAY_OUT_SIZE - c->out_len >= RELAY_CMD_ROOM && c->exp_n < RELAY_EXP_MAX &&
+	       (c->pipelining || c->exp_n == 0);
+}
+
+/* Start the next job from the hop's queue on this connection. */
+static bool
+conn_take_job(struct oconn *c)
+{
+	struct relay *r = c->r;
+	struct rhop *h = c->hop;
+	while (h->qhead != NULL) {
+		struct rjob *j = h->qhead;
+		hop_dequeue(j);
+		struct rmsg *m = j->m;
+		j->state = J_ACTIVE;
+		j->conn = c;
+		j->attempts++;
+		j->mail_failed = false;
+		j->nacc = 0;
+		c->active[c->nactive++] = j;
+		r->env.stats->relay_attempts++;
+		if (c->size_ext && c->size_max > 0 && m->body_len > c->size_max) {
+			static const char t[] = "5.3.4 message too big for the next hop (its SIZE limit)";
+			for (uint32_t k = 0; k < j->n; k++)
+				rcpt_perm(r, j, k, 552, t, sizeof(t) - 1);
+			conn_job_end(c, j);
+			continue;
+		}
+		if ((m->flags & SPOOL_MAIL_SMTPUTF8) && !c->smtputf8) {
+			/* RFC 6531 3.4: no downgrade; the message cannot go. */
+			static const char t[] = "5.6.7 the next hop does not support SMTPUTF8";
+			for (uint32_t k = 0; k < j->n; k++)
+				rcpt_perm(r, j, k, 553, t, sizeof(t) - 1);
+			conn_job_end(c, j);
+			continue;
+		}
+		c->emit = j;
+		c->estage = E_MAIL;
+		c->ek = 0;
+		return true;
+	}
+	return false;
+}
+
+/* Write as many commands and message bytes as the output, the
+ * expectation FIFO and the protocol allow. */
+static void
+conn_emit(struct oconn *c)
+{
+	struct relay *r = c->r;
+	if (c->st != C_READY)
+		return;
+	for (;;) {
+		struct rjob *j = c->emit;
+		if (j == NULL) {
+			if (r->draining || c->nactive >= RELAY_WINDOW || !room_for_cmd(c) ||
+			    c->hop->qhead == NULL)
+				return;
+			if (c->need_rset) {
+				out_cmd(c, "RSET\r\n");
+				exp_push(c, X_RSET, NULL, 0);
+				c->need_rset = false;
+				continue;
+			}
+			if (!conn_take_job(c))
+				return;
+			continue;
+		}
+		struct rmsg *m = j->m;
+		switch (c->estage) {
+		case E_MAIL:
+			if (!room_for_cmd(c))
+				return;
+			out_cmd(c, "MAIL FROM:<%.*s>%s%s", (int)m->from_len, m->from,
+				(m->flags & SPOOL_MAIL_8BITMIME) && c->eightbit ? " BODY=8BITMIME" : "",
+				(m->flags & SPOOL_MAIL_SMTPUTF8) && c->smtputf8 ? " SMTPUTF8" : "");
+			if (c->size_ext)
+				out_cmd(c, " SIZE=%" PRIu64, m->body_len);
+			out_cmd(c, "\r\n");
+			exp_push(c, X_MAIL, j, 0);
+			c->estage = E_RCPT;
+			c->ek = 0;
+			break;
+		case E_RCPT:
+			if (c->ek == j->n) {
+				c->estage = c->chunking ? E_BDAT : E_DATA;
+				break;
+			}
+			if (!room_for_cmd(c))
+				return;
+			const struct raddr *a = &m->rcpt[j->ri[c->ek]];
+			out_cmd(c, "RCPT TO:<%.*s>\r\n", (int)a->len, a->p);
+			exp_push(c, X_RCPT, j, c->ek);
+			c->ek++;
+			break;
+		case E_DATA:
+			if (!room_for_cmd(c))
+				return;
+			out_cmd(c, "DATA\r\n");
+			exp_push(c, X_DATA, j, 0);
+			c->estage = E_WAIT354;
+			return;
+		case E_WAIT354:
+			return;
+		case E_BDAT:
+			if (!room_for_cmd(c))
+				return;
+			out_cmd(c, "BDAT %" PRIu64 " LAST\r\n", m->body_len);
+			exp_push(c, X_BDAT, j, 0);
+			c->estage = E_BODY;
+			c->body_off = 0;
+			break;
+		case E_BODY:
+			if (!emit_body(c, j, !c->chunking))
+				return;
+			if (c->chunking) {
+				c->emit = NULL;
+				c->estage = E_NONE;
+			} else {
+				c->estage = E_DOT;
+			}
+			break;
+		case E_DOT:
+			if (RELAY_OUT_SIZE - c->out_len < 8 || c->exp_n == RELAY_EXP_MAX)
+				return;
+			out_cmd(c, "%s.\r\n", c->bol ? "" : "\r\n");
+			exp_push(c, X_DOT, j, 0);
+			c->emit = NULL;
+			c->estage = E_NONE;
+			break;
+		default:
+			assert(!"bad emit stage");
+			return;
+		}
+	}
+}
+
+/* ---- completions ---- */
+
+void
+relay_on_cqe(struct relay *r, struct io_uring_cqe *cqe)
+{
+	uint64_t ud = cqe->user_data;
+	uint32_t idx = (uint32_t)ud & 0xffffff;
+	enum subop op = (enum subop)(((uint32_t)ud >> 24) & 0xff);
+	uint32_t gen = (uint32_t)(ud >> 32) & 0xffffff;
+	r->now = r->now ? r->now : 1;
+	if (idx >= r->nslots || r->slots[idx] == NULL || (r->slot_gen[idx] & 0xffffff) != gen)
+		return; /* a slot's previous occupant: nothing of it is left */
+	struct oconn *c = r->slots[idx];
+	int res = cqe->res;
+	switch (op) {
+	case S_LTIMEOUT:
+		c->lt_inflight = false;
+		break;
+	case S_CONNECT:
+		c->connect_inflight = false;
+		if (c->st == C_CLOSING)
+			break;
+		if (res < 0) {
+			conn_fail(c, "4.4.1 connect to %s: %s", c->hop->name,
+				  res == -ECANCELED ? "Connection timed out" : strerror(-res));
+			return;
+		}
+		c->st = C_GREETING;
+		exp_push(c, X_GREET, NULL, 0);
+		conn_recv(c);
+		conn_timer_update(c);
+		return;
+	case S_RECV:
+		c->recv_inflight = false;
+		if (c->st == C_CLOSING)
+			break;
+		if (res <= 0) {
+			if (c->st == C_QUIT || (res == 0 && c->exp_n == 0 && c->lmtp_job == NULL &&
+						c->nactive == 0)) {
+				conn_close(c); /* an idle connection the next hop closed */
+				return;
+			}
+			conn_fail(c, "4.4.2 lost connection with %s while waiting for %s%s%s",
+				  c->hop->name, c->exp_n > 0 ? xkind_name(c->exp[c->exp_head].kind) : "a reply",
+				  res < 0 ? ": " : "", res < 0 ? strerror(-res) : "");
+			return;
+		}
+		c->in_len += (uint32_t)res;
+		if (!conn_parse(c))
+			return;
+		conn_emit(c);
+		conn_send(c);
+		conn_recv(c);
+		conn_timer_update(c);
+		return;
+	case S_SEND:
+		c->send_inflight = false;
+		if (c->st == C_CLOSING)
+			break;
+		if (res < 0) {
+			conn_fail(c, "4.4.2 lost connection with %s while sending: %s", c->hop->name,
+				  strerror(-res));
+			return;
+		}
+		assert((uint32_t)res <= c->send_len);
+		memmove(c->out, c->out + res, c->out_len - (uint32_t)res);
+		c->out_len -= (uint32_t)res;
+		conn_emit(c);
+		conn_send(c);
+		conn_timer_update(c);
+		return;
+	}
+	if (c->st == C_CLOSING)
+		conn_release(c);
+}
+
+static void
+relay_timer(struct timer_node *n, void *arg)
+{
+	struct relay *r = arg;
+	struct rtimer *t = container_of(n, struct rtimer, n);
+	if (t->kind == T_JOB) {
+		struct rjob *j = container_of(t, struct rjob, t);
+		if (j->state != J_WAIT || j->m->held)
+			return;
+		bool perm = false;
+		for (uint32_t k = 0; k < j->n; k++)
+			perm |= j->rs[k] == RS_PERM;
+		if (perm)
+			job_end_attempt(r, j); /* the bounce is due again */
+		else
+			hop_enqueue(r, j);
+		return;
+	}
+	struct oconn *c = container_of(t, struct oconn, t);
+	if (c->st == C_READY && c->exp_n == 0 && c->lmtp_job == NULL && !c->send_inflight &&
+	    c->nactive == 0) {
+		/* Idle for relay_idle_timeout. */
+		out_cmd(c, "QUIT\r\n");
+		exp_push(c, X_QUIT, NULL, 0);
+		c->st = C_QUIT; /* still counted in nready until closed */
+		conn_send(c);
+		timer_set(r->wheel, &c->t.n, r->now + 2000000000ull);
+		return;
+	}
+	if (c->st == C_QUIT) {
+		conn_close(c);
+		return;
+	}
+	conn_fail(c, "4.4.2 timeout waiting for %s from %s",
+		  c->exp_n > 0 ? xkind_name(c->exp[c->exp_head].kind) : "a reply", c->hop->name);
+}
+
+/* ---- the loop's side ---- */
+
+static void
+hop_pump(struct relay *r, struct rhop *h)
+{
+	uint32_t busy = 0;
+	for (struct oconn *c = h->conns; c != NULL; c = c->next) {
+		if (c->st == C_READY) {
+			conn_emit(c);
+			conn_send(c);
+			conn_timer_update(c);
+		}
+		if (c->st != C_READY || c->nactive >= RELAY_WINDOW / 2)
+			busy++;
+	}
+	/* Open one more connection per loop iteration while jobs wait and
+	 * every connection is busy or opening, up to relay_connections. */
+	if (h->qhead != NULL && !r->draining && !h->gone && r->now >= h->retry_at &&
+	    busy == h->nconns && h->nconns < r->cfg->relay.connections &&
+	    h->nconns - h->nready == 0)
+		conn_open(r, h);
+}
+
+static void
+backpressure_update(struct relay *r)
+{
+	const struct relay_conf *rc = &r->cfg->relay;
+	uint64_t hw = rc->high_water / (r->env.nworkers ? r->env.nworkers : 1);
+	if (rc->high_water > 0 && !r->over_high_water && r->backlog_bytes > hw) {
+		r->over_high_water = true;
+		log_warn("relay: backlog %" PRIu64 " bytes in %" PRIu64 " messages is over this "
+			 "worker's share of spool_high_water (%" PRIu64 "): new mail gets 452 4.3.1",
+			 r->backlog_bytes, r->backlog_msgs, hw);
+	} else if (r->over_high_water && (rc->high_water == 0 || r->backlog_bytes <= hw / 10 * 9)) {
+		r->over_high_water = false;
+		log_info("relay: backlog %" PRIu64 " bytes is below spool_high_water again: "
+			 "accepting mail", r->backlog_bytes);
+	}
+	bool deferring = false;
+	const char *name = NULL;
+	if (rc->defer_after > 0)
+		for (struct rhop *h = r->hops; h != NULL; h = h->next)
+			if (!h->gone && h->fail_since != 0 && r->now - h->fail_since >= rc->defer_after) {
+				deferring = true;
+				name = h->name;
+			}
+	if (deferring != r->deferring) {
+		if (deferring)
+			log_warn("relay: %s has been failing for relay_defer_after or longer: new mail "
+				 "gets 451 4.3.0", name);
+		else
+			log_info("relay: no next hop is failing: accepting mail");
+	}
+	r->deferring = deferring;
+}
+
+/* Queue (or schedule) every job of a newly loaded message. A job may end
+ * at once (no route): the message is freed only when its last job ends,
+ * so each job pointer stays valid until its own turn. */
+static void
+msg_start(struct relay *r, struct rmsg *m, uint64_t next_us)
+{
+	struct rjob *js[CONFIG_MAX_HOPS + 1];
+	uint32_t n = m->njobs;
+	bool held = m->held;
+	for (uint32_t i = 0; i < n; i++)
+		js[i] = &m->jobs[i];
+	uint64_t wall = wall_us();
+	for (uint32_t i = 0; i < n; i++) {
+		if (held)
+			continue;
+		if (next_us > wall)
+			job_schedule(r, js[i], r->now + (next_us - wall) * 1000u);
+		else
+			hop_enqueue(r, js[i]);
+	}
+}
+
+int
+relay_admit(void *arg)
+{
+	struct relay *r = arg;
+	if (r->over_high_water) {
+		r->env.stats->relay_refused_high_water++;
+		return -ENOSPC;
+	}
+	if (r->deferring) {
+		r->env.stats->relay_refused_hop_down++;
+		return -EBUSY;
+	}
+	return 0;
+}
+
+void
+relay_poll(struct relay *r, uint64_t now)
+{
+	r->now = now;
+	timer_expire(r->wheel, now, relay_timer, r);
+	for (struct rhop *h = r->hops; h != NULL; h = h->next)
+		hop_pump(r, h);
+	backpressure_update(r);
+	for (struct rseg *s = r->segs; s != NULL; s = s->next)
+		jflush(r, s);
+}
+
+uint64_t
+relay_wait_ns(const struct relay *r, uint64_t max)
+{
+	return timer_wait_ns(r->wheel, max);
+}
+
+void
+relay_record_durable(void *arg, uint64_t seq, uint64_t off, uint64_t rec_len)
+{
+	struct relay *r = arg;
+	(void)rec_len;
+	struct rseg *s = seg_find(r, r->env.worker, seq);
+	if (s == NULL)
+		s = seg_map(r, r->env.worker, seq);
+	if (s == NULL)
+		return; /* logged; the message waits in the spool for a restart */
+	struct rmsg *m = msg_load(r, s, off, NULL);
+	if (m == NULL)
+		return;
+	r->env.stats->relay_messages_queued++;
+	msg_start(r, m, 0);
+}
+
+/* ---- start-up: what the spool holds ---- */
+
+struct scan_rec {
+	uint64_t off;
+	struct journal_msg_state st;
+};
+
+struct scan_ctx {
+	struct scan_rec *v;
+	size_t n, cap;
+	uint64_t maplen;
+	const uint8_t *map;
+};
+
+static int
+scan_rec_cb(void *arg, uint64_t off, const struct spool_hdr *h, const uint8_t *rec)
+{
+	struct scan_ctx *sc = arg;
+	struct spool_envelope env;
+	if (spool_env_parse(rec + SPOOL_HDR_SIZE, h->env_len, &env) < 0)
+		return 0;
+	if (sc->n == sc->cap) {
+		sc->cap = sc->cap ? sc->cap * 2 : 256;
+		sc->v = realloc(sc->v, sc->cap * sizeof(*sc->v));
+		if (sc->v == NULL)
+			panic("relay: out of memory");
+	}
+	struct scan_rec *sr = &sc->v[sc->n++];
+	memset(sr, 0, sizeof(*sr));
+	sr->off = off;
+	sr->st.nrcpt = env.nrcpt;
+	sr->st.done = xcalloc(env.nrcpt ? env.nrcpt : 1, 1);
+	return 0;
+}
+
+static int
+scan_jnl_cb(void *arg, size_t off, const struct journal_rec *jr)
+{
+	struct scan_ctx *sc = arg;
+	(void)off;
+	size_t lo = 0, hi = sc->n;
+	while (lo < hi) {
+		size_t mid = (lo + hi) / 2;
+		if (sc->v[mid].off < jr->rec_off)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	if (lo < sc->n && sc->v[lo].off == jr->rec_off)
+		journal_state_apply(&sc->v[lo].st, jr);
+	return 0;
+}
+
+static int
+cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* Read one segment and its journal; queue what is not finished. */
+static void
+recover_seg(struct relay *r, unsigned wdir, uint64_t seq, uint64_t *msgs, uint64_t *held)
+{
+	struct rseg *s = seg_map(r, wdir, seq);
+	if (s == NULL)
+		return;
+	s->closed = true;
+	struct scan_ctx sc = {.map = s->map, .maplen = s->maplen};
+	struct spool_scan res;
+	spool_seg_scan(s->map, s->maplen, scan_rec_cb, &sc, &res);
+
+	char path[CONFIG_PATH_MAX + 64];
+	seg_path(r, s, "jnl", path, sizeof(path));
+	int fd = open(path, O_RDWR | O_CLOEXEC);
+	if (fd >= 0) {
+		struct stat st;
+		if (fstat(fd, &st) == 0 && st.st_size > 0) {
+			size_t len = (size_t)st.st_size;
+			uint8_t *buf = malloc(len);
+			ssize_t got = buf != NULL ? pread(fd, buf, len, 0) : -1;
+			if (got > 0) {
+				size_t end = journal_scan(buf, (size_t)got, scan_jnl_cb, &sc);
+				s->jpos = end;
+				if (end < (size_t)got) {
+					log_warn("relay: %s: torn tail at %zu (a crash while appending); "
+						 "truncated",
+						 path, end);
+					if (ftruncate(fd, (off_t)end) < 0)
+						log_err("relay: truncate %s: %s", path, strerror(errno));
+				}
+			}
+			free(buf);
+		}
+		close(fd);
+	}
+	for (size_t i = 0; i < sc.n; i++) {
+		struct scan_rec *sr = &sc.v[i];
+		if (!journal_state_finished(&sr->st)) {
+			struct rmsg *m = msg_load(r, s, sr->off, &sr->st);
+			if (m != NULL) {
+				(*msgs)++;
+				if (m->held)
+					(*held)++;
+				msg_start(r, m, sr->st.next_us);
+			}
+		}
+		free(sr->st.done);
+	}
+	free(sc.v);
+	seg_maybe_delete(r, s);
+}
+
+static void
+recover_dir(struct relay *r, unsigned wdir, bool own, uint64_t *msgs, uint64_t *held,
+	    uint64_t *segs)
+{
+	char dir[CONFIG_PATH_MAX + 16];
+	snprintf(dir, sizeof(dir), "%s/w%u", r->dir, wdir);
+	DIR *d = opendir(dir);
+	if (d == NULL)
+		return;
+	uint64_t *seqs = NULL, *jseqs = NULL;
+	size_t n = 0, cap = 0, nj = 0, jcap = 0;
+	struct dirent *de;
+	while ((de = readdir(d)) != NULL) {
+		uint64_t seq;
+		if (spool_seg_name_parse(de->d_name, &seq) == 0) {
+			if (own && seq >= r->env.first_seq)
+				continue; /* the spool's, in use */
+			if (n == cap) {
+				cap = cap ? cap * 2 : 64;
+				seqs = realloc(seqs, cap * sizeof(*seqs));
+				if (seqs == NULL)
+					panic("relay: out of memory");
+			}
+			seqs[n++] = seq;
+		} else if (journal_name_parse(de->d_name, &seq) == 0) {
+			if (nj == jcap) {
+				jcap = jcap ? jcap * 2 : 64;
+				jseqs = realloc(jseqs, jcap * sizeof(*jseqs));
+				if (jseqs == NULL)
+					panic("relay: out of memory");
+			}
+			jseqs[nj++] = seq;
+		}
+	}
+	closedir(d);
+	qsort(seqs, n, sizeof(*seqs), cmp_u64);
+	/* A journal whose segment is gone: the segment was deleted and the
+	 * crash came before its journal went. */
+	for (size_t i = 0; i < nj; i++) {
+		if (bsearch(&jseqs[i], seqs, n, sizeof(*seqs), cmp_u64) != NULL ||
+		    (own && jseqs[i] >= r->env.first_seq))
+			continue;
+		char path[CONFIG_PATH_MAX + 64];
+		snprintf(path, sizeof(path), "%s/%016" PRIx64 ".jnl", dir, jseqs[i]);
+		if (unlink(path) == 0)
+			log_info("relay: removed %s (its segment was already delivered and removed)",
+				 path);
+	}
+	for (size_t i = 0; i < n; i++)
+		recover_seg(r, wdir, seqs[i], msgs, held);
+	*segs += n;
+	free(seqs);
+	free(jseqs);
+}
+
+int
+relay_open(struct relay **out, const struct config *cfg, const struct relay_env *env, char *err,
+	   size_t errlen)
+{
+	struct relay *r = xcalloc(1, sizeof(*r));
+	r->env = *env;
+	r->cfg = cfg;
+	r->now = 1;
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	r->now = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+	r->wheel = xcalloc(1, sizeof(*r->wheel));
+	timer_wheel_init(r->wheel, r->now);
+	if (snprintf(r->dir, sizeof(r->dir), "%s", cfg->spool_dir) >= (int)sizeof(r->dir)) {
+		snprintf(err, errlen, "relay: spool_dir too long");
+		free(r->wheel);
+		free(r);
+		return -ENAMETOOLONG;
+	}
+	hop_sync(r);
+
+	uint64_t msgs = 0, held = 0, segs = 0;
+	recover_dir(r, env->worker, true, &msgs, &held, &segs);
+	/* Directories of workers that no longer exist (workers was lowered):
+	 * worker i adopts w<M> for every M >= workers with M % workers == i. */
+	DIR *d = opendir(r->dir);
+	if (d != NULL) {
+		struct dirent *de;
+		while ((de = readdir(d)) != NULL) {
+			char *end;
+			if (de->d_name[0] != 'w' || de->d_name[1] < '0' || de->d_name[1] > '9')
+				continue;
+			unsigned long m = strtoul(de->d_name + 1, &end, 10);
+			if (*end != '\0' || m < env->nworkers || m % env->nworkers != env->worker)
+				continue;
+			recover_dir(r, (unsigned)m, false, &msgs, &held, &segs);
+		}
+		closedir(d);
+	}
+	if (msgs > 0 || segs > 0)
+		log_info("relay: %" PRIu64 " messages (%" PRIu64 " bytes) to deliver from %" PRIu64
+			 " segments, %" PRIu64 " on hold",
+			 msgs, r->backlog_bytes, segs, held);
+	*out = r;
+	return 0;
+}
+
+void
+relay_set_conf(struct relay *r, const struct config *cfg)
+{
+	r->cfg = cfg;
+	hop_sync(r);
+}
+
+/* ---- operator commands ---- */
+
+static bool
+cmd_apply(struct relay *r, const struct relay_cmd *cmd, struct rmsg *m)
+{
+	switch (cmd->op) {
+	case RELAY_CMD_HOLD:
+		if (m->held)
+			return true;
+		m->held = true;
+		jrec(r, m, JOURNAL_HOLD, 0, JOURNAL_ALL_RCPTS, 0, 0, NULL, 0);
+		jsync(r, m->seg);
+		for (uint32_t i = 0; i < m->njobs; i++) {
+			struct rjob *j = &m->jobs[i];
+			if (j->state == J_QUEUED)
+				hop_dequeue(j);
+			if (j->state == J_WAIT && timer_armed(&j->t.n))
+				timer_cancel(r->wheel, &j->t.n);
+		}
+		msg_log(m, "held by the operator");
+		return true;
+	case RELAY_CMD_RELEASE:
+		if (!m->held)
+			return true;
+		m->held = false;
+		jrec(r, m, JOURNAL_RELEASE, 0, JOURNAL_ALL_RCPTS, 0, 0, NULL, 0);
+		jsync(r, m->seg);
+		msg_log(m, "released by the operator");
+		break; /* and queue it now, as a flush */
+	case RELAY_CMD_DELETE: {
+		m->deleted = true;
+		jrec(r, m, JOURNAL_DELETE, 0, JOURNAL_ALL_RCPTS, 0, 0, NULL, 0);
+		jsync(r, m->seg);
+		msg_log(m, "deleted by the operator");
+		struct rjob *js[CONFIG_MAX_HOPS + 1];
+		uint32_t n = 0;
+		for (uint32_t i = 0; i < m->njobs; i++)
+			if (m->jobs[i].state == J_WAIT || m->jobs[i].state == J_QUEUED)
+				js[n++] = &m->jobs[i];
+		/* Active and bouncing jobs end when their attempt does. */
+		for (uint32_t i = 0; i < n; i++) {
+			if (js[i]->state == J_QUEUED)
+				hop_dequeue(js[i]);
+			job_done(r, js[i]);
+		}
+		return true;
+	}
+	case RELAY_CMD_FLUSH:
+		if (m->held)
+			return cmd->qid[0] != '\0';
+		break;
+	}
+	struct rjob *js[CONFIG_MAX_HOPS + 1];
+	uint32_t n = 0;
+	for (uint32_t i = 0; i < m->njobs; i++)
+		if (m->jobs[i].state == J_WAIT)
+			js[n++] = &m->jobs[i];
+	for (uint32_t i = 0; i < n; i++) {
+		if (timer_armed(&js[i]->t.n))
+			timer_cancel(r->wheel, &js[i]->t.n);
+		relay_timer(&js[i]->t.n, r);
+	}
+	return true;
+}
+
+void
+relay_apply_cmds(struct relay *r, struct relay_cmdset *set)
+{
+	for (unsigned i = 0; i < set->n; i++) {
+		struct relay_cmd *cmd = &set->cmd[i];
+		unsigned matched = 0;
+		if (cmd->op == RELAY_CMD_FLUSH && cmd->qid[0] == '\0')
+			for (struct rhop *h = r->hops; h != NULL; h = h->next)
+				h->retry_at = 0;
+		for (struct rseg *s = r->segs, *sn; s != NULL; s = sn) {
+			sn = s->next; /* a delete may free the segment */
+			for (struct rmsg *m = s->msgs, *mn; m != NULL; m = mn) {
+				mn = m->next;
+				if (cmd->qid[0] != '\0' && strcmp(cmd->qid, m->qid) != 0)
+					continue;
+				if (m->deleted)
+					continue;
+				if (cmd_apply(r, cmd, m))
+					matched++;
+				if (cmd->qid[0] != '\0')
+					break;
+			}
+		}
+		atomic_fetch_add(&cmd->matched, matched);
+	}
+	atomic_fetch_add(&set->acks, 1);
+}
+
+/* ---- shutdown ---- */
+
+void
+relay_drain(struct relay *r, bool force)
+{
+	r->draining = true;
+	for (struct rhop *h = r->hops; h != NULL; h = h->next)
+		for (struct oconn *c = h->conns, *cn; c != NULL; c = cn) {
+			cn = c->next;
+			if (force && c->st != C_CLOSING)
+				conn_fail(c, "4.3.2 ringmxd is shutting down");
+			else if (c->st == C_READY && c->nactive == 0 && c->exp_n == 0)
+				relay_timer(&c->t.n, r); /* idle: QUIT now */
+			else if (c->st == C_CONNECTING || c->st == C_GREETING || c->st == C_HELLO)
+				conn_close(c);
+		}
+}
+
+bool
+relay_idle(const struct relay *r)
+{
+	for (const struct rhop *h = r->hops; h != NULL; h = h->next)
+		if (h->nconns > 0)
+			return false;
+	return r->nbounces == 0;
+}
+
+void
+relay_log_backlog(const struct relay *r)
+{
+	log_info("relay: backlog %" PRIu64 " messages, %" PRIu64 " bytes", r->backlog_msgs,
+		 r->backlog_bytes);
+}
+
+void
+relay_close(struct relay *r)
+{
+	if (r == NULL)
+		return;
+	for (struct rhop *h = r->hops, *hn; h != NULL; h = hn) {
+		hn = h->next;
+		for (struct oconn *c = h->conns, *cn; c != NULL; c = cn) {
+			cn = c->next;
+			if (c->fd >= 0)
+				close(c->fd);
+			free(c);
+		}
+		free(h);
+	}
+	for (struct rseg *s = r->segs, *sn; s != NULL; s = sn) {
+		sn = s->next;
+		jsync(r, s);
+		if (s->jfd >= 0)
+			close(s->jfd);
+		for (struct rmsg *m = s->msgs, *mn; m != NULL; m = mn) {
+			mn = m->next;
+			for (uint32_t i = 0; i < m->njobs; i++) {
+				struct rjob *j = &m->jobs[i];
+				for (uint32_t k = 0; k < j->n; k++)
+					free(j->rtext[k]);
+				free(j->rtext);
+				free(j->rs);
+				free(j->ri);
+			}
+			free(m->jobs);
+			free(m->rcpt);
+			free(m);
+		}
+		munmap(s->map, s->maplen);
+		free(s);
+	}
+	free(r->slots);
+	free(r->slot_gen);
+	free(r->free_slots);
+	free(r->wheel);
+	free(r);
+}

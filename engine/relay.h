@@ -1,0 +1,99 @@
+/*
+ * relay.h - delivery of spooled mail to the next hop (SMTP or LMTP), per
+ * worker, from the worker's own ring: the queue of undelivered messages,
+ * pooled outbound connections per next hop, retries with backoff,
+ * bounces, the delivery journal and backpressure. docs/relay.md is the
+ * operator's view; the journal format is include/ringmx/journal_format.h.
+ *
+ * Integration with the worker (engine/worker.c) and the spool:
+ *  - relay_open() runs on the worker thread after spool_open(): it reads
+ *    the worker's closed segments (and those of workers that no longer
+ *    exist, w<M> with M % workers == id) with their journals and queues
+ *    what is not finished.
+ *  - The spool tells the relay through its hooks (spool_set_hooks): a
+ *    record became durable (relay_record_durable), a segment will never be
+ *    written again (relay_seg_closed), may a new transaction start
+ *    (relay_admit: backpressure).
+ *  - The relay's SQEs carry user_data ud_base | gen | idx (worker.h's
+ *    layout with op OP_RELAY); the worker hands every OP_RELAY CQE to
+ *    relay_on_cqe(). relay_poll() once per loop iteration (timers, new
+ *    connections, journal flush); relay_wait_ns() bounds the sleep.
+ *  - Bounces are spooled through the spool's sink like any message; their
+ *    verdicts come back through the worker's verdict router, which asks
+ *    relay_owns() first.
+ *
+ * Ownership: one struct relay per worker, touched only by its thread. The
+ * segments it maps and the journals it appends to belong to it once the
+ * spool has closed them (or from start-up for recovered ones); it deletes
+ * a segment and its journal when every message in it is finished.
+ */
+#ifndef RINGMX_RELAY_H
+#define RINGMX_RELAY_H
+
+#include <liburing.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "ringmx/sink.h"
+#include "ringmx/stats.h"
+
+struct relay;
+struct config;
+
+struct relay_env {
+	unsigned worker;
+	unsigned nworkers;
+	struct io_uring_sqe *(*get_sqe)(void *ctx);
+	void *ctx;
+	uint64_t ud_base;       /* user_data op bits; the relay adds gen and idx */
+	const struct sink *spool; /* for bounces */
+	struct spool *sp;         /* the same spool (spool_internal_next) */
+	uint64_t first_seq;     /* the spool's first segment of this run: older ones are closed */
+	struct ringmx_stats *stats;
+};
+
+/* Operator commands from ringmx-spool (hold, release, delete, flush),
+ * published by the main thread to every worker (worker_ctl.cmds). */
+enum relay_cmd_op { RELAY_CMD_HOLD = 1, RELAY_CMD_RELEASE, RELAY_CMD_DELETE, RELAY_CMD_FLUSH };
+#define RELAY_CMDS_MAX 256
+struct relay_cmd {
+	enum relay_cmd_op op;
+	char qid[SINK_QID_MAX]; /* "" with FLUSH: everything */
+	atomic_uint matched;    /* messages found, summed over workers */
+};
+struct relay_cmdset {
+	unsigned n;
+	struct relay_cmd cmd[RELAY_CMDS_MAX];
+	atomic_uint acks; /* workers done with this set */
+};
+
+int relay_open(struct relay **out, const struct config *cfg, const struct relay_env *env,
+	       char *err, size_t errlen);
+void relay_set_conf(struct relay *r, const struct config *cfg);
+
+/* Spool hooks. */
+void relay_record_durable(void *r, uint64_t seq, uint64_t off, uint64_t rec_len);
+void relay_seg_closed(void *r, uint64_t seq);
+/* 0: accept mail; -ENOSPC: over spool_high_water (452 4.3.1); -EBUSY: the
+ * next hop has been failing for relay_defer_after (451 4.3.0). */
+int relay_admit(void *r);
+
+void relay_on_cqe(struct relay *r, struct io_uring_cqe *cqe);
+void relay_poll(struct relay *r, uint64_t now_ns);
+uint64_t relay_wait_ns(const struct relay *r, uint64_t max_ns);
+
+/* Bounce transactions: is owner one of ours, and its verdict. */
+bool relay_owns(const struct relay *r, const void *owner);
+void relay_bounce_verdict(void *owner, int res);
+
+void relay_apply_cmds(struct relay *r, struct relay_cmdset *set);
+
+/* SIGTERM: no new transactions; force: close every connection now. */
+void relay_drain(struct relay *r, bool force);
+bool relay_idle(const struct relay *r);
+/* After the ring is gone. NULL is allowed. */
+void relay_close(struct relay *r);
+void relay_log_backlog(const struct relay *r);
+
+#endif
