@@ -1254,7 +1254,7 @@ conn_fail(struct oconn *c, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(reason, sizeof(reason), fmt, ap);
 	va_end(ap);
-	log_info("relay: %s: %s", h->name, reason + (strncmp(reason, "4.", 2) == 0 ? 6 : 0));
+	log_info("relay: %s", reason + (strncmp(reason, "4.", 2) == 0 ? 6 : 0));
 	r->env.stats->relay_conn_failed++;
 	bool was_ready = c->ever_ready;
 	while (c->nactive > 0) {
