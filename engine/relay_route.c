@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/un.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -106,7 +107,9 @@ relay_hop_parse(const char *s, size_t n, bool need_proto, struct relay_hop_conf 
 		snprintf(why, whylen, "expected smtp: or lmtp: before the host");
 		return -1;
 	}
-	if (strncmp(p, "unix:", 5) == 0) {
+	/* Any case: the text lower-cases a host name, and a host "Unix"
+	 * would come out as "lmtp:unix:PORT", another hop's syntax. */
+	if (strncasecmp(p, "unix:", 5) == 0) {
 		if (h->proto != RELAY_PROTO_LMTP) {
 			snprintf(why, whylen, "a unix socket needs lmtp:");
 			return -1;

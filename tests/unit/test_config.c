@@ -1811,6 +1811,9 @@ test_relay_host(void **state)
 	bad1("relay_host", "esmtp:a.example:25",
 	     "bad next hop 'esmtp:a.example:25': not a host name or address");
 	bad1("relay_host", "smtp:unix:/run/x", "bad next hop 'smtp:unix:/run/x': a unix socket needs lmtp:");
+	/* "unix:" in any case: a host "Unix" would print as a unix socket. */
+	bad1("relay_host", "lmtp:Unix:28", "bad next hop 'lmtp:Unix:28': unix socket path must be "
+					   "absolute");
 	bad1("relay_host", "lmtp:unix:run/x",
 	     "bad next hop 'lmtp:unix:run/x': unix socket path must be absolute");
 	bad1("relay_host", "a.example:25 b.example:25",
