@@ -74,7 +74,7 @@ bad(const char *text, const char *msg)
 static void
 bad1(const char *key, const char *value, const char *problem)
 {
-	char text[512], msg[CONFIG_ERR_MAX];
+	char text[1100], msg[CONFIG_ERR_MAX + 1100];
 
 	snprintf(text, sizeof(text), "%s = %s\n", key, value);
 	snprintf(msg, sizeof(msg), "t.conf:1: %s: %s", key, problem);
@@ -1433,7 +1433,7 @@ setup(void **state)
 static int
 teardown(void **state)
 {
-	char cmd[128];
+	char cmd[4400];
 
 	(void)state;
 	/* Only the files this suite wrote. */
