@@ -68,6 +68,7 @@
 #include "ringmx/dsn.h"
 #include "ringmx/journal_format.h"
 #include "ringmx/spool_format.h"
+#include "relay_tls.h"
 #include "spool.h"
 #include "timer.h"
 
@@ -196,7 +197,8 @@ struct rhop {
 
 enum cstate { C_CONNECTING = 1, C_GREETING, C_HELLO, C_READY, C_QUIT, C_CLOSING };
 
-enum xkind { X_GREET = 1, X_EHLO, X_HELO, X_MAIL, X_RCPT, X_DATA, X_DOT, X_BDAT, X_RSET, X_QUIT };
+enum xkind { X_GREET = 1, X_EHLO, X_HELO, X_MAIL, X_RCPT, X_DATA, X_DOT, X_BDAT, X_RSET, X_QUIT,
+	     X_STARTTLS };
 
 struct rexp {
 	uint8_t kind;
@@ -218,9 +220,13 @@ struct oconn {
 	bool pipelining, chunking, eightbit, smtputf8, size_ext;
 	uint64_t size_max;
 	bool connect_inflight, lt_inflight, recv_inflight, send_inflight;
+	bool send_tls; /* the send in flight is from tls->cout (else from out) */
 	bool shut;
 	bool need_rset;
 	bool ever_ready;
+	bool starttls_offered;
+	bool discard_input; /* STARTTLS accepted: nothing after the 220 is read */
+	struct relay_tls_conn *tls; /* after STARTTLS; NULL in plaintext */
 	struct __kernel_timespec cts; /* connect timeout (read at submit) */
 	struct rtimer t;
 	uint64_t deadline;
@@ -280,7 +286,9 @@ struct relay {
 	bool over_high_water;
 	bool deferring;
 	bool draining;
-	uint64_t jobs_waiting_timer;
+	struct relay_tls_ctx *tlsctx; /* relay_tls != none */
+	enum relay_tls tls_mode;      /* what tlsctx was built for */
+	char tls_ca[CONFIG_PATH_MAX];
 	char dir[CONFIG_PATH_MAX];
 };
 
@@ -351,8 +359,9 @@ dsn_of(int code, const char *text, size_t len, char out[16])
 static const char *
 xkind_name(uint8_t k)
 {
-	static const char *const names[] = {"?", "the greeting", "EHLO", "HELO", "MAIL FROM",
-					    "RCPT TO", "DATA", "end of data", "BDAT", "RSET", "QUIT"};
+	static const char *const names[] = {"?",         "the greeting", "EHLO", "HELO",
+					    "MAIL FROM", "RCPT TO",      "DATA", "end of data",
+					    "BDAT",      "RSET",         "QUIT", "STARTTLS"};
 	return k < sizeof(names) / sizeof(names[0]) ? names[k] : "?";
 }
 
@@ -1163,6 +1172,7 @@ hop_defer_all(struct relay *r, struct rhop *h, const char *reason)
 static void conn_emit(struct oconn *c);
 static void conn_send(struct oconn *c);
 static void conn_close(struct oconn *c);
+static void conn_starttls(struct oconn *c);
 
 static uint64_t
 conn_ud(const struct oconn *c, enum subop op)
@@ -1283,6 +1293,10 @@ conn_release(struct oconn *c)
 		return; /* the last CQE releases it */
 	if (c->fd >= 0)
 		close(c->fd);
+	if (c->tls != NULL) {
+		relay_tls_end(c->tls);
+		free(c->tls);
+	}
 	for (struct oconn **pp = &h->conns; *pp != NULL; pp = &(*pp)->next)
 		if (*pp == c) {
 			*pp = c->next;
@@ -1381,7 +1395,14 @@ conn_recv(struct oconn *c)
 	if (c->recv_inflight || c->st == C_CLOSING)
 		return;
 	struct io_uring_sqe *sqe = c->r->env.get_sqe(c->r->env.ctx);
-	io_uring_prep_recv(sqe, c->fd, c->in + c->in_len, RELAY_IN_SIZE - c->in_len, 0);
+	if (c->tls != NULL) {
+		/* Ciphertext; conn_tls_input() drains it all before the next. */
+		assert(c->tls->cin_len < RELAY_TLS_CIN);
+		io_uring_prep_recv(sqe, c->fd, c->tls->cin + c->tls->cin_len,
+				   RELAY_TLS_CIN - c->tls->cin_len, 0);
+	} else {
+		io_uring_prep_recv(sqe, c->fd, c->in + c->in_len, RELAY_IN_SIZE - c->in_len, 0);
+	}
 	io_uring_sqe_set_data64(sqe, conn_ud(c, S_RECV));
 	c->recv_inflight = true;
 }
@@ -1389,14 +1410,66 @@ conn_recv(struct oconn *c)
 static void
 conn_send(struct oconn *c)
 {
-	if (c->send_inflight || c->out_len == 0 || c->st == C_CLOSING)
+	if (c->send_inflight || c->st == C_CLOSING)
+		return;
+	const void *buf = c->out;
+	uint32_t len = c->out_len;
+	if (c->tls != NULL) {
+		struct relay_tls_conn *t = c->tls;
+		size_t n = t->done ? relay_tls_room(t) : 0;
+		if (n > c->out_len)
+			n = c->out_len;
+		if (n > 0) {
+			char err[160];
+			if (relay_tls_write(t, c->out, n, err, sizeof(err)) < 0) {
+				/* Not from here (callers still use c): the recv
+				 * ends with 0 and the usual failure path runs. */
+				log_err("relay: TLS write to %s: %s", c->hop->name, err);
+				shutdown(c->fd, SHUT_RDWR);
+				return;
+			}
+			memmove(c->out, c->out + n, c->out_len - n);
+			c->out_len -= (uint32_t)n;
+		}
+		buf = t->cout;
+		len = t->cout_len;
+	}
+	if (len == 0)
 		return;
 	struct io_uring_sqe *sqe = c->r->env.get_sqe(c->r->env.ctx);
-	io_uring_prep_send(sqe, c->fd, c->out, c->out_len, MSG_NOSIGNAL);
+	io_uring_prep_send(sqe, c->fd, buf, len, MSG_NOSIGNAL);
 	io_uring_sqe_set_data64(sqe, conn_ud(c, S_SEND));
-	c->send_len = c->out_len;
+	c->send_len = len;
+	c->send_tls = c->tls != NULL;
 	c->send_inflight = true;
 	c->r->env.stats->relay_sends++;
+}
+
+/* The 220 to STARTTLS: from now on every byte goes through TLS. */
+static void
+conn_starttls(struct oconn *c)
+{
+	struct relay *r = c->r;
+	c->tls = malloc(sizeof(*c->tls));
+	if (c->tls == NULL ||
+	    relay_tls_start(r->tlsctx, c->tls, c->hop->conf.host,
+			    r->cfg->relay.tls == RELAY_TLS_VERIFY) < 0) {
+		free(c->tls);
+		c->tls = NULL;
+		conn_fail(c, "4.7.0 cannot start TLS with %s: out of memory", c->hop->name);
+		return;
+	}
+	c->discard_input = true;
+	/* What EHLO said before TLS counts no more (RFC 3207 4.2). */
+	c->pipelining = c->chunking = c->eightbit = c->smtputf8 = false;
+	c->size_ext = c->starttls_offered = false;
+	c->size_max = 0;
+	char err[160];
+	if (relay_tls_handshake(c->tls, err, sizeof(err)) < 0) {
+		conn_fail(c, "4.7.5 TLS handshake with %s failed: %s", c->hop->name, err);
+		return;
+	}
+	conn_send(c); /* the ClientHello */
 }
 
 /* EHLO keywords we use (RFC 5321 4.1.1.1: one per line after the first). */
@@ -1418,6 +1491,8 @@ ehlo_line(struct oconn *c, const char *p, size_t n)
 		c->eightbit = true;
 	else if (strcmp(kw, "SMTPUTF8") == 0)
 		c->smtputf8 = true;
+	else if (strcmp(kw, "STARTTLS") == 0)
+		c->starttls_offered = true;
 	else if (strcmp(kw, "SIZE") == 0) {
 		c->size_ext = true;
 		c->size_max = i < n ? strtoull(p + i + 1, NULL, 10) : 0;
@@ -1480,6 +1555,18 @@ on_reply(struct oconn *c, int code, const char *text, size_t len)
 		exp_push(c, X_EHLO, NULL, 0);
 		return;
 	case X_EHLO:
+		if (ok && c->tls == NULL && r->tlsctx != NULL && c->hop->conf.addr.ss_family != AF_UNIX) {
+			if (c->starttls_offered) {
+				out_cmd(c, "STARTTLS\r\n");
+				exp_push(c, X_STARTTLS, NULL, 0);
+				return;
+			}
+			if (r->cfg->relay.tls != RELAY_TLS_MAY) {
+				conn_fail(c, "4.7.4 TLS is required (relay_tls) but %s does not offer STARTTLS",
+					  c->hop->name);
+				return;
+			}
+		}
 		if (ok) {
 			conn_ready(c);
 		} else if (!c->lmtp) {
@@ -1552,6 +1639,18 @@ on_reply(struct oconn *c, int code, const char *text, size_t len)
 			c->need_rset = true;
 		conn_job_end(c, j);
 		return;
+	case X_STARTTLS:
+		if (code == 220) {
+			conn_starttls(c);
+			return;
+		}
+		if (r->cfg->relay.tls != RELAY_TLS_MAY) {
+			conn_fail(c, "4.7.4 TLS is required (relay_tls) but %s refused STARTTLS: %d %.*s",
+				  c->hop->name, code, (int)(len > 200 ? 200 : len), text);
+			return;
+		}
+		conn_ready(c); /* may: plaintext, as Postfix does */
+		return;
 	case X_RSET:
 		return;
 	case X_QUIT:
@@ -1612,6 +1711,14 @@ conn_parse(struct oconn *c)
 		/* on_reply may have closed (and freed) the connection. */
 		if (r->slots[idx] != c || r->slot_gen[idx] != gen || c->st == C_CLOSING)
 			return false;
+		if (c->discard_input) {
+			/* Plaintext after the 220 to STARTTLS was not protected
+			 * by TLS: it is dropped, never parsed (CVE-2011-0411's
+			 * mirror image on the client side). */
+			c->discard_input = false;
+			c->in_len = 0;
+			return true;
+		}
 	}
 	if (off > 0) {
 		memmove(c->in, c->in + off, c->in_len - off);
@@ -1799,6 +1906,50 @@ conn_emit(struct oconn *c)
 	}
 }
 
+/* Ciphertext arrived: finish the handshake (then EHLO again, RFC 3207
+ * 4.2), decrypt into the reply buffer and parse. false: closed. */
+static bool
+conn_tls_input(struct oconn *c)
+{
+	struct relay *r = c->r;
+	struct relay_tls_conn *t = c->tls;
+	char err[160];
+	if (!t->done) {
+		int h = relay_tls_handshake(t, err, sizeof(err));
+		if (h < 0) {
+			r->env.stats->relay_tls_failures++;
+			conn_fail(c, "4.7.5 TLS handshake with %s failed: %s", c->hop->name, err);
+			return false;
+		}
+		if (h == 0)
+			return true;
+		r->env.stats->relay_tls_handshakes++;
+		log_info("relay: TLS connection established to %s: %s with cipher %s%s", c->hop->name,
+			 t->version, t->cipher,
+			 r->cfg->relay.tls == RELAY_TLS_VERIFY ? " (certificate verified)"
+							       : " (certificate not verified)");
+		out_cmd(c, "%s %s\r\n", c->lmtp ? "LHLO" : "EHLO", r->cfg->smtp.hostname);
+		exp_push(c, X_EHLO, NULL, 0);
+	}
+	for (;;) {
+		if (c->in_len == RELAY_IN_SIZE) {
+			conn_fail(c, "4.4.2 reply line too long from %s", c->hop->name);
+			return false;
+		}
+		long n = relay_tls_read(t, c->in + c->in_len, RELAY_IN_SIZE - c->in_len, err,
+					sizeof(err));
+		if (n == 0)
+			return true;
+		if (n < 0) {
+			conn_fail(c, "4.4.2 TLS error from %s: %s", c->hop->name, err);
+			return false;
+		}
+		c->in_len += (uint32_t)n;
+		if (!conn_parse(c))
+			return false;
+	}
+}
+
 /* ---- completions ---- */
 
 void
@@ -1846,9 +1997,15 @@ relay_on_cqe(struct relay *r, struct io_uring_cqe *cqe)
 				  res < 0 ? ": " : "", res < 0 ? strerror(-res) : "");
 			return;
 		}
-		c->in_len += (uint32_t)res;
-		if (!conn_parse(c))
-			return;
+		if (c->tls != NULL) {
+			c->tls->cin_len += (uint32_t)res;
+			if (!conn_tls_input(c))
+				return;
+		} else {
+			c->in_len += (uint32_t)res;
+			if (!conn_parse(c))
+				return;
+		}
 		conn_emit(c);
 		conn_send(c);
 		conn_recv(c);
@@ -1864,8 +2021,13 @@ relay_on_cqe(struct relay *r, struct io_uring_cqe *cqe)
 			return;
 		}
 		assert((uint32_t)res <= c->send_len);
-		memmove(c->out, c->out + res, c->out_len - (uint32_t)res);
-		c->out_len -= (uint32_t)res;
+		if (c->send_tls) {
+			memmove(c->tls->cout, c->tls->cout + res, c->tls->cout_len - (uint32_t)res);
+			c->tls->cout_len -= (uint32_t)res;
+		} else {
+			memmove(c->out, c->out + res, c->out_len - (uint32_t)res);
+			c->out_len -= (uint32_t)res;
+		}
 		conn_emit(c);
 		conn_send(c);
 		conn_timer_update(c);
@@ -2228,6 +2390,14 @@ relay_open(struct relay **out, const struct config *cfg, const struct relay_env 
 		return -ENAMETOOLONG;
 	}
 	hop_sync(r);
+	r->tlsctx = relay_tls_ctx_new(&cfg->relay, err, errlen);
+	if (r->tlsctx == NULL && err[0] != '\0') {
+		free(r->wheel);
+		free(r);
+		return -EINVAL;
+	}
+	r->tls_mode = cfg->relay.tls;
+	snprintf(r->tls_ca, sizeof(r->tls_ca), "%s", cfg->relay.tls_ca_file);
 
 	uint64_t msgs = 0, held = 0, segs = 0;
 	recover_dir(r, env->worker, true, &msgs, &held, &segs);
@@ -2260,6 +2430,22 @@ relay_set_conf(struct relay *r, const struct config *cfg)
 {
 	r->cfg = cfg;
 	hop_sync(r);
+	/* A new client context when relay_tls or the CA file changed (or on
+	 * every reload for verify: the CA bundle may have been replaced).
+	 * Sessions in progress keep the old one (wolfSSL counts references). */
+	if (cfg->relay.tls != r->tls_mode || cfg->relay.tls == RELAY_TLS_VERIFY ||
+	    strcmp(cfg->relay.tls_ca_file, r->tls_ca) != 0) {
+		char err[CONFIG_ERR_MAX];
+		struct relay_tls_ctx *n = relay_tls_ctx_new(&cfg->relay, err, sizeof(err));
+		if (n == NULL && err[0] != '\0') {
+			log_err("relay: %s; keeping the previous TLS settings", err);
+			return;
+		}
+		relay_tls_ctx_free(r->tlsctx);
+		r->tlsctx = n;
+		r->tls_mode = cfg->relay.tls;
+		snprintf(r->tls_ca, sizeof(r->tls_ca), "%s", cfg->relay.tls_ca_file);
+	}
 }
 
 /* ---- operator commands ---- */
@@ -2400,6 +2586,10 @@ relay_close(struct relay *r)
 			cn = c->next;
 			if (c->fd >= 0)
 				close(c->fd);
+			if (c->tls != NULL) {
+				relay_tls_end(c->tls);
+				free(c->tls);
+			}
 			free(c);
 		}
 		free(h);
@@ -2426,6 +2616,7 @@ relay_close(struct relay *r)
 		munmap(s->map, s->maplen);
 		free(s);
 	}
+	relay_tls_ctx_free(r->tlsctx);
 	free(r->slots);
 	free(r->slot_gen);
 	free(r->free_slots);

@@ -75,6 +75,8 @@
 	X(relay_connections, "outbound connections opened")                                      \
 	X(relay_conn_failed, "outbound connections failed (refused, lost, timed out, bad reply)")  \
 	X(relay_sends, "outbound send operations")                                               \
+	X(relay_tls_handshakes, "STARTTLS handshakes completed with next hops")                     \
+	X(relay_tls_failures, "STARTTLS handshakes with next hops that failed")                    \
 	X(relay_journal_writes, "delivery journal writes")                                       \
 	X(relay_segments_removed, "spool segments removed after every message was finished")      \
 	X(relay_refused_high_water, "MAIL refused: backlog over spool_high_water (452)")           \
