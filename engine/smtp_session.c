@@ -296,7 +296,7 @@ log_message(struct smtp_session *s, const char *text, size_t len, bool sent)
 	lb_fmt(&l, ">, from=<");
 	lb_put(&l, s->mail_from, strlen(s->mail_from));
 	lb_fmt(&l, ">, nrcpt=%" PRIu32 ", size=%" PRIu64 ", status=%s (", s->tx_nrcpt,
-	       s->body.size, sent ? "sent" : "rejected");
+	       s->body.size, sent ? "queued" : "rejected");
 	lb_put(&l, text, len - 2);
 	lb_fmt(&l, ")");
 	lb_emit(s, &l);
