@@ -714,7 +714,7 @@ listener_addr(struct pstate *st, const char *key, char *a, struct listener_conf 
 	struct sockaddr_in *s4 = (struct sockaddr_in *)&l->addr;
 	struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&l->addr;
 	char *host = a, *port;
-	uint16_t pn;
+	uint16_t pn = 0;
 
 	if (*a == '[') {
 		char *rb = strchr(a, ']');
@@ -1466,7 +1466,7 @@ static int
 apply_args(struct pstate *st, const struct config_args *a)
 {
 	int seen[NKEYS] = {0};
-	uint16_t port;
+	uint16_t port = 0;
 	size_t i, j;
 
 	for (i = 0; i < a->nsets; i++)
