@@ -643,8 +643,8 @@ class Suite:
         print("ok   %s (%.1fs)" % (name, time.monotonic() - t0), flush=True)
 
     def main(self, requires=(), needs_ringmxd=True):
-        """requires: tools that must exist, else skip. needs_ringmxd=False
-        for scripts that test another program (tests/dsn_dump)."""
+        """Run the checks. needs_ringmxd=False: the script never starts the daemon
+        (test_nexthop.py, test_dsn_parse.py), so a missing ringmxd is not a setup failure."""
         for tool in requires:
             if not (os.path.isfile(tool) and os.access(tool, os.X_OK)):
                 print("skip %s: %s is not installed" % (self.name, tool))
