@@ -38,7 +38,7 @@ control_lock(const struct config *cfg, char *err, size_t errlen)
 	char path[CONFIG_PATH_MAX + 16];
 	int r = spool_mkdir_p(cfg->spool_dir);
 	if (r < 0) {
-		snprintf(err, errlen, "spool_dir %s: %s", cfg->spool_dir, strerror(-r));
+		snprintf(err, errlen, "spool: cannot create %s: %s", cfg->spool_dir, strerror(-r));
 		return r;
 	}
 	snprintf(path, sizeof(path), "%s/lock", cfg->spool_dir);

@@ -144,7 +144,7 @@ def _():
             c.quit()
             s.wait_disconnect(c.local_port)
             check_eq(len(s.message_lines(c.local_port, "rejected")), 1, "rejected lines")
-            check_eq(len(s.message_lines(c.local_port, "sent")), 2, "sent lines")
+            check_eq(len(s.message_lines(c.local_port, "queued")), 2, "sent lines")
         st = s.stats()
         check_eq(st["size_limit"], 2, "size_limit counter (MAIL SIZE= and end of data)")
         smtplib_send(s)
@@ -267,7 +267,7 @@ def _():
             check_eq(c.reply().lines, TIMEOUT_REPLY, "data timeout")
             c.expect_closed()
             s.wait_disconnect(c.local_port)
-            check_eq(s.message_lines(c.local_port, "sent"), [], "no message from a stalled DATA")
+            check_eq(s.message_lines(c.local_port, "queued"), [], "no message from a stalled DATA")
         check_eq(s.stats()["timeouts"], 3, "timeouts counter")
         smtplib_send(s)
 

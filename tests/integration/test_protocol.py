@@ -171,7 +171,7 @@ def _():
         c.expect_closed()
         check(q1 != q2, "two messages, one queue id %s" % q1)
         s.wait_disconnect(c.local_port)
-        check_eq(len(s.message_lines(c.local_port, "sent")), 2, "sent message lines")
+        check_eq(len(s.message_lines(c.local_port, "queued")), 2, "sent message lines")
 
 
 @T.test("pipelining: 200 NOOPs in one write get 200 replies in order")
@@ -195,7 +195,7 @@ def _():
         check_eq(c.reply().lines, ["554 5.5.0 Error: SMTP protocol synchronization"], "reply")
         c.expect_closed()
         s.wait_disconnect(c.local_port)
-        check_eq(s.message_lines(c.local_port, "sent"), [], "sent message lines")
+        check_eq(s.message_lines(c.local_port, "queued"), [], "sent message lines")
 
 
 @T.test("BDAT: chunk 250 'n octets received', LAST queues")

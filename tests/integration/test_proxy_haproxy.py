@@ -387,7 +387,7 @@ def _():
     with HAProxy(s.port, "send-proxy-v2 proxy-v2-options crc32c "
                          "check check-send-proxy inter 200") as hp:
         cport = send_through(s, hp)
-        lines = s.message_lines(cport, status="sent")
+        lines = s.message_lines(cport, status="queued")
         check(lines and "client=[127.0.0.1]:%d" % cport in lines[0],
               "no client=[127.0.0.1]:%d line; log tail:\n%s" % (cport, s.log()[-2000:]))
         wait_for(lambda: s.stats().get("proxy_local", 0) > before,
@@ -400,7 +400,7 @@ def _():
     s = srv()
     with HAProxy(s.port, "send-proxy") as hp:
         cport = send_through(s, hp)
-        lines = s.message_lines(cport, status="sent")
+        lines = s.message_lines(cport, status="queued")
         check(lines and "client=[127.0.0.1]:%d" % cport in lines[0],
               "no client=[127.0.0.1]:%d line; log tail:\n%s" % (cport, s.log()[-2000:]))
 

@@ -237,7 +237,7 @@ def check_logged(s, proxy, cport):
     except AssertionError as e:
         fail("%s\n%s log:\n%s" % (e, proxy.name, proxy.logs()))
     check("tls=" not in ln, "the proxy->ringmxd leg should be plaintext: " + ln)
-    lines = s.message_lines(cport, status="sent")
+    lines = s.message_lines(cport, status="queued")
     check(len(lines) == 1 and "client=[127.0.0.1]:%d" % cport in lines[0],
           "no client=[127.0.0.1]:%d message line; log tail:\n%s" % (cport, s.log()[-2000:]))
 

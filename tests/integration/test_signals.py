@@ -93,7 +93,7 @@ def _():
         check_eq(c.reply().lines, SHUTDOWN, "after the message")
         c.expect_closed()
         s.stop()
-        check_eq(len(s.message_lines(c.local_port, "sent")), 1, "message sent")
+        check_eq(len(s.message_lines(c.local_port, "queued")), 1, "message sent")
 
 
 @T.test("SIGTERM after MAIL: RSET gets 250, then 421")
@@ -126,7 +126,7 @@ def _():
         dt = time.monotonic() - t0
         check(0.5 <= dt <= 5, "421 after %.1fs" % dt)
         s.stop()
-        check_eq(s.message_lines(c.local_port, "sent"), [], "no message")
+        check_eq(s.message_lines(c.local_port, "queued"), [], "no message")
 
 
 @T.test("SIGINT drains like SIGTERM: exit 0")
