@@ -137,14 +137,15 @@ class _Conn:
             return False
         return bool(r)
 
-    def line(self):
-        """One line up to CRLF (returned without it). A line over LINE_MAX raises."""
+    def line(self, limit=LINE_MAX):
+        """One line up to and including its LF (the caller checks for CR LF). More than
+        limit octets without one raises _LineTooLong."""
         while True:
             i = self.buf.find(b"\n")
             if i >= 0:
                 ln, self.buf = self.buf[:i + 1], self.buf[i + 1:]
                 return ln
-            if len(self.buf) > LINE_MAX:
+            if len(self.buf) > limit:
                 raise _LineTooLong
             self.fill()
 
@@ -419,6 +420,8 @@ class FakeMX:
             self._session(conn, info)
         except (EOFError, _Drop):
             pass
+        except _LineTooLong:
+            self._error("more than %d octets of message data without a line end" % MESSAGE_MAX)
         except (socket.timeout, TimeoutError):
             self._error("session timed out after %.0fs" % self.timeout)
         except (OSError, ssl.SSLError) as e:
@@ -605,7 +608,7 @@ class FakeMX:
         out = []
         size = 0
         while True:
-            ln = self._data_line(conn)
+            ln = conn.line(MESSAGE_MAX)     # message lines: only the total is bounded
             if ln == b".\r\n":
                 break
             if ln.startswith(b"."):
@@ -620,18 +623,6 @@ class FakeMX:
                 tx["bad"] = "message too big"
         tx["chunks"] = out
         tx["size"] = size
-
-    @staticmethod
-    def _data_line(conn):
-        # Message lines are not bounded by LINE_MAX (only the total is bounded).
-        while True:
-            i = conn.buf.find(b"\n")
-            if i >= 0:
-                ln, conn.buf = conn.buf[:i + 1], conn.buf[i + 1:]
-                return ln
-            if len(conn.buf) > MESSAGE_MAX:
-                raise _LineTooLong
-            conn.fill()
 
     def _end_of_data(self, conn, tx, info):
         data = b"".join(tx["chunks"])
