@@ -68,6 +68,7 @@
 #include "ringmx/dsn.h"
 #include "ringmx/journal_format.h"
 #include "ringmx/spool_format.h"
+#include "relay_reply.h"
 #include "relay_tls.h"
 #include "spool.h"
 #include "timer.h"
@@ -232,10 +233,7 @@ struct oconn {
 	uint64_t deadline;
 
 	uint32_t in_len;
-	/* the reply being read */
-	int rcode;
-	uint16_t rtext_len;
-	char rtext[RELAY_TEXT_MAX];
+	struct relay_reply reply; /* the reply being read */
 
 	struct rexp exp[RELAY_EXP_MAX];
 	uint32_t exp_head, exp_n;
@@ -1476,26 +1474,27 @@ conn_starttls(struct oconn *c)
 static void
 ehlo_line(struct oconn *c, const char *p, size_t n)
 {
-	char kw[32];
-	size_t i = 0;
-	while (i < n && i < sizeof(kw) - 1 && p[i] != ' ' && p[i] != '=') {
-		kw[i] = (char)(p[i] >= 'a' && p[i] <= 'z' ? p[i] - 32 : p[i]);
-		i++;
-	}
-	kw[i] = '\0';
-	if (strcmp(kw, "PIPELINING") == 0)
+	uint64_t size = 0;
+	switch (relay_ehlo_keyword(p, n, &size)) {
+	case RELAY_EXT_PIPELINING:
 		c->pipelining = true;
-	else if (strcmp(kw, "CHUNKING") == 0)
+		break;
+	case RELAY_EXT_CHUNKING:
 		c->chunking = true;
-	else if (strcmp(kw, "8BITMIME") == 0)
+		break;
+	case RELAY_EXT_8BITMIME:
 		c->eightbit = true;
-	else if (strcmp(kw, "SMTPUTF8") == 0)
+		break;
+	case RELAY_EXT_SMTPUTF8:
 		c->smtputf8 = true;
-	else if (strcmp(kw, "STARTTLS") == 0)
+		break;
+	case RELAY_EXT_STARTTLS:
 		c->starttls_offered = true;
-	else if (strcmp(kw, "SIZE") == 0) {
+		break;
+	case RELAY_EXT_SIZE:
 		c->size_ext = true;
-		c->size_max = i < n ? strtoull(p + i + 1, NULL, 10) : 0;
+		c->size_max = size;
+		break;
 	}
 }
 
@@ -1674,40 +1673,23 @@ conn_parse(struct oconn *c)
 		if (n > 0 && p[n - 1] == '\r')
 			n--;
 		off = (uint32_t)(nl + 1 - c->in);
-		if (n < 3 || p[0] < '2' || p[0] > '5' || p[1] < '0' || p[1] > '9' || p[2] < '0' ||
-		    p[2] > '9' || (n > 3 && p[3] != ' ' && p[3] != '-')) {
+		bool first = !c->reply.open;
+		struct relay_reply_line line;
+		int st = relay_reply_add(&c->reply, p, n, &line);
+		if (st == RELAY_REPLY_BAD) {
 			conn_fail(c, "4.4.2 malformed reply from %s: %.*s", c->hop->name,
 				  (int)(n > 100 ? 100 : n), p);
 			return false;
 		}
-		int code = (p[0] - '0') * 100 + (p[1] - '0') * 10 + (p[2] - '0');
-		bool more = n > 3 && p[3] == '-';
-		const char *t = n > 4 ? p + 4 : "";
-		size_t tl = n > 4 ? n - 4 : 0;
-		if (c->rcode == 0) {
-			c->rcode = code;
-			c->rtext_len = 0;
-		} else if (code != c->rcode) {
-			conn_fail(c, "4.4.2 inconsistent multi-line reply from %s", c->hop->name);
-			return false;
-		} else if (c->exp_n > 0 && c->exp[c->exp_head].kind == X_EHLO && c->lmtp_job == NULL) {
-			ehlo_line(c, t, tl);
-		}
-		if (c->rtext_len > 0 && c->rtext_len < RELAY_TEXT_MAX - 1)
-			c->rtext[c->rtext_len++] = ' ';
-		size_t k = RELAY_TEXT_MAX - 1 - c->rtext_len;
-		if (tl < k)
-			k = tl;
-		for (size_t i = 0; i < k; i++) /* no control characters into logs and journals */
-			c->rtext[c->rtext_len + i] = (unsigned char)t[i] < 0x20 || t[i] == 0x7f ? ' ' : t[i];
-		c->rtext_len += (uint16_t)k;
-		if (more)
+		if (!first && c->exp_n > 0 && c->exp[c->exp_head].kind == X_EHLO &&
+		    c->lmtp_job == NULL)
+			ehlo_line(c, line.text, line.len);
+		if (st == RELAY_REPLY_MORE)
 			continue;
-		c->rcode = 0;
 		uint32_t gen = c->gen;
 		struct relay *r = c->r;
 		uint32_t idx = c->idx;
-		on_reply(c, code, c->rtext, c->rtext_len);
+		on_reply(c, c->reply.code, c->reply.text, c->reply.len);
 		/* on_reply may have closed (and freed) the connection. */
 		if (r->slots[idx] != c || r->slot_gen[idx] != gen || c->st == C_CLOSING)
 			return false;
@@ -1959,7 +1941,6 @@ relay_on_cqe(struct relay *r, struct io_uring_cqe *cqe)
 	uint32_t idx = (uint32_t)ud & 0xffffff;
 	enum subop op = (enum subop)(((uint32_t)ud >> 24) & 0xff);
 	uint32_t gen = (uint32_t)(ud >> 32) & 0xffffff;
-	r->now = r->now ? r->now : 1;
 	if (idx >= r->nslots || r->slots[idx] == NULL || (r->slot_gen[idx] & 0xffffff) != gen)
 		return; /* a slot's previous occupant: nothing of it is left */
 	struct oconn *c = r->slots[idx];
@@ -2080,7 +2061,8 @@ static void
 hop_pump(struct relay *r, struct rhop *h)
 {
 	uint32_t busy = 0;
-	for (struct oconn *c = h->conns; c != NULL; c = c->next) {
+	for (struct oconn *c = h->conns, *cn; c != NULL; c = cn) {
+		cn = c->next; /* a QUIT below may close (and free) c */
 		if (c->st == C_READY) {
 			conn_emit(c);
 			conn_send(c);
@@ -2088,12 +2070,17 @@ hop_pump(struct relay *r, struct rhop *h)
 		}
 		if (c->st != C_READY || c->nactive >= RELAY_WINDOW / 2)
 			busy++;
+		else if (r->draining && c->nactive == 0 && c->exp_n == 0 && !c->send_inflight)
+			relay_timer(&c->t.n, r); /* idle while draining: QUIT now */
 	}
 	/* Open one more connection per loop iteration while jobs wait and
-	 * every connection is busy or opening, up to relay_connections. */
-	if (h->qhead != NULL && !r->draining && !h->gone && r->now >= h->retry_at &&
-	    busy == h->nconns && h->nconns < r->cfg->relay.connections &&
-	    h->nconns - h->nready == 0)
+	 * every connection is busy or opening, up to relay_connections. A
+	 * failing next hop is also probed every retry_min with nothing queued,
+	 * so relay_defer_after's 451 ends as soon as it is back, not only when
+	 * the next retry of some message comes (up to retry_max later). */
+	bool want = h->qhead != NULL || (h->fail_since != 0 && h->nconns == 0);
+	if (want && !r->draining && !h->gone && r->now >= h->retry_at && busy == h->nconns &&
+	    h->nconns < r->cfg->relay.connections && h->nconns - h->nready == 0)
 		conn_open(r, h);
 }
 

@@ -1,0 +1,115 @@
+/*
+ * test_relay_reply.c - the relay's reply reader (engine/relay_reply.c):
+ * reply lines, multi-line replies, EHLO keywords. Owner: the relay module.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "relay_reply.h"
+
+static int
+add(struct relay_reply *r, const char *line)
+{
+	return relay_reply_add(r, line, strlen(line), NULL);
+}
+
+static void
+test_lines(void **state)
+{
+	(void)state;
+	struct relay_reply_line l;
+	assert_int_equal(relay_reply_line("250 Ok", 6, &l), 0);
+	assert_int_equal(l.code, 250);
+	assert_false(l.more);
+	assert_int_equal(l.len, 2);
+	assert_int_equal(relay_reply_line("250-x", 5, &l), 0);
+	assert_true(l.more);
+	assert_int_equal(relay_reply_line("354", 3, &l), 0);
+	assert_int_equal(l.len, 0);
+	/* Not reply lines: short, no digits, class 1 or 6, bad separator. */
+	const char *bad[] = {"", "25", "2a0 x", "150 x", "650 x", "250x", "250_ok", "OK 250"};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		assert_int_equal(relay_reply_line(bad[i], strlen(bad[i]), &l), -1);
+}
+
+static void
+test_multiline(void **state)
+{
+	(void)state;
+	struct relay_reply r;
+	memset(&r, 0, sizeof(r));
+	assert_int_equal(add(&r, "250-mx.example greets you"), RELAY_REPLY_MORE);
+	assert_int_equal(add(&r, "250-PIPELINING"), RELAY_REPLY_MORE);
+	assert_int_equal(add(&r, "250 CHUNKING"), RELAY_REPLY_DONE);
+	assert_int_equal(r.code, 250);
+	assert_string_equal(r.text, "mx.example greets you PIPELINING CHUNKING");
+	/* The next reply starts afresh. */
+	assert_int_equal(add(&r, "550 5.1.1 no"), RELAY_REPLY_DONE);
+	assert_int_equal(r.code, 550);
+	assert_string_equal(r.text, "5.1.1 no");
+	/* A code change inside a reply is a protocol error. */
+	memset(&r, 0, sizeof(r));
+	assert_int_equal(add(&r, "250-a"), RELAY_REPLY_MORE);
+	assert_int_equal(add(&r, "251 b"), RELAY_REPLY_BAD);
+}
+
+static void
+test_text_sanitised_and_bounded(void **state)
+{
+	(void)state;
+	struct relay_reply r;
+	memset(&r, 0, sizeof(r));
+	const char line[] = "451 a\tb\x01" "c\x7f" "d";
+	assert_int_equal(relay_reply_add(&r, line, sizeof(line) - 1, NULL), RELAY_REPLY_DONE);
+	assert_string_equal(r.text, "a b c d");
+	char big[2000];
+	memset(big, 'x', sizeof(big));
+	memcpy(big, "250-", 4);
+	memset(&r, 0, sizeof(r));
+	for (int i = 0; i < 5; i++)
+		assert_int_equal(relay_reply_add(&r, big, sizeof(big), NULL), RELAY_REPLY_MORE);
+	assert_int_equal(add(&r, "250 end"), RELAY_REPLY_DONE);
+	assert_int_equal(r.len, RELAY_REPLY_TEXT_MAX - 1);
+	assert_int_equal(strlen(r.text), RELAY_REPLY_TEXT_MAX - 1);
+}
+
+static void
+test_ehlo_keywords(void **state)
+{
+	(void)state;
+	uint64_t sz = 7;
+	assert_int_equal(relay_ehlo_keyword("PIPELINING", 10, &sz), RELAY_EXT_PIPELINING);
+	assert_int_equal(relay_ehlo_keyword("chunking", 8, &sz), RELAY_EXT_CHUNKING);
+	assert_int_equal(relay_ehlo_keyword("8BITMIME", 8, &sz), RELAY_EXT_8BITMIME);
+	assert_int_equal(relay_ehlo_keyword("SMTPUTF8", 8, &sz), RELAY_EXT_SMTPUTF8);
+	assert_int_equal(relay_ehlo_keyword("STARTTLS", 8, &sz), RELAY_EXT_STARTTLS);
+	assert_int_equal(sz, 7);
+	assert_int_equal(relay_ehlo_keyword("SIZE 10240000", 13, &sz), RELAY_EXT_SIZE);
+	assert_int_equal(sz, 10240000);
+	assert_int_equal(relay_ehlo_keyword("SIZE", 4, &sz), RELAY_EXT_SIZE);
+	assert_int_equal(sz, 0);
+	assert_int_equal(relay_ehlo_keyword("SIZE 99999999999999999999999", 27, &sz), RELAY_EXT_SIZE);
+	assert_int_equal(sz, 0); /* overflow: no limit known */
+	assert_int_equal(relay_ehlo_keyword("SIZE 12x", 8, &sz), RELAY_EXT_SIZE);
+	assert_int_equal(sz, 0);
+	assert_int_equal(relay_ehlo_keyword("PIPELININGX", 11, &sz), 0);
+	assert_int_equal(relay_ehlo_keyword("AUTH PLAIN", 10, &sz), 0);
+	assert_int_equal(relay_ehlo_keyword("", 0, &sz), 0);
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_lines),
+		cmocka_unit_test(test_multiline),
+		cmocka_unit_test(test_text_sanitised_and_bounded),
+		cmocka_unit_test(test_ehlo_keywords),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
