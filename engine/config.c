@@ -1566,7 +1566,7 @@ set_defaults(struct config *cfg)
 
 	cfg->relay.default_hop = -1;
 	cfg->relay.tls = RELAY_TLS_NONE;
-	cfg->relay.connections = 4;
+	cfg->relay.connections = 8;
 	cfg->relay.connect_timeout = SEC(30);
 	cfg->relay.reply_timeout = SEC(300);
 	cfg->relay.idle_timeout = SEC(10);

@@ -2068,7 +2068,10 @@ hop_pump(struct relay *r, struct rhop *h)
 			conn_send(c);
 			conn_timer_update(c);
 		}
-		if (c->st != C_READY || c->nactive >= RELAY_WINDOW / 2)
+		/* Busy: with CHUNKING a connection streams up to RELAY_WINDOW
+		 * transactions; with DATA each one waits a round trip for its
+		 * 354, so one transaction already keeps it busy. */
+		if (c->st != C_READY || c->nactive >= (c->chunking ? RELAY_WINDOW / 2 : 1))
 			busy++;
 		else if (r->draining && c->nactive == 0 && c->exp_n == 0 && !c->send_inflight)
 			relay_timer(&c->t.n, r); /* idle while draining: QUIT now */

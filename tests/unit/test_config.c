@@ -1301,7 +1301,7 @@ test_print(void **state)
 				  "spool_dir = /var/spool/ringmx\nsegment_size = 67108864\n"
 				  "durability = fsync\ncommit_delay = 1ms\ncommit_size = 1048576\n"
 				  "spool_memory = 268435456\n"
-				  "relay_tls = none\nrelay_connections = 4\n"
+				  "relay_tls = none\nrelay_connections = 8\n"
 				  "relay_connect_timeout = 30s\nrelay_reply_timeout = 5m\n"
 				  "relay_idle_timeout = 10s\nretry_min = 1m\nretry_max = 1h\n"
 				  "maximal_queue_lifetime = 5d\nspool_high_water = 0\n"
@@ -1414,7 +1414,7 @@ test_example_file(void **state)
 	assert_int_equal(cfg->commit_delay, 1000000);
 	assert_int_equal(cfg->spool_memory, 256 << 20);
 	assert_false(relay_enabled(&cfg->relay));
-	assert_int_equal(cfg->relay.connections, 4);
+	assert_int_equal(cfg->relay.connections, 8);
 	assert_int_equal(cfg->relay.retry_max, S(3600));
 	assert_int_equal(cfg->relay.queue_lifetime, S(5 * 86400));
 	config_free(cfg);
@@ -1611,7 +1611,7 @@ test_relay_defaults(void **state)
 	assert_string_equal(r->transport_maps, "");
 	assert_int_equal(r->tls, RELAY_TLS_NONE);
 	assert_string_equal(r->tls_ca_file, "");
-	assert_int_equal(r->connections, 4);
+	assert_int_equal(r->connections, 8);
 	assert_int_equal(r->connect_timeout, S(30));
 	assert_int_equal(r->reply_timeout, S(300));
 	assert_int_equal(r->idle_timeout, S(10));
