@@ -50,7 +50,7 @@ control_lock(const struct config *cfg, char *err, size_t errlen)
 	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
 		int e = errno;
 		snprintf(err, errlen, "%s: %s; is another ringmxd using spool_dir %s?", path,
-			 e == EWOULDBLOCK ? "locked" : strerror(e), cfg->spool_dir);
+		         e == EWOULDBLOCK ? "locked" : strerror(e), cfg->spool_dir);
 		close(fd);
 		return -e;
 	}
@@ -144,9 +144,10 @@ handle(struct worker *ws, unsigned n, const struct config *cfg, const char *dir,
 		off += (size_t)sprintf(out, "error request: %s\n", bad);
 	} else if (!relay_enabled(&cfg->relay)) {
 		for (unsigned i = 0; i < set->n; i++)
-			off += (size_t)sprintf(out + off, "error %s %s: the relay is not enabled "
-					       "(relay_host, transport_maps)\n",
-					       op_names[set->cmd[i].op], set->cmd[i].qid);
+			off += (size_t)sprintf(out + off,
+			                       "error %s %s: the relay is not enabled "
+			                       "(relay_host, transport_maps)\n",
+			                       op_names[set->cmd[i].op], set->cmd[i].qid);
 	} else {
 		atomic_init(&set->acks, 0);
 		unsigned running = 0;
@@ -163,7 +164,7 @@ handle(struct worker *ws, unsigned n, const struct config *cfg, const char *dir,
 			/* A worker may still hold the set: leak it rather than
 			 * free memory it could read. */
 			log_err("control: %s: workers did not answer within %d ms", name,
-				CONTROL_ACK_WAIT_MS);
+			        CONTROL_ACK_WAIT_MS);
 			answer(dir, name, "error request: ringmxd workers did not answer\n");
 			unlink(path);
 			free(text);
@@ -174,12 +175,14 @@ handle(struct worker *ws, unsigned n, const struct config *cfg, const char *dir,
 			const struct relay_cmd *c = &set->cmd[i];
 			const char *sp = c->qid[0] != '\0' ? " " : "";
 			if (atomic_load(&c->matched) > 0 || c->qid[0] == '\0')
-				off += (size_t)sprintf(out + off, "ok %s%s%s\n", op_names[c->op], sp, c->qid);
+				off += (size_t)sprintf(out + off, "ok %s%s%s\n", op_names[c->op],
+				                       sp, c->qid);
 			else
 				off += (size_t)sprintf(out + off, "error %s %s: no such message\n",
-						       op_names[c->op], c->qid);
+				                       op_names[c->op], c->qid);
 			log_info("control: %s%s%s: %u message%s", op_names[c->op], sp, c->qid,
-				 atomic_load(&c->matched), atomic_load(&c->matched) == 1 ? "" : "s");
+			         atomic_load(&c->matched),
+			         atomic_load(&c->matched) == 1 ? "" : "s");
 		}
 	}
 	answer(dir, name, out);

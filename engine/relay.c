@@ -129,11 +129,11 @@ struct rjob {
 	struct oconn *conn;       /* J_ACTIVE */
 	uint8_t state;
 	bool mail_failed;
-	uint32_t n;           /* recipients */
-	uint32_t *ri;         /* their indices in the message */
-	uint8_t *rs;          /* enum rstate per recipient */
-	char **rtext;         /* per recipient: the reply that decided it (malloc) */
-	uint32_t nacc;        /* RCPTs accepted in this attempt */
+	uint32_t n;    /* recipients */
+	uint32_t *ri;  /* their indices in the message */
+	uint8_t *rs;   /* enum rstate per recipient */
+	char **rtext;  /* per recipient: the reply that decided it (malloc) */
+	uint32_t nacc; /* RCPTs accepted in this attempt */
 	uint32_t attempts;
 	char last_temp[RELAY_TEXT_MAX]; /* the last temporary failure */
 	uint16_t last_temp_len;
@@ -153,12 +153,12 @@ struct rmsg {
 	uint64_t received_us;
 	const char *from;
 	size_t from_len;
-	unsigned flags;      /* SPOOL_MAIL_* */
+	unsigned flags; /* SPOOL_MAIL_* */
 	const uint8_t *body;
 	uint64_t body_len;
 	uint32_t nrcpt;
 	struct raddr *rcpt;
-	uint8_t *done;       /* per recipient: 0, JOURNAL_DELIVERED or JOURNAL_FAILED */
+	uint8_t *done; /* per recipient: 0, JOURNAL_DELIVERED or JOURNAL_FAILED */
 	uint32_t njobs;
 	uint32_t jobs_left;
 	struct rjob *jobs;
@@ -168,17 +168,17 @@ struct rmsg {
 
 struct rseg {
 	struct rseg *next;
-	unsigned wdir;       /* w<wdir> */
+	unsigned wdir; /* w<wdir> */
 	uint64_t seq;
 	uint8_t *map;
 	size_t maplen;
-	int jfd;             /* -1 until the first journal record */
-	uint64_t jpos;       /* file offset of the next journal write */
+	int jfd;       /* -1 until the first journal record */
+	uint64_t jpos; /* file offset of the next journal write */
 	uint32_t jbuf_len;
-	bool closed;         /* the spool will not write it again */
+	bool closed; /* the spool will not write it again */
 	bool jerr_logged;
-	uint32_t pending;    /* messages not finished */
-	struct rmsg *msgs;   /* unfinished messages */
+	uint32_t pending;  /* messages not finished */
+	struct rmsg *msgs; /* unfinished messages */
 	uint8_t jbuf[RELAY_JBUF_SIZE];
 };
 
@@ -186,10 +186,10 @@ struct rhop {
 	struct rhop *next;
 	struct relay_hop_conf conf;
 	char name[CONFIG_HOP_TEXT_MAX + 64]; /* "host[ip]:port" for logs */
-	bool gone;           /* no longer in the configuration */
+	bool gone;                           /* no longer in the configuration */
 	struct rjob *qhead, *qtail;
 	uint32_t qlen;
-	uint32_t nconns;     /* open or opening */
+	uint32_t nconns; /* open or opening */
 	uint32_t nready;
 	struct oconn *conns; /* list */
 	uint64_t fail_since; /* monotonic ns of the first failure of a streak; 0: fine */
@@ -198,12 +198,23 @@ struct rhop {
 
 enum cstate { C_CONNECTING = 1, C_GREETING, C_HELLO, C_READY, C_QUIT, C_CLOSING };
 
-enum xkind { X_GREET = 1, X_EHLO, X_HELO, X_MAIL, X_RCPT, X_DATA, X_DOT, X_BDAT, X_RSET, X_QUIT,
-	     X_STARTTLS };
+enum xkind {
+	X_GREET = 1,
+	X_EHLO,
+	X_HELO,
+	X_MAIL,
+	X_RCPT,
+	X_DATA,
+	X_DOT,
+	X_BDAT,
+	X_RSET,
+	X_QUIT,
+	X_STARTTLS
+};
 
 struct rexp {
 	uint8_t kind;
-	uint32_t k;        /* X_RCPT: recipient index in the job */
+	uint32_t k; /* X_RCPT: recipient index in the job */
 	struct rjob *job;
 };
 
@@ -218,16 +229,15 @@ struct oconn {
 	int fd;
 	uint8_t st;
 	bool lmtp;
-	bool pipelining, chunking, eightbit, smtputf8, size_ext;
+	unsigned ext; /* RELAY_EXT_* from the last EHLO */
 	uint64_t size_max;
 	bool connect_inflight, lt_inflight, recv_inflight, send_inflight;
 	bool send_tls; /* the send in flight is from tls->cout (else from out) */
 	bool shut;
 	bool need_rset;
 	bool ever_ready;
-	bool starttls_offered;
-	bool discard_input; /* STARTTLS accepted: nothing after the 220 is read */
-	struct relay_tls_conn *tls; /* after STARTTLS; NULL in plaintext */
+	bool discard_input;           /* STARTTLS accepted: nothing after the 220 is read */
+	struct relay_tls_conn *tls;   /* after STARTTLS; NULL in plaintext */
 	struct __kernel_timespec cts; /* connect timeout (read at submit) */
 	struct rtimer t;
 	uint64_t deadline;
@@ -268,7 +278,7 @@ struct rbounce {
 struct relay {
 	struct relay_env env;
 	const struct config *cfg;
-	uint64_t now;   /* monotonic ns */
+	uint64_t now; /* monotonic ns */
 	struct timer_wheel *wheel;
 	struct rseg *segs;
 	struct rhop *hops;
@@ -358,8 +368,8 @@ static const char *
 xkind_name(uint8_t k)
 {
 	static const char *const names[] = {"?",         "the greeting", "EHLO", "HELO",
-					    "MAIL FROM", "RCPT TO",      "DATA", "end of data",
-					    "BDAT",      "RSET",         "QUIT", "STARTTLS"};
+	                                    "MAIL FROM", "RCPT TO",      "DATA", "end of data",
+	                                    "BDAT",      "RSET",         "QUIT", "STARTTLS"};
 	return k < sizeof(names) / sizeof(names[0]) ? names[k] : "?";
 }
 
@@ -383,8 +393,8 @@ jflush(struct relay *r, struct rseg *s)
 		if (s->jfd < 0) {
 			if (!s->jerr_logged)
 				log_err("relay: cannot open journal %s: %s; delivery state is kept "
-					"in memory only (a restart may deliver again)",
-					path, strerror(errno));
+				        "in memory only (a restart may deliver again)",
+				        path, strerror(errno));
 			s->jerr_logged = true;
 			s->jbuf_len = 0;
 			return;
@@ -392,14 +402,16 @@ jflush(struct relay *r, struct rseg *s)
 	}
 	size_t done = 0;
 	while (done < s->jbuf_len) {
-		ssize_t n = pwrite(s->jfd, s->jbuf + done, s->jbuf_len - done, (off_t)(s->jpos + done));
+		ssize_t n =
+		    pwrite(s->jfd, s->jbuf + done, s->jbuf_len - done, (off_t)(s->jpos + done));
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n <= 0) {
 			if (!s->jerr_logged)
-				log_err("relay: journal write w%u/%016" PRIx64 ".jnl: %s; a restart "
-					"may deliver again",
-					s->wdir, s->seq, n < 0 ? strerror(errno) : "short write");
+				log_err("relay: journal write w%u/%016" PRIx64
+				        ".jnl: %s; a restart "
+				        "may deliver again",
+				        s->wdir, s->seq, n < 0 ? strerror(errno) : "short write");
 			s->jerr_logged = true;
 			break;
 		}
@@ -416,15 +428,15 @@ jrec(struct relay *r, struct rmsg *m, uint8_t type, uint32_t first, uint32_t cou
 {
 	struct rseg *s = m->seg;
 	struct journal_rec jr = {
-		.type = type,
-		.rcpt_first = first,
-		.rcpt_count = count,
-		.rec_off = m->off,
-		.attempts = attempts,
-		.time_us = wall_us(),
-		.next_us = next_us,
-		.text = text,
-		.text_len = (uint16_t)(text_len > JOURNAL_TEXT_MAX ? JOURNAL_TEXT_MAX : text_len),
+	    .type = type,
+	    .rcpt_first = first,
+	    .rcpt_count = count,
+	    .rec_off = m->off,
+	    .attempts = attempts,
+	    .time_us = wall_us(),
+	    .next_us = next_us,
+	    .text = text,
+	    .text_len = (uint16_t)(text_len > JOURNAL_TEXT_MAX ? JOURNAL_TEXT_MAX : text_len),
 	};
 	if (s->jbuf_len + JOURNAL_REC_MAX > RELAY_JBUF_SIZE)
 		jflush(r, s);
@@ -439,7 +451,7 @@ jsync(struct relay *r, struct rseg *s)
 	jflush(r, s);
 	if (s->jfd >= 0 && fdatasync(s->jfd) < 0)
 		log_err("relay: fdatasync journal w%u/%016" PRIx64 ".jnl: %s", s->wdir, s->seq,
-			strerror(errno));
+		        strerror(errno));
 }
 
 /* ---- segments ---- */
@@ -545,8 +557,8 @@ static struct rhop *hop_for(struct relay *r, const char *domain, size_t len);
 static void hop_enqueue(struct relay *r, struct rjob *j);
 static void hop_dequeue(struct rjob *j);
 
-static void
-msg_log(const struct rmsg *m, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void msg_log(const struct rmsg *m, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 static void
 msg_log(const struct rmsg *m, const char *fmt, ...)
 {
@@ -627,9 +639,10 @@ static struct rmsg *
 msg_load(struct relay *r, struct rseg *s, uint64_t off, const struct journal_msg_state *st)
 {
 	struct spool_hdr h;
-	if (off >= s->maplen || spool_rec_check(s->map + off, s->maplen - off, &h) != SPOOL_REC_OK) {
-		log_err("relay: w%u/%016" PRIx64 ".seg: no valid record at offset %" PRIu64, s->wdir,
-			s->seq, off);
+	if (off >= s->maplen ||
+	    spool_rec_check(s->map + off, s->maplen - off, &h) != SPOOL_REC_OK) {
+		log_err("relay: w%u/%016" PRIx64 ".seg: no valid record at offset %" PRIu64,
+		        s->wdir, s->seq, off);
 		return NULL;
 	}
 	const uint8_t *rec = s->map + off;
@@ -727,7 +740,7 @@ msg_load(struct relay *r, struct rseg *s, uint64_t off, const struct journal_msg
 
 /* ---- results of an attempt ---- */
 
-#define container_of(p, type, member) ((type *)(void *)((char *)(p) - offsetof(type, member)))
+#define container_of(p, type, member) ((type *)(void *)((char *)(p)-offsetof(type, member)))
 
 static void job_end_attempt(struct relay *r, struct rjob *j);
 
@@ -747,7 +760,7 @@ hop_name(const struct rjob *j)
 /* One line per recipient and attempt, in the shape Postfix's tools parse. */
 static void
 rcpt_log(const struct rjob *j, uint32_t k, int code, const char *text, size_t len,
-	 const char *status)
+         const char *status)
 {
 	const struct rmsg *m = j->m;
 	const struct raddr *a = &m->rcpt[j->ri[k]];
@@ -755,7 +768,7 @@ rcpt_log(const struct rjob *j, uint32_t k, int code, const char *text, size_t le
 	dsn_of(code, text, len, dsn);
 	int tl = (int)(len > 400 ? 400 : len);
 	msg_log(m, "to=<%.*s>, relay=%s, delay=%.2f, dsn=%s, status=%s (%d %.*s)", (int)a->len,
-		a->p, hop_name(j), delay_s(m), dsn, status, code, tl, text);
+	        a->p, hop_name(j), delay_s(m), dsn, status, code, tl, text);
 }
 
 /* Reply text as kept per recipient: "550 5.1.1 text". */
@@ -763,7 +776,8 @@ static char *
 reply_dup(int code, const char *text, size_t len)
 {
 	char buf[RELAY_TEXT_MAX + 8];
-	int n = snprintf(buf, sizeof(buf), "%d %.*s", code, (int)(len > RELAY_TEXT_MAX ? RELAY_TEXT_MAX : len), text);
+	int n = snprintf(buf, sizeof(buf), "%d %.*s", code,
+	                 (int)(len > RELAY_TEXT_MAX ? RELAY_TEXT_MAX : len), text);
 	return xstrndup(buf, (size_t)n < sizeof(buf) ? (size_t)n : sizeof(buf) - 1);
 }
 
@@ -776,8 +790,10 @@ rcpt_sent(struct relay *r, struct rjob *j, uint32_t k, int code, const char *tex
 	rcpt_log(j, k, code, text, len, "sent");
 	if (!m->done[ri]) {
 		char buf[RELAY_TEXT_MAX + 8];
-		int n = snprintf(buf, sizeof(buf), "%d %.*s", code, (int)(len > RELAY_TEXT_MAX ? RELAY_TEXT_MAX : len), text);
-		jrec(r, m, JOURNAL_DELIVERED, ri, 1, j->attempts, 0, buf, (size_t)n < sizeof(buf) ? (size_t)n : sizeof(buf) - 1);
+		int n = snprintf(buf, sizeof(buf), "%d %.*s", code,
+		                 (int)(len > RELAY_TEXT_MAX ? RELAY_TEXT_MAX : len), text);
+		jrec(r, m, JOURNAL_DELIVERED, ri, 1, j->attempts, 0, buf,
+		     (size_t)n < sizeof(buf) ? (size_t)n : sizeof(buf) - 1);
 		m->done[ri] = JOURNAL_DELIVERED;
 	}
 	r->env.stats->relay_rcpt_sent++;
@@ -798,7 +814,8 @@ rcpt_temp(struct rjob *j, uint32_t k, int code, const char *text, size_t len)
 {
 	j->rs[k] = RS_TEMP;
 	int n = snprintf(j->last_temp, sizeof(j->last_temp), "%d %.*s", code, (int)len, text);
-	j->last_temp_len = (uint16_t)((size_t)n < sizeof(j->last_temp) ? (size_t)n : sizeof(j->last_temp) - 1);
+	j->last_temp_len =
+	    (uint16_t)((size_t)n < sizeof(j->last_temp) ? (size_t)n : sizeof(j->last_temp) - 1);
 }
 
 /* Apply one reply to recipient k: 2xx delivered, 5xx (but 503, a
@@ -860,7 +877,7 @@ job_settle(struct relay *r, struct rjob *j)
 			char dsn[16];
 			dsn_of(code, t, strlen(t), dsn);
 			msg_log(m, "to=<%.*s>, relay=%s, delay=%.2f, dsn=%s, status=deferred (%s)",
-				(int)a->len, a->p, hop_name(j), delay_s(m), dsn, j->last_temp);
+			        (int)a->len, a->p, hop_name(j), delay_s(m), dsn, j->last_temp);
 			r->env.stats->relay_rcpt_deferred++;
 		}
 	jrec(r, m, JOURNAL_DEFERRED, 0, JOURNAL_ALL_RCPTS, j->attempts, next_us, j->last_temp,
@@ -889,9 +906,11 @@ job_end_attempt(struct relay *r, struct rjob *j)
 			rcpt_temp(j, k, 451, "4.4.0 no final reply", 22);
 		if (j->rs[k] == RS_TEMP && expired) {
 			char t[RELAY_TEXT_MAX + 64];
-			int n = snprintf(t, sizeof(t), "4.4.7 delivery time expired; last error: %s",
-					 j->last_temp);
-			rcpt_perm(r, j, k, 450, t, (size_t)n < sizeof(t) ? (size_t)n : sizeof(t) - 1);
+			int n =
+			    snprintf(t, sizeof(t), "4.4.7 delivery time expired; last error: %s",
+			             j->last_temp);
+			rcpt_perm(r, j, k, 450, t,
+			          (size_t)n < sizeof(t) ? (size_t)n : sizeof(t) - 1);
 		}
 		if (j->rs[k] == RS_PERM)
 			nperm++;
@@ -933,50 +952,51 @@ bounce_start(struct relay *r, struct rjob *j)
 		const char *txt = tl > 4 ? t + 4 : "";
 		dsn_of(code, txt, strlen(txt), status[n]);
 		dr[n] = (struct dsn_rcpt){
-			.addr = m->rcpt[j->ri[k]].p,
-			.addr_len = m->rcpt[j->ri[k]].len,
-			.status = status[n],
-			.remote_mta = j->hop != NULL ? j->hop->conf.host : NULL,
-			.diag = t,
-			.diag_len = tl,
-			.last_attempt = now,
+		    .addr = m->rcpt[j->ri[k]].p,
+		    .addr_len = m->rcpt[j->ri[k]].len,
+		    .status = status[n],
+		    .remote_mta = j->hop != NULL ? j->hop->conf.host : NULL,
+		    .diag = t,
+		    .diag_len = tl,
+		    .last_attempt = now,
 		};
 		if (dr[n].remote_mta != NULL && dr[n].remote_mta[0] == '\0')
 			dr[n].remote_mta = NULL;
 		n++;
 	}
 	struct dsn_info info = {
-		.hostname = r->cfg->smtp.hostname,
-		.qid = m->qid,
-		.sender = m->from,
-		.sender_len = m->from_len,
-		.arrival = (int64_t)(m->received_us / 1000000u),
-		.now = now,
-		.utf8 = (m->flags & SPOOL_MAIL_SMTPUTF8) != 0,
-		.rcpts = dr,
-		.nrcpt = n,
-		.msg = m->body,
-		.msg_len = m->body_len,
+	    .hostname = r->cfg->smtp.hostname,
+	    .qid = m->qid,
+	    .sender = m->from,
+	    .sender_len = m->from_len,
+	    .arrival = (int64_t)(m->received_us / 1000000u),
+	    .now = now,
+	    .utf8 = (m->flags & SPOOL_MAIL_SMTPUTF8) != 0,
+	    .rcpts = dr,
+	    .nrcpt = n,
+	    .msg = m->body,
+	    .msg_len = m->body_len,
 	};
 	size_t cap = dsn_size_bound(&info);
 	char *buf = malloc(cap);
 	size_t len = buf != NULL ? dsn_build(buf, cap, &info) : 0;
 	if (len == 0) {
 		/* Cannot happen with a bound from dsn_size_bound; never loop on it. */
-		log_err("relay: %s: cannot build the bounce; failures recorded without one", m->qid);
+		log_err("relay: %s: cannot build the bounce; failures recorded without one",
+		        m->qid);
 		free(buf);
 		job_settle(r, j);
 		return true;
 	}
 	struct sink_open_info oi = {
-		.peer = NULL,
-		.helo = r->cfg->smtp.hostname,
-		.from = "",
-		.from_len = 0,
-		.utf8 = info.utf8,
-		.eightbit = true,
-		.esmtp = true,
-		.wall = now,
+	    .peer = NULL,
+	    .helo = r->cfg->smtp.hostname,
+	    .from = "",
+	    .from_len = 0,
+	    .utf8 = info.utf8,
+	    .eightbit = true,
+	    .esmtp = true,
+	    .wall = now,
 	};
 	const struct sink *sk = r->env.spool;
 	memset(b, 0, sizeof(*b));
@@ -998,7 +1018,7 @@ bounce_start(struct relay *r, struct rjob *j)
 	if (rc < 0) {
 		b->used = false;
 		log_warn("relay: %s: cannot spool the bounce (%s); trying again in %llus", m->qid,
-			 strerror(-rc), RELAY_BOUNCE_RETRY_NS / 1000000000ull);
+		         strerror(-rc), RELAY_BOUNCE_RETRY_NS / 1000000000ull);
 		return false;
 	}
 	j->state = J_BOUNCING;
@@ -1029,7 +1049,7 @@ relay_bounce_verdict(void *owner, int res)
 	r->nbounces--;
 	if (res < 0) {
 		log_warn("relay: %s: the bounce was not spooled (%s); trying again in %llus",
-			 j->m->qid, strerror(-res), RELAY_BOUNCE_RETRY_NS / 1000000000ull);
+		         j->m->qid, strerror(-res), RELAY_BOUNCE_RETRY_NS / 1000000000ull);
 		j->state = J_WAIT;
 		timer_set(r->wheel, &j->t.n, r->now + RELAY_BOUNCE_RETRY_NS);
 		return;
@@ -1054,8 +1074,8 @@ hop_make_name(struct rhop *h)
 	unsigned port = 0;
 	if (c->addr.ss_family == AF_UNIX) {
 		const struct sockaddr_un *un = (const struct sockaddr_un *)&c->addr;
-		snprintf(h->name, sizeof(h->name), "%s[%s]", c->proto == RELAY_PROTO_LMTP ? "lmtp" : "smtp",
-			 un->sun_path);
+		snprintf(h->name, sizeof(h->name), "%s[%s]",
+		         c->proto == RELAY_PROTO_LMTP ? "lmtp" : "smtp", un->sun_path);
 		return;
 	}
 	if (c->addr.ss_family == AF_INET) {
@@ -1067,7 +1087,8 @@ hop_make_name(struct rhop *h)
 		inet_ntop(AF_INET6, &in6->sin6_addr, ip, sizeof(ip));
 		port = ntohs(in6->sin6_port);
 	}
-	snprintf(h->name, sizeof(h->name), "%s[%s]:%u", c->host[0] != '\0' ? c->host : ip, ip, port);
+	snprintf(h->name, sizeof(h->name), "%s[%s]:%u", c->host[0] != '\0' ? c->host : ip, ip,
+	         port);
 }
 
 /* Match our hops to the configuration's (by their canonical text). */
@@ -1127,11 +1148,11 @@ hop_enqueue(struct relay *r, struct rjob *j)
 		const struct raddr *a = &j->m->rcpt[j->ri[0]];
 		const char *at = memrchr(a->p, '@', a->len);
 		j->hop = at != NULL ? hop_for(r, at + 1, a->len - (size_t)(at + 1 - a->p))
-				    : hop_for(r, "", 0);
+		                    : hop_for(r, "", 0);
 	}
 	if (j->hop == NULL) {
 		static const char t[] = "5.4.4 no next hop for this recipient's domain "
-					"(relay_host, transport_maps)";
+		                        "(relay_host, transport_maps)";
 		for (uint32_t k = 0; k < j->n; k++)
 			if (j->rs[k] == RS_PENDING)
 				rcpt_perm(r, j, k, 550, t, sizeof(t) - 1);
@@ -1175,7 +1196,8 @@ static void conn_starttls(struct oconn *c);
 static uint64_t
 conn_ud(const struct oconn *c, enum subop op)
 {
-	return c->r->env.ud_base | (uint64_t)(c->gen & 0xffffff) << 32 | (uint64_t)op << 24 | c->idx;
+	return c->r->env.ud_base | (uint64_t)(c->gen & 0xffffff) << 32 | (uint64_t)op << 24 |
+	       c->idx;
 }
 
 static void
@@ -1209,8 +1231,7 @@ exp_push(struct oconn *c, uint8_t kind, struct rjob *j, uint32_t k)
 	return true;
 }
 
-static void
-out_cmd(struct oconn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void out_cmd(struct oconn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void
 out_cmd(struct oconn *c, const char *fmt, ...)
 {
@@ -1248,8 +1269,7 @@ conn_job_end(struct oconn *c, struct rjob *j)
 
 /* A connection failed: its jobs fail temporarily; if it never became
  * usable, the next hop is considered down. */
-static void
-conn_fail(struct oconn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void conn_fail(struct oconn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void
 conn_fail(struct oconn *c, const char *fmt, ...)
 {
@@ -1397,7 +1417,7 @@ conn_recv(struct oconn *c)
 		/* Ciphertext; conn_tls_input() drains it all before the next. */
 		assert(c->tls->cin_len < RELAY_TLS_CIN);
 		io_uring_prep_recv(sqe, c->fd, c->tls->cin + c->tls->cin_len,
-				   RELAY_TLS_CIN - c->tls->cin_len, 0);
+		                   RELAY_TLS_CIN - c->tls->cin_len, 0);
 	} else {
 		io_uring_prep_recv(sqe, c->fd, c->in + c->in_len, RELAY_IN_SIZE - c->in_len, 0);
 	}
@@ -1449,9 +1469,8 @@ conn_starttls(struct oconn *c)
 {
 	struct relay *r = c->r;
 	c->tls = malloc(sizeof(*c->tls));
-	if (c->tls == NULL ||
-	    relay_tls_start(r->tlsctx, c->tls, c->hop->conf.host,
-			    r->cfg->relay.tls == RELAY_TLS_VERIFY) < 0) {
+	if (c->tls == NULL || relay_tls_start(r->tlsctx, c->tls, c->hop->conf.host,
+	                                      r->cfg->relay.tls == RELAY_TLS_VERIFY) < 0) {
 		free(c->tls);
 		c->tls = NULL;
 		conn_fail(c, "4.7.0 cannot start TLS with %s: out of memory", c->hop->name);
@@ -1459,8 +1478,7 @@ conn_starttls(struct oconn *c)
 	}
 	c->discard_input = true;
 	/* What EHLO said before TLS counts no more (RFC 3207 4.2). */
-	c->pipelining = c->chunking = c->eightbit = c->smtputf8 = false;
-	c->size_ext = c->starttls_offered = false;
+	c->ext = 0;
 	c->size_max = 0;
 	char err[160];
 	if (relay_tls_handshake(c->tls, err, sizeof(err)) < 0) {
@@ -1475,27 +1493,10 @@ static void
 ehlo_line(struct oconn *c, const char *p, size_t n)
 {
 	uint64_t size = 0;
-	switch (relay_ehlo_keyword(p, n, &size)) {
-	case RELAY_EXT_PIPELINING:
-		c->pipelining = true;
-		break;
-	case RELAY_EXT_CHUNKING:
-		c->chunking = true;
-		break;
-	case RELAY_EXT_8BITMIME:
-		c->eightbit = true;
-		break;
-	case RELAY_EXT_SMTPUTF8:
-		c->smtputf8 = true;
-		break;
-	case RELAY_EXT_STARTTLS:
-		c->starttls_offered = true;
-		break;
-	case RELAY_EXT_SIZE:
-		c->size_ext = true;
+	unsigned kw = relay_ehlo_keyword(p, n, &size);
+	c->ext |= kw;
+	if (kw == RELAY_EXT_SIZE)
 		c->size_max = size;
-		break;
-	}
 }
 
 static void
@@ -1534,7 +1535,7 @@ on_reply(struct oconn *c, int code, const char *text, size_t len)
 	}
 	if (c->exp_n == 0) {
 		conn_fail(c, "4.4.2 unexpected reply from %s: %d %.*s", c->hop->name, code,
-			  (int)(len > 200 ? 200 : len), text);
+		          (int)(len > 200 ? 200 : len), text);
 		return;
 	}
 	struct rexp e = c->exp[c->exp_head];
@@ -1546,7 +1547,7 @@ on_reply(struct oconn *c, int code, const char *text, size_t len)
 	case X_GREET:
 		if (!ok) {
 			conn_fail(c, "4.4.0 %s refused to talk to me: %d %.*s", c->hop->name, code,
-				  (int)(len > 200 ? 200 : len), text);
+			          (int)(len > 200 ? 200 : len), text);
 			return;
 		}
 		c->st = C_HELLO;
@@ -1554,15 +1555,18 @@ on_reply(struct oconn *c, int code, const char *text, size_t len)
 		exp_push(c, X_EHLO, NULL, 0);
 		return;
 	case X_EHLO:
-		if (ok && c->tls == NULL && r->tlsctx != NULL && c->hop->conf.addr.ss_family != AF_UNIX) {
-			if (c->starttls_offered) {
+		if (ok && c->tls == NULL && r->tlsctx != NULL &&
+		    c->hop->conf.addr.ss_family != AF_UNIX) {
+			if (c->ext & RELAY_EXT_STARTTLS) {
 				out_cmd(c, "STARTTLS\r\n");
 				exp_push(c, X_STARTTLS, NULL, 0);
 				return;
 			}
 			if (r->cfg->relay.tls != RELAY_TLS_MAY) {
-				conn_fail(c, "4.7.4 TLS is required (relay_tls) but %s does not offer STARTTLS",
-					  c->hop->name);
+				conn_fail(c,
+				          "4.7.4 TLS is required (relay_tls) but %s does not offer "
+				          "STARTTLS",
+				          c->hop->name);
 				return;
 			}
 		}
@@ -1573,7 +1577,7 @@ on_reply(struct oconn *c, int code, const char *text, size_t len)
 			exp_push(c, X_HELO, NULL, 0);
 		} else {
 			conn_fail(c, "4.4.0 %s refused LHLO: %d %.*s", c->hop->name, code,
-				  (int)(len > 200 ? 200 : len), text);
+			          (int)(len > 200 ? 200 : len), text);
 		}
 		return;
 	case X_HELO:
@@ -1581,7 +1585,7 @@ on_reply(struct oconn *c, int code, const char *text, size_t len)
 			conn_ready(c);
 		else
 			conn_fail(c, "4.4.0 %s refused HELO: %d %.*s", c->hop->name, code,
-				  (int)(len > 200 ? 200 : len), text);
+			          (int)(len > 200 ? 200 : len), text);
 		return;
 	case X_MAIL:
 		if (!ok) {
@@ -1644,8 +1648,9 @@ on_reply(struct oconn *c, int code, const char *text, size_t len)
 			return;
 		}
 		if (r->cfg->relay.tls != RELAY_TLS_MAY) {
-			conn_fail(c, "4.7.4 TLS is required (relay_tls) but %s refused STARTTLS: %d %.*s",
-				  c->hop->name, code, (int)(len > 200 ? 200 : len), text);
+			conn_fail(
+			    c, "4.7.4 TLS is required (relay_tls) but %s refused STARTTLS: %d %.*s",
+			    c->hop->name, code, (int)(len > 200 ? 200 : len), text);
 			return;
 		}
 		conn_ready(c); /* may: plaintext, as Postfix does */
@@ -1678,7 +1683,7 @@ conn_parse(struct oconn *c)
 		int st = relay_reply_add(&c->reply, p, n, &line);
 		if (st == RELAY_REPLY_BAD) {
 			conn_fail(c, "4.4.2 malformed reply from %s: %.*s", c->hop->name,
-				  (int)(n > 100 ? 100 : n), p);
+			          (int)(n > 100 ? 100 : n), p);
 			return false;
 		}
 		if (!first && c->exp_n > 0 && c->exp[c->exp_head].kind == X_EHLO &&
@@ -1752,7 +1757,7 @@ static bool
 room_for_cmd(const struct oconn *c)
 {
 	return RELAY_OUT_SIZE - c->out_len >= RELAY_CMD_ROOM && c->exp_n < RELAY_EXP_MAX &&
-	       (c->pipelining || c->exp_n == 0);
+	       ((c->ext & RELAY_EXT_PIPELINING) || c->exp_n == 0);
 }
 
 /* Start the next job from the hop's queue on this connection. */
@@ -1772,14 +1777,15 @@ conn_take_job(struct oconn *c)
 		j->nacc = 0;
 		c->active[c->nactive++] = j;
 		r->env.stats->relay_attempts++;
-		if (c->size_ext && c->size_max > 0 && m->body_len > c->size_max) {
-			static const char t[] = "5.3.4 message too big for the next hop (its SIZE limit)";
+		if ((c->ext & RELAY_EXT_SIZE) && c->size_max > 0 && m->body_len > c->size_max) {
+			static const char t[] =
+			    "5.3.4 message too big for the next hop (its SIZE limit)";
 			for (uint32_t k = 0; k < j->n; k++)
 				rcpt_perm(r, j, k, 552, t, sizeof(t) - 1);
 			conn_job_end(c, j);
 			continue;
 		}
-		if ((m->flags & SPOOL_MAIL_SMTPUTF8) && !c->smtputf8) {
+		if ((m->flags & SPOOL_MAIL_SMTPUTF8) && !(c->ext & RELAY_EXT_SMTPUTF8)) {
 			/* RFC 6531 3.4: no downgrade; the message cannot go. */
 			static const char t[] = "5.6.7 the next hop does not support SMTPUTF8";
 			for (uint32_t k = 0; k < j->n; k++)
@@ -1825,9 +1831,13 @@ conn_emit(struct oconn *c)
 			if (!room_for_cmd(c))
 				return;
 			out_cmd(c, "MAIL FROM:<%.*s>%s%s", (int)m->from_len, m->from,
-				(m->flags & SPOOL_MAIL_8BITMIME) && c->eightbit ? " BODY=8BITMIME" : "",
-				(m->flags & SPOOL_MAIL_SMTPUTF8) && c->smtputf8 ? " SMTPUTF8" : "");
-			if (c->size_ext)
+			        (m->flags & SPOOL_MAIL_8BITMIME) && (c->ext & RELAY_EXT_8BITMIME)
+			            ? " BODY=8BITMIME"
+			            : "",
+			        (m->flags & SPOOL_MAIL_SMTPUTF8) && (c->ext & RELAY_EXT_SMTPUTF8)
+			            ? " SMTPUTF8"
+			            : "");
+			if (c->ext & RELAY_EXT_SIZE)
 				out_cmd(c, " SIZE=%" PRIu64, m->body_len);
 			out_cmd(c, "\r\n");
 			exp_push(c, X_MAIL, j, 0);
@@ -1836,7 +1846,7 @@ conn_emit(struct oconn *c)
 			break;
 		case E_RCPT:
 			if (c->ek == j->n) {
-				c->estage = c->chunking ? E_BDAT : E_DATA;
+				c->estage = (c->ext & RELAY_EXT_CHUNKING) ? E_BDAT : E_DATA;
 				break;
 			}
 			if (!room_for_cmd(c))
@@ -1864,9 +1874,9 @@ conn_emit(struct oconn *c)
 			c->body_off = 0;
 			break;
 		case E_BODY:
-			if (!emit_body(c, j, !c->chunking))
+			if (!emit_body(c, j, !(c->ext & RELAY_EXT_CHUNKING)))
 				return;
-			if (c->chunking) {
+			if (c->ext & RELAY_EXT_CHUNKING) {
 				c->emit = NULL;
 				c->estage = E_NONE;
 			} else {
@@ -1906,10 +1916,10 @@ conn_tls_input(struct oconn *c)
 		if (h == 0)
 			return true;
 		r->env.stats->relay_tls_handshakes++;
-		log_info("relay: TLS connection established to %s: %s with cipher %s%s", c->hop->name,
-			 t->version, t->cipher,
-			 r->cfg->relay.tls == RELAY_TLS_VERIFY ? " (certificate verified)"
-							       : " (certificate not verified)");
+		log_info("relay: TLS connection established to %s: %s with cipher %s%s",
+		         c->hop->name, t->version, t->cipher,
+		         r->cfg->relay.tls == RELAY_TLS_VERIFY ? " (certificate verified)"
+		                                               : " (certificate not verified)");
 		out_cmd(c, "%s %s\r\n", c->lmtp ? "LHLO" : "EHLO", r->cfg->smtp.hostname);
 		exp_push(c, X_EHLO, NULL, 0);
 	}
@@ -1919,7 +1929,7 @@ conn_tls_input(struct oconn *c)
 			return false;
 		}
 		long n = relay_tls_read(t, c->in + c->in_len, RELAY_IN_SIZE - c->in_len, err,
-					sizeof(err));
+		                        sizeof(err));
 		if (n == 0)
 			return true;
 		if (n < 0) {
@@ -1955,7 +1965,7 @@ relay_on_cqe(struct relay *r, struct io_uring_cqe *cqe)
 			break;
 		if (res < 0) {
 			conn_fail(c, "4.4.1 connect to %s: %s", c->hop->name,
-				  res == -ECANCELED ? "Connection timed out" : strerror(-res));
+			          res == -ECANCELED ? "Connection timed out" : strerror(-res));
 			return;
 		}
 		c->st = C_GREETING;
@@ -1968,14 +1978,15 @@ relay_on_cqe(struct relay *r, struct io_uring_cqe *cqe)
 		if (c->st == C_CLOSING)
 			break;
 		if (res <= 0) {
-			if (c->st == C_QUIT || (res == 0 && c->exp_n == 0 && c->lmtp_job == NULL &&
-						c->nactive == 0)) {
+			if (c->st == C_QUIT ||
+			    (res == 0 && c->exp_n == 0 && c->lmtp_job == NULL && c->nactive == 0)) {
 				conn_close(c); /* an idle connection the next hop closed */
 				return;
 			}
 			conn_fail(c, "4.4.2 lost connection with %s while waiting for %s%s%s",
-				  c->hop->name, c->exp_n > 0 ? xkind_name(c->exp[c->exp_head].kind) : "a reply",
-				  res < 0 ? ": " : "", res < 0 ? strerror(-res) : "");
+			          c->hop->name,
+			          c->exp_n > 0 ? xkind_name(c->exp[c->exp_head].kind) : "a reply",
+			          res < 0 ? ": " : "", res < 0 ? strerror(-res) : "");
 			return;
 		}
 		if (c->tls != NULL) {
@@ -1997,8 +2008,8 @@ relay_on_cqe(struct relay *r, struct io_uring_cqe *cqe)
 		if (c->st == C_CLOSING)
 			break;
 		if (res < 0) {
-			conn_fail(c, "4.4.2 lost connection with %s while sending: %s", c->hop->name,
-				  strerror(-res));
+			conn_fail(c, "4.4.2 lost connection with %s while sending: %s",
+			          c->hop->name, strerror(-res));
 			return;
 		}
 		assert((uint32_t)res <= c->send_len);
@@ -2052,7 +2063,7 @@ relay_timer(struct timer_node *n, void *arg)
 		return;
 	}
 	conn_fail(c, "4.4.2 timeout waiting for %s from %s",
-		  c->exp_n > 0 ? xkind_name(c->exp[c->exp_head].kind) : "a reply", c->hop->name);
+	          c->exp_n > 0 ? xkind_name(c->exp[c->exp_head].kind) : "a reply", c->hop->name);
 }
 
 /* ---- the loop's side ---- */
@@ -2071,7 +2082,8 @@ hop_pump(struct relay *r, struct rhop *h)
 		/* Busy: with CHUNKING a connection streams up to RELAY_WINDOW
 		 * transactions; with DATA each one waits a round trip for its
 		 * 354, so one transaction already keeps it busy. */
-		if (c->st != C_READY || c->nactive >= (c->chunking ? RELAY_WINDOW / 2 : 1))
+		if (c->st != C_READY ||
+		    c->nactive >= ((c->ext & RELAY_EXT_CHUNKING) ? RELAY_WINDOW / 2 : 1))
 			busy++;
 		else if (r->draining && c->nactive == 0 && c->exp_n == 0 && !c->send_inflight)
 			relay_timer(&c->t.n, r); /* idle while draining: QUIT now */
@@ -2095,25 +2107,30 @@ backpressure_update(struct relay *r)
 	if (rc->high_water > 0 && !r->over_high_water && r->backlog_bytes > hw) {
 		r->over_high_water = true;
 		log_warn("relay: backlog %" PRIu64 " bytes in %" PRIu64 " messages is over this "
-			 "worker's share of spool_high_water (%" PRIu64 "): new mail gets 452 4.3.1",
-			 r->backlog_bytes, r->backlog_msgs, hw);
+		         "worker's share of spool_high_water (%" PRIu64
+		         "): new mail gets 452 4.3.1",
+		         r->backlog_bytes, r->backlog_msgs, hw);
 	} else if (r->over_high_water && (rc->high_water == 0 || r->backlog_bytes <= hw / 10 * 9)) {
 		r->over_high_water = false;
 		log_info("relay: backlog %" PRIu64 " bytes is below spool_high_water again: "
-			 "accepting mail", r->backlog_bytes);
+		         "accepting mail",
+		         r->backlog_bytes);
 	}
 	bool deferring = false;
 	const char *name = NULL;
 	if (rc->defer_after > 0)
 		for (struct rhop *h = r->hops; h != NULL; h = h->next)
-			if (!h->gone && h->fail_since != 0 && r->now - h->fail_since >= rc->defer_after) {
+			if (!h->gone && h->fail_since != 0 &&
+			    r->now - h->fail_since >= rc->defer_after) {
 				deferring = true;
 				name = h->name;
 			}
 	if (deferring != r->deferring) {
 		if (deferring)
-			log_warn("relay: %s has been failing for relay_defer_after or longer: new mail "
-				 "gets 451 4.3.0", name);
+			log_warn(
+			    "relay: %s has been failing for relay_defer_after or longer: new mail "
+			    "gets 451 4.3.0",
+			    name);
 		else
 			log_info("relay: no next hop is failing: accepting mail");
 	}
@@ -2277,11 +2294,13 @@ recover_seg(struct relay *r, unsigned wdir, uint64_t seq, uint64_t *msgs, uint64
 				size_t end = journal_scan(buf, (size_t)got, scan_jnl_cb, &sc);
 				s->jpos = end;
 				if (end < (size_t)got) {
-					log_warn("relay: %s: torn tail at %zu (a crash while appending); "
-						 "truncated",
-						 path, end);
+					log_warn("relay: %s: torn tail at %zu (a crash while "
+					         "appending); "
+					         "truncated",
+					         path, end);
 					if (ftruncate(fd, (off_t)end) < 0)
-						log_err("relay: truncate %s: %s", path, strerror(errno));
+						log_err("relay: truncate %s: %s", path,
+						        strerror(errno));
 				}
 			}
 			free(buf);
@@ -2307,7 +2326,7 @@ recover_seg(struct relay *r, unsigned wdir, uint64_t seq, uint64_t *msgs, uint64
 
 static void
 recover_dir(struct relay *r, unsigned wdir, bool own, uint64_t *msgs, uint64_t *held,
-	    uint64_t *segs)
+            uint64_t *segs)
 {
 	char dir[CONFIG_PATH_MAX + 16];
 	snprintf(dir, sizeof(dir), "%s/w%u", r->dir, wdir);
@@ -2350,8 +2369,9 @@ recover_dir(struct relay *r, unsigned wdir, bool own, uint64_t *msgs, uint64_t *
 		char path[CONFIG_PATH_MAX + 64];
 		snprintf(path, sizeof(path), "%s/%016" PRIx64 ".jnl", dir, jseqs[i]);
 		if (unlink(path) == 0)
-			log_info("relay: removed %s (its segment was already delivered and removed)",
-				 path);
+			log_info(
+			    "relay: removed %s (its segment was already delivered and removed)",
+			    path);
 	}
 	for (size_t i = 0; i < n; i++)
 		recover_seg(r, wdir, seqs[i], msgs, held);
@@ -2362,7 +2382,7 @@ recover_dir(struct relay *r, unsigned wdir, bool own, uint64_t *msgs, uint64_t *
 
 int
 relay_open(struct relay **out, const struct config *cfg, const struct relay_env *env, char *err,
-	   size_t errlen)
+           size_t errlen)
 {
 	struct relay *r = xcalloc(1, sizeof(*r));
 	r->env = *env;
@@ -2409,8 +2429,8 @@ relay_open(struct relay **out, const struct config *cfg, const struct relay_env 
 	}
 	if (msgs > 0 || segs > 0)
 		log_info("relay: %" PRIu64 " messages (%" PRIu64 " bytes) to deliver from %" PRIu64
-			 " segments, %" PRIu64 " on hold",
-			 msgs, r->backlog_bytes, segs, held);
+		         " segments, %" PRIu64 " on hold",
+		         msgs, r->backlog_bytes, segs, held);
 	*out = r;
 	return 0;
 }
@@ -2562,7 +2582,7 @@ void
 relay_log_backlog(const struct relay *r)
 {
 	log_info("relay: backlog %" PRIu64 " messages, %" PRIu64 " bytes", r->backlog_msgs,
-		 r->backlog_bytes);
+	         r->backlog_bytes);
 }
 
 void

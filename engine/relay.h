@@ -46,10 +46,10 @@ struct relay_env {
 	unsigned nworkers;
 	struct io_uring_sqe *(*get_sqe)(void *ctx);
 	void *ctx;
-	uint64_t ud_base;       /* user_data op bits; the relay adds gen and idx */
+	uint64_t ud_base;         /* user_data op bits; the relay adds gen and idx */
 	const struct sink *spool; /* for bounces */
 	struct spool *sp;         /* the same spool (spool_internal_next) */
-	uint64_t first_seq;     /* the spool's first segment of this run: older ones are closed */
+	uint64_t first_seq;       /* the spool's first segment of this run: older ones are closed */
 	struct ringmx_stats *stats;
 };
 
@@ -68,8 +68,8 @@ struct relay_cmdset {
 	atomic_uint acks; /* workers done with this set */
 };
 
-int relay_open(struct relay **out, const struct config *cfg, const struct relay_env *env,
-	       char *err, size_t errlen);
+int relay_open(struct relay **out, const struct config *cfg, const struct relay_env *env, char *err,
+               size_t errlen);
 void relay_set_conf(struct relay *r, const struct config *cfg);
 
 /* Spool hooks. */

@@ -65,9 +65,12 @@ relay_ehlo_keyword(const char *p, size_t n, uint64_t *size_max)
 		const char *kw;
 		unsigned flag;
 	} kws[] = {
-		{"PIPELINING", RELAY_EXT_PIPELINING}, {"CHUNKING", RELAY_EXT_CHUNKING},
-		{"8BITMIME", RELAY_EXT_8BITMIME},     {"SMTPUTF8", RELAY_EXT_SMTPUTF8},
-		{"SIZE", RELAY_EXT_SIZE},             {"STARTTLS", RELAY_EXT_STARTTLS},
+	    {"PIPELINING", RELAY_EXT_PIPELINING},
+	    {"CHUNKING", RELAY_EXT_CHUNKING},
+	    {"8BITMIME", RELAY_EXT_8BITMIME},
+	    {"SMTPUTF8", RELAY_EXT_SMTPUTF8},
+	    {"SIZE", RELAY_EXT_SIZE},
+	    {"STARTTLS", RELAY_EXT_STARTTLS},
 	};
 	size_t i = 0;
 	while (i < n && p[i] != ' ' && p[i] != '=')

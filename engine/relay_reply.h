@@ -29,11 +29,11 @@ int relay_reply_line(const char *p, size_t n, struct relay_reply_line *out);
 /* A reply being gathered. Zero it before the first line. */
 struct relay_reply {
 	int code;
-	bool open;  /* lines seen, final line not yet */
+	bool open; /* lines seen, final line not yet */
 	uint16_t len;
 	char text[RELAY_REPLY_TEXT_MAX]; /* lines joined by one space; control
-					  * characters turned into spaces; NUL
-					  * terminated */
+	                                  * characters turned into spaces; NUL
+	                                  * terminated */
 };
 enum { RELAY_REPLY_MORE = 0, RELAY_REPLY_DONE = 1, RELAY_REPLY_BAD = -1 };
 /* Add one line (without its line end). line (may be NULL) gets the

@@ -70,9 +70,11 @@ relay_tls_ctx_new(const struct relay_conf *rc, char *err, size_t errlen)
 	wolfSSL_CTX_SetIOSend(ctx, io_send);
 	wolfSSL_CTX_set_session_cache_mode(ctx, WOLFSSL_SESS_CACHE_OFF);
 	if (rc->tls == RELAY_TLS_VERIFY) {
-		if (wolfSSL_CTX_load_verify_locations(ctx, rc->tls_ca_file, NULL) != WOLFSSL_SUCCESS) {
-			snprintf(err, errlen, "relay_tls_ca_file: cannot load CA certificates from %s",
-				 rc->tls_ca_file);
+		if (wolfSSL_CTX_load_verify_locations(ctx, rc->tls_ca_file, NULL) !=
+		    WOLFSSL_SUCCESS) {
+			snprintf(err, errlen,
+			         "relay_tls_ca_file: cannot load CA certificates from %s",
+			         rc->tls_ca_file);
 			wolfSSL_CTX_free(ctx);
 			return NULL;
 		}
@@ -155,8 +157,9 @@ relay_tls_read(struct relay_tls_conn *t, char *buf, size_t cap, char *err, size_
 	if (e == WOLFSSL_ERROR_WANT_READ)
 		return 0;
 	char why[128];
-	snprintf(err, errlen, "%s", e == WOLFSSL_ERROR_ZERO_RETURN ? "close_notify"
-								      : tls_strerror(e, why, sizeof(why)));
+	snprintf(err, errlen, "%s",
+	         e == WOLFSSL_ERROR_ZERO_RETURN ? "close_notify"
+	                                        : tls_strerror(e, why, sizeof(why)));
 	return -1;
 }
 

@@ -30,7 +30,7 @@ struct relay_tls_ctx;
 
 struct relay_tls_conn {
 	struct WOLFSSL *ssl;
-	bool done;      /* handshake complete */
+	bool done; /* handshake complete */
 	uint32_t cin_off, cin_len;
 	uint32_t cout_len;
 	char version[16];
@@ -46,7 +46,8 @@ void relay_tls_ctx_free(struct relay_tls_ctx *ctx);
 
 /* Start a client session. host: SNI and name check (verify), "" for none.
  * Returns 0 or -1. */
-int relay_tls_start(struct relay_tls_ctx *ctx, struct relay_tls_conn *t, const char *host, bool verify);
+int relay_tls_start(struct relay_tls_ctx *ctx, struct relay_tls_conn *t, const char *host,
+                    bool verify);
 /* Drive the handshake: 1 done, 0 wants more input, -1 failed (err set). */
 int relay_tls_handshake(struct relay_tls_conn *t, char *err, size_t errlen);
 /* Decrypt into buf: bytes, 0 wants more input, -1 error/close (err set). */
