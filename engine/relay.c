@@ -572,6 +572,22 @@ msg_log(const struct rmsg *m, const char *fmt, ...)
 }
 
 static void
+msg_destroy(struct rmsg *m)
+{
+	for (uint32_t i = 0; i < m->njobs; i++) {
+		struct rjob *j = &m->jobs[i];
+		for (uint32_t k = 0; k < j->n; k++)
+			free(j->rtext[k]);
+		free(j->rtext);
+		free(j->rs);
+		free(j->ri);
+	}
+	free(m->jobs);
+	free(m->rcpt);
+	free(m);
+}
+
+static void
 msg_free(struct relay *r, struct rmsg *m)
 {
 	struct rseg *s = m->seg;
@@ -582,14 +598,7 @@ msg_free(struct relay *r, struct rmsg *m)
 			hop_dequeue(j);
 		if (timer_armed(&j->t.n))
 			timer_cancel(r->wheel, &j->t.n);
-		for (uint32_t k = 0; k < j->n; k++)
-			free(j->rtext[k]);
-		free(j->rtext);
-		free(j->rs);
-		free(j->ri);
 	}
-	free(m->jobs);
-	free(m->rcpt);
 	if (m->prev != NULL)
 		m->prev->next = m->next;
 	else
@@ -600,7 +609,7 @@ msg_free(struct relay *r, struct rmsg *m)
 	s->pending--;
 	r->backlog_msgs--;
 	r->backlog_bytes -= m->rec_len;
-	free(m);
+	msg_destroy(m);
 	seg_maybe_delete(r, s);
 }
 
@@ -2611,17 +2620,7 @@ relay_close(struct relay *r)
 			close(s->jfd);
 		for (struct rmsg *m = s->msgs, *mn; m != NULL; m = mn) {
 			mn = m->next;
-			for (uint32_t i = 0; i < m->njobs; i++) {
-				struct rjob *j = &m->jobs[i];
-				for (uint32_t k = 0; k < j->n; k++)
-					free(j->rtext[k]);
-				free(j->rtext);
-				free(j->rs);
-				free(j->ri);
-			}
-			free(m->jobs);
-			free(m->rcpt);
-			free(m);
+			msg_destroy(m);
 		}
 		munmap(s->map, s->maplen);
 		free(s);
