@@ -159,6 +159,13 @@ def check_relayed(data, original, qid=None):
         check(("id " + qid).encode() in hdr, "Received: lacks id %s: %r" % (qid, hdr))
 
 
+def qid_in(data):
+    """The queue id in ringmxd's Received: header of a relayed message."""
+    m = re.match(rb"Received: [^\r]*\r\n\t[^\r]* id ([0-9A-Z]{13})\b", data)
+    check(m is not None, "no ringmxd Received: with an id: %r" % data[:200])
+    return m.group(1).decode()
+
+
 def status_lines(srv, qid, status=None, since=0):
     rx = re.compile(r"%s: to=<([^>]*)>, relay=.*status=(\w+)" % qid)
     out = []

@@ -30,7 +30,7 @@ from ringmx_harness import Suite, Skip, check, check_eq, fail, self_signed_cert,
 import nexthop
 from nexthop import FakeMX, SmtpSink, DovecotLMTP
 from relay_util import (RelayServer, hop, send_message, message, check_relayed, status_lines,
-                        need, run_load, read_manifest, load_check, known_bug_lines,
+                        need, qid_in, run_load, read_manifest, load_check, known_bug_lines,
                         wait_queue_empty, spool_tool, load_tool)
 
 T = Suite(__file__)
@@ -107,9 +107,9 @@ def _():
             check_sent(srv, qid, RCPTS[:2])
         check_eq(len(mx.messages), 5, "transactions")
         for rec in got:
-            m = re.search(rb"id ([0-9A-Z]{13});", rec.data_bytes)
-            check(m is not None and m.group(1).decode() in sent, "unknown message")
-            check_relayed(rec.data_bytes, sent[m.group(1).decode()])
+            qid = qid_in(rec.data_bytes)
+            check(qid in sent, "unknown message %s" % qid)
+            check_relayed(rec.data_bytes, sent[qid], qid)
         check(not mx.errors, "FakeMX: %s" % mx.errors[:3])
         check_eq(mx.counters()["max_pipelined"], 1, "commands read before a reply was awaited")
 
