@@ -182,6 +182,8 @@ def _():
 
 
 def sink_load(name, lmtp, n, conns):
+    if not os.access(load_tool(), os.X_OK):
+        raise Skip("ringmx-load not built at %s (set RINGMX_LOAD)" % load_tool())
     dump = os.path.join(TMP, name, "dump")
     sink = need(lambda: SmtpSink(lmtp=lmtp, dump_dir=dump))
     with sink:
@@ -306,11 +308,10 @@ def _():
 
 if __name__ == "__main__":
     try:
-        for tool in (spool_tool(), load_tool()):
-            if not os.access(tool, os.X_OK):
-                print("skip: %s not built (set RINGMX_SPOOL / RINGMX_LOAD)" % tool)
-                print("0 passed, 0 failed")
-                raise SystemExit(77)
+        if not os.access(spool_tool(), os.X_OK):
+            print("skip: ringmx-spool not built at %s (set RINGMX_SPOOL)" % spool_tool())
+            print("0 passed, 0 failed")
+            raise SystemExit(77)
         T.main()
     finally:
         shutil.rmtree(TMP, ignore_errors=True)
