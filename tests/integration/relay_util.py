@@ -30,7 +30,7 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 FAST = ("retry_min=1s", "retry_max=2s", "relay_idle_timeout=1s")
 
 # UBSan lines of known, reported engine bugs (the exact text, line numbers included, so
-# that anything else still fails). See the report in docs/testing.md, "Relay tests".
+# that anything else still fails). test_relay.py keeps a check that fails on each.
 KNOWN_ENGINE_BUGS = (
     # relay_scan_dir(): qsort(NULL, 0, ...) when a worker directory has no segment yet
     # (every start on an empty spool).
