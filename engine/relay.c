@@ -1790,7 +1790,8 @@ conn_take_job(struct oconn *c)
 			static const char t[] =
 			    "5.3.4 message too big for the next hop (its SIZE limit)";
 			for (uint32_t k = 0; k < j->n; k++)
-				rcpt_perm(r, j, k, 552, t, sizeof(t) - 1);
+				if (j->rs[k] == RS_PENDING)
+					rcpt_perm(r, j, k, 552, t, sizeof(t) - 1);
 			conn_job_end(c, j);
 			continue;
 		}
@@ -1798,7 +1799,8 @@ conn_take_job(struct oconn *c)
 			/* RFC 6531 3.4: no downgrade; the message cannot go. */
 			static const char t[] = "5.6.7 the next hop does not support SMTPUTF8";
 			for (uint32_t k = 0; k < j->n; k++)
-				rcpt_perm(r, j, k, 553, t, sizeof(t) - 1);
+				if (j->rs[k] == RS_PENDING)
+					rcpt_perm(r, j, k, 553, t, sizeof(t) - 1);
 			conn_job_end(c, j);
 			continue;
 		}
@@ -1856,6 +1858,10 @@ conn_emit(struct oconn *c)
 		case E_RCPT:
 			if (c->ek == j->n) {
 				c->estage = (c->ext & RELAY_EXT_CHUNKING) ? E_BDAT : E_DATA;
+				break;
+			}
+			if (j->rs[c->ek] == RS_DONE) {
+				c->ek++; /* finished in an earlier attempt */
 				break;
 			}
 			if (!room_for_cmd(c))
@@ -2368,11 +2374,12 @@ recover_dir(struct relay *r, unsigned wdir, bool own, uint64_t *msgs, uint64_t *
 		}
 	}
 	closedir(d);
-	qsort(seqs, n, sizeof(*seqs), cmp_u64);
+	if (n > 1)
+		qsort(seqs, n, sizeof(*seqs), cmp_u64);
 	/* A journal whose segment is gone: the segment was deleted and the
 	 * crash came before its journal went. */
 	for (size_t i = 0; i < nj; i++) {
-		if (bsearch(&jseqs[i], seqs, n, sizeof(*seqs), cmp_u64) != NULL ||
+		if ((n > 0 && bsearch(&jseqs[i], seqs, n, sizeof(*seqs), cmp_u64) != NULL) ||
 		    (own && jseqs[i] >= r->env.first_seq))
 			continue;
 		char path[CONFIG_PATH_MAX + 64];
@@ -2527,6 +2534,10 @@ cmd_apply(struct relay *r, const struct relay_cmd *cmd, struct rmsg *m)
 	for (uint32_t i = 0; i < n; i++) {
 		if (timer_armed(&js[i]->t.n))
 			timer_cancel(r->wheel, &js[i]->t.n);
+		/* The operator asks for an attempt now: a next hop that
+		 * failed recently may be connected to at once. */
+		if (js[i]->hop != NULL)
+			js[i]->hop->retry_at = 0;
 		relay_timer(&js[i]->t.n, r);
 	}
 	return true;
