@@ -247,7 +247,7 @@ rearm_accepts(struct worker *w)
 static void
 log_stats(struct worker *w, const char *when)
 {
-	char line[3072];
+	char line[4096];
 	size_t off = (size_t)snprintf(line, sizeof(line), "stats %s:", when);
 #define RINGMX_STATS_FMT(name, help)                                                               \
 	if (off < sizeof(line))                                                                    \
