@@ -2090,9 +2090,14 @@ hop_pump(struct relay *r, struct rhop *h)
 	for (struct oconn *c = h->conns, *cn; c != NULL; c = cn) {
 		cn = c->next; /* a QUIT below may close (and free) c */
 		if (c->st == C_READY) {
+			/* The deadline moves only when something was queued: a
+			 * next hop that stays silent must meet its timeout even
+			 * though this runs every loop iteration. */
+			uint32_t exp0 = c->exp_n;
 			conn_emit(c);
 			conn_send(c);
-			conn_timer_update(c);
+			if (c->exp_n != exp0)
+				conn_timer_update(c);
 		}
 		/* Busy: with CHUNKING a connection streams up to RELAY_WINDOW
 		 * transactions; with DATA each one waits a round trip for its

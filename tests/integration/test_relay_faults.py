@@ -24,6 +24,7 @@ import email.policy
 import os
 import re
 import shutil
+import signal
 import tempfile
 import time
 
@@ -331,6 +332,53 @@ def _():
         srv.wait_log(r"%s: removed" % qid)
         check(status_lines(srv, qid, "deferred"), "no deferred line for the lost reply")
         check_eq(len(mx.messages), 1, "transactions acknowledged")
+
+
+@T.test("next hop silent after the data (relay_reply_timeout=1s): deferred on the timeout, then delivered")
+def _():
+    stalled = []
+
+    def policy(event, info, arg):
+        if event in ("eom", "bdat") and not stalled:
+            stalled.append(time.monotonic())
+            time.sleep(2.5)  # past relay_reply_timeout: ringmxd gives up on this connection
+        return None
+
+    with FakeMX() as mx, RelayServer(spool_dir("stall"), hop(mx),
+                                     extra=("relay_reply_timeout=1s",)) as srv:
+        mx.policy = policy
+        data = message("stalled")
+        qid = send_message(srv, "a@sender.test", RCPTS[:1], data)
+        srv.wait_log(r"%s: to=<u@example\.test>, .*status=deferred \(.*timeout waiting for "
+                     r"end of data" % qid)
+        srv.wait_log(r"%s: removed" % qid, timeout=15)
+        check(status_lines(srv, qid, "sent"), "no sent line after the timeout")
+        # The stalled transaction may count too (its reply came after ringmxd left):
+        # at least once, never lost.
+        check(len(from_sender(mx)) >= 1, "not delivered")
+
+
+@T.test("SIGHUP re-reads transport_maps: new mail goes to the new next hop")
+def _():
+    with FakeMX() as mx1, FakeMX() as mx2:
+        tmap = os.path.join(TMP, "transport")
+        with open(tmap, "w") as f:
+            f.write("example.test smtp:127.0.0.1:%d\n" % mx1.port)
+        with RelayServer(spool_dir("reload"), hop(mx2),
+                         extra=("transport_maps=" + tmap,)) as srv:
+            q1 = send_message(srv, "a@sender.test", RCPTS[:1], message("before"))
+            mx1.wait_for(1)
+            srv.wait_log(r"%s: removed" % q1)
+            with open(tmap, "w") as f:
+                f.write("example.test smtp:127.0.0.1:%d\n" % mx2.port)
+            since = srv.log_size()
+            srv.signal(signal.SIGHUP)
+            srv.wait_log(r"configuration reloaded", since=since)
+            q2 = send_message(srv, "a@sender.test", RCPTS[:1], message("after"))
+            mx2.wait_for(1)
+            srv.wait_log(r"%s: removed" % q2)
+            check_eq(len(mx1.messages), 1, "messages at the old next hop")
+            check_eq(len(mx2.messages), 1, "messages at the new next hop")
 
 
 if __name__ == "__main__":
