@@ -91,6 +91,7 @@ parse_req(const char *text, size_t len, struct relay_cmdset *set, char *bad, siz
 		}
 		memcpy(c->qid, id, sizeof(c->qid));
 		atomic_init(&c->matched, 0);
+		atomic_init(&c->failed, 0);
 		set->n++;
 	}
 	return 0;
@@ -174,7 +175,13 @@ handle(struct worker *ws, unsigned n, const struct config *cfg, const char *dir,
 		for (unsigned i = 0; i < set->n; i++) {
 			const struct relay_cmd *c = &set->cmd[i];
 			const char *sp = c->qid[0] != '\0' ? " " : "";
-			if (atomic_load(&c->matched) > 0 || c->qid[0] == '\0')
+			if (atomic_load(&c->failed) > 0)
+				off +=
+				    (size_t)sprintf(out + off,
+				                    "error %s %s: the journal could not be written "
+				                    "(see ringmxd's log)\n",
+				                    op_names[c->op], c->qid);
+			else if (atomic_load(&c->matched) > 0 || c->qid[0] == '\0')
 				off += (size_t)sprintf(out + off, "ok %s%s%s\n", op_names[c->op],
 				                       sp, c->qid);
 			else

@@ -176,6 +176,11 @@ struct rseg {
 	uint64_t jpos; /* file offset of the next journal write */
 	uint32_t jbuf_len;
 	bool closed; /* the spool will not write it again */
+	/* A durable record of it could not be loaded (no mapping, bad
+	 * record): never deleted, so the next start reads it again. */
+	bool keep;
+	bool dirty; /* on the relay's list of journals to flush */
+	struct rseg *next_dirty;
 	bool jerr_logged;
 	uint32_t pending;  /* messages not finished */
 	struct rmsg *msgs; /* unfinished messages */
@@ -281,6 +286,7 @@ struct relay {
 	uint64_t now; /* monotonic ns */
 	struct timer_wheel *wheel;
 	struct rseg *segs;
+	struct rseg *dirty; /* segments with journal records to write */
 	struct rhop *hops;
 	struct rhop *hopmap[CONFIG_MAX_HOPS]; /* cfg->relay.hops[i] -> ours */
 	struct oconn **slots;
@@ -381,11 +387,15 @@ seg_path(const struct relay *r, const struct rseg *s, const char *ext, char *buf
 	snprintf(buf, len, "%s/w%u/%016" PRIx64 ".%s", r->dir, s->wdir, s->seq, ext);
 }
 
-static void
+/* Write the segment's buffered journal records. 0, or -1 when they could
+ * not be written: the state stays in memory (a restart may deliver
+ * again), and the file is cut back to its last whole record so that later
+ * records are not hidden behind a torn one (recovery stops there). */
+static int
 jflush(struct relay *r, struct rseg *s)
 {
 	if (s->jbuf_len == 0)
-		return;
+		return 0;
 	if (s->jfd < 0) {
 		char path[CONFIG_PATH_MAX + 64];
 		seg_path(r, s, "jnl", path, sizeof(path));
@@ -397,7 +407,7 @@ jflush(struct relay *r, struct rseg *s)
 				        path, strerror(errno));
 			s->jerr_logged = true;
 			s->jbuf_len = 0;
-			return;
+			return -1;
 		}
 	}
 	size_t done = 0;
@@ -417,9 +427,18 @@ jflush(struct relay *r, struct rseg *s)
 		}
 		done += (size_t)n;
 	}
-	s->jpos += done;
+	int rc = 0;
+	if (done < s->jbuf_len) {
+		if (done > 0 && ftruncate(s->jfd, (off_t)s->jpos) < 0)
+			log_err("relay: truncate w%u/%016" PRIx64 ".jnl: %s", s->wdir, s->seq,
+			        strerror(errno));
+		rc = -1;
+	} else {
+		s->jpos += done;
+	}
 	s->jbuf_len = 0;
 	r->env.stats->relay_journal_writes++;
+	return rc;
 }
 
 static void
@@ -443,15 +462,25 @@ jrec(struct relay *r, struct rmsg *m, uint8_t type, uint32_t first, uint32_t cou
 	size_t n = journal_encode(s->jbuf + s->jbuf_len, RELAY_JBUF_SIZE - s->jbuf_len, &jr);
 	assert(n > 0);
 	s->jbuf_len += (uint32_t)n;
+	if (!s->dirty) {
+		s->dirty = true;
+		s->next_dirty = r->dirty;
+		r->dirty = s;
+	}
 }
 
-static void
+/* Flush and fdatasync: 0 or -1 (logged). */
+static int
 jsync(struct relay *r, struct rseg *s)
 {
-	jflush(r, s);
-	if (s->jfd >= 0 && fdatasync(s->jfd) < 0)
+	if (jflush(r, s) < 0)
+		return -1;
+	if (s->jfd >= 0 && fdatasync(s->jfd) < 0) {
 		log_err("relay: fdatasync journal w%u/%016" PRIx64 ".jnl: %s", s->wdir, s->seq,
 		        strerror(errno));
+		return -1;
+	}
+	return 0;
 }
 
 /* ---- segments ---- */
@@ -463,6 +492,20 @@ seg_find(struct relay *r, unsigned wdir, uint64_t seq)
 		if (s->seq == seq && s->wdir == wdir)
 			return s;
 	return NULL;
+}
+
+static struct rseg *
+seg_new(struct relay *r, unsigned wdir, uint64_t seq, uint8_t *map, size_t maplen)
+{
+	struct rseg *s = xcalloc(1, sizeof(*s));
+	s->wdir = wdir;
+	s->seq = seq;
+	s->map = map;
+	s->maplen = maplen;
+	s->jfd = -1;
+	s->next = r->segs;
+	r->segs = s;
+	return s;
 }
 
 static struct rseg *
@@ -487,15 +530,21 @@ seg_map(struct relay *r, unsigned wdir, uint64_t seq)
 		log_err("relay: mmap %s: %s", path, strerror(errno));
 		return NULL;
 	}
-	struct rseg *s = xcalloc(1, sizeof(*s));
-	s->wdir = wdir;
-	s->seq = seq;
-	s->map = map;
-	s->maplen = (size_t)st.st_size;
-	s->jfd = -1;
-	s->next = r->segs;
-	r->segs = s;
-	return s;
+	return seg_new(r, wdir, seq, map, (size_t)st.st_size);
+}
+
+/* A kept placeholder (its first mapping failed) tries again. */
+static void
+seg_remap(struct relay *r, struct rseg *s)
+{
+	struct rseg *m = seg_map(r, s->wdir, s->seq);
+	if (m == NULL)
+		return;
+	/* seg_map linked a second entry: take its mapping, drop the entry. */
+	s->map = m->map;
+	s->maplen = m->maplen;
+	r->segs = m->next;
+	free(m);
 }
 
 static void
@@ -515,10 +564,16 @@ dir_fsync(const char *dir)
 static void
 seg_maybe_delete(struct relay *r, struct rseg *s)
 {
-	if (!s->closed || s->pending > 0)
+	if (!s->closed || s->pending > 0 || s->keep)
 		return;
 	char path[CONFIG_PATH_MAX + 64], dir[CONFIG_PATH_MAX + 16];
 	s->jbuf_len = 0;
+	if (s->dirty)
+		for (struct rseg **pp = &r->dirty; *pp != NULL; pp = &(*pp)->next_dirty)
+			if (*pp == s) {
+				*pp = s->next_dirty;
+				break;
+			}
 	if (s->jfd >= 0)
 		close(s->jfd);
 	munmap(s->map, s->maplen);
@@ -619,6 +674,8 @@ job_done(struct relay *r, struct rjob *j)
 {
 	struct rmsg *m = j->m;
 	j->state = J_DONE;
+	if (timer_armed(&j->t.n))
+		timer_cancel(r->wheel, &j->t.n);
 	assert(m->jobs_left > 0);
 	if (--m->jobs_left == 0) {
 		if (!m->deleted)
@@ -643,13 +700,22 @@ job_schedule(struct relay *r, struct rjob *j, uint64_t at_ns)
 
 /* Build the in-memory message for the record at off, with the journal's
  * state applied (st may be NULL: nothing journaled). Returns NULL if the
- * record is unusable (logged) or already finished. */
+ * record is unusable (logged) or already finished. Only the header is
+ * checked: every record arrives here CRC-checked already, by the spool that
+ * just wrote it or by spool_seg_scan() at recovery (no second CRC pass over
+ * every message). */
 static struct rmsg *
 msg_load(struct relay *r, struct rseg *s, uint64_t off, const struct journal_msg_state *st)
 {
 	struct spool_hdr h;
-	if (off >= s->maplen ||
-	    spool_rec_check(s->map + off, s->maplen - off, &h) != SPOOL_REC_OK) {
+	bool ok = off + SPOOL_HDR_SIZE <= s->maplen;
+	if (ok) {
+		spool_hdr_decode(s->map + off, &h);
+		ok = h.magic == SPOOL_REC_MAGIC && h.version == SPOOL_REC_VERSION &&
+		     h.rec_len == spool_rec_len(h.env_len, h.msg_len) &&
+		     h.rec_len <= s->maplen - off;
+	}
+	if (!ok) {
 		log_err("relay: w%u/%016" PRIx64 ".seg: no valid record at offset %" PRIu64,
 		        s->wdir, s->seq, off);
 		return NULL;
@@ -908,7 +974,10 @@ job_end_attempt(struct relay *r, struct rjob *j)
 		job_done(r, j);
 		return;
 	}
-	bool expired = wall_us() - m->received_us >= r->cfg->relay.queue_lifetime / 1000u;
+	/* A wall clock stepped back must not make a message look old. */
+	uint64_t now_us = wall_us();
+	bool expired = now_us > m->received_us &&
+	               now_us - m->received_us >= r->cfg->relay.queue_lifetime / 1000u;
 	uint32_t nperm = 0;
 	for (uint32_t k = 0; k < j->n; k++) {
 		if (j->rs[k] == RS_PENDING || j->rs[k] == RS_RCPT_OK)
@@ -1406,6 +1475,10 @@ conn_open(struct relay *r, struct rhop *h)
 	uint64_t to = r->cfg->relay.connect_timeout;
 	c->cts.tv_sec = (long long)(to / 1000000000u);
 	c->cts.tv_nsec = (long long)(to % 1000000000u);
+	/* The connect and its linked timeout must go in the same submit: a
+	 * submit between them (SQ full) would split the link. */
+	if (io_uring_sq_space_left(r->env.ring) < 2)
+		io_uring_submit(r->env.ring);
 	struct io_uring_sqe *sqe = r->env.get_sqe(r->env.ctx);
 	io_uring_prep_connect(sqe, fd, (const struct sockaddr *)&hc->addr, hc->addrlen);
 	io_uring_sqe_set_data64(sqe, conn_ud(c, S_CONNECT));
@@ -1477,6 +1550,12 @@ static void
 conn_starttls(struct oconn *c)
 {
 	struct relay *r = c->r;
+	if (r->tlsctx == NULL) {
+		/* relay_tls was turned off by a reload while STARTTLS was on
+		 * its way: this connection is retried under the new setting. */
+		conn_fail(c, "4.7.0 relay_tls changed while starting TLS with %s", c->hop->name);
+		return;
+	}
 	c->tls = malloc(sizeof(*c->tls));
 	if (c->tls == NULL || relay_tls_start(r->tlsctx, c->tls, c->hop->conf.host,
 	                                      r->cfg->relay.tls == RELAY_TLS_VERIFY) < 0) {
@@ -2202,8 +2281,15 @@ relay_poll(struct relay *r, uint64_t now)
 	for (struct rhop *h = r->hops; h != NULL; h = h->next)
 		hop_pump(r, h);
 	backpressure_update(r);
-	for (struct rseg *s = r->segs; s != NULL; s = s->next)
-		jflush(r, s);
+	/* One write per segment with new records, once per iteration. */
+	struct rseg *d = r->dirty;
+	r->dirty = NULL;
+	while (d != NULL) {
+		struct rseg *next = d->next_dirty;
+		d->dirty = false;
+		jflush(r, d);
+		d = next;
+	}
 }
 
 uint64_t
@@ -2218,13 +2304,22 @@ relay_record_durable(void *arg, uint64_t seq, uint64_t off, uint64_t rec_len)
 	struct relay *r = arg;
 	(void)rec_len;
 	struct rseg *s = seg_find(r, r->env.worker, seq);
+	if (s != NULL && s->map == NULL)
+		seg_remap(r, s);
 	if (s == NULL)
 		s = seg_map(r, r->env.worker, seq);
-	if (s == NULL)
-		return; /* logged; the message waits in the spool for a restart */
-	struct rmsg *m = msg_load(r, s, off, NULL);
-	if (m == NULL)
+	if (s == NULL) {
+		/* Could not map it (logged): remember the segment as kept so
+		 * it is never deleted; the message waits for the next start. */
+		s = seg_new(r, r->env.worker, seq, NULL, 0);
+		s->keep = true;
 		return;
+	}
+	struct rmsg *m = s->map != NULL ? msg_load(r, s, off, NULL) : NULL;
+	if (m == NULL) {
+		s->keep = true; /* logged by msg_load or above */
+		return;
+	}
 	r->env.stats->relay_messages_queued++;
 	msg_start(r, m, 0);
 }
@@ -2296,7 +2391,9 @@ recover_seg(struct relay *r, unsigned wdir, uint64_t seq, uint64_t *msgs, uint64
 	struct rseg *s = seg_map(r, wdir, seq);
 	if (s == NULL)
 		return;
-	s->closed = true;
+	/* Not closed until every record is loaded: a message that finishes
+	 * at once (no route, null sender) must not let the segment go while
+	 * its other records are still being read. */
 	struct scan_ctx sc = {.map = s->map, .maplen = s->maplen};
 	struct spool_scan res;
 	spool_seg_scan(s->map, s->maplen, scan_rec_cb, &sc, &res);
@@ -2341,6 +2438,7 @@ recover_seg(struct relay *r, unsigned wdir, uint64_t seq, uint64_t *msgs, uint64
 		free(sr->st.done);
 	}
 	free(sc.v);
+	s->closed = true;
 	seg_maybe_delete(r, s);
 }
 
@@ -2461,6 +2559,15 @@ relay_set_conf(struct relay *r, const struct config *cfg)
 {
 	r->cfg = cfg;
 	hop_sync(r);
+	/* Jobs queued for a next hop that is gone are routed again now (the
+	 * gone hop opens no connection); waiting ones are when their timer
+	 * fires, active ones when their attempt ends. */
+	for (struct rhop *h = r->hops; h != NULL; h = h->next)
+		while (h->gone && h->qhead != NULL) {
+			struct rjob *j = h->qhead;
+			hop_dequeue(j);
+			hop_enqueue(r, j);
+		}
 	/* A new client context when relay_tls or the CA file changed (or on
 	 * every reload for verify: the CA bundle may have been replaced).
 	 * Sessions in progress keep the old one (wolfSSL counts references). */
@@ -2482,7 +2589,7 @@ relay_set_conf(struct relay *r, const struct config *cfg)
 /* ---- operator commands ---- */
 
 static bool
-cmd_apply(struct relay *r, const struct relay_cmd *cmd, struct rmsg *m)
+cmd_apply(struct relay *r, struct relay_cmd *cmd, struct rmsg *m)
 {
 	switch (cmd->op) {
 	case RELAY_CMD_HOLD:
@@ -2490,7 +2597,8 @@ cmd_apply(struct relay *r, const struct relay_cmd *cmd, struct rmsg *m)
 			return true;
 		m->held = true;
 		jrec(r, m, JOURNAL_HOLD, 0, JOURNAL_ALL_RCPTS, 0, 0, NULL, 0);
-		jsync(r, m->seg);
+		if (jsync(r, m->seg) < 0)
+			atomic_fetch_add(&cmd->failed, 1);
 		for (uint32_t i = 0; i < m->njobs; i++) {
 			struct rjob *j = &m->jobs[i];
 			if (j->state == J_QUEUED)
@@ -2505,13 +2613,15 @@ cmd_apply(struct relay *r, const struct relay_cmd *cmd, struct rmsg *m)
 			return true;
 		m->held = false;
 		jrec(r, m, JOURNAL_RELEASE, 0, JOURNAL_ALL_RCPTS, 0, 0, NULL, 0);
-		jsync(r, m->seg);
+		if (jsync(r, m->seg) < 0)
+			atomic_fetch_add(&cmd->failed, 1);
 		msg_log(m, "released by the operator");
 		break; /* and queue it now, as a flush */
 	case RELAY_CMD_DELETE: {
 		m->deleted = true;
 		jrec(r, m, JOURNAL_DELETE, 0, JOURNAL_ALL_RCPTS, 0, 0, NULL, 0);
-		jsync(r, m->seg);
+		if (jsync(r, m->seg) < 0)
+			atomic_fetch_add(&cmd->failed, 1);
 		msg_log(m, "deleted by the operator");
 		struct rjob *js[CONFIG_MAX_HOPS + 1];
 		uint32_t n = 0;
@@ -2638,7 +2748,8 @@ relay_close(struct relay *r)
 			mn = m->next;
 			msg_destroy(m);
 		}
-		munmap(s->map, s->maplen);
+		if (s->map != NULL)
+			munmap(s->map, s->maplen);
 		free(s);
 	}
 	relay_tls_ctx_free(r->tlsctx);

@@ -44,6 +44,7 @@ struct config;
 struct relay_env {
 	unsigned worker;
 	unsigned nworkers;
+	struct io_uring *ring; /* for the free SQ space before a linked pair */
 	struct io_uring_sqe *(*get_sqe)(void *ctx);
 	void *ctx;
 	uint64_t ud_base;         /* user_data op bits; the relay adds gen and idx */
@@ -61,6 +62,7 @@ struct relay_cmd {
 	enum relay_cmd_op op;
 	char qid[SINK_QID_MAX]; /* "" with FLUSH: everything */
 	atomic_uint matched;    /* messages found, summed over workers */
+	atomic_uint failed;     /* of those, whose journal record could not be made durable */
 };
 struct relay_cmdset {
 	unsigned n;

@@ -624,6 +624,7 @@ worker_main(void *arg)
 			struct relay_env renv = {
 				.worker = w->id,
 				.nworkers = w->cfg->workers,
+				.ring = &w->ring,
 				.get_sqe = spool_get_sqe,
 				.ctx = w,
 				.ud_base = ud_make(OP_RELAY, 0, 0),

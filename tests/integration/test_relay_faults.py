@@ -28,9 +28,9 @@ import signal
 import tempfile
 import time
 
-from ringmx_harness import Suite, check, check_eq, fail, wait_for, TIMEOUT
+from ringmx_harness import Server, Suite, check, check_eq, fail, wait_for, TIMEOUT
 from nexthop import FakeMX
-from relay_util import (RelayServer, hop, send_message, message, check_relayed, status_lines,
+from relay_util import (FAST, RelayServer, hop, send_message, message, check_relayed, status_lines,
                         qid_in,
                         queue_json, queue_text, wait_queue_empty, spool_cmd, spool_tool)
 
@@ -379,6 +379,35 @@ def _():
             srv.wait_log(r"%s: removed" % q2)
             check_eq(len(mx1.messages), 1, "messages at the old next hop")
             check_eq(len(mx2.messages), 1, "messages at the new next hop")
+
+
+@T.test("restart after routes changed: an unroutable <> message fails, the rest of its segment is delivered")
+def _():
+    # Both messages wait in one segment while the next hop is down. The restart drops the
+    # route of the first (null sender: it fails at once, without a bounce) while the
+    # segment is being read: the second must still be loaded and delivered.
+    spool = spool_dir("reroute")
+    with down_mx() as mx:
+        with RelayServer(spool, hop(mx), workers=1,
+                         extra=("domains=example.test,other.example",)) as srv:
+            q1 = send_message(srv, "", ["x@example.test"], message("orphan"))
+            q2 = send_message(srv, "a@sender.test", ["y@other.example"], message("kept"))
+            srv.wait_log(r"%s: to=<y@other\.example>, .*status=deferred" % q2)
+        tmap = os.path.join(TMP, "transport-reroute")
+        with open(tmap, "w") as f:
+            f.write("other.example smtp:127.0.0.1:%d\n" % mx.port)
+        mx.accept_again()
+        args = []
+        for kv in FAST + ("sink=spool", "spool_dir=" + spool, "segment_size=1m",
+                          "domains=other.example", "transport_maps=" + tmap):
+            args += ["-o", kv]
+        with Server(args=args, workers=1) as srv:  # no relay_host: example.test has no route
+            srv.wait_log(r"%s: to=<x@example\.test>, .*dsn=5\.4\.4, status=bounced" % q1)
+            srv.wait_log(r"%s: removed" % q1)
+            srv.wait_log(r"%s: to=<y@other\.example>, .*status=sent" % q2)
+            got = mx.wait_for(1)
+            check_eq([r.rcpts for r in got], [["y@other.example"]], "delivered")
+            check(not bounces(mx), "a bounce for a <> message")
 
 
 if __name__ == "__main__":
