@@ -245,7 +245,6 @@ struct oconn {
 	struct relay_tls_conn *tls;   /* after STARTTLS; NULL in plaintext */
 	struct __kernel_timespec cts; /* connect timeout (read at submit) */
 	struct rtimer t;
-	uint64_t deadline;
 
 	uint32_t in_len;
 	struct relay_reply reply; /* the reply being read */
@@ -266,8 +265,6 @@ struct oconn {
 	bool bol; /* DATA: at the beginning of a line */
 
 	uint32_t out_len, send_len;
-	uint64_t t_open;
-	uint32_t msgs;
 	char in[RELAY_IN_SIZE];
 	char out[RELAY_OUT_SIZE];
 };
@@ -1341,7 +1338,6 @@ conn_job_end(struct oconn *c, struct rjob *j)
 		c->emit = NULL;
 		c->estage = E_NONE;
 	}
-	c->msgs++;
 	job_end_attempt(c->r, j);
 }
 
@@ -1466,7 +1462,6 @@ conn_open(struct relay *r, struct rhop *h)
 	c->st = C_CONNECTING;
 	c->lmtp = hc->proto == RELAY_PROTO_LMTP;
 	c->t.kind = T_CONN;
-	c->t_open = r->now;
 	c->next = h->conns;
 	h->conns = c;
 	h->nconns++;
