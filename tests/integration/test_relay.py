@@ -93,6 +93,20 @@ def _():
         check(not rec.bdat, "BDAT used though CHUNKING was not offered")
 
 
+# Larger than the relay's 64 KiB output buffer (RELAY_OUT_SIZE): the message streams
+# through it, dot-stuffing resumed across the refills.
+BIG = message("big", [(".%05d " % i) + "y" * 70 for i in range(4000)])
+
+
+@T.test("a 300 KiB message streams through the output buffer: BDAT and DATA, byte-exact")
+def _():
+    check(len(BIG) > 4 * 65536, "the message is not big enough: %d" % len(BIG))
+    with FakeMX(chunking=True) as mx:
+        check(smtp_roundtrip("big-bdat", mx, BIG, rcpts=RCPTS[:1]).bdat, "BDAT not used")
+    with FakeMX(chunking=False) as mx:
+        check(not smtp_roundtrip("big-data", mx, BIG, rcpts=RCPTS[:1]).bdat, "BDAT used")
+
+
 @T.test("SMTP without PIPELINING: lock-step, 5 messages byte-exact, no pipelined command")
 def _():
     with FakeMX(chunking=False, pipelining=False) as mx, \
