@@ -216,8 +216,11 @@ def _():
     ln = s.wait_disconnect(c.local_port)
     check("mail=" not in ln and "rcpt=" not in ln, "injected MAIL processed: " + ln)
     s.wait_log(r"TLS handshake failed from \[127\.0\.0\.1\]:%d: " % c.local_port)
+    # The plaintext left after the 220 reached the client, so it meets the server either
+    # while the 220's send is still completing (discarded, starttls_injection_discarded)
+    # or in the handshake (fed to TLS as a bad record). Which one is a race; the handshake
+    # fails either way, and the counter is pinned deterministically in test_probes.py.
     st = s.stats()
-    check(st.get("starttls_injection_discarded", 0) >= 1, "counter: %r" % st)
     check(st.get("tls_handshake_failures", 0) >= 1, "counter: %r" % st)
 
 
