@@ -4,12 +4,22 @@
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
-# Packages by purpose. Everything comes from Debian 12 (bookworm).
-PKGS_BUILD="gcc meson ninja-build pkg-config liburing-dev libinih-dev libwolfssl-dev"
+# Packages by purpose. Everything comes from Debian 12 (bookworm), installed with
+# --no-install-recommends, so every package a step needs is named here, Recommends
+# included (swaks does TLS only through libnet-ssleay-perl and libio-socket-ssl-perl, which
+# are merely recommended). check_caps below proves what the tests rely on after installing.
+PKGS_BUILD="gcc libc6-dev meson ninja-build pkg-config liburing-dev libinih-dev libwolfssl-dev"
+# python3: the integration harness (standard library only: ssl, smtplib, email).
+# swaks + libnet-ssleay-perl + libio-socket-ssl-perl: swaks with STARTTLS and TLS on connect.
+# postfix: smtp-source and smtp-sink (the peer load generator and next hop).
+# clang + libclang-rt-14-dev: libFuzzer and its sanitizer runtimes.
+# haproxy, nginx + libnginx-mod-stream, stunnel4, openssl: TLS and PROXY-protocol peers.
 # dovecot-core, dovecot-lmtpd: the private Dovecot LMTP next hop of
 # tests/integration/nexthop.py (the system dovecot is kept stopped, see ensure_pkgs).
-PKGS_TEST="libcmocka-dev python3 swaks postfix clang libclang-rt-14-dev haproxy openssl nginx libnginx-mod-stream stunnel4 dovecot-core dovecot-lmtpd"
-PKGS_BENCH="hyperfine postfix"
+# util-linux (prlimit, taskset, mount) and procps are Essential/Priority:required on Debian,
+# named anyway so a stripped image still works.
+PKGS_TEST="libcmocka-dev python3 swaks libnet-ssleay-perl libio-socket-ssl-perl postfix clang libclang-rt-14-dev haproxy openssl nginx libnginx-mod-stream stunnel4 dovecot-core dovecot-lmtpd util-linux procps"
+PKGS_BENCH="hyperfine postfix python3 util-linux"
 
 missing_pkgs() {
 	local p out=""
@@ -78,4 +88,43 @@ meson_setup() {
 	else
 		meson setup "$dir" "$@"
 	fi
+}
+
+# check_caps [fuzz]: after installing, prove each capability the tests rely on, not just that
+# a binary exists. The first one missing stops the run with one line naming the package that
+# provides it (a test failing later would say something unrelated-looking instead).
+caps_fail() {
+	echo "ringmx: missing capability: $1 (Debian package: $2)" >&2
+	exit 1
+}
+check_caps() {
+	local fuzz=${1:-0} t
+	t=$(mktemp -d)
+	# shellcheck disable=SC2064
+	trap "rm -rf '$t'" RETURN
+	pkg-config --exists liburing inih wolfssl || caps_fail "pkg-config liburing inih wolfssl" "liburing-dev libinih-dev libwolfssl-dev"
+	pkg-config --exists cmocka || caps_fail "pkg-config cmocka" libcmocka-dev
+	printf 'int main(void){return 0;}\n' >"$t/asan.c"
+	gcc -fsanitize=address,undefined "$t/asan.c" -o "$t/asan" 2>/dev/null && "$t/asan" ||
+		caps_fail "gcc -fsanitize=address,undefined" "gcc (libasan8, libubsan1)"
+	python3 -c 'import ssl, smtplib, email.policy; ssl.create_default_context()' 2>/dev/null ||
+		caps_fail "python3 with ssl, smtplib and email" python3
+	swaks --support 2>&1 | grep -q '^=== TLS supported' || caps_fail "swaks TLS (swaks --support)" "libnet-ssleay-perl libio-socket-ssl-perl"
+	[ -x /usr/sbin/smtp-sink ] && [ -x /usr/sbin/smtp-source ] || caps_fail "Postfix smtp-sink and smtp-source" postfix
+	[ -x /usr/lib/dovecot/lmtp ] && dovecot --version >/dev/null 2>&1 || caps_fail "dovecot with lmtp" "dovecot-core dovecot-lmtpd"
+	haproxy -v >/dev/null 2>&1 || caps_fail "haproxy -v" haproxy
+	stunnel -version >/dev/null 2>&1 || caps_fail "stunnel -version" stunnel4
+	openssl version >/dev/null 2>&1 || caps_fail "openssl version" openssl
+	mkdir -p "$t/ngx/logs"
+	printf 'load_module /usr/lib/nginx/modules/ngx_stream_module.so;\nerror_log stderr;\npid %s/ngx.pid;\nevents {}\nstream {}\n' "$t" >"$t/ngx.conf"
+	nginx -t -q -p "$t/ngx" -c "$t/ngx.conf" >/dev/null 2>&1 || caps_fail "nginx with the stream module" "nginx libnginx-mod-stream"
+	for t_cmd in prlimit taskset mount; do
+		command -v "$t_cmd" >/dev/null || caps_fail "$t_cmd" util-linux
+	done
+	if [ "$fuzz" = 1 ]; then
+		printf 'int LLVMFuzzerTestOneInput(const unsigned char *d, unsigned long n){(void)d;(void)n;return 0;}\n' >"$t/fz.c"
+		clang -fsanitize=fuzzer,address,undefined "$t/fz.c" -o "$t/fz" 2>/dev/null && "$t/fz" -runs=1 >/dev/null 2>&1 ||
+			caps_fail "clang -fsanitize=fuzzer (libFuzzer)" "clang libclang-rt-14-dev"
+	fi
+	echo "ringmx: every tool the tests use is installed and works" >&2
 }
