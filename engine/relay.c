@@ -1267,6 +1267,7 @@ static void conn_emit(struct oconn *c);
 static void conn_send(struct oconn *c);
 static void conn_close(struct oconn *c);
 static void conn_starttls(struct oconn *c);
+static bool tls_required(const struct oconn *c);
 
 static uint64_t
 conn_ud(const struct oconn *c, enum subop op)
@@ -1548,7 +1549,7 @@ conn_starttls(struct oconn *c)
 	if (r->tlsctx == NULL) {
 		/* relay_tls was turned off by a reload while STARTTLS was on
 		 * its way: this connection is retried under the new setting. */
-		conn_fail(c, "4.7.0 relay_tls changed while starting TLS with %s", c->hop->name);
+		conn_fail(c, "4.7.4 relay_tls changed while starting TLS with %s", c->hop->name);
 		return;
 	}
 	c->tls = malloc(sizeof(*c->tls));
@@ -1556,7 +1557,10 @@ conn_starttls(struct oconn *c)
 	                                      r->cfg->relay.tls == RELAY_TLS_VERIFY) < 0) {
 		free(c->tls);
 		c->tls = NULL;
-		conn_fail(c, "4.7.0 cannot start TLS with %s: out of memory", c->hop->name);
+		conn_fail(c,
+		          "4.7.4 cannot start TLS with %s (out of memory, or a host name wolfSSL "
+		          "cannot check)",
+		          c->hop->name);
 		return;
 	}
 	c->discard_input = true;
@@ -1565,7 +1569,8 @@ conn_starttls(struct oconn *c)
 	c->size_max = 0;
 	char err[160];
 	if (relay_tls_handshake(c->tls, err, sizeof(err)) < 0) {
-		conn_fail(c, "4.7.5 TLS handshake with %s failed: %s", c->hop->name, err);
+		conn_fail(c, "%s TLS handshake with %s failed: %s",
+		          tls_required(c) ? "4.7.4" : "4.7.5", c->hop->name, err);
 		return;
 	}
 	conn_send(c); /* the ClientHello */
@@ -1593,6 +1598,18 @@ conn_ready(struct oconn *c)
 		log_info("relay: %s is reachable again", h->name);
 	h->fail_since = 0;
 	h->retry_at = 0;
+}
+
+/* relay_tls = encrypt or verify: nothing but STARTTLS and the EHLO before
+ * it may cross this connection in the clear (a unix socket is local and
+ * never uses TLS). Decided by the configuration, not by whether a TLS
+ * context exists. */
+static bool
+tls_required(const struct oconn *c)
+{
+	enum relay_tls m = c->r->cfg->relay.tls;
+	return (m == RELAY_TLS_ENCRYPT || m == RELAY_TLS_VERIFY) &&
+	       c->hop->conf.addr.ss_family != AF_UNIX;
 }
 
 /* A complete reply (code, text without the code) for the head of the
@@ -1638,20 +1655,31 @@ on_reply(struct oconn *c, int code, const char *text, size_t len)
 		exp_push(c, X_EHLO, NULL, 0);
 		return;
 	case X_EHLO:
-		if (ok && c->tls == NULL && r->tlsctx != NULL &&
-		    c->hop->conf.addr.ss_family != AF_UNIX) {
-			if (c->ext & RELAY_EXT_STARTTLS) {
-				out_cmd(c, "STARTTLS\r\n");
-				exp_push(c, X_STARTTLS, NULL, 0);
+		/* Required TLS holds on every path before a session is in TLS:
+		 * a refused EHLO must not lead to HELO and mail in the clear, and
+		 * a context missing after a reload must not mean "no TLS". */
+		if (c->tls == NULL && tls_required(c)) {
+			if (!ok) {
+				conn_fail(
+				    c,
+				    "4.7.4 TLS is required (relay_tls) but %s refused %s: %d %.*s",
+				    c->hop->name, c->lmtp ? "LHLO" : "EHLO", code,
+				    (int)(len > 200 ? 200 : len), text);
 				return;
 			}
-			if (r->cfg->relay.tls != RELAY_TLS_MAY) {
+			if (!(c->ext & RELAY_EXT_STARTTLS)) {
 				conn_fail(c,
 				          "4.7.4 TLS is required (relay_tls) but %s does not offer "
 				          "STARTTLS",
 				          c->hop->name);
 				return;
 			}
+		}
+		if (ok && c->tls == NULL && r->tlsctx != NULL &&
+		    c->hop->conf.addr.ss_family != AF_UNIX && (c->ext & RELAY_EXT_STARTTLS)) {
+			out_cmd(c, "STARTTLS\r\n");
+			exp_push(c, X_STARTTLS, NULL, 0);
+			return;
 		}
 		if (ok) {
 			conn_ready(c);
@@ -1730,7 +1758,7 @@ on_reply(struct oconn *c, int code, const char *text, size_t len)
 			conn_starttls(c);
 			return;
 		}
-		if (r->cfg->relay.tls != RELAY_TLS_MAY) {
+		if (tls_required(c)) {
 			conn_fail(
 			    c, "4.7.4 TLS is required (relay_tls) but %s refused STARTTLS: %d %.*s",
 			    c->hop->name, code, (int)(len > 200 ? 200 : len), text);
@@ -1999,7 +2027,8 @@ conn_tls_input(struct oconn *c)
 		int h = relay_tls_handshake(t, err, sizeof(err));
 		if (h < 0) {
 			r->env.stats->relay_tls_failures++;
-			conn_fail(c, "4.7.5 TLS handshake with %s failed: %s", c->hop->name, err);
+			conn_fail(c, "%s TLS handshake with %s failed: %s",
+			          tls_required(c) ? "4.7.4" : "4.7.5", c->hop->name, err);
 			return false;
 		}
 		if (h == 0)

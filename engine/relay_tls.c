@@ -13,6 +13,7 @@
 #include <string.h>
 #include <wolfssl/options.h>
 #include <wolfssl/ssl.h>
+#include <wolfssl/openssl/x509v3.h> /* GEN_IPADD */
 #include <wolfssl/wolfio.h>
 
 #include "tls.h"
@@ -123,9 +124,54 @@ relay_tls_start(struct relay_tls_ctx *c, struct relay_tls_conn *t, const char *h
 	/* RFC 6066 3: no SNI for address literals. */
 	if (host[0] != '\0' && !is_ip_literal(host))
 		wolfSSL_UseSNI(t->ssl, WOLFSSL_SNI_HOST_NAME, host, (unsigned short)strlen(host));
-	if (verify && host[0] != '\0')
-		wolfSSL_check_domain_name(t->ssl, host);
+	t->check_ip = false;
+	if (verify && host[0] != '\0') {
+		if (is_ip_literal(host)) {
+			if (strlen(host) >= sizeof(t->ip))
+				goto fail;
+			snprintf(t->ip, sizeof(t->ip), "%s", host);
+			t->check_ip = true;
+		} else if (wolfSSL_check_domain_name(t->ssl, host) != WOLFSSL_SUCCESS) {
+			/* Without the check the handshake would accept any
+			 * certificate the CA signed: refuse to go on. */
+			goto fail;
+		}
+	}
 	return 0;
+fail:
+	wolfSSL_free(t->ssl);
+	t->ssl = NULL;
+	return -1;
+}
+
+/* RFC 6125 6.2.1 and RFC 5280 4.2.1.6: an address literal matches only an
+ * iPAddress subjectAltName with the same octets, never a DNS name or the CN
+ * that happens to spell it (wolfSSL_X509_check_ip_asc accepts those). */
+static bool
+cert_has_ip(WOLFSSL_X509 *x, const char *ip)
+{
+	unsigned char want[16];
+	int wlen = 4;
+	if (inet_pton(AF_INET, ip, want) != 1) {
+		if (inet_pton(AF_INET6, ip, want) != 1)
+			return false;
+		wlen = 16;
+	}
+	WOLFSSL_GENERAL_NAMES *names =
+	    wolfSSL_X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL);
+	if (names == NULL)
+		return false;
+	bool found = false;
+	int n = wolfSSL_sk_GENERAL_NAME_num(names);
+	for (int i = 0; i < n && !found; i++) {
+		WOLFSSL_GENERAL_NAME *g = wolfSSL_sk_GENERAL_NAME_value(names, i);
+		if (g == NULL || g->type != GEN_IPADD || g->d.iPAddress == NULL)
+			continue;
+		found = wolfSSL_ASN1_STRING_length(g->d.iPAddress) == wlen &&
+		        memcmp(wolfSSL_ASN1_STRING_data(g->d.iPAddress), want, (size_t)wlen) == 0;
+	}
+	wolfSSL_GENERAL_NAMES_free(names);
+	return found;
 }
 
 int
@@ -133,6 +179,16 @@ relay_tls_handshake(struct relay_tls_conn *t, char *err, size_t errlen)
 {
 	int ret = wolfSSL_connect(t->ssl);
 	if (ret == WOLFSSL_SUCCESS) {
+		if (t->check_ip) {
+			WOLFSSL_X509 *peer = wolfSSL_get_peer_certificate(t->ssl);
+			bool match = peer != NULL && cert_has_ip(peer, t->ip);
+			wolfSSL_X509_free(peer);
+			if (!match) {
+				snprintf(err, errlen, "certificate has no iPAddress name %s",
+				         t->ip);
+				return -1;
+			}
+		}
 		t->done = true;
 		snprintf(t->version, sizeof(t->version), "%s", wolfSSL_get_version(t->ssl));
 		const char *cn = wolfSSL_get_cipher_name(t->ssl);

@@ -31,6 +31,11 @@ struct relay_tls_ctx;
 struct relay_tls_conn {
 	struct WOLFSSL *ssl;
 	bool done; /* handshake complete */
+	/* verify with an IP-literal next hop: the certificate's iPAddress
+	 * names are checked once the handshake is done (wolfSSL's own name
+	 * check only knows DNS names). */
+	bool check_ip;
+	char ip[48];
 	uint32_t cin_off, cin_len;
 	uint32_t cout_len;
 	char version[16];
@@ -44,11 +49,13 @@ struct relay_tls_conn {
 struct relay_tls_ctx *relay_tls_ctx_new(const struct relay_conf *rc, char *err, size_t errlen);
 void relay_tls_ctx_free(struct relay_tls_ctx *ctx);
 
-/* Start a client session. host: SNI and name check (verify), "" for none.
- * Returns 0 or -1. */
+/* Start a client session. host: SNI and name check (verify), "" for none:
+ * a host name must match a DNS name of the certificate, an address
+ * literal one of its iPAddress names. Returns 0 or -1. */
 int relay_tls_start(struct relay_tls_ctx *ctx, struct relay_tls_conn *t, const char *host,
                     bool verify);
-/* Drive the handshake: 1 done, 0 wants more input, -1 failed (err set). */
+/* Drive the handshake: 1 done (and, with verify, the peer's name
+ * matched), 0 wants more input, -1 failed (err set). */
 int relay_tls_handshake(struct relay_tls_conn *t, char *err, size_t errlen);
 /* Decrypt into buf: bytes, 0 wants more input, -1 error/close (err set). */
 long relay_tls_read(struct relay_tls_conn *t, char *buf, size_t cap, char *err, size_t errlen);

@@ -673,9 +673,10 @@ class Suite:
 OPENSSL = "/usr/bin/openssl"
 
 
-def self_signed_cert(directory, cn="localhost"):
+def self_signed_cert(directory, cn="localhost", san=None):
     """An ECDSA P-256 self-signed cert/key pair for cn (SAN: cn, localhost,
-    127.0.0.1) in directory; made once, reused after. Skip without openssl."""
+    127.0.0.1, or the subjectAltName value san) in directory; made once, reused
+    after. Skip without openssl."""
     cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
     if os.path.exists(cert) and os.path.exists(key):
         return cert, key
@@ -685,7 +686,8 @@ def self_signed_cert(directory, cn="localhost"):
     r = subprocess.run([OPENSSL, "req", "-x509", "-newkey", "ec", "-pkeyopt",
                         "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", cert,
                         "-days", "30", "-subj", "/CN=" + cn,
-                        "-addext", "subjectAltName=DNS:%s,DNS:localhost,IP:127.0.0.1" % cn],
+                        "-addext", "subjectAltName=" +
+                        (san or "DNS:%s,DNS:localhost,IP:127.0.0.1" % cn)],
                        capture_output=True, text=True, timeout=30)
     if r.returncode != 0:
         fail("openssl req: %s" % r.stderr[-800:])
