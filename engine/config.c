@@ -1793,9 +1793,11 @@ load_map(struct pstate *st)
 	for (i = 0; rc == 0 && i < r->nhops; i++) {
 		struct relay_hop_conf *h = &r->hops[i];
 
-		if (relay_hop_resolve(h, why, sizeof(why)) < 0)
+		unsigned bad = 0;
+
+		if (relay_hop_resolve(h, &bad, why, sizeof(why)) < 0)
 			rc = fail_key(st, key, "%s:%u: %s: cannot resolve '%s': %s", path,
-				      origin[i].line, origin[i].domain, h->host, why);
+				      origin[i].line, origin[i].domain, h->m[bad].host, why);
 	}
 	free(origin);
 	return rc;
@@ -1846,9 +1848,11 @@ finish_relay(struct pstate *st)
 		if (idx < 0)
 			return fail_key(st, "relay_host", "too many next hops with transport_maps "
 				       "(max %d)", CONFIG_MAX_HOPS);
-		if (relay_hop_resolve(&r->hops[idx], why, sizeof(why)) < 0)
+		unsigned bad = 0;
+
+		if (relay_hop_resolve(&r->hops[idx], &bad, why, sizeof(why)) < 0)
 			return fail_key(st, "relay_host", "cannot resolve '%s': %s",
-					r->hops[idx].host, why);
+					r->hops[idx].m[bad].host, why);
 		if (r->default_hop < 0)
 			r->default_hop = idx;
 	}

@@ -135,6 +135,7 @@ struct rjob {
 	char **rtext;  /* per recipient: the reply that decided it (malloc) */
 	uint32_t nacc; /* RCPTs accepted in this attempt */
 	uint32_t attempts;
+	uint8_t ep;                     /* the hop's address of the last attempt (logs, bounces) */
 	char last_temp[RELAY_TEXT_MAX]; /* the last temporary failure */
 	uint16_t last_temp_len;
 	struct rbounce *bounce;
@@ -190,8 +191,14 @@ struct rseg {
 struct rhop {
 	struct rhop *next;
 	struct relay_hop_conf conf;
-	char name[CONFIG_HOP_TEXT_MAX + 64]; /* "host[ip]:port" for logs */
-	bool gone;                           /* no longer in the configuration */
+	/* For logs: the next hop ("host[ip]:port" when it has one address,
+	 * else its list), and each address as "host[ip]:port". */
+	char name[CONFIG_HOP_LIST_MAX];
+	char epname[CONFIG_HOP_ADDRS][CONFIG_HOP_TEXT_MAX + 64];
+	/* Per address: no new connection to it before this monotonic ns (it
+	 * failed before greeting us); the next address is tried meanwhile. */
+	uint64_t ep_down[CONFIG_HOP_ADDRS];
+	bool gone; /* no longer in the configuration */
 	struct rjob *qhead, *qtail;
 	uint32_t qlen;
 	uint32_t nconns; /* open or opening */
@@ -234,7 +241,10 @@ struct oconn {
 	int fd;
 	uint8_t st;
 	bool lmtp;
-	unsigned ext; /* RELAY_EXT_* from the last EHLO */
+	bool local;     /* a unix socket: never TLS */
+	uint8_t ep;     /* index into hop->conf.a: the address connected to */
+	uint8_t member; /* its member in hop->conf.m (TLS host name) */
+	unsigned ext;   /* RELAY_EXT_* from the last EHLO */
 	uint64_t size_max;
 	bool connect_inflight, lt_inflight, recv_inflight, send_inflight;
 	bool send_tls; /* the send in flight is from tls->cout (else from out) */
@@ -826,7 +836,9 @@ delay_s(const struct rmsg *m)
 static const char *
 hop_name(const struct rjob *j)
 {
-	return j->hop != NULL ? j->hop->name : "none";
+	if (j->hop == NULL)
+		return "none";
+	return j->ep < j->hop->conf.na ? j->hop->epname[j->ep] : j->hop->name;
 }
 
 /* One line per recipient and attempt, in the shape Postfix's tools parse. */
@@ -1030,7 +1042,9 @@ bounce_start(struct relay *r, struct rjob *j)
 		    .addr = m->rcpt[j->ri[k]].p,
 		    .addr_len = m->rcpt[j->ri[k]].len,
 		    .status = status[n],
-		    .remote_mta = j->hop != NULL ? j->hop->conf.host : NULL,
+		    .remote_mta = j->hop != NULL && j->ep < j->hop->conf.na
+		                      ? j->hop->conf.m[j->hop->conf.a[j->ep].member].host
+		                      : NULL,
 		    .diag = t,
 		    .diag_len = tl,
 		    .last_attempt = now,
@@ -1142,28 +1156,58 @@ relay_bounce_verdict(void *owner, int res)
 /* ---- next hops ---- */
 
 static void
-hop_make_name(struct rhop *h)
+ep_make_name(const struct relay_hop_conf *c, unsigned i, char *out, size_t cap)
 {
-	const struct relay_hop_conf *c = &h->conf;
+	const struct relay_hop_addr *a = &c->a[i];
+	const struct relay_hop_member *m = &c->m[a->member];
 	char ip[INET6_ADDRSTRLEN] = "?";
 	unsigned port = 0;
-	if (c->addr.ss_family == AF_UNIX) {
-		const struct sockaddr_un *un = (const struct sockaddr_un *)&c->addr;
-		snprintf(h->name, sizeof(h->name), "%s[%s]",
-		         c->proto == RELAY_PROTO_LMTP ? "lmtp" : "smtp", un->sun_path);
+	if (a->sa.ss_family == AF_UNIX) {
+		const struct sockaddr_un *un = (const struct sockaddr_un *)&a->sa;
+		snprintf(out, cap, "%s[%s]", m->proto == RELAY_PROTO_LMTP ? "lmtp" : "smtp",
+		         un->sun_path);
 		return;
 	}
-	if (c->addr.ss_family == AF_INET) {
-		const struct sockaddr_in *in = (const struct sockaddr_in *)&c->addr;
+	if (a->sa.ss_family == AF_INET) {
+		const struct sockaddr_in *in = (const struct sockaddr_in *)&a->sa;
 		inet_ntop(AF_INET, &in->sin_addr, ip, sizeof(ip));
 		port = ntohs(in->sin_port);
-	} else if (c->addr.ss_family == AF_INET6) {
-		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&c->addr;
+	} else if (a->sa.ss_family == AF_INET6) {
+		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&a->sa;
 		inet_ntop(AF_INET6, &in6->sin6_addr, ip, sizeof(ip));
 		port = ntohs(in6->sin6_port);
 	}
-	snprintf(h->name, sizeof(h->name), "%s[%s]:%u", c->host[0] != '\0' ? c->host : ip, ip,
-	         port);
+	snprintf(out, cap, "%s[%s]:%u", m->host[0] != '\0' ? m->host : ip, ip, port);
+}
+
+static void
+hop_make_name(struct rhop *h)
+{
+	const struct relay_hop_conf *c = &h->conf;
+	for (unsigned i = 0; i < c->na; i++)
+		ep_make_name(c, i, h->epname[i], sizeof(h->epname[i]));
+	if (c->na == 1)
+		snprintf(h->name, sizeof(h->name), "%s", h->epname[0]);
+	else
+		snprintf(h->name, sizeof(h->name), "%s", c->text);
+}
+
+/* The first address of h not marked down (hop->conf.na if none). */
+static unsigned
+hop_first_up(const struct relay *r, const struct rhop *h)
+{
+	unsigned i = 0;
+	while (i < h->conf.na && h->ep_down[i] > r->now)
+		i++;
+	return i;
+}
+
+/* The operator asked for an attempt now: every address may be tried. */
+static void
+hop_clear_down(struct rhop *h)
+{
+	h->retry_at = 0;
+	memset(h->ep_down, 0, sizeof(h->ep_down));
 }
 
 /* Match our hops to the configuration's (by their canonical text). */
@@ -1182,6 +1226,9 @@ hop_sync(struct relay *r)
 			h->next = r->hops;
 			r->hops = h;
 		}
+		if (h->conf.na != rc->hops[i].na ||
+		    memcmp(h->conf.a, rc->hops[i].a, sizeof(h->conf.a)) != 0)
+			memset(h->ep_down, 0, sizeof(h->ep_down)); /* re-resolved */
 		h->conf = rc->hops[i];
 		h->gone = false;
 		hop_make_name(h);
@@ -1268,6 +1315,13 @@ static void conn_send(struct oconn *c);
 static void conn_close(struct oconn *c);
 static void conn_starttls(struct oconn *c);
 static bool tls_required(const struct oconn *c);
+
+/* "host[ip]:port" of the address this connection uses, for logs. */
+static const char *
+conn_name(const struct oconn *c)
+{
+	return c->ep < c->hop->conf.na ? c->hop->epname[c->ep] : c->hop->name;
+}
 
 static uint64_t
 conn_ud(const struct oconn *c, enum subop op)
@@ -1367,8 +1421,19 @@ conn_fail(struct oconn *c, const char *fmt, ...)
 	}
 	c->lmtp_job = NULL;
 	c->exp_n = 0;
+	unsigned ep = c->ep;
 	conn_close(c); /* may free c */
 	if (!was_ready) {
+		/* This address is skipped for retry_min; while another one is
+		 * left, the next connection goes there at once and the next hop
+		 * as a whole is not failing. */
+		if (ep < h->conf.na)
+			h->ep_down[ep] = r->now + r->cfg->relay.retry_min;
+		if (hop_first_up(r, h) < h->conf.na) {
+			log_info("relay: %s failed; trying the next address of %s",
+			         ep < h->conf.na ? h->epname[ep] : "?", h->name);
+			return;
+		}
 		if (h->fail_since == 0)
 			h->fail_since = r->now;
 		h->retry_at = r->now + r->cfg->relay.retry_min;
@@ -1440,13 +1505,20 @@ conn_open(struct relay *r, struct rhop *h)
 		r->free_slots[r->nfree++] = r->nslots++;
 	}
 	const struct relay_hop_conf *hc = &h->conf;
-	int fd = socket(hc->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	/* In order: the first address that has not failed lately, so a
+	 * list is primary then backups and a name's addresses are tried as
+	 * the resolver sorted them (RFC 6724). */
+	unsigned ep = hop_first_up(r, h);
+	if (ep == hc->na)
+		return;
+	const struct relay_hop_addr *a = &hc->a[ep];
+	int fd = socket(a->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0) {
-		log_err("relay: socket for %s: %s", h->name, strerror(errno));
+		log_err("relay: socket for %s: %s", h->epname[ep], strerror(errno));
 		h->retry_at = r->now + r->cfg->relay.retry_min;
 		return;
 	}
-	if (hc->addr.ss_family != AF_UNIX) {
+	if (a->sa.ss_family != AF_UNIX) {
 		int one = 1;
 		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	}
@@ -1461,7 +1533,10 @@ conn_open(struct relay *r, struct rhop *h)
 	r->slots[c->idx] = c;
 	c->fd = fd;
 	c->st = C_CONNECTING;
-	c->lmtp = hc->proto == RELAY_PROTO_LMTP;
+	c->ep = (uint8_t)ep;
+	c->member = a->member;
+	c->lmtp = hc->m[a->member].proto == RELAY_PROTO_LMTP;
+	c->local = a->sa.ss_family == AF_UNIX;
 	c->t.kind = T_CONN;
 	c->next = h->conns;
 	h->conns = c;
@@ -1476,7 +1551,7 @@ conn_open(struct relay *r, struct rhop *h)
 	if (io_uring_sq_space_left(r->env.ring) < 2)
 		io_uring_submit(r->env.ring);
 	struct io_uring_sqe *sqe = r->env.get_sqe(r->env.ctx);
-	io_uring_prep_connect(sqe, fd, (const struct sockaddr *)&hc->addr, hc->addrlen);
+	io_uring_prep_connect(sqe, fd, (const struct sockaddr *)&a->sa, a->len);
 	io_uring_sqe_set_data64(sqe, conn_ud(c, S_CONNECT));
 	sqe->flags |= IOSQE_IO_LINK;
 	sqe = r->env.get_sqe(r->env.ctx);
@@ -1520,7 +1595,7 @@ conn_send(struct oconn *c)
 			if (relay_tls_write(t, c->out, n, err, sizeof(err)) < 0) {
 				/* Not from here (callers still use c): the recv
 				 * ends with 0 and the usual failure path runs. */
-				log_err("relay: TLS write to %s: %s", c->hop->name, err);
+				log_err("relay: TLS write to %s: %s", conn_name(c), err);
 				shutdown(c->fd, SHUT_RDWR);
 				return;
 			}
@@ -1549,18 +1624,18 @@ conn_starttls(struct oconn *c)
 	if (r->tlsctx == NULL) {
 		/* relay_tls was turned off by a reload while STARTTLS was on
 		 * its way: this connection is retried under the new setting. */
-		conn_fail(c, "4.7.4 relay_tls changed while starting TLS with %s", c->hop->name);
+		conn_fail(c, "4.7.4 relay_tls changed while starting TLS with %s", conn_name(c));
 		return;
 	}
 	c->tls = malloc(sizeof(*c->tls));
-	if (c->tls == NULL || relay_tls_start(r->tlsctx, c->tls, c->hop->conf.host,
+	if (c->tls == NULL || relay_tls_start(r->tlsctx, c->tls, c->hop->conf.m[c->member].host,
 	                                      r->cfg->relay.tls == RELAY_TLS_VERIFY) < 0) {
 		free(c->tls);
 		c->tls = NULL;
 		conn_fail(c,
 		          "4.7.4 cannot start TLS with %s (out of memory, or a host name wolfSSL "
 		          "cannot check)",
-		          c->hop->name);
+		          conn_name(c));
 		return;
 	}
 	c->discard_input = true;
@@ -1570,7 +1645,7 @@ conn_starttls(struct oconn *c)
 	char err[160];
 	if (relay_tls_handshake(c->tls, err, sizeof(err)) < 0) {
 		conn_fail(c, "%s TLS handshake with %s failed: %s",
-		          tls_required(c) ? "4.7.4" : "4.7.5", c->hop->name, err);
+		          tls_required(c) ? "4.7.4" : "4.7.5", conn_name(c), err);
 		return;
 	}
 	conn_send(c); /* the ClientHello */
@@ -1594,6 +1669,8 @@ conn_ready(struct oconn *c)
 	c->st = C_READY;
 	c->ever_ready = true;
 	h->nready++;
+	if (c->ep < h->conf.na)
+		h->ep_down[c->ep] = 0;
 	if (h->fail_since != 0)
 		log_info("relay: %s is reachable again", h->name);
 	h->fail_since = 0;
@@ -1608,8 +1685,7 @@ static bool
 tls_required(const struct oconn *c)
 {
 	enum relay_tls m = c->r->cfg->relay.tls;
-	return (m == RELAY_TLS_ENCRYPT || m == RELAY_TLS_VERIFY) &&
-	       c->hop->conf.addr.ss_family != AF_UNIX;
+	return (m == RELAY_TLS_ENCRYPT || m == RELAY_TLS_VERIFY) && !c->local;
 }
 
 /* A complete reply (code, text without the code) for the head of the
@@ -1634,7 +1710,7 @@ on_reply(struct oconn *c, int code, const char *text, size_t len)
 		return;
 	}
 	if (c->exp_n == 0) {
-		conn_fail(c, "4.4.2 unexpected reply from %s: %d %.*s", c->hop->name, code,
+		conn_fail(c, "4.4.2 unexpected reply from %s: %d %.*s", conn_name(c), code,
 		          (int)(len > 200 ? 200 : len), text);
 		return;
 	}
@@ -1646,7 +1722,7 @@ on_reply(struct oconn *c, int code, const char *text, size_t len)
 	switch (e.kind) {
 	case X_GREET:
 		if (!ok) {
-			conn_fail(c, "4.4.0 %s refused to talk to me: %d %.*s", c->hop->name, code,
+			conn_fail(c, "4.4.0 %s refused to talk to me: %d %.*s", conn_name(c), code,
 			          (int)(len > 200 ? 200 : len), text);
 			return;
 		}
@@ -1663,7 +1739,7 @@ on_reply(struct oconn *c, int code, const char *text, size_t len)
 				conn_fail(
 				    c,
 				    "4.7.4 TLS is required (relay_tls) but %s refused %s: %d %.*s",
-				    c->hop->name, c->lmtp ? "LHLO" : "EHLO", code,
+				    conn_name(c), c->lmtp ? "LHLO" : "EHLO", code,
 				    (int)(len > 200 ? 200 : len), text);
 				return;
 			}
@@ -1671,12 +1747,12 @@ on_reply(struct oconn *c, int code, const char *text, size_t len)
 				conn_fail(c,
 				          "4.7.4 TLS is required (relay_tls) but %s does not offer "
 				          "STARTTLS",
-				          c->hop->name);
+				          conn_name(c));
 				return;
 			}
 		}
-		if (ok && c->tls == NULL && r->tlsctx != NULL &&
-		    c->hop->conf.addr.ss_family != AF_UNIX && (c->ext & RELAY_EXT_STARTTLS)) {
+		if (ok && c->tls == NULL && r->tlsctx != NULL && !c->local &&
+		    (c->ext & RELAY_EXT_STARTTLS)) {
 			out_cmd(c, "STARTTLS\r\n");
 			exp_push(c, X_STARTTLS, NULL, 0);
 			return;
@@ -1687,7 +1763,7 @@ on_reply(struct oconn *c, int code, const char *text, size_t len)
 			out_cmd(c, "HELO %s\r\n", r->cfg->smtp.hostname);
 			exp_push(c, X_HELO, NULL, 0);
 		} else {
-			conn_fail(c, "4.4.0 %s refused LHLO: %d %.*s", c->hop->name, code,
+			conn_fail(c, "4.4.0 %s refused LHLO: %d %.*s", conn_name(c), code,
 			          (int)(len > 200 ? 200 : len), text);
 		}
 		return;
@@ -1695,7 +1771,7 @@ on_reply(struct oconn *c, int code, const char *text, size_t len)
 		if (ok)
 			conn_ready(c);
 		else
-			conn_fail(c, "4.4.0 %s refused HELO: %d %.*s", c->hop->name, code,
+			conn_fail(c, "4.4.0 %s refused HELO: %d %.*s", conn_name(c), code,
 			          (int)(len > 200 ? 200 : len), text);
 		return;
 	case X_MAIL:
@@ -1761,7 +1837,7 @@ on_reply(struct oconn *c, int code, const char *text, size_t len)
 		if (tls_required(c)) {
 			conn_fail(
 			    c, "4.7.4 TLS is required (relay_tls) but %s refused STARTTLS: %d %.*s",
-			    c->hop->name, code, (int)(len > 200 ? 200 : len), text);
+			    conn_name(c), code, (int)(len > 200 ? 200 : len), text);
 			return;
 		}
 		conn_ready(c); /* may: plaintext, as Postfix does */
@@ -1793,7 +1869,7 @@ conn_parse(struct oconn *c)
 		struct relay_reply_line line;
 		int st = relay_reply_add(&c->reply, p, n, &line);
 		if (st == RELAY_REPLY_BAD) {
-			conn_fail(c, "4.4.2 malformed reply from %s: %.*s", c->hop->name,
+			conn_fail(c, "4.4.2 malformed reply from %s: %.*s", conn_name(c),
 			          (int)(n > 100 ? 100 : n), p);
 			return false;
 		}
@@ -1823,7 +1899,7 @@ conn_parse(struct oconn *c)
 		c->in_len -= off;
 	}
 	if (c->in_len == RELAY_IN_SIZE) {
-		conn_fail(c, "4.4.2 reply line too long from %s", c->hop->name);
+		conn_fail(c, "4.4.2 reply line too long from %s", conn_name(c));
 		return false;
 	}
 	return true;
@@ -1883,6 +1959,7 @@ conn_take_job(struct oconn *c)
 		struct rmsg *m = j->m;
 		j->state = J_ACTIVE;
 		j->conn = c;
+		j->ep = c->ep;
 		j->attempts++;
 		j->mail_failed = false;
 		j->nacc = 0;
@@ -2028,14 +2105,14 @@ conn_tls_input(struct oconn *c)
 		if (h < 0) {
 			r->env.stats->relay_tls_failures++;
 			conn_fail(c, "%s TLS handshake with %s failed: %s",
-			          tls_required(c) ? "4.7.4" : "4.7.5", c->hop->name, err);
+			          tls_required(c) ? "4.7.4" : "4.7.5", conn_name(c), err);
 			return false;
 		}
 		if (h == 0)
 			return true;
 		r->env.stats->relay_tls_handshakes++;
 		log_info("relay: TLS connection established to %s: %s with cipher %s%s",
-		         c->hop->name, t->version, t->cipher,
+		         conn_name(c), t->version, t->cipher,
 		         r->cfg->relay.tls == RELAY_TLS_VERIFY ? " (certificate verified)"
 		                                               : " (certificate not verified)");
 		out_cmd(c, "%s %s\r\n", c->lmtp ? "LHLO" : "EHLO", r->cfg->smtp.hostname);
@@ -2043,7 +2120,7 @@ conn_tls_input(struct oconn *c)
 	}
 	for (;;) {
 		if (c->in_len == RELAY_IN_SIZE) {
-			conn_fail(c, "4.4.2 reply line too long from %s", c->hop->name);
+			conn_fail(c, "4.4.2 reply line too long from %s", conn_name(c));
 			return false;
 		}
 		long n = relay_tls_read(t, c->in + c->in_len, RELAY_IN_SIZE - c->in_len, err,
@@ -2051,7 +2128,7 @@ conn_tls_input(struct oconn *c)
 		if (n == 0)
 			return true;
 		if (n < 0) {
-			conn_fail(c, "4.4.2 TLS error from %s: %s", c->hop->name, err);
+			conn_fail(c, "4.4.2 TLS error from %s: %s", conn_name(c), err);
 			return false;
 		}
 		c->in_len += (uint32_t)n;
@@ -2082,7 +2159,7 @@ relay_on_cqe(struct relay *r, struct io_uring_cqe *cqe)
 		if (c->st == C_CLOSING)
 			break;
 		if (res < 0) {
-			conn_fail(c, "4.4.1 connect to %s: %s", c->hop->name,
+			conn_fail(c, "4.4.1 connect to %s: %s", conn_name(c),
 			          res == -ECANCELED ? "Connection timed out" : strerror(-res));
 			return;
 		}
@@ -2102,7 +2179,7 @@ relay_on_cqe(struct relay *r, struct io_uring_cqe *cqe)
 				return;
 			}
 			conn_fail(c, "4.4.2 lost connection with %s while waiting for %s%s%s",
-			          c->hop->name,
+			          conn_name(c),
 			          c->exp_n > 0 ? xkind_name(c->exp[c->exp_head].kind) : "a reply",
 			          res < 0 ? ": " : "", res < 0 ? strerror(-res) : "");
 			return;
@@ -2127,7 +2204,7 @@ relay_on_cqe(struct relay *r, struct io_uring_cqe *cqe)
 			break;
 		if (res < 0) {
 			conn_fail(c, "4.4.2 lost connection with %s while sending: %s",
-			          c->hop->name, strerror(-res));
+			          conn_name(c), strerror(-res));
 			return;
 		}
 		assert((uint32_t)res <= c->send_len);
@@ -2181,7 +2258,7 @@ relay_timer(struct timer_node *n, void *arg)
 		return;
 	}
 	conn_fail(c, "4.4.2 timeout waiting for %s from %s",
-	          c->exp_n > 0 ? xkind_name(c->exp[c->exp_head].kind) : "a reply", c->hop->name);
+	          c->exp_n > 0 ? xkind_name(c->exp[c->exp_head].kind) : "a reply", conn_name(c));
 }
 
 /* ---- the loop's side ---- */
@@ -2676,7 +2753,7 @@ cmd_apply(struct relay *r, struct relay_cmd *cmd, struct rmsg *m)
 		/* The operator asks for an attempt now: a next hop that
 		 * failed recently may be connected to at once. */
 		if (js[i]->hop != NULL)
-			js[i]->hop->retry_at = 0;
+			hop_clear_down(js[i]->hop);
 		relay_timer(&js[i]->t.n, r);
 	}
 	return true;
@@ -2690,7 +2767,7 @@ relay_apply_cmds(struct relay *r, struct relay_cmdset *set)
 		unsigned matched = 0;
 		if (cmd->op == RELAY_CMD_FLUSH && cmd->qid[0] == '\0')
 			for (struct rhop *h = r->hops; h != NULL; h = h->next)
-				h->retry_at = 0;
+				hop_clear_down(h);
 		for (struct rseg *s = r->segs, *sn; s != NULL; s = sn) {
 			sn = s->next; /* a delete may free the segment */
 			for (struct rmsg *m = s->msgs, *mn; m != NULL; m = mn) {

@@ -46,9 +46,9 @@ blank(char c)
 /* ---- one next hop ---- */
 
 static int
-hop_unix(const char *path, struct relay_hop_conf *h, char *why, size_t whylen)
+hop_unix(const char *path, struct relay_hop_member *h, char *why, size_t whylen)
 {
-	struct sockaddr_un *su = (struct sockaddr_un *)&h->addr;
+	struct sockaddr_un *su = (struct sockaddr_un *)&h->literal;
 	size_t n = strlen(path);
 
 	_Static_assert(sizeof(struct sockaddr_un) <= sizeof(struct sockaddr_storage),
@@ -65,23 +65,23 @@ hop_unix(const char *path, struct relay_hop_conf *h, char *why, size_t whylen)
 	}
 	su->sun_family = AF_UNIX;
 	memcpy(su->sun_path, path, n + 1);
-	h->addrlen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n + 1);
+	h->literal_len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n + 1);
 	snprintf(h->text, sizeof(h->text), "lmtp:unix:%s", path);
 	return 0;
 }
 
-int
-relay_hop_parse(const char *s, size_t n, bool need_proto, struct relay_hop_conf *h,
-		char *why, size_t whylen)
+/* One member s[0..n) of a next-hop list into *h (zeroed first). */
+static int
+member_parse(const char *s, size_t n, bool need_proto, struct relay_hop_member *h, char *why,
+	     size_t whylen)
 {
 	static const char *const proto[] = {"smtp", "lmtp"};
 	char b[CONFIG_HOP_TEXT_MAX], *p = b, *host, *port;
-	struct sockaddr_in *s4 = (struct sockaddr_in *)&h->addr;
-	struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&h->addr;
+	struct sockaddr_in *s4 = (struct sockaddr_in *)&h->literal;
+	struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&h->literal;
 	uint64_t pn;
 	size_t i;
 
-	assert(s != NULL && h != NULL && why != NULL);
 	memset(h, 0, sizeof(*h));
 	if (n >= sizeof(b)) {
 		snprintf(why, whylen, "too long (max %zu bytes)", sizeof(b) - 1);
@@ -127,12 +127,15 @@ relay_hop_parse(const char *s, size_t n, bool need_proto, struct relay_hop_conf 
 		*rb = '\0';
 		host = p + 1;
 		port = rb + 2;
-		if (inet_pton(AF_INET6, host, &s6->sin6_addr) != 1) {
+		/* [IPv6], and Postfix's [name] / [IPv4], which here mean the
+		 * same as without brackets. */
+		if (inet_pton(AF_INET6, host, &s6->sin6_addr) == 1) {
+			s6->sin6_family = AF_INET6;
+			h->literal_len = sizeof(*s6);
+		} else if (strchr(host, ':') != NULL) {
 			snprintf(why, whylen, "not an IPv6 address");
 			return -1;
 		}
-		s6->sin6_family = AF_INET6;
-		h->addrlen = sizeof(*s6);
 	} else {
 		port = strrchr(p, ':');
 		if (port == NULL) {
@@ -150,9 +153,11 @@ relay_hop_parse(const char *s, size_t n, bool need_proto, struct relay_hop_conf 
 						       : "not a host name or address");
 			return -1;
 		}
+	}
+	if (h->literal_len == 0) {
 		if (inet_pton(AF_INET, host, &s4->sin_addr) == 1) {
 			s4->sin_family = AF_INET;
-			h->addrlen = sizeof(*s4);
+			h->literal_len = sizeof(*s4);
 		} else if (!config_domain_valid(host, strlen(host), false)) {
 			snprintf(why, whylen, "not a host name or address");
 			return -1;
@@ -166,64 +171,164 @@ relay_hop_parse(const char *s, size_t n, bool need_proto, struct relay_hop_conf 
 	/* host: what TLS names and checks; text: the hop's identity, one
 	 * spelling per hop, so "SMTP.example.org" and "smtp.example.org"
 	 * share connections and so that literals are in inet_ntop() form. */
-	if (h->addrlen == 0) {
+	if (h->literal_len == 0) {
 		for (i = 0; host[i] != '\0'; i++)
 			h->host[i] = lower(host[i]);
 		h->host[i] = '\0';
-	} else if (h->addr.ss_family == AF_INET) {
+	} else if (h->literal.ss_family == AF_INET) {
 		s4->sin_port = htons((uint16_t)pn);
 		inet_ntop(AF_INET, &s4->sin_addr, h->host, sizeof(h->host));
 	} else {
 		s6->sin6_port = htons((uint16_t)pn);
 		inet_ntop(AF_INET6, &s6->sin6_addr, h->host, sizeof(h->host));
 	}
-	snprintf(h->text, sizeof(h->text), h->addr.ss_family == AF_INET6 ? "%s:[%s]:%u" : "%s:%s:%u",
-		 proto[h->proto], h->host, (unsigned)pn);
+	snprintf(h->text, sizeof(h->text),
+		 h->literal.ss_family == AF_INET6 ? "%s:[%s]:%u" : "%s:%s:%u", proto[h->proto],
+		 h->host, (unsigned)pn);
+	return 0;
+}
+
+/* Append an address unless the list has it already (two names of one
+ * host, or a name and its literal, must not make it tried twice). */
+static bool
+addr_add(struct relay_hop_conf *h, const struct sockaddr *sa, socklen_t len, unsigned member)
+{
+	unsigned i;
+
+	for (i = 0; i < h->na; i++)
+		if (h->a[i].len == len && memcmp(&h->a[i].sa, sa, len) == 0)
+			return true;
+	if (h->na == CONFIG_HOP_ADDRS)
+		return false;
+	memset(&h->a[h->na], 0, sizeof(h->a[h->na]));
+	memcpy(&h->a[h->na].sa, sa, len);
+	h->a[h->na].len = len;
+	h->a[h->na].member = (uint8_t)member;
+	h->na++;
+	return true;
+}
+
+int
+relay_hop_parse(const char *s, size_t n, bool need_proto, struct relay_hop_conf *h,
+		char *why, size_t whylen)
+{
+	size_t i = 0, tl = 0;
+	bool literal = true;
+
+	assert(s != NULL && h != NULL && why != NULL);
+	memset(h, 0, sizeof(*h));
+	if (n >= CONFIG_HOP_LIST_MAX) {
+		snprintf(why, whylen, "too long (max %d bytes)", CONFIG_HOP_LIST_MAX - 1);
+		return -1;
+	}
+	for (;;) {
+		size_t b, e;
+
+		while (i < n && blank(s[i]))
+			i++;
+		b = i;
+		while (i < n && s[i] != ',')
+			i++;
+		e = i;
+		while (e > b && blank(s[e - 1]))
+			e--;
+		if (e == b) {
+			snprintf(why, whylen, "%s", h->nm == 0 && i == n ? "empty"
+						      : "empty member in the list");
+			return -1;
+		}
+		if (h->nm == CONFIG_HOP_MEMBERS) {
+			snprintf(why, whylen, "more than %d next hops in one list",
+				 CONFIG_HOP_MEMBERS);
+			return -1;
+		}
+		struct relay_hop_member *m = &h->m[h->nm];
+		if (member_parse(s + b, e - b, need_proto, m, why, whylen) < 0)
+			return -1;
+		for (unsigned k = 0; k < h->nm; k++)
+			if (strcmp(h->m[k].text, m->text) == 0) {
+				snprintf(why, whylen, "%s is listed twice", m->text);
+				return -1;
+			}
+		tl += (size_t)snprintf(h->text + tl, sizeof(h->text) - tl, "%s%s",
+				       h->nm > 0 ? ", " : "", m->text);
+		literal &= m->literal_len > 0;
+		h->nm++;
+		if (i == n)
+			break;
+		i++; /* the comma */
+	}
+	if (literal && relay_hop_resolve(h, NULL, why, whylen) < 0)
+		return -1;
 	return 0;
 }
 
 int
-relay_hop_resolve(struct relay_hop_conf *h, char *why, size_t whylen)
+relay_hop_resolve(struct relay_hop_conf *h, unsigned *bad, char *why, size_t whylen)
 {
 	struct addrinfo hints, *res = NULL, *ai;
-	const char *port;
+	unsigned k, usable, dummy;
 	int rc;
 
-	if (h->addrlen != 0)
-		return 0;
-	assert(h->host[0] != '\0');
-	/* The port is the text's last field: "smtp:NAME:PORT". */
-	port = strrchr(h->text, ':');
-	assert(port != NULL);
-	memset(&hints, 0, sizeof(hints));
-	hints.ai_family = AF_UNSPEC;
-	hints.ai_socktype = SOCK_STREAM;
-	/* No AI_ADDRCONFIG: it drops every address on a host whose only
-	 * interface is loopback, and "localhost" must still resolve there. */
-	hints.ai_flags = AI_NUMERICSERV;
+	if (bad == NULL)
+		bad = &dummy;
+	assert(h->nm > 0);
+	/* Rebuilt in member order on every load: a name's addresses change. */
+	h->na = 0;
+	for (k = 0; k < h->nm; k++) {
+		const struct relay_hop_member *m = &h->m[k];
+		const char *port;
+
+		if (m->literal_len != 0) {
+			if (!addr_add(h, (const struct sockaddr *)&m->literal, m->literal_len, k))
+				goto full;
+			continue;
+		}
+		assert(m->host[0] != '\0');
+		/* The port is the text's last field: "smtp:NAME:PORT". */
+		port = strrchr(m->text, ':');
+		assert(port != NULL);
+		memset(&hints, 0, sizeof(hints));
+		hints.ai_family = AF_UNSPEC;
+		hints.ai_socktype = SOCK_STREAM;
+		/* No AI_ADDRCONFIG: it drops every address on a host whose
+		 * only interface is loopback, and "localhost" must still
+		 * resolve there. */
+		hints.ai_flags = AI_NUMERICSERV;
 #ifdef RINGMX_FUZZING
-	/* Fuzzed configurations name arbitrary hosts: no DNS from a fuzzer
-	 * (slow, and not the code under test). Literals still resolve. */
-	hints.ai_flags |= AI_NUMERICHOST;
+		/* Fuzzed configurations name arbitrary hosts: no DNS from a
+		 * fuzzer (slow, and not the code under test). */
+		hints.ai_flags |= AI_NUMERICHOST;
 #endif
-	rc = getaddrinfo(h->host, port + 1, &hints, &res);
-	if (rc != 0) {
-		snprintf(why, whylen, "%s", rc == EAI_SYSTEM ? strerror(errno) : gai_strerror(rc));
-		return -1;
-	}
-	for (ai = res; ai != NULL; ai = ai->ai_next)
-		if ((ai->ai_family == AF_INET || ai->ai_family == AF_INET6) &&
-		    ai->ai_addrlen <= sizeof(h->addr))
-			break;
-	if (ai == NULL) {
+		rc = getaddrinfo(m->host, port + 1, &hints, &res);
+		if (rc != 0) {
+			*bad = k;
+			snprintf(why, whylen, "%s", rc == EAI_SYSTEM ? strerror(errno) : gai_strerror(rc));
+			return -1;
+		}
+		usable = 0;
+		for (ai = res; ai != NULL; ai = ai->ai_next) {
+			if ((ai->ai_family != AF_INET && ai->ai_family != AF_INET6) ||
+			    ai->ai_addrlen > sizeof(h->a[0].sa))
+				continue;
+			usable++;
+			if (!addr_add(h, ai->ai_addr, ai->ai_addrlen, k)) {
+				freeaddrinfo(res);
+				goto full;
+			}
+		}
 		freeaddrinfo(res);
-		snprintf(why, whylen, "no IPv4 or IPv6 address");
-		return -1;
+		if (usable == 0) {
+			*bad = k;
+			snprintf(why, whylen, "no IPv4 or IPv6 address");
+			return -1;
+		}
 	}
-	memcpy(&h->addr, ai->ai_addr, ai->ai_addrlen);
-	h->addrlen = ai->ai_addrlen;
-	freeaddrinfo(res);
 	return 0;
+full:
+	*bad = k;
+	snprintf(why, whylen, "more than %d addresses in one next hop", CONFIG_HOP_ADDRS);
+	return -1;
 }
 
 int
@@ -362,43 +467,51 @@ map_entry(struct mparse *m, const char *d, size_t dl, const char *hop, size_t hl
 	return 0;
 }
 
-/* One physical line, without its '\n'. */
+/* One physical line, without its '\n': "DOMAIN NEXTHOP[, NEXTHOP...]". */
 static int
 map_line(struct mparse *m, const char *p, size_t n)
 {
-	const char *f[3];
-	size_t fl[3], nf = 0, i = 0;
+	size_t i = 0, d, dl, h, e, k;
 
 	if (n > CONFIG_LINE_MAX)
 		return mfail(m, NULL, 0, "line too long (max %d bytes)", CONFIG_LINE_MAX);
 	if (memchr(p, '\0', n) != NULL)
 		return mfail(m, NULL, 0, "NUL byte in line");
-	while (nf < 3) {
-		while (i < n && blank(p[i]))
-			i++;
-		if (i == n)
-			break;
-		if (nf == 0 && p[i] == '#')
-			return 0; /* a comment takes the whole line */
-		f[nf] = p + i;
-		while (i < n && !blank(p[i]))
-			i++;
-		fl[nf] = (size_t)(p + i - f[nf]);
-		nf++;
-	}
-	if (nf == 0)
-		return 0;
-	if (!(fl[0] == 1 && f[0][0] == '*') && !config_domain_valid(f[0], fl[0], true)) {
+	while (i < n && blank(p[i]))
+		i++;
+	if (i == n || p[i] == '#')
+		return 0; /* blank, or a comment (it takes the whole line) */
+	d = i;
+	while (i < n && !blank(p[i]))
+		i++;
+	dl = i - d;
+	if (!(dl == 1 && p[d] == '*') && !config_domain_valid(p + d, dl, true)) {
 		char qd[288];
 
-		config_quote(qd, sizeof(qd), f[0], fl[0]);
+		config_quote(qd, sizeof(qd), p + d, dl);
 		return mfail(m, NULL, 0, "not a domain: '%s'", qd);
 	}
-	if (nf == 1)
-		return mfail(m, f[0], fl[0], "no next hop (expected 'DOMAIN NEXTHOP')");
-	if (nf == 3)
-		return mfail(m, f[0], fl[0], "extra text after the next hop");
-	return map_entry(m, f[0], fl[0], f[1], fl[1]);
+	while (i < n && blank(p[i]))
+		i++;
+	if (i == n)
+		return mfail(m, p + d, dl, "no next hop (expected 'DOMAIN NEXTHOP')");
+	h = i;
+	e = n;
+	while (e > h && blank(p[e - 1]))
+		e--;
+	/* Blanks inside the next hop only around the commas of a list:
+	 * anything else is a second field. */
+	for (k = h; k < e; k++) {
+		size_t b = k;
+
+		if (!blank(p[k]))
+			continue;
+		while (k < e && blank(p[k]))
+			k++;
+		if (p[b - 1] != ',' && p[k] != ',')
+			return mfail(m, p + d, dl, "extra text after the next hop");
+	}
+	return map_entry(m, p + d, dl, p + h, e - h);
 }
 
 /* Sort, refuse duplicates (the one on the earliest line is reported), and

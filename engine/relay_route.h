@@ -29,20 +29,22 @@ int config_parse_uint(const char *s, uint64_t *out);
 void config_quote(char *b, size_t cap, const char *t, size_t n);
 
 /*
- * Parse one next hop s[0..n) into *h (zeroed first): the syntax of
- * struct relay_hop_conf. need_proto: the smtp:/lmtp: prefix is mandatory
+ * Parse a next hop s[0..n) into *h (zeroed first): a list of members
+ * separated by commas (blanks around them allowed), each in the syntax of
+ * struct relay_hop_member. need_proto: the smtp:/lmtp: prefix is mandatory
  * (transport_maps); without it a bare HOST:PORT means smtp (relay_host).
- * Address literals and unix paths are complete afterwards; a host name
- * leaves addrlen 0 for relay_hop_resolve(). Returns 0, or -1 with the
- * reason in why.
+ * A list of literals and unix paths is complete afterwards (h->na > 0);
+ * one with a host name needs relay_hop_resolve(). Returns 0, or -1 with
+ * the reason in why.
  */
 int relay_hop_parse(const char *s, size_t n, bool need_proto, struct relay_hop_conf *h,
 		    char *why, size_t whylen);
 
-/* Resolve a named hop with getaddrinfo() (first address); a no-op when
- * addrlen is already set. Blocks: load time only. Returns 0, or -1 with
- * the resolver's reason in why. */
-int relay_hop_resolve(struct relay_hop_conf *h, char *why, size_t whylen);
+/* (Re)build h->a from every member: literals as they are, names through
+ * getaddrinfo() (every IPv4 and IPv6 address, in its order). Blocks: load
+ * time only. Returns 0, or -1 with the resolver's reason in why and, if
+ * bad is not NULL, the member it concerns in *bad. */
+int relay_hop_resolve(struct relay_hop_conf *h, unsigned *bad, char *why, size_t whylen);
 
 /* The index of the hop with h's canonical text, appending it if new.
  * -1 when r->hops is full. */

@@ -116,19 +116,46 @@ enum relay_tls {
 			     * the next hop's host name */
 };
 
-/* One next hop, written "smtp:HOST:PORT", "lmtp:HOST:PORT", "lmtp:unix:/PATH",
+/* A next hop is a list of up to CONFIG_HOP_MEMBERS members separated by
+ * commas, tried in order ("smtp:[10.0.0.5]:25, smtp:[10.0.0.6]:25"). A
+ * member is written "smtp:HOST:PORT", "lmtp:HOST:PORT", "lmtp:unix:/PATH",
  * or (relay_host only) "HOST:PORT" meaning smtp. HOST is a name (resolved
- * when the configuration is loaded: at start and on SIGHUP; the first
- * address getaddrinfo returns is used), an IPv4 address or [IPv6]. */
-struct relay_hop_conf {
+ * when the configuration is loaded: at start and on SIGHUP; every IPv4 and
+ * IPv6 address getaddrinfo returns is used, in its order), an IPv4 address
+ * or [IPv6]; brackets around a name or an IPv4 address are allowed and
+ * change nothing (there are no MX lookups to suppress). */
+#define CONFIG_HOP_MEMBERS 8
+#define CONFIG_HOP_ADDRS   16 /* addresses of all the members of one next hop */
+#define CONFIG_HOP_LIST_MAX (CONFIG_HOP_MEMBERS * (CONFIG_HOP_TEXT_MAX + 2))
+
+struct relay_hop_member {
 	enum relay_proto proto;
-	struct sockaddr_storage addr; /* AF_INET, AF_INET6 or AF_UNIX */
-	socklen_t addrlen;
 	/* TLS SNI and verification: the name as written, lower-cased; for an
 	 * address literal its inet_ntop() text, without brackets (no SNI:
 	 * RFC 6066 forbids literals); "" for unix. */
 	char host[256];
-	char text[CONFIG_HOP_TEXT_MAX]; /* canonical form, "smtp:127.0.0.1:25": identity and logs */
+	char text[CONFIG_HOP_TEXT_MAX]; /* canonical form, "smtp:127.0.0.1:25" */
+	/* An address literal or unix path (len > 0), known from the text. */
+	struct sockaddr_storage literal;
+	socklen_t literal_len;
+};
+
+/* One address to connect to, and the member it belongs to. */
+struct relay_hop_addr {
+	struct sockaddr_storage sa; /* AF_INET, AF_INET6 or AF_UNIX */
+	socklen_t len;
+	uint8_t member;
+};
+
+struct relay_hop_conf {
+	struct relay_hop_member m[CONFIG_HOP_MEMBERS];
+	unsigned nm;
+	/* Filled by relay_hop_resolve() (and by the parser when every member
+	 * is a literal): the members' addresses in member order. */
+	struct relay_hop_addr a[CONFIG_HOP_ADDRS];
+	unsigned na;
+	/* The members' canonical texts joined by ", ": identity and logs. */
+	char text[CONFIG_HOP_LIST_MAX];
 };
 
 /* A transport_maps entry. domain is lower case: "example.org" matches that
@@ -147,7 +174,7 @@ struct relay_conf {
 	int default_hop; /* "*" in the map, else relay_host; -1: none */
 	struct transport_entry *map; /* sorted for relay_route(); owned */
 	size_t nmap;
-	char relay_host[CONFIG_HOP_TEXT_MAX];   /* as written, "" = none */
+	char relay_host[CONFIG_HOP_LIST_MAX];   /* as written, "" = none */
 	char transport_maps[CONFIG_PATH_MAX];   /* path, "" = none */
 	enum relay_tls tls;
 	char tls_ca_file[CONFIG_PATH_MAX];

@@ -1740,14 +1740,14 @@ test_relay_host(void **state)
 	assert_int_equal(cfg->relay.nhops, 1);
 	assert_int_equal(cfg->relay.default_hop, 0);
 	h = &cfg->relay.hops[0];
-	assert_int_equal(h->proto, RELAY_PROTO_SMTP);
+	assert_int_equal(h->m[0].proto, RELAY_PROTO_SMTP);
 	assert_string_equal(h->text, "smtp:127.0.0.1:25");
-	assert_string_equal(h->host, "127.0.0.1");
-	s4 = (const struct sockaddr_in *)&h->addr;
+	assert_string_equal(h->m[0].host, "127.0.0.1");
+	s4 = (const struct sockaddr_in *)&h->a[0].sa;
 	assert_int_equal(s4->sin_family, AF_INET);
 	assert_int_equal(ntohl(s4->sin_addr.s_addr), INADDR_LOOPBACK);
 	assert_int_equal(ntohs(s4->sin_port), 25);
-	assert_int_equal(h->addrlen, sizeof(*s4));
+	assert_int_equal(h->a[0].len, sizeof(*s4));
 	assert_string_equal(route(cfg, "localhost"), "smtp:127.0.0.1:25");
 	assert_string_equal(route(cfg, "anything.example"), "smtp:127.0.0.1:25");
 	assert_string_equal(route(cfg, "[192.0.2.1]"), "smtp:127.0.0.1:25");
@@ -1759,26 +1759,26 @@ test_relay_host(void **state)
 
 	cfg = ok("relay_host = lmtp:[0:0::1]:24\n");
 	h = &cfg->relay.hops[0];
-	assert_int_equal(h->proto, RELAY_PROTO_LMTP);
+	assert_int_equal(h->m[0].proto, RELAY_PROTO_LMTP);
 	assert_string_equal(h->text, "lmtp:[::1]:24");
-	s6 = (const struct sockaddr_in6 *)&h->addr;
+	s6 = (const struct sockaddr_in6 *)&h->a[0].sa;
 	assert_int_equal(s6->sin6_family, AF_INET6);
 	assert_int_equal(ntohs(s6->sin6_port), 24);
-	assert_int_equal(h->addrlen, sizeof(*s6));
+	assert_int_equal(h->a[0].len, sizeof(*s6));
 	config_free(cfg);
 
 	cfg = ok("relay_host = smtp:[2001:db8::1]:2525\n");
 	assert_string_equal(cfg->relay.hops[0].text, "smtp:[2001:db8::1]:2525");
-	assert_int_equal(cfg->relay.hops[0].proto, RELAY_PROTO_SMTP);
+	assert_int_equal(cfg->relay.hops[0].m[0].proto, RELAY_PROTO_SMTP);
 	config_free(cfg);
 
 	cfg = ok("relay_host = lmtp:unix:/run/dovecot/lmtp\n");
 	h = &cfg->relay.hops[0];
 	assert_string_equal(h->text, "lmtp:unix:/run/dovecot/lmtp");
-	assert_string_equal(h->host, "");
-	assert_int_equal(h->addr.ss_family, AF_UNIX);
-	assert_string_equal(((const struct sockaddr_un *)&h->addr)->sun_path, "/run/dovecot/lmtp");
-	assert_int_equal(h->addrlen, offsetof(struct sockaddr_un, sun_path) + 18);
+	assert_string_equal(h->m[0].host, "");
+	assert_int_equal(h->a[0].sa.ss_family, AF_UNIX);
+	assert_string_equal(((const struct sockaddr_un *)&h->a[0].sa)->sun_path, "/run/dovecot/lmtp");
+	assert_int_equal(h->a[0].len, offsetof(struct sockaddr_un, sun_path) + 18);
 	config_free(cfg);
 
 	/* A name is resolved at load time (first address); the text keeps
@@ -1786,13 +1786,13 @@ test_relay_host(void **state)
 	cfg = ok("relay_host = LocalHost:2525\n");
 	h = &cfg->relay.hops[0];
 	assert_string_equal(h->text, "smtp:localhost:2525");
-	assert_string_equal(h->host, "localhost");
+	assert_string_equal(h->m[0].host, "localhost");
 	assert_string_equal(cfg->relay.relay_host, "LocalHost:2525"); /* as written */
-	assert_true(h->addr.ss_family == AF_INET || h->addr.ss_family == AF_INET6);
-	if (h->addr.ss_family == AF_INET)
-		assert_int_equal(ntohs(((const struct sockaddr_in *)&h->addr)->sin_port), 2525);
+	assert_true(h->a[0].sa.ss_family == AF_INET || h->a[0].sa.ss_family == AF_INET6);
+	if (h->a[0].sa.ss_family == AF_INET)
+		assert_int_equal(ntohs(((const struct sockaddr_in *)&h->a[0].sa)->sin_port), 2525);
 	else
-		assert_int_equal(ntohs(((const struct sockaddr_in6 *)&h->addr)->sin6_port), 2525);
+		assert_int_equal(ntohs(((const struct sockaddr_in6 *)&h->a[0].sa)->sin6_port), 2525);
 	config_free(cfg);
 	round_trip("relay_host = LocalHost:2525\n");
 	round_trip("relay_host = lmtp:unix:/run/x\n");
@@ -1942,8 +1942,8 @@ test_transport_maps(void **state)
 	map = map_file("transport7", "example.org smtp:LOCALHOST:25\n");
 	cfg = ok(with_map("transport_maps = @MAP@\ndomains = example.org\n", map));
 	assert_string_equal(cfg->relay.hops[0].text, "smtp:localhost:25");
-	assert_string_equal(cfg->relay.hops[0].host, "localhost");
-	assert_true(cfg->relay.hops[0].addrlen > 0);
+	assert_string_equal(cfg->relay.hops[0].m[0].host, "localhost");
+	assert_true(cfg->relay.hops[0].a[0].len > 0);
 	config_free(cfg);
 	{
 		char err[CONFIG_ERR_MAX];
@@ -2118,6 +2118,69 @@ test_transport_limits(void **state)
 	free(text);
 }
 
+/* A next hop may list several members, tried in order (failover). */
+static void
+test_relay_host_list(void **state)
+{
+	const struct relay_hop_conf *h;
+	struct config *cfg;
+	struct relay_conf *r;
+	char err[CONFIG_ERR_MAX], want[CONFIG_ERR_MAX];
+	const char *map;
+
+	(void)state;
+	/* Brackets around IPv4 (Postfix's spelling) change nothing. */
+	cfg = ok("relay_host = smtp:[127.0.0.1]:2525 ,smtp:[127.0.0.2]:2526,lmtp:[::1]:24\n");
+	h = &cfg->relay.hops[0];
+	assert_int_equal(cfg->relay.nhops, 1);
+	assert_int_equal(h->nm, 3);
+	assert_int_equal(h->na, 3);
+	assert_string_equal(h->text, "smtp:127.0.0.1:2525, smtp:127.0.0.2:2526, lmtp:[::1]:24");
+	assert_string_equal(h->m[1].host, "127.0.0.2");
+	assert_int_equal(h->m[2].proto, RELAY_PROTO_LMTP);
+	assert_int_equal(h->a[1].member, 1);
+	assert_int_equal(ntohs(((const struct sockaddr_in *)&h->a[1].sa)->sin_port), 2526);
+	assert_int_equal(h->a[2].sa.ss_family, AF_INET6);
+	config_free(cfg);
+	round_trip("relay_host = smtp:[127.0.0.1]:2525, smtp:[127.0.0.2]:2525\n");
+
+	/* A name with its literal: the address is tried once. */
+	cfg = ok("relay_host = 127.0.0.1:25, [localhost]:25\n");
+	h = &cfg->relay.hops[0];
+	assert_int_equal(h->nm, 2);
+	assert_string_equal(h->text, "smtp:127.0.0.1:25, smtp:localhost:25");
+	assert_true(h->na >= 1);
+	for (unsigned i = 1; i < h->na; i++)
+		assert_false(h->a[i].len == h->a[0].len &&
+			     memcmp(&h->a[i].sa, &h->a[0].sa, h->a[0].len) == 0);
+	config_free(cfg);
+
+	bad1("relay_host", "a.example:25,,b.example:25",
+	     "bad next hop 'a.example:25,,b.example:25': empty member in the list");
+	bad1("relay_host", "a.example:25, a.example:25",
+	     "bad next hop 'a.example:25, a.example:25': smtp:a.example:25 is listed twice");
+	bad1("relay_host", "a:1,b:1,c:1,d:1,e:1,f:1,g:1,h:1,i:1",
+	     "bad next hop 'a:1,b:1,c:1,d:1,e:1,f:1,g:1,h:1,i:1': more than 8 next hops in one "
+	     "list");
+	bad1("relay_host", "[a.example:25", "bad next hop '[a.example:25': expected HOST:PORT");
+
+	/* In a transport map: blanks only around the commas. */
+	map = map_file("transport-list", "example.org smtp:[127.0.0.1]:25, smtp:[127.0.0.2]:25\n"
+					 "* smtp:127.0.0.3:25\n");
+	cfg = ok(with_map("transport_maps = @MAP@\ndomains = example.org\n", map));
+	assert_string_equal(route(cfg, "example.org"), "smtp:127.0.0.1:25, smtp:127.0.0.2:25");
+	assert_int_equal(cfg->relay.hops[relay_route(&cfg->relay, "example.org", 11)].na, 2);
+	config_free(cfg);
+	r = calloc(1, sizeof(*r));
+	assert_non_null(r);
+	r->default_hop = -1;
+	assert_int_equal(relay_map_parse(r, "m", "a.example smtp:a:25 smtp:b:25\n", 29, NULL, err,
+					 sizeof(err)), -1);
+	snprintf(want, sizeof(want), "m:1: a.example: extra text after the next hop");
+	assert_string_equal(err, want);
+	free(r);
+}
+
 /* Every relay key reloads; a reload may add, change or drop the relay. */
 static void
 test_relay_reload(void **state)
@@ -2176,6 +2239,7 @@ main(void)
 		cmocka_unit_test(test_relay_defaults),
 		cmocka_unit_test(test_relay_scalars),
 		cmocka_unit_test(test_relay_host),
+		cmocka_unit_test(test_relay_host_list),
 		cmocka_unit_test(test_transport_maps),
 		cmocka_unit_test(test_transport_relative),
 		cmocka_unit_test(test_transport_limits),
