@@ -37,10 +37,9 @@
 
 #include "ringmx/config.h"
 #include "ringmx_version.h"
+#include "config_syntax.h"
 #include "relay_route.h"
 
-#define NS_PER_S 1000000000ull
-#define DAY_S    86400ull
 
 /* Keep the CPU list bound and the kernel's in step. */
 _Static_assert(CONFIG_MAX_CPUS == CPU_SETSIZE, "CONFIG_MAX_CPUS must equal CPU_SETSIZE");
@@ -227,273 +226,11 @@ fail(struct pstate *st, const char *key, const char *fmt, ...)
 	return rc;
 }
 
-/* Printable, bounded copy of untrusted text for messages. */
-static void
-quote_into(char *b, size_t cap, const char *s)
-{
-	size_t o = 0, i;
-
-	(void)cap; /* only the assertion reads it */
-	assert(cap >= 64 * 4 + 8);
-	for (i = 0; s[i] != '\0'; i++) {
-		unsigned char c = (unsigned char)s[i];
-
-		if (i == 64) {
-			memcpy(b + o, "...", 3);
-			o += 3;
-			break;
-		}
-		if (c >= 0x20 && c < 0x7f) {
-			b[o++] = (char)c;
-		} else {
-			snprintf(b + o, 5, "\\x%02x", c);
-			o += 4;
-		}
-	}
-	b[o] = '\0';
-}
-
 static const char *
 q(struct pstate *st, const char *s)
 {
-	quote_into(st->qbuf, sizeof(st->qbuf), s);
+	syn_quote(st->qbuf, sizeof(st->qbuf), s);
 	return st->qbuf;
-}
-
-/* ---- value syntax ---- */
-
-static bool
-is_digit(char c)
-{
-	return c >= '0' && c <= '9';
-}
-
-static bool
-is_blank(char c)
-{
-	return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
-}
-
-/* Decimal digits up to end (or NUL). Returns 0, -1 (junk), -2 (overflow).
- * *end is set past the last digit. */
-static int
-parse_digits(const char *s, uint64_t *out, const char **end)
-{
-	uint64_t v = 0;
-	const char *p = s;
-
-	if (!is_digit(*p))
-		return -1;
-	for (; is_digit(*p); p++) {
-		unsigned d = (unsigned)(*p - '0');
-
-		if (v > (UINT64_MAX - d) / 10) {
-			while (is_digit(*p))
-				p++;
-			*end = p;
-			return -2;
-		}
-		v = v * 10 + d;
-	}
-	*out = v;
-	*end = p;
-	return 0;
-}
-
-static int
-parse_uint(const char *s, uint64_t *out)
-{
-	const char *end;
-	int rc = parse_digits(s, out, &end);
-
-	if (rc == 0 && *end != '\0')
-		return -1;
-	if (rc == -2 && *end != '\0')
-		return -1;
-	return rc;
-}
-
-/* Bytes with an optional k/m/g suffix (powers of 1024). */
-static int
-parse_size(const char *s, uint64_t *out)
-{
-	const char *end;
-	uint64_t v = 0, mul = 1;
-	int rc = parse_digits(s, &v, &end);
-
-	if (rc == -1)
-		return -1;
-	switch (*end) {
-	case '\0':
-		break;
-	case 'k':
-	case 'K':
-		mul = 1ull << 10;
-		end++;
-		break;
-	case 'm':
-	case 'M':
-		mul = 1ull << 20;
-		end++;
-		break;
-	case 'g':
-	case 'G':
-		mul = 1ull << 30;
-		end++;
-		break;
-	default:
-		return -1;
-	}
-	if (*end != '\0')
-		return -1;
-	if (rc == -2 || v > UINT64_MAX / mul)
-		return -2;
-	*out = v * mul;
-	return 0;
-}
-
-/* Seconds with an optional us/ms/s/m/h/d suffix; the result is in ns. */
-static int
-parse_duration(const char *s, uint64_t *ns)
-{
-	const char *end;
-	uint64_t v = 0, mul = 1;
-	int rc = parse_digits(s, &v, &end);
-
-	if (rc == -1)
-		return -1;
-	/* Sub-second units (commit_delay): the multiplier is in ns. */
-	if ((end[0] == 'm' || end[0] == 'u') && end[1] == 's' && end[2] == '\0') {
-		uint64_t sub = end[0] == 'm' ? 1000000ull : 1000ull;
-
-		if (rc == -2 || v > UINT64_MAX / sub)
-			return -2;
-		*ns = v * sub;
-		return 0;
-	}
-	switch (*end) {
-	case '\0':
-		break;
-	case 's':
-		end++;
-		break;
-	case 'm':
-		mul = 60;
-		end++;
-		break;
-	case 'h':
-		mul = 3600;
-		end++;
-		break;
-	case 'd':
-		mul = DAY_S;
-		end++;
-		break;
-	default:
-		return -1;
-	}
-	if (*end != '\0')
-		return -1;
-	if (rc == -2 || v > UINT64_MAX / mul || v * mul > UINT64_MAX / NS_PER_S)
-		return -2;
-	*ns = v * mul * NS_PER_S;
-	return 0;
-}
-
-static int
-parse_bool(const char *s, bool *b)
-{
-	static const char *const yes[] = {"yes", "true", "on", "1"};
-	static const char *const no[] = {"no", "false", "off", "0"};
-	size_t i;
-
-	for (i = 0; i < 4; i++) {
-		if (strcmp(s, yes[i]) == 0) {
-			*b = true;
-			return 0;
-		}
-		if (strcmp(s, no[i]) == 0) {
-			*b = false;
-			return 0;
-		}
-	}
-	return -1;
-}
-
-/* Largest unit that divides exactly: "5m", "1h", "30s", "1ms", "250us". */
-static void
-fmt_duration(char *b, size_t cap, uint64_t ns)
-{
-	uint64_t s = ns / NS_PER_S;
-
-	if (ns % NS_PER_S != 0) {
-		if (ns % 1000000ull == 0)
-			snprintf(b, cap, "%llums", (unsigned long long)(ns / 1000000ull));
-		else
-			snprintf(b, cap, "%lluus", (unsigned long long)(ns / 1000ull));
-		return;
-	}
-	if (s != 0 && s % DAY_S == 0)
-		snprintf(b, cap, "%llud", (unsigned long long)(s / DAY_S));
-	else if (s != 0 && s % 3600 == 0)
-		snprintf(b, cap, "%lluh", (unsigned long long)(s / 3600));
-	else if (s != 0 && s % 60 == 0)
-		snprintf(b, cap, "%llum", (unsigned long long)(s / 60));
-	else
-		snprintf(b, cap, "%llus", (unsigned long long)s);
-}
-
-/*
- * RFC 1035 LDH labels of at most 63 octets, at most SMTP_DOMAIN_MAX in all,
- * no empty label (so no trailing dot), and a last label that is not all
- * digits (that would be an IPv4 address). With wildcard_ok a leading '.'
- * (every subdomain) is allowed.
- */
-static bool
-domain_valid(const char *s, size_t n, bool wildcard_ok)
-{
-	size_t i, label = 0;
-	bool digits = true;
-
-	if (wildcard_ok && n > 0 && s[0] == '.') {
-		s++;
-		n--;
-	}
-	if (n == 0 || n > SMTP_DOMAIN_MAX)
-		return false;
-	for (i = 0; i < n; i++) {
-		char c = s[i];
-
-		if (c == '.') {
-			if (label == 0 || s[i - 1] == '-')
-				return false;
-			label = 0;
-			digits = true;
-			continue;
-		}
-		if (!(is_digit(c) || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '-'))
-			return false;
-		if (label == 0 && c == '-')
-			return false;
-		if (++label > 63)
-			return false;
-		if (!is_digit(c))
-			digits = false;
-	}
-	return label != 0 && s[n - 1] != '-' && !digits;
-}
-
-/* For the transport map parser (engine/relay_route.c): one set of rules. */
-bool
-config_domain_valid(const char *s, size_t n, bool wildcard_ok)
-{
-	return domain_valid(s, n, wildcard_ok);
-}
-
-int
-config_parse_uint(const char *s, uint64_t *out)
-{
-	return parse_uint(s, out);
 }
 
 /* ---- lists ---- */
@@ -518,7 +255,7 @@ domain_add(struct pstate *st, const char *key, const char *tok, size_t n)
 	char **nl;
 	size_t i;
 
-	if (!domain_valid(tok, n, true)) {
+	if (!syn_domain_valid(tok, n, true)) {
 		char raw[CONFIG_LINE_MAX + 1];
 
 		assert(n <= CONFIG_LINE_MAX);
@@ -555,35 +292,16 @@ domains_parse(struct pstate *st, const char *key, const char *v)
 	for (;;) {
 		const char *t;
 
-		while (*p == ',' || is_blank(*p))
+		while (*p == ',' || syn_is_blank(*p))
 			p++;
 		if (*p == '\0')
 			return 0;
 		t = p;
-		while (*p != '\0' && *p != ',' && !is_blank(*p))
+		while (*p != '\0' && *p != ',' && !syn_is_blank(*p))
 			p++;
 		if (domain_add(st, key, t, (size_t)(p - t)) < 0)
 			return -1;
 	}
-}
-
-/* Quoted copy of the token t[0..n) for messages. */
-static void
-tok_quote(char *b, size_t cap, const char *t, size_t n)
-{
-	char raw[72];
-
-	if (n > 65)
-		n = 65; /* quote_into() marks the cut with "..." */
-	memcpy(raw, t, n);
-	raw[n] = '\0';
-	quote_into(b, cap, raw);
-}
-
-void
-config_quote(char *b, size_t cap, const char *t, size_t n)
-{
-	tok_quote(b, cap, t, n);
 }
 
 /*
@@ -605,18 +323,18 @@ cpus_parse(const char *v, int *list, size_t *n, size_t max, char *why, size_t wh
 		const char *t, *end;
 		int rc;
 
-		while (*p == ',' || is_blank(*p))
+		while (*p == ',' || syn_is_blank(*p))
 			p++;
 		if (*p == '\0')
 			return 0;
 		t = p;
-		while (*p != '\0' && *p != ',' && !is_blank(*p))
+		while (*p != '\0' && *p != ',' && !syn_is_blank(*p))
 			p++;
-		tok_quote(qb, sizeof(qb), t, (size_t)(p - t));
-		rc = parse_digits(t, &lo, &end);
+		syn_quote_n(qb, sizeof(qb), t, (size_t)(p - t));
+		rc = syn_parse_digits(t, &lo, &end);
 		hi = lo;
 		if (rc == 0 && *end == '-')
-			rc = parse_digits(end + 1, &hi, &end);
+			rc = syn_parse_digits(end + 1, &hi, &end);
 		if (rc == -1 || end != p) {
 			buff(why, whylen, "not a CPU list: '%s'", qb);
 			return -1;
@@ -697,7 +415,7 @@ static int
 port_parse(struct pstate *st, const char *key, const char *s, uint16_t *port)
 {
 	uint64_t v;
-	int rc = parse_uint(s, &v);
+	int rc = syn_parse_uint(s, &v);
 
 	if (rc == -1)
 		return fail(st, key, "not a port: '%s'", q(st, s));
@@ -777,7 +495,7 @@ listener_option(struct pstate *st, const char *key, char *opt, struct listener_c
 		if (*have & 2)
 			return fail(st, key, "option given twice: 'proxy'");
 		*have |= 2;
-		if (parse_bool(v, &l->proxy) < 0)
+		if (syn_parse_bool(v, &l->proxy) < 0)
 			return fail(st, key, "not a boolean: proxy=%s", q(st, v));
 		return 0;
 	}
@@ -828,7 +546,7 @@ cidr_parse(struct pstate *st, const char *key, const char *tok, size_t n, struct
 	unsigned max, i;
 	uint64_t len;
 
-	tok_quote(qb, sizeof(qb), tok, n);
+	syn_quote_n(qb, sizeof(qb), tok, n);
 	memset(c, 0, sizeof(*c));
 	if (n >= sizeof(a))
 		return fail(st, key, "not a network: '%s'", qb);
@@ -857,7 +575,7 @@ cidr_parse(struct pstate *st, const char *key, const char *tok, size_t n, struct
 		max = 32;
 	}
 	len = max;
-	if (pl != NULL && (parse_uint(pl, &len) != 0 || len > max))
+	if (pl != NULL && (syn_parse_uint(pl, &len) != 0 || len > max))
 		return fail(st, key, "not a prefix length: '%s' (0..%u)", qb, max);
 	c->prefix = (uint8_t)len;
 	for (i = c->prefix; i < max; i++)
@@ -880,12 +598,12 @@ trusted_parse(struct pstate *st, const char *key, const char *v)
 		const char *tk;
 		size_t i;
 
-		while (*p == ',' || is_blank(*p))
+		while (*p == ',' || syn_is_blank(*p))
 			p++;
 		if (*p == '\0')
 			return added > 0 ? 0 : fail(st, key, "empty list");
 		tk = p;
-		while (*p != '\0' && *p != ',' && !is_blank(*p))
+		while (*p != '\0' && *p != ',' && !syn_is_blank(*p))
 			p++;
 		if (cidr_parse(st, key, tk, (size_t)(p - tk), &c) < 0)
 			return -1;
@@ -896,7 +614,7 @@ trusted_parse(struct pstate *st, const char *key, const char *v)
 			    memcmp(o->addr, c.addr, sizeof(c.addr)) == 0) {
 				char qb[288];
 
-				tok_quote(qb, sizeof(qb), tk, (size_t)(p - tk));
+				syn_quote_n(qb, sizeof(qb), tk, (size_t)(p - tk));
 				return fail(st, key, "network listed twice: '%s'", qb);
 			}
 		}
@@ -946,25 +664,25 @@ set_number(struct pstate *st, const struct key_def *k, const char *v)
 	switch (k->type) {
 	case T_SIZE32:
 	case T_SIZE64:
-		rc = parse_size(v, &n);
+		rc = syn_parse_size(v, &n);
 		if (rc == -1)
 			return fail(st, k->name, "not a size: '%s'", q(st, v));
 		break;
 	case T_DURATION:
-		rc = parse_duration(v, &n);
+		rc = syn_parse_duration(v, &n);
 		if (rc == -1)
 			return fail(st, k->name, "not a duration: '%s'", q(st, v));
 		break;
 	default:
-		rc = parse_uint(v, &n);
+		rc = syn_parse_uint(v, &n);
 		if (rc == -1)
 			return fail(st, k->name, "not a number: '%s'", q(st, v));
 		break;
 	}
 	if (rc == -2 || n < k->min || n > k->max) {
 		if (k->type == T_DURATION) {
-			fmt_duration(lo, sizeof(lo), k->min);
-			fmt_duration(hi, sizeof(hi), k->max);
+			syn_fmt_duration(lo, sizeof(lo), k->min);
+			syn_fmt_duration(hi, sizeof(hi), k->max);
 		} else {
 			snprintf(lo, sizeof(lo), "%llu", (unsigned long long)k->min);
 			snprintf(hi, sizeof(hi), "%llu", (unsigned long long)k->max);
@@ -987,7 +705,7 @@ path_set(struct pstate *st, const char *key, char *dst, size_t cap, const char *
 {
 	char qb[288];
 
-	tok_quote(qb, sizeof(qb), v, n);
+	syn_quote_n(qb, sizeof(qb), v, n);
 	for (size_t i = 0; i < n; i++)
 		if ((unsigned char)v[i] < 0x20 || v[i] == 0x7f)
 			return fail(st, key, "control character in path: '%s'", qb);
@@ -1009,12 +727,12 @@ tls_sni_parse(struct pstate *st, const char *key, const char *v)
 	const char *p = v;
 
 	while (n < 4) {
-		while (is_blank(*p))
+		while (syn_is_blank(*p))
 			p++;
 		if (*p == '\0')
 			break;
 		f[n] = p;
-		while (*p != '\0' && !is_blank(*p))
+		while (*p != '\0' && !syn_is_blank(*p))
 			p++;
 		fl[n] = (size_t)(p - f[n]);
 		n++;
@@ -1031,12 +749,12 @@ tls_sni_parse(struct pstate *st, const char *key, const char *v)
 		bool wild = nl > 2 && name[0] == '*' && name[1] == '.';
 		char qb[288];
 
-		tok_quote(qb, sizeof(qb), f[0], fl[0]);
+		syn_quote_n(qb, sizeof(qb), f[0], fl[0]);
 		if (wild) {
 			name += 2;
 			nl -= 2;
 		}
-		if (nl >= sizeof(e->name) - 2 || !domain_valid(name, nl, false))
+		if (nl >= sizeof(e->name) - 2 || !syn_domain_valid(name, nl, false))
 			return fail(st, key, "not a host name or *.domain: '%s'", qb);
 		for (i = 0; i < fl[0]; i++) {
 			char c = f[0][i];
@@ -1072,9 +790,9 @@ set_value(struct pstate *st, const struct key_def *k, const char *v)
 			return fail(st, k->name, "%s", why);
 		return 0;
 	case T_HOSTNAME:
-		if (!domain_valid(v, strlen(v), false))
+		if (!syn_domain_valid(v, strlen(v), false))
 			return fail(st, k->name, "not a valid host name: '%s'", q(st, v));
-		strcpy(cfg->smtp.hostname, v); /* domain_valid bounds it to 255 */
+		strcpy(cfg->smtp.hostname, v); /* syn_domain_valid bounds it to 255 */
 		return 0;
 	case T_SINK:
 		if (strcmp(v, "discard") == 0)
@@ -1106,7 +824,7 @@ set_value(struct pstate *st, const struct key_def *k, const char *v)
 		strcpy(cfg->spool_dir, v);
 		return 0;
 	case T_BOOL:
-		if (parse_bool(v, (bool *)(void *)((char *)cfg + k->off)) < 0)
+		if (syn_parse_bool(v, (bool *)(void *)((char *)cfg + k->off)) < 0)
 			return fail(st, k->name, "not a boolean: '%s'", q(st, v));
 		return 0;
 	case T_TLS_PATH:
@@ -1275,7 +993,7 @@ cfg_reader(char *str, int num, void *stream)
 	memcpy(str, p, n);
 	str[n] = '\0';
 
-	for (s = str; is_blank(*s); s++)
+	for (s = str; syn_is_blank(*s); s++)
 		;
 	if (*s == '\0' || *s == '#')
 		return str; /* blank or comment */
@@ -1287,7 +1005,7 @@ cfg_reader(char *str, int num, void *stream)
 		fail(st, NULL, "sections are not supported");
 		return NULL;
 	}
-	for (k = s; is_digit(*s) || (*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') ||
+	for (k = s; syn_is_digit(*s) || (*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') ||
 		    *s == '_' || *s == '-';
 	     s++)
 		;
@@ -1425,7 +1143,7 @@ static void
 layer_cli(struct pstate *st, const char *opt, const char *arg)
 {
 	memset(&st->ly, 0, sizeof(st->ly));
-	quote_into(st->qbuf, sizeof(st->qbuf), arg);
+	syn_quote(st->qbuf, sizeof(st->qbuf), arg);
 	buff(st->ly.label, sizeof(st->ly.label), "%s %s", opt, st->qbuf);
 }
 
@@ -1448,10 +1166,10 @@ apply_set(struct pstate *st, const char *arg, int *seen)
 	memcpy(key, arg, kl);
 	key[kl] = '\0';
 	eq++;
-	while (is_blank(*eq))
+	while (syn_is_blank(*eq))
 		eq++;
 	vl = strlen(eq);
-	while (vl > 0 && is_blank(eq[vl - 1]))
+	while (vl > 0 && syn_is_blank(eq[vl - 1]))
 		vl--;
 	if (vl >= sizeof(val))
 		return fail(st, NULL, "value too long");
@@ -1520,7 +1238,7 @@ apply_env(struct pstate *st, const struct config_args *a)
 
 	if (a->env_enable_tls != NULL) {
 		layer_cli(st, "SMTP_ENABLE_TLS", a->env_enable_tls);
-		if (parse_bool(a->env_enable_tls, &on) < 0)
+		if (syn_parse_bool(a->env_enable_tls, &on) < 0)
 			return fail(st, NULL, "not a boolean");
 		st->cfg->tls.env_enable = on;
 	}
@@ -1682,7 +1400,7 @@ finish(struct config *cfg, char *err)
 
 		/* A machine named like "build_01" must still start on defaults
 		 * (tools/run): fall back to "localhost"; operators set hostname. */
-		if (gethostname(h, sizeof(h) - 1) < 0 || !domain_valid(h, strlen(h), false))
+		if (gethostname(h, sizeof(h) - 1) < 0 || !syn_domain_valid(h, strlen(h), false))
 			strcpy(h, "localhost");
 		strcpy(cfg->smtp.hostname, h);
 	}
@@ -1819,8 +1537,8 @@ finish_relay(struct pstate *st)
 
 	assert(r->map == NULL && r->nhops == 0 && r->default_hop == -1);
 	if (r->retry_max < r->retry_min) {
-		fmt_duration(a, sizeof(a), r->retry_max);
-		fmt_duration(b, sizeof(b), r->retry_min);
+		syn_fmt_duration(a, sizeof(a), r->retry_max);
+		syn_fmt_duration(b, sizeof(b), r->retry_min);
 		return fail_key(st, "retry_max", "%s is less than retry_min (%s)", a, b);
 	}
 	if (r->tls == RELAY_TLS_VERIFY && r->tls_ca_file[0] == '\0')
@@ -2087,7 +1805,7 @@ config_print(const struct config *cfg, FILE *f)
 				(unsigned long long)*(const uint64_t *)p);
 			break;
 		case T_DURATION:
-			fmt_duration(d, sizeof(d), *(const uint64_t *)p);
+			syn_fmt_duration(d, sizeof(d), *(const uint64_t *)p);
 			fprintf(f, "%s = %s", k->name, d);
 			break;
 		default:
@@ -2219,7 +1937,7 @@ arg_error(int c, int argc, char **argv, char *err)
 		size_t n = eq != NULL ? (size_t)(eq - last) : strlen(last);
 
 		snprintf(raw, sizeof(raw), "%.*s", (int)(n > 64 ? 64 : n), last);
-		quote_into(qb, sizeof(qb), raw);
+		syn_quote(qb, sizeof(qb), raw);
 	} else {
 		snprintf(qb, sizeof(qb), "-%c", optopt > 32 && optopt < 127 ? optopt : '?');
 	}
@@ -2304,7 +2022,7 @@ config_parse_args(int argc, char **argv, struct config_args *args, char err[CONF
 	if (optind < argc) {
 		char qb[288];
 
-		quote_into(qb, sizeof(qb), argv[optind]);
+		syn_quote(qb, sizeof(qb), argv[optind]);
 		buff(err, CONFIG_ERR_MAX, "unexpected argument '%s'", qb);
 		return -1;
 	}

@@ -29,6 +29,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 
+#include "config_syntax.h"
 #include "relay_route.h"
 
 static char
@@ -158,12 +159,12 @@ member_parse(const char *s, size_t n, bool need_proto, struct relay_hop_member *
 		if (inet_pton(AF_INET, host, &s4->sin_addr) == 1) {
 			s4->sin_family = AF_INET;
 			h->literal_len = sizeof(*s4);
-		} else if (!config_domain_valid(host, strlen(host), false)) {
+		} else if (!syn_domain_valid(host, strlen(host), false)) {
 			snprintf(why, whylen, "not a host name or address");
 			return -1;
 		}
 	}
-	if (config_parse_uint(port, &pn) != 0 || pn < 1 || pn > 65535) {
+	if (syn_parse_uint(port, &pn) != 0 || pn < 1 || pn > 65535) {
 		snprintf(why, whylen, "port not in 1..65535");
 		return -1;
 	}
@@ -408,7 +409,7 @@ mfail(struct mparse *m, const char *dom, size_t dl, const char *fmt, ...)
 	if (dom == NULL) {
 		snprintf(m->err, m->errlen, "%s:%u: %s", m->name, m->line, prob);
 	} else {
-		config_quote(qd, sizeof(qd), dom, dl);
+		syn_quote_n(qd, sizeof(qd), dom, dl);
 		snprintf(m->err, m->errlen, "%s:%u: %s: %s", m->name, m->line, qd, prob);
 	}
 	return -1;
@@ -425,7 +426,7 @@ map_entry(struct mparse *m, const char *d, size_t dl, const char *hop, size_t hl
 	int idx;
 
 	if (relay_hop_parse(hop, hl, true, &h, why, sizeof(why)) < 0) {
-		config_quote(qh, sizeof(qh), hop, hl);
+		syn_quote_n(qh, sizeof(qh), hop, hl);
 		return mfail(m, d, dl, "bad next hop '%s': %s", qh, why);
 	}
 	if (m->n + (m->star_line != 0) == CONFIG_MAX_TRANSPORT)
@@ -437,7 +438,7 @@ map_entry(struct mparse *m, const char *d, size_t dl, const char *hop, size_t hl
 		struct relay_hop_origin *o = &m->origin[idx - (int)m->hops_before];
 
 		o->line = m->line;
-		config_quote(o->domain, sizeof(o->domain), d, dl);
+		syn_quote_n(o->domain, sizeof(o->domain), d, dl);
 	}
 	if (dl == 1 && d[0] == '*') {
 		if (m->star_line != 0)
@@ -485,10 +486,10 @@ map_line(struct mparse *m, const char *p, size_t n)
 	while (i < n && !blank(p[i]))
 		i++;
 	dl = i - d;
-	if (!(dl == 1 && p[d] == '*') && !config_domain_valid(p + d, dl, true)) {
+	if (!(dl == 1 && p[d] == '*') && !syn_domain_valid(p + d, dl, true)) {
 		char qd[288];
 
-		config_quote(qd, sizeof(qd), p + d, dl);
+		syn_quote_n(qd, sizeof(qd), p + d, dl);
 		return mfail(m, NULL, 0, "not a domain: '%s'", qd);
 	}
 	while (i < n && blank(p[i]))

@@ -21,13 +21,6 @@
  * lines of up to a 253-byte domain and a next hop), so it has its own cap. */
 #define RELAY_MAP_FILE_MAX (32 << 20)
 
-/* Defined in config.c; the map parser applies the same rules as the keys. */
-bool config_domain_valid(const char *s, size_t n, bool wildcard_ok);
-int config_parse_uint(const char *s, uint64_t *out);
-/* Printable copy of t[0..n) for messages, cut after 64 characters;
- * cap >= 264. */
-void config_quote(char *b, size_t cap, const char *t, size_t n);
-
 /*
  * Parse a next hop s[0..n) into *h (zeroed first): a list of members
  * separated by commas (blanks around them allowed), each in the syntax of
@@ -53,7 +46,7 @@ int relay_hop_add(struct relay_conf *r, const struct relay_hop_conf *h);
 /* Where a map's next hop was first used, for resolution errors. */
 struct relay_hop_origin {
 	unsigned line;
-	char domain[288]; /* quoted as config_quote() does, for messages */
+	char domain[288]; /* quoted as syn_quote_n() does, for messages */
 };
 
 /*
