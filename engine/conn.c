@@ -22,7 +22,7 @@
  *  - Plaintext connections (c->tls == NULL) keep the zero-copy path:
  *    held receive buffers are fed to the session as they are (pump()).
  *  - TLS connections (section "TLS stage" below): the held buffers are
- *    ciphertext that wolfSSL pulls through conn_tls_recv() (a buffer goes
+ *    ciphertext that wolfSSL pulls through conn_tls_pull() (a buffer goes
  *    back to the ring once all its bytes are copied out); decrypted bytes
  *    land in the connection's window (struct conn_tls, from the worker's
  *    pool) and go through the same smtp_session_feed(). Replies the
@@ -65,7 +65,7 @@ static void tls_release(struct worker *w, struct conn *c);
 static size_t
 pending_out(const struct conn *c)
 {
-	return c->out.len + (c->tls != NULL ? c->tls->cout_len : 0);
+	return c->out.len + (c->tls != NULL ? c->tls->io.out_len : 0);
 }
 
 static void
@@ -432,14 +432,12 @@ conn_on_send(struct worker *w, struct conn *c, int res)
 		}
 		c->out.len = 0;
 		if (c->tls != NULL)
-			c->tls->cout_len = 0;
+			c->tls->io.out_len = 0;
 		c->eof = true; /* nothing more can be said to this client */
 	} else if (c->tls != NULL) {
 		/* What went out was ciphertext (conn_flush_all). */
 		size_t sent = (size_t)res;
-		assert(sent <= c->tls->cout_len);
-		memmove(c->tls->cout, c->tls->cout + sent, c->tls->cout_len - sent);
-		c->tls->cout_len -= (uint32_t)sent;
+		tls_io_sent(&c->tls->io, sent);
 	} else {
 		size_t sent = (size_t)res;
 		assert(sent <= c->out.len);
@@ -465,13 +463,13 @@ conn_after_io(struct worker *w, struct conn *c)
 			c->state = CONN_CLOSING;
 			c->out.len = c->send_inflight ? c->out.len : 0;
 			if (c->tls != NULL && !c->send_inflight)
-				c->tls->cout_len = 0;
+				c->tls->io.out_len = 0;
 		} else if ((smtp_session_status(&c->session) & SMTP_ST_CLOSE) && pending_out(c) == 0 &&
 			   !c->send_inflight) {
 			/* TLS: say close_notify (RFC 8446 6.1) before closing. */
-			if (c->tls != NULL && c->tls->done && !c->tls->notify_sent) {
+			if (c->tls != NULL && c->tls->io.done && !c->tls->notify_sent) {
 				c->tls->notify_sent = true;
-				wolfSSL_shutdown(c->tls->ssl);
+				wolfSSL_shutdown(c->tls->io.ssl);
 			}
 			if (pending_out(c) == 0)
 				c->state = CONN_CLOSING;
@@ -517,7 +515,7 @@ log_disconnect(struct worker *w, struct conn *c)
 	COUNT(messages)
 	COUNT(errors)
 #undef COUNT
-	if (c->tls != NULL && c->tls->done && off < sizeof(line))
+	if (c->tls != NULL && c->tls->io.done && off < sizeof(line))
 		off += (size_t)snprintf(line + off, sizeof(line) - off, " tls=%s/%s%s", c->tls->version,
 					c->tls->cipher, c->tls->resumed ? "/resumed" : "");
 	if (off < sizeof(line))
@@ -581,8 +579,8 @@ conn_flush_all(struct worker *w)
 		size_t len = c->out.len;
 		if (c->tls != NULL) {
 			tls_encrypt_out(w, c);
-			p = c->tls->cout;
-			len = c->tls->cout_len;
+			p = c->tls->io.out;
+			len = c->tls->io.out_len;
 		}
 		if (len == 0)
 			continue;
@@ -920,48 +918,30 @@ starttls_switch(struct worker *w, struct conn *c)
 /* ---- TLS stage: wolfSSL over memory, driven by the ring ---- */
 
 /*
- * wolfSSL's receive callback: copy ciphertext out of the held receive
- * buffers (giving each back to the ring once all its bytes are copied).
- * Nothing held: WANT_READ, and the next recv CQE drives wolfSSL again.
+ * Ciphertext for wolfSSL (tls_io pull mode): copied out of the held receive
+ * buffers, each given back to the ring once all its bytes are copied.
+ * Nothing held: 0, and the next recv CQE drives wolfSSL again.
  */
-int
-conn_tls_recv(struct WOLFSSL *ssl, char *buf, int sz, void *ctx)
+static long
+conn_tls_pull(void *arg, char *dst, size_t n)
 {
-	struct conn *c = ctx;
-	size_t n;
+	struct conn *c = arg;
+	size_t k = conn_hold_copy(c->w, c, dst, n);
 
-	(void)ssl;
-	assert(sz >= 0);
-	n = conn_hold_copy(c->w, c, buf, (size_t)sz);
-	if (n == 0)
-		return c->eof ? WOLFSSL_CBIO_ERR_CONN_CLOSE : WOLFSSL_CBIO_ERR_WANT_READ;
-	conn_hold_consume(c->w, c, n);
-	return (int)n;
+	if (k == 0)
+		return c->eof ? -1 : 0;
+	conn_hold_consume(c->w, c, k);
+	return (long)k;
 }
 
-/*
- * wolfSSL's send callback: append ciphertext to the connection's block
- * (after any bytes a send in flight owns); conn_flush_all() sends it.
- * WANT_WRITE only when the block is full; wolfSSL keeps the rest and the
- * send completion drives it again.
- */
-int
-conn_tls_send(struct WOLFSSL *ssl, char *buf, int sz, void *ctx)
+/* wolfSSL appended ciphertext to cout (after any bytes a send in flight
+ * owns): conn_flush_all() sends it. */
+static void
+conn_tls_pushed(void *arg)
 {
-	struct conn *c = ctx;
-	struct conn_tls *t = c->tls;
-	size_t room, k;
+	struct conn *c = arg;
 
-	(void)ssl;
-	assert(t != NULL && sz >= 0);
-	room = CONN_TLS_OUT - t->cout_len;
-	if (room == 0)
-		return WOLFSSL_CBIO_ERR_WANT_WRITE;
-	k = (size_t)sz < room ? (size_t)sz : room;
-	memcpy(t->cout + t->cout_len, buf, k);
-	t->cout_len += (uint32_t)k;
 	mark_flush(c->w, c);
-	return (int)k;
 }
 
 /* A TLS state from the pool and a WOLFSSL on the worker's current
@@ -972,15 +952,23 @@ tls_begin(struct worker *w, struct conn *c)
 {
 	assert(c->tls == NULL && w->tls != NULL && w->nfree_tls > 0);
 	struct conn_tls *t = w->free_tls[--w->nfree_tls];
-	t->ssl = NULL;
+	struct WOLFSSL *ssl = tls_set_ssl(w->tls);
+	memset(&t->io, 0, sizeof(t->io));
+	t->io.out = t->cout;
+	t->io.out_cap = CONN_TLS_OUT;
 	t->set = NULL;
-	t->win_off = t->win_len = t->cout_len = 0;
-	t->done = t->notify_sent = t->resumed = false;
+	t->win_off = t->win_len = 0;
+	t->notify_sent = t->resumed = false;
 	t->version[0] = t->cipher[0] = '\0';
 	c->tls = t;
 	c->stage = CONN_STAGE_HANDSHAKE;
-	t->ssl = tls_set_ssl(w->tls, c);
-	if (t->ssl == NULL) {
+	if (ssl != NULL) {
+		tls_io_bind(&t->io, ssl);
+		t->io.pull = conn_tls_pull;
+		t->io.pushed = conn_tls_pushed;
+		t->io.arg = c;
+	}
+	if (ssl == NULL) {
 		log_err("TLS from [%s]:%u: cannot create a wolfSSL session (out of memory)",
 			c->peer.addr_text, c->peer.port);
 		w->stats.tls_handshake_failures++;
@@ -999,10 +987,11 @@ tls_release(struct worker *w, struct conn *c)
 
 	if (t == NULL)
 		return;
-	if (t->ssl != NULL)
-		wolfSSL_free(t->ssl);
+	struct WOLFSSL *ssl = t->io.ssl;
+	tls_io_unbind(&t->io);
+	if (ssl != NULL)
+		wolfSSL_free(ssl);
 	tls_set_unref(t->set); /* may free contexts replaced by a reload */
-	t->ssl = NULL;
 	t->set = NULL;
 	c->tls = NULL;
 	w->free_tls[w->nfree_tls++] = t;
@@ -1013,7 +1002,7 @@ tls_fail(struct worker *w, struct conn *c, const char *what, int err)
 {
 	char why[160];
 
-	tls_strerror(err, why, sizeof why);
+	tls_io_strerror(err, why, sizeof why);
 	log_info("%s from [%s]:%u: %s", what, c->peer.addr_text, c->peer.port, why);
 	c->logged_error = true;
 	c->eof = true;
@@ -1026,33 +1015,32 @@ tls_handshake(struct worker *w, struct conn *c)
 	struct conn_tls *t = c->tls;
 	int r, err;
 
-	if (t == NULL || t->ssl == NULL || c->eof)
+	if (t == NULL || t->io.ssl == NULL || c->eof)
 		return;
-	r = wolfSSL_accept(t->ssl);
-	if (r != WOLFSSL_SUCCESS) {
-		err = wolfSSL_get_error(t->ssl, r);
-		if (err == WOLFSSL_ERROR_WANT_READ || err == WOLFSSL_ERROR_WANT_WRITE) {
-			hold_backpressure(w, c);
-			return;
-		}
+	err = 0;
+	r = tls_io_handshake(&t->io, true, &err);
+	if (r == TLS_IO_WANT) {
+		hold_backpressure(w, c);
+		return;
+	}
+	if (r == TLS_IO_ERROR) {
 		w->stats.tls_handshake_failures++;
 		tls_fail(w, c, "TLS handshake failed", err);
 		return;
 	}
-	t->done = true;
 	w->stats.tls_handshakes++;
-	if (wolfSSL_session_reused(t->ssl)) {
+	if (wolfSSL_session_reused(t->io.ssl)) {
 		t->resumed = true;
 		w->stats.tls_resumed++;
 	}
-	snprintf(t->version, sizeof t->version, "%s", wolfSSL_get_version(t->ssl));
+	snprintf(t->version, sizeof t->version, "%s", wolfSSL_get_version(t->io.ssl));
 	/* IANA/OpenSSL-style name ("TLS_AES_256_GCM_SHA384") for logs and
 	 * Received:, as other MTAs write it. */
-	int suite = wolfSSL_get_current_cipher_suite(t->ssl);
+	int suite = wolfSSL_get_current_cipher_suite(t->io.ssl);
 	const char *iana = wolfSSL_get_cipher_name_iana_from_suite((unsigned char)(suite >> 8),
 								   (unsigned char)suite);
 	snprintf(t->cipher, sizeof t->cipher, "%s",
-		 iana != NULL ? iana : wolfSSL_get_cipher_name(t->ssl));
+		 iana != NULL ? iana : wolfSSL_get_cipher_name(t->io.ssl));
 	c->stage = CONN_STAGE_SMTP;
 	out_ensure(w, c);
 	smtp_session_tls_started(&c->session, t->version, t->cipher, w->now);
@@ -1092,16 +1080,16 @@ tls_pump(struct worker *w, struct conn *c)
 				panic("session made no progress on %zu bytes", n);
 			continue;
 		}
-		int r = wolfSSL_read(t->ssl, t->win, CONN_TLS_WIN);
+		int err = 0;
+		long r = tls_io_read(&t->io, t->win, CONN_TLS_WIN, &err);
 		if (r > 0) {
 			t->win_len = (uint32_t)r;
 			t->win_off = 0;
 			continue;
 		}
-		int err = wolfSSL_get_error(t->ssl, r);
-		if (err == WOLFSSL_ERROR_WANT_READ || err == WOLFSSL_ERROR_WANT_WRITE)
+		if (r == TLS_IO_WANT)
 			break;
-		if (err == WOLFSSL_ERROR_ZERO_RETURN) {
+		if (r == TLS_IO_CLOSED) {
 			/* close_notify: the client is done; like EOF. */
 			c->eof = true;
 			hold_drop(w, c);
@@ -1122,12 +1110,12 @@ tls_encrypt_out(struct worker *w, struct conn *c)
 {
 	struct conn_tls *t = c->tls;
 
-	if (!t->done || c->out.len == 0 || t->ssl == NULL)
+	if (!t->io.done || c->out.len == 0 || t->io.ssl == NULL)
 		return;
-	if (CONN_TLS_OUT - t->cout_len < c->out.len + CONN_TLS_RECORD_OVERHEAD)
+	if (CONN_TLS_OUT - t->io.out_len < c->out.len + CONN_TLS_RECORD_OVERHEAD)
 		return; /* after the send in flight */
-	int r = wolfSSL_write(t->ssl, c->out.buf, (int)c->out.len);
-	if (r == (int)c->out.len) {
+	int err = 0;
+	if (tls_io_write(&t->io, c->out.buf, c->out.len, &err) == 0) {
 		c->out.len = 0;
 		return;
 	}
@@ -1135,7 +1123,7 @@ tls_encrypt_out(struct worker *w, struct conn *c)
 	 * connection: the recv CQE that shutdown(2) causes tears it down. */
 	char why[160];
 	log_err("TLS write to [%s]:%u failed: %s", c->peer.addr_text, c->peer.port,
-		tls_strerror(wolfSSL_get_error(t->ssl, r), why, sizeof why));
+		tls_io_strerror(err, why, sizeof why));
 	w->stats.tls_errors++;
 	c->logged_error = true;
 	c->out.len = 0;

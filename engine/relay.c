@@ -1587,7 +1587,7 @@ conn_send(struct oconn *c)
 	uint32_t len = c->out_len;
 	if (c->tls != NULL) {
 		struct relay_tls_conn *t = c->tls;
-		size_t n = t->done ? relay_tls_room(t) : 0;
+		size_t n = t->io.done ? tls_io_room(&t->io) : 0;
 		if (n > c->out_len)
 			n = c->out_len;
 		if (n > 0) {
@@ -1602,8 +1602,8 @@ conn_send(struct oconn *c)
 			memmove(c->out, c->out + n, c->out_len - n);
 			c->out_len -= (uint32_t)n;
 		}
-		buf = t->cout;
-		len = t->cout_len;
+		buf = t->io.out;
+		len = (uint32_t)t->io.out_len;
 	}
 	if (len == 0)
 		return;
@@ -2100,7 +2100,7 @@ conn_tls_input(struct oconn *c)
 	struct relay *r = c->r;
 	struct relay_tls_conn *t = c->tls;
 	char err[160];
-	if (!t->done) {
+	if (!t->io.done) {
 		int h = relay_tls_handshake(t, err, sizeof(err));
 		if (h < 0) {
 			r->env.stats->relay_tls_failures++;
@@ -2209,8 +2209,7 @@ relay_on_cqe(struct relay *r, struct io_uring_cqe *cqe)
 		}
 		assert((uint32_t)res <= c->send_len);
 		if (c->send_tls) {
-			memmove(c->tls->cout, c->tls->cout + res, c->tls->cout_len - (uint32_t)res);
-			c->tls->cout_len -= (uint32_t)res;
+			tls_io_sent(&c->tls->io, (size_t)res);
 		} else {
 			memmove(c->out, c->out + res, c->out_len - (uint32_t)res);
 			c->out_len -= (uint32_t)res;

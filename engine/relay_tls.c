@@ -16,39 +16,9 @@
 #include <wolfssl/openssl/x509v3.h> /* GEN_IPADD */
 #include <wolfssl/wolfio.h>
 
-#include "tls.h"
-
 struct relay_tls_ctx {
 	WOLFSSL_CTX *ctx;
 };
-
-static int
-io_recv(WOLFSSL *ssl, char *buf, int sz, void *arg)
-{
-	struct relay_tls_conn *t = arg;
-	(void)ssl;
-	uint32_t avail = t->cin_len - t->cin_off;
-	if (avail == 0)
-		return WOLFSSL_CBIO_ERR_WANT_READ;
-	uint32_t n = (uint32_t)sz < avail ? (uint32_t)sz : avail;
-	memcpy(buf, t->cin + t->cin_off, n);
-	t->cin_off += n;
-	if (t->cin_off == t->cin_len)
-		t->cin_off = t->cin_len = 0;
-	return (int)n;
-}
-
-static int
-io_send(WOLFSSL *ssl, char *buf, int sz, void *arg)
-{
-	struct relay_tls_conn *t = arg;
-	(void)ssl;
-	if ((size_t)sz > RELAY_TLS_COUT - t->cout_len)
-		return WOLFSSL_CBIO_ERR_WANT_WRITE;
-	memcpy(t->cout + t->cout_len, buf, (size_t)sz);
-	t->cout_len += (uint32_t)sz;
-	return sz;
-}
 
 struct relay_tls_ctx *
 relay_tls_ctx_new(const struct relay_conf *rc, char *err, size_t errlen)
@@ -67,8 +37,7 @@ relay_tls_ctx_new(const struct relay_conf *rc, char *err, size_t errlen)
 		wolfSSL_CTX_free(ctx);
 		return NULL;
 	}
-	wolfSSL_CTX_SetIORecv(ctx, io_recv);
-	wolfSSL_CTX_SetIOSend(ctx, io_send);
+	tls_io_ctx_setup(ctx);
 	wolfSSL_CTX_set_session_cache_mode(ctx, WOLFSSL_SESS_CACHE_OFF);
 	if (rc->tls == RELAY_TLS_VERIFY) {
 		if (wolfSSL_CTX_load_verify_locations(ctx, rc->tls_ca_file, NULL) !=
@@ -114,16 +83,17 @@ is_ip_literal(const char *host)
 int
 relay_tls_start(struct relay_tls_ctx *c, struct relay_tls_conn *t, const char *host, bool verify)
 {
-	t->ssl = wolfSSL_new(c->ctx);
-	if (t->ssl == NULL)
+	WOLFSSL *ssl = wolfSSL_new(c->ctx);
+	if (ssl == NULL)
 		return -1;
-	t->done = false;
-	t->cin_off = t->cin_len = t->cout_len = 0;
-	wolfSSL_SetIOReadCtx(t->ssl, t);
-	wolfSSL_SetIOWriteCtx(t->ssl, t);
+	tls_io_bind(&t->io, ssl);
+	t->io.out = t->cout;
+	t->io.out_cap = RELAY_TLS_COUT;
+	t->io.out_len = 0;
+	t->cin_len = 0;
 	/* RFC 6066 3: no SNI for address literals. */
 	if (host[0] != '\0' && !is_ip_literal(host))
-		wolfSSL_UseSNI(t->ssl, WOLFSSL_SNI_HOST_NAME, host, (unsigned short)strlen(host));
+		wolfSSL_UseSNI(ssl, WOLFSSL_SNI_HOST_NAME, host, (unsigned short)strlen(host));
 	t->check_ip = false;
 	if (verify && host[0] != '\0') {
 		if (is_ip_literal(host)) {
@@ -131,7 +101,7 @@ relay_tls_start(struct relay_tls_ctx *c, struct relay_tls_conn *t, const char *h
 				goto fail;
 			snprintf(t->ip, sizeof(t->ip), "%s", host);
 			t->check_ip = true;
-		} else if (wolfSSL_check_domain_name(t->ssl, host) != WOLFSSL_SUCCESS) {
+		} else if (wolfSSL_check_domain_name(ssl, host) != WOLFSSL_SUCCESS) {
 			/* Without the check the handshake would accept any
 			 * certificate the CA signed: refuse to go on. */
 			goto fail;
@@ -139,8 +109,8 @@ relay_tls_start(struct relay_tls_ctx *c, struct relay_tls_conn *t, const char *h
 	}
 	return 0;
 fail:
-	wolfSSL_free(t->ssl);
-	t->ssl = NULL;
+	tls_io_unbind(&t->io);
+	wolfSSL_free(ssl);
 	return -1;
 }
 
@@ -174,75 +144,86 @@ cert_has_ip(WOLFSSL_X509 *x, const char *ip)
 	return found;
 }
 
+/* wolfSSL reads received ciphertext through a view of cin; what it did not
+ * take yet moves to the front for the next receive. */
+static void
+view_open(struct relay_tls_conn *t)
+{
+	t->io.in = t->cin;
+	t->io.in_len = t->cin_len;
+}
+
+static void
+view_close(struct relay_tls_conn *t)
+{
+	size_t left = t->io.in_len;
+	if (left > 0 && t->io.in != t->cin)
+		memmove(t->cin, t->io.in, left);
+	t->cin_len = (uint32_t)left;
+	t->io.in = NULL;
+	t->io.in_len = 0;
+}
+
 int
 relay_tls_handshake(struct relay_tls_conn *t, char *err, size_t errlen)
 {
-	int ret = wolfSSL_connect(t->ssl);
-	if (ret == WOLFSSL_SUCCESS) {
-		if (t->check_ip) {
-			WOLFSSL_X509 *peer = wolfSSL_get_peer_certificate(t->ssl);
-			bool match = peer != NULL && cert_has_ip(peer, t->ip);
-			wolfSSL_X509_free(peer);
-			if (!match) {
-				snprintf(err, errlen, "certificate has no iPAddress name %s",
-				         t->ip);
-				return -1;
-			}
-		}
-		t->done = true;
-		snprintf(t->version, sizeof(t->version), "%s", wolfSSL_get_version(t->ssl));
-		const char *cn = wolfSSL_get_cipher_name(t->ssl);
-		snprintf(t->cipher, sizeof(t->cipher), "%s", cn != NULL ? cn : "?");
-		return 1;
-	}
-	int e = wolfSSL_get_error(t->ssl, ret);
-	if (e == WOLFSSL_ERROR_WANT_READ || e == WOLFSSL_ERROR_WANT_WRITE)
+	int e = 0;
+	view_open(t);
+	int r = tls_io_handshake(&t->io, false, &e);
+	view_close(t);
+	if (r == TLS_IO_WANT)
 		return 0;
-	char why[128];
-	snprintf(err, errlen, "%s", tls_strerror(e, why, sizeof(why)));
-	return -1;
+	if (r == TLS_IO_ERROR) {
+		char why[128];
+		snprintf(err, errlen, "%s", tls_io_strerror(e, why, sizeof(why)));
+		return -1;
+	}
+	if (t->check_ip) {
+		WOLFSSL_X509 *peer = wolfSSL_get_peer_certificate(t->io.ssl);
+		bool match = peer != NULL && cert_has_ip(peer, t->ip);
+		wolfSSL_X509_free(peer);
+		if (!match) {
+			snprintf(err, errlen, "certificate has no iPAddress name %s", t->ip);
+			return -1;
+		}
+	}
+	snprintf(t->version, sizeof(t->version), "%s", wolfSSL_get_version(t->io.ssl));
+	const char *cn = wolfSSL_get_cipher_name(t->io.ssl);
+	snprintf(t->cipher, sizeof(t->cipher), "%s", cn != NULL ? cn : "?");
+	return 1;
 }
 
 long
 relay_tls_read(struct relay_tls_conn *t, char *buf, size_t cap, char *err, size_t errlen)
 {
-	int ret = wolfSSL_read(t->ssl, buf, (int)cap);
-	if (ret > 0)
-		return ret;
-	int e = wolfSSL_get_error(t->ssl, ret);
-	if (e == WOLFSSL_ERROR_WANT_READ)
-		return 0;
+	int e = 0;
+	view_open(t);
+	long r = tls_io_read(&t->io, buf, cap, &e);
+	view_close(t);
+	if (r > 0 || r == TLS_IO_WANT)
+		return r;
 	char why[128];
 	snprintf(err, errlen, "%s",
-	         e == WOLFSSL_ERROR_ZERO_RETURN ? "close_notify"
-	                                        : tls_strerror(e, why, sizeof(why)));
+	         r == TLS_IO_CLOSED ? "close_notify" : tls_io_strerror(e, why, sizeof(why)));
 	return -1;
-}
-
-size_t
-relay_tls_room(const struct relay_tls_conn *t)
-{
-	size_t free = RELAY_TLS_COUT - t->cout_len;
-	/* One record's overhead per 16 KiB, and one spare. */
-	size_t over = (free / 16384 + 2) * RELAY_TLS_RECORD_OVERHEAD;
-	return free > over ? free - over : 0;
 }
 
 int
 relay_tls_write(struct relay_tls_conn *t, const char *p, size_t n, char *err, size_t errlen)
 {
-	int ret = wolfSSL_write(t->ssl, p, (int)n);
-	if (ret == (int)n)
+	int e = 0;
+	if (tls_io_write(&t->io, p, n, &e) == 0)
 		return 0;
 	char why[128];
-	snprintf(err, errlen, "%s", tls_strerror(wolfSSL_get_error(t->ssl, ret), why, sizeof(why)));
+	snprintf(err, errlen, "%s", tls_io_strerror(e, why, sizeof(why)));
 	return -1;
 }
 
 void
 relay_tls_end(struct relay_tls_conn *t)
 {
-	if (t->ssl != NULL)
-		wolfSSL_free(t->ssl);
-	t->ssl = NULL;
+	WOLFSSL *ssl = t->io.ssl;
+	tls_io_unbind(&t->io);
+	if (ssl != NULL)
+		wolfSSL_free(ssl);
 }

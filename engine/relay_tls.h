@@ -7,10 +7,11 @@
  *
  * Ownership: a context belongs to one worker thread (built, used and
  * freed there). A struct relay_tls_conn belongs to one outbound connection.
- * Ciphertext buffers: the caller fills `cin` with received bytes and the
- * library drains it; the library appends records to `cout`, and the
- * caller sends [0, cout_len) and removes what was sent. Bytes of cout in
- * a send that is in flight belong to the kernel: the library only appends.
+ * Ciphertext buffers: the caller receives into cin[cin_len..] and the
+ * library drains it; the library appends records to cout (io.out), and the
+ * caller sends [0, io.out_len) and removes what was sent with
+ * tls_io_sent(). Bytes of cout in a send that is in flight belong to the
+ * kernel: the library only appends. The memory I/O is engine/tls_io.c.
  */
 #ifndef RINGMX_RELAY_TLS_H
 #define RINGMX_RELAY_TLS_H
@@ -21,27 +22,25 @@
 
 #include "ringmx/config.h"
 
+#include "tls_io.h"
+
 #define RELAY_TLS_CIN  (32u << 10)
 #define RELAY_TLS_COUT (80u << 10)
-/* Per TLS record of up to 16 KiB plaintext: header, tag, padding. */
-#define RELAY_TLS_RECORD_OVERHEAD 256
 
 struct relay_tls_ctx;
 
 struct relay_tls_conn {
-	struct WOLFSSL *ssl;
-	bool done; /* handshake complete */
+	struct tls_io io; /* io.out is cout; io.done: handshake complete */
 	/* verify with an IP-literal next hop: the certificate's iPAddress
 	 * names are checked once the handshake is done (wolfSSL's own name
 	 * check only knows DNS names). */
 	bool check_ip;
 	char ip[48];
-	uint32_t cin_off, cin_len;
-	uint32_t cout_len;
+	uint32_t cin_len; /* received ciphertext wolfSSL has not read yet */
 	char version[16];
 	char cipher[64];
-	uint8_t cin[RELAY_TLS_CIN];
-	uint8_t cout[RELAY_TLS_COUT];
+	char cin[RELAY_TLS_CIN];
+	char cout[RELAY_TLS_COUT];
 };
 
 /* NULL with err on failure (the CA file cannot be loaded). With
@@ -61,8 +60,6 @@ int relay_tls_handshake(struct relay_tls_conn *t, char *err, size_t errlen);
 long relay_tls_read(struct relay_tls_conn *t, char *buf, size_t cap, char *err, size_t errlen);
 /* Encrypt n bytes (the caller keeps n within the room in cout). 0 or -1. */
 int relay_tls_write(struct relay_tls_conn *t, const char *p, size_t n, char *err, size_t errlen);
-/* Plaintext bytes that fit into cout's free room now. */
-size_t relay_tls_room(const struct relay_tls_conn *t);
 void relay_tls_end(struct relay_tls_conn *t);
 
 #endif

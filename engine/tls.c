@@ -10,6 +10,7 @@
  * it; the next SIGHUP tries again.
  */
 #include "tls.h"
+#include "tls_io.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -51,7 +52,6 @@ struct tls_sni_ctx {
 struct tls_set {
 	unsigned refs; /* owner worker only: not atomic (tls.h) */
 	WOLFSSL_CTX *def;
-	tls_io_fn *recv, *send;
 	size_t nsni;
 	struct tls_sni_ctx sni[CONFIG_TLS_SNI_MAX];
 };
@@ -114,18 +114,6 @@ key_matches(const char *cert, size_t clen, const char *key, size_t klen)
 	wolfSSL_BIO_free(bio);
 	wolfSSL_X509_free(x);
 	return ok;
-}
-
-const char *
-tls_strerror(int err, char *buf, size_t len)
-{
-	const char *r = wolfSSL_ERR_reason_error_string((unsigned long)err);
-
-	if (r != NULL && r[0] != '\0')
-		snprintf(buf, len, "%s", r);
-	else
-		snprintf(buf, len, "wolfSSL error %d", err);
-	return buf;
 }
 
 /* ---- files ---- */
@@ -299,6 +287,7 @@ ctx_new(const struct tls_conf *t, char *err, size_t errlen)
 		goto fail;
 	}
 	wolfSSL_CTX_set_options(ctx, WOLFSSL_OP_CIPHER_SERVER_PREFERENCE);
+	tls_io_ctx_setup(ctx);
 	/* The server-side session cache is global and locked inside
 	 * wolfSSL; tickets resume without it. */
 	wolfSSL_CTX_set_session_cache_mode(ctx, WOLFSSL_SESS_CACHE_OFF);
@@ -360,14 +349,14 @@ pair_load(const struct tls_conf *t, const char *cert_label, const char *cert_pat
 	r = wolfSSL_CTX_use_certificate_chain_buffer(ctx, (const unsigned char *)cert, (long)clen);
 	if (r != WOLFSSL_SUCCESS) {
 		snprintf(err, errlen, "%s: %s: wolfSSL refuses the certificate chain: %s", cert_label,
-			 cert_path, tls_strerror(r, why, sizeof why));
+			 cert_path, tls_io_strerror(r, why, sizeof why));
 		goto fail;
 	}
 	r = wolfSSL_CTX_use_PrivateKey_buffer(ctx, (const unsigned char *)key, (long)klen,
 					      WOLFSSL_FILETYPE_PEM);
 	if (r != WOLFSSL_SUCCESS) {
 		snprintf(err, errlen, "%s: %s: cannot load the private key: %s", key_label, key_path,
-			 tls_strerror(r, why, sizeof why));
+			 tls_io_strerror(r, why, sizeof why));
 		goto fail;
 	}
 	if (wolfSSL_CTX_check_private_key(ctx) != WOLFSSL_SUCCESS ||
@@ -437,8 +426,7 @@ set_free(struct tls_set *s)
 }
 
 static struct tls_set *
-set_build(const struct tls_conf *t, int64_t now_wall, bool warn, tls_io_fn *recv,
-	  tls_io_fn *send, char *err, size_t errlen)
+set_build(const struct tls_conf *t, int64_t now_wall, bool warn, char *err, size_t errlen)
 {
 	struct tls_set *s = calloc(1, sizeof(*s));
 	char cl[300], kl[300];
@@ -448,8 +436,6 @@ set_build(const struct tls_conf *t, int64_t now_wall, bool warn, tls_io_fn *recv
 		return NULL;
 	}
 	s->refs = 1;
-	s->recv = recv;
-	s->send = send;
 	s->def = pair_load(t, "tls_cert", t->cert, "tls_key", t->key, now_wall, warn, err, errlen);
 	if (s->def == NULL)
 		goto fail;
@@ -480,7 +466,7 @@ tls_check(const struct tls_conf *t, int64_t now_wall, char *err, size_t errlen)
 
 	if (t->cert[0] == '\0')
 		return 0;
-	s = set_build(t, now_wall, true, NULL, NULL, err, errlen);
+	s = set_build(t, now_wall, true, err, errlen);
 	if (s == NULL)
 		return -1;
 	set_free(s);
@@ -488,9 +474,9 @@ tls_check(const struct tls_conf *t, int64_t now_wall, char *err, size_t errlen)
 }
 
 struct tls_set *
-tls_set_new(const struct tls_conf *t, tls_io_fn *recv, tls_io_fn *send, char *err, size_t errlen)
+tls_set_new(const struct tls_conf *t, char *err, size_t errlen)
 {
-	return set_build(t, (int64_t)time(NULL), false, recv, send, err, errlen);
+	return set_build(t, (int64_t)time(NULL), false, err, errlen);
 }
 
 void
@@ -509,17 +495,7 @@ tls_set_unref(struct tls_set *s)
 }
 
 struct WOLFSSL *
-tls_set_ssl(struct tls_set *s, void *io_ctx)
+tls_set_ssl(struct tls_set *s)
 {
-	WOLFSSL *ssl = wolfSSL_new(s->def);
-
-	if (ssl == NULL)
-		return NULL;
-	/* Per object, so an SNI switch to another CTX keeps them: nothing
-	 * inside wolfSSL touches a socket. */
-	wolfSSL_SSLSetIORecv(ssl, s->recv);
-	wolfSSL_SSLSetIOSend(ssl, s->send);
-	wolfSSL_SetIOReadCtx(ssl, io_ctx);
-	wolfSSL_SetIOWriteCtx(ssl, io_ctx);
-	return ssl;
+	return wolfSSL_new(s->def);
 }

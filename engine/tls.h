@@ -1,8 +1,8 @@
 /*
  * tls.h - native TLS contexts (wolfSSL): certificate loading and start-up
  * validation, one set of WOLFSSL_CTX per worker (default certificate plus
- * SNI names), and reload. The per-connection side (memory I/O callbacks,
- * handshake, record layer) is in engine/conn.c, section "TLS stage".
+ * SNI names), and reload. The per-connection side is engine/conn.c, section
+ * "TLS stage", over the memory-I/O glue of engine/tls_io.c.
  * Operator documentation: docs/tls.md.
  *
  * Ownership rules
@@ -42,10 +42,6 @@ struct WOLFSSL_CTX;
 
 struct tls_set;
 
-/* I/O callbacks installed on every WOLFSSL object created from a set
- * (wolfio.h CallbackIORecv/CallbackIOSend; ctx is the connection). */
-typedef int tls_io_fn(struct WOLFSSL *ssl, char *buf, int sz, void *ctx);
-
 /* main: wolfSSL_Init() once. Returns 0 or -1. */
 int tls_global_init(void);
 void tls_global_fini(void);
@@ -66,18 +62,14 @@ int tls_check(const struct tls_conf *t, int64_t now_wall, char *err, size_t errl
 
 /* worker thread: build the contexts for t. NULL with err on failure. The
  * new set has one reference (the caller's). */
-struct tls_set *tls_set_new(const struct tls_conf *t, tls_io_fn *recv, tls_io_fn *send,
-			    char *err, size_t errlen);
+struct tls_set *tls_set_new(const struct tls_conf *t, char *err, size_t errlen);
 void tls_set_ref(struct tls_set *s);
 /* NULL is allowed; frees the set and its CTXs at zero. */
 void tls_set_unref(struct tls_set *s);
 
 /* A new server-side WOLFSSL on the set's default context (SNI may switch
- * it to another context of the same set during the handshake), with the
- * memory I/O callbacks pointed at io_ctx. NULL on allocation failure. */
-struct WOLFSSL *tls_set_ssl(struct tls_set *s, void *io_ctx);
-
-/* "reason" text for a wolfSSL error code, for log lines. */
-const char *tls_strerror(int err, char *buf, size_t len);
+ * it to another context of the same set during the handshake), for
+ * tls_io_bind(). NULL on allocation failure. */
+struct WOLFSSL *tls_set_ssl(struct tls_set *s);
 
 #endif

@@ -288,7 +288,7 @@ tls_reload(struct worker *w, const struct config *cfg)
 
 	if (w->tls == NULL || cfg->tls.cert[0] == '\0')
 		return;
-	s = tls_set_new(&cfg->tls, conn_tls_recv, conn_tls_send, err, sizeof(err));
+	s = tls_set_new(&cfg->tls, err, sizeof(err));
 	if (s == NULL) {
 		log_err("TLS reload refused, keeping the running certificates: %s", err);
 		return;
@@ -585,7 +585,7 @@ worker_main(void *arg)
 	if (w->cfg->tls.cert[0] != '\0') {
 		/* This worker's own contexts, built on its thread (tls.h). */
 		char err[512];
-		w->tls = tls_set_new(&w->cfg->tls, conn_tls_recv, conn_tls_send, err, sizeof(err));
+		w->tls = tls_set_new(&w->cfg->tls, err, sizeof(err));
 		if (w->tls == NULL) {
 			log_err("%s", err);
 			log_flush();

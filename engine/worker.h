@@ -33,6 +33,7 @@
 #include "spool.h"
 #include "timer.h"
 #include "tls.h"
+#include "tls_io.h"
 
 enum op {
 	OP_ACCEPT = 1, /* idx = listener */
@@ -101,11 +102,11 @@ enum conn_stage { CONN_STAGE_SMTP = 0, CONN_STAGE_PROXY, CONN_STAGE_STARTTLS, CO
  * kernel while a send is in flight; wolfSSL's send callback only appends.
  * The window holds decrypted bytes the session has not consumed yet. */
 struct conn_tls {
-	struct WOLFSSL *ssl;
+	/* io.ssl, io.done (handshake complete); io.out is cout, io.out_len its
+	 * ciphertext; input is pulled from the connection's held buffers. */
+	struct tls_io io;
 	struct tls_set *set; /* one reference, dropped at teardown */
 	uint32_t win_off, win_len;
-	uint32_t cout_len;
-	bool done;        /* handshake complete */
 	bool notify_sent; /* close_notify queued */
 	bool resumed;
 	char version[16]; /* "TLSv1.3", for logs */
@@ -246,10 +247,8 @@ void conn_drain(struct worker *w, struct conn *c, bool force);
 void conn_set_conf(struct conn *c, const struct smtp_conf *conf);
 void conn_sink_verdict(void *owner, int res);
 void conn_log_hook(void *owner, const char *line, size_t len);
-int conn_tls_recv(struct WOLFSSL *ssl, char *buf, int sz, void *ctx);
 /* Held input, for input stages that parse across receive buffers (PROXY). */
 size_t conn_hold_copy(struct worker *w, struct conn *c, char *dst, size_t n);
 size_t conn_hold_consume(struct worker *w, struct conn *c, size_t n);
-int conn_tls_send(struct WOLFSSL *ssl, char *buf, int sz, void *ctx);
 
 #endif

@@ -22,6 +22,8 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include "tls_io.h"
+
 #define LOAD_MAX_TARGETS 64
 #define LOAD_MAX_THREADS 256
 #define LOAD_MAX_RCPTS 1000
@@ -201,15 +203,13 @@ uint64_t load_fnv1a64(uint64_t h, const void *p, size_t n);
 #define LOAD_FNV_INIT 0xcbf29ce484222325ull
 
 /* load_tls.c: per-connection TLS state, embedded in the engine's connection. */
-struct WOLFSSL;
 struct WOLFSSL_SESSION;
 struct load_tls {
-	struct WOLFSSL *ssl;     /* NULL: this connection is plaintext (now) */
-	const char *in;          /* ciphertext not yet pulled by wolfSSL: a view into the */
-	size_t in_len;           /* provided buffer being handled, valid during one CQE */
-	char *out;               /* ciphertext for the ring; [0, out_busy) is in flight */
-	size_t out_len, out_cap, out_busy, out_sent;
-	bool hs_done;
+	/* ssl (NULL: this connection is plaintext, now); in/in_len: ciphertext not
+	 * yet pulled by wolfSSL, a view into the provided buffer being handled, valid
+	 * during one CQE; out: ciphertext for the ring, [0, out_busy) in flight. */
+	struct tls_io io;
+	size_t out_busy, out_sent;
 	uint64_t hs_start;       /* ns: first ClientHello written */
 	struct WOLFSSL_SESSION *sess; /* --tls-resume: last resumable session of this slot */
 };

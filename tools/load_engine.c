@@ -35,7 +35,7 @@
  *
  * TLS (--tls, --starttls; issue 5) sits at the two ends and nowhere else: conn_feed()
  * is the single entry for received plaintext and conn_submit_send() the single exit
- * for output. On a TLS connection (c->tls.ssl set) tls_on_data() hands the provided
+ * for output. On a TLS connection (c->tls.io.ssl set) tls_on_data() hands the provided
  * buffer to wolfSSL as a view (load_tls.c), decrypts into a per-thread plaintext
  * buffer and calls conn_feed(); conn_submit_send() encrypts the same iovecs the
  * plaintext path would sendmsg() into the connection's ciphertext buffer, at most
@@ -403,8 +403,8 @@ static void conn_close(struct eng *e, struct conn *c, enum why why)
 	 * toward retiring the slot, or a mute or black-holed target is retried forever. */
 	if ((why == WHY_TIMEOUT || why == WHY_DISCONNECT || why == WHY_PROTOCOL) && !c->ehlo_ok)
 		c->consec_fail++;
-	if (c->tls.ssl) {
-		if (!c->tls.hs_done) {
+	if (c->tls.io.ssl) {
+		if (!c->tls.io.done) {
 			/* Whatever ended it (alert, EOF, timeout), the handshake did not finish. */
 			st->tls_failures++;
 			if (why == WHY_TIMEOUT)
@@ -412,7 +412,7 @@ static void conn_close(struct eng *e, struct conn *c, enum why why)
 			else if (why == WHY_DISCONNECT)
 				tls_note(e, "connection closed during the handshake", "");
 		}
-		/* Nothing below reads from wolfSSL again; an in-flight send uses c->tls.out,
+		/* Nothing below reads from wolfSSL again; an in-flight send uses c->tls.io.out,
 		 * which is ours and lives as long as the slot. */
 		load_tls_end(&c->tls, e->o->tls_resume);
 	}
@@ -506,16 +506,16 @@ static void conn_on_connect(struct eng *e, struct conn *c, int res)
 	c->deadline = 0;
 	c->cap_starttls = c->starttls_go = false;
 	c->out_total = c->out_done = 0;
-	c->tls.out_len = c->tls.out_busy = c->tls.out_sent = 0;
+	c->tls.io.out_len = c->tls.out_busy = c->tls.out_sent = 0;
 	conn_arm_recv(e, c);
 	exp_push(e, c, EXP_GREETING); /* under implicit TLS it arrives after the handshake */
 	if (e->o->tls == LOAD_TLS_IMPLICIT) {
 		/* The PROXY header goes first and in the clear, then the ClientHello; both
 		 * leave in one send. */
 		if (e->o->proxy != LOAD_PROXY_NONE) {
-			struct wbuf w = { c->tls.out, 0, c->tls.out_cap };
+			struct wbuf w = { c->tls.io.out, 0, c->tls.io.out_cap };
 			put_proxy(e, c, &w);
-			c->tls.out_len = w.len;
+			c->tls.io.out_len = w.len;
 		}
 		tls_begin(e, c);
 		return;
@@ -754,13 +754,13 @@ static void iov_skip(struct conn *c, size_t skip)
 	}
 }
 
-/* ---- TLS output: plaintext iovecs -> wolfSSL -> c->tls.out -> one send ---- */
+/* ---- TLS output: plaintext iovecs -> wolfSSL -> c->tls.io.out -> one send ---- */
 
 static void tls_send_sqe(struct eng *e, struct conn *c)
 {
 	struct load_tls *t = &c->tls;
 	struct io_uring_sqe *sqe = eng_sqe(e);
-	io_uring_prep_send(sqe, c->fd, t->out + t->out_sent, t->out_busy - t->out_sent,
+	io_uring_prep_send(sqe, c->fd, t->io.out + t->out_sent, t->out_busy - t->out_sent,
 	                   MSG_NOSIGNAL | MSG_WAITALL);
 	io_uring_sqe_set_data64(sqe, ud_make(OP_SEND, c->gen, c->idx));
 	c->send_inflight = true;
@@ -772,9 +772,9 @@ static void tls_send_sqe(struct eng *e, struct conn *c)
 static void tls_kick(struct eng *e, struct conn *c)
 {
 	struct load_tls *t = &c->tls;
-	if (c->send_inflight || t->out_len == 0 || c->phase != P_OPEN)
+	if (c->send_inflight || t->io.out_len == 0 || c->phase != P_OPEN)
 		return;
-	t->out_busy = t->out_len;
+	t->out_busy = t->io.out_len;
 	t->out_sent = 0;
 	tls_send_sqe(e, c);
 }
@@ -786,7 +786,7 @@ static void tls_kick(struct eng *e, struct conn *c)
 static bool tls_pump(struct eng *e, struct conn *c)
 {
 	struct load_tls *t = &c->tls;
-	while (c->out_done < c->out_total && t->out_len < TLS_OUT_TARGET) {
+	while (c->out_done < c->out_total && t->io.out_len < TLS_OUT_TARGET) {
 		const struct iovec *v = c->mh.msg_iov;
 		const char *p;
 		size_t n;
@@ -827,7 +827,7 @@ static void plain_send(struct eng *e, struct conn *c)
 /* The single exit for output (see the TLS note at the top). */
 static void conn_submit_send(struct eng *e, struct conn *c)
 {
-	if (c->tls.ssl) {
+	if (c->tls.io.ssl) {
 		if (tls_pump(e, c))
 			tls_kick(e, c);
 		return;
@@ -839,11 +839,11 @@ static void conn_submit_send(struct eng *e, struct conn *c)
  * all plaintext is encrypted yet (the iovecs and c->hdr are still referenced). */
 static bool conn_out_busy(const struct conn *c)
 {
-	return c->tls.ssl ? c->out_done < c->out_total : c->send_inflight;
+	return c->tls.io.ssl ? c->out_done < c->out_total : c->send_inflight;
 }
 
 /* Starts the client handshake: after connect (--tls) or after 220 to STARTTLS. The
- * ClientHello is queued behind anything already in c->tls.out (a PROXY header). */
+ * ClientHello is queued behind anything already in c->tls.io.out (a PROXY header). */
 static void tls_begin(struct eng *e, struct conn *c)
 {
 	if (load_tls_start(e->tls_ctx, &c->tls, e->o) < 0)
@@ -1087,7 +1087,7 @@ static void conn_reply(struct eng *e, struct conn *c, int code, const char *text
 			c->out_flags |= OUT_QUIT;
 			break;
 		}
-		if (e->o->tls == LOAD_TLS_STARTTLS && !c->tls.ssl) {
+		if (e->o->tls == LOAD_TLS_STARTTLS && !c->tls.io.ssl) {
 			/* Like --bdat: measuring plaintext when TLS was asked for would be a
 			 * silent lie, so a server without STARTTLS ends the run (exit 2). */
 			if (!c->cap_starttls) {
@@ -1314,9 +1314,9 @@ static void tls_on_data(struct eng *e, struct conn *c, const char *p, size_t n)
 {
 	struct load_tls *t = &c->tls;
 	char err[128];
-	t->in = p;
-	t->in_len = n;
-	if (!t->hs_done) {
+	t->io.in = p;
+	t->io.in_len = n;
+	if (!t->io.done) {
 		int r = load_tls_handshake(t, err, sizeof(err));
 		if (r < 0) {
 			tls_note(e, "handshake: ", err);
@@ -1325,8 +1325,8 @@ static void tls_on_data(struct eng *e, struct conn *c, const char *p, size_t n)
 		}
 		if (r == 0) {
 			tls_kick(e, c);
-			t->in = NULL;
-			t->in_len = 0;
+			t->io.in = NULL;
+			t->io.in_len = 0;
 			return;
 		}
 		tls_handshake_done(e, c);
@@ -1335,7 +1335,7 @@ static void tls_on_data(struct eng *e, struct conn *c, const char *p, size_t n)
 		long k = load_tls_read(t, e->tls_rd, TLS_REC, err, sizeof(err));
 		if (k > 0) {
 			conn_feed(e, c, e->tls_rd, (size_t)k);
-			if (c->phase != P_OPEN || !c->tls.ssl)
+			if (c->phase != P_OPEN || !c->tls.io.ssl)
 				return; /* closed (and the WOLFSSL freed) while parsing */
 			continue;
 		}
@@ -1349,12 +1349,12 @@ static void tls_on_data(struct eng *e, struct conn *c, const char *p, size_t n)
 		conn_close(e, c, WHY_PROTOCOL);
 		return;
 	}
-	if (t->in_len) { /* wolfSSL stopped early: those bytes would be lost */
+	if (t->io.in_len) { /* wolfSSL stopped early: those bytes would be lost */
 		tls_note(e, "wolfSSL left received bytes unread", "");
 		conn_close(e, c, WHY_PROTOCOL);
 		return;
 	}
-	t->in = NULL;
+	t->io.in = NULL;
 	tls_kick(e, c); /* alerts or key updates wolfSSL wrote while reading */
 }
 
@@ -1377,7 +1377,7 @@ static void conn_on_recv(struct eng *e, struct conn *c, struct io_uring_cqe *cqe
 		unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
 		if (res > 0 && c->phase == P_OPEN) {
 			const char *p = e->bufs + (size_t)bid * RECV_BUF_SIZE;
-			if (c->tls.ssl)
+			if (c->tls.io.ssl)
 				tls_on_data(e, c, p, (size_t)res);
 			else
 				conn_feed(e, c, p, (size_t)res);
@@ -1416,8 +1416,8 @@ static void tls_on_send(struct eng *e, struct conn *c, int res)
 		return;
 	}
 	/* Ciphertext queued while the send was in flight moves to the front. */
-	memmove(t->out, t->out + t->out_busy, t->out_len - t->out_busy);
-	t->out_len -= t->out_busy;
+	memmove(t->io.out, t->io.out + t->out_busy, t->io.out_len - t->out_busy);
+	t->io.out_len -= t->out_busy;
 	t->out_busy = t->out_sent = 0;
 	if (!tls_pump(e, c))
 		return;
@@ -1450,7 +1450,7 @@ static void conn_on_send(struct eng *e, struct conn *c, int res)
 		plain_send(e, c);
 		return;
 	}
-	if (c->tls.ssl) /* the STARTTLS line went out after the 220 came in: send the hello */
+	if (c->tls.io.ssl) /* the STARTTLS line went out after the 220 came in: send the hello */
 		tls_kick(e, c);
 	if (c->out_flags)
 		dirty_push(e, c);
@@ -1644,10 +1644,10 @@ static void eng_conns_init(struct eng *e)
 		c->exp_mask = exp_cap - 1;
 		if (o->tls != LOAD_TLS_NONE) {
 			/* ~52 KiB per TLS connection, on top of wolfSSL's own buffers. */
-			c->tls.out = malloc(TLS_OUT_CAP);
-			if (!c->tls.out)
+			c->tls.io.out = malloc(TLS_OUT_CAP);
+			if (!c->tls.io.out)
 				die_oom();
-			c->tls.out_cap = TLS_OUT_CAP;
+			c->tls.io.out_cap = TLS_OUT_CAP;
 		}
 	}
 }
@@ -1664,7 +1664,7 @@ static void eng_fini(struct eng *e)
 			close(e->conns[i].fd);
 		free(e->conns[i].pre);
 		load_tls_forget(&e->conns[i].tls);
-		free(e->conns[i].tls.out);
+		free(e->conns[i].tls.io.out);
 	}
 	load_tls_ctx_free(e->tls_ctx);
 	free(e->tls_rd);

@@ -11,7 +11,8 @@
  *     off for the same reason (it is one mutex-protected table for the process) and
  *     --tls-resume keeps the session object itself, per connection slot;
  *   - one WOLFSSL per connection, created at connect and freed at close;
- *   - receive callback: copies from a view (struct load_tls in/in_len) of the
+ *   - the memory I/O is engine/tls_io.c, the glue every ringmx TLS session uses;
+ *   - receive callback: copies from a view (struct load_tls io.in/in_len) of the
  *     provided buffer the ring delivered. The engine sets the view, drives wolfSSL
  *     until it wants more input (by then the view is empty, wolfSSL keeps a partial
  *     record in its own input buffer) and only then returns the buffer to the ring,
@@ -35,36 +36,10 @@
 #include <wolfssl/ssl.h>
 #include <wolfssl/wolfcrypt/ecc.h>
 
-static int io_recv(WOLFSSL *ssl, char *buf, int sz, void *ctx)
-{
-	(void)ssl;
-	struct load_tls *t = ctx;
-	if (t->in_len == 0)
-		return WOLFSSL_CBIO_ERR_WANT_READ;
-	size_t k = (size_t)sz < t->in_len ? (size_t)sz : t->in_len;
-	memcpy(buf, t->in, k);
-	t->in += k;
-	t->in_len -= k;
-	return (int)k;
-}
-
-static int io_send(WOLFSSL *ssl, char *buf, int sz, void *ctx)
-{
-	(void)ssl;
-	struct load_tls *t = ctx;
-	/* wolfSSL reuses buf after we return, so the copy is required. */
-	if (t->out_len + (size_t)sz > t->out_cap)
-		return WOLFSSL_CBIO_ERR_WANT_WRITE;
-	memcpy(t->out + t->out_len, buf, (size_t)sz);
-	t->out_len += (size_t)sz;
-	return sz;
-}
-
 static void errstr(int err, char *buf, size_t n)
 {
 	char tmp[WOLFSSL_MAX_ERROR_SZ];
-	wolfSSL_ERR_error_string_n((unsigned long)err, tmp, sizeof(tmp));
-	snprintf(buf, n, "%s (%d)", tmp, err);
+	snprintf(buf, n, "%s (%d)", tls_io_strerror(err, tmp, sizeof(tmp)), err);
 }
 
 /* "X25519:P-256". Parsed here because Debian's wolfSSL_CTX_set1_groups_list knows
@@ -131,8 +106,7 @@ void *load_tls_ctx_new(const struct load_opts *o, char *err, size_t errlen)
 		snprintf(err, errlen, "cannot set the minimum TLS version to 1.2");
 		goto fail;
 	}
-	wolfSSL_CTX_SetIORecv(ctx, io_recv);
-	wolfSSL_CTX_SetIOSend(ctx, io_send);
+		tls_io_ctx_setup(ctx);
 	wolfSSL_CTX_set_session_cache_mode(ctx, WOLFSSL_SESS_CACHE_OFF);
 	if (o->tls_verify) {
 		if (wolfSSL_CTX_load_verify_locations(ctx, o->tls_verify, NULL) != WOLFSSL_SUCCESS) {
@@ -200,10 +174,12 @@ int load_tls_start(void *ctx, struct load_tls *t, const struct load_opts *o)
 	WOLFSSL *ssl = wolfSSL_new(ctx);
 	if (!ssl)
 		return -1;
-	wolfSSL_SetIOReadCtx(ssl, t);
-	wolfSSL_SetIOWriteCtx(ssl, t);
-	if (o->tls_verify && o->sni)
-		wolfSSL_check_domain_name(ssl, o->sni);
+	tls_io_bind(&t->io, ssl);
+	if (o->tls_verify && o->sni && wolfSSL_check_domain_name(ssl, o->sni) != WOLFSSL_SUCCESS) {
+		tls_io_unbind(&t->io);
+		wolfSSL_free(ssl);
+		return -1;
+	}
 	if (o->tls_resume) {
 		/* TLS 1.2 needs the empty SessionTicket extension to get a ticket; TLS 1.3
 		 * tickets come anyway. Without a ticket a 1.2 server may still resume by
@@ -213,53 +189,39 @@ int load_tls_start(void *ctx, struct load_tls *t, const struct load_opts *o)
 		if (t->sess)
 			wolfSSL_set_session(ssl, t->sess);
 	}
-	t->ssl = ssl;
-	t->in = NULL;
-	t->in_len = 0;
-	t->hs_done = false;
 	return 0;
 }
 
 int load_tls_handshake(struct load_tls *t, char *err, size_t errlen)
 {
-	int ret = wolfSSL_connect(t->ssl);
-	if (ret == WOLFSSL_SUCCESS) {
-		t->hs_done = true;
-		return 1;
-	}
-	int e = wolfSSL_get_error(t->ssl, ret);
-	if (e == WOLFSSL_ERROR_WANT_READ)
-		return 0;
-	errstr(e, err, errlen);
-	return -1;
+	int e = 0;
+	int r = tls_io_handshake(&t->io, false, &e);
+	if (r == TLS_IO_ERROR)
+		errstr(e, err, errlen);
+	return r;
 }
 
 long load_tls_read(struct load_tls *t, char *buf, size_t cap, char *err, size_t errlen)
 {
-	int ret = wolfSSL_read(t->ssl, buf, (int)cap);
-	if (ret > 0)
-		return ret;
-	int e = wolfSSL_get_error(t->ssl, ret);
-	if (e == WOLFSSL_ERROR_WANT_READ)
-		return 0;
-	if (e == WOLFSSL_ERROR_ZERO_RETURN)
-		return -2; /* close_notify */
-	errstr(e, err, errlen);
-	return -1;
+	int e = 0;
+	long r = tls_io_read(&t->io, buf, cap, &e);
+	if (r == TLS_IO_ERROR)
+		errstr(e, err, errlen);
+	return r;
 }
 
 int load_tls_write(struct load_tls *t, const void *p, size_t n, char *err, size_t errlen)
 {
-	int ret = wolfSSL_write(t->ssl, p, (int)n);
-	if (ret == (int)n)
+	int e = 0;
+	if (tls_io_write(&t->io, p, n, &e) == 0)
 		return 0;
-	errstr(wolfSSL_get_error(t->ssl, ret), err, errlen);
+	errstr(e, err, errlen);
 	return -1;
 }
 
 void load_tls_describe(const struct load_tls *t, char *buf, size_t n, bool *resumed)
 {
-	WOLFSSL *ssl = t->ssl;
+	WOLFSSL *ssl = t->io.ssl;
 	const char *curve = wolfSSL_get_curve_name(ssl);
 	snprintf(buf, n, "%s %s%s%s", wolfSSL_get_version(ssl), wolfSSL_get_cipher_name(ssl),
 	         curve ? " " : "", curve ? curve : "");
@@ -268,12 +230,13 @@ void load_tls_describe(const struct load_tls *t, char *buf, size_t n, bool *resu
 
 void load_tls_end(struct load_tls *t, bool keep_session)
 {
-	if (!t->ssl)
+	WOLFSSL *ssl = t->io.ssl;
+	if (!ssl)
 		return;
-	if (keep_session && t->hs_done) {
+	if (keep_session && t->io.done) {
 		/* After QUIT the TLS 1.3 NewSessionTicket has been read, so this is the
 		 * newest resumable state of the connection. */
-		WOLFSSL_SESSION *s = wolfSSL_get1_session(t->ssl);
+		WOLFSSL_SESSION *s = wolfSSL_get1_session(ssl);
 		if (s && wolfSSL_SESSION_is_resumable(s)) {
 			if (t->sess)
 				wolfSSL_SESSION_free(t->sess);
@@ -282,11 +245,8 @@ void load_tls_end(struct load_tls *t, bool keep_session)
 			wolfSSL_SESSION_free(s);
 		}
 	}
-	wolfSSL_free(t->ssl);
-	t->ssl = NULL;
-	t->in = NULL;
-	t->in_len = 0;
-	t->hs_done = false;
+	tls_io_unbind(&t->io);
+	wolfSSL_free(ssl);
 }
 
 void load_tls_forget(struct load_tls *t)
