@@ -29,11 +29,11 @@ struct count_sink {
 };
 
 static int
-cs_open(void *self, void *owner, const struct sink_open_info *info, struct sink_tx **tx,
+cs_open(void *self, struct sink_waiter *waiter, const struct sink_open_info *info, struct sink_tx **tx,
 	char qid[SINK_QID_MAX])
 {
 	struct count_sink *c = self;
-	(void)owner;
+	(void)waiter;
 	(void)info;
 	memcpy(qid, "BENCH0000000", 13);
 	*tx = (struct sink_tx *)&c->tx;

@@ -59,6 +59,7 @@ static void conn_teardown(struct worker *w, struct conn *c);
 static void conn_input(struct worker *w, struct conn *c);
 static void tls_begin(struct worker *w, struct conn *c);
 static void tls_release(struct worker *w, struct conn *c);
+static void conn_sink_verdict(struct sink_waiter *waiter, int res);
 
 /* Bytes waiting to go out: the plaintext block, plus for TLS the
  * ciphertext not yet sent. */
@@ -258,6 +259,8 @@ conn_open(struct worker *w, int fd, unsigned listener)
 	out_ensure(w, c);
 	smtp_session_init(&c->session, &w->cfg->smtp, &c->peer, &c->out, &w->sink, &w->hooks, c,
 			  &w->stats, w->now, w->wall);
+	c->waiter.verdict = conn_sink_verdict;
+	smtp_session_set_waiter(&c->session, &c->waiter);
 	const struct listener_conf *l = &w->cfg->listeners[listener];
 	if (w->tls != NULL)
 		smtp_session_set_tls_policy(&c->session,
@@ -734,10 +737,10 @@ conn_set_conf(struct conn *c, const struct smtp_conf *conf)
 }
 
 /* The sink's asynchronous verdict on a message (sink.h). */
-void
-conn_sink_verdict(void *owner, int res)
+static void
+conn_sink_verdict(struct sink_waiter *waiter, int res)
 {
-	struct conn *c = owner;
+	struct conn *c = container_of(waiter, struct conn, waiter);
 	struct worker *w = c->w;
 	assert(c->state == CONN_OPEN);
 	out_ensure(w, c);

@@ -280,6 +280,7 @@ struct oconn {
 };
 
 struct rbounce {
+	struct sink_waiter waiter; /* the spool's verdict on the bounce */
 	struct relay *r;
 	struct rjob *job;
 	struct sink_tx *tx;
@@ -822,7 +823,6 @@ msg_load(struct relay *r, struct rseg *s, uint64_t off, const struct journal_msg
 
 /* ---- results of an attempt ---- */
 
-#define container_of(p, type, member) ((type *)(void *)((char *)(p)-offsetof(type, member)))
 
 static void job_end_attempt(struct relay *r, struct rjob *j);
 
@@ -926,6 +926,7 @@ job_fail_open(struct rjob *j, const char *reason)
 }
 
 static bool bounce_start(struct relay *r, struct rjob *j);
+static void bounce_verdict(struct sink_waiter *waiter, int res);
 
 /* Permanent failures are journaled (FAILED) once their bounce is durable,
  * or at once for the null sender; then temporary ones are scheduled. */
@@ -1093,7 +1094,8 @@ bounce_start(struct relay *r, struct rjob *j)
 	b->job = j;
 	b->used = true;
 	spool_internal_next(r->env.sp);
-	int rc = sk->ops->tx_open(sk->self, b, &oi, &b->tx, b->qid);
+	b->waiter.verdict = bounce_verdict;
+	int rc = sk->ops->tx_open(sk->self, &b->waiter, &oi, &b->tx, b->qid);
 	if (rc == 0) {
 		rc = sk->ops->tx_rcpt(b->tx, m->from, m->from_len);
 		if (rc == 0)
@@ -1114,22 +1116,14 @@ bounce_start(struct relay *r, struct rjob *j)
 	j->bounce = b;
 	r->nbounces++;
 	if (rc == SINK_DONE)
-		relay_bounce_verdict(b, 0);
+		bounce_verdict(&b->waiter, 0);
 	return true;
 }
 
-bool
-relay_owns(const struct relay *r, const void *owner)
+static void
+bounce_verdict(struct sink_waiter *waiter, int res)
 {
-	const char *p = owner;
-	return r != NULL && p >= (const char *)r->bounces &&
-	       p < (const char *)(r->bounces + RELAY_BOUNCES_MAX);
-}
-
-void
-relay_bounce_verdict(void *owner, int res)
-{
-	struct rbounce *b = owner;
+	struct rbounce *b = container_of(waiter, struct rbounce, waiter);
 	struct relay *r = b->r;
 	struct rjob *j = b->job;
 	assert(b->used && j->state == J_BOUNCING);

@@ -19,8 +19,7 @@
  *    relay_on_cqe(). relay_poll() once per loop iteration (timers, new
  *    connections, journal flush); relay_wait_ns() bounds the sleep.
  *  - Bounces are spooled through the spool's sink like any message; their
- *    verdicts come back through the worker's verdict router, which asks
- *    relay_owns() first.
+ *    verdicts come back to the bounce itself (its struct sink_waiter).
  *
  * Ownership: one struct relay per worker, touched only by its thread. The
  * segments it maps and the journals it appends to belong to it once the
@@ -85,9 +84,6 @@ void relay_on_cqe(struct relay *r, struct io_uring_cqe *cqe);
 void relay_poll(struct relay *r, uint64_t now_ns);
 uint64_t relay_wait_ns(const struct relay *r, uint64_t max_ns);
 
-/* Bounce transactions: is owner one of ours, and its verdict. */
-bool relay_owns(const struct relay *r, const void *owner);
-void relay_bounce_verdict(void *owner, int res);
 
 void relay_apply_cmds(struct relay *r, struct relay_cmdset *set);
 

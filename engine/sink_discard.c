@@ -14,12 +14,12 @@ from_tx(struct sink_tx *tx)
 }
 
 static int
-d_open(void *self, void *owner, const struct sink_open_info *info, struct sink_tx **tx,
+d_open(void *self, struct sink_waiter *waiter, const struct sink_open_info *info, struct sink_tx **tx,
        char qid[SINK_QID_MAX])
 {
 	struct sink_discard *d = self;
 	struct timespec ts;
-	(void)owner;
+	(void)waiter;
 	(void)info;
 	clock_gettime(CLOCK_REALTIME, &ts);
 	qid_next(d->qid, (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u, qid);

@@ -700,7 +700,7 @@ smtp_cmd_mail(struct smtp_session *s, const struct smtp_cmdline *c)
 		.wall = s->now_wall,
 	};
 	s->qid[0] = '\0';
-	r = s->sink->ops->tx_open(s->sink->self, s->owner, &info, &s->tx, s->qid);
+	r = s->sink->ops->tx_open(s->sink->self, s->waiter, &info, &s->tx, s->qid);
 	if (r < 0) {
 		s->tx = NULL;
 		s->stats->sink_errors++;
@@ -1111,6 +1111,12 @@ smtp_session_init(struct smtp_session *s, const struct smtp_conf *conf,
 	s->stats = stats;
 	s->t_start = s->t_activity = s->now = now_ns;
 	s->wall_start = s->now_wall = now_wall;
+}
+
+void
+smtp_session_set_waiter(struct smtp_session *s, struct sink_waiter *w)
+{
+	s->waiter = w;
 }
 
 void

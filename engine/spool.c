@@ -150,7 +150,7 @@ enum tx_state { TX_FREE = 0, TX_OPEN, TX_COMMITTED };
 
 struct sink_tx {
 	struct spool *sp;
-	void *owner;             /* NULL: aborted after commit, no verdict */
+	struct sink_waiter *owner; /* NULL: aborted after commit, no verdict */
 	struct sink_tx *next;    /* free list, commit queue or batch */
 	struct chunk *head, *tail;
 	uint32_t tail_len;       /* bytes used in the tail chunk */
@@ -438,7 +438,7 @@ tx_release(struct spool *sp, struct sink_tx *tx)
 static void
 tx_deliver(struct spool *sp, struct sink_tx *tx, int res)
 {
-	void *owner = tx->owner;
+	struct sink_waiter *owner = tx->owner;
 	assert(tx->state == TX_COMMITTED);
 	if (res == 0)
 		sp->env.stats->spool_messages++;
@@ -446,7 +446,7 @@ tx_deliver(struct spool *sp, struct sink_tx *tx, int res)
 		sp->env.stats->spool_enospc++;
 	tx_release(sp, tx);
 	if (owner != NULL)
-		sp->env.verdict(owner, res);
+		owner->verdict(owner, res);
 }
 
 /* ---- segments ---- */
@@ -1280,7 +1280,7 @@ spool_idle(const struct spool *sp)
 /* ---- the sink interface ---- */
 
 static int
-s_open(void *self, void *owner, const struct sink_open_info *info, struct sink_tx **out,
+s_open(void *self, struct sink_waiter *owner, const struct sink_open_info *info, struct sink_tx **out,
        char qid[SINK_QID_MAX])
 {
 	struct spool *sp = self;

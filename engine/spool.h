@@ -46,8 +46,6 @@ struct spool_env {
 	uint64_t ud_base; /* user_data of spool SQEs: ud_base | tag */
 	struct qid_gen *qid;
 	struct ringmx_stats *stats;
-	/* Deliver the verdict for the transaction opened with this owner. */
-	void (*verdict)(void *owner, int res);
 };
 
 /* What the relay (relay.h) hears from the spool. All optional (NULL). */

@@ -140,20 +140,6 @@ spool_get_sqe(void *ctx)
 	return worker_sqe(ctx);
 }
 
-/* The spool's verdicts go to the connection that opened the transaction,
- * or to the relay for its bounces. The spool calls back on this thread. */
-static __thread struct worker *this_worker;
-
-static void
-sink_verdict(void *owner, int res)
-{
-	struct worker *w = this_worker;
-	if (w->relay != NULL && relay_owns(w->relay, owner))
-		relay_bounce_verdict(owner, res);
-	else
-		conn_sink_verdict(owner, res);
-}
-
 static void
 arm_accept(struct worker *w, unsigned i)
 {
@@ -556,7 +542,6 @@ worker_main(void *arg)
 {
 	struct worker *w = arg;
 	snprintf(w->log.tag, sizeof(w->log.tag), "w%u", w->id);
-	this_worker = w;
 	log_set_thread_buf(&w->log);
 	pin(w);
 
@@ -607,7 +592,6 @@ worker_main(void *arg)
 			.ud_base = ud_make(OP_SPOOL, 0, 0),
 			.qid = &w->qid,
 			.stats = &w->stats,
-			.verdict = sink_verdict,
 		};
 		r = spool_open(&w->spool, w->cfg, &env, err, sizeof(err));
 		if (r < 0) {

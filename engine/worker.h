@@ -155,6 +155,7 @@ struct conn {
 
 	struct smtp_peer peer;
 	struct smtp_session session;
+	struct sink_waiter waiter; /* the sink's verdicts on this session's messages */
 };
 
 /* Written by the main thread, read by the worker after an eventfd wake. */
@@ -245,7 +246,6 @@ void conn_rearm_all(struct worker *w);
 void conn_on_timer(struct timer_node *n, void *arg);
 void conn_drain(struct worker *w, struct conn *c, bool force);
 void conn_set_conf(struct conn *c, const struct smtp_conf *conf);
-void conn_sink_verdict(void *owner, int res);
 void conn_log_hook(void *owner, const char *line, size_t len);
 /* Held input, for input stages that parse across receive buffers (PROXY). */
 size_t conn_hold_copy(struct worker *w, struct conn *c, char *dst, size_t n);

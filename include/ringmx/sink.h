@@ -47,11 +47,27 @@ enum sink_commit {
 	SINK_PENDING = 1, /* the verdict comes later through the callback */
 };
 
+/*
+ * Who waits for a transaction's verdict: embedded in the waiter's own
+ * struct (a connection, a bounce being spooled), which finds itself again
+ * with container_of(). The sink calls verdict() on the thread that opened
+ * the transaction, once, unless the transaction was aborted first. So a
+ * verdict reaches the transaction that asked, with no router in between.
+ */
+struct sink_waiter {
+	void (*verdict)(struct sink_waiter *w, int res);
+};
+
+#ifndef container_of
+/* The struct that embeds member at p. */
+#define container_of(p, type, member) ((type *)(void *)((char *)(p)-offsetof(type, member)))
+#endif
+
 struct sink_ops {
 	/* Open a transaction. Writes the queue id into qid. Returns 0 or a
 	 * negative errno (-ENOSPC: 452 4.3.1; -EBUSY: 451 4.3.0 "next hop
 	 * unavailable", the relay's backpressure; others: 451 4.3.0). */
-	int (*tx_open)(void *self, void *owner, const struct sink_open_info *info,
+	int (*tx_open)(void *self, struct sink_waiter *waiter, const struct sink_open_info *info,
 		       struct sink_tx **tx, char qid[SINK_QID_MAX]);
 	/* One accepted recipient, forward-path without <>. 0 or -errno. */
 	int (*tx_rcpt)(struct sink_tx *tx, const char *rcpt, size_t len);

@@ -165,7 +165,8 @@ struct smtp_session {
 	struct smtp_out *out;
 	const struct sink *sink;
 	const struct smtp_hooks *hooks;
-	void *owner; /* passed to sink and hooks */
+	void *owner; /* passed to the hooks */
+	struct sink_waiter *waiter; /* passed to the sink's tx_open */
 	struct ringmx_stats *stats;
 
 	uint64_t t_start;    /* monotonic ns at connect */
@@ -266,6 +267,9 @@ void smtp_session_set_conf(struct smtp_session *s, const struct smtp_conf *conf)
  * 530 5.7.0 (tls=required). Neither applies once TLS is active.
  */
 void smtp_session_set_tls_policy(struct smtp_session *s, bool offer_starttls, bool require_tls);
+/* Who hears the sink's asynchronous verdicts on this session's messages
+ * (sink.h); before the first MAIL. */
+void smtp_session_set_waiter(struct smtp_session *s, struct sink_waiter *w);
 
 /*
  * The TLS handshake finished (after STARTTLS, or before the greeting on an

@@ -99,12 +99,12 @@ tsink_log_esc(struct tsink *ts, const char *p, size_t n)
 }
 
 static int
-tsink_open(void *self, void *owner, const struct sink_open_info *info, struct sink_tx **tx,
+tsink_open(void *self, struct sink_waiter *waiter, const struct sink_open_info *info, struct sink_tx **tx,
 	   char qid[SINK_QID_MAX])
 {
 	struct tsink *ts = self;
 
-	(void)owner;
+	(void)waiter;
 	if (ts->tx.live || ts->pending)
 		tsink_fail("tx_open with a transaction open");
 	tsink_logf(ts, "open <");
