@@ -457,13 +457,13 @@ emit_ready(struct smtpc *c)
 				return;
 			continue;
 		}
-		if (c->need_rset) {
-			if (!CMD(c, X_RSET, NULL, 0, "RSET\r\n"))
-				return;
-			c->need_rset = false;
-			continue;
-		}
 		if (tx_unstarted(c)) {
+			/* RSET only in front of a transaction: QUIT needs none. */
+			if (c->need_rset) {
+				if (!CMD(c, X_RSET, NULL, 0, "RSET\r\n"))
+					return;
+				c->need_rset = false;
+			}
 			if (!exp_room(c))
 				return;
 			tx_start(c);
@@ -588,15 +588,15 @@ static void
 on_final(struct smtpc *c, struct smtpc_tx *tx, enum exp_kind kind, enum verdict v,
          const struct smtpc_reply *sr)
 {
+	if (kind == X_BDAT && v != V_OK)
+		c->need_rset = true; /* RFC 3030 2: the transaction may be open */
 	if (tx->nacc == 0) {
-		/* Nobody to tell; a failed BDAT may leave a transaction open. */
-		c->need_rset |= v != V_OK && kind == X_BDAT;
+		tx_try_finish(c, tx); /* nobody to tell */
 		return;
 	}
-	if (kind == X_BDAT && v != V_OK)
-		c->need_rset = true; /* RFC 3030 2 */
 	if (!c->lmtp) {
 		rcpt_all(c, tx, R_ACCEPTED, sr);
+		tx_try_finish(c, tx);
 		return;
 	}
 	/* LMTP: this is the first accepted recipient's reply; the others
@@ -608,6 +608,7 @@ on_final(struct smtpc *c, struct smtpc_tx *tx, enum exp_kind kind, enum verdict 
 	rcpt_result(c, tx, c->lmtp_k++, sr);
 	if (tx->nacc == 0)
 		c->lmtp_tx = NULL;
+	tx_try_finish(c, tx);
 }
 
 static void
@@ -636,17 +637,17 @@ on_tx_reply(struct smtpc *c, const struct smtpc_exp *e, enum verdict v,
 			tx->mail_failed = true;
 			rcpt_all(c, tx, R_PENDING, sr);
 		}
+		tx_try_finish(c, tx);
 		return;
 	case X_RCPT:
 		tx->rcpt_out--;
-		if (tx->rcpt[e->k].st != R_PENDING)
-			return; /* decided by the MAIL reply */
-		if (v == V_OK) {
+		if (tx->rcpt[e->k].st == R_PENDING && v == V_OK) {
 			tx->rcpt[e->k].st = R_ACCEPTED;
 			tx->nacc++;
-		} else {
+		} else if (tx->rcpt[e->k].st == R_PENDING) {
 			rcpt_result(c, tx, e->k, sr);
-		}
+		} /* else decided by the MAIL reply */
+		tx_try_finish(c, tx);
 		return;
 	case X_DATA:
 		if (sr->code == 354) {
@@ -659,8 +660,7 @@ on_tx_reply(struct smtpc *c, const struct smtpc_exp *e, enum verdict v,
 		/* No data phase: the accepted recipients get this reply. */
 		rcpt_all(c, tx, R_ACCEPTED, sr);
 		c->need_rset = true;
-		if (c->emit == tx)
-			emit_end(c, tx);
+		emit_end(c, tx); /* the writer waits for the 354: it is at tx */
 		return;
 	default:
 		on_final(c, tx, (enum exp_kind)e->kind, v, sr);
@@ -752,8 +752,8 @@ on_reply(struct smtpc *c, const struct relay_reply *r)
 			fail(c, "4.4.2", "the server refused RSET: " REPLY_FMT, REPLY_ARGS(r));
 		return;
 	default:
+		/* e.tx may be handed back in there: not touched after it. */
 		on_tx_reply(c, &e, v, &sr);
-		tx_try_finish(c, e.tx);
 		return;
 	}
 }

@@ -47,6 +47,7 @@
  *   ! abort TEXT          smtpc_abort()
  *   ! status FLAGS        smtpc_status() is exactly FLAGS (none or
  *                         OUTFULL|BODY|TLS|CLOSE|WAIT|READY|IDLE)
+ *   ! saw OUTFULL         some call so far returned -ENOBUFS
  *   ! flush               end the current flight
  */
 #include <dirent.h>
@@ -390,6 +391,7 @@ struct run {
 	uint8_t got[D_TX_MAX][D_RCPT_MAX]; /* results per recipient */
 	bool txdone[D_TX_MAX];
 	unsigned nclose;
+	unsigned nfull; /* -ENOBUFS returns */
 	bool tls_ok;
 	const uint8_t *span; /* the body span due */
 	size_t span_len;
@@ -554,6 +556,7 @@ drain(struct run *r, int rc)
 			continue;
 		}
 		if (rc == -ENOBUFS) {
+			r->nfull++;
 			assert_true(smtpc_status(&r->c) & SMTPC_ST_OUTFULL);
 			if (!flushed)
 				fail_msg("%s (%s): output full and empty", r->d->name,
@@ -676,6 +679,10 @@ directive(struct run *r, const char *t, int line)
 		if (got != want)
 			fail_msg("%s:%d (%s): status %#x, want %#x", d->name, line, mode_name(r),
 			         got, want);
+	} else if (strcmp(t, "saw OUTFULL") == 0) {
+		if (r->nfull == 0)
+			fail_msg("%s:%d (%s): the output was never full", d->name, line,
+			         mode_name(r));
 	} else if (strcmp(t, "flush") != 0) {
 		fail_msg("%s:%d: unknown directive '%s'", d->name, line, t);
 	}
