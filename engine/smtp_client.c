@@ -703,6 +703,11 @@ on_reply(struct smtpc *c, const struct relay_reply *r)
 			conn_end(c, &sr, true);
 			return;
 		}
+		if (verdict_of(X_DOT, r->code) == V_BAD) {
+			fail(c, "4.4.2", "reply to the end of data makes no sense: " REPLY_FMT,
+			     REPLY_ARGS(r));
+			return;
+		}
 		on_lmtp(c, &sr);
 		return;
 	}
