@@ -378,7 +378,7 @@ emit_tx_step(struct smtpc *c, struct smtpc_tx *tx)
 		if (c->ext & SMTPC_EXT_SIZE)
 			snprintf(size, sizeof(size), " SIZE=%zu", tx->body_len);
 		if (!CMD(c, X_MAIL, tx, 0, "MAIL FROM:<%.*s>%s%s%s\r\n", (int)tx->from_len,
-		         tx->from,
+		         tx->from_len > 0 ? tx->from : "",
 		         (tx->flags & SMTPC_TX_8BITMIME) && (c->ext & SMTPC_EXT_8BITMIME)
 		             ? " BODY=8BITMIME"
 		             : "",
