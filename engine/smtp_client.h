@@ -243,9 +243,11 @@ int smtpc_init(struct smtpc *c, const struct smtpc_conf *conf, struct smtpc_out 
                const struct smtpc_ops *ops, void *arg);
 
 /* Replies from the server (plaintext, or decrypted by the caller). All of
- * p[0, n) is consumed. Then writes what it can (smtpc_pump). 0; -ENOBUFS:
- * the output is full (send it, then smtpc_pump()); -EPIPE: closed
- * (nothing was read); -EDEADLK: from a callback. */
+ * p[0, n) is consumed; in SMTPC_ST_TLS it is dropped unread (plaintext
+ * after the 220 to STARTTLS). Then writes what it can (smtpc_pump).
+ * 0; -ENOBUFS: the output is full (send it, then smtpc_pump()); -EPIPE:
+ * the connection is closed, now or before (SMTPC_EV_CLOSE was delivered);
+ * -EDEADLK: from a callback. */
 int smtpc_feed(struct smtpc *c, const char *p, size_t n);
 
 /* Write as many commands as the protocol, the reply queue and the output
