@@ -1,0 +1,296 @@
+/*
+ * smtp_client.h - the SMTP/LMTP client protocol core (sans I/O): the
+ * outbound twin of smtp_session. Replies go in (smtpc_feed), commands come
+ * out into a caller-owned buffer, everything else comes out as events
+ * through one callback. No socket, no clock, no allocation, no TLS: the
+ * core asks the caller to start TLS and is told when it is done; timeouts
+ * are the caller's (smtpc_abort). States, events and limits: docs/smtp-client.md.
+ *
+ * Ownership rules
+ *  - struct smtpc, the output buffer and every submitted struct smtpc_tx
+ *    (with its recipient array, addresses and body) belong to the caller.
+ *    A transaction is lent to the core from smtpc_submit() until its
+ *    SMTPC_EV_TX event returns: meanwhile the caller must not touch it.
+ *  - Message bytes are never copied: SMTPC_EV_BODY names a span of
+ *    tx->body. The caller sends out->buf[0, out->len) first, then the span,
+ *    and then calls smtpc_body_sent(); until then the core writes nothing.
+ *    Dot-stuffing for DATA is the core's: it writes the extra "." octets
+ *    (and the terminating ".") into the output buffer between spans.
+ *  - The caller drains out->buf (sends, then lowers out->len, moving what
+ *    is left to the front) between calls; the core only appends whole
+ *    commands, so a command is never split.
+ *  - Pointers in an event are valid only during the callback.
+ *
+ * Re-entrancy: from an event callback the caller may call smtpc_submit(),
+ * smtpc_quit() and the getters only; the others return -EDEADLK there.
+ * smtpc_submit() and smtpc_quit() only queue: the next smtpc_feed(),
+ * smtpc_pump() or smtpc_body_sent() writes the commands.
+ *
+ * TLS: policy ENCRYPT and VERIFY never write a MAIL, RCPT, DATA or BDAT
+ * before smtpc_tls_done(c, true): every path that would (no STARTTLS in
+ * the EHLO reply, EHLO refused, STARTTLS refused, handshake failed) ends
+ * the connection with SMTPC_EV_DEFER, enhanced status 4.7.4.
+ */
+#ifndef RINGMX_SMTP_CLIENT_H
+#define RINGMX_SMTP_CLIENT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "relay_reply.h"
+
+/* Longest reply line (without its line end). RFC 5321 4.5.3.1.5 says 512
+ * octets with the CRLF; real servers exceed it in banners and EHLO
+ * keywords, so there is slack. A longer line ends the connection. */
+#define SMTPC_LINE_MAX 2048
+/* Replies the client may be waiting for at once (commands in flight,
+ * pipelined). A full queue stops writing until replies come in. */
+#define SMTPC_EXP_MAX 256
+/* Transactions submitted and not finished (queued or in flight). */
+#define SMTPC_TX_MAX 32
+/* Longest address in MAIL FROM / RCPT TO (RFC 5321 4.5.3.1.3: a path is
+ * 256 octets; the rest is slack for SMTPUTF8 addresses). */
+#define SMTPC_ADDR_MAX 512
+/* Longest EHLO/LHLO/HELO name. */
+#define SMTPC_HELO_MAX 255
+/* Longest command written (MAIL FROM with its parameters); the output
+ * buffer must hold at least this much (smtpc_init). */
+#define SMTPC_CMD_MAX (SMTPC_ADDR_MAX + 96)
+/* Reason text the core formats for failures (NUL included). */
+#define SMTPC_TEXT_MAX RELAY_REPLY_TEXT_MAX
+
+/* EHLO keywords the client acts on (smtpc_ext). */
+enum {
+	SMTPC_EXT_PIPELINING = 1u << 0,
+	SMTPC_EXT_SIZE = 1u << 1,
+	SMTPC_EXT_8BITMIME = 1u << 2,
+	SMTPC_EXT_SMTPUTF8 = 1u << 3,
+	SMTPC_EXT_CHUNKING = 1u << 4,
+	SMTPC_EXT_STARTTLS = 1u << 5,
+	SMTPC_EXT_ENHANCEDSTATUSCODES = 1u << 6,
+};
+
+enum smtpc_tls {
+	SMTPC_TLS_NONE = 0, /* never STARTTLS (e.g. LMTP over a unix socket) */
+	SMTPC_TLS_MAY,      /* STARTTLS when offered; plaintext when not or refused */
+	SMTPC_TLS_ENCRYPT,  /* TLS or nothing; the certificate is not checked */
+	SMTPC_TLS_VERIFY,   /* TLS or nothing; the caller verifies the certificate */
+};
+
+struct smtpc_conf {
+	const char *helo; /* our name for EHLO/LHLO/HELO; copied by smtpc_init */
+	bool lmtp;        /* LHLO, one reply per accepted recipient, no HELO */
+	enum smtpc_tls tls;
+};
+
+enum smtpc_state {
+	SMTPC_S_GREETING = 0, /* waiting for the 220 */
+	SMTPC_S_EHLO,         /* EHLO/LHLO to write or written */
+	SMTPC_S_HELO,         /* HELO fallback after a 5xx to EHLO */
+	SMTPC_S_STARTTLS,     /* STARTTLS to write or written */
+	SMTPC_S_TLS,          /* 220 to STARTTLS: the caller handshakes */
+	SMTPC_S_READY,        /* transactions */
+	SMTPC_S_QUIT,         /* QUIT to write or written */
+	SMTPC_S_CLOSED,       /* SMTPC_EV_CLOSE delivered; nothing more */
+	SMTPC_S_COUNT
+};
+
+/* Output buffer, owned by the caller: the core appends whole commands. */
+struct smtpc_out {
+	char *buf;
+	size_t len;
+	size_t cap;
+};
+
+/* One recipient. st is the core's while the transaction is lent. */
+struct smtpc_rcpt {
+	const char *addr; /* without <>; no CR, LF or NUL */
+	size_t len;
+	uint8_t st;
+};
+
+/* What the message needs from the server. */
+enum {
+	SMTPC_TX_SMTPUTF8 = 1u << 0, /* refused (5.6.7) unless SMTPUTF8 is offered */
+	SMTPC_TX_8BITMIME = 1u << 1, /* BODY=8BITMIME when offered */
+};
+
+struct smtpc_tx {
+	/* set by the caller before smtpc_submit() */
+	const char *from; /* reverse path without <>; "" for the null sender */
+	size_t from_len;
+	struct smtpc_rcpt *rcpt;
+	uint32_t nrcpt;      /* >= 1 */
+	const uint8_t *body; /* the message as it is (not dot-stuffed) */
+	size_t body_len;
+	unsigned flags; /* SMTPC_TX_* */
+	void *user;     /* the caller's */
+	uint32_t id;    /* the caller's; the core only prints it */
+
+	/* the core's from smtpc_submit() until SMTPC_EV_TX */
+	struct smtpc_tx *next;
+	uint32_t nexp;     /* expected replies still naming this transaction */
+	uint32_t nacc;     /* RCPT accepted, final reply due */
+	uint32_t nleft;    /* recipients without a result yet */
+	uint32_t rcpt_out; /* RCPT written, reply not yet read */
+	uint8_t phase;     /* internal enum tx_phase */
+	bool mail_failed;
+	bool mail_ok;
+};
+
+/* A reply as events carry it: views, valid during the callback. enh is
+ * the RFC 3463 enhanced status at the start of the text ("5.1.1"), or
+ * empty; text is what follows it. */
+struct smtpc_reply {
+	int code;
+	const char *enh;
+	size_t enh_len;
+	const char *text;
+	size_t text_len;
+};
+
+enum smtpc_ev_type {
+	SMTPC_EV_READY = 1, /* usable: smtpc_ext() is final (after TLS if any) */
+	SMTPC_EV_TLS,       /* send the output, discard input, handshake, smtpc_tls_done() */
+	SMTPC_EV_BODY,      /* send the output, then body[0, body_len), then smtpc_body_sent() */
+	SMTPC_EV_RCPT,      /* the final result of tx->rcpt[rcpt] */
+	SMTPC_EV_TX,        /* every recipient has its result; tx is the caller's again */
+	SMTPC_EV_DEFER,     /* failed before READY: defer everything for this next hop */
+	SMTPC_EV_CLOSE,     /* close once the output is sent; the last event */
+};
+
+struct smtpc_event {
+	enum smtpc_ev_type type;
+	struct smtpc_tx *tx; /* RCPT, TX, BODY */
+	uint32_t rcpt;       /* RCPT: index into tx->rcpt */
+	/* RCPT: the deciding reply (the server's, or one the core made up:
+	 * 552 5.3.4, 553 5.6.7, or the connection's failure);
+	 * DEFER, CLOSE: why (CLOSE after QUIT: the 221; code 0 when the
+	 * server closed an idle connection) */
+	struct smtpc_reply reply;
+	const uint8_t *body; /* BODY: a span of tx->body */
+	size_t body_len;
+	bool verify; /* TLS: the policy is VERIFY */
+};
+
+struct smtpc_ops {
+	void (*event)(void *arg, const struct smtpc_event *ev);
+};
+
+/* Status bits (smtpc_status). */
+enum {
+	SMTPC_ST_OUTFULL = 1u << 0, /* the next command does not fit: send, then smtpc_pump() */
+	SMTPC_ST_BODY = 1u << 1,    /* a body span is due: send it, then smtpc_body_sent() */
+	SMTPC_ST_TLS = 1u << 2,     /* between SMTPC_EV_TLS and smtpc_tls_done() */
+	SMTPC_ST_CLOSE = 1u << 3,   /* closed: send the output, then close */
+	SMTPC_ST_WAIT = 1u << 4,    /* replies are due: the reply timeout applies */
+	SMTPC_ST_READY = 1u << 5,   /* READY and room for smtpc_submit() */
+	SMTPC_ST_IDLE = 1u << 6,    /* READY, nothing submitted, nothing due */
+};
+
+/* An expected reply (the pipelining queue). */
+struct smtpc_exp {
+	uint8_t kind;
+	uint32_t k; /* RCPT: recipient index */
+	struct smtpc_tx *tx;
+};
+
+struct smtpc {
+	char helo[SMTPC_HELO_MAX + 1];
+	bool lmtp;
+	enum smtpc_tls tls;
+	const struct smtpc_ops *ops;
+	void *arg;
+	struct smtpc_out *out;
+
+	uint8_t state;
+	bool cmd_written; /* the current state's handshake command is out */
+	bool tls_active;
+	bool ever_ready;
+	bool quit_wanted;
+	bool need_rset;
+	bool body_pending;
+	bool outfull;
+	unsigned in_cb;
+	unsigned ext; /* SMTPC_EXT_* from the last EHLO */
+	uint64_t size_max;
+
+	struct relay_reply reply; /* the reply being read */
+	uint32_t carry_len;
+	char carry[SMTPC_LINE_MAX + 1]; /* a line split across feeds (+ its CR) */
+
+	struct smtpc_exp exp[SMTPC_EXP_MAX];
+	uint32_t exp_head, exp_n;
+	struct smtpc_tx *lmtp_tx; /* LMTP: per-recipient replies still due */
+	uint32_t lmtp_k;
+
+	struct smtpc_tx *txs; /* submitted, oldest first */
+	uint32_t ntx;
+	struct smtpc_tx *emit; /* the transaction being written */
+	uint8_t estage;
+	uint32_t ek;
+	size_t body_off;
+	bool bol; /* DATA: the next body octet starts a line */
+
+	char why[SMTPC_TEXT_MAX]; /* failure reasons the core formats */
+};
+
+/* 0, or -EINVAL: bad HELO name (empty, too long, CR/LF/space), policy, or
+ * an output buffer smaller than SMTPC_CMD_MAX. Call right after connect:
+ * the greeting is the first reply expected. */
+int smtpc_init(struct smtpc *c, const struct smtpc_conf *conf, struct smtpc_out *out,
+               const struct smtpc_ops *ops, void *arg);
+
+/* Replies from the server (plaintext, or decrypted by the caller). All of
+ * p[0, n) is consumed; in SMTPC_ST_TLS it is dropped unread (plaintext
+ * after the 220 to STARTTLS). Then writes what it can (smtpc_pump).
+ * 0; -ENOBUFS: the output is full (send it, then smtpc_pump()); -EPIPE:
+ * the connection is closed, now or before (SMTPC_EV_CLOSE was delivered);
+ * -EDEADLK: from a callback. */
+int smtpc_feed(struct smtpc *c, const char *p, size_t n);
+
+/* Write as many commands as the protocol, the reply queue and the output
+ * allow. 0 (nothing more to write now); -ENOBUFS; -EPIPE; -EDEADLK. */
+int smtpc_pump(struct smtpc *c);
+
+/* Queue a transaction (it is started once READY, in order). 0; -EINVAL
+ * (no recipient, an address too long or holding CR, LF or NUL); -EBUSY
+ * (SMTPC_TX_MAX unfinished); -EPIPE (closed or quitting). */
+int smtpc_submit(struct smtpc *c, struct smtpc_tx *tx);
+
+/* The span of the last SMTPC_EV_BODY is on its way: go on (pumps).
+ * 0, -ENOBUFS, -EPIPE, -EDEADLK; -EINVAL if no span was due. */
+int smtpc_body_sent(struct smtpc *c);
+
+/* The TLS handshake the core asked for ended: ok, EHLO again (RFC 3207
+ * 4.2, what the server said before counts no more); failed, the
+ * connection ends (4.7.4 under ENCRYPT/VERIFY, 4.7.5 under MAY).
+ * 0, -ENOBUFS, -EPIPE, -EDEADLK; -EINVAL outside SMTPC_ST_TLS. */
+int smtpc_tls_done(struct smtpc *c, bool ok);
+
+/* QUIT once every submitted transaction has finished (before READY: once
+ * ready). 0; -EPIPE if closed. Only queues. */
+int smtpc_quit(struct smtpc *c);
+
+/* The caller ends the connection: EOF, I/O error, timeout (why: text for
+ * the results, e.g. "timeout waiting for the DATA reply"). Unfinished
+ * recipients get 451 4.4.2 why; SMTPC_EV_DEFER if never READY;
+ * SMTPC_EV_CLOSE. An idle READY connection, or one waiting for the 221,
+ * just closes. Nothing after it. No-op when closed or from a callback. */
+void smtpc_abort(struct smtpc *c, const char *why);
+
+unsigned smtpc_status(const struct smtpc *c);
+enum smtpc_state smtpc_state(const struct smtpc *c);
+unsigned smtpc_ext(const struct smtpc *c);
+/* SIZE's argument (0: not offered, or no limit given). */
+uint64_t smtpc_size_max(const struct smtpc *c);
+
+/* The SMTPC_EXT_* bit of one EHLO keyword line (case-insensitive); for
+ * SIZE, *size_max gets its argument (0: none or unparsable). 0: unknown. */
+unsigned smtpc_ehlo_keyword(const char *p, size_t n, uint64_t *size_max);
+/* Length of the RFC 3463 status ("4.7.4") at the start of text, whose
+ * class must be code's first digit; 0 if there is none. */
+size_t smtpc_enh_len(const char *text, size_t n, int code);
+
+#endif
