@@ -823,7 +823,6 @@ msg_load(struct relay *r, struct rseg *s, uint64_t off, const struct journal_msg
 
 /* ---- results of an attempt ---- */
 
-
 static void job_end_attempt(struct relay *r, struct rjob *j);
 
 static double
