@@ -18,10 +18,11 @@
  *         be spooled.
  *  rhop   a next hop: its queue of jobs and its connections.
  *  oconn  an outbound connection: connect (with a linked timeout), one
- *         recv and at most one send in flight, a FIFO of the replies it
- *         expects. Commands are pipelined when the next hop offers
- *         PIPELINING: with CHUNKING, whole transactions follow each other
- *         without waiting (BDAT n LAST); without it, a transaction waits
+ *         recv and at most one send in flight, and the pure SMTP/LMTP
+ *         client core (engine/smtp_client.c) that decides every command and
+ *         reads every reply; this file only moves its bytes and acts on its
+ *         events. With PIPELINING and CHUNKING whole transactions follow each
+ *         other without waiting (BDAT n LAST); with DATA a transaction waits
  *         for 354 before its body.
  *
  * Durability and duplicates
@@ -34,12 +35,12 @@
  *  spool (a crash before that retries the recipient, and may bounce twice).
  *
  * Buffers
- *  Each connection owns an input buffer (replies) and an output buffer
- *  (commands and message bytes, dot-stuffed for DATA); the bytes
- *  [0, send_len) of the output belong to the kernel while a send is in
- *  flight. Message bytes are copied from the segment mapping into the
- *  output buffer as room frees up, so a large message streams through a
- *  fixed buffer.
+ *  Each connection owns an input buffer (what one recv reads; the core
+ *  carries a split reply line) and an output buffer the core writes whole
+ *  commands into; the bytes of it in a send in flight belong to the kernel.
+ *  Message bytes are never copied: the core names spans of the message in
+ *  the segment mapping, sent with the commands before them in one sendmsg
+ *  (with TLS, encrypted by wolfSSL into the ciphertext buffer).
  */
 #include "relay.h"
 
@@ -68,7 +69,7 @@
 #include "ringmx/dsn.h"
 #include "ringmx/journal_format.h"
 #include "ringmx/spool_format.h"
-#include "relay_reply.h"
+#include "smtp_client.h"
 #include "relay_tls.h"
 #include "spool.h"
 #include "timer.h"
@@ -76,17 +77,13 @@
 /* Output buffer per connection: a burst of pipelined commands and message
  * bytes; a larger message streams through it. */
 #define RELAY_OUT_SIZE (64u << 10)
-/* Input buffer: replies. A reply line longer than this is a protocol error. */
+/* Input buffer: what one recv reads (the client core carries a reply line
+ * split across reads; one longer than SMTPC_LINE_MAX is a protocol error). */
 #define RELAY_IN_SIZE (16u << 10)
 /* Reply text kept for logs, the journal and bounces. */
 #define RELAY_TEXT_MAX 512
-/* Replies one connection may be waiting for (commands in flight). */
-#define RELAY_EXP_MAX 512
 /* Transactions in flight on one connection (pipelined with CHUNKING). */
 #define RELAY_WINDOW 32
-/* Room an emitted command needs: a command line is at most 512 octets
- * (RFC 5321 4.5.3.1.4) plus parameters. */
-#define RELAY_CMD_ROOM 1100
 /* Bounces being spooled at once; more wait for the next retry. */
 #define RELAY_BOUNCES_MAX 64
 /* Journal bytes buffered per segment before a write is forced. */
@@ -128,14 +125,17 @@ struct rjob {
 	struct rtimer t;          /* retry */
 	struct oconn *conn;       /* J_ACTIVE */
 	uint8_t state;
-	bool mail_failed;
-	uint32_t n;    /* recipients */
-	uint32_t *ri;  /* their indices in the message */
-	uint8_t *rs;   /* enum rstate per recipient */
-	char **rtext;  /* per recipient: the reply that decided it (malloc) */
-	uint32_t nacc; /* RCPTs accepted in this attempt */
+	uint32_t n;   /* recipients */
+	uint32_t *ri; /* their indices in the message */
+	uint8_t *rs;  /* enum rstate per recipient */
+	char **rtext; /* per recipient: the reply that decided it (malloc) */
 	uint32_t attempts;
-	uint8_t ep;                     /* the hop's address of the last attempt (logs, bounces) */
+	uint8_t ep; /* the hop's address of the last attempt (logs, bounces) */
+	/* J_ACTIVE: the transaction lent to the connection's client core, its
+	 * recipients (those not finished earlier) and their indices k here. */
+	struct smtpc_tx tx;
+	struct smtpc_rcpt *trc; /* one allocation with tk, at the first attempt */
+	uint32_t *tk;
 	char last_temp[RELAY_TEXT_MAX]; /* the last temporary failure */
 	uint16_t last_temp_len;
 	struct rbounce *bounce;
@@ -208,30 +208,7 @@ struct rhop {
 	uint64_t retry_at;   /* no new connection before this (after a failed one) */
 };
 
-enum cstate { C_CONNECTING = 1, C_GREETING, C_HELLO, C_READY, C_QUIT, C_CLOSING };
-
-enum xkind {
-	X_GREET = 1,
-	X_EHLO,
-	X_HELO,
-	X_MAIL,
-	X_RCPT,
-	X_DATA,
-	X_DOT,
-	X_BDAT,
-	X_RSET,
-	X_QUIT,
-	X_STARTTLS
-};
-
-struct rexp {
-	uint8_t kind;
-	uint32_t k; /* X_RCPT: recipient index in the job */
-	struct rjob *job;
-};
-
-/* What the generator emits next for the job being emitted. */
-enum estage { E_NONE = 0, E_MAIL, E_RCPT, E_DATA, E_WAIT354, E_BODY, E_DOT, E_BDAT };
+enum cstate { C_CONNECTING = 1, C_GREETING, C_READY, C_QUIT, C_CLOSING };
 
 struct oconn {
 	struct relay *r;
@@ -244,37 +221,32 @@ struct oconn {
 	bool local;     /* a unix socket: never TLS */
 	uint8_t ep;     /* index into hop->conf.a: the address connected to */
 	uint8_t member; /* its member in hop->conf.m (TLS host name) */
-	unsigned ext;   /* RELAY_EXT_* from the last EHLO */
-	uint64_t size_max;
 	bool connect_inflight, lt_inflight, recv_inflight, send_inflight;
-	bool send_tls; /* the send in flight is from tls->cout (else from out) */
+	bool send_tls; /* the send in flight is from tls->cout (else out + span) */
 	bool shut;
-	bool need_rset;
 	bool ever_ready;
-	bool discard_input;           /* STARTTLS accepted: nothing after the 220 is read */
+	bool want_tls;                /* the core asked for the handshake (SMTPC_EV_TLS) */
+	bool core_closed;             /* SMTPC_EV_CLOSE: close now */
+	bool defer;                   /* SMTPC_EV_DEFER: failed before usable, why says why */
+	bool failed;                  /* conn_fail() started the end (counted, logged) */
 	struct relay_tls_conn *tls;   /* after STARTTLS; NULL in plaintext */
 	struct __kernel_timespec cts; /* connect timeout (read at submit) */
 	struct rtimer t;
 
-	uint32_t in_len;
-	struct relay_reply reply; /* the reply being read */
-
-	struct rexp exp[RELAY_EXP_MAX];
-	uint32_t exp_head, exp_n;
-	struct rjob *lmtp_job; /* LMTP: per-recipient final replies still due */
-	uint32_t lmtp_k;       /* next accepted recipient (index in the job) */
+	struct smtpc sc;     /* the protocol (engine/smtp_client.c) */
+	struct smtpc_out so; /* over out[]: the commands it wrote */
+	/* The body span due after out (SMTPC_EV_BODY), sent from the spool
+	 * mapping; [0, span_off) is sent (or encrypted). */
+	const uint8_t *span;
+	size_t span_len, span_off;
+	uint32_t send_out; /* plaintext: bytes of out in the send in flight */
+	struct msghdr msg;
+	struct iovec iov[2];
+	char why[RELAY_TEXT_MAX];
 
 	struct rjob *active[RELAY_WINDOW];
 	uint32_t nactive;
 
-	/* generator */
-	struct rjob *emit;
-	uint8_t estage;
-	uint32_t ek;
-	uint64_t body_off;
-	bool bol; /* DATA: at the beginning of a line */
-
-	uint32_t out_len, send_len;
 	char in[RELAY_IN_SIZE];
 	char out[RELAY_OUT_SIZE];
 };
@@ -376,15 +348,6 @@ dsn_of(int code, const char *text, size_t len, char out[16])
 		}
 	}
 	snprintf(out, 16, "%d.0.0", code / 100 >= 2 && code / 100 <= 5 ? code / 100 : 4);
-}
-
-static const char *
-xkind_name(uint8_t k)
-{
-	static const char *const names[] = {"?",         "the greeting", "EHLO", "HELO",
-	                                    "MAIL FROM", "RCPT TO",      "DATA", "end of data",
-	                                    "BDAT",      "RSET",         "QUIT", "STARTTLS"};
-	return k < sizeof(names) / sizeof(names[0]) ? names[k] : "?";
 }
 
 /* ---- journal ---- */
@@ -644,6 +607,7 @@ msg_destroy(struct rmsg *m)
 		free(j->rtext);
 		free(j->rs);
 		free(j->ri);
+		free(j->trc);
 	}
 	free(m->jobs);
 	free(m->rcpt);
@@ -1303,11 +1267,18 @@ hop_defer_all(struct relay *r, struct rhop *h, const char *reason)
 
 /* ---- outbound connections ---- */
 
-static void conn_emit(struct oconn *c);
+/*
+ * An outbound connection is the ring's side of one struct smtpc, the pure
+ * SMTP/LMTP client (engine/smtp_client.c): replies received are fed to it,
+ * the commands it writes into `out` are sent, and the body spans it names
+ * are sent straight from the spool mapping after them. Its events decide
+ * the jobs' results (conn_event). Nothing here knows the protocol.
+ */
+
 static void conn_send(struct oconn *c);
 static void conn_close(struct oconn *c);
 static void conn_starttls(struct oconn *c);
-static bool tls_required(const struct oconn *c);
+static void conn_after(struct oconn *c);
 
 /* "host[ip]:port" of the address this connection uses, for logs. */
 static const char *
@@ -1323,48 +1294,24 @@ conn_ud(const struct oconn *c, enum subop op)
 	       c->idx;
 }
 
+/* Replies due, or a send in flight: relay_reply_timeout; an idle usable
+ * connection: relay_idle_timeout. The deadline moves only when called,
+ * which the callers do when something was written or read. */
 static void
 conn_timer_update(struct oconn *c)
 {
 	struct relay *r = c->r;
 	const struct relay_conf *rc = &r->cfg->relay;
-	uint64_t d;
 	if (c->st == C_CONNECTING || c->st == C_CLOSING) {
 		if (timer_armed(&c->t.n))
 			timer_cancel(r->wheel, &c->t.n);
 		return;
 	}
-	if (c->exp_n > 0 || c->lmtp_job != NULL || c->send_inflight || c->st != C_READY)
-		d = rc->reply_timeout;
-	else
-		d = rc->idle_timeout;
+	unsigned st = smtpc_status(&c->sc);
+	uint64_t d = (st & SMTPC_ST_IDLE) && !c->send_inflight && c->st == C_READY
+	                 ? rc->idle_timeout
+	                 : rc->reply_timeout;
 	timer_set(r->wheel, &c->t.n, r->now + d);
-}
-
-static bool
-exp_push(struct oconn *c, uint8_t kind, struct rjob *j, uint32_t k)
-{
-	if (c->exp_n == RELAY_EXP_MAX)
-		return false;
-	struct rexp *e = &c->exp[(c->exp_head + c->exp_n) % RELAY_EXP_MAX];
-	e->kind = kind;
-	e->job = j;
-	e->k = k;
-	c->exp_n++;
-	return true;
-}
-
-static void out_cmd(struct oconn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void
-out_cmd(struct oconn *c, const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	size_t room = RELAY_OUT_SIZE - c->out_len;
-	int n = vsnprintf(c->out + c->out_len, room, fmt, ap);
-	va_end(ap);
-	assert(n > 0 && (size_t)n < room);
-	c->out_len += (uint32_t)n;
 }
 
 static void
@@ -1378,25 +1325,33 @@ active_remove(struct oconn *c, struct rjob *j)
 	assert(!"job not active on this connection");
 }
 
+/* The connection failed before the next hop was usable: this address is
+ * skipped for retry_min; while another one is left, the next connection
+ * goes there at once and the next hop as a whole is not failing. */
 static void
-conn_job_end(struct oconn *c, struct rjob *j)
+conn_down(struct relay *r, struct rhop *h, unsigned ep, const char *reason)
 {
-	active_remove(c, j);
-	if (c->emit == j) {
-		c->emit = NULL;
-		c->estage = E_NONE;
+	if (ep < h->conf.na)
+		h->ep_down[ep] = r->now + r->cfg->relay.retry_min;
+	if (hop_first_up(r, h) < h->conf.na) {
+		log_info("relay: %s failed; trying the next address of %s",
+		         ep < h->conf.na ? h->epname[ep] : "?", h->name);
+		return;
 	}
-	job_end_attempt(c->r, j);
+	if (h->fail_since == 0)
+		h->fail_since = r->now;
+	h->retry_at = r->now + r->cfg->relay.retry_min;
+	if (h->nready == 0)
+		hop_defer_all(r, h, reason);
 }
 
-/* A connection failed: its jobs fail temporarily; if it never became
- * usable, the next hop is considered down. */
+/* The connection fails (lost, timed out, refused to connect): the client
+ * core gives every open recipient a temporary result with why, then closes.
+ * why starts with its enhanced status ("4.4.2 timeout waiting for ..."). */
 static void conn_fail(struct oconn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void
 conn_fail(struct oconn *c, const char *fmt, ...)
 {
-	struct relay *r = c->r;
-	struct rhop *h = c->hop;
 	if (c->st == C_CLOSING)
 		return;
 	char reason[RELAY_TEXT_MAX];
@@ -1405,34 +1360,20 @@ conn_fail(struct oconn *c, const char *fmt, ...)
 	vsnprintf(reason, sizeof(reason), fmt, ap);
 	va_end(ap);
 	log_info("relay: %s", reason + (strncmp(reason, "4.", 2) == 0 ? 6 : 0));
-	r->env.stats->relay_conn_failed++;
-	bool was_ready = c->ever_ready;
-	while (c->nactive > 0) {
-		struct rjob *j = c->active[0];
-		job_fail_open(j, reason);
-		conn_job_end(c, j);
+	c->r->env.stats->relay_conn_failed++;
+	if (c->st == C_CONNECTING) {
+		/* No client core yet. */
+		struct relay *r = c->r;
+		struct rhop *h = c->hop;
+		unsigned ep = c->ep;
+		conn_close(c); /* may free c */
+		conn_down(r, h, ep, reason);
+		return;
 	}
-	c->lmtp_job = NULL;
-	c->exp_n = 0;
-	unsigned ep = c->ep;
-	conn_close(c); /* may free c */
-	if (!was_ready) {
-		/* This address is skipped for retry_min; while another one is
-		 * left, the next connection goes there at once and the next hop
-		 * as a whole is not failing. */
-		if (ep < h->conf.na)
-			h->ep_down[ep] = r->now + r->cfg->relay.retry_min;
-		if (hop_first_up(r, h) < h->conf.na) {
-			log_info("relay: %s failed; trying the next address of %s",
-			         ep < h->conf.na ? h->epname[ep] : "?", h->name);
-			return;
-		}
-		if (h->fail_since == 0)
-			h->fail_since = r->now;
-		h->retry_at = r->now + r->cfg->relay.retry_min;
-		if (h->nready == 0)
-			hop_defer_all(r, h, reason);
-	}
+	c->failed = true;
+	/* The core prefixes its own 4.4.2. */
+	smtpc_abort(&c->sc, strncmp(reason, "4.", 2) == 0 ? reason + 6 : reason);
+	conn_after(c);
 }
 
 static void
@@ -1565,48 +1506,104 @@ conn_recv(struct oconn *c)
 		io_uring_prep_recv(sqe, c->fd, c->tls->cin + c->tls->cin_len,
 		                   RELAY_TLS_CIN - c->tls->cin_len, 0);
 	} else {
-		io_uring_prep_recv(sqe, c->fd, c->in + c->in_len, RELAY_IN_SIZE - c->in_len, 0);
+		io_uring_prep_recv(sqe, c->fd, c->in, RELAY_IN_SIZE, 0);
 	}
 	io_uring_sqe_set_data64(sqe, conn_ud(c, S_RECV));
 	c->recv_inflight = true;
 }
 
+/* TLS: move the commands, then the pending body span, into ciphertext
+ * (copied by wolfSSL, so the span is done once encrypted). false: failed. */
+static bool
+conn_encrypt(struct oconn *c)
+{
+	struct relay_tls_conn *t = c->tls;
+	char err[160];
+	if (!t->io.done)
+		return true;
+	for (;;) {
+		const char *p;
+		size_t n;
+		bool span = c->so.len == 0;
+		if (!span) {
+			p = c->out;
+			n = c->so.len;
+		} else if (c->span != NULL && c->span_off < c->span_len) {
+			p = (const char *)c->span + c->span_off;
+			n = c->span_len - c->span_off;
+		} else {
+			return true;
+		}
+		size_t room = tls_io_room(&t->io);
+		if (room == 0)
+			return true; /* after the send in flight */
+		if (n > room)
+			n = room;
+		if (relay_tls_write(t, p, n, err, sizeof(err)) < 0) {
+			log_err("relay: TLS write to %s: %s", conn_name(c), err);
+			return false;
+		}
+		if (!span) {
+			memmove(c->out, c->out + n, c->so.len - n);
+			c->so.len -= n;
+		} else {
+			c->span_off += n;
+		}
+	}
+}
+
+/* One send in flight at most: the commands in out, then the body span the
+ * core asked for (plaintext: one sendmsg of both, the span read from the
+ * spool mapping; TLS: the ciphertext they became). */
 static void
 conn_send(struct oconn *c)
 {
-	if (c->send_inflight || c->st == C_CLOSING)
+	if (c->send_inflight || c->st == C_CLOSING || c->st == C_CONNECTING)
 		return;
-	const void *buf = c->out;
-	uint32_t len = c->out_len;
+	struct io_uring_sqe *sqe;
 	if (c->tls != NULL) {
-		struct relay_tls_conn *t = c->tls;
-		size_t n = t->io.done ? tls_io_room(&t->io) : 0;
-		if (n > c->out_len)
-			n = c->out_len;
-		if (n > 0) {
-			char err[160];
-			if (relay_tls_write(t, c->out, n, err, sizeof(err)) < 0) {
-				/* Not from here (callers still use c): the recv
-				 * ends with 0 and the usual failure path runs. */
-				log_err("relay: TLS write to %s: %s", conn_name(c), err);
-				shutdown(c->fd, SHUT_RDWR);
-				return;
-			}
-			memmove(c->out, c->out + n, c->out_len - n);
-			c->out_len -= (uint32_t)n;
+		if (!conn_encrypt(c)) {
+			/* Not from here (callers still use c): the recv ends
+			 * with 0 and the usual failure path runs. */
+			shutdown(c->fd, SHUT_RDWR);
+			return;
 		}
-		buf = t->io.out;
-		len = (uint32_t)t->io.out_len;
+		if (c->tls->io.out_len == 0)
+			return;
+		sqe = c->r->env.get_sqe(c->r->env.ctx);
+		io_uring_prep_send(sqe, c->fd, c->tls->io.out, c->tls->io.out_len, MSG_NOSIGNAL);
+		c->send_tls = true;
+	} else {
+		unsigned n = 0;
+		c->send_out = (uint32_t)c->so.len;
+		if (c->so.len > 0)
+			c->iov[n++] = (struct iovec){c->out, c->so.len};
+		if (c->span != NULL && c->span_off < c->span_len)
+			c->iov[n++] = (struct iovec){(void *)(c->span + c->span_off),
+			                             c->span_len - c->span_off};
+		if (n == 0)
+			return;
+		memset(&c->msg, 0, sizeof(c->msg));
+		c->msg.msg_iov = c->iov;
+		c->msg.msg_iovlen = n;
+		sqe = c->r->env.get_sqe(c->r->env.ctx);
+		io_uring_prep_sendmsg(sqe, c->fd, &c->msg, MSG_NOSIGNAL);
+		c->send_tls = false;
 	}
-	if (len == 0)
-		return;
-	struct io_uring_sqe *sqe = c->r->env.get_sqe(c->r->env.ctx);
-	io_uring_prep_send(sqe, c->fd, buf, len, MSG_NOSIGNAL);
 	io_uring_sqe_set_data64(sqe, conn_ud(c, S_SEND));
-	c->send_len = len;
-	c->send_tls = c->tls != NULL;
 	c->send_inflight = true;
 	c->r->env.stats->relay_sends++;
+}
+
+/* A span is out (sent, or encrypted): the core goes on writing. */
+static void
+conn_span_done(struct oconn *c)
+{
+	if (c->span == NULL || c->span_off < c->span_len || (c->tls == NULL && c->so.len > 0))
+		return;
+	c->span = NULL;
+	c->span_len = c->span_off = 0;
+	smtpc_body_sent(&c->sc);
 }
 
 /* The 220 to STARTTLS: from now on every byte goes through TLS. */
@@ -1614,10 +1611,11 @@ static void
 conn_starttls(struct oconn *c)
 {
 	struct relay *r = c->r;
+	char err[160];
 	if (r->tlsctx == NULL) {
 		/* relay_tls was turned off by a reload while STARTTLS was on
 		 * its way: this connection is retried under the new setting. */
-		conn_fail(c, "4.7.4 relay_tls changed while starting TLS with %s", conn_name(c));
+		smtpc_tls_failed(&c->sc, "relay_tls changed while starting TLS");
 		return;
 	}
 	c->tls = malloc(sizeof(*c->tls));
@@ -1625,34 +1623,16 @@ conn_starttls(struct oconn *c)
 	                                      r->cfg->relay.tls == RELAY_TLS_VERIFY) < 0) {
 		free(c->tls);
 		c->tls = NULL;
-		conn_fail(c,
-		          "4.7.4 cannot start TLS with %s (out of memory, or a host name wolfSSL "
-		          "cannot check)",
-		          conn_name(c));
+		smtpc_tls_failed(&c->sc, "cannot start TLS (out of memory, or a host name wolfSSL "
+		                         "cannot check)");
 		return;
 	}
-	c->discard_input = true;
-	/* What EHLO said before TLS counts no more (RFC 3207 4.2). */
-	c->ext = 0;
-	c->size_max = 0;
-	char err[160];
 	if (relay_tls_handshake(c->tls, err, sizeof(err)) < 0) {
-		conn_fail(c, "%s TLS handshake with %s failed: %s",
-		          tls_required(c) ? "4.7.4" : "4.7.5", conn_name(c), err);
-		return;
+		char why[RELAY_TEXT_MAX];
+		snprintf(why, sizeof(why), "TLS handshake with %s failed: %s", conn_name(c), err);
+		r->env.stats->relay_tls_failures++;
+		smtpc_tls_failed(&c->sc, why);
 	}
-	conn_send(c); /* the ClientHello */
-}
-
-/* EHLO keywords we use (RFC 5321 4.1.1.1: one per line after the first). */
-static void
-ehlo_line(struct oconn *c, const char *p, size_t n)
-{
-	uint64_t size = 0;
-	unsigned kw = relay_ehlo_keyword(p, n, &size);
-	c->ext |= kw;
-	if (kw == RELAY_EXT_SIZE)
-		c->size_max = size;
 }
 
 static void
@@ -1670,424 +1650,174 @@ conn_ready(struct oconn *c)
 	h->retry_at = 0;
 }
 
-/* relay_tls = encrypt or verify: nothing but STARTTLS and the EHLO before
- * it may cross this connection in the clear (a unix socket is local and
- * never uses TLS). Decided by the configuration, not by whether a TLS
- * context exists. */
-static bool
-tls_required(const struct oconn *c)
+/* Transactions one connection takes from its hop's queue at once: with
+ * CHUNKING whole transactions stream (RELAY_WINDOW); with DATA each waits a
+ * round trip for its 354, so two (one being written, one awaiting its final
+ * reply) keep it busy and leave the rest of the queue to other
+ * connections; without PIPELINING, one. */
+static uint32_t
+conn_window(const struct oconn *c)
 {
-	enum relay_tls m = c->r->cfg->relay.tls;
-	return (m == RELAY_TLS_ENCRYPT || m == RELAY_TLS_VERIFY) && !c->local;
+	unsigned ext = smtpc_ext(&c->sc);
+	if (!(ext & SMTPC_EXT_PIPELINING))
+		return 1;
+	return (ext & SMTPC_EXT_CHUNKING) ? RELAY_WINDOW : 2;
 }
 
-/* A complete reply (code, text without the code) for the head of the
- * expectation FIFO (or the LMTP job whose per-recipient replies are due). */
+/* Hand the next jobs of the hop's queue to the client core. */
 static void
-on_reply(struct oconn *c, int code, const char *text, size_t len)
-{
-	struct relay *r = c->r;
-	if (c->lmtp_job != NULL) {
-		struct rjob *j = c->lmtp_job;
-		/* The next accepted recipient gets this reply. */
-		while (c->lmtp_k < j->n && j->rs[c->lmtp_k] != RS_RCPT_OK)
-			c->lmtp_k++;
-		if (c->lmtp_k < j->n)
-			rcpt_result(r, j, c->lmtp_k++, code, text, len);
-		while (c->lmtp_k < j->n && j->rs[c->lmtp_k] != RS_RCPT_OK)
-			c->lmtp_k++;
-		if (c->lmtp_k == j->n) {
-			c->lmtp_job = NULL;
-			conn_job_end(c, j);
-		}
-		return;
-	}
-	if (c->exp_n == 0) {
-		conn_fail(c, "4.4.2 unexpected reply from %s: %d %.*s", conn_name(c), code,
-		          (int)(len > 200 ? 200 : len), text);
-		return;
-	}
-	struct rexp e = c->exp[c->exp_head];
-	c->exp_head = (c->exp_head + 1) % RELAY_EXP_MAX;
-	c->exp_n--;
-	struct rjob *j = e.job;
-	bool ok = code >= 200 && code < 300;
-	switch (e.kind) {
-	case X_GREET:
-		if (!ok) {
-			conn_fail(c, "4.4.0 %s refused to talk to me: %d %.*s", conn_name(c), code,
-			          (int)(len > 200 ? 200 : len), text);
-			return;
-		}
-		c->st = C_HELLO;
-		out_cmd(c, "%s %s\r\n", c->lmtp ? "LHLO" : "EHLO", r->cfg->smtp.hostname);
-		exp_push(c, X_EHLO, NULL, 0);
-		return;
-	case X_EHLO:
-		/* Required TLS holds on every path before a session is in TLS:
-		 * a refused EHLO must not lead to HELO and mail in the clear, and
-		 * a context missing after a reload must not mean "no TLS". */
-		if (c->tls == NULL && tls_required(c)) {
-			if (!ok) {
-				conn_fail(
-				    c,
-				    "4.7.4 TLS is required (relay_tls) but %s refused %s: %d %.*s",
-				    conn_name(c), c->lmtp ? "LHLO" : "EHLO", code,
-				    (int)(len > 200 ? 200 : len), text);
-				return;
-			}
-			if (!(c->ext & RELAY_EXT_STARTTLS)) {
-				conn_fail(c,
-				          "4.7.4 TLS is required (relay_tls) but %s does not offer "
-				          "STARTTLS",
-				          conn_name(c));
-				return;
-			}
-		}
-		if (ok && c->tls == NULL && r->tlsctx != NULL && !c->local &&
-		    (c->ext & RELAY_EXT_STARTTLS)) {
-			out_cmd(c, "STARTTLS\r\n");
-			exp_push(c, X_STARTTLS, NULL, 0);
-			return;
-		}
-		if (ok) {
-			conn_ready(c);
-		} else if (!c->lmtp) {
-			out_cmd(c, "HELO %s\r\n", r->cfg->smtp.hostname);
-			exp_push(c, X_HELO, NULL, 0);
-		} else {
-			conn_fail(c, "4.4.0 %s refused LHLO: %d %.*s", conn_name(c), code,
-			          (int)(len > 200 ? 200 : len), text);
-		}
-		return;
-	case X_HELO:
-		if (ok)
-			conn_ready(c);
-		else
-			conn_fail(c, "4.4.0 %s refused HELO: %d %.*s", conn_name(c), code,
-			          (int)(len > 200 ? 200 : len), text);
-		return;
-	case X_MAIL:
-		if (!ok) {
-			j->mail_failed = true;
-			for (uint32_t k = 0; k < j->n; k++)
-				if (j->rs[k] == RS_PENDING)
-					rcpt_result(r, j, k, code, text, len);
-		}
-		return;
-	case X_RCPT:
-		if (j->mail_failed)
-			return;
-		if (ok) {
-			j->rs[e.k] = RS_RCPT_OK;
-			j->nacc++;
-		} else {
-			rcpt_result(r, j, e.k, code, text, len);
-		}
-		return;
-	case X_DATA:
-		if (code == 354) {
-			if (c->emit == j && c->estage == E_WAIT354) {
-				c->estage = j->nacc > 0 ? E_BODY : E_DOT;
-				c->body_off = 0;
-				c->bol = true;
-			}
-			return;
-		}
-		/* No data phase: the accepted recipients get this reply. */
-		for (uint32_t k = 0; k < j->n; k++)
-			if (j->rs[k] == RS_RCPT_OK)
-				rcpt_result(r, j, k, code, text, len);
-		c->need_rset = true;
-		conn_job_end(c, j);
-		return;
-	case X_DOT:
-	case X_BDAT:
-		if (j->nacc == 0 || j->mail_failed) {
-			if (!ok)
-				c->need_rset = true;
-			conn_job_end(c, j);
-			return;
-		}
-		if (c->lmtp) {
-			c->lmtp_job = j;
-			c->lmtp_k = 0;
-			on_reply(c, code, text, len);
-			return;
-		}
-		for (uint32_t k = 0; k < j->n; k++)
-			if (j->rs[k] == RS_RCPT_OK)
-				rcpt_result(r, j, k, code, text, len);
-		if (!ok && e.kind == X_BDAT)
-			c->need_rset = true;
-		conn_job_end(c, j);
-		return;
-	case X_STARTTLS:
-		if (code == 220) {
-			conn_starttls(c);
-			return;
-		}
-		if (tls_required(c)) {
-			conn_fail(
-			    c, "4.7.4 TLS is required (relay_tls) but %s refused STARTTLS: %d %.*s",
-			    conn_name(c), code, (int)(len > 200 ? 200 : len), text);
-			return;
-		}
-		conn_ready(c); /* may: plaintext, as Postfix does */
-		return;
-	case X_RSET:
-		return;
-	case X_QUIT:
-		conn_close(c);
-		return;
-	}
-}
-
-/* Split the input into reply lines; a reply ends at a line whose fourth
- * octet is not '-'. Returns false when the connection was closed. */
-static bool
-conn_parse(struct oconn *c)
-{
-	uint32_t off = 0;
-	while (off < c->in_len) {
-		char *p = c->in + off;
-		char *nl = memchr(p, '\n', c->in_len - off);
-		if (nl == NULL)
-			break;
-		size_t n = (size_t)(nl - p);
-		if (n > 0 && p[n - 1] == '\r')
-			n--;
-		off = (uint32_t)(nl + 1 - c->in);
-		bool first = !c->reply.open;
-		struct relay_reply_line line;
-		int st = relay_reply_add(&c->reply, p, n, &line);
-		if (st == RELAY_REPLY_BAD) {
-			conn_fail(c, "4.4.2 malformed reply from %s: %.*s", conn_name(c),
-			          (int)(n > 100 ? 100 : n), p);
-			return false;
-		}
-		if (!first && c->exp_n > 0 && c->exp[c->exp_head].kind == X_EHLO &&
-		    c->lmtp_job == NULL)
-			ehlo_line(c, line.text, line.len);
-		if (st == RELAY_REPLY_MORE)
-			continue;
-		uint32_t gen = c->gen;
-		struct relay *r = c->r;
-		uint32_t idx = c->idx;
-		on_reply(c, c->reply.code, c->reply.text, c->reply.len);
-		/* on_reply may have closed (and freed) the connection. */
-		if (r->slots[idx] != c || r->slot_gen[idx] != gen || c->st == C_CLOSING)
-			return false;
-		if (c->discard_input) {
-			/* Plaintext after the 220 to STARTTLS was not protected
-			 * by TLS: it is dropped, never parsed (CVE-2011-0411's
-			 * mirror image on the client side). */
-			c->discard_input = false;
-			c->in_len = 0;
-			return true;
-		}
-	}
-	if (off > 0) {
-		memmove(c->in, c->in + off, c->in_len - off);
-		c->in_len -= off;
-	}
-	if (c->in_len == RELAY_IN_SIZE) {
-		conn_fail(c, "4.4.2 reply line too long from %s", conn_name(c));
-		return false;
-	}
-	return true;
-}
-
-/* Copy message bytes into the output: raw for BDAT, dot-stuffed for DATA
- * (RFC 5321 4.5.2). Returns true when the whole body is out. */
-static bool
-emit_body(struct oconn *c, struct rjob *j, bool stuff)
-{
-	const uint8_t *b = j->m->body;
-	uint64_t len = j->m->body_len;
-	while (c->body_off < len) {
-		size_t room = RELAY_OUT_SIZE - c->out_len;
-		if (room < 2)
-			return false;
-		if (!stuff) {
-			size_t n = len - c->body_off < room ? (size_t)(len - c->body_off) : room;
-			memcpy(c->out + c->out_len, b + c->body_off, n);
-			c->out_len += (uint32_t)n;
-			c->body_off += n;
-			continue;
-		}
-		if (c->bol && b[c->body_off] == '.') {
-			c->out[c->out_len++] = '.';
-			room--;
-			c->bol = false;
-		}
-		const uint8_t *p = b + c->body_off;
-		const uint8_t *nl = memchr(p, '\n', (size_t)(len - c->body_off));
-		size_t run = nl != NULL ? (size_t)(nl - p) + 1 : (size_t)(len - c->body_off);
-		size_t n = run < room ? run : room;
-		memcpy(c->out + c->out_len, p, n);
-		c->out_len += (uint32_t)n;
-		c->body_off += n;
-		c->bol = n == run && nl != NULL;
-	}
-	return true;
-}
-
-static bool
-room_for_cmd(const struct oconn *c)
-{
-	return RELAY_OUT_SIZE - c->out_len >= RELAY_CMD_ROOM && c->exp_n < RELAY_EXP_MAX &&
-	       ((c->ext & RELAY_EXT_PIPELINING) || c->exp_n == 0);
-}
-
-/* Start the next job from the hop's queue on this connection. */
-static bool
-conn_take_job(struct oconn *c)
+conn_fill(struct oconn *c)
 {
 	struct relay *r = c->r;
 	struct rhop *h = c->hop;
-	while (h->qhead != NULL) {
+	while (c->st == C_READY && !r->draining && h->qhead != NULL &&
+	       c->nactive < conn_window(c) && (smtpc_status(&c->sc) & SMTPC_ST_READY)) {
 		struct rjob *j = h->qhead;
 		hop_dequeue(j);
 		struct rmsg *m = j->m;
+		if (j->trc == NULL) {
+			j->trc = xcalloc(j->n, sizeof(*j->trc) + sizeof(*j->tk));
+			j->tk = (uint32_t *)(j->trc + j->n);
+		}
+		uint32_t n = 0;
+		for (uint32_t k = 0; k < j->n; k++) {
+			if (j->rs[k] == RS_DONE)
+				continue; /* finished in an earlier attempt */
+			const struct raddr *a = &m->rcpt[j->ri[k]];
+			j->trc[n] = (struct smtpc_rcpt){.addr = a->p, .len = a->len};
+			j->tk[n++] = k;
+		}
 		j->state = J_ACTIVE;
 		j->conn = c;
 		j->ep = c->ep;
 		j->attempts++;
-		j->mail_failed = false;
-		j->nacc = 0;
 		c->active[c->nactive++] = j;
 		r->env.stats->relay_attempts++;
-		if ((c->ext & RELAY_EXT_SIZE) && c->size_max > 0 && m->body_len > c->size_max) {
-			static const char t[] =
-			    "5.3.4 message too big for the next hop (its SIZE limit)";
-			for (uint32_t k = 0; k < j->n; k++)
-				if (j->rs[k] == RS_PENDING)
-					rcpt_perm(r, j, k, 552, t, sizeof(t) - 1);
-			conn_job_end(c, j);
-			continue;
-		}
-		if ((m->flags & SPOOL_MAIL_SMTPUTF8) && !(c->ext & RELAY_EXT_SMTPUTF8)) {
-			/* RFC 6531 3.4: no downgrade; the message cannot go. */
-			static const char t[] = "5.6.7 the next hop does not support SMTPUTF8";
+		j->tx = (struct smtpc_tx){
+		    .from = m->from,
+		    .from_len = m->from_len,
+		    .rcpt = j->trc,
+		    .nrcpt = n,
+		    .body = m->body,
+		    .body_len = m->body_len,
+		    .flags = ((m->flags & SPOOL_MAIL_SMTPUTF8) ? SMTPC_TX_SMTPUTF8 : 0u) |
+		             ((m->flags & SPOOL_MAIL_8BITMIME) ? SMTPC_TX_8BITMIME : 0u),
+		    .user = j,
+		};
+		int rc = n > 0 ? smtpc_submit(&c->sc, &j->tx) : -EINVAL;
+		if (rc < 0) {
+			/* An envelope the core refuses (an address too long, or
+			 * with CR/LF): never sendable. */
+			static const char t[] = "5.1.3 the envelope cannot be sent (bad address)";
 			for (uint32_t k = 0; k < j->n; k++)
 				if (j->rs[k] == RS_PENDING)
 					rcpt_perm(r, j, k, 553, t, sizeof(t) - 1);
-			conn_job_end(c, j);
-			continue;
+			active_remove(c, j);
+			job_end_attempt(r, j);
 		}
-		c->emit = j;
-		c->estage = E_MAIL;
-		c->ek = 0;
-		return true;
 	}
-	return false;
+	/* Submitting only queues: this writes the commands. */
+	if (c->st == C_READY)
+		smtpc_pump(&c->sc);
 }
 
-/* Write as many commands and message bytes as the output, the
- * expectation FIFO and the protocol allow. */
-static void
-conn_emit(struct oconn *c)
+/* "enh text" of a reply the core reports. */
+static size_t
+reply_text(const struct smtpc_reply *rp, char *buf, size_t cap)
 {
+	int n = rp->enh_len > 0 ? snprintf(buf, cap, "%.*s %.*s", (int)rp->enh_len, rp->enh,
+	                                   (int)rp->text_len, rp->text)
+	                        : snprintf(buf, cap, "%.*s", (int)rp->text_len, rp->text);
+	return n < 0 ? 0 : (size_t)n < cap ? (size_t)n : cap - 1;
+}
+
+/* What the client core reports (docs/smtp-client.md, "Events"). */
+static void
+conn_event(void *arg, const struct smtpc_event *ev)
+{
+	struct oconn *c = arg;
 	struct relay *r = c->r;
-	if (c->st != C_READY)
+	char t[RELAY_TEXT_MAX + 16];
+	size_t tl;
+	switch (ev->type) {
+	case SMTPC_EV_READY:
+		conn_ready(c);
 		return;
-	for (;;) {
-		struct rjob *j = c->emit;
-		if (j == NULL) {
-			if (r->draining || c->nactive >= RELAY_WINDOW || !room_for_cmd(c) ||
-			    c->hop->qhead == NULL)
-				return;
-			if (c->need_rset) {
-				out_cmd(c, "RSET\r\n");
-				exp_push(c, X_RSET, NULL, 0);
-				c->need_rset = false;
-				continue;
-			}
-			if (!conn_take_job(c))
-				return;
-			continue;
+	case SMTPC_EV_TLS:
+		c->want_tls = true; /* after the callback: the core must not be re-entered */
+		return;
+	case SMTPC_EV_BODY:
+		c->span = ev->body;
+		c->span_len = ev->body_len;
+		c->span_off = 0;
+		return;
+	case SMTPC_EV_RCPT: {
+		struct rjob *j = ev->tx->user;
+		tl = reply_text(&ev->reply, t, sizeof(t));
+		rcpt_result(r, j, j->tk[ev->rcpt], ev->reply.code, t, tl);
+		return;
+	}
+	case SMTPC_EV_TX: {
+		struct rjob *j = ev->tx->user;
+		active_remove(c, j);
+		job_end_attempt(r, j);
+		return;
+	}
+	case SMTPC_EV_DEFER:
+		c->defer = true;
+		tl = reply_text(&ev->reply, t, sizeof(t));
+		snprintf(c->why, sizeof(c->why), "%.*s", (int)tl, t);
+		if (!c->failed) {
+			log_info("relay: %s: %s", conn_name(c), c->why + (tl > 6 ? 6 : 0));
+			r->env.stats->relay_conn_failed++;
 		}
-		struct rmsg *m = j->m;
-		switch (c->estage) {
-		case E_MAIL:
-			if (!room_for_cmd(c))
-				return;
-			out_cmd(c, "MAIL FROM:<%.*s>%s%s", (int)m->from_len, m->from,
-			        (m->flags & SPOOL_MAIL_8BITMIME) && (c->ext & RELAY_EXT_8BITMIME)
-			            ? " BODY=8BITMIME"
-			            : "",
-			        (m->flags & SPOOL_MAIL_SMTPUTF8) && (c->ext & RELAY_EXT_SMTPUTF8)
-			            ? " SMTPUTF8"
-			            : "");
-			if (c->ext & RELAY_EXT_SIZE)
-				out_cmd(c, " SIZE=%" PRIu64, m->body_len);
-			out_cmd(c, "\r\n");
-			exp_push(c, X_MAIL, j, 0);
-			c->estage = E_RCPT;
-			c->ek = 0;
-			break;
-		case E_RCPT:
-			if (c->ek == j->n) {
-				c->estage = (c->ext & RELAY_EXT_CHUNKING) ? E_BDAT : E_DATA;
-				break;
-			}
-			if (j->rs[c->ek] == RS_DONE) {
-				c->ek++; /* finished in an earlier attempt */
-				break;
-			}
-			if (!room_for_cmd(c))
-				return;
-			const struct raddr *a = &m->rcpt[j->ri[c->ek]];
-			out_cmd(c, "RCPT TO:<%.*s>\r\n", (int)a->len, a->p);
-			exp_push(c, X_RCPT, j, c->ek);
-			c->ek++;
-			break;
-		case E_DATA:
-			if (!room_for_cmd(c))
-				return;
-			out_cmd(c, "DATA\r\n");
-			exp_push(c, X_DATA, j, 0);
-			c->estage = E_WAIT354;
-			return;
-		case E_WAIT354:
-			return;
-		case E_BDAT:
-			if (!room_for_cmd(c))
-				return;
-			out_cmd(c, "BDAT %" PRIu64 " LAST\r\n", m->body_len);
-			exp_push(c, X_BDAT, j, 0);
-			c->estage = E_BODY;
-			c->body_off = 0;
-			break;
-		case E_BODY:
-			if (!emit_body(c, j, !(c->ext & RELAY_EXT_CHUNKING)))
-				return;
-			if (c->ext & RELAY_EXT_CHUNKING) {
-				c->emit = NULL;
-				c->estage = E_NONE;
-			} else {
-				c->estage = E_DOT;
-			}
-			break;
-		case E_DOT:
-			if (RELAY_OUT_SIZE - c->out_len < 8 || c->exp_n == RELAY_EXP_MAX)
-				return;
-			out_cmd(c, "%s.\r\n", c->bol ? "" : "\r\n");
-			exp_push(c, X_DOT, j, 0);
-			c->emit = NULL;
-			c->estage = E_NONE;
-			break;
-		default:
-			assert(!"bad emit stage");
-			return;
-		}
+		return;
+	case SMTPC_EV_CLOSE:
+		c->core_closed = true;
+		return;
 	}
 }
 
-/* Ciphertext arrived: finish the handshake (then EHLO again, RFC 3207
- * 4.2), decrypt into the reply buffer and parse. false: closed. */
-static bool
+/* After anything the core did: start TLS if it asked, send what it wrote,
+ * close when it closed (failing over if it never became usable). */
+static void
+conn_after(struct oconn *c)
+{
+	if (c->st == C_CLOSING)
+		return;
+	if (c->core_closed) {
+		struct relay *r = c->r;
+		struct rhop *h = c->hop;
+		unsigned ep = c->ep;
+		bool defer = c->defer;
+		char why[sizeof(c->why)];
+		memcpy(why, c->why, sizeof(why));
+		conn_close(c); /* may free c */
+		if (defer)
+			conn_down(r, h, ep, why);
+		return;
+	}
+	if (c->want_tls) {
+		c->want_tls = false;
+		conn_starttls(c);
+		if (c->core_closed) {
+			conn_after(c);
+			return;
+		}
+	}
+	conn_fill(c);
+	conn_send(c);
+	conn_span_done(c); /* TLS: the span may be encrypted already */
+	if (c->core_closed) {
+		conn_after(c);
+		return;
+	}
+	conn_send(c);
+}
+
+/* Ciphertext arrived: finish the handshake (the core then says EHLO
+ * again, RFC 3207 4.2), decrypt the replies and feed them. */
+static void
 conn_tls_input(struct oconn *c)
 {
 	struct relay *r = c->r;
@@ -2096,37 +1826,36 @@ conn_tls_input(struct oconn *c)
 	if (!t->io.done) {
 		int h = relay_tls_handshake(t, err, sizeof(err));
 		if (h < 0) {
+			char why[RELAY_TEXT_MAX];
+			snprintf(why, sizeof(why), "TLS handshake with %s failed: %s", conn_name(c),
+			         err);
 			r->env.stats->relay_tls_failures++;
-			conn_fail(c, "%s TLS handshake with %s failed: %s",
-			          tls_required(c) ? "4.7.4" : "4.7.5", conn_name(c), err);
-			return false;
+			smtpc_tls_failed(&c->sc, why);
+			return;
 		}
 		if (h == 0)
-			return true;
+			return;
 		r->env.stats->relay_tls_handshakes++;
 		log_info("relay: TLS connection established to %s: %s with cipher %s%s",
 		         conn_name(c), t->version, t->cipher,
 		         r->cfg->relay.tls == RELAY_TLS_VERIFY ? " (certificate verified)"
 		                                               : " (certificate not verified)");
-		out_cmd(c, "%s %s\r\n", c->lmtp ? "LHLO" : "EHLO", r->cfg->smtp.hostname);
-		exp_push(c, X_EHLO, NULL, 0);
+		smtpc_tls_done(&c->sc, true);
+		if (c->core_closed)
+			return;
 	}
 	for (;;) {
-		if (c->in_len == RELAY_IN_SIZE) {
-			conn_fail(c, "4.4.2 reply line too long from %s", conn_name(c));
-			return false;
-		}
-		long n = relay_tls_read(t, c->in + c->in_len, RELAY_IN_SIZE - c->in_len, err,
-		                        sizeof(err));
+		long n = relay_tls_read(t, c->in, RELAY_IN_SIZE, err, sizeof(err));
 		if (n == 0)
-			return true;
+			return;
 		if (n < 0) {
-			conn_fail(c, "4.4.2 TLS error from %s: %s", conn_name(c), err);
-			return false;
+			smtpc_abort(&c->sc, "TLS error from the next hop");
+			log_info("relay: TLS error from %s: %s", conn_name(c), err);
+			return;
 		}
-		c->in_len += (uint32_t)n;
-		if (!conn_parse(c))
-			return false;
+		smtpc_feed(&c->sc, c->in, (size_t)n);
+		if (c->core_closed)
+			return;
 	}
 }
 
@@ -2147,7 +1876,7 @@ relay_on_cqe(struct relay *r, struct io_uring_cqe *cqe)
 	case S_LTIMEOUT:
 		c->lt_inflight = false;
 		break;
-	case S_CONNECT:
+	case S_CONNECT: {
 		c->connect_inflight = false;
 		if (c->st == C_CLOSING)
 			break;
@@ -2156,38 +1885,53 @@ relay_on_cqe(struct relay *r, struct io_uring_cqe *cqe)
 			          res == -ECANCELED ? "Connection timed out" : strerror(-res));
 			return;
 		}
+		enum smtpc_tls pol = SMTPC_TLS_NONE;
+		if (!c->local && r->cfg->relay.tls == RELAY_TLS_MAY)
+			pol = SMTPC_TLS_MAY;
+		else if (!c->local && r->cfg->relay.tls == RELAY_TLS_ENCRYPT)
+			pol = SMTPC_TLS_ENCRYPT;
+		else if (!c->local && r->cfg->relay.tls == RELAY_TLS_VERIFY)
+			pol = SMTPC_TLS_VERIFY;
+		struct smtpc_conf sconf = {
+		    .helo = r->cfg->smtp.hostname, .lmtp = c->lmtp, .tls = pol};
+		static const struct smtpc_ops ops = {.event = conn_event};
+		c->so = (struct smtpc_out){.buf = c->out, .len = 0, .cap = RELAY_OUT_SIZE};
+		if (smtpc_init(&c->sc, &sconf, &c->so, &ops, c) < 0) {
+			/* Only a hostname the client core cannot say. */
+			conn_fail(c, "4.3.5 cannot speak to %s: bad smtp hostname for EHLO",
+			          conn_name(c));
+			return;
+		}
 		c->st = C_GREETING;
-		exp_push(c, X_GREET, NULL, 0);
 		conn_recv(c);
 		conn_timer_update(c);
 		return;
+	}
 	case S_RECV:
 		c->recv_inflight = false;
 		if (c->st == C_CLOSING)
 			break;
 		if (res <= 0) {
-			if (c->st == C_QUIT ||
-			    (res == 0 && c->exp_n == 0 && c->lmtp_job == NULL && c->nactive == 0)) {
-				conn_close(c); /* an idle connection the next hop closed */
+			if (res == 0 && (smtpc_status(&c->sc) & SMTPC_ST_IDLE) && c->nactive == 0) {
+				smtpc_abort(&c->sc,
+				            NULL); /* an idle connection the next hop closed */
+				conn_after(c);
 				return;
 			}
 			conn_fail(c, "4.4.2 lost connection with %s while waiting for %s%s%s",
-			          conn_name(c),
-			          c->exp_n > 0 ? xkind_name(c->exp[c->exp_head].kind) : "a reply",
-			          res < 0 ? ": " : "", res < 0 ? strerror(-res) : "");
+			          conn_name(c), smtpc_waiting_for(&c->sc), res < 0 ? ": " : "",
+			          res < 0 ? strerror(-res) : "");
 			return;
 		}
 		if (c->tls != NULL) {
 			c->tls->cin_len += (uint32_t)res;
-			if (!conn_tls_input(c))
-				return;
+			conn_tls_input(c);
 		} else {
-			c->in_len += (uint32_t)res;
-			if (!conn_parse(c))
-				return;
+			smtpc_feed(&c->sc, c->in, (size_t)res);
 		}
-		conn_emit(c);
-		conn_send(c);
+		conn_after(c);
+		if (r->slots[idx] != c || r->slot_gen[idx] != gen || c->st == C_CLOSING)
+			return;
 		conn_recv(c);
 		conn_timer_update(c);
 		return;
@@ -2200,15 +1944,19 @@ relay_on_cqe(struct relay *r, struct io_uring_cqe *cqe)
 			          conn_name(c), strerror(-res));
 			return;
 		}
-		assert((uint32_t)res <= c->send_len);
 		if (c->send_tls) {
 			tls_io_sent(&c->tls->io, (size_t)res);
 		} else {
-			memmove(c->out, c->out + res, c->out_len - (uint32_t)res);
-			c->out_len -= (uint32_t)res;
+			size_t sent = (size_t)res;
+			size_t o = sent < c->send_out ? sent : c->send_out;
+			memmove(c->out, c->out + o, c->so.len - o);
+			c->so.len -= o;
+			c->span_off += sent - o;
 		}
-		conn_emit(c);
-		conn_send(c);
+		conn_span_done(c);
+		conn_after(c);
+		if (r->slots[idx] != c || r->slot_gen[idx] != gen || c->st == C_CLOSING)
+			return;
 		conn_timer_update(c);
 		return;
 	}
@@ -2235,22 +1983,23 @@ relay_timer(struct timer_node *n, void *arg)
 		return;
 	}
 	struct oconn *c = container_of(t, struct oconn, t);
-	if (c->st == C_READY && c->exp_n == 0 && c->lmtp_job == NULL && !c->send_inflight &&
+	if (c->st == C_READY && (smtpc_status(&c->sc) & SMTPC_ST_IDLE) && !c->send_inflight &&
 	    c->nactive == 0) {
 		/* Idle for relay_idle_timeout. */
-		out_cmd(c, "QUIT\r\n");
-		exp_push(c, X_QUIT, NULL, 0);
 		c->st = C_QUIT; /* still counted in nready until closed */
-		conn_send(c);
-		timer_set(r->wheel, &c->t.n, r->now + 2000000000ull);
+		smtpc_quit(&c->sc);
+		smtpc_pump(&c->sc);
+		conn_after(c);
+		if (c->st == C_QUIT)
+			timer_set(r->wheel, &c->t.n, r->now + 2000000000ull);
 		return;
 	}
 	if (c->st == C_QUIT) {
 		conn_close(c);
 		return;
 	}
-	conn_fail(c, "4.4.2 timeout waiting for %s from %s",
-	          c->exp_n > 0 ? xkind_name(c->exp[c->exp_head].kind) : "a reply", conn_name(c));
+	conn_fail(c, "4.4.2 timeout waiting for %s from %s", smtpc_waiting_for(&c->sc),
+	          conn_name(c));
 }
 
 /* ---- the loop's side ---- */
@@ -2265,19 +2014,20 @@ hop_pump(struct relay *r, struct rhop *h)
 			/* The deadline moves only when something was queued: a
 			 * next hop that stays silent must meet its timeout even
 			 * though this runs every loop iteration. */
-			uint32_t exp0 = c->exp_n;
-			conn_emit(c);
+			uint32_t n0 = c->nactive;
+			conn_fill(c);
 			conn_send(c);
-			if (c->exp_n != exp0)
+			if (c->nactive != n0)
 				conn_timer_update(c);
 		}
 		/* Busy: with CHUNKING a connection streams up to RELAY_WINDOW
 		 * transactions; with DATA each one waits a round trip for its
 		 * 354, so one transaction already keeps it busy. */
-		if (c->st != C_READY ||
-		    c->nactive >= ((c->ext & RELAY_EXT_CHUNKING) ? RELAY_WINDOW / 2 : 1))
+		bool chunking = c->st == C_READY && (smtpc_ext(&c->sc) & SMTPC_EXT_CHUNKING);
+		if (c->st != C_READY || c->nactive >= (chunking ? RELAY_WINDOW / 2 : 1))
 			busy++;
-		else if (r->draining && c->nactive == 0 && c->exp_n == 0 && !c->send_inflight)
+		else if (r->draining && c->nactive == 0 && !c->send_inflight &&
+		         (smtpc_status(&c->sc) & SMTPC_ST_IDLE))
 			relay_timer(&c->t.n, r); /* idle while draining: QUIT now */
 	}
 	/* Open one more connection per loop iteration while jobs wait and
@@ -2790,9 +2540,10 @@ relay_drain(struct relay *r, bool force)
 			cn = c->next;
 			if (force && c->st != C_CLOSING)
 				conn_fail(c, "4.3.2 ringmxd is shutting down");
-			else if (c->st == C_READY && c->nactive == 0 && c->exp_n == 0)
+			else if (c->st == C_READY && c->nactive == 0 &&
+			         (smtpc_status(&c->sc) & SMTPC_ST_IDLE))
 				relay_timer(&c->t.n, r); /* idle: QUIT now */
-			else if (c->st == C_CONNECTING || c->st == C_GREETING || c->st == C_HELLO)
+			else if (c->st == C_CONNECTING || c->st == C_GREETING)
 				conn_close(c);
 		}
 }

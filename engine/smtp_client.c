@@ -690,7 +690,7 @@ verdict_of(enum exp_kind kind, int code)
 
 static const char *const kind_name[] = {
     [X_GREET] = "the greeting", [X_EHLO] = "EHLO", [X_HELO] = "HELO", [X_STARTTLS] = "STARTTLS",
-    [X_MAIL] = "MAIL",          [X_RCPT] = "RCPT", [X_DATA] = "DATA", [X_DOT] = "the end of data",
+    [X_MAIL] = "MAIL",          [X_RCPT] = "RCPT", [X_DATA] = "DATA", [X_DOT] = "end of data",
     [X_BDAT] = "BDAT",          [X_RSET] = "RSET", [X_QUIT] = "QUIT",
 };
 
@@ -956,6 +956,29 @@ smtpc_tls_done(struct smtpc *c, bool ok)
 	c->size_max = 0;
 	enter(c, SMTPC_S_EHLO);
 	return smtpc_pump(c);
+}
+
+int
+smtpc_tls_failed(struct smtpc *c, const char *why)
+{
+	int rc = entry(c);
+	if (rc < 0)
+		return rc;
+	if (c->state != SMTPC_S_TLS)
+		return -EINVAL;
+	fail(c, tls_required(c) ? "4.7.4" : "4.7.5", "%s",
+	     why != NULL ? why : "the TLS handshake failed");
+	return -EPIPE;
+}
+
+const char *
+smtpc_waiting_for(const struct smtpc *c)
+{
+	if (c->lmtp_tx != NULL)
+		return "end of data";
+	if (c->exp_n == 0)
+		return c->state == SMTPC_S_TLS ? "the TLS handshake" : "a reply";
+	return kind_name[c->exp[c->exp_head].kind];
 }
 
 int

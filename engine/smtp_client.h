@@ -269,6 +269,16 @@ int smtpc_body_sent(struct smtpc *c);
  * 0, -ENOBUFS, -EPIPE, -EDEADLK; -EINVAL outside SMTPC_ST_TLS. */
 int smtpc_tls_done(struct smtpc *c, bool ok);
 
+/* The TLS handshake failed for a reason the caller knows better (a name
+ * check, the library's error): as smtpc_tls_done(c, false), with why as
+ * the text after 4.7.4 (ENCRYPT/VERIFY) or 4.7.5 (MAY). */
+int smtpc_tls_failed(struct smtpc *c, const char *why);
+
+/* What the connection waits for, for timeout messages: "the greeting",
+ * "EHLO", "MAIL", "RCPT", "DATA", "end of data", "BDAT", "QUIT", ...,
+ * "a reply" when nothing is due. */
+const char *smtpc_waiting_for(const struct smtpc *c);
+
 /* QUIT once every submitted transaction has finished (before READY: once
  * ready). 0; -EPIPE if closed. Only queues. */
 int smtpc_quit(struct smtpc *c);
