@@ -1333,6 +1333,13 @@ s_open(void *self, void *owner, const struct sink_open_info *info, struct sink_t
 	params[8] = (uint8_t)((info->utf8 ? SPOOL_MAIL_SMTPUTF8 : 0) |
 			      (info->eightbit ? SPOOL_MAIL_8BITMIME : 0) |
 			      (info->esmtp ? SPOOL_MAIL_ESMTP : 0));
+	/* The session reserves SMTP_ENV_FIXED_MAX of smtp_conf.envelope_limit
+	 * for these TLVs, and counts the recipients itself. */
+	static_assert(5 * SPOOL_TLV_HDR + sizeof(peer->addr_text) + 2 + SMTP_DOMAIN_MAX +
+			      SMTP_PATH_MAX + SPOOL_MAIL_PARAMS_LEN <=
+			  SMTP_ENV_FIXED_MAX,
+		      "the fixed envelope TLVs fit the session's reserve");
+	static_assert(SMTP_ENV_RCPT_COST == SPOOL_TLV_HDR, "a recipient costs its TLV header");
 	int r = stage(sp, tx, NULL, SPOOL_HDR_SIZE); /* header, filled at commit */
 	if (r == 0)
 		r = stage_tlv(sp, tx, SPOOL_TLV_CLIENT_ADDR, addr, strlen(addr));

@@ -35,9 +35,10 @@
 #define SPOOL_REC_ALIGN   8
 #define SPOOL_QID_FIELD   16 /* queue id, NUL padded */
 #define SPOOL_CRC_OFF     16 /* byte offset of the crc32c field */
-/* Largest envelope accepted by readers (recipient_limit 1000000 would not
- * fit; ringmxd's own bound is 1000 x ~260 bytes). A record claiming more is
- * damage, not a reason to read gigabytes. */
+/* Largest envelope accepted by readers. A record claiming more is damage,
+ * not a reason to read gigabytes. recipient_limit alone would allow more
+ * (1000000 x 256 bytes): ringmxd refuses the RCPT that would go past this
+ * with 452 4.5.3 (smtp_conf.envelope_limit), so it never writes one. */
 #define SPOOL_ENV_MAX (64u << 20)
 /* Largest message a reader believes (message_size_limit's ceiling is 1 TiB,
  * but a record must also fit the segment, which is checked separately). */
