@@ -63,6 +63,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fault.h"
 #include "log.h"
 #include "ringmx/config.h"
 #include "ringmx/dsn.h"
@@ -182,6 +183,9 @@ struct rseg {
 	bool dirty; /* on the relay's list of journals to flush */
 	struct rseg *next_dirty;
 	bool jerr_logged;
+	/* The journal's directory entry was fsynced by this run (before the
+	 * first answer that depends on the journal: see jsync). */
+	bool jdir_synced;
 	uint32_t pending;  /* messages not finished */
 	struct rmsg *msgs; /* unfinished messages */
 	uint8_t jbuf[RELAY_JBUF_SIZE];
@@ -466,7 +470,12 @@ jrec(struct relay *r, struct rmsg *m, uint8_t type, uint32_t first, uint32_t cou
 	}
 }
 
-/* Flush and fdatasync: 0 or -1 (logged). */
+static int dir_fsync(const char *dir);
+
+/* Flush and fdatasync: 0 or -1 (logged). The answer to an operator waits
+ * for this, so a journal this run may have created also needs its
+ * directory entry to be durable: without it the file, and the HOLD or
+ * DELETE in it, could be gone after a crash. */
 static int
 jsync(struct relay *r, struct rseg *s)
 {
@@ -476,6 +485,13 @@ jsync(struct relay *r, struct rseg *s)
 		log_err("relay: fdatasync journal w%u/%016" PRIx64 ".jnl: %s", s->wdir, s->seq,
 		        strerror(errno));
 		return -1;
+	}
+	if (s->jfd >= 0 && !s->jdir_synced) {
+		char dir[CONFIG_PATH_MAX + 16];
+		snprintf(dir, sizeof(dir), "%s/w%u", r->dir, s->wdir);
+		if (dir_fsync(dir) < 0)
+			return -1;
+		s->jdir_synced = true;
 	}
 	return 0;
 }
@@ -544,15 +560,19 @@ seg_remap(struct relay *r, struct rseg *s)
 	free(m);
 }
 
-static void
+/* 0 or -errno (logged). */
+static int
 dir_fsync(const char *dir)
 {
 	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0)
-		return;
-	if (fsync(fd) < 0)
-		log_err("relay: fsync %s: %s", dir, strerror(errno));
-	close(fd);
+	int r = fd < 0 ? -errno : fault_dirsync();
+	if (r == 0 && fsync(fd) < 0)
+		r = -errno;
+	if (fd >= 0)
+		close(fd);
+	if (r < 0)
+		log_err("relay: fsync %s: %s", dir, strerror(-r));
+	return r;
 }
 
 /* Every message finished and the spool is done with it: the segment and
@@ -581,7 +601,10 @@ seg_maybe_delete(struct relay *r, struct rseg *s)
 	if (unlink(path) < 0 && errno != ENOENT)
 		log_err("relay: unlink %s: %s", path, strerror(errno));
 	snprintf(dir, sizeof(dir), "%s/w%u", r->dir, s->wdir);
-	dir_fsync(dir);
+	/* Only logged: nothing is answered on it, and should the removal be
+	 * lost in a crash, the worst is a second delivery of its messages
+	 * (the .seg may come back without its .jnl), never a loss. */
+	(void)dir_fsync(dir);
 	r->env.stats->relay_segments_removed++;
 	for (struct rseg **pp = &r->segs; *pp != NULL; pp = &(*pp)->next)
 		if (*pp == s) {

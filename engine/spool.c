@@ -79,6 +79,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fault.h"
 #include "log.h"
 #include "ringmx/config.h"
 #include "ringmx/smtp.h"
@@ -451,12 +452,19 @@ tx_deliver(struct spool *sp, struct sink_tx *tx, int res)
 
 /* ---- segments ---- */
 
-static void
+/* A new or removed file name is durable only once its directory is. 0 or
+ * -errno (logged). A caller that is about to acknowledge mail in a new file
+ * must fail on an error like on a data fsync error: the name may be gone
+ * after a crash, and every record in the file with it. */
+static int
 dir_sync(struct spool *sp)
 {
-	/* A new or removed file name is durable only once its directory is. */
-	if (fsync(sp->dirfd) < 0)
-		log_err("spool: fsync %s: %s", sp->dir, strerror(errno));
+	int r = fault_dirsync();
+	if (r == 0 && fsync(sp->dirfd) < 0)
+		r = -errno;
+	if (r < 0)
+		log_err("spool: fsync %s: %s", sp->dir, strerror(-r));
+	return r;
 }
 
 static void
@@ -466,10 +474,12 @@ seg_close(struct spool *sp, struct seg *s)
 	assert(s->fd >= 0 && s->refs == 0 && !s->current);
 	seg_name(name, sizeof(name), s->seq);
 	if (s->tail == 0 && !s->abandoned) {
-		/* Never used: do not leave a preallocated empty file behind. */
+		/* Never used: do not leave a preallocated empty file behind.
+		 * A failed directory fsync is only logged: should the name
+		 * survive a crash, recovery removes a file without records. */
 		close(s->fd);
 		if (unlinkat(sp->dirfd, name, 0) == 0)
-			dir_sync(sp);
+			(void)dir_sync(sp);
 	} else {
 		/* Give the unused preallocated space back. Not synced: if the
 		 * new size is lost, recovery finds zeros, which end a segment. */
@@ -602,7 +612,15 @@ seg_create(struct spool *sp, uint64_t size, bool zero)
 			zero = false;
 		}
 	}
-	dir_sync(sp);
+	r = dir_sync(sp);
+	if (r < 0) {
+		/* The name may not survive a crash: nothing may be
+		 * acknowledged in this file. The caller refuses mail (451)
+		 * and tries again later, under the same number. */
+		close(fd);
+		unlinkat(sp->dirfd, name, 0);
+		return r;
+	}
 	seg_install(sp, fd, sp->next_seq++, size, zero);
 	return 0;
 }
@@ -829,6 +847,8 @@ prep_on_cqe(struct spool *sp, unsigned kind, unsigned idx, int res)
 	}
 	case TAG_PREP_DIRSYNC:
 		assert(p->state == P_DIRSYNC);
+		if (res >= 0)
+			res = fault_dirsync();
 		if (res < 0) {
 			prep_fail(sp, res, "fsync of the directory");
 			return;
@@ -865,7 +885,14 @@ prep_take(struct spool *sp)
 			return -1;
 		}
 		p->seq = sp->next_seq++;
-		dir_sync(sp);
+		int r = dir_sync(sp);
+		if (r < 0) {
+			/* The new name may not survive a crash: not used
+			 * (removed under its new name); the caller makes a
+			 * segment the old way, which fsyncs again. */
+			prep_fail(sp, r, "fsync of the directory after rename");
+			return -1;
+		}
 	}
 	int fd = p->fd;
 	p->fd = -1;
@@ -1539,7 +1566,7 @@ recover_seg(struct spool *sp, uint64_t seq, uint64_t *msgs, uint64_t *bytes)
 	if (st.st_size == 0) {
 		close(fd);
 		if (unlinkat(sp->dirfd, name, 0) == 0)
-			dir_sync(sp);
+			(void)dir_sync(sp); /* a removal: logged, see seg_close */
 		log_info("spool: recovery: %s/%s: empty, removed", sp->dir, name);
 		return;
 	}
@@ -1558,7 +1585,7 @@ recover_seg(struct spool *sp, uint64_t seq, uint64_t *msgs, uint64_t *bytes)
 		 * fallocated blocks read as zeros too). Nothing to keep. */
 		close(fd);
 		if (unlinkat(sp->dirfd, name, 0) == 0)
-			dir_sync(sp);
+			(void)dir_sync(sp); /* a removal: logged, see seg_close */
 		log_info("spool: recovery: %s/%s: no records, removed", sp->dir, name);
 		return;
 	}
@@ -1592,7 +1619,7 @@ recover_seg(struct spool *sp, uint64_t seq, uint64_t *msgs, uint64_t *bytes)
 	close(fd);
 	if (sc.end != SPOOL_SCAN_DAMAGED && sc.valid_end == 0 && sc.records == 0) {
 		if (unlinkat(sp->dirfd, name, 0) == 0)
-			dir_sync(sp);
+			(void)dir_sync(sp); /* a removal: logged, see seg_close */
 	}
 }
 
@@ -1713,11 +1740,18 @@ spool_open(struct spool **out, const struct config *cfg, const struct spool_env 
 		spool_free(sp);
 		return r;
 	}
-	/* The worker directory itself must survive a crash. */
+	/* The worker directory itself must survive a crash, or every
+	 * segment in it could vanish with it: an error stops start-up. */
 	int pfd = open(cfg->spool_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (pfd >= 0) {
-		fsync(pfd);
+	r = pfd < 0 ? -errno : fault_dirsync();
+	if (r == 0 && fsync(pfd) < 0)
+		r = -errno;
+	if (pfd >= 0)
 		close(pfd);
+	if (r < 0) {
+		snprintf(err, errlen, "spool: fsync %s: %s", cfg->spool_dir, strerror(-r));
+		spool_free(sp);
+		return r;
 	}
 	r = recover(sp, err, errlen);
 	if (r < 0) {
