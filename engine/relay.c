@@ -2354,6 +2354,7 @@ struct scan_ctx {
 	size_t n, cap;
 	uint64_t maplen;
 	const uint8_t *map;
+	uint64_t unusable; /* valid records whose envelope cannot be parsed */
 };
 
 static int
@@ -2361,8 +2362,12 @@ scan_rec_cb(void *arg, uint64_t off, const struct spool_hdr *h, const uint8_t *r
 {
 	struct scan_ctx *sc = arg;
 	struct spool_envelope env;
-	if (spool_env_parse(rec + SPOOL_HDR_SIZE, h->env_len, &env) < 0)
+	if (spool_env_parse(rec + SPOOL_HDR_SIZE, h->env_len, &env) < 0) {
+		log_err("relay: %s: malformed envelope at offset %" PRIu64 "; left in the spool",
+		        h->qid, off);
+		sc->unusable++;
 		return 0;
+	}
 	if (sc->n == sc->cap) {
 		sc->cap = sc->cap ? sc->cap * 2 : 256;
 		sc->v = realloc(sc->v, sc->cap * sizeof(*sc->v));
@@ -2414,7 +2419,22 @@ recover_seg(struct relay *r, unsigned wdir, uint64_t seq, uint64_t *msgs, uint64
 	 * its other records are still being read. */
 	struct scan_ctx sc = {.map = s->map, .maplen = s->maplen};
 	struct spool_scan res;
-	spool_seg_scan(s->map, s->maplen, scan_rec_cb, &sc, &res);
+	spool_seg_scan(s->map, s->maplen, scan_rec_cb, NULL, &sc, &res);
+	/* Never deleted while any of its bytes was not read as a record:
+	 * a damaged range may hold acknowledged mail only a person can
+	 * recover (the spool set its bytes aside and logged it), and a
+	 * record that cannot be loaded is still mail. The records around
+	 * the damage are delivered as usual. */
+	if (res.damaged > 0 || res.end != SPOOL_SCAN_CLEAN || sc.unusable > 0) {
+		s->keep = true;
+		log_err("relay: w%u/%016" PRIx64 ".seg: %" PRIu64 " damaged range%s (%" PRIu64
+		        " bytes)%s%s, %" PRIu64 " unusable records: the segment is kept, never "
+		        "removed by ringmxd (see ringmx-spool verify); its %zu other records are "
+		        "delivered",
+		        wdir, seq, res.damaged, res.damaged == 1 ? "" : "s", res.damaged_bytes,
+		        res.end == SPOOL_SCAN_TORN ? ", an incomplete last record" : "",
+		        res.end == SPOOL_SCAN_DAMAGED ? " reaching the end" : "", sc.unusable, sc.n);
+	}
 
 	char path[CONFIG_PATH_MAX + 64];
 	seg_path(r, s, "jnl", path, sizeof(path));
@@ -2451,6 +2471,8 @@ recover_seg(struct relay *r, unsigned wdir, uint64_t seq, uint64_t *msgs, uint64
 				if (m->held)
 					(*held)++;
 				msg_start(r, m, sr->st.next_us);
+			} else {
+				s->keep = true; /* unfinished and unusable (logged) */
 			}
 		}
 		free(sr->st.done);

@@ -1549,6 +1549,98 @@ cmp_u64(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
+/* Copy [off, off + len) of the segment fd into
+ * spool_dir/damaged/w<N>-<seq>-<off>.bin (via a .tmp file, fsynced, renamed),
+ * where an operator finds it (ringmx-spool verify names it). Read with
+ * pread, so an unreadable sector is an error here, not a signal. A copy
+ * made by an earlier start is kept. 0 or -errno (the caller logs). */
+static int
+damaged_copy(const struct spool *sp, int fd, uint64_t seq, uint64_t off, uint64_t len,
+	     char *path, size_t pathlen)
+{
+	char dir[CONFIG_PATH_MAX + 16], tmp[CONFIG_PATH_MAX + 96];
+	snprintf(dir, sizeof(dir), "%s/" SPOOL_DAMAGED_DIR, sp->cfg->spool_dir);
+	snprintf(path, pathlen, "%s/w%u-%016" PRIx64 "-%016" PRIx64 ".bin", dir, sp->worker, seq,
+		 off);
+	struct stat st;
+	if (stat(path, &st) == 0)
+		return 0;
+	int r = spool_mkdir_p(dir);
+	if (r < 0)
+		return r;
+	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+	int out = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (out < 0)
+		return -errno;
+	static uint8_t buf[1u << 16];
+	for (uint64_t done = 0; done < len && r == 0;) {
+		size_t n = len - done < sizeof(buf) ? (size_t)(len - done) : sizeof(buf);
+		ssize_t got = pread(fd, buf, n, (off_t)(off + done));
+		if (got < 0 && errno == EINTR)
+			continue;
+		if (got <= 0) {
+			/* An unreadable part: zeros in the copy, which the
+			 * operator is told about (the log names the error). */
+			r = got < 0 ? -errno : -EIO;
+			memset(buf, 0, n);
+			got = (ssize_t)n;
+		}
+		for (size_t w = 0; w < (size_t)got;) {
+			ssize_t k = pwrite(out, buf + w, (size_t)got - w, (off_t)(done + w));
+			if (k < 0 && errno == EINTR)
+				continue;
+			if (k <= 0)
+				return close(out), unlink(tmp), k < 0 ? -errno : -EIO;
+			w += (size_t)k;
+		}
+		done += (uint64_t)got;
+		if (r < 0) {
+			log_err("spool: recovery: reading damaged bytes at %" PRIu64 " of %s/%016" PRIx64
+				".seg: %s; zeros in their copy",
+				off + done - (uint64_t)got, sp->dir, seq, strerror(-r));
+			r = 0;
+		}
+	}
+	if (fsync(out) < 0 || close(out) < 0) {
+		r = -errno;
+		unlink(tmp);
+		return r;
+	}
+	if (rename(tmp, path) < 0) {
+		r = -errno;
+		unlink(tmp);
+		return r;
+	}
+	int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dfd >= 0) {
+		(void)fsync(dfd); /* the segment keeps the bytes anyway */
+		close(dfd);
+	}
+	return 0;
+}
+
+struct recover_dmg {
+	struct spool *sp;
+	int fd;
+	uint64_t seq;
+};
+
+/* A damaged range: set its bytes aside and say so, loudly. The segment
+ * itself is left as it is and never removed by ringmxd (relay.c). */
+static void
+recover_on_damage(void *arg, uint64_t off, uint64_t len)
+{
+	struct recover_dmg *d = arg;
+	char path[CONFIG_PATH_MAX + 96];
+	int r = damaged_copy(d->sp, d->fd, d->seq, off, len, path, sizeof(path));
+	log_err("spool: recovery: %s/%016" PRIx64 ".seg: DAMAGED at offset %" PRIu64 ": %" PRIu64
+		" bytes are not a valid record (a disk or a person changed them); %s %s; the "
+		"records after them are recovered, the segment is kept (inspect with "
+		"ringmx-spool verify)",
+		d->sp->dir, d->seq, off, len, r < 0 ? "could not copy them:" : "copied to",
+		r < 0 ? strerror(-r) : path);
+}
+
 /* Verify one segment; truncate a torn tail or the unused preallocation. */
 static void
 recover_seg(struct spool *sp, uint64_t seq, uint64_t *msgs, uint64_t *bytes)
@@ -1577,9 +1669,10 @@ recover_seg(struct spool *sp, uint64_t seq, uint64_t *msgs, uint64_t *bytes)
 		return;
 	}
 	struct spool_scan sc;
-	spool_seg_scan(map, (uint64_t)st.st_size, NULL, NULL, &sc);
+	struct recover_dmg dm = {sp, fd, seq};
+	spool_seg_scan(map, (uint64_t)st.st_size, NULL, recover_on_damage, &dm, &sc);
 	munmap((void *)map, (size_t)st.st_size);
-	if (sc.end == SPOOL_SCAN_CLEAN && sc.records == 0) {
+	if (sc.end == SPOOL_SCAN_CLEAN && sc.records == 0 && sc.damaged == 0) {
 		/* Only zeros: a segment zero-filled ahead of need and never
 		 * used, or one whose zero-filling a crash cut short (its
 		 * fallocated blocks read as zeros too). Nothing to keep. */
@@ -1591,8 +1684,16 @@ recover_seg(struct spool *sp, uint64_t seq, uint64_t *msgs, uint64_t *bytes)
 	}
 	*msgs += sc.records;
 	*bytes += sc.bytes;
+	if (sc.damaged > 0)
+		log_err("spool: recovery: %s/%s: %" PRIu64 " DAMAGED range%s, %" PRIu64 " bytes, the "
+			"first at offset %" PRIu64 "; recovered %" PRIu64 " messages, %" PRIu64
+			" bytes around them",
+			sp->dir, name, sc.damaged, sc.damaged == 1 ? "" : "s", sc.damaged_bytes,
+			sc.first_damage, sc.records, sc.bytes);
 	switch (sc.end) {
 	case SPOOL_SCAN_CLEAN:
+		/* valid_end is after the last record or damaged range: only
+		 * zeros are cut off. */
 		if (sc.valid_end < (uint64_t)st.st_size && ftruncate(fd, (off_t)sc.valid_end) < 0)
 			log_warn("spool: recovery: truncate %s/%s: %s", sp->dir, name,
 				 strerror(errno));
@@ -1609,15 +1710,11 @@ recover_seg(struct spool *sp, uint64_t seq, uint64_t *msgs, uint64_t *bytes)
 			 sp->dir, name, sc.records, sc.bytes, sc.valid_end);
 		break;
 	case SPOOL_SCAN_DAMAGED:
-		log_err("spool: recovery: %s/%s: DAMAGED at offset %" PRIu64 ": invalid record "
-			"followed by other data; recovered %" PRIu64 " messages, %" PRIu64
-			" bytes before it; the rest of the file is left untouched and not read "
-			"(inspect with ringmx-spool verify)",
-			sp->dir, name, sc.valid_end, sc.records, sc.bytes);
+		/* Damaged to the end (logged above): nothing is cut off. */
 		break;
 	}
 	close(fd);
-	if (sc.end != SPOOL_SCAN_DAMAGED && sc.valid_end == 0 && sc.records == 0) {
+	if (sc.damaged == 0 && sc.valid_end == 0 && sc.records == 0) {
 		if (unlinkat(sp->dirfd, name, 0) == 0)
 			(void)dir_sync(sp); /* a removal: logged, see seg_close */
 	}

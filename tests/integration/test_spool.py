@@ -209,7 +209,7 @@ def _():
         shutil.rmtree(d)
 
 
-@T.test("damage in the middle: verify fails, ringmxd logs it, starts, and never hands it on")
+@T.test("damage in the middle: verify fails, ringmxd logs it, starts, never hands it on, reads on")
 def _():
     d, spool = tmp_spool()
     try:
@@ -226,6 +226,8 @@ def _():
         check(v.returncode == 1 and b"DAMAGED" in v.stdout, "verify: %r" % v.stdout)
         check(tool(spool, "cat", ids[1], ok=False).returncode == 1, "damaged record handed on")
         check_message(spool, ids[0], body(0))
+        # The record after the damaged one is found again (issue 11).
+        check_message(spool, ids[2], body(2))
         with SpoolServer(spool, workers=1) as srv:
             srv.wait_log(r"DAMAGED at offset %d" % second)
             send(srv, [("b@sender.test", body(7))])
