@@ -10,6 +10,8 @@
  *
  *   RINGMX_FAULT_DIRSYNC  every directory fsync (spool and relay) fails
  *                         with EIO
+ *   RINGMX_FAULT_FSYNC    the spool's fdatasync of written records (the one
+ *                         that releases 250s) fails with EIO
  */
 #ifndef RINGMX_FAULT_H
 #define RINGMX_FAULT_H
@@ -19,19 +21,18 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-/* 0, or -EIO while the file named by $RINGMX_FAULT_DIRSYNC exists. */
+/* 0, or -EIO while the file named by $NAME exists. */
 static inline int
-fault_dirsync(void)
+fault_armed(const char *name)
 {
-	const char *p = getenv("RINGMX_FAULT_DIRSYNC");
+	const char *p = getenv(name);
 	return p != NULL && access(p, F_OK) == 0 ? -EIO : 0;
 }
+#define fault_dirsync() fault_armed("RINGMX_FAULT_DIRSYNC")
+#define fault_fsync() fault_armed("RINGMX_FAULT_FSYNC")
 #else
-static inline int
-fault_dirsync(void)
-{
-	return 0;
-}
+#define fault_dirsync() 0
+#define fault_fsync() 0
 #endif
 
 #endif

@@ -30,7 +30,9 @@
  *  Errors: a write or fsync error is final for its batch (451, or 452 for
  *  ENOSPC); the segment is abandoned, never written again, and every other
  *  batch on it that is not yet durable fails too. A new segment is opened
- *  for the next batch.
+ *  for the next batch. When nothing of the abandoned segment is in flight
+ *  any more, it is cut back to its last acknowledged record (durable_end),
+ *  so the records that got 451 are not delivered after a restart too.
  *
  * Pre-zeroed segments (durability = fsync)
  *  An fdatasync after writing into fallocated (unwritten) extents must also
@@ -140,6 +142,7 @@ enum {
 	TAG_PREP_SYNC = 5,    /* fdatasync of the zeros */
 	TAG_PREP_DIRSYNC = 6, /* fsync of the directory (the new name) */
 	TAG_PREP_SFR = 7,     /* writeback start after a zero write; index: its slot */
+	TAG_VOID_SYNC = 8,    /* fdatasync of an abandoned segment cut back; index: slot */
 };
 
 struct chunk {
@@ -169,6 +172,9 @@ struct seg {
 	uint64_t size;     /* preallocated length */
 	uint64_t tail;     /* next record offset */
 	uint32_t refs;     /* batches not yet finished */
+	/* End of the last record whose batch became durable (got its 250s):
+	 * what an abandoned segment is cut back to when it is closed. */
+	uint64_t durable_end;
 	bool current;
 	bool abandoned;    /* a write or fsync failed: never written again */
 };
@@ -276,6 +282,12 @@ struct spool {
 	bool prep_blocked;   /* a preparation failed: none until the next rotation */
 	bool prep_err_logged; /* log one failure, not one per segment */
 	bool keep_dirfd;     /* an SQE on dirfd may still be in the kernel at close */
+
+	/* Abandoned segments cut back to their durable end, whose fdatasync
+	 * is in flight: the fd stays open until its CQE. fd -1: free. */
+	int void_fd[SPOOL_MAX_SEGS];
+	uint64_t void_seq[SPOOL_MAX_SEGS];
+	unsigned void_inflight;
 
 	struct spool_hooks hooks; /* the relay's (spool.h) */
 	uint64_t first_seq;  /* first segment of this run */
@@ -467,6 +479,67 @@ dir_sync(struct spool *sp)
 	return r;
 }
 
+/* An abandoned segment is closed (no batch refers to it, so nothing of it
+ * is in the kernel): cut off everything after its last acknowledged
+ * record. The records there got 451 (or were never written whole): the
+ * client retries them, and a restart must not find and deliver them too.
+ * ftruncate changes only the inode, like the truncation of the unused
+ * tail in seg_close; the change is made durable through the ring. */
+static void
+seg_void_tail(struct spool *sp, struct seg *s)
+{
+	char name[32];
+	seg_name(name, sizeof(name), s->seq);
+	if (ftruncate(s->fd, (off_t)s->durable_end) < 0) {
+		log_err("spool: cutting %s/%s back to its acknowledged records (%" PRIu64
+			" bytes): %s; a restart may deliver the messages that got 451 "
+			"(duplicates)",
+			sp->dir, name, s->durable_end, strerror(errno));
+		close(s->fd);
+		return;
+	}
+	unsigned i = 0;
+	while (i < SPOOL_MAX_SEGS && sp->void_fd[i] >= 0)
+		i++;
+	if (i == SPOOL_MAX_SEGS) {
+		/* As many cut-backs syncing as there are segment slots: a
+		 * disk that no longer answers. Not waited for. */
+		log_err("spool: %s/%s cut back to %" PRIu64 " bytes, not synced (too many "
+			"syncs in flight); after a crash of the machine its messages that got "
+			"451 may be delivered (duplicates)",
+			sp->dir, name, s->durable_end);
+		close(s->fd);
+		return;
+	}
+	struct io_uring_sqe *sqe = sp->env.get_sqe(sp->env.ctx);
+	io_uring_prep_fsync(sqe, s->fd, IORING_FSYNC_DATASYNC);
+	io_uring_sqe_set_data64(sqe, sp->env.ud_base | (uint64_t)TAG_VOID_SYNC << 16 | i);
+	sp->void_fd[i] = s->fd;
+	sp->void_seq[i] = s->seq;
+	sp->void_inflight++;
+	log_warn("spool: %s/%s cut back to %" PRIu64 " bytes: its records after that got 451 "
+		 "and are not kept",
+		 sp->dir, name, s->durable_end);
+}
+
+static void
+on_void_sync(struct spool *sp, unsigned i, int res)
+{
+	char name[32];
+	assert(i < SPOOL_MAX_SEGS && sp->void_fd[i] >= 0 && sp->void_inflight > 0);
+	if (res >= 0)
+		res = fault_fsync();
+	if (res < 0) {
+		seg_name(name, sizeof(name), sp->void_seq[i]);
+		log_err("spool: fdatasync of %s/%s after cutting it back: %s; after a crash of the "
+			"machine its messages that got 451 may be delivered (duplicates)",
+			sp->dir, name, strerror(-res));
+	}
+	close(sp->void_fd[i]);
+	sp->void_fd[i] = -1;
+	sp->void_inflight--;
+}
+
 static void
 seg_close(struct spool *sp, struct seg *s)
 {
@@ -483,9 +556,12 @@ seg_close(struct spool *sp, struct seg *s)
 	} else {
 		/* Give the unused preallocated space back. Not synced: if the
 		 * new size is lost, recovery finds zeros, which end a segment. */
-		if (!s->abandoned && s->tail < s->size && ftruncate(s->fd, (off_t)s->tail) < 0)
+		if (s->abandoned)
+			seg_void_tail(sp, s); /* closes the fd, maybe later */
+		else if (s->tail < s->size && ftruncate(s->fd, (off_t)s->tail) < 0)
 			log_warn("spool: truncate %s/%s: %s", sp->dir, name, strerror(errno));
-		close(s->fd);
+		if (!s->abandoned)
+			close(s->fd);
 		if (sp->hooks.seg_closed != NULL)
 			sp->hooks.seg_closed(sp->hooks.ctx, s->seq);
 	}
@@ -537,6 +613,7 @@ seg_install(struct spool *sp, int fd, uint64_t seq, uint64_t size, bool zeroed)
 	s->size = size;
 	s->tail = 0;
 	s->refs = 0;
+	s->durable_end = 0;
 	s->current = true;
 	s->abandoned = false;
 	sp->cur = s;
@@ -972,6 +1049,10 @@ batch_finish(struct spool *sp, struct batch *b, int res)
 	/* The relay hears of each durable record before its 250 goes out
 	 * and before the segment can be closed (seg_unref below). */
 	uint64_t off = b->off, seq = b->seg->seq;
+	/* Batches of a segment become durable in file order (one fsync at a
+	 * time covers all written ones; a failure abandons the segment). */
+	if (res == 0 && b->off + b->len > b->seg->durable_end)
+		b->seg->durable_end = b->off + b->len;
 	if (res == 0 && sp->hooks.durable != NULL)
 		for (struct sink_tx *t = tx; t != NULL; t = t->next) {
 			sp->hooks.durable(sp->hooks.ctx, seq, off, t->len);
@@ -1225,6 +1306,8 @@ on_fsync(struct spool *sp, int res)
 	/* From queueing to the CQE seen: the disk plus io-wq scheduling. */
 	sp->env.stats->spool_fsync_us += (mono_ns() - sp->fsync_start) / 1000u;
 	int err = 0;
+	if (res >= 0)
+		res = fault_fsync();
 	if (res < 0) {
 		/* Final (fsyncgate): never retried, the kernel may already
 		 * have marked the failed pages clean. Abandon the segment
@@ -1261,6 +1344,8 @@ spool_on_cqe(struct spool *sp, struct io_uring_cqe *cqe)
 		on_fsync(sp, cqe->res);
 	} else if (kind >= TAG_PREP_ALLOC && kind <= TAG_PREP_SFR) {
 		prep_on_cqe(sp, kind, idx, cqe->res);
+	} else if (kind == TAG_VOID_SYNC) {
+		on_void_sync(sp, idx, cqe->res);
 	} else {
 		panic("spool: unknown CQE tag %#x", tag);
 	}
@@ -1301,7 +1386,7 @@ int
 spool_idle(const struct spool *sp)
 {
 	return sp->q_head == NULL && sp->b_count == 0 && !sp->write_inflight &&
-	       !sp->fsync_inflight;
+	       !sp->fsync_inflight && sp->void_inflight == 0;
 }
 
 /* ---- the sink interface ---- */
@@ -1800,7 +1885,7 @@ spool_open(struct spool **out, const struct config *cfg, const struct spool_env 
 	sp->memory_cap = cfg->spool_memory;
 	sp->durable = cfg->durability == SPOOL_DURABILITY_FSYNC;
 	for (unsigned i = 0; i < SPOOL_MAX_SEGS; i++)
-		sp->segs[i].fd = -1;
+		sp->segs[i].fd = sp->void_fd[i] = -1;
 	sp->prep.fd = -1;
 
 	sp->maxblocks = (size_t)(sp->memory_cap / SPOOL_BLOCK_SIZE) + 1;
