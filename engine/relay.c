@@ -10,8 +10,9 @@
  *         journal (appended through a small buffer, flushed once per loop
  *         iteration). Deleted, with its journal, once the spool has closed
  *         it and every message in it is finished.
- *  rmsg   one spooled message: envelope views into the mapping, a done
- *         mark per recipient. Freed when finished.
+ *  rmsg   one spooled message: a copy of its envelope, its body in the
+ *         mapping (read only under map_guard: see "reading the
+ *         mappings"), a done mark per recipient. Freed when finished.
  *  rjob   the part of a message that goes to one next hop (its recipients
  *         routed there). A job waits (retry timer), is queued on its hop,
  *         is active on one outbound connection, or waits for its bounce to
@@ -51,6 +52,8 @@
 #include <inttypes.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -69,6 +72,7 @@
 #include "ringmx/dsn.h"
 #include "ringmx/journal_format.h"
 #include "ringmx/spool_format.h"
+#include "ringmx/spool_read.h"
 #include "relay_reply.h"
 #include "relay_tls.h"
 #include "spool.h"
@@ -155,7 +159,8 @@ struct rmsg {
 	const char *from;
 	size_t from_len;
 	unsigned flags; /* SPOOL_MAIL_* */
-	const uint8_t *body;
+	uint8_t *env;   /* a copy of the envelope (malloc): from and rcpt point into it */
+	const uint8_t *body; /* in the mapping: read only under map_guard */
 	uint64_t body_len;
 	uint32_t nrcpt;
 	struct raddr *rcpt;
@@ -496,6 +501,66 @@ jsync(struct relay *r, struct rseg *s)
 	return 0;
 }
 
+/* ---- reading the mappings ----
+ *
+ * Segments are read through read-only MAP_SHARED mappings. A page that
+ * cannot be read (a bad sector; the file cut short under the mapping)
+ * raises SIGBUS on access, which would kill the daemon, and again at
+ * every restart. So mapped bytes are touched only inside map_read() and
+ * the MAP_GUARD() sections below: there the SIGBUS handler jumps back
+ * (siglongjmp) and the access is an error result (-EIO) for that record.
+ * Outside a guarded section the handler restores the default action and
+ * the fault kills the process as before (a bug, not the disk). The
+ * envelope is copied out when a message is loaded; only message bodies
+ * are read from the mapping afterwards (emit_body, the bounce). */
+
+/* The jump buffer of the guarded section this thread is in, or NULL. */
+static __thread sigjmp_buf *volatile map_guard;
+
+static void
+map_on_sigbus(int sig, siginfo_t *si, void *uc)
+{
+	(void)si;
+	(void)uc;
+	sigjmp_buf *jb = map_guard;
+	if (jb == NULL) {
+		/* Not a mapped read: the access faults again, fatally. */
+		signal(sig, SIG_DFL);
+		return;
+	}
+	map_guard = NULL;
+	siglongjmp(*jb, 1);
+}
+
+/* Once per process (every worker's relay calls it). */
+static void
+map_guard_install(void)
+{
+	static atomic_flag done = ATOMIC_FLAG_INIT;
+	if (atomic_flag_test_and_set(&done))
+		return;
+	struct sigaction sa;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_sigaction = map_on_sigbus;
+	sa.sa_flags = SA_SIGINFO;
+	sigemptyset(&sa.sa_mask);
+	if (sigaction(SIGBUS, &sa, NULL) < 0)
+		panic("relay: sigaction SIGBUS: %s", strerror(errno));
+}
+
+/* Run stmt with SIGBUS turned into err = -EIO. sigsetjmp saves the signal
+ * mask (1): the handler runs with SIGBUS blocked, the jump unblocks it. */
+#define MAP_GUARD(err, stmt)                                                                       	do {                                                                                       		sigjmp_buf map_jb_;                                                                		if (sigsetjmp(map_jb_, 1) == 0) {                                                  			map_guard = &map_jb_;                                                      			stmt;                                                                      			map_guard = NULL;                                                          			(err) = 0;                                                                 		} else {                                                                           			(err) = -EIO;                                                              		}                                                                                  	} while (0)
+
+/* Copy n mapped bytes. 0, or -EIO if they cannot be read. */
+static int
+map_read(void *dst, const uint8_t *src, size_t n)
+{
+	int err;
+	MAP_GUARD(err, memcpy(dst, src, n));
+	return err;
+}
+
 /* ---- segments ---- */
 
 static struct rseg *
@@ -659,6 +724,7 @@ msg_destroy(struct rmsg *m)
 	}
 	free(m->jobs);
 	free(m->rcpt);
+	free(m->env);
 	free(m);
 }
 
@@ -728,9 +794,16 @@ static struct rmsg *
 msg_load(struct relay *r, struct rseg *s, uint64_t off, const struct journal_msg_state *st)
 {
 	struct spool_hdr h;
+	uint8_t hdr[SPOOL_HDR_SIZE];
 	bool ok = off + SPOOL_HDR_SIZE <= s->maplen;
+	if (ok && map_read(hdr, s->map + off, sizeof(hdr)) < 0) {
+		log_err("relay: w%u/%016" PRIx64 ".seg: the record at offset %" PRIu64
+		        " is unreadable (I/O error); left in the spool",
+		        s->wdir, s->seq, off);
+		return NULL;
+	}
 	if (ok) {
-		spool_hdr_decode(s->map + off, &h);
+		spool_hdr_decode(hdr, &h);
 		ok = h.magic == SPOOL_REC_MAGIC && h.version == SPOOL_REC_VERSION &&
 		     h.rec_len == spool_rec_len(h.env_len, h.msg_len) &&
 		     h.rec_len <= s->maplen - off;
@@ -741,16 +814,27 @@ msg_load(struct relay *r, struct rseg *s, uint64_t off, const struct journal_msg
 		return NULL;
 	}
 	const uint8_t *rec = s->map + off;
+	/* The envelope is copied: the commands are built from it later,
+	 * outside any guarded section. */
+	uint8_t *envc = xcalloc(h.env_len ? h.env_len : 1, 1);
+	if (map_read(envc, rec + SPOOL_HDR_SIZE, h.env_len) < 0) {
+		log_err("relay: %s: the envelope at offset %" PRIu64 " of w%u/%016" PRIx64
+		        ".seg is unreadable (I/O error); left in the spool",
+		        h.qid, off, s->wdir, s->seq);
+		free(envc);
+		return NULL;
+	}
 	struct spool_envelope env;
-	if (spool_env_parse(rec + SPOOL_HDR_SIZE, h.env_len, &env) < 0 || env.nrcpt == 0) {
+	if (spool_env_parse(envc, h.env_len, &env) < 0 || env.nrcpt == 0) {
 		log_err("relay: %s: malformed envelope; left in the spool", h.qid);
+		free(envc);
 		return NULL;
 	}
 	/* Routing first: it decides how many jobs there are. */
 	uint32_t nrcpt = env.nrcpt;
 	struct raddr *addrs = xcalloc(nrcpt, sizeof(*addrs));
 	struct rhop **rh = xcalloc(nrcpt, sizeof(*rh));
-	struct spool_tlv_iter it = {.p = rec + SPOOL_HDR_SIZE, .len = h.env_len};
+	struct spool_tlv_iter it = {.p = envc, .len = h.env_len};
 	unsigned type;
 	const uint8_t *v;
 	size_t vlen;
@@ -782,6 +866,7 @@ msg_load(struct relay *r, struct rseg *s, uint64_t off, const struct journal_msg
 	if (pending == 0 || (st != NULL && st->deleted)) {
 		free(addrs);
 		free(rh);
+		free(envc);
 		return NULL;
 	}
 	struct rmsg *m = xcalloc(1, sizeof(*m) + nrcpt);
@@ -791,6 +876,7 @@ msg_load(struct relay *r, struct rseg *s, uint64_t off, const struct journal_msg
 	m->rec_len = h.rec_len;
 	memcpy(m->qid, h.qid, sizeof(m->qid));
 	m->received_us = h.received_us;
+	m->env = envc;
 	m->from = (const char *)env.from;
 	m->from_len = env.from_len;
 	m->flags = env.mail_flags;
@@ -1077,7 +1163,19 @@ bounce_start(struct relay *r, struct rjob *j)
 	};
 	size_t cap = dsn_size_bound(&info);
 	char *buf = malloc(cap);
-	size_t len = buf != NULL ? dsn_build(buf, cap, &info) : 0;
+	size_t len = 0;
+	int err = 0;
+	/* dsn_build copies the original's header from the mapping. If that
+	 * cannot be read, the bounce goes without it. */
+	if (buf != NULL)
+		MAP_GUARD(err, len = dsn_build(buf, cap, &info));
+	if (err < 0) {
+		log_err("relay: %s: the message is unreadable (I/O error); its bounce goes "
+		        "without the original's header", m->qid);
+		info.msg = NULL;
+		info.msg_len = 0;
+		len = dsn_build(buf, cap, &info);
+	}
 	if (len == 0) {
 		/* Cannot happen with a bound from dsn_size_bound; never loop on it. */
 		log_err("relay: %s: cannot build the bounce; failures recorded without one",
@@ -1824,8 +1922,28 @@ conn_parse(struct oconn *c)
 	return true;
 }
 
+/* The message's bytes could not be read from the mapping (SIGBUS: an I/O
+ * error, or the file was cut short): an error result for that record,
+ * not the end of the daemon. Part of the body may be out already, so the
+ * connection is dropped without a final dot (the next hop discards the
+ * transaction); its jobs are deferred, this one with the reason, and the
+ * segment is never deleted by this run. */
+static void
+body_unreadable(struct oconn *c, struct rjob *j)
+{
+	struct rmsg *m = j->m;
+	m->seg->keep = true;
+	log_err("relay: %s: message UNREADABLE in w%u/%016" PRIx64 ".seg (record at offset %" PRIu64
+	        "): I/O error reading the spool; deferred, the segment is kept",
+	        m->qid, m->seg->wdir, m->seg->seq, m->off);
+	conn_fail(c, "4.3.0 message unreadable in the spool (I/O error at offset %" PRIu64
+	             " of w%u/%016" PRIx64 ".seg)",
+	          m->off, m->seg->wdir, m->seg->seq);
+}
+
 /* Copy message bytes into the output: raw for BDAT, dot-stuffed for DATA
- * (RFC 5321 4.5.2). Returns true when the whole body is out. */
+ * (RFC 5321 4.5.2). Returns true when the whole body is out. Reads the
+ * mapping: call it only under MAP_GUARD. */
 static bool
 emit_body(struct oconn *c, struct rjob *j, bool stuff)
 {
@@ -1985,8 +2103,15 @@ conn_emit(struct oconn *c)
 			c->estage = E_BODY;
 			c->body_off = 0;
 			break;
-		case E_BODY:
-			if (!emit_body(c, j, !(c->ext & RELAY_EXT_CHUNKING)))
+		case E_BODY: {
+			bool all = false;
+			int err;
+			MAP_GUARD(err, all = emit_body(c, j, !(c->ext & RELAY_EXT_CHUNKING)));
+			if (err < 0) {
+				body_unreadable(c, j);
+				return;
+			}
+			if (!all)
 				return;
 			if (c->ext & RELAY_EXT_CHUNKING) {
 				c->emit = NULL;
@@ -1995,6 +2120,7 @@ conn_emit(struct oconn *c)
 				c->estage = E_DOT;
 			}
 			break;
+		}
 		case E_DOT:
 			if (RELAY_OUT_SIZE - c->out_len < 8 || c->exp_n == RELAY_EXP_MAX)
 				return;
@@ -2419,7 +2545,32 @@ recover_seg(struct relay *r, unsigned wdir, uint64_t seq, uint64_t *msgs, uint64
 	 * its other records are still being read. */
 	struct scan_ctx sc = {.map = s->map, .maplen = s->maplen};
 	struct spool_scan res;
-	spool_seg_scan(s->map, s->maplen, scan_rec_cb, NULL, &sc, &res);
+	/* Scanned from a copy read with pread (recovery runs before the event
+	 * loop): a bad sector is then damage for its bytes, not a SIGBUS. The
+	 * messages are then read from the mapping, under map_guard. */
+	char spath[CONFIG_PATH_MAX + 64];
+	seg_path(r, s, "seg", spath, sizeof(spath));
+	uint64_t bad = 0, bad_off = 0;
+	uint8_t *copy = NULL;
+	int sfd = open(spath, O_RDONLY | O_CLOEXEC);
+	if (sfd >= 0) {
+		copy = spool_read_file(sfd, s->maplen, &bad, &bad_off);
+		close(sfd);
+	}
+	if (copy == NULL) {
+		log_err("relay: reading %s: %s; left for the next start", spath, strerror(errno));
+		s->keep = true;
+		s->closed = true;
+		return;
+	}
+	spool_seg_scan(copy, s->maplen, scan_rec_cb, NULL, &sc, &res);
+	free(copy);
+	if (bad > 0) {
+		log_err("relay: %s: %" PRIu64 " bytes unreadable (I/O error), the first at offset "
+		        "%" PRIu64 "; the segment is kept",
+		        spath, bad, bad_off);
+		s->keep = true;
+	}
 	/* Never deleted while any of its bytes was not read as a record:
 	 * a damaged range may hold acknowledged mail only a person can
 	 * recover (the spool set its bytes aside and logged it), and a
@@ -2567,6 +2718,7 @@ relay_open(struct relay **out, const struct config *cfg, const struct relay_env 
 	}
 	r->tls_mode = cfg->relay.tls;
 	snprintf(r->tls_ca, sizeof(r->tls_ca), "%s", cfg->relay.tls_ca_file);
+	map_guard_install();
 
 	uint64_t msgs = 0, held = 0, segs = 0;
 	recover_dir(r, env->worker, true, &msgs, &held, &segs);

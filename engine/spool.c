@@ -86,6 +86,7 @@
 #include "ringmx/config.h"
 #include "ringmx/smtp.h"
 #include "ringmx/spool_format.h"
+#include "ringmx/spool_read.h"
 
 /* Staging chunk: small enough that a 1 KiB message wastes little of
  * spool_memory, large enough that a 1 MiB batch is 256 iovecs. */
@@ -1747,16 +1748,35 @@ recover_seg(struct spool *sp, uint64_t seq, uint64_t *msgs, uint64_t *bytes)
 		log_info("spool: recovery: %s/%s: empty, removed", sp->dir, name);
 		return;
 	}
-	const uint8_t *map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
-	if (map == MAP_FAILED) {
-		log_err("spool: recovery: mmap %s/%s: %s", sp->dir, name, strerror(errno));
+	/* Read, not mapped: an unreadable sector is then an error for its
+	 * bytes (they read as SPOOL_READ_POISON, so the records around them
+	 * survive and they show as damage), not a SIGBUS at every start. */
+	uint64_t bad, bad_off;
+	uint8_t *map = spool_read_file(fd, (uint64_t)st.st_size, &bad, &bad_off);
+	if (map == NULL) {
+		log_err("spool: recovery: reading %s/%s: %s", sp->dir, name, strerror(errno));
 		close(fd);
 		return;
 	}
+	if (bad > 0)
+		log_err("spool: recovery: %s/%s: %" PRIu64 " bytes UNREADABLE (I/O error), the "
+			"first at offset %" PRIu64 "; the records there are damage",
+			sp->dir, name, bad, bad_off);
 	struct spool_scan sc;
 	struct recover_dmg dm = {sp, fd, seq};
 	spool_seg_scan(map, (uint64_t)st.st_size, NULL, recover_on_damage, &dm, &sc);
-	munmap((void *)map, (size_t)st.st_size);
+	free(map);
+	if (bad > 0 && sc.end == SPOOL_SCAN_TORN) {
+		/* Unreadable bytes in the last record look like a torn tail;
+		 * this one may have been acknowledged: never cut it off. */
+		sc.end = SPOOL_SCAN_DAMAGED;
+		sc.damaged++;
+		sc.damaged_bytes += (uint64_t)st.st_size - sc.valid_end;
+		if (sc.damaged == 1)
+			sc.first_damage = sc.valid_end;
+		recover_on_damage(&dm, sc.valid_end, (uint64_t)st.st_size - sc.valid_end);
+		sc.valid_end = (uint64_t)st.st_size;
+	}
 	if (sc.end == SPOOL_SCAN_CLEAN && sc.records == 0 && sc.damaged == 0) {
 		/* Only zeros: a segment zero-filled ahead of need and never
 		 * used, or one whose zero-filling a crash cut short (its

@@ -23,7 +23,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -31,6 +30,7 @@
 #include "ringmx/config.h"
 #include "ringmx/journal_format.h"
 #include "ringmx/spool_format.h"
+#include "ringmx/spool_read.h"
 
 #define DEFAULT_SPOOL_DIR "/var/spool/ringmx"
 /* Bounds: worker directories and segment files this tool will look at. */
@@ -202,13 +202,24 @@ scan_file(const struct seginfo *si, rec_fn fn, void *arg, struct walk *w, struct
 		close(fd);
 		return 0;
 	}
-	const uint8_t *map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+	/* Read, not mapped: an unreadable sector (or the file cut short
+	 * while ringmxd runs) is then an error for its bytes, not a SIGBUS. */
+	uint64_t bad, bad_off;
+	uint8_t *map = spool_read_file(fd, (uint64_t)st.st_size, &bad, &bad_off);
+	int err = errno;
 	close(fd);
-	if (map == MAP_FAILED)
+	if (map == NULL) {
+		errno = err;
 		return -1;
+	}
+	if (bad > 0) {
+		fprintf(stderr, "%s: %s: %" PRIu64 " bytes UNREADABLE (I/O error), the first at offset "
+			"%" PRIu64 "\n", prog, si->path, bad, bad_off);
+		w->damaged++;
+	}
 	struct scan_ctx c = {si, fn, arg, w, spool};
 	spool_seg_scan(map, (uint64_t)st.st_size, on_record, on_damage, &c, sc);
-	munmap((void *)map, (size_t)st.st_size);
+	free(map);
 	return 0;
 }
 

@@ -3,6 +3,8 @@
 intact record after the damage is found again and delivered, the damaged bytes
 are set aside under SPOOL_DIR/damaged/ and named by `ringmx-spool verify`, and
 the segment is never deleted while some of its bytes are not finished records.
+A segment cut short under the relay's mapping (SIGBUS on access, as a bad
+sector would give) is an error for that record: ringmxd survives.
 
 Owner: the spool module (issue 11). Standalone: exit 0 / 1 / 77, last line
 "N passed, M failed"."""
@@ -99,6 +101,40 @@ def _():
             srv.wait_log(r"segment is kept")
         check_eq(len(mx2.messages), 0, "deliveries after the second restart")
         check(os.path.exists(seg), "the damaged segment was deleted at the second start")
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@T.test("a segment cut short under the relay's mapping: SIGBUS caught, record unreadable, alive")
+def _():
+    d = tempfile.mkdtemp(prefix="ringmx-sigbus-")
+    spool = os.path.join(d, "spool")
+    try:
+        body = ["%05d " % i + "z" * 90 for i in range(600)]   # ~60 KB: many pages
+        with Server(args=["-o", "sink=spool", "-o", "spool_dir=" + spool,
+                          "-o", "segment_size=1m"], workers=1) as srv:
+            qid = send_message(srv, "a@sender.test", ["u@example.test"],
+                               message("sigbus", body))
+        seg = os.path.join(spool, "w0", "0000000000000001.seg")
+        with FakeMX(chunking=True) as mx:
+            mx.refuse()
+            with RelayServer(spool, hop(mx), workers=1) as srv:
+                # Recovered and mapped; the first attempt fails (refused).
+                srv.wait_log(r"%s: to=<u@example.test>.*status=deferred" % qid)
+                # Cut the file under the mapping: the envelope (first page)
+                # was copied at load, the body pages now raise SIGBUS.
+                os.truncate(seg, 4096)
+                since = srv.since()
+                mx.accept_again()
+                srv.wait_log(r"%s: message UNREADABLE" % qid, since=since, timeout=15)
+                check(srv.alive(), "ringmxd died:\n" + srv.log()[-3000:])
+                check_eq(len(mx.messages), 0, "a message was accepted from a cut body")
+                # Still relaying: a new message goes through.
+                qid2 = send_message(srv, "a@sender.test", ["v@example.test"],
+                                    message("after", ["fine"]))
+                got = mx.wait_for(1)
+                check_eq([qid_in(m.data_bytes) for m in got], [qid2], "delivered")
+                check(srv.alive(), "ringmxd died")
     finally:
         shutil.rmtree(d, ignore_errors=True)
 
