@@ -36,6 +36,7 @@
 #include <ini.h>
 
 #include "ringmx/config.h"
+#include "ringmx/spool_format.h"
 #include "ringmx_version.h"
 #include "config_syntax.h"
 #include "relay_route.h"
@@ -1422,6 +1423,9 @@ finish(struct config *cfg, char *err)
 	cfg->smtp.domains = (const char *const *)cfg->domain_list;
 	cfg->smtp.ndomains = cfg->ndomains;
 	cfg->smtp.starttls = false;
+	/* Whatever the sink: an envelope the spool's record cannot hold is
+	 * refused at RCPT (recipient_limit alone allows 1000000 x 256 bytes). */
+	cfg->smtp.envelope_limit = SPOOL_ENV_MAX;
 	return 0;
 }
 

@@ -10,8 +10,9 @@
  *         journal (appended through a small buffer, flushed once per loop
  *         iteration). Deleted, with its journal, once the spool has closed
  *         it and every message in it is finished.
- *  rmsg   one spooled message: envelope views into the mapping, a done
- *         mark per recipient. Freed when finished.
+ *  rmsg   one spooled message: a copy of its envelope, its body in the
+ *         mapping (read only under map_guard: see "reading the
+ *         mappings"), a done mark per recipient. Freed when finished.
  *  rjob   the part of a message that goes to one next hop (its recipients
  *         routed there). A job waits (retry timer), is queued on its hop,
  *         is active on one outbound connection, or waits for its bounce to
@@ -52,6 +53,8 @@
 #include <inttypes.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -64,11 +67,13 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fault.h"
 #include "log.h"
 #include "ringmx/config.h"
 #include "ringmx/dsn.h"
 #include "ringmx/journal_format.h"
 #include "ringmx/spool_format.h"
+#include "ringmx/spool_read.h"
 #include "smtp_client.h"
 #include "relay_tls.h"
 #include "spool.h"
@@ -154,8 +159,9 @@ struct rmsg {
 	uint64_t received_us;
 	const char *from;
 	size_t from_len;
-	unsigned flags; /* SPOOL_MAIL_* */
-	const uint8_t *body;
+	unsigned flags;      /* SPOOL_MAIL_* */
+	uint8_t *env;        /* a copy of the envelope (malloc): from and rcpt point into it */
+	const uint8_t *body; /* in the mapping: read only under map_guard */
 	uint64_t body_len;
 	uint32_t nrcpt;
 	struct raddr *rcpt;
@@ -183,6 +189,9 @@ struct rseg {
 	bool dirty; /* on the relay's list of journals to flush */
 	struct rseg *next_dirty;
 	bool jerr_logged;
+	/* The journal's directory entry was fsynced by this run (before the
+	 * first answer that depends on the journal: see jsync). */
+	bool jdir_synced;
 	uint32_t pending;  /* messages not finished */
 	struct rmsg *msgs; /* unfinished messages */
 	uint8_t jbuf[RELAY_JBUF_SIZE];
@@ -239,6 +248,8 @@ struct oconn {
 	 * mapping; [0, span_off) is sent (or encrypted). */
 	const uint8_t *span;
 	size_t span_len, span_off;
+	struct rjob *span_job;
+	bool span_bad;     /* reading the span failed (SIGBUS under the guard) */
 	uint32_t send_out; /* plaintext: bytes of out in the send in flight */
 	struct msghdr msg;
 	struct iovec iov[2];
@@ -440,7 +451,12 @@ jrec(struct relay *r, struct rmsg *m, uint8_t type, uint32_t first, uint32_t cou
 	}
 }
 
-/* Flush and fdatasync: 0 or -1 (logged). */
+static int dir_fsync(const char *dir);
+
+/* Flush and fdatasync: 0 or -1 (logged). The answer to an operator waits
+ * for this, so a journal this run may have created also needs its
+ * directory entry to be durable: without it the file, and the HOLD or
+ * DELETE in it, could be gone after a crash. */
 static int
 jsync(struct relay *r, struct rseg *s)
 {
@@ -451,7 +467,88 @@ jsync(struct relay *r, struct rseg *s)
 		        strerror(errno));
 		return -1;
 	}
+	if (s->jfd >= 0 && !s->jdir_synced) {
+		char dir[CONFIG_PATH_MAX + 16];
+		snprintf(dir, sizeof(dir), "%s/w%u", r->dir, s->wdir);
+		if (dir_fsync(dir) < 0)
+			return -1;
+		s->jdir_synced = true;
+	}
 	return 0;
+}
+
+/* ---- reading the mappings ----
+ *
+ * Segments are read through read-only MAP_SHARED mappings. A page that
+ * cannot be read (a bad sector; the file cut short under the mapping)
+ * raises SIGBUS on access, which would kill the daemon, and again at
+ * every restart. So mapped bytes are touched only inside map_read() and
+ * the MAP_GUARD() sections below: there the SIGBUS handler jumps back
+ * (siglongjmp) and the access is an error result (-EIO) for that record.
+ * Outside a guarded section the handler restores the default action and
+ * the fault kills the process as before (a bug, not the disk). The
+ * envelope is copied out when a message is loaded; only message bodies
+ * are read from the mapping afterwards: touched page by page under the
+ * guard before the client core gets them (body_check), then read by the
+ * kernel (sendmsg: an unreadable page is EFAULT, not a signal), by wolfSSL
+ * under the guard (TLS), and by the bounce builder under the guard. */
+
+/* The jump buffer of the guarded section this thread is in, or NULL. */
+static __thread sigjmp_buf *volatile map_guard;
+
+static void
+map_on_sigbus(int sig, siginfo_t *si, void *uc)
+{
+	(void)si;
+	(void)uc;
+	sigjmp_buf *jb = map_guard;
+	if (jb == NULL) {
+		/* Not a mapped read: the access faults again, fatally. */
+		signal(sig, SIG_DFL);
+		return;
+	}
+	map_guard = NULL;
+	siglongjmp(*jb, 1);
+}
+
+/* Once per process (every worker's relay calls it). */
+static void
+map_guard_install(void)
+{
+	static atomic_flag done = ATOMIC_FLAG_INIT;
+	if (atomic_flag_test_and_set(&done))
+		return;
+	struct sigaction sa;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_sigaction = map_on_sigbus;
+	sa.sa_flags = SA_SIGINFO;
+	sigemptyset(&sa.sa_mask);
+	if (sigaction(SIGBUS, &sa, NULL) < 0)
+		panic("relay: sigaction SIGBUS: %s", strerror(errno));
+}
+
+/* Run stmt with SIGBUS turned into err = -EIO. sigsetjmp saves the signal
+ * mask (1): the handler runs with SIGBUS blocked, the jump unblocks it. */
+#define MAP_GUARD(err, stmt)                                                                       \
+	do {                                                                                       \
+		sigjmp_buf map_jb_;                                                                \
+		if (sigsetjmp(map_jb_, 1) == 0) {                                                  \
+			map_guard = &map_jb_;                                                      \
+			stmt;                                                                      \
+			map_guard = NULL;                                                          \
+			(err) = 0;                                                                 \
+		} else {                                                                           \
+			(err) = -EIO;                                                              \
+		}                                                                                  \
+	} while (0)
+
+/* Copy n mapped bytes. 0, or -EIO if they cannot be read. */
+static int
+map_read(void *dst, const uint8_t *src, size_t n)
+{
+	int err;
+	MAP_GUARD(err, memcpy(dst, src, n));
+	return err;
 }
 
 /* ---- segments ---- */
@@ -518,15 +615,19 @@ seg_remap(struct relay *r, struct rseg *s)
 	free(m);
 }
 
-static void
+/* 0 or -errno (logged). */
+static int
 dir_fsync(const char *dir)
 {
 	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0)
-		return;
-	if (fsync(fd) < 0)
-		log_err("relay: fsync %s: %s", dir, strerror(errno));
-	close(fd);
+	int r = fd < 0 ? -errno : fault_dirsync();
+	if (r == 0 && fsync(fd) < 0)
+		r = -errno;
+	if (fd >= 0)
+		close(fd);
+	if (r < 0)
+		log_err("relay: fsync %s: %s", dir, strerror(-r));
+	return r;
 }
 
 /* Every message finished and the spool is done with it: the segment and
@@ -555,7 +656,10 @@ seg_maybe_delete(struct relay *r, struct rseg *s)
 	if (unlink(path) < 0 && errno != ENOENT)
 		log_err("relay: unlink %s: %s", path, strerror(errno));
 	snprintf(dir, sizeof(dir), "%s/w%u", r->dir, s->wdir);
-	dir_fsync(dir);
+	/* Only logged: nothing is answered on it, and should the removal be
+	 * lost in a crash, the worst is a second delivery of its messages
+	 * (the .seg may come back without its .jnl), never a loss. */
+	(void)dir_fsync(dir);
 	r->env.stats->relay_segments_removed++;
 	for (struct rseg **pp = &r->segs; *pp != NULL; pp = &(*pp)->next)
 		if (*pp == s) {
@@ -611,6 +715,7 @@ msg_destroy(struct rmsg *m)
 	}
 	free(m->jobs);
 	free(m->rcpt);
+	free(m->env);
 	free(m);
 }
 
@@ -680,9 +785,16 @@ static struct rmsg *
 msg_load(struct relay *r, struct rseg *s, uint64_t off, const struct journal_msg_state *st)
 {
 	struct spool_hdr h;
+	uint8_t hdr[SPOOL_HDR_SIZE];
 	bool ok = off + SPOOL_HDR_SIZE <= s->maplen;
+	if (ok && map_read(hdr, s->map + off, sizeof(hdr)) < 0) {
+		log_err("relay: w%u/%016" PRIx64 ".seg: the record at offset %" PRIu64
+		        " is unreadable (I/O error); left in the spool",
+		        s->wdir, s->seq, off);
+		return NULL;
+	}
 	if (ok) {
-		spool_hdr_decode(s->map + off, &h);
+		spool_hdr_decode(hdr, &h);
 		ok = h.magic == SPOOL_REC_MAGIC && h.version == SPOOL_REC_VERSION &&
 		     h.rec_len == spool_rec_len(h.env_len, h.msg_len) &&
 		     h.rec_len <= s->maplen - off;
@@ -693,16 +805,27 @@ msg_load(struct relay *r, struct rseg *s, uint64_t off, const struct journal_msg
 		return NULL;
 	}
 	const uint8_t *rec = s->map + off;
+	/* The envelope is copied: the commands are built from it later,
+	 * outside any guarded section. */
+	uint8_t *envc = xcalloc(h.env_len ? h.env_len : 1, 1);
+	if (map_read(envc, rec + SPOOL_HDR_SIZE, h.env_len) < 0) {
+		log_err("relay: %s: the envelope at offset %" PRIu64 " of w%u/%016" PRIx64
+		        ".seg is unreadable (I/O error); left in the spool",
+		        h.qid, off, s->wdir, s->seq);
+		free(envc);
+		return NULL;
+	}
 	struct spool_envelope env;
-	if (spool_env_parse(rec + SPOOL_HDR_SIZE, h.env_len, &env) < 0 || env.nrcpt == 0) {
+	if (spool_env_parse(envc, h.env_len, &env) < 0 || env.nrcpt == 0) {
 		log_err("relay: %s: malformed envelope; left in the spool", h.qid);
+		free(envc);
 		return NULL;
 	}
 	/* Routing first: it decides how many jobs there are. */
 	uint32_t nrcpt = env.nrcpt;
 	struct raddr *addrs = xcalloc(nrcpt, sizeof(*addrs));
 	struct rhop **rh = xcalloc(nrcpt, sizeof(*rh));
-	struct spool_tlv_iter it = {.p = rec + SPOOL_HDR_SIZE, .len = h.env_len};
+	struct spool_tlv_iter it = {.p = envc, .len = h.env_len};
 	unsigned type;
 	const uint8_t *v;
 	size_t vlen;
@@ -734,6 +857,7 @@ msg_load(struct relay *r, struct rseg *s, uint64_t off, const struct journal_msg
 	if (pending == 0 || (st != NULL && st->deleted)) {
 		free(addrs);
 		free(rh);
+		free(envc);
 		return NULL;
 	}
 	struct rmsg *m = xcalloc(1, sizeof(*m) + nrcpt);
@@ -743,6 +867,7 @@ msg_load(struct relay *r, struct rseg *s, uint64_t off, const struct journal_msg
 	m->rec_len = h.rec_len;
 	memcpy(m->qid, h.qid, sizeof(m->qid));
 	m->received_us = h.received_us;
+	m->env = envc;
 	m->from = (const char *)env.from;
 	m->from_len = env.from_len;
 	m->flags = env.mail_flags;
@@ -1032,7 +1157,20 @@ bounce_start(struct relay *r, struct rjob *j)
 	};
 	size_t cap = dsn_size_bound(&info);
 	char *buf = malloc(cap);
-	size_t len = buf != NULL ? dsn_build(buf, cap, &info) : 0;
+	size_t len = 0;
+	int err = 0;
+	/* dsn_build copies the original's header from the mapping. If that
+	 * cannot be read, the bounce goes without it. */
+	if (buf != NULL)
+		MAP_GUARD(err, len = dsn_build(buf, cap, &info));
+	if (err < 0) {
+		log_err("relay: %s: the message is unreadable (I/O error); its bounce goes "
+		        "without the original's header",
+		        m->qid);
+		info.msg = NULL;
+		info.msg_len = 0;
+		len = dsn_build(buf, cap, &info);
+	}
 	if (len == 0) {
 		/* Cannot happen with a bound from dsn_size_bound; never loop on it. */
 		log_err("relay: %s: cannot build the bounce; failures recorded without one",
@@ -1539,7 +1677,16 @@ conn_encrypt(struct oconn *c)
 			return true; /* after the send in flight */
 		if (n > room)
 			n = room;
-		if (relay_tls_write(t, p, n, err, sizeof(err)) < 0) {
+		int wr = 0, gerr = 0;
+		if (span) /* mapped bytes: wolfSSL reads them (see MAP_GUARD) */
+			MAP_GUARD(gerr, wr = relay_tls_write(t, p, n, err, sizeof(err)));
+		else
+			wr = relay_tls_write(t, p, n, err, sizeof(err));
+		if (gerr < 0) {
+			c->span_bad = true;
+			return false;
+		}
+		if (wr < 0) {
 			log_err("relay: TLS write to %s: %s", conn_name(c), err);
 			return false;
 		}
@@ -1664,6 +1811,67 @@ conn_window(const struct oconn *c)
 	return (ext & SMTPC_EXT_CHUNKING) ? RELAY_WINDOW : 2;
 }
 
+static void
+body_touch(const struct rmsg *m)
+{
+	volatile uint8_t x = 0;
+	for (uint64_t o = 0; o < m->body_len; o += 4096)
+		x ^= m->body[o];
+	if (m->body_len > 0)
+		x ^= m->body[m->body_len - 1];
+	(void)x;
+}
+
+/* Every page of the body can be read (one byte per page: the stride is the
+ * page size). 0 or -EIO. */
+static int
+body_check(const struct rmsg *m)
+{
+	int err;
+	MAP_GUARD(err, body_touch(m));
+	return err;
+}
+
+static void
+log_unreadable(const struct rmsg *m)
+{
+	m->seg->keep = true;
+	log_err("relay: %s: message UNREADABLE in w%u/%016" PRIx64 ".seg (record at offset %" PRIu64
+	        "): I/O error reading the spool; deferred, the segment is kept",
+	        m->qid, m->seg->wdir, m->seg->seq, m->off);
+}
+
+/* A job whose body cannot be read, before anything was sent for it. */
+static void
+job_unreadable(struct relay *r, struct rjob *j)
+{
+	struct rmsg *m = j->m;
+	char t[160];
+	log_unreadable(m);
+	int n = snprintf(t, sizeof(t),
+	                 "4.3.0 message unreadable in the spool (I/O error at offset %" PRIu64
+	                 " of w%u/%016" PRIx64 ".seg)",
+	                 m->off, m->seg->wdir, m->seg->seq);
+	j->attempts++;
+	for (uint32_t k = 0; k < j->n; k++)
+		if (j->rs[k] == RS_PENDING)
+			rcpt_temp(j, k, 451, t, (size_t)n < sizeof(t) ? (size_t)n : sizeof(t) - 1);
+	job_end_attempt(r, j);
+}
+
+/* The body went bad while it was being sent: the connection ends, its
+ * jobs are deferred (this one with the reason), the segment is kept. */
+static void
+body_unreadable(struct oconn *c, struct rjob *j)
+{
+	struct rmsg *m = j->m;
+	log_unreadable(m);
+	conn_fail(c,
+	          "4.3.0 message unreadable in the spool (I/O error at offset %" PRIu64
+	          " of w%u/%016" PRIx64 ".seg)",
+	          m->off, m->seg->wdir, m->seg->seq);
+}
+
 /* Hand the next jobs of the hop's queue to the client core. */
 static void
 conn_fill(struct oconn *c)
@@ -1675,6 +1883,10 @@ conn_fill(struct oconn *c)
 		struct rjob *j = h->qhead;
 		hop_dequeue(j);
 		struct rmsg *m = j->m;
+		if (body_check(m) < 0) {
+			job_unreadable(r, j);
+			continue;
+		}
 		if (j->trc == NULL) {
 			j->trc = xcalloc(j->n, sizeof(*j->trc) + sizeof(*j->tk));
 			j->tk = (uint32_t *)(j->trc + j->n);
@@ -1747,6 +1959,7 @@ conn_event(void *arg, const struct smtpc_event *ev)
 		c->want_tls = true; /* after the callback: the core must not be re-entered */
 		return;
 	case SMTPC_EV_BODY:
+		c->span_job = ev->tx->user;
 		c->span = ev->body;
 		c->span_len = ev->body_len;
 		c->span_off = 0;
@@ -1912,6 +2125,10 @@ relay_on_cqe(struct relay *r, struct io_uring_cqe *cqe)
 		if (c->st == C_CLOSING)
 			break;
 		if (res <= 0) {
+			if (c->span_bad && c->span_job != NULL) {
+				body_unreadable(c, c->span_job);
+				return;
+			}
 			if (res == 0 && (smtpc_status(&c->sc) & SMTPC_ST_IDLE) && c->nactive == 0) {
 				smtpc_abort(&c->sc,
 				            NULL); /* an idle connection the next hop closed */
@@ -1939,6 +2156,11 @@ relay_on_cqe(struct relay *r, struct io_uring_cqe *cqe)
 		c->send_inflight = false;
 		if (c->st == C_CLOSING)
 			break;
+		if (res == -EFAULT && !c->send_tls && c->span != NULL && c->span_job != NULL) {
+			/* The kernel could not read the span from the mapping. */
+			body_unreadable(c, c->span_job);
+			return;
+		}
 		if (res < 0) {
 			conn_fail(c, "4.4.2 lost connection with %s while sending: %s",
 			          conn_name(c), strerror(-res));
@@ -2179,6 +2401,7 @@ struct scan_ctx {
 	size_t n, cap;
 	uint64_t maplen;
 	const uint8_t *map;
+	uint64_t unusable; /* valid records whose envelope cannot be parsed */
 };
 
 static int
@@ -2186,8 +2409,12 @@ scan_rec_cb(void *arg, uint64_t off, const struct spool_hdr *h, const uint8_t *r
 {
 	struct scan_ctx *sc = arg;
 	struct spool_envelope env;
-	if (spool_env_parse(rec + SPOOL_HDR_SIZE, h->env_len, &env) < 0)
+	if (spool_env_parse(rec + SPOOL_HDR_SIZE, h->env_len, &env) < 0) {
+		log_err("relay: %s: malformed envelope at offset %" PRIu64 "; left in the spool",
+		        h->qid, off);
+		sc->unusable++;
 		return 0;
+	}
 	if (sc->n == sc->cap) {
 		sc->cap = sc->cap ? sc->cap * 2 : 256;
 		sc->v = realloc(sc->v, sc->cap * sizeof(*sc->v));
@@ -2239,7 +2466,48 @@ recover_seg(struct relay *r, unsigned wdir, uint64_t seq, uint64_t *msgs, uint64
 	 * its other records are still being read. */
 	struct scan_ctx sc = {.map = s->map, .maplen = s->maplen};
 	struct spool_scan res;
-	spool_seg_scan(s->map, s->maplen, scan_rec_cb, &sc, &res);
+	/* Scanned from a copy read with pread (recovery runs before the event
+	 * loop): a bad sector is then damage for its bytes, not a SIGBUS. The
+	 * messages are then read from the mapping, under map_guard. */
+	char spath[CONFIG_PATH_MAX + 64];
+	seg_path(r, s, "seg", spath, sizeof(spath));
+	uint64_t bad = 0, bad_off = 0;
+	uint8_t *copy = NULL;
+	int sfd = open(spath, O_RDONLY | O_CLOEXEC);
+	if (sfd >= 0) {
+		copy = spool_read_file(sfd, s->maplen, &bad, &bad_off);
+		close(sfd);
+	}
+	if (copy == NULL) {
+		log_err("relay: reading %s: %s; left for the next start", spath, strerror(errno));
+		s->keep = true;
+		s->closed = true;
+		return;
+	}
+	spool_seg_scan(copy, s->maplen, scan_rec_cb, NULL, &sc, &res);
+	free(copy);
+	if (bad > 0) {
+		log_err("relay: %s: %" PRIu64 " bytes unreadable (I/O error), the first at offset "
+		        "%" PRIu64 "; the segment is kept",
+		        spath, bad, bad_off);
+		s->keep = true;
+	}
+	/* Never deleted while any of its bytes was not read as a record:
+	 * a damaged range may hold acknowledged mail only a person can
+	 * recover (the spool set its bytes aside and logged it), and a
+	 * record that cannot be loaded is still mail. The records around
+	 * the damage are delivered as usual. */
+	if (res.damaged > 0 || res.end != SPOOL_SCAN_CLEAN || sc.unusable > 0) {
+		s->keep = true;
+		log_err("relay: w%u/%016" PRIx64 ".seg: %" PRIu64 " damaged range%s (%" PRIu64
+		        " bytes)%s%s, %" PRIu64 " unusable records: the segment is kept, never "
+		        "removed by ringmxd (see ringmx-spool verify); its %zu other records are "
+		        "delivered",
+		        wdir, seq, res.damaged, res.damaged == 1 ? "" : "s", res.damaged_bytes,
+		        res.end == SPOOL_SCAN_TORN ? ", an incomplete last record" : "",
+		        res.end == SPOOL_SCAN_DAMAGED ? " reaching the end" : "", sc.unusable,
+		        sc.n);
+	}
 
 	char path[CONFIG_PATH_MAX + 64];
 	seg_path(r, s, "jnl", path, sizeof(path));
@@ -2276,6 +2544,8 @@ recover_seg(struct relay *r, unsigned wdir, uint64_t seq, uint64_t *msgs, uint64
 				if (m->held)
 					(*held)++;
 				msg_start(r, m, sr->st.next_us);
+			} else {
+				s->keep = true; /* unfinished and unusable (logged) */
 			}
 		}
 		free(sr->st.done);
@@ -2370,6 +2640,7 @@ relay_open(struct relay **out, const struct config *cfg, const struct relay_env 
 	}
 	r->tls_mode = cfg->relay.tls;
 	snprintf(r->tls_ca, sizeof(r->tls_ca), "%s", cfg->relay.tls_ca_file);
+	map_guard_install();
 
 	uint64_t msgs = 0, held = 0, segs = 0;
 	recover_dir(r, env->worker, true, &msgs, &held, &segs);

@@ -111,6 +111,7 @@ tx_reset(struct smtp_session *s)
 	s->tx_utf8 = s->tx_bdat = s->tx_8bit = false;
 	s->tx_size_decl = 0;
 	s->tx_nrcpt = 0;
+	s->tx_env_rcpt = 0;
 	s->mail_from[0] = s->rcpt1[0] = '\0';
 	memset(&s->body, 0, sizeof s->body);
 }
@@ -719,6 +720,7 @@ smtp_cmd_mail(struct smtp_session *s, const struct smtp_cmdline *c)
 	s->tx_8bit = eightbit;
 	s->tx_size_decl = size;
 	s->tx_nrcpt = 0;
+	s->tx_env_rcpt = 0;
 	enter(s, SMTP_S_MAIL);
 	REPLY(s, "250 2.1.0 Ok");
 }
@@ -762,6 +764,16 @@ smtp_cmd_rcpt(struct smtp_session *s, const struct smtp_cmdline *c)
 		REJECT(s, "RCPT", "452 4.5.3 Error: too many recipients", path, plen);
 		return;
 	}
+	/* The sink could not store a larger envelope (the spool record's
+	 * bound): refused now, while the client can still send the rest
+	 * later, rather than acknowledged and unreadable after a restart. */
+	if (s->conf->envelope_limit != 0 &&
+	    SMTP_ENV_FIXED_MAX + s->tx_env_rcpt + SMTP_ENV_RCPT_COST + plen > s->conf->envelope_limit) {
+		s->stats->rcpt_limit++;
+		REJECT(s, "RCPT", "452 4.5.3 Error: envelope too large, too many recipients", path,
+		       plen);
+		return;
+	}
 	switch (smtp_addr_parse(path, plen, s->tx_utf8, &a)) {
 	case SMTP_ADDR_OK:
 		if (a.local_len == 0) /* <> is only a reverse-path */
@@ -794,6 +806,7 @@ smtp_cmd_rcpt(struct smtp_session *s, const struct smtp_cmdline *c)
 		s->rcpt1[plen] = '\0';
 	}
 	s->tx_nrcpt++;
+	s->tx_env_rcpt += SMTP_ENV_RCPT_COST + plen;
 	s->stats->rcpt_accepted++;
 	enter(s, SMTP_S_RCPT);
 	REPLY(s, "250 2.1.5 Ok");

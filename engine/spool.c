@@ -30,7 +30,9 @@
  *  Errors: a write or fsync error is final for its batch (451, or 452 for
  *  ENOSPC); the segment is abandoned, never written again, and every other
  *  batch on it that is not yet durable fails too. A new segment is opened
- *  for the next batch.
+ *  for the next batch. When nothing of the abandoned segment is in flight
+ *  any more, it is cut back to its last acknowledged record (durable_end),
+ *  so the records that got 451 are not delivered after a restart too.
  *
  * Pre-zeroed segments (durability = fsync)
  *  An fdatasync after writing into fallocated (unwritten) extents must also
@@ -79,10 +81,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fault.h"
 #include "log.h"
 #include "ringmx/config.h"
 #include "ringmx/smtp.h"
 #include "ringmx/spool_format.h"
+#include "ringmx/spool_read.h"
 
 /* Staging chunk: small enough that a 1 KiB message wastes little of
  * spool_memory, large enough that a 1 MiB batch is 256 iovecs. */
@@ -139,6 +143,7 @@ enum {
 	TAG_PREP_SYNC = 5,    /* fdatasync of the zeros */
 	TAG_PREP_DIRSYNC = 6, /* fsync of the directory (the new name) */
 	TAG_PREP_SFR = 7,     /* writeback start after a zero write; index: its slot */
+	TAG_VOID_SYNC = 8,    /* fdatasync of an abandoned segment cut back; index: slot */
 };
 
 struct chunk {
@@ -168,6 +173,9 @@ struct seg {
 	uint64_t size;     /* preallocated length */
 	uint64_t tail;     /* next record offset */
 	uint32_t refs;     /* batches not yet finished */
+	/* End of the last record whose batch became durable (got its 250s):
+	 * what an abandoned segment is cut back to when it is closed. */
+	uint64_t durable_end;
 	bool current;
 	bool abandoned;    /* a write or fsync failed: never written again */
 };
@@ -275,6 +283,12 @@ struct spool {
 	bool prep_blocked;   /* a preparation failed: none until the next rotation */
 	bool prep_err_logged; /* log one failure, not one per segment */
 	bool keep_dirfd;     /* an SQE on dirfd may still be in the kernel at close */
+
+	/* Abandoned segments cut back to their durable end, whose fdatasync
+	 * is in flight: the fd stays open until its CQE. fd -1: free. */
+	int void_fd[SPOOL_MAX_SEGS];
+	uint64_t void_seq[SPOOL_MAX_SEGS];
+	unsigned void_inflight;
 
 	struct spool_hooks hooks; /* the relay's (spool.h) */
 	uint64_t first_seq;  /* first segment of this run */
@@ -451,12 +465,80 @@ tx_deliver(struct spool *sp, struct sink_tx *tx, int res)
 
 /* ---- segments ---- */
 
-static void
+/* A new or removed file name is durable only once its directory is. 0 or
+ * -errno (logged). A caller that is about to acknowledge mail in a new file
+ * must fail on an error like on a data fsync error: the name may be gone
+ * after a crash, and every record in the file with it. */
+static int
 dir_sync(struct spool *sp)
 {
-	/* A new or removed file name is durable only once its directory is. */
-	if (fsync(sp->dirfd) < 0)
-		log_err("spool: fsync %s: %s", sp->dir, strerror(errno));
+	int r = fault_dirsync();
+	if (r == 0 && fsync(sp->dirfd) < 0)
+		r = -errno;
+	if (r < 0)
+		log_err("spool: fsync %s: %s", sp->dir, strerror(-r));
+	return r;
+}
+
+/* An abandoned segment is closed (no batch refers to it, so nothing of it
+ * is in the kernel): cut off everything after its last acknowledged
+ * record. The records there got 451 (or were never written whole): the
+ * client retries them, and a restart must not find and deliver them too.
+ * ftruncate changes only the inode, like the truncation of the unused
+ * tail in seg_close; the change is made durable through the ring. */
+static void
+seg_void_tail(struct spool *sp, struct seg *s)
+{
+	char name[32];
+	seg_name(name, sizeof(name), s->seq);
+	if (ftruncate(s->fd, (off_t)s->durable_end) < 0) {
+		log_err("spool: cutting %s/%s back to its acknowledged records (%" PRIu64
+			" bytes): %s; a restart may deliver the messages that got 451 "
+			"(duplicates)",
+			sp->dir, name, s->durable_end, strerror(errno));
+		close(s->fd);
+		return;
+	}
+	unsigned i = 0;
+	while (i < SPOOL_MAX_SEGS && sp->void_fd[i] >= 0)
+		i++;
+	if (i == SPOOL_MAX_SEGS) {
+		/* As many cut-backs syncing as there are segment slots: a
+		 * disk that no longer answers. Not waited for. */
+		log_err("spool: %s/%s cut back to %" PRIu64 " bytes, not synced (too many "
+			"syncs in flight); after a crash of the machine its messages that got "
+			"451 may be delivered (duplicates)",
+			sp->dir, name, s->durable_end);
+		close(s->fd);
+		return;
+	}
+	struct io_uring_sqe *sqe = sp->env.get_sqe(sp->env.ctx);
+	io_uring_prep_fsync(sqe, s->fd, IORING_FSYNC_DATASYNC);
+	io_uring_sqe_set_data64(sqe, sp->env.ud_base | (uint64_t)TAG_VOID_SYNC << 16 | i);
+	sp->void_fd[i] = s->fd;
+	sp->void_seq[i] = s->seq;
+	sp->void_inflight++;
+	log_warn("spool: %s/%s cut back to %" PRIu64 " bytes: its records after that got 451 "
+		 "and are not kept",
+		 sp->dir, name, s->durable_end);
+}
+
+static void
+on_void_sync(struct spool *sp, unsigned i, int res)
+{
+	char name[32];
+	assert(i < SPOOL_MAX_SEGS && sp->void_fd[i] >= 0 && sp->void_inflight > 0);
+	if (res >= 0)
+		res = fault_fsync();
+	if (res < 0) {
+		seg_name(name, sizeof(name), sp->void_seq[i]);
+		log_err("spool: fdatasync of %s/%s after cutting it back: %s; after a crash of the "
+			"machine its messages that got 451 may be delivered (duplicates)",
+			sp->dir, name, strerror(-res));
+	}
+	close(sp->void_fd[i]);
+	sp->void_fd[i] = -1;
+	sp->void_inflight--;
 }
 
 static void
@@ -466,16 +548,21 @@ seg_close(struct spool *sp, struct seg *s)
 	assert(s->fd >= 0 && s->refs == 0 && !s->current);
 	seg_name(name, sizeof(name), s->seq);
 	if (s->tail == 0 && !s->abandoned) {
-		/* Never used: do not leave a preallocated empty file behind. */
+		/* Never used: do not leave a preallocated empty file behind.
+		 * A failed directory fsync is only logged: should the name
+		 * survive a crash, recovery removes a file without records. */
 		close(s->fd);
 		if (unlinkat(sp->dirfd, name, 0) == 0)
-			dir_sync(sp);
+			(void)dir_sync(sp);
 	} else {
 		/* Give the unused preallocated space back. Not synced: if the
 		 * new size is lost, recovery finds zeros, which end a segment. */
-		if (!s->abandoned && s->tail < s->size && ftruncate(s->fd, (off_t)s->tail) < 0)
+		if (s->abandoned)
+			seg_void_tail(sp, s); /* closes the fd, maybe later */
+		else if (s->tail < s->size && ftruncate(s->fd, (off_t)s->tail) < 0)
 			log_warn("spool: truncate %s/%s: %s", sp->dir, name, strerror(errno));
-		close(s->fd);
+		if (!s->abandoned)
+			close(s->fd);
 		if (sp->hooks.seg_closed != NULL)
 			sp->hooks.seg_closed(sp->hooks.ctx, s->seq);
 	}
@@ -527,6 +614,7 @@ seg_install(struct spool *sp, int fd, uint64_t seq, uint64_t size, bool zeroed)
 	s->size = size;
 	s->tail = 0;
 	s->refs = 0;
+	s->durable_end = 0;
 	s->current = true;
 	s->abandoned = false;
 	sp->cur = s;
@@ -602,7 +690,15 @@ seg_create(struct spool *sp, uint64_t size, bool zero)
 			zero = false;
 		}
 	}
-	dir_sync(sp);
+	r = dir_sync(sp);
+	if (r < 0) {
+		/* The name may not survive a crash: nothing may be
+		 * acknowledged in this file. The caller refuses mail (451)
+		 * and tries again later, under the same number. */
+		close(fd);
+		unlinkat(sp->dirfd, name, 0);
+		return r;
+	}
 	seg_install(sp, fd, sp->next_seq++, size, zero);
 	return 0;
 }
@@ -829,6 +925,8 @@ prep_on_cqe(struct spool *sp, unsigned kind, unsigned idx, int res)
 	}
 	case TAG_PREP_DIRSYNC:
 		assert(p->state == P_DIRSYNC);
+		if (res >= 0)
+			res = fault_dirsync();
 		if (res < 0) {
 			prep_fail(sp, res, "fsync of the directory");
 			return;
@@ -865,7 +963,14 @@ prep_take(struct spool *sp)
 			return -1;
 		}
 		p->seq = sp->next_seq++;
-		dir_sync(sp);
+		int r = dir_sync(sp);
+		if (r < 0) {
+			/* The new name may not survive a crash: not used
+			 * (removed under its new name); the caller makes a
+			 * segment the old way, which fsyncs again. */
+			prep_fail(sp, r, "fsync of the directory after rename");
+			return -1;
+		}
 	}
 	int fd = p->fd;
 	p->fd = -1;
@@ -945,6 +1050,10 @@ batch_finish(struct spool *sp, struct batch *b, int res)
 	/* The relay hears of each durable record before its 250 goes out
 	 * and before the segment can be closed (seg_unref below). */
 	uint64_t off = b->off, seq = b->seg->seq;
+	/* Batches of a segment become durable in file order (one fsync at a
+	 * time covers all written ones; a failure abandons the segment). */
+	if (res == 0 && b->off + b->len > b->seg->durable_end)
+		b->seg->durable_end = b->off + b->len;
 	if (res == 0 && sp->hooks.durable != NULL)
 		for (struct sink_tx *t = tx; t != NULL; t = t->next) {
 			sp->hooks.durable(sp->hooks.ctx, seq, off, t->len);
@@ -1198,6 +1307,8 @@ on_fsync(struct spool *sp, int res)
 	/* From queueing to the CQE seen: the disk plus io-wq scheduling. */
 	sp->env.stats->spool_fsync_us += (mono_ns() - sp->fsync_start) / 1000u;
 	int err = 0;
+	if (res >= 0)
+		res = fault_fsync();
 	if (res < 0) {
 		/* Final (fsyncgate): never retried, the kernel may already
 		 * have marked the failed pages clean. Abandon the segment
@@ -1234,6 +1345,8 @@ spool_on_cqe(struct spool *sp, struct io_uring_cqe *cqe)
 		on_fsync(sp, cqe->res);
 	} else if (kind >= TAG_PREP_ALLOC && kind <= TAG_PREP_SFR) {
 		prep_on_cqe(sp, kind, idx, cqe->res);
+	} else if (kind == TAG_VOID_SYNC) {
+		on_void_sync(sp, idx, cqe->res);
 	} else {
 		panic("spool: unknown CQE tag %#x", tag);
 	}
@@ -1274,7 +1387,7 @@ int
 spool_idle(const struct spool *sp)
 {
 	return sp->q_head == NULL && sp->b_count == 0 && !sp->write_inflight &&
-	       !sp->fsync_inflight;
+	       !sp->fsync_inflight && sp->void_inflight == 0;
 }
 
 /* ---- the sink interface ---- */
@@ -1333,6 +1446,13 @@ s_open(void *self, struct sink_waiter *owner, const struct sink_open_info *info,
 	params[8] = (uint8_t)((info->utf8 ? SPOOL_MAIL_SMTPUTF8 : 0) |
 			      (info->eightbit ? SPOOL_MAIL_8BITMIME : 0) |
 			      (info->esmtp ? SPOOL_MAIL_ESMTP : 0));
+	/* The session reserves SMTP_ENV_FIXED_MAX of smtp_conf.envelope_limit
+	 * for these TLVs, and counts the recipients itself. */
+	static_assert(5 * SPOOL_TLV_HDR + sizeof(peer->addr_text) + 2 + SMTP_DOMAIN_MAX +
+			      SMTP_PATH_MAX + SPOOL_MAIL_PARAMS_LEN <=
+			  SMTP_ENV_FIXED_MAX,
+		      "the fixed envelope TLVs fit the session's reserve");
+	static_assert(SMTP_ENV_RCPT_COST == SPOOL_TLV_HDR, "a recipient costs its TLV header");
 	int r = stage(sp, tx, NULL, SPOOL_HDR_SIZE); /* header, filled at commit */
 	if (r == 0)
 		r = stage_tlv(sp, tx, SPOOL_TLV_CLIENT_ADDR, addr, strlen(addr));
@@ -1515,6 +1635,98 @@ cmp_u64(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
+/* Copy [off, off + len) of the segment fd into
+ * spool_dir/damaged/w<N>-<seq>-<off>.bin (via a .tmp file, fsynced, renamed),
+ * where an operator finds it (ringmx-spool verify names it). Read with
+ * pread, so an unreadable sector is an error here, not a signal. A copy
+ * made by an earlier start is kept. 0 or -errno (the caller logs). */
+static int
+damaged_copy(const struct spool *sp, int fd, uint64_t seq, uint64_t off, uint64_t len,
+	     char *path, size_t pathlen)
+{
+	char dir[CONFIG_PATH_MAX + 16], tmp[CONFIG_PATH_MAX + 96];
+	snprintf(dir, sizeof(dir), "%s/" SPOOL_DAMAGED_DIR, sp->cfg->spool_dir);
+	snprintf(path, pathlen, "%s/w%u-%016" PRIx64 "-%016" PRIx64 ".bin", dir, sp->worker, seq,
+		 off);
+	struct stat st;
+	if (stat(path, &st) == 0)
+		return 0;
+	int r = spool_mkdir_p(dir);
+	if (r < 0)
+		return r;
+	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+	int out = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (out < 0)
+		return -errno;
+	static uint8_t buf[1u << 16];
+	for (uint64_t done = 0; done < len && r == 0;) {
+		size_t n = len - done < sizeof(buf) ? (size_t)(len - done) : sizeof(buf);
+		ssize_t got = pread(fd, buf, n, (off_t)(off + done));
+		if (got < 0 && errno == EINTR)
+			continue;
+		if (got <= 0) {
+			/* An unreadable part: zeros in the copy, which the
+			 * operator is told about (the log names the error). */
+			r = got < 0 ? -errno : -EIO;
+			memset(buf, 0, n);
+			got = (ssize_t)n;
+		}
+		for (size_t w = 0; w < (size_t)got;) {
+			ssize_t k = pwrite(out, buf + w, (size_t)got - w, (off_t)(done + w));
+			if (k < 0 && errno == EINTR)
+				continue;
+			if (k <= 0)
+				return close(out), unlink(tmp), k < 0 ? -errno : -EIO;
+			w += (size_t)k;
+		}
+		done += (uint64_t)got;
+		if (r < 0) {
+			log_err("spool: recovery: reading damaged bytes at %" PRIu64 " of %s/%016" PRIx64
+				".seg: %s; zeros in their copy",
+				off + done - (uint64_t)got, sp->dir, seq, strerror(-r));
+			r = 0;
+		}
+	}
+	if (fsync(out) < 0 || close(out) < 0) {
+		r = -errno;
+		unlink(tmp);
+		return r;
+	}
+	if (rename(tmp, path) < 0) {
+		r = -errno;
+		unlink(tmp);
+		return r;
+	}
+	int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dfd >= 0) {
+		(void)fsync(dfd); /* the segment keeps the bytes anyway */
+		close(dfd);
+	}
+	return 0;
+}
+
+struct recover_dmg {
+	struct spool *sp;
+	int fd;
+	uint64_t seq;
+};
+
+/* A damaged range: set its bytes aside and say so, loudly. The segment
+ * itself is left as it is and never removed by ringmxd (relay.c). */
+static void
+recover_on_damage(void *arg, uint64_t off, uint64_t len)
+{
+	struct recover_dmg *d = arg;
+	char path[CONFIG_PATH_MAX + 96];
+	int r = damaged_copy(d->sp, d->fd, d->seq, off, len, path, sizeof(path));
+	log_err("spool: recovery: %s/%016" PRIx64 ".seg: DAMAGED at offset %" PRIu64 ": %" PRIu64
+		" bytes are not a valid record (a disk or a person changed them); %s %s; the "
+		"records after them are recovered, the segment is kept (inspect with "
+		"ringmx-spool verify)",
+		d->sp->dir, d->seq, off, len, r < 0 ? "could not copy them:" : "copied to",
+		r < 0 ? strerror(-r) : path);
+}
+
 /* Verify one segment; truncate a torn tail or the unused preallocation. */
 static void
 recover_seg(struct spool *sp, uint64_t seq, uint64_t *msgs, uint64_t *bytes)
@@ -1532,33 +1744,61 @@ recover_seg(struct spool *sp, uint64_t seq, uint64_t *msgs, uint64_t *bytes)
 	if (st.st_size == 0) {
 		close(fd);
 		if (unlinkat(sp->dirfd, name, 0) == 0)
-			dir_sync(sp);
+			(void)dir_sync(sp); /* a removal: logged, see seg_close */
 		log_info("spool: recovery: %s/%s: empty, removed", sp->dir, name);
 		return;
 	}
-	const uint8_t *map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
-	if (map == MAP_FAILED) {
-		log_err("spool: recovery: mmap %s/%s: %s", sp->dir, name, strerror(errno));
+	/* Read, not mapped: an unreadable sector is then an error for its
+	 * bytes (they read as SPOOL_READ_POISON, so the records around them
+	 * survive and they show as damage), not a SIGBUS at every start. */
+	uint64_t bad, bad_off;
+	uint8_t *map = spool_read_file(fd, (uint64_t)st.st_size, &bad, &bad_off);
+	if (map == NULL) {
+		log_err("spool: recovery: reading %s/%s: %s", sp->dir, name, strerror(errno));
 		close(fd);
 		return;
 	}
+	if (bad > 0)
+		log_err("spool: recovery: %s/%s: %" PRIu64 " bytes UNREADABLE (I/O error), the "
+			"first at offset %" PRIu64 "; the records there are damage",
+			sp->dir, name, bad, bad_off);
 	struct spool_scan sc;
-	spool_seg_scan(map, (uint64_t)st.st_size, NULL, NULL, &sc);
-	munmap((void *)map, (size_t)st.st_size);
-	if (sc.end == SPOOL_SCAN_CLEAN && sc.records == 0) {
+	struct recover_dmg dm = {sp, fd, seq};
+	spool_seg_scan(map, (uint64_t)st.st_size, NULL, recover_on_damage, &dm, &sc);
+	free(map);
+	if (bad > 0 && sc.end == SPOOL_SCAN_TORN) {
+		/* Unreadable bytes in the last record look like a torn tail;
+		 * this one may have been acknowledged: never cut it off. */
+		sc.end = SPOOL_SCAN_DAMAGED;
+		sc.damaged++;
+		sc.damaged_bytes += (uint64_t)st.st_size - sc.valid_end;
+		if (sc.damaged == 1)
+			sc.first_damage = sc.valid_end;
+		recover_on_damage(&dm, sc.valid_end, (uint64_t)st.st_size - sc.valid_end);
+		sc.valid_end = (uint64_t)st.st_size;
+	}
+	if (sc.end == SPOOL_SCAN_CLEAN && sc.records == 0 && sc.damaged == 0) {
 		/* Only zeros: a segment zero-filled ahead of need and never
 		 * used, or one whose zero-filling a crash cut short (its
 		 * fallocated blocks read as zeros too). Nothing to keep. */
 		close(fd);
 		if (unlinkat(sp->dirfd, name, 0) == 0)
-			dir_sync(sp);
+			(void)dir_sync(sp); /* a removal: logged, see seg_close */
 		log_info("spool: recovery: %s/%s: no records, removed", sp->dir, name);
 		return;
 	}
 	*msgs += sc.records;
 	*bytes += sc.bytes;
+	if (sc.damaged > 0)
+		log_err("spool: recovery: %s/%s: %" PRIu64 " DAMAGED range%s, %" PRIu64 " bytes, the "
+			"first at offset %" PRIu64 "; recovered %" PRIu64 " messages, %" PRIu64
+			" bytes around them",
+			sp->dir, name, sc.damaged, sc.damaged == 1 ? "" : "s", sc.damaged_bytes,
+			sc.first_damage, sc.records, sc.bytes);
 	switch (sc.end) {
 	case SPOOL_SCAN_CLEAN:
+		/* valid_end is after the last record or damaged range: only
+		 * zeros are cut off. */
 		if (sc.valid_end < (uint64_t)st.st_size && ftruncate(fd, (off_t)sc.valid_end) < 0)
 			log_warn("spool: recovery: truncate %s/%s: %s", sp->dir, name,
 				 strerror(errno));
@@ -1575,17 +1815,13 @@ recover_seg(struct spool *sp, uint64_t seq, uint64_t *msgs, uint64_t *bytes)
 			 sp->dir, name, sc.records, sc.bytes, sc.valid_end);
 		break;
 	case SPOOL_SCAN_DAMAGED:
-		log_err("spool: recovery: %s/%s: DAMAGED at offset %" PRIu64 ": invalid record "
-			"followed by other data; recovered %" PRIu64 " messages, %" PRIu64
-			" bytes before it; the rest of the file is left untouched and not read "
-			"(inspect with ringmx-spool verify)",
-			sp->dir, name, sc.valid_end, sc.records, sc.bytes);
+		/* Damaged to the end (logged above): nothing is cut off. */
 		break;
 	}
 	close(fd);
-	if (sc.end != SPOOL_SCAN_DAMAGED && sc.valid_end == 0 && sc.records == 0) {
+	if (sc.damaged == 0 && sc.valid_end == 0 && sc.records == 0) {
 		if (unlinkat(sp->dirfd, name, 0) == 0)
-			dir_sync(sp);
+			(void)dir_sync(sp); /* a removal: logged, see seg_close */
 	}
 }
 
@@ -1669,7 +1905,7 @@ spool_open(struct spool **out, const struct config *cfg, const struct spool_env 
 	sp->memory_cap = cfg->spool_memory;
 	sp->durable = cfg->durability == SPOOL_DURABILITY_FSYNC;
 	for (unsigned i = 0; i < SPOOL_MAX_SEGS; i++)
-		sp->segs[i].fd = -1;
+		sp->segs[i].fd = sp->void_fd[i] = -1;
 	sp->prep.fd = -1;
 
 	sp->maxblocks = (size_t)(sp->memory_cap / SPOOL_BLOCK_SIZE) + 1;
@@ -1706,11 +1942,18 @@ spool_open(struct spool **out, const struct config *cfg, const struct spool_env 
 		spool_free(sp);
 		return r;
 	}
-	/* The worker directory itself must survive a crash. */
+	/* The worker directory itself must survive a crash, or every
+	 * segment in it could vanish with it: an error stops start-up. */
 	int pfd = open(cfg->spool_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (pfd >= 0) {
-		fsync(pfd);
+	r = pfd < 0 ? -errno : fault_dirsync();
+	if (r == 0 && fsync(pfd) < 0)
+		r = -errno;
+	if (pfd >= 0)
 		close(pfd);
+	if (r < 0) {
+		snprintf(err, errlen, "spool: fsync %s: %s", cfg->spool_dir, strerror(-r));
+		spool_free(sp);
+		return r;
 	}
 	r = recover(sp, err, errlen);
 	if (r < 0) {

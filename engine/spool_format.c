@@ -302,10 +302,35 @@ spool_env_parse(const uint8_t *p, size_t len, struct spool_envelope *out)
 
 /* ---- segments ---- */
 
+/* Does the header at p (SPOOL_HDR_SIZE readable bytes) look valid, CRC
+ * aside? */
+static bool
+hdr_plausible(const struct spool_hdr *h)
+{
+	return h->magic == SPOOL_REC_MAGIC && h->version == SPOOL_REC_VERSION &&
+	       h->env_len <= SPOOL_ENV_MAX && h->msg_len <= SPOOL_MSG_MAX &&
+	       h->rec_len == spool_rec_len(h->env_len, h->msg_len);
+}
+
+/* The first 8-aligned offset in [from, end) holding a valid record, or end. */
+static uint64_t
+resync(const uint8_t *map, uint64_t size, uint64_t from, uint64_t end)
+{
+	struct spool_hdr h;
+	for (uint64_t o = from; o < end; o += SPOOL_REC_ALIGN) {
+		/* The magic first: the CRC only runs where a record may start. */
+		if (size - o < SPOOL_HDR_SIZE || le_get32(map + o) != SPOOL_REC_MAGIC)
+			continue;
+		if (spool_rec_check(map + o, size - o, &h) == SPOOL_REC_OK)
+			return o;
+	}
+	return end;
+}
+
 void
 spool_seg_scan(const uint8_t *map, uint64_t size,
 	       int (*fn)(void *arg, uint64_t off, const struct spool_hdr *h, const uint8_t *rec),
-	       void *arg, struct spool_scan *out)
+	       spool_dmg_fn dmg, void *arg, struct spool_scan *out)
 {
 	uint64_t off = 0;
 	struct spool_hdr h;
@@ -326,30 +351,49 @@ spool_seg_scan(const uint8_t *map, uint64_t size,
 			}
 			continue;
 		}
-		out->valid_end = off;
-		if (st == SPOOL_REC_END) {
-			/* A zero header: the rest must be zero too, else a
-			 * record in the middle was destroyed. */
-			out->end = all_zero(map + off, size - off) ? SPOOL_SCAN_CLEAN
-								  : SPOOL_SCAN_DAMAGED;
-			return;
-		}
-		/* Where does the data end? Only one record may have been cut
-		 * short: writes within a segment are issued one at a time, so
-		 * a crash leaves at most one partial write, and a buffered
-		 * write fills its range front to back. */
+		/* Where does the data end? */
 		uint64_t z = size;
 		while (z > off && map[z - 1] == 0)
 			z--;
-		bool hdr_ok = size - off >= SPOOL_HDR_SIZE && h.magic == SPOOL_REC_MAGIC &&
-			      h.version == SPOOL_REC_VERSION && h.env_len <= SPOOL_ENV_MAX &&
-			      h.msg_len <= SPOOL_MSG_MAX &&
-			      h.rec_len == spool_rec_len(h.env_len, h.msg_len);
-		if (z - off < SPOOL_HDR_SIZE || (hdr_ok && z - off <= h.rec_len))
+		out->valid_end = off;
+		if (z == off) {
+			out->end = SPOOL_SCAN_CLEAN; /* zeros or EOF */
+			return;
+		}
+		bool hdr_ok = st != SPOOL_REC_END && size - off >= SPOOL_HDR_SIZE && hdr_plausible(&h);
+		/* Only one record may have been cut short: writes within a
+		 * segment are issued one at a time, so a crash leaves at most
+		 * one partial write, and a buffered write fills its range
+		 * front to back. */
+		if (z - off < SPOOL_HDR_SIZE || (hdr_ok && z - off <= h.rec_len)) {
 			out->end = SPOOL_SCAN_TORN;
-		else
+			return;
+		}
+		/* Damage, with more data after it. */
+		uint64_t next;
+		if (hdr_ok) {
+			/* The header holds (its rec_len ends before the data
+			 * does): the CRC failed on this record only. */
+			next = off + h.rec_len;
+		} else {
+			uint64_t lim = (z + SPOOL_REC_ALIGN - 1) & ~(uint64_t)(SPOOL_REC_ALIGN - 1);
+			next = resync(map, size, off + SPOOL_REC_ALIGN, lim < size ? lim : size);
+		}
+		if (out->damaged++ == 0)
+			out->first_damage = off;
+		if (next >= z) {
+			/* Nothing valid after it: damaged to the end. */
+			out->damaged_bytes += z - off;
+			if (dmg != NULL)
+				dmg(arg, off, z - off);
 			out->end = SPOOL_SCAN_DAMAGED;
-		return;
+			out->valid_end = size;
+			return;
+		}
+		out->damaged_bytes += next - off;
+		if (dmg != NULL)
+			dmg(arg, off, next - off);
+		off = next;
 	}
 }
 

@@ -23,7 +23,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -31,6 +30,7 @@
 #include "ringmx/config.h"
 #include "ringmx/journal_format.h"
 #include "ringmx/spool_format.h"
+#include "ringmx/spool_read.h"
 
 #define DEFAULT_SPOOL_DIR "/var/spool/ringmx"
 /* Bounds: worker directories and segment files this tool will look at. */
@@ -141,7 +141,29 @@ struct scan_ctx {
 	rec_fn fn;
 	void *arg;
 	struct walk *w;
+	const char *spool; /* verify: print the damaged ranges; else NULL */
 };
+
+/* verify: one line per damaged range, naming the copy ringmxd made of its
+ * bytes at start-up (SPOOL_DIR/damaged/, see docs/spool.md). */
+static void
+on_damage(void *arg, uint64_t off, uint64_t len)
+{
+	struct scan_ctx *c = arg;
+	char copy[CONFIG_PATH_MAX + 96];
+	struct stat st;
+	if (c->spool == NULL)
+		return;
+	snprintf(copy, sizeof(copy), "%s/" SPOOL_DAMAGED_DIR "/w%u-%016" PRIx64 "-%016" PRIx64 ".bin",
+		 c->spool, c->seg->worker, c->seg->seq, off);
+	bool have = stat(copy, &st) == 0;
+	printf("DAMAGED %s: bytes %" PRIu64 "..%" PRIu64 " (%" PRIu64
+	       " bytes) are not a valid record; %s%s\n",
+	       c->seg->path, off, off + len, len,
+	       have ? "their copy: " : "not set aside yet (ringmxd copies them to " SPOOL_DAMAGED_DIR
+				       "/ when it starts)",
+	       have ? copy : "");
+}
 
 static int
 on_record(void *arg, uint64_t off, const struct spool_hdr *h, const uint8_t *p)
@@ -161,9 +183,11 @@ on_record(void *arg, uint64_t off, const struct spool_hdr *h, const uint8_t *p)
 	return 0;
 }
 
-/* Map one segment and scan it. Returns its scan result in sc. */
+/* Map one segment and scan it. Returns its scan result in sc. spool: print
+ * the damaged ranges (verify). */
 static int
-scan_file(const struct seginfo *si, rec_fn fn, void *arg, struct walk *w, struct spool_scan *sc)
+scan_file(const struct seginfo *si, rec_fn fn, void *arg, struct walk *w, struct spool_scan *sc,
+	  const char *spool)
 {
 	int fd = open(si->path, O_RDONLY | O_CLOEXEC);
 	struct stat st;
@@ -178,13 +202,24 @@ scan_file(const struct seginfo *si, rec_fn fn, void *arg, struct walk *w, struct
 		close(fd);
 		return 0;
 	}
-	const uint8_t *map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+	/* Read, not mapped: an unreadable sector (or the file cut short
+	 * while ringmxd runs) is then an error for its bytes, not a SIGBUS. */
+	uint64_t bad, bad_off;
+	uint8_t *map = spool_read_file(fd, (uint64_t)st.st_size, &bad, &bad_off);
+	int err = errno;
 	close(fd);
-	if (map == MAP_FAILED)
+	if (map == NULL) {
+		errno = err;
 		return -1;
-	struct scan_ctx c = {si, fn, arg, w};
-	spool_seg_scan(map, (uint64_t)st.st_size, on_record, &c, sc);
-	munmap((void *)map, (size_t)st.st_size);
+	}
+	if (bad > 0) {
+		fprintf(stderr, "%s: %s: %" PRIu64 " bytes UNREADABLE (I/O error), the first at offset "
+			"%" PRIu64 "\n", prog, si->path, bad, bad_off);
+		w->damaged++;
+	}
+	struct scan_ctx c = {si, fn, arg, w, spool};
+	spool_seg_scan(map, (uint64_t)st.st_size, on_record, on_damage, &c, sc);
+	free(map);
 	return 0;
 }
 
@@ -209,7 +244,7 @@ walk(const char *dir, rec_fn fn, void *arg, struct walk *w, bool verify)
 			struct spool_scan sc;
 			struct walk tmp = {0};
 			snprintf(si.path, sizeof(si.path), "%s/%016" PRIx64 ".seg", wdir, seqs[j]);
-			if (scan_file(&si, NULL, NULL, &tmp, &sc) == 0 &&
+			if (scan_file(&si, NULL, NULL, &tmp, &sc, NULL) == 0 &&
 			    (sc.records > 0 || sc.end != SPOOL_SCAN_CLEAN)) {
 				last = j;
 				break;
@@ -219,7 +254,7 @@ walk(const char *dir, rec_fn fn, void *arg, struct walk *w, bool verify)
 			struct seginfo si = {workers[i], seqs[j], "", j >= last};
 			struct spool_scan sc;
 			snprintf(si.path, sizeof(si.path), "%s/%016" PRIx64 ".seg", wdir, seqs[j]);
-			if (scan_file(&si, fn, arg, w, &sc) < 0) {
+			if (scan_file(&si, fn, arg, w, &sc, verify ? dir : NULL) < 0) {
 				fprintf(stderr, "%s: %s: %s\n", prog, si.path, strerror(errno));
 				w->damaged++;
 				continue;
@@ -227,15 +262,23 @@ walk(const char *dir, rec_fn fn, void *arg, struct walk *w, bool verify)
 			w->segments++;
 			w->records += sc.records;
 			w->bytes += sc.bytes;
-			if (sc.end == SPOOL_SCAN_DAMAGED ||
-			    (sc.end == SPOOL_SCAN_TORN && !si.last_with_data)) {
+			if (sc.damaged > 0) {
+				w->damaged++;
+				if (verify)
+					printf("DAMAGED %s: %" PRIu64 " records ok, %" PRIu64
+					       " damaged range%s (%" PRIu64 " bytes), the first at offset "
+					       "%" PRIu64 "\n",
+					       si.path, sc.records, sc.damaged, sc.damaged == 1 ? "" : "s",
+					       sc.damaged_bytes, sc.first_damage);
+			}
+			if (sc.end == SPOOL_SCAN_TORN && !si.last_with_data) {
 				w->damaged++;
 				if (verify)
 					printf("DAMAGED %s: %" PRIu64 " records ok, invalid record at "
-					       "offset %" PRIu64 "%s\n",
-					       si.path, sc.records, sc.valid_end,
-					       sc.end == SPOOL_SCAN_TORN ? " (torn, but not the last segment)"
-									 : " followed by other data");
+					       "offset %" PRIu64 " (torn, but not the last segment)\n",
+					       si.path, sc.records, sc.valid_end);
+			} else if (sc.damaged > 0) {
+				/* said above */
 			} else if (sc.end == SPOOL_SCAN_TORN) {
 				w->torn++;
 				if (verify)

@@ -56,6 +56,12 @@
  * plus the 421 that may follow it (error/junk limit, shutdown). */
 #define SMTP_OUT_MIN (2 * SMTP_REPLY_MAX)
 #define SMTP_HOSTNAME_MAX 255
+/* Envelope accounting against smtp_conf.envelope_limit: what one recipient
+ * costs besides its bytes (the spool's TLV header), and an upper bound for
+ * everything else the sink stores with the envelope (client address, port,
+ * HELO, sender, MAIL parameters; the spool checks its own encoding fits). */
+#define SMTP_ENV_RCPT_COST 4
+#define SMTP_ENV_FIXED_MAX 2048
 
 enum smtp_bare_newline {
 	SMTP_BARE_NEWLINE_NORMALIZE = 0, /* bare LF in message content becomes CRLF */
@@ -74,6 +80,13 @@ struct smtp_conf {
 	size_t ndomains;
 	uint64_t message_size_limit; /* octets after dot-unstuffing; advertised in SIZE */
 	unsigned recipient_limit;    /* RCPTs per transaction; 452 4.5.3 past it */
+	/* Envelope bytes the sink can store for one transaction, 0 = no
+	 * limit. The spool's record format bounds the envelope
+	 * (SPOOL_ENV_MAX): a recipient that would take it past this gets
+	 * 452 4.5.3, so nothing acknowledged is unreadable later. Each
+	 * recipient counts SMTP_ENV_RCPT_COST + its length, on top of
+	 * SMTP_ENV_FIXED_MAX. */
+	uint64_t envelope_limit;
 	unsigned error_limit;        /* error replies per session before 421 */
 	unsigned junk_limit;         /* NOOP/RSET/VRFY/EXPN/HELP per session before 421 */
 	enum smtp_bare_newline bare_newline;
@@ -199,6 +212,7 @@ struct smtp_session {
 	bool tx_8bit;          /* MAIL ... BODY=8BITMIME */
 	uint64_t tx_size_decl; /* MAIL ... SIZE= */
 	uint32_t tx_nrcpt;     /* accepted recipients */
+	uint64_t tx_env_rcpt;  /* envelope bytes of the accepted recipients */
 	uint64_t bdat_left;    /* octets of the current chunk still to read */
 	uint64_t bdat_count;   /* size of the current chunk, for its reply */
 	bool bdat_last;        /* current chunk is the LAST one */

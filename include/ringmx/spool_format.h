@@ -35,9 +35,10 @@
 #define SPOOL_REC_ALIGN   8
 #define SPOOL_QID_FIELD   16 /* queue id, NUL padded */
 #define SPOOL_CRC_OFF     16 /* byte offset of the crc32c field */
-/* Largest envelope accepted by readers (recipient_limit 1000000 would not
- * fit; ringmxd's own bound is 1000 x ~260 bytes). A record claiming more is
- * damage, not a reason to read gigabytes. */
+/* Largest envelope accepted by readers. A record claiming more is damage,
+ * not a reason to read gigabytes. recipient_limit alone would allow more
+ * (1000000 x 256 bytes): ringmxd refuses the RCPT that would go past this
+ * with 452 4.5.3 (smtp_conf.envelope_limit), so it never writes one. */
 #define SPOOL_ENV_MAX (64u << 20)
 /* Largest message a reader believes (message_size_limit's ceiling is 1 TiB,
  * but a record must also fit the segment, which is checked separately). */
@@ -154,30 +155,55 @@ int spool_env_parse(const uint8_t *p, size_t len, struct spool_envelope *out);
 
 /* ---- segments ---- */
 
+/* How a segment's data ends (damage in the middle is counted separately,
+ * in spool_scan.damaged). */
 enum spool_scan_end {
-	SPOOL_SCAN_CLEAN = 0, /* records, then zeros or EOF */
+	SPOOL_SCAN_CLEAN = 0, /* records (or damaged ranges), then zeros or EOF */
 	SPOOL_SCAN_TORN,      /* an incomplete last record, then only zeros/EOF */
-	SPOOL_SCAN_DAMAGED,   /* an invalid record followed by other data */
+	SPOOL_SCAN_DAMAGED,   /* damage running to the end: no valid record after it */
 };
 
 struct spool_scan {
 	enum spool_scan_end end;
-	uint64_t valid_end; /* offset after the last good record = first bad offset */
+	/* TORN: where the incomplete record starts (truncate there). CLEAN:
+	 * after the last record or damaged range (only zeros follow).
+	 * DAMAGED: the end of the data (nothing may be cut off). */
+	uint64_t valid_end;
 	uint64_t records;
-	uint64_t bytes;     /* sum of rec_len of the good records */
+	uint64_t bytes;         /* sum of rec_len of the good records */
+	uint64_t damaged;       /* damaged ranges (the last may run to the end) */
+	uint64_t damaged_bytes; /* their length */
+	uint64_t first_damage;  /* offset of the first damaged range, if any */
 };
 
-/* Walk a segment's bytes (e.g. an mmap of the file), calling fn for every
- * valid record until the first invalid one or the end. fn may stop the scan
- * by returning non-zero (then end is CLEAN and valid_end is after that
- * record). A torn tail is told from damage like this: after the first
- * invalid record at offset off, find the last non-zero byte Z of the file;
- * the tail is torn if [off, Z) could be a prefix of one record (shorter
- * than a header, or no longer than the length its header claims). */
+/* Called for every damaged range [off, off + len) of a segment. */
+typedef void (*spool_dmg_fn)(void *arg, uint64_t off, uint64_t len);
+
+/* Walk a segment's bytes (e.g. a copy of the file), calling fn for every
+ * valid record and dmg (may be NULL) for every damaged range, in file
+ * order. fn may stop the scan by returning non-zero (then end is CLEAN and
+ * valid_end is after that record).
+ *
+ * At an offset off that holds no valid record:
+ *  - torn tail: let Z be the offset after the last non-zero byte; if
+ *    [off, Z) could be a prefix of one record (shorter than a header, or
+ *    no longer than the length its valid-looking header claims), the
+ *    record was cut short by a crash: end TORN, valid_end = off;
+ *  - damage: otherwise. The scan resynchronises: if the header at off
+ *    looks valid (magic, version, lengths) and only the CRC fails, the
+ *    damaged range is that record's rec_len bytes; else it runs to the
+ *    next 8-aligned offset that holds a valid record (magic, version,
+ *    lengths and CRC), or to Z (end DAMAGED). The walk goes on there.
+ * Bytes inside a record whose header looks valid are never searched for
+ * records: a message may contain anything, even a valid record. */
 void spool_seg_scan(const uint8_t *map, uint64_t size,
 		    int (*fn)(void *arg, uint64_t off, const struct spool_hdr *h,
 			      const uint8_t *rec),
-		    void *arg, struct spool_scan *out);
+		    spool_dmg_fn dmg, void *arg, struct spool_scan *out);
+
+/* Where ringmxd sets the bytes of damaged ranges aside at recovery:
+ * SPOOL_DIR/damaged/w<N>-<seq 16 hex>-<offset 16 hex>.bin. */
+#define SPOOL_DAMAGED_DIR "damaged"
 
 /* "w<N>/<seq 16 hex>.seg": parse the file name part. 0 or -1. */
 int spool_seg_name_parse(const char *name, uint64_t *seq);

@@ -209,7 +209,7 @@ def _():
         shutil.rmtree(d)
 
 
-@T.test("damage in the middle: verify fails, ringmxd logs it, starts, and never hands it on")
+@T.test("damage in the middle: verify fails, ringmxd logs it, starts, never hands it on, reads on")
 def _():
     d, spool = tmp_spool()
     try:
@@ -226,6 +226,8 @@ def _():
         check(v.returncode == 1 and b"DAMAGED" in v.stdout, "verify: %r" % v.stdout)
         check(tool(spool, "cat", ids[1], ok=False).returncode == 1, "damaged record handed on")
         check_message(spool, ids[0], body(0))
+        # The record after the damaged one is found again (issue 11).
+        check_message(spool, ids[2], body(2))
         with SpoolServer(spool, workers=1) as srv:
             srv.wait_log(r"DAMAGED at offset %d" % second)
             send(srv, [("b@sender.test", body(7))])
@@ -438,6 +440,65 @@ def _():
                 srv.tmpdir.cleanup()
     finally:
         shutil.rmtree(d)
+
+
+@T.test("an envelope the record cannot hold: 452 4.5.3 at RCPT, the message stays readable")
+def _():
+    # recipient_limit allows 1000000 recipients of up to 256 bytes, far more
+    # than a record's envelope may hold (SPOOL_ENV_MAX, 64 MiB). Recipients
+    # of 255 bytes (4 more each in the envelope) under a subdomain that is
+    # accepted: about 259000 fit, the next one must get 452 4.5.3 at RCPT.
+    d = tempfile.mkdtemp(prefix="ringmx-envmax-")
+    spool = os.path.join(d, "spool")
+    dom = ".".join(["d" * 62] * 3) + ".example.test"
+    args = ["-o", "sink=spool", "-o", "spool_dir=" + spool, "-o", "recipient_limit=1000000",
+            "-o", "error_limit=1000000", "-o", "domains=example.test,." + "example.test",
+            "-o", "durability=none"]
+    env_max = 64 << 20
+    try:
+        with Server(args=args, workers=1) as srv:
+            with srv.client() as c:
+                c.ehlo()
+                c.cmd("MAIL FROM:<a@sender.test>").expect(250, "2.1.0")
+                n = 0
+                cost = 0
+                refused = None
+                batch = 20000
+                while refused is None and n < 400000:
+                    lines = []
+                    for i in range(n, n + batch):
+                        local = ("r%07d" % i) + "x" * (253 - 8 - 1 - len(dom))
+                        lines.append("RCPT TO:<%s@%s>\r\n" % (local, dom))
+                    c.send_async("".join(lines))
+                    for i in range(batch):
+                        rep = c.reply()
+                        if rep.code == 250:
+                            cost += len(lines[i]) - len("RCPT TO:<>\r\n") + 4
+                            continue
+                        refused = rep
+                        refused_at = n + i
+                        break
+                    c.wait_sent()
+                    if refused is not None:
+                        # the rest of this batch: refused too
+                        for i in range(refused_at - n + 1, batch):
+                            c.reply().expect(452, "4.5.3")
+                    n += batch
+                check(refused is not None, "%d recipients (%d envelope bytes) all accepted"
+                      % (n, cost))
+                refused.expect(452, "4.5.3")
+                check(cost <= env_max, "accepted %d envelope bytes > %d" % (cost, env_max))
+                check(cost > env_max - (1 << 20), "refused far too early: %d bytes" % cost)
+                c.cmd("DATA").expect(354)
+                c.send("Subject: many\r\n\r\nx\r\n.\r\n")
+                c.expect(250, "2.0.0", "queued as")
+                c.quit()
+        # Read back: a valid record (before the fix its envelope was over
+        # SPOOL_ENV_MAX, which readers take for damage).
+        r = tool(spool, "verify")
+        check("damage" not in (r.stdout + r.stderr).decode().lower(), r.stdout.decode())
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -203,6 +203,8 @@ conf_set(struct dlg *d, const char *kv, int line)
 		d->conf.message_size_limit = v;
 	else if (strcmp(key, "rcpt_limit") == 0)
 		d->conf.recipient_limit = (unsigned)v;
+	else if (strcmp(key, "envelope_limit") == 0)
+		d->conf.envelope_limit = v;
 	else if (strcmp(key, "error_limit") == 0)
 		d->conf.error_limit = (unsigned)v;
 	else if (strcmp(key, "junk_limit") == 0)

@@ -5,6 +5,7 @@
  * queue-id uniqueness.
  * Owner: the spool module.
  */
+#include <fcntl.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -12,11 +13,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
 #include "qid.h"
 #include "ringmx/spool_format.h"
+#include "ringmx/spool_read.h"
 
 static uint32_t
 crc_with(uint32_t (*fn)(uint32_t, const void *, size_t), const void *p, size_t n)
@@ -240,7 +243,7 @@ test_torn_tail(void **state)
 			uint64_t n = 0;
 			memset(work, 0, SEG_SIZE);
 			memcpy(work, f.seg, cut);
-			spool_seg_scan(work, size, count_cb, &n, &sc);
+			spool_seg_scan(work, size, count_cb, NULL, &n, &sc);
 			if (cut >= full && !(eof && cut < end)) {
 				assert_int_equal(n, NREC);
 				assert_int_equal(sc.end, SPOOL_SCAN_CLEAN);
@@ -258,58 +261,215 @@ test_torn_tail(void **state)
 	free(f.seg);
 }
 
+/* What a scan saw: the qids of the records, and the damaged ranges. */
+struct seen {
+	char qid[16][SPOOL_QID_FIELD + 1];
+	unsigned nrec;
+	uint64_t doff[16], dlen[16];
+	unsigned ndmg;
+};
+
+static int
+seen_rec(void *arg, uint64_t off, const struct spool_hdr *h, const uint8_t *rec)
+{
+	struct seen *v = arg;
+	(void)off;
+	(void)rec;
+	assert_true(v->nrec < 16);
+	memcpy(v->qid[v->nrec++], h->qid, sizeof(v->qid[0]));
+	return 0;
+}
+
+static void
+seen_dmg(void *arg, uint64_t off, uint64_t len)
+{
+	struct seen *v = arg;
+	assert_true(v->ndmg < 16);
+	v->doff[v->ndmg] = off;
+	v->dlen[v->ndmg++] = len;
+}
+
+static void
+scan_seen(const uint8_t *seg, uint64_t size, struct seen *v, struct spool_scan *sc)
+{
+	memset(v, 0, sizeof(*v));
+	spool_seg_scan(seg, size, seen_rec, seen_dmg, v, sc);
+	assert_int_equal(sc->records, v->nrec);
+	assert_int_equal(sc->damaged, v->ndmg);
+}
+
 /* A destroyed record in the middle, followed by good ones, is damage: the
- * scan stops there and says so (ringmxd must not truncate it). */
+ * scan names the damaged range and finds every record after it again
+ * (issue 11: the records after the damage are acknowledged mail). */
 static void
 test_damage(void **state)
 {
 	struct seg_fixture f;
 	struct spool_scan sc;
-	uint64_t n;
+	struct seen v;
 
 	(void)state;
 	build_segment(&f);
-	/* A flipped byte inside record 1's message. */
+	/* A flipped byte inside record 1's message: the header still holds,
+	 * so exactly that record is the damaged range. */
 	f.seg[f.off[1] + 200] ^= 0x20;
-	n = 0;
-	spool_seg_scan(f.seg, SEG_SIZE, count_cb, &n, &sc);
-	assert_int_equal(n, 1);
-	assert_int_equal(sc.end, SPOOL_SCAN_DAMAGED);
-	assert_int_equal(sc.valid_end, f.off[1]);
+	scan_seen(f.seg, SEG_SIZE, &v, &sc);
+	assert_int_equal(v.nrec, NREC - 1);
+	assert_string_equal(v.qid[0], "ID0");
+	assert_string_equal(v.qid[1], "ID2");
+	assert_string_equal(v.qid[2], "ID3");
+	assert_int_equal(v.ndmg, 1);
+	assert_int_equal(v.doff[0], f.off[1]);
+	assert_int_equal(v.dlen[0], f.off[2] - f.off[1]);
+	assert_int_equal(sc.first_damage, f.off[1]);
+	assert_int_equal(sc.damaged_bytes, f.off[2] - f.off[1]);
+	assert_int_equal(sc.end, SPOOL_SCAN_CLEAN);
+	assert_int_equal(sc.valid_end, f.off[NREC]);
 	f.seg[f.off[1] + 200] ^= 0x20;
 
-	/* A zeroed record (lost write) before good ones. */
+	/* A zeroed header (a lost write) before good ones: found again by
+	 * searching forward for the next valid record. */
 	memset(f.seg + f.off[2], 0, SPOOL_HDR_SIZE);
-	n = 0;
-	spool_seg_scan(f.seg, SEG_SIZE, count_cb, &n, &sc);
-	assert_int_equal(n, 2);
-	assert_int_equal(sc.end, SPOOL_SCAN_DAMAGED);
+	scan_seen(f.seg, SEG_SIZE, &v, &sc);
+	assert_int_equal(v.nrec, NREC - 1);
+	assert_string_equal(v.qid[2], "ID3");
+	assert_int_equal(v.ndmg, 1);
+	assert_int_equal(v.doff[0], f.off[2]);
+	assert_int_equal(v.dlen[0], f.off[3] - f.off[2]);
+	assert_int_equal(sc.end, SPOOL_SCAN_CLEAN);
 	free(f.seg);
 
-	/* Garbage where the zeros should be, after the last record. */
+	/* A garbled header: the search goes to the next valid record. */
+	build_segment(&f);
+	memset(f.seg + f.off[0] + 4, 0xA5, 12);
+	scan_seen(f.seg, SEG_SIZE, &v, &sc);
+	assert_int_equal(v.nrec, NREC - 1);
+	assert_string_equal(v.qid[0], "ID1");
+	assert_int_equal(v.ndmg, 1);
+	assert_int_equal(v.doff[0], 0);
+	assert_int_equal(v.dlen[0], f.off[1]);
+	/* ... which must be valid: with record 1 damaged too, the range
+	 * runs to record 2. */
+	f.seg[f.off[1] + 300] ^= 1;
+	scan_seen(f.seg, SEG_SIZE, &v, &sc);
+	assert_int_equal(v.nrec, 2);
+	assert_string_equal(v.qid[0], "ID2");
+	assert_int_equal(v.ndmg, 1);
+	assert_int_equal(v.dlen[0], f.off[2]);
+	free(f.seg);
+
+	/* Garbage where the zeros should be, after the last record: damage
+	 * to the end, nothing to truncate. */
 	build_segment(&f);
 	f.seg[SEG_SIZE - 1] = 1;
-	n = 0;
-	spool_seg_scan(f.seg, SEG_SIZE, count_cb, &n, &sc);
-	assert_int_equal(n, NREC);
+	scan_seen(f.seg, SEG_SIZE, &v, &sc);
+	assert_int_equal(v.nrec, NREC);
 	assert_int_equal(sc.end, SPOOL_SCAN_DAMAGED);
+	assert_int_equal(v.ndmg, 1);
+	assert_int_equal(v.doff[0], f.off[NREC]);
+	assert_int_equal(v.dlen[0], SEG_SIZE - f.off[NREC]);
+	assert_int_equal(sc.valid_end, SEG_SIZE);
 	free(f.seg);
 
-	/* A bit flip in the last record is never handed on. */
+	/* A bit flip in the last record is never handed on (it looks like a
+	 * torn tail: the two cannot be told apart). */
 	build_segment(&f);
 	f.seg[f.off[NREC - 1] + 100] ^= 1;
-	n = 0;
-	spool_seg_scan(f.seg, SEG_SIZE, count_cb, &n, &sc);
-	assert_int_equal(n, NREC - 1);
-	assert_int_not_equal(sc.end, SPOOL_SCAN_CLEAN);
+	scan_seen(f.seg, SEG_SIZE, &v, &sc);
+	assert_int_equal(v.nrec, NREC - 1);
+	assert_int_equal(sc.end, SPOOL_SCAN_TORN);
+	assert_int_equal(sc.valid_end, f.off[NREC - 1]);
 	free(f.seg);
 
 	/* An empty (all zero) segment is clean with no records. */
 	uint8_t *z = calloc(1, 4096);
-	spool_seg_scan(z, 4096, NULL, NULL, &sc);
+	spool_seg_scan(z, 4096, NULL, NULL, NULL, &sc);
 	assert_int_equal(sc.end, SPOOL_SCAN_CLEAN);
 	assert_int_equal(sc.records, 0);
+	assert_int_equal(sc.damaged, 0);
 	free(z);
+}
+
+/* A message may contain a valid record (someone mails a spool segment).
+ * When the record around it is damaged but its header holds, the scan
+ * skips the whole record: the one inside is never taken for mail. */
+static void
+test_damage_inner_record(void **state)
+{
+	uint8_t *seg = calloc(1, SEG_SIZE), env[256], inner[512], msg[1024];
+	struct spool_scan sc;
+	struct seen v;
+
+	(void)state;
+	size_t el = make_env(env, sizeof(env), "s@example.test", 1);
+	size_t il = spool_rec_encode(inner, sizeof(inner), "INNER", 1, env, el,
+				     (const uint8_t *)"forged\r\n", 8);
+	assert_true(il > 0);
+	/* Place the inner record at an 8-aligned file offset. */
+	size_t pad = (8 - (SPOOL_HDR_SIZE + el) % 8) % 8;
+	memset(msg, 'x', sizeof(msg));
+	memcpy(msg + pad + 64, inner, il);
+	size_t off = spool_rec_encode(seg, SEG_SIZE, "OUTER", 1, env, el, msg, sizeof(msg));
+	assert_int_equal((SPOOL_HDR_SIZE + el + pad + 64) % 8, 0);
+	off += spool_rec_encode(seg + off, SEG_SIZE - off, "AFTER", 2, env, el, msg, 100);
+	scan_seen(seg, SEG_SIZE, &v, &sc);
+	assert_int_equal(v.nrec, 2); /* the inner record is message bytes */
+	seg[SPOOL_HDR_SIZE + el + 10] ^= 1; /* damage the outer message */
+	scan_seen(seg, SEG_SIZE, &v, &sc);
+	assert_int_equal(v.nrec, 1);
+	assert_string_equal(v.qid[0], "AFTER");
+	assert_int_equal(v.ndmg, 1);
+	free(seg);
+}
+
+/* spool_read_file: what it cannot read becomes SPOOL_READ_POISON and is
+ * counted, nothing is fatal; a file shorter than asked reads as zeros
+ * after its end. (No bad sector can be made here: pread on a directory
+ * fails too, with EISDIR, which takes the same path.) */
+static void
+test_read_file(void **state)
+{
+	char path[] = "/tmp/ringmx-read-XXXXXX";
+	uint64_t bad, bad_off;
+
+	(void)state;
+	int fd = mkstemp(path);
+	assert_true(fd >= 0);
+	uint8_t data[10000];
+	for (size_t i = 0; i < sizeof(data); i++)
+		data[i] = (uint8_t)(i * 7 + 1);
+	assert_int_equal(write(fd, data, sizeof(data)), (ssize_t)sizeof(data));
+	uint8_t *b = spool_read_file(fd, sizeof(data), &bad, &bad_off);
+	assert_non_null(b);
+	assert_int_equal(bad, 0);
+	assert_memory_equal(b, data, sizeof(data));
+	free(b);
+	/* Asked for more than the file holds (it was cut short). */
+	b = spool_read_file(fd, 20000, &bad, &bad_off);
+	assert_non_null(b);
+	assert_int_equal(bad, 0);
+	assert_memory_equal(b, data, sizeof(data));
+	for (size_t i = sizeof(data); i < 20000; i++)
+		assert_int_equal(b[i], 0);
+	free(b);
+	close(fd);
+	unlink(path);
+
+	int dfd = open("/tmp", O_RDONLY | O_DIRECTORY);
+	assert_true(dfd >= 0);
+	b = spool_read_file(dfd, 3 * SPOOL_READ_BLOCK, &bad, &bad_off);
+	assert_non_null(b);
+	assert_int_equal(bad, 3 * SPOOL_READ_BLOCK);
+	assert_int_equal(bad_off, 0);
+	for (size_t i = 0; i < 3 * SPOOL_READ_BLOCK; i++)
+		assert_int_equal(b[i], SPOOL_READ_POISON);
+	/* Poison is never a record, nor the end of a segment. */
+	struct spool_scan sc;
+	spool_seg_scan(b, 3 * SPOOL_READ_BLOCK, NULL, NULL, NULL, &sc);
+	assert_int_equal(sc.records, 0);
+	assert_int_not_equal(sc.end, SPOOL_SCAN_CLEAN);
+	free(b);
+	close(dfd);
 }
 
 static void
@@ -367,7 +527,9 @@ main(void)
 		cmocka_unit_test(test_round_trip),
 		cmocka_unit_test(test_torn_tail),
 		cmocka_unit_test(test_damage),
+		cmocka_unit_test(test_damage_inner_record),
 		cmocka_unit_test(test_seg_names),
+		cmocka_unit_test(test_read_file),
 		cmocka_unit_test(test_qid_unique),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,0 +1,38 @@
+/*
+ * fault.h - fault injection for the integration tests, compiled only into
+ * the test daemon tests/ringmxd_faults (built with -DRINGMX_FAULTS from the
+ * same sources as ringmxd); in ringmxd every hook is a constant 0.
+ *
+ * Owner: the spool module. A hook is armed by an environment variable that
+ * names a file: while that file exists, the operation fails. The test
+ * creates the file when the fault should start, so the daemon can start up
+ * normally first.
+ *
+ *   RINGMX_FAULT_DIRSYNC  every directory fsync (spool and relay) fails
+ *                         with EIO
+ *   RINGMX_FAULT_FSYNC    the spool's fdatasync of written records (the one
+ *                         that releases 250s) fails with EIO
+ */
+#ifndef RINGMX_FAULT_H
+#define RINGMX_FAULT_H
+
+#ifdef RINGMX_FAULTS
+#include <errno.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+/* 0, or -EIO while the file named by $NAME exists. */
+static inline int
+fault_armed(const char *name)
+{
+	const char *p = getenv(name);
+	return p != NULL && access(p, F_OK) == 0 ? -EIO : 0;
+}
+#define fault_dirsync() fault_armed("RINGMX_FAULT_DIRSYNC")
+#define fault_fsync() fault_armed("RINGMX_FAULT_FSYNC")
+#else
+#define fault_dirsync() 0
+#define fault_fsync() 0
+#endif
+
+#endif
