@@ -1105,6 +1105,17 @@ job_end_attempt(struct relay *r, struct rjob *j)
 
 /* ---- bounces ---- */
 
+/* dsn_build() reads the original's header from the mapping: under the
+ * guard, in a function of its own so no local of the caller lives across
+ * the sigsetjmp. 0 or -EIO. */
+static int __attribute__((noinline))
+dsn_build_guarded(char *buf, size_t cap, const struct dsn_info *info, size_t *len)
+{
+	int err;
+	MAP_GUARD(err, *len = dsn_build(buf, cap, info));
+	return err;
+}
+
 static bool
 bounce_start(struct relay *r, struct rjob *j)
 {
@@ -1162,7 +1173,7 @@ bounce_start(struct relay *r, struct rjob *j)
 	/* dsn_build copies the original's header from the mapping. If that
 	 * cannot be read, the bounce goes without it. */
 	if (buf != NULL)
-		MAP_GUARD(err, len = dsn_build(buf, cap, &info));
+		err = dsn_build_guarded(buf, cap, &info, &len);
 	if (err < 0) {
 		log_err("relay: %s: the message is unreadable (I/O error); its bounce goes "
 		        "without the original's header",
@@ -1650,6 +1661,16 @@ conn_recv(struct oconn *c)
 	c->recv_inflight = true;
 }
 
+/* relay_tls_write() of mapped bytes under the guard (a function of its
+ * own: no caller local lives across the sigsetjmp). 0 or -EIO. */
+static int __attribute__((noinline)) tls_write_guarded(struct relay_tls_conn *t, const char *p,
+                                                       size_t n, char *err, size_t errlen, int *wr)
+{
+	int gerr;
+	MAP_GUARD(gerr, *wr = relay_tls_write(t, p, n, err, errlen));
+	return gerr;
+}
+
 /* TLS: move the commands, then the pending body span, into ciphertext
  * (copied by wolfSSL, so the span is done once encrypted). false: failed. */
 static bool
@@ -1679,7 +1700,7 @@ conn_encrypt(struct oconn *c)
 			n = room;
 		int wr = 0, gerr = 0;
 		if (span) /* mapped bytes: wolfSSL reads them (see MAP_GUARD) */
-			MAP_GUARD(gerr, wr = relay_tls_write(t, p, n, err, sizeof(err)));
+			gerr = tls_write_guarded(t, p, n, err, sizeof(err), &wr);
 		else
 			wr = relay_tls_write(t, p, n, err, sizeof(err));
 		if (gerr < 0) {
@@ -1776,7 +1797,8 @@ conn_starttls(struct oconn *c)
 	}
 	if (relay_tls_handshake(c->tls, err, sizeof(err)) < 0) {
 		char why[RELAY_TEXT_MAX];
-		snprintf(why, sizeof(why), "TLS handshake with %s failed: %s", conn_name(c), err);
+		snprintf(why, sizeof(why), "TLS handshake with %.200s failed: %s", conn_name(c),
+		         err);
 		r->env.stats->relay_tls_failures++;
 		smtpc_tls_failed(&c->sc, why);
 	}
@@ -1979,7 +2001,8 @@ conn_event(void *arg, const struct smtpc_event *ev)
 	case SMTPC_EV_DEFER:
 		c->defer = true;
 		tl = reply_text(&ev->reply, t, sizeof(t));
-		snprintf(c->why, sizeof(c->why), "%.*s", (int)tl, t);
+		snprintf(c->why, sizeof(c->why), "%.*s",
+		         (int)(tl < sizeof(c->why) ? tl : sizeof(c->why) - 1), t);
 		if (!c->failed) {
 			log_info("relay: %s: %s", conn_name(c), c->why + (tl > 6 ? 6 : 0));
 			r->env.stats->relay_conn_failed++;
@@ -2040,8 +2063,8 @@ conn_tls_input(struct oconn *c)
 		int h = relay_tls_handshake(t, err, sizeof(err));
 		if (h < 0) {
 			char why[RELAY_TEXT_MAX];
-			snprintf(why, sizeof(why), "TLS handshake with %s failed: %s", conn_name(c),
-			         err);
+			snprintf(why, sizeof(why), "TLS handshake with %.200s failed: %s",
+			         conn_name(c), err);
 			r->env.stats->relay_tls_failures++;
 			smtpc_tls_failed(&c->sc, why);
 			return;
