@@ -30,9 +30,11 @@ io_recv(WOLFSSL *ssl, char *buf, int sz, void *arg)
 		n = (size_t)r;
 	} else {
 		n = (size_t)sz < t->in_len ? (size_t)sz : t->in_len;
-		memcpy(buf, t->in, n);
-		t->in += n;
-		t->in_len -= n;
+		if (n > 0) { /* an empty view may be NULL: no memcpy from it */
+			memcpy(buf, t->in, n);
+			t->in += n;
+			t->in_len -= n;
+		}
 	}
 	if (n == 0)
 		return t->in_eof ? WOLFSSL_CBIO_ERR_CONN_CLOSE : WOLFSSL_CBIO_ERR_WANT_READ;
