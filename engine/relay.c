@@ -89,6 +89,11 @@
 #define RELAY_TEXT_MAX 512
 /* Transactions in flight on one connection (pipelined with CHUNKING). */
 #define RELAY_WINDOW 32
+/* A body span up to this size is copied into the output after its commands
+ * instead of being sent from the mapping on its own: one send then carries
+ * many small transactions, which costs less than a send (and a completion,
+ * and a round of the loop before the final dot) per message. */
+#define RELAY_INLINE_MAX (16u << 10)
 /* Bounces being spooled at once; more wait for the next retry. */
 #define RELAY_BOUNCES_MAX 64
 /* Journal bytes buffered per segment before a write is forced. */
@@ -250,6 +255,7 @@ struct oconn {
 	size_t span_len, span_off;
 	struct rjob *span_job;
 	bool span_bad;     /* reading the span failed (SIGBUS under the guard) */
+	bool span_in_send; /* plaintext: the send in flight has the span's iovec */
 	uint32_t send_out; /* plaintext: bytes of out in the send in flight */
 	struct msghdr msg;
 	struct iovec iov[2];
@@ -1746,9 +1752,12 @@ conn_send(struct oconn *c)
 		c->send_out = (uint32_t)c->so.len;
 		if (c->so.len > 0)
 			c->iov[n++] = (struct iovec){c->out, c->so.len};
-		if (c->span != NULL && c->span_off < c->span_len)
+		c->span_in_send = false;
+		if (c->span != NULL && c->span_off < c->span_len) {
 			c->iov[n++] = (struct iovec){(void *)(c->span + c->span_off),
 			                             c->span_len - c->span_off};
+			c->span_in_send = true;
+		}
 		if (n == 0)
 			return;
 		memset(&c->msg, 0, sizeof(c->msg));
@@ -2014,6 +2023,31 @@ conn_event(void *arg, const struct smtpc_event *ev)
 	}
 }
 
+static void conn_after(struct oconn *c);
+
+/* Copy small body spans into the output (RELAY_INLINE_MAX) and let the core
+ * go on writing after each. false: the connection ended (c may be gone). */
+static bool
+conn_inline_spans(struct oconn *c)
+{
+	while (c->span != NULL && !c->span_in_send && c->span_off == 0 &&
+	       c->span_len <= RELAY_INLINE_MAX && c->so.cap - c->so.len >= c->span_len) {
+		if (map_read(c->out + c->so.len, c->span, c->span_len) < 0) {
+			body_unreadable(c, c->span_job);
+			return false;
+		}
+		c->so.len += c->span_len;
+		c->span = NULL;
+		c->span_len = 0;
+		smtpc_body_sent(&c->sc); /* may name the next span, or close */
+		if (c->core_closed) {
+			conn_after(c);
+			return false;
+		}
+	}
+	return true;
+}
+
 /* After anything the core did: start TLS if it asked, send what it wrote,
  * close when it closed (failing over if it never became usable). */
 static void
@@ -2042,6 +2076,8 @@ conn_after(struct oconn *c)
 		}
 	}
 	conn_fill(c);
+	if (!conn_inline_spans(c))
+		return;
 	conn_send(c);
 	conn_span_done(c); /* TLS: the span may be encrypted already */
 	if (c->core_closed) {
@@ -2152,7 +2188,8 @@ relay_on_cqe(struct relay *r, struct io_uring_cqe *cqe)
 				body_unreadable(c, c->span_job);
 				return;
 			}
-			if (res == 0 && (smtpc_status(&c->sc) & SMTPC_ST_IDLE) && c->nactive == 0) {
+			if (res == 0 && c->nactive == 0 &&
+			    (c->st == C_QUIT || (smtpc_status(&c->sc) & SMTPC_ST_IDLE))) {
 				smtpc_abort(&c->sc,
 				            NULL); /* an idle connection the next hop closed */
 				conn_after(c);
@@ -2189,6 +2226,7 @@ relay_on_cqe(struct relay *r, struct io_uring_cqe *cqe)
 			          conn_name(c), strerror(-res));
 			return;
 		}
+		c->span_in_send = false;
 		if (c->send_tls) {
 			tls_io_sent(&c->tls->io, (size_t)res);
 		} else {
