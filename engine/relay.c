@@ -39,9 +39,11 @@
  *  Each connection owns an input buffer (what one recv reads; the core
  *  carries a split reply line) and an output buffer the core writes whole
  *  commands into; the bytes of it in a send in flight belong to the kernel.
- *  Message bytes are never copied: the core names spans of the message in
- *  the segment mapping, sent with the commands before them in one sendmsg
- *  (with TLS, encrypted by wolfSSL into the ciphertext buffer).
+ *  The core names spans of the message in the segment mapping: up to
+ *  RELAY_INLINE_MAX they are copied into the output after their commands
+ *  (one send for many small transactions); larger ones are sent from the
+ *  mapping with the commands before them in one sendmsg. With TLS, wolfSSL
+ *  encrypts both into the ciphertext buffer.
  */
 #include "relay.h"
 
