@@ -106,46 +106,44 @@ def _():
         deferred(srv, mx, qid, "TLS handshake with .* failed")
 
 
+def verify_case(name, cn, san, host, refused):
+    """relay_tls=verify to next hop `host` whose certificate (its own CA) is for cn/san:
+    delivered inside TLS when refused is None, else deferred with 4.7.4 and `refused`
+    in the reason."""
+    c, k = cert(name, cn=cn, san=san)
+    with FakeMX(starttls_cert=(c, k)) as mx, \
+            RelayServer(spool_dir(name), hop(mx, host=host),
+                        extra=("relay_tls=verify", "relay_tls_ca_file=" + c)) as srv:
+        data = message("verify " + name)
+        qid = send_message(srv, "a@sender.test", [RCPT], data)
+        if refused is None:
+            delivered_in_tls(srv, mx, qid, data)
+            srv.wait_log(r"relay: TLS connection established to .*\(certificate verified\)")
+        else:
+            deferred(srv, mx, qid, refused)
+
+
 @T.test("relay_tls=verify, next hop 127.0.0.1, certificate with iPAddress 127.0.0.1: delivered")
 def _():
-    c, k = cert("ip", cn="mx.example", san="DNS:mx.example,IP:127.0.0.1")
-    with FakeMX(starttls_cert=(c, k)) as mx, \
-            RelayServer(spool_dir("ip-ok"), hop(mx, host="127.0.0.1"),
-                        extra=("relay_tls=verify", "relay_tls_ca_file=" + c)) as srv:
-        data = message("ip literal verified")
-        qid = send_message(srv, "a@sender.test", [RCPT], data)
-        delivered_in_tls(srv, mx, qid, data)
-        srv.wait_log(r"relay: TLS connection established to .*\(certificate verified\)")
+    verify_case("ip-ok", "mx.example", "DNS:mx.example,IP:127.0.0.1", "127.0.0.1", None)
 
 
 @T.test("relay_tls=verify, next hop 127.0.0.1, certificate with DNS names only: 4.7.4")
 def _():
-    c, k = cert("dns-only", cn="127.0.0.1", san="DNS:localhost,DNS:127.0.0.1")
-    with FakeMX(starttls_cert=(c, k)) as mx, \
-            RelayServer(spool_dir("ip-dns-only"), hop(mx, host="127.0.0.1"),
-                        extra=("relay_tls=verify", "relay_tls_ca_file=" + c)) as srv:
-        qid = send_message(srv, "a@sender.test", [RCPT], message("ip literal, dns cert"))
-        deferred(srv, mx, qid, "iPAddress name 127.0.0.1")
+    verify_case("ip-dns-only", "127.0.0.1", "DNS:localhost,DNS:127.0.0.1", "127.0.0.1",
+                "iPAddress name 127.0.0.1")
 
 
 @T.test("relay_tls=verify, next hop 127.0.0.1, certificate for 127.0.0.2: 4.7.4")
 def _():
-    c, k = cert("ip-other", cn="mx.example", san="DNS:mx.example,IP:127.0.0.2")
-    with FakeMX(starttls_cert=(c, k)) as mx, \
-            RelayServer(spool_dir("ip-other"), hop(mx, host="127.0.0.1"),
-                        extra=("relay_tls=verify", "relay_tls_ca_file=" + c)) as srv:
-        qid = send_message(srv, "a@sender.test", [RCPT], message("ip literal, other ip"))
-        deferred(srv, mx, qid, "iPAddress name 127.0.0.1")
+    verify_case("ip-other", "mx.example", "DNS:mx.example,IP:127.0.0.2", "127.0.0.1",
+                "iPAddress name 127.0.0.1")
 
 
 @T.test("relay_tls=verify, next hop localhost, certificate for other.test only: 4.7.4")
 def _():
-    c, k = cert("other-name", cn="other.test", san="DNS:other.test,IP:127.0.0.1")
-    with FakeMX(starttls_cert=(c, k)) as mx, \
-            RelayServer(spool_dir("name-mismatch"), hop(mx, host="localhost"),
-                        extra=("relay_tls=verify", "relay_tls_ca_file=" + c)) as srv:
-        qid = send_message(srv, "a@sender.test", [RCPT], message("name mismatch"))
-        deferred(srv, mx, qid, "TLS handshake with .* failed")
+    verify_case("name-mismatch", "other.test", "DNS:other.test,IP:127.0.0.1", "localhost",
+                "TLS handshake with .* failed")
 
 
 if __name__ == "__main__":
