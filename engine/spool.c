@@ -65,235 +65,9 @@
  *    a transaction is freed before its owner hears the verdict, and a
  *    batch's list is detached before it is walked.
  */
-#include "spool.h"
+#include "spool_internal.h"
 
-#include <assert.h>
-#include <dirent.h>
-#include <errno.h>
-#include <fcntl.h>
-#include <inttypes.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <sys/uio.h>
-#include <time.h>
-#include <unistd.h>
-
-#include "fault.h"
-#include "log.h"
-#include "ringmx/config.h"
-#include "ringmx/smtp.h"
-#include "ringmx/spool_format.h"
-#include "ringmx/spool_read.h"
-
-/* Staging chunk: small enough that a 1 KiB message wastes little of
- * spool_memory, large enough that a 1 MiB batch is 256 iovecs. */
-#define SPOOL_CHUNK_SIZE 4096u
-/* The pool grows by one mapping of this size at a time, up to spool_memory. */
-#define SPOOL_BLOCK_SIZE (1u << 20)
-#define SPOOL_BLOCK_CHUNKS (SPOOL_BLOCK_SIZE / SPOOL_CHUNK_SIZE)
-/* Closed batches in flight (queued, writing, written, syncing). When all
- * are busy the commit queue simply grows (bounded by spool_memory). */
-#define SPOOL_MAX_BATCHES 16
-/* iovecs per writev (the kernel's UIO_MAXIOV). */
-#define SPOOL_IOV_MAX 1024
-/* Segments open at once: the current one plus those batches still use. */
-#define SPOOL_MAX_SEGS (SPOOL_MAX_BATCHES + 1)
-/* After a segment could not be created (disk full), transactions are
- * refused for this long before the next attempt. */
-#define SPOOL_RETRY_NS (100ull * 1000000ull)
-/* Segment files are sized in multiples of this (fallocate granularity). */
-#define SPOOL_SEG_ALIGN 4096u
-
-/* Zero-filling ahead (see the top): writes of this size, at most
- * SPOOL_ZERO_INFLIGHT of them in the kernel at once, each followed by a
- * sync_file_range that starts its writeback. So the disk sees a steady
- * trickle, never a whole segment queued in front of a record fdatasync
- * (64 MiB is ~25 ms of this disk: a p99 stall if it came in one burst). */
-#define SPOOL_ZERO_BUF (1u << 20)
-#define SPOOL_ZERO_INFLIGHT 4
-/* Pacing: while the current segment is in use, at most SPOOL_ZERO_PACE
- * bytes of zeros per byte of records appended since preparing started
- * (plus one round of writes). Zeroing a segment costs CPU (page cache) in
- * io-wq threads that share the worker's CPU; spread out, it does not stall
- * the loop. 4 with the start at 1/2 ends the zeros at 3/4 of the current
- * segment, leaving a quarter for the fdatasync. When the current segment
- * is gone (it filled first, or was abandoned) there is no limit. */
-#define SPOOL_ZERO_PACE 4
-/* The next segment is prepared once the current one is 1/SPOOL_PREP_DIVISOR
- * full: half a segment of records (32 MiB by default) is ample time to zero
- * one (~35 ms per 64 MiB here), and an idle spool keeps no spare segment.
- * A named constant, not a configuration key, on purpose. */
-#define SPOOL_PREP_DIVISOR 2
-
-/* The zero buffer, shared by all workers and never written: it is in .bss,
- * so its pages are the kernel's zero page until someone writes (nobody
- * does), and it is never freed, so a zero write still in the kernel when a
- * spool is closed cannot read freed (and maybe reused) memory. */
-static uint8_t spool_zeros[SPOOL_ZERO_BUF] __attribute__((aligned(4096)));
-
-/* user_data tag: kind in bits 16..23, batch index (or zero write slot) below. */
-enum {
-	TAG_WRITE = 1,
-	TAG_FSYNC = 2,
-	TAG_PREP_ALLOC = 3,   /* fallocate of the segment being prepared */
-	TAG_PREP_WRITE = 4,   /* a zero write; index: its slot */
-	TAG_PREP_SYNC = 5,    /* fdatasync of the zeros */
-	TAG_PREP_DIRSYNC = 6, /* fsync of the directory (the new name) */
-	TAG_PREP_SFR = 7,     /* writeback start after a zero write; index: its slot */
-	TAG_VOID_SYNC = 8,    /* fdatasync of an abandoned segment cut back; index: slot */
-};
-
-struct chunk {
-	struct chunk *next;
-	uint8_t *mem;
-};
-
-enum tx_state { TX_FREE = 0, TX_OPEN, TX_COMMITTED };
-
-struct sink_tx {
-	struct spool *sp;
-	struct sink_waiter *owner; /* NULL: aborted after commit, no verdict */
-	struct sink_tx *next;    /* free list, commit queue or batch */
-	struct chunk *head, *tail;
-	uint32_t tail_len;       /* bytes used in the tail chunk */
-	uint8_t state;
-	int err;                 /* a failed tx_data/tx_rcpt: 0 or -errno */
-	uint64_t len;            /* bytes staged (the whole record after commit) */
-	uint64_t env_end;        /* offset of the message bytes; 0 until the first tx_data */
-	uint64_t received_us;
-	char qid[SINK_QID_MAX];
-};
-
-struct seg {
-	int fd; /* -1: slot unused */
-	uint64_t seq;
-	uint64_t size;     /* preallocated length */
-	uint64_t tail;     /* next record offset */
-	uint32_t refs;     /* batches not yet finished */
-	/* End of the last record whose batch became durable (got its 250s):
-	 * what an abandoned segment is cut back to when it is closed. */
-	uint64_t durable_end;
-	bool current;
-	bool abandoned;    /* a write or fsync failed: never written again */
-};
-
-/* The segment being prepared (one at a time). */
-enum prep_state {
-	P_NONE = 0, /* no file */
-	P_ALLOC,    /* fallocate in flight */
-	P_ZERO,     /* zero writes in flight */
-	P_SYNC,     /* fdatasync in flight */
-	P_DIRSYNC,  /* directory fsync in flight */
-	P_READY,    /* zeroed and durable: the next rotation uses it */
-	P_FAILED,   /* an error: removed once its last CQE is back */
-};
-
-struct prep {
-	uint8_t state;
-	int fd;
-	uint64_t seq;
-	uint64_t size;
-	uint64_t next;      /* first byte not yet given to a zero write */
-	uint64_t zeroed;    /* bytes whose zero write and writeback start completed */
-	uint64_t start_ns;  /* monotonic, for the log */
-	uint64_t cur_seq;   /* the current segment when preparing started */
-	uint64_t cur_tail0; /* and its tail then (pacing) */
-	unsigned inflight;  /* SQEs of this file in the kernel */
-	/* Zero write slots: a range being written (w_done of w_len bytes so
-	 * far), then its writeback started (w_sfr). w_len 0: slot free. */
-	uint64_t w_off[SPOOL_ZERO_INFLIGHT];
-	uint32_t w_len[SPOOL_ZERO_INFLIGHT];
-	uint32_t w_done[SPOOL_ZERO_INFLIGHT];
-	bool w_sfr[SPOOL_ZERO_INFLIGHT];
-};
-
-enum batch_state { B_FREE = 0, B_QUEUED, B_WRITING, B_WRITTEN, B_SYNCING, B_DONE };
-
-struct batch {
-	uint8_t state;
-	int err;           /* set while WRITING when its segment was abandoned */
-	struct seg *seg;
-	uint64_t off;      /* file offset of the first record */
-	uint64_t len;      /* bytes of all its records */
-	uint64_t done;     /* bytes written so far */
-	uint64_t sub_bytes; /* bytes of the writev in flight */
-	uint32_t n;        /* records */
-	struct sink_tx *head, *tail;
-	/* Write cursor: the first byte not yet written. */
-	struct sink_tx *cur_tx;
-	struct chunk *cur_ch;
-	uint32_t cur_off;
-	struct iovec iov[SPOOL_IOV_MAX];
-};
-
-struct spool {
-	struct spool_env env;
-	const struct config *cfg;
-	unsigned worker;
-	char dir[CONFIG_PATH_MAX + 16]; /* spool_dir/w<N> */
-	int dirfd;
-	uint64_t now;        /* monotonic ns of the last spool_poll */
-	uint64_t next_seq;   /* of the next segment file */
-	uint64_t retry_at;   /* no segment: refuse until then */
-	int open_err;        /* why the last segment open failed */
-	uint64_t seg_size;
-	uint64_t memory_cap;
-	bool durable;
-
-	/* Chunk pool. */
-	struct chunk *free_chunks;
-	uint64_t mapped;     /* bytes mapped so far (<= memory_cap) */
-	void **blocks;       /* mappings, for munmap */
-	struct chunk **descs; /* descriptor arrays, one per block */
-	size_t nblocks, maxblocks;
-
-	/* Transactions. A connection has at most one open, but a committed
-	 * one whose client went away stays until its batch is durable while
-	 * the slot serves a new client: so one per connection plus one per
-	 * staging chunk (every committed transaction holds at least one).
-	 * Slots are handed out from the free list, else from the untouched
-	 * tail [tx_used, ntx), so the mapping is only touched as needed. */
-	struct sink_tx *txs;
-	struct sink_tx *free_tx;
-	unsigned ntx;
-	unsigned tx_used;
-	unsigned tx_open_count;
-
-	/* Commit queue: committed records not yet in a batch. */
-	struct sink_tx *q_head, *q_tail;
-	uint64_t q_bytes;
-	uint64_t q_first_ns;
-	unsigned q_count;
-
-	struct batch batches[SPOOL_MAX_BATCHES];
-	unsigned b_head, b_count; /* ring, oldest first */
-	bool write_inflight;
-	bool fsync_inflight;
-	uint64_t fsync_start; /* monotonic ns the fsync in flight was queued */
-
-	struct seg segs[SPOOL_MAX_SEGS];
-	struct seg *cur;
-	uint64_t last_seq;   /* seq of the newest segment made current */
-
-	/* Pre-zeroing (durability = fsync only). */
-	struct prep prep;
-	bool prep_blocked;   /* a preparation failed: none until the next rotation */
-	bool prep_err_logged; /* log one failure, not one per segment */
-	bool keep_dirfd;     /* an SQE on dirfd may still be in the kernel at close */
-
-	/* Abandoned segments cut back to their durable end, whose fdatasync
-	 * is in flight: the fd stays open until its CQE. fd -1: free. */
-	int void_fd[SPOOL_MAX_SEGS];
-	uint64_t void_seq[SPOOL_MAX_SEGS];
-	unsigned void_inflight;
-
-	struct spool_hooks hooks; /* the relay's (spool.h) */
-	uint64_t first_seq;  /* first segment of this run */
-	bool internal_next;  /* the next tx_open is a bounce: no admission check */
-};
+uint8_t spool_zeros[SPOOL_ZERO_BUF] __attribute__((aligned(4096)));
 
 /* ---- helpers ---- */
 
@@ -305,24 +79,24 @@ wall_us(void)
 	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
-static uint64_t
-mono_ns(void)
+uint64_t
+sp_mono_ns(void)
 {
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-static int
-map_errno(int e)
+int
+sp_map_errno(int e)
 {
 	/* Only "disk full" has its own reply (452 4.3.1); every other failure
 	 * is 451 4.3.0. */
 	return e == ENOSPC || e == EDQUOT ? -ENOSPC : -EIO;
 }
 
-static void
-seg_name(char *buf, size_t len, uint64_t seq)
+void
+sp_seg_name(char *buf, size_t len, uint64_t seq)
 {
 	snprintf(buf, len, "%016" PRIx64 ".seg", seq);
 }
@@ -469,8 +243,8 @@ tx_deliver(struct spool *sp, struct sink_tx *tx, int res)
  * -errno (logged). A caller that is about to acknowledge mail in a new file
  * must fail on an error like on a data fsync error: the name may be gone
  * after a crash, and every record in the file with it. */
-static int
-dir_sync(struct spool *sp)
+int
+sp_dir_sync(struct spool *sp)
 {
 	int r = fault_dirsync();
 	if (r == 0 && fsync(sp->dirfd) < 0)
@@ -485,12 +259,12 @@ dir_sync(struct spool *sp)
  * record. The records there got 451 (or were never written whole): the
  * client retries them, and a restart must not find and deliver them too.
  * ftruncate changes only the inode, like the truncation of the unused
- * tail in seg_close; the change is made durable through the ring. */
+ * tail in sp_seg_close; the change is made durable through the ring. */
 static void
 seg_void_tail(struct spool *sp, struct seg *s)
 {
 	char name[32];
-	seg_name(name, sizeof(name), s->seq);
+	sp_seg_name(name, sizeof(name), s->seq);
 	if (ftruncate(s->fd, (off_t)s->durable_end) < 0) {
 		log_err("spool: cutting %s/%s back to its acknowledged records (%" PRIu64
 			" bytes): %s; a restart may deliver the messages that got 451 "
@@ -531,7 +305,7 @@ on_void_sync(struct spool *sp, unsigned i, int res)
 	if (res >= 0)
 		res = fault_fsync();
 	if (res < 0) {
-		seg_name(name, sizeof(name), sp->void_seq[i]);
+		sp_seg_name(name, sizeof(name), sp->void_seq[i]);
 		log_err("spool: fdatasync of %s/%s after cutting it back: %s; after a crash of the "
 			"machine its messages that got 451 may be delivered (duplicates)",
 			sp->dir, name, strerror(-res));
@@ -541,19 +315,19 @@ on_void_sync(struct spool *sp, unsigned i, int res)
 	sp->void_inflight--;
 }
 
-static void
-seg_close(struct spool *sp, struct seg *s)
+void
+sp_seg_close(struct spool *sp, struct seg *s)
 {
 	char name[32];
 	assert(s->fd >= 0 && s->refs == 0 && !s->current);
-	seg_name(name, sizeof(name), s->seq);
+	sp_seg_name(name, sizeof(name), s->seq);
 	if (s->tail == 0 && !s->abandoned) {
 		/* Never used: do not leave a preallocated empty file behind.
 		 * A failed directory fsync is only logged: should the name
 		 * survive a crash, recovery removes a file without records. */
 		close(s->fd);
 		if (unlinkat(sp->dirfd, name, 0) == 0)
-			(void)dir_sync(sp);
+			(void)sp_dir_sync(sp);
 	} else {
 		/* Give the unused preallocated space back. Not synced: if the
 		 * new size is lost, recovery finds zeros, which end a segment. */
@@ -574,11 +348,11 @@ seg_unref(struct spool *sp, struct seg *s)
 {
 	assert(s->refs > 0);
 	if (--s->refs == 0 && !s->current)
-		seg_close(sp, s);
+		sp_seg_close(sp, s);
 }
 
-static void
-seg_retire(struct spool *sp)
+void
+sp_seg_retire(struct spool *sp)
 {
 	struct seg *s = sp->cur;
 	if (s == NULL)
@@ -586,7 +360,7 @@ seg_retire(struct spool *sp)
 	sp->cur = NULL;
 	s->current = false;
 	if (s->refs == 0)
-		seg_close(sp, s);
+		sp_seg_close(sp, s);
 }
 
 /* A free slot in segs. Every batch holds at most one reference and the
@@ -604,8 +378,8 @@ seg_slot(struct spool *sp)
 
 /* The file fd, named seq, complete and durable (name included), becomes
  * the current segment. */
-static void
-seg_install(struct spool *sp, int fd, uint64_t seq, uint64_t size, bool zeroed)
+void
+sp_seg_install(struct spool *sp, int fd, uint64_t seq, uint64_t size, bool zeroed)
 {
 	struct seg *s = seg_slot(sp);
 	assert(sp->cur == NULL && seq > sp->last_seq);
@@ -629,15 +403,15 @@ seg_install(struct spool *sp, int fd, uint64_t seq, uint64_t size, bool zeroed)
 
 /* Count a failed zero-filling; log the first of a series. Never fatal:
  * segments are then made with fallocate, as before pre-zeroing. */
-static void
-prezero_error(struct spool *sp, uint64_t seq, int err, const char *what)
+void
+sp_prezero_error(struct spool *sp, uint64_t seq, int err, const char *what)
 {
 	char name[32];
 	sp->env.stats->spool_prezero_errors++;
 	if (sp->prep_err_logged)
 		return;
 	sp->prep_err_logged = true;
-	seg_name(name, sizeof(name), seq);
+	sp_seg_name(name, sizeof(name), seq);
 	log_warn("spool: zero-filling segment %s/%s ahead of need: %s failed: %s; new segments "
 		 "are fallocated until zero-filling works again (counter spool_prezero_errors)",
 		 sp->dir, name, what, strerror(-err));
@@ -664,11 +438,11 @@ zero_fill_sync(int fd, uint64_t size)
  * zero is set. Synchronous: this is the fallback when no prepared segment
  * is ready (and the first segment, from spool_open); the directory fsync
  * must be done before any record in the file is acknowledged anyway. */
-static int
-seg_create(struct spool *sp, uint64_t size, bool zero)
+int
+sp_seg_create(struct spool *sp, uint64_t size, bool zero)
 {
 	char name[32];
-	seg_name(name, sizeof(name), sp->next_seq);
+	sp_seg_name(name, sizeof(name), sp->next_seq);
 	int fd = openat(sp->dirfd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 	if (fd < 0)
 		return -errno;
@@ -686,11 +460,11 @@ seg_create(struct spool *sp, uint64_t size, bool zero)
 		if (r < 0) {
 			/* Still a good fallocated segment (zeros and unwritten
 			 * blocks): use it as one. */
-			prezero_error(sp, sp->next_seq, r, "write");
+			sp_prezero_error(sp, sp->next_seq, r, "write");
 			zero = false;
 		}
 	}
-	r = dir_sync(sp);
+	r = sp_dir_sync(sp);
 	if (r < 0) {
 		/* The name may not survive a crash: nothing may be
 		 * acknowledged in this file. The caller refuses mail (451)
@@ -699,319 +473,7 @@ seg_create(struct spool *sp, uint64_t size, bool zero)
 		unlinkat(sp->dirfd, name, 0);
 		return r;
 	}
-	seg_install(sp, fd, sp->next_seq++, size, zero);
-	return 0;
-}
-
-/* ---- preparing the next segment (pre-zeroing, through the ring) ---- */
-
-static void
-prep_tag(struct spool *sp, struct io_uring_sqe *sqe, unsigned kind, unsigned idx)
-{
-	io_uring_sqe_set_data64(sqe, sp->env.ud_base | (uint64_t)kind << 16 | idx);
-	sp->prep.inflight++;
-}
-
-/* A failed preparation is removed once none of its SQEs is in the kernel:
- * until then its fd stays open, because io-wq looks an fd up only when it
- * runs the request, and a reused number would point it at another file. */
-static void
-prep_reap(struct spool *sp)
-{
-	struct prep *p = &sp->prep;
-	char name[32];
-	if (p->state != P_FAILED || p->inflight > 0)
-		return;
-	seg_name(name, sizeof(name), p->seq);
-	close(p->fd);
-	/* No directory fsync: if the name survives a crash, the file holds
-	 * only zeros and recovery removes it. */
-	unlinkat(sp->dirfd, name, 0);
-	p->fd = -1;
-	p->state = P_NONE;
-}
-
-static void
-prep_fail(struct spool *sp, int err, const char *what)
-{
-	prezero_error(sp, sp->prep.seq, err, what);
-	sp->prep.state = P_FAILED;
-	sp->prep_blocked = true; /* no new attempt before the next rotation */
-	prep_reap(sp);
-}
-
-static void
-prep_write_submit(struct spool *sp, unsigned i)
-{
-	struct prep *p = &sp->prep;
-	struct io_uring_sqe *sqe = sp->env.get_sqe(sp->env.ctx);
-	/* Buffered: the zeroed pages stay in the page cache, so the partial
-	 * first and last pages of each record write are found there instead
-	 * of being read back from disk. */
-	io_uring_prep_write(sqe, p->fd, spool_zeros, p->w_len[i] - p->w_done[i],
-			    p->w_off[i] + p->w_done[i]);
-	prep_tag(sp, sqe, TAG_PREP_WRITE, i);
-}
-
-/* How far zeroing may go now (see SPOOL_ZERO_PACE). */
-static uint64_t
-prep_allowance(const struct spool *sp)
-{
-	const struct prep *p = &sp->prep;
-	const struct seg *s = sp->cur;
-	if (s == NULL || s->seq != p->cur_seq || s->tail < p->cur_tail0)
-		return p->size;
-	uint64_t a = SPOOL_ZERO_PACE * (s->tail - p->cur_tail0) +
-		     (uint64_t)SPOOL_ZERO_INFLIGHT * SPOOL_ZERO_BUF;
-	return a < p->size ? a : p->size;
-}
-
-/* Keep up to SPOOL_ZERO_INFLIGHT zero writes going, as far as the pacing
- * allows; when all are in, fdatasync the file. Called on every CQE of the
- * preparation and once per loop iteration (records move the pacing on). */
-static void
-prep_pump(struct spool *sp)
-{
-	struct prep *p = &sp->prep;
-	if (p->state != P_ZERO)
-		return;
-	uint64_t allow = prep_allowance(sp);
-	for (unsigned i = 0; i < SPOOL_ZERO_INFLIGHT && p->next < allow; i++) {
-		if (p->w_len[i] != 0)
-			continue;
-		uint64_t n = p->size - p->next;
-		if (n > SPOOL_ZERO_BUF)
-			n = SPOOL_ZERO_BUF;
-		p->w_off[i] = p->next;
-		p->w_len[i] = (uint32_t)n;
-		p->w_done[i] = 0;
-		p->w_sfr[i] = false;
-		p->next += n;
-		prep_write_submit(sp, i);
-	}
-	if (p->zeroed == p->size) {
-		assert(p->inflight == 0);
-		/* The zeros and the extent conversion, now, off the path of
-		 * any acknowledgement. */
-		struct io_uring_sqe *sqe = sp->env.get_sqe(sp->env.ctx);
-		io_uring_prep_fsync(sqe, p->fd, IORING_FSYNC_DATASYNC);
-		prep_tag(sp, sqe, TAG_PREP_SYNC, 0);
-		p->state = P_SYNC;
-	}
-}
-
-/* Create the next segment's file and start zero-filling it. openat is the
- * one synchronous step: creating an inode waits for no I/O (the journal
- * commits it later), while an IORING_OP_OPENAT would cost an io-wq round
- * trip and one more state for nothing. */
-static void
-prep_start(struct spool *sp)
-{
-	struct prep *p = &sp->prep;
-	char name[32];
-	assert(p->state == P_NONE && p->inflight == 0);
-	seg_name(name, sizeof(name), sp->next_seq);
-	int fd = openat(sp->dirfd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-	if (fd < 0) {
-		prezero_error(sp, sp->next_seq, -errno, "create");
-		sp->prep_blocked = true;
-		return;
-	}
-	memset(p, 0, sizeof(*p));
-	p->fd = fd;
-	p->seq = sp->next_seq++; /* reserved now: recovery keeps seq order */
-	p->size = sp->seg_size;
-	p->start_ns = sp->now;
-	p->cur_seq = sp->cur != NULL ? sp->cur->seq : 0;
-	p->cur_tail0 = sp->cur != NULL ? sp->cur->tail : 0;
-	p->state = P_ALLOC;
-	/* fallocate first, for the reasons given in seg_create. */
-	struct io_uring_sqe *sqe = sp->env.get_sqe(sp->env.ctx);
-	io_uring_prep_fallocate(sqe, fd, 0, 0, (off_t)p->size);
-	prep_tag(sp, sqe, TAG_PREP_ALLOC, 0);
-}
-
-/* Start preparing when the current segment is far enough along. */
-static void
-prep_maybe_start(struct spool *sp)
-{
-	const struct seg *s = sp->cur;
-	if (!sp->durable || sp->prep.state != P_NONE || sp->prep_blocked)
-		return;
-	if (s == NULL || s->tail < s->size / SPOOL_PREP_DIVISOR)
-		return;
-	prep_start(sp);
-}
-
-static void
-prep_on_cqe(struct spool *sp, unsigned kind, unsigned idx, int res)
-{
-	struct prep *p = &sp->prep;
-	assert(p->inflight > 0 && p->state != P_NONE && p->state != P_READY);
-	p->inflight--;
-	if (p->state == P_FAILED) {
-		/* Whatever it says, the file is being removed. */
-		prep_reap(sp);
-		return;
-	}
-	switch (kind) {
-	case TAG_PREP_ALLOC:
-		assert(p->state == P_ALLOC);
-		/* EOPNOTSUPP (a file system without fallocate): the zero
-		 * writes allocate the blocks instead. */
-		if (res < 0 && res != -EOPNOTSUPP) {
-			prep_fail(sp, res, "fallocate");
-			return;
-		}
-		p->state = P_ZERO;
-		prep_pump(sp);
-		return;
-	case TAG_PREP_WRITE: {
-		assert(p->state == P_ZERO && idx < SPOOL_ZERO_INFLIGHT && p->w_len[idx] > 0 &&
-		       !p->w_sfr[idx]);
-		if (res == -EINTR || res == -EAGAIN) {
-			prep_write_submit(sp, idx); /* nothing written: again */
-			return;
-		}
-		if (res <= 0) {
-			/* 0: no progress on a regular file, an I/O error. */
-			prep_fail(sp, res == 0 ? -EIO : res, res == 0 ? "write (no progress)" : "write");
-			return;
-		}
-		assert((uint32_t)res <= p->w_len[idx] - p->w_done[idx]);
-		p->w_done[idx] += (uint32_t)res;
-		if (p->w_done[idx] < p->w_len[idx]) {
-			prep_write_submit(sp, idx); /* short: the rest */
-			return;
-		}
-		/* Start the writeback of this range now, without waiting for
-		 * it (see SPOOL_ZERO_BUF): the final fdatasync then finds
-		 * little left to write. */
-		struct io_uring_sqe *sqe = sp->env.get_sqe(sp->env.ctx);
-		io_uring_prep_sync_file_range(sqe, p->fd, p->w_len[idx], p->w_off[idx],
-					      SYNC_FILE_RANGE_WRITE);
-		prep_tag(sp, sqe, TAG_PREP_SFR, idx);
-		p->w_sfr[idx] = true;
-		return;
-	}
-	case TAG_PREP_SFR:
-		assert(p->state == P_ZERO && idx < SPOOL_ZERO_INFLIGHT && p->w_sfr[idx]);
-		/* An error here is an I/O error of the zeros: the same as a
-		 * failed write. */
-		if (res < 0) {
-			prep_fail(sp, res, "sync_file_range");
-			return;
-		}
-		p->zeroed += p->w_len[idx];
-		p->w_len[idx] = 0; /* the slot is free */
-		p->w_sfr[idx] = false;
-		prep_pump(sp);
-		return;
-	case TAG_PREP_SYNC: {
-		assert(p->state == P_SYNC);
-		if (res < 0) {
-			prep_fail(sp, res, "fdatasync");
-			return;
-		}
-		/* The name must be durable before a record in the file is
-		 * acknowledged. After the file's fdatasync (which committed
-		 * the journal holding the new entry on ext4) this is cheap;
-		 * through the ring it costs the loop nothing at all. */
-		struct io_uring_sqe *sqe = sp->env.get_sqe(sp->env.ctx);
-		io_uring_prep_fsync(sqe, sp->dirfd, 0);
-		prep_tag(sp, sqe, TAG_PREP_DIRSYNC, 0);
-		p->state = P_DIRSYNC;
-		return;
-	}
-	case TAG_PREP_DIRSYNC:
-		assert(p->state == P_DIRSYNC);
-		if (res >= 0)
-			res = fault_dirsync();
-		if (res < 0) {
-			prep_fail(sp, res, "fsync of the directory");
-			return;
-		}
-		p->state = P_READY;
-		sp->prep_err_logged = false; /* the next failure is news again */
-		log_debug("spool: %s/%016" PRIx64 ".seg zero-filled ahead of need in %llu us",
-			  sp->dir, p->seq, (unsigned long long)((mono_ns() - p->start_ns) / 1000u));
-		return;
-	default:
-		panic("spool: unknown preparation tag %u", kind);
-	}
-}
-
-/* Make the prepared segment current if it is ready. 0, or -1 if not. */
-static int
-prep_take(struct spool *sp)
-{
-	struct prep *p = &sp->prep;
-	if (p->state != P_READY)
-		return -1;
-	assert(p->inflight == 0 && sp->cur == NULL);
-	if (p->seq < sp->last_seq) {
-		/* A segment was fallocated while this one was being prepared
-		 * and took a later number. Records go to segments in seq order
-		 * (recovery and readers rely on it), so this one is renamed
-		 * past it; synchronous, like that fallback was, and at most
-		 * once per fallback. */
-		char from[32], to[32];
-		seg_name(from, sizeof(from), p->seq);
-		seg_name(to, sizeof(to), sp->next_seq);
-		if (renameat(sp->dirfd, from, sp->dirfd, to) < 0) {
-			prep_fail(sp, -errno, "rename");
-			return -1;
-		}
-		p->seq = sp->next_seq++;
-		int r = dir_sync(sp);
-		if (r < 0) {
-			/* The new name may not survive a crash: not used
-			 * (removed under its new name); the caller makes a
-			 * segment the old way, which fsyncs again. */
-			prep_fail(sp, r, "fsync of the directory after rename");
-			return -1;
-		}
-	}
-	int fd = p->fd;
-	p->fd = -1;
-	p->state = P_NONE;
-	seg_install(sp, fd, p->seq, p->size, true);
-	return 0;
-}
-
-/* Make sure there is a current segment with room for need bytes. */
-static int
-seg_ensure(struct spool *sp, uint64_t need)
-{
-	if (sp->cur != NULL && sp->cur->tail + need <= sp->cur->size)
-		return 0;
-	if (sp->cur != NULL && sp->cur->tail == 0 && sp->cur->size >= need)
-		return 0;
-	uint64_t size = sp->seg_size;
-	if (need > size) /* a record larger than segment_size gets its own file */
-		size = (need + SPOOL_SEG_ALIGN - 1) / SPOOL_SEG_ALIGN * SPOOL_SEG_ALIGN;
-	if (size == sp->seg_size && sp->prep.state == P_READY) {
-		/* The usual rotation: switch to the pre-zeroed segment. */
-		seg_retire(sp);
-		if (prep_take(sp) == 0) {
-			sp->retry_at = 0;
-			return 0;
-		}
-	}
-	if (sp->cur == NULL && sp->now < sp->retry_at)
-		return sp->open_err;
-	/* Nothing ready: do not wait for it, fallocate this one as before
-	 * (counted in spool_segments_unzeroed); the preparation goes on. */
-	seg_retire(sp);
-	int r = seg_create(sp, size, false);
-	if (r < 0) {
-		sp->open_err = map_errno(-r);
-		sp->retry_at = sp->now + SPOOL_RETRY_NS;
-		log_err("spool: cannot create segment in %s: %s; refusing mail for %llums", sp->dir,
-			strerror(-r), (unsigned long long)(SPOOL_RETRY_NS / 1000000u));
-		return sp->open_err;
-	}
-	sp->retry_at = 0;
+	sp_seg_install(sp, fd, sp->next_seq++, size, zero);
 	return 0;
 }
 
@@ -1075,14 +537,14 @@ static void
 seg_abandon(struct spool *sp, struct seg *s, int err, const char *what)
 {
 	char name[32];
-	seg_name(name, sizeof(name), s->seq);
+	sp_seg_name(name, sizeof(name), s->seq);
 	if (!s->abandoned)
 		log_err("spool: %s on %s/%s failed: %s; segment abandoned, its pending messages "
 			"get %s, continuing in a new segment",
 			what, sp->dir, name, strerror(-err), err == -ENOSPC ? "452" : "451");
 	s->abandoned = true;
 	if (s->current)
-		seg_retire(sp);
+		sp_seg_retire(sp);
 	for (unsigned i = 0; i < sp->b_count; i++) {
 		struct batch *b = batch_at(sp, i);
 		if (b->seg != s)
@@ -1105,7 +567,7 @@ static void
 batch_form(struct spool *sp)
 {
 	while (sp->q_head != NULL && sp->b_count < SPOOL_MAX_BATCHES) {
-		int r = seg_ensure(sp, sp->q_head->len);
+		int r = sp_seg_ensure(sp, sp->q_head->len);
 		if (r < 0) {
 			/* No segment: every queued message is refused now,
 			 * rather than waiting for a disk that is full. */
@@ -1255,7 +717,7 @@ fsync_next(struct spool *sp)
 	io_uring_prep_fsync(sqe, s->fd, IORING_FSYNC_DATASYNC);
 	io_uring_sqe_set_data64(sqe, sp->env.ud_base | (uint64_t)TAG_FSYNC << 16);
 	sp->fsync_inflight = true;
-	sp->fsync_start = mono_ns();
+	sp->fsync_start = sp_mono_ns();
 	sp->env.stats->spool_fsyncs++;
 }
 
@@ -1276,7 +738,7 @@ on_write(struct spool *sp, struct batch *b, int res)
 	}
 	if (res <= 0) {
 		/* 0 would mean no progress on a regular file: an I/O error. */
-		int err = res == 0 ? -EIO : map_errno(-res);
+		int err = res == 0 ? -EIO : sp_map_errno(-res);
 		b->state = B_WRITTEN; /* seg_abandon fails it with the others */
 		seg_abandon(sp, b->seg, err, res == 0 ? "write (no progress)" : "write");
 		assert(b->state == B_DONE || b->state == B_FREE);
@@ -1305,7 +767,7 @@ on_fsync(struct spool *sp, int res)
 	assert(sp->fsync_inflight);
 	sp->fsync_inflight = false;
 	/* From queueing to the CQE seen: the disk plus io-wq scheduling. */
-	sp->env.stats->spool_fsync_us += (mono_ns() - sp->fsync_start) / 1000u;
+	sp->env.stats->spool_fsync_us += (sp_mono_ns() - sp->fsync_start) / 1000u;
 	int err = 0;
 	if (res >= 0)
 		res = fault_fsync();
@@ -1315,7 +777,7 @@ on_fsync(struct spool *sp, int res)
 		 * first (that fails its batches that are not syncing), then
 		 * fail the syncing ones. */
 		struct seg *s = NULL;
-		err = map_errno(-res);
+		err = sp_map_errno(-res);
 		for (unsigned i = 0; i < sp->b_count; i++)
 			if (batch_at(sp, i)->state == B_SYNCING)
 				s = batch_at(sp, i)->seg;
@@ -1344,7 +806,7 @@ spool_on_cqe(struct spool *sp, struct io_uring_cqe *cqe)
 	} else if (kind == TAG_FSYNC) {
 		on_fsync(sp, cqe->res);
 	} else if (kind >= TAG_PREP_ALLOC && kind <= TAG_PREP_SFR) {
-		prep_on_cqe(sp, kind, idx, cqe->res);
+		sp_prep_on_cqe(sp, kind, idx, cqe->res);
 	} else if (kind == TAG_VOID_SYNC) {
 		on_void_sync(sp, idx, cqe->res);
 	} else {
@@ -1369,8 +831,8 @@ spool_poll(struct spool *sp, uint64_t now)
 	}
 	write_next(sp);
 	fsync_next(sp);
-	prep_maybe_start(sp);
-	prep_pump(sp); /* the records written move the pacing on */
+	sp_prep_maybe_start(sp);
+	sp_prep_pump(sp); /* the records written move the pacing on */
 }
 
 uint64_t
@@ -1407,7 +869,7 @@ s_open(void *self, struct sink_waiter *owner, const struct sink_open_info *info,
 	}
 	if (sp->cur == NULL || sp->cur->abandoned) {
 		/* A new segment is needed before we can promise anything. */
-		int r = seg_ensure(sp, SPOOL_HDR_SIZE);
+		int r = sp_seg_ensure(sp, SPOOL_HDR_SIZE);
 		if (r < 0) {
 			if (r == -ENOSPC)
 				sp->env.stats->spool_enospc++;
@@ -1581,7 +1043,7 @@ s_abort(struct sink_tx *tx)
 	tx_release(tx->sp, tx);
 }
 
-static const struct sink_ops spool_ops = {
+const struct sink_ops spool_ops = {
 	.tx_open = s_open,
 	.tx_rcpt = s_rcpt,
 	.tx_data = s_data,
@@ -1602,442 +1064,3 @@ spool_set_conf(struct spool *sp, const struct config *cfg)
 	sp->cfg = cfg; /* commit_delay and commit_size are read from it */
 }
 
-/* ---- start-up: directories and recovery ---- */
-
-/* mkdir -p with mode 0700 for what it creates. */
-int
-spool_mkdir_p(const char *path)
-{
-	char buf[CONFIG_PATH_MAX];
-	size_t n = strlen(path);
-	if (n == 0 || n >= sizeof(buf))
-		return -ENAMETOOLONG;
-	memcpy(buf, path, n + 1);
-	for (size_t i = 1; i <= n; i++) {
-		if (buf[i] != '/' && buf[i] != '\0')
-			continue;
-		char c = buf[i];
-		buf[i] = '\0';
-		if (mkdir(buf, 0700) < 0 && errno != EEXIST)
-			return -errno;
-		buf[i] = c;
-	}
-	struct stat st;
-	if (stat(path, &st) < 0)
-		return -errno;
-	return S_ISDIR(st.st_mode) ? 0 : -ENOTDIR;
-}
-
-static int
-cmp_u64(const void *a, const void *b)
-{
-	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-	return x < y ? -1 : x > y;
-}
-
-/* Copy [off, off + len) of the segment fd into
- * spool_dir/damaged/w<N>-<seq>-<off>.bin (via a .tmp file, fsynced, renamed),
- * where an operator finds it (ringmx-spool verify names it). Read with
- * pread, so an unreadable sector is an error here, not a signal. A copy
- * made by an earlier start is kept. 0 or -errno (the caller logs). */
-static int
-damaged_copy(const struct spool *sp, int fd, uint64_t seq, uint64_t off, uint64_t len,
-	     char *path, size_t pathlen)
-{
-	char dir[CONFIG_PATH_MAX + 16], tmp[CONFIG_PATH_MAX + 96];
-	snprintf(dir, sizeof(dir), "%s/" SPOOL_DAMAGED_DIR, sp->cfg->spool_dir);
-	snprintf(path, pathlen, "%s/w%u-%016" PRIx64 "-%016" PRIx64 ".bin", dir, sp->worker, seq,
-		 off);
-	struct stat st;
-	if (stat(path, &st) == 0)
-		return 0;
-	int r = spool_mkdir_p(dir);
-	if (r < 0)
-		return r;
-	if ((size_t)snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= sizeof(tmp))
-		return -ENAMETOOLONG;
-	int out = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	if (out < 0)
-		return -errno;
-	static uint8_t buf[1u << 16];
-	for (uint64_t done = 0; done < len && r == 0;) {
-		size_t n = len - done < sizeof(buf) ? (size_t)(len - done) : sizeof(buf);
-		ssize_t got = pread(fd, buf, n, (off_t)(off + done));
-		if (got < 0 && errno == EINTR)
-			continue;
-		if (got <= 0) {
-			/* An unreadable part: zeros in the copy, which the
-			 * operator is told about (the log names the error). */
-			r = got < 0 ? -errno : -EIO;
-			memset(buf, 0, n);
-			got = (ssize_t)n;
-		}
-		for (size_t w = 0; w < (size_t)got;) {
-			ssize_t k = pwrite(out, buf + w, (size_t)got - w, (off_t)(done + w));
-			if (k < 0 && errno == EINTR)
-				continue;
-			if (k <= 0)
-				return close(out), unlink(tmp), k < 0 ? -errno : -EIO;
-			w += (size_t)k;
-		}
-		done += (uint64_t)got;
-		if (r < 0) {
-			log_err("spool: recovery: reading damaged bytes at %" PRIu64 " of %s/%016" PRIx64
-				".seg: %s; zeros in their copy",
-				off + done - (uint64_t)got, sp->dir, seq, strerror(-r));
-			r = 0;
-		}
-	}
-	if (fsync(out) < 0 || close(out) < 0) {
-		r = -errno;
-		unlink(tmp);
-		return r;
-	}
-	if (rename(tmp, path) < 0) {
-		r = -errno;
-		unlink(tmp);
-		return r;
-	}
-	int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (dfd >= 0) {
-		(void)fsync(dfd); /* the segment keeps the bytes anyway */
-		close(dfd);
-	}
-	return 0;
-}
-
-struct recover_dmg {
-	struct spool *sp;
-	int fd;
-	uint64_t seq;
-};
-
-/* A damaged range: set its bytes aside and say so, loudly. The segment
- * itself is left as it is and never removed by ringmxd (relay.c). */
-static void
-recover_on_damage(void *arg, uint64_t off, uint64_t len)
-{
-	struct recover_dmg *d = arg;
-	char path[CONFIG_PATH_MAX + 96];
-	int r = damaged_copy(d->sp, d->fd, d->seq, off, len, path, sizeof(path));
-	log_err("spool: recovery: %s/%016" PRIx64 ".seg: DAMAGED at offset %" PRIu64 ": %" PRIu64
-		" bytes are not a valid record (a disk or a person changed them); %s %s; the "
-		"records after them are recovered, the segment is kept (inspect with "
-		"ringmx-spool verify)",
-		d->sp->dir, d->seq, off, len, r < 0 ? "could not copy them:" : "copied to",
-		r < 0 ? strerror(-r) : path);
-}
-
-/* Verify one segment; truncate a torn tail or the unused preallocation. */
-static void
-recover_seg(struct spool *sp, uint64_t seq, uint64_t *msgs, uint64_t *bytes)
-{
-	char name[32];
-	seg_name(name, sizeof(name), seq);
-	int fd = openat(sp->dirfd, name, O_RDWR | O_CLOEXEC);
-	struct stat st;
-	if (fd < 0 || fstat(fd, &st) < 0) {
-		log_err("spool: recovery: %s/%s: %s", sp->dir, name, strerror(errno));
-		if (fd >= 0)
-			close(fd);
-		return;
-	}
-	if (st.st_size == 0) {
-		close(fd);
-		if (unlinkat(sp->dirfd, name, 0) == 0)
-			(void)dir_sync(sp); /* a removal: logged, see seg_close */
-		log_info("spool: recovery: %s/%s: empty, removed", sp->dir, name);
-		return;
-	}
-	/* Read, not mapped: an unreadable sector is then an error for its
-	 * bytes (they read as SPOOL_READ_POISON, so the records around them
-	 * survive and they show as damage), not a SIGBUS at every start. */
-	uint64_t bad, bad_off;
-	uint8_t *map = spool_read_file(fd, (uint64_t)st.st_size, &bad, &bad_off);
-	if (map == NULL) {
-		log_err("spool: recovery: reading %s/%s: %s", sp->dir, name, strerror(errno));
-		close(fd);
-		return;
-	}
-	if (bad > 0)
-		log_err("spool: recovery: %s/%s: %" PRIu64 " bytes UNREADABLE (I/O error), the "
-			"first at offset %" PRIu64 "; the records there are damage",
-			sp->dir, name, bad, bad_off);
-	struct spool_scan sc;
-	struct recover_dmg dm = {sp, fd, seq};
-	spool_seg_scan(map, (uint64_t)st.st_size, NULL, recover_on_damage, &dm, &sc);
-	free(map);
-	if (bad > 0 && sc.end == SPOOL_SCAN_TORN) {
-		/* Unreadable bytes in the last record look like a torn tail;
-		 * this one may have been acknowledged: never cut it off. */
-		sc.end = SPOOL_SCAN_DAMAGED;
-		sc.damaged++;
-		sc.damaged_bytes += (uint64_t)st.st_size - sc.valid_end;
-		if (sc.damaged == 1)
-			sc.first_damage = sc.valid_end;
-		recover_on_damage(&dm, sc.valid_end, (uint64_t)st.st_size - sc.valid_end);
-		sc.valid_end = (uint64_t)st.st_size;
-	}
-	if (sc.end == SPOOL_SCAN_CLEAN && sc.records == 0 && sc.damaged == 0) {
-		/* Only zeros: a segment zero-filled ahead of need and never
-		 * used, or one whose zero-filling a crash cut short (its
-		 * fallocated blocks read as zeros too). Nothing to keep. */
-		close(fd);
-		if (unlinkat(sp->dirfd, name, 0) == 0)
-			(void)dir_sync(sp); /* a removal: logged, see seg_close */
-		log_info("spool: recovery: %s/%s: no records, removed", sp->dir, name);
-		return;
-	}
-	*msgs += sc.records;
-	*bytes += sc.bytes;
-	if (sc.damaged > 0)
-		log_err("spool: recovery: %s/%s: %" PRIu64 " DAMAGED range%s, %" PRIu64 " bytes, the "
-			"first at offset %" PRIu64 "; recovered %" PRIu64 " messages, %" PRIu64
-			" bytes around them",
-			sp->dir, name, sc.damaged, sc.damaged == 1 ? "" : "s", sc.damaged_bytes,
-			sc.first_damage, sc.records, sc.bytes);
-	switch (sc.end) {
-	case SPOOL_SCAN_CLEAN:
-		/* valid_end is after the last record or damaged range: only
-		 * zeros are cut off. */
-		if (sc.valid_end < (uint64_t)st.st_size && ftruncate(fd, (off_t)sc.valid_end) < 0)
-			log_warn("spool: recovery: truncate %s/%s: %s", sp->dir, name,
-				 strerror(errno));
-		log_info("spool: recovery: %s/%s: recovered %" PRIu64 " messages, %" PRIu64
-			 " bytes, clean end at %" PRIu64,
-			 sp->dir, name, sc.records, sc.bytes, sc.valid_end);
-		break;
-	case SPOOL_SCAN_TORN:
-		if (ftruncate(fd, (off_t)sc.valid_end) < 0 || fsync(fd) < 0)
-			log_err("spool: recovery: truncate %s/%s: %s", sp->dir, name,
-				strerror(errno));
-		log_warn("spool: recovery: %s/%s: recovered %" PRIu64 " messages, %" PRIu64
-			 " bytes, torn tail at %" PRIu64 " truncated",
-			 sp->dir, name, sc.records, sc.bytes, sc.valid_end);
-		break;
-	case SPOOL_SCAN_DAMAGED:
-		/* Damaged to the end (logged above): nothing is cut off. */
-		break;
-	}
-	close(fd);
-	if (sc.damaged == 0 && sc.valid_end == 0 && sc.records == 0) {
-		if (unlinkat(sp->dirfd, name, 0) == 0)
-			(void)dir_sync(sp); /* a removal: logged, see seg_close */
-	}
-}
-
-#define SPOOL_RECOVER_MAX_SEGS 1000000 /* files per worker directory */
-
-static int
-recover(struct spool *sp, char *err, size_t errlen)
-{
-	DIR *d = fdopendir(dup(sp->dirfd));
-	if (d == NULL) {
-		snprintf(err, errlen, "spool: opendir %s: %s", sp->dir, strerror(errno));
-		return -errno;
-	}
-	size_t n = 0, cap = 64;
-	uint64_t *seqs = malloc(cap * sizeof(*seqs));
-	struct dirent *de;
-	while (seqs != NULL && (de = readdir(d)) != NULL) {
-		uint64_t seq;
-		if (spool_seg_name_parse(de->d_name, &seq) < 0)
-			continue;
-		if (n == cap) {
-			uint64_t *ns = cap < SPOOL_RECOVER_MAX_SEGS ? realloc(seqs, 2 * cap * sizeof(*seqs)) : NULL;
-			if (ns == NULL) {
-				free(seqs);
-				seqs = NULL;
-				break;
-			}
-			seqs = ns;
-			cap *= 2;
-		}
-		seqs[n++] = seq;
-	}
-	closedir(d);
-	if (seqs == NULL) {
-		snprintf(err, errlen, "spool: %s: too many segments or out of memory", sp->dir);
-		return -ENOMEM;
-	}
-	qsort(seqs, n, sizeof(*seqs), cmp_u64);
-	uint64_t msgs = 0, bytes = 0;
-	for (size_t i = 0; i < n; i++)
-		recover_seg(sp, seqs[i], &msgs, &bytes);
-	/* New messages always go to a new segment after a restart. */
-	sp->next_seq = n > 0 ? seqs[n - 1] + 1 : 1;
-	sp->first_seq = sp->next_seq;
-	free(seqs);
-	log_info("spool: %s: %zu segment%s, %" PRIu64 " messages, %" PRIu64 " bytes recovered",
-		 sp->dir, n, n == 1 ? "" : "s", msgs, bytes);
-	return 0;
-}
-
-static void
-spool_free(struct spool *sp)
-{
-	for (size_t i = 0; i < sp->nblocks; i++) {
-		munmap(sp->blocks[i], SPOOL_BLOCK_SIZE);
-		free(sp->descs[i]);
-	}
-	free(sp->blocks);
-	free(sp->descs);
-	if (sp->txs != NULL)
-		munmap(sp->txs, (size_t)sp->ntx * sizeof(*sp->txs));
-	if (sp->dirfd >= 0 && !sp->keep_dirfd)
-		close(sp->dirfd);
-	free(sp);
-}
-
-int
-spool_open(struct spool **out, const struct config *cfg, const struct spool_env *env, char *err,
-	   size_t errlen)
-{
-	struct spool *sp = calloc(1, sizeof(*sp));
-	if (sp == NULL) {
-		snprintf(err, errlen, "spool: out of memory");
-		return -ENOMEM;
-	}
-	sp->env = *env;
-	sp->cfg = cfg;
-	sp->worker = env->worker;
-	sp->dirfd = -1;
-	sp->seg_size = (cfg->segment_size + SPOOL_SEG_ALIGN - 1) / SPOOL_SEG_ALIGN * SPOOL_SEG_ALIGN;
-	sp->memory_cap = cfg->spool_memory;
-	sp->durable = cfg->durability == SPOOL_DURABILITY_FSYNC;
-	for (unsigned i = 0; i < SPOOL_MAX_SEGS; i++)
-		sp->segs[i].fd = sp->void_fd[i] = -1;
-	sp->prep.fd = -1;
-
-	sp->maxblocks = (size_t)(sp->memory_cap / SPOOL_BLOCK_SIZE) + 1;
-	sp->blocks = calloc(sp->maxblocks, sizeof(*sp->blocks));
-	sp->descs = calloc(sp->maxblocks, sizeof(*sp->descs));
-	/* See struct spool: connections plus staging chunks; mapped, so
-	 * untouched slots cost no memory. */
-	sp->ntx = cfg->max_connections + (unsigned)(sp->memory_cap / SPOOL_CHUNK_SIZE) + 1;
-	sp->txs = mmap(NULL, (size_t)sp->ntx * sizeof(*sp->txs), PROT_READ | PROT_WRITE,
-		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (sp->txs == MAP_FAILED)
-		sp->txs = NULL;
-	if (sp->blocks == NULL || sp->descs == NULL || sp->txs == NULL) {
-		snprintf(err, errlen, "spool: out of memory");
-		spool_free(sp);
-		return -ENOMEM;
-	}
-
-	int r = spool_mkdir_p(cfg->spool_dir);
-	if (r == 0) {
-		snprintf(sp->dir, sizeof(sp->dir), "%s/w%u", cfg->spool_dir, env->worker);
-		r = spool_mkdir_p(sp->dir);
-	}
-	if (r < 0) {
-		snprintf(err, errlen, "spool: cannot create %s/w%u: %s", cfg->spool_dir, env->worker,
-			 strerror(-r));
-		spool_free(sp);
-		return r;
-	}
-	sp->dirfd = open(sp->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (sp->dirfd < 0) {
-		r = -errno;
-		snprintf(err, errlen, "spool: open %s: %s", sp->dir, strerror(-r));
-		spool_free(sp);
-		return r;
-	}
-	/* The worker directory itself must survive a crash, or every
-	 * segment in it could vanish with it: an error stops start-up. */
-	int pfd = open(cfg->spool_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	r = pfd < 0 ? -errno : fault_dirsync();
-	if (r == 0 && fsync(pfd) < 0)
-		r = -errno;
-	if (pfd >= 0)
-		close(pfd);
-	if (r < 0) {
-		snprintf(err, errlen, "spool: fsync %s: %s", cfg->spool_dir, strerror(-r));
-		spool_free(sp);
-		return r;
-	}
-	r = recover(sp, err, errlen);
-	if (r < 0) {
-		spool_free(sp);
-		return r;
-	}
-	/* The first segment is zero-filled here, synchronously: the loop is
-	 * not running yet (~35 ms for 64 MiB on the benchmark disk), and the
-	 * load that follows start-up would otherwise begin on a fallocated
-	 * segment. Any failure: the usual path, which logs it. */
-	r = sp->durable ? seg_create(sp, sp->seg_size, true) : -1;
-	if (r < 0)
-		r = seg_ensure(sp, SPOOL_HDR_SIZE);
-	if (r < 0 && r != -ENOSPC) {
-		snprintf(err, errlen, "spool: cannot create a segment in %s (see above)", sp->dir);
-		spool_free(sp);
-		return r;
-	}
-	log_info("spool: %s: segment_size %llu, durability %s%s, commit_delay %lluus, commit_size "
-		 "%llu, spool_memory %llu",
-		 sp->dir, (unsigned long long)sp->seg_size, sp->durable ? "fsync" : "none",
-		 sp->durable ? " (segments pre-zeroed)" : "",
-		 (unsigned long long)(cfg->commit_delay / 1000u), (unsigned long long)cfg->commit_size,
-		 (unsigned long long)cfg->spool_memory);
-	*out = sp;
-	return 0;
-}
-
-void
-spool_set_hooks(struct spool *sp, const struct spool_hooks *hooks)
-{
-	sp->hooks = *hooks;
-}
-
-uint64_t
-spool_first_seq(const struct spool *sp)
-{
-	return sp->first_seq;
-}
-
-void
-spool_internal_next(struct spool *sp)
-{
-	sp->internal_next = true;
-}
-
-void
-spool_close(struct spool *sp)
-{
-	if (sp == NULL)
-		return;
-	/* The worker exits only when spool_idle(): no batch is in the
-	 * kernel, so the fds and chunks can go. Transactions still open
-	 * belong to sessions that are gone with the worker. */
-	if (!spool_idle(sp))
-		log_err("spool: %s: closing with work in flight (%u batches, %u queued)", sp->dir,
-			sp->b_count, sp->q_count);
-	seg_retire(sp);
-	struct prep *p = &sp->prep;
-	if (p->state != P_NONE) {
-		/* Never used: remove it (no directory fsync: should the name
-		 * survive a crash, recovery removes a file of zeros). */
-		char name[32];
-		seg_name(name, sizeof(name), p->seq);
-		unlinkat(sp->dirfd, name, 0);
-		if (p->inflight == 0) {
-			close(p->fd);
-		} else {
-			/* spool_idle() does not wait for zero-filling (an exit
-			 * would wait for a segment of zeros). io-wq may still
-			 * run these SQEs after this, and it looks their fds up
-			 * only then: the file's fd and dirfd are left open so
-			 * their numbers cannot be reused by another file. The
-			 * buffer is static. The process is exiting. */
-			sp->keep_dirfd = true;
-		}
-		p->fd = -1;
-		p->state = P_NONE;
-	}
-	for (unsigned i = 0; i < SPOOL_MAX_SEGS; i++)
-		if (sp->segs[i].fd >= 0) {
-			close(sp->segs[i].fd);
-			sp->segs[i].fd = -1;
-		}
-	spool_free(sp);
-}
