@@ -18,72 +18,13 @@
  * that we know the line number in the handler, can reject what inih would
  * accept but main.cf does not (sections, `key: value`, over-long lines, NUL
  * bytes) and stop at the first error. The first error wins: every later
- * fail() is ignored.
+ * cf_fail() is ignored.
  */
-#include <assert.h>
-#include <errno.h>
-#include <fcntl.h>
-#include <getopt.h>
-#include <sched.h>
-#include <stdarg.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
-#include <arpa/inet.h>
-#include <netinet/in.h>
+#include "config_internal.h"
 
-#include <ini.h>
+/* ---- the key table ---- */
 
-#include "ringmx/config.h"
-#include "ringmx/spool_format.h"
-#include "ringmx_version.h"
-#include "config_syntax.h"
-#include "relay_route.h"
-
-
-/* Keep the CPU list bound and the kernel's in step. */
-_Static_assert(CONFIG_MAX_CPUS == CPU_SETSIZE, "CONFIG_MAX_CPUS must equal CPU_SETSIZE");
-
-enum key_type {
-	T_LISTEN,
-	T_HOSTNAME,
-	T_DOMAINS,
-	T_WORKERS,
-	T_CPUS,
-	T_UINT,     /* unsigned, plain decimal */
-	T_POW2,     /* unsigned, plain decimal, power of two */
-	T_SIZE32,   /* unsigned, size syntax */
-	T_SIZE64,   /* uint64_t, size syntax */
-	T_DURATION, /* uint64_t ns, duration syntax */
-	T_SINK,
-	T_BARE_NEWLINE,
-	T_PATH,       /* spool_dir */
-	T_DURABILITY,
-	T_BOOL,        /* bool at off */
-	T_TLS_PATH,    /* tls_cert, tls_key: char[CONFIG_TLS_PATH_MAX] at off */
-	T_TLS_SNI,     /* tls_sni = NAME CERTFILE KEYFILE (list) */
-	T_TLS_VERSION, /* tls_min_version = 1.2 | 1.3 */
-	T_TLS_CIPHERS, /* tls_ciphers */
-	T_PROXY_TRUSTED, /* list of CIDRs */
-	T_RELAY_HOST,    /* a next hop, checked here, resolved in finish_relay() */
-	T_FILE,          /* a path: char[CONFIG_PATH_MAX] at off */
-	T_RELAY_TLS,     /* none | may | encrypt | verify */
-};
-
-struct key_def {
-	const char *name;
-	enum key_type type;
-	size_t off;        /* into struct config, for the numeric types */
-	uint64_t min, max; /* numeric bounds (ns for durations) */
-	bool reload;       /* takes effect on SIGHUP */
-};
-
-#define CO(f) offsetof(struct config, f)
-#define SEC(n) ((uint64_t)(n) * NS_PER_S)
-
-/* The order here is the order of config_print() and docs/config.md. */
-static const struct key_def keys[] = {
+const struct key_def config_keys[] = {
 	{"listen", T_LISTEN, 0, 0, 0, false},
 	{"hostname", T_HOSTNAME, 0, 0, 0, true},
 	{"domains", T_DOMAINS, 0, 0, 0, true},
@@ -139,50 +80,12 @@ static const struct key_def keys[] = {
 	{"tls_session_tickets", T_BOOL, CO(tls.session_tickets), 0, 0, true},
 	{"handshake_timeout", T_DURATION, CO(tls.handshake_timeout), SEC(1), SEC(3600), true},
 };
-#define NKEYS (sizeof(keys) / sizeof(keys[0]))
-
-static const char *const default_domains[] = {"localhost", "example.test"};
-
-/* Where a key got its value, for checks made after every layer is read
- * (finish_relay()). Neither line nor cli: the built-in default. */
-struct key_origin {
-	int line;  /* file line; 0 = not from the file */
-	bool cli;  /* from the command line or environment: label */
-	char label[CONFIG_ERR_MAX / 2];
-};
-
-/* One source of settings: the file, the -o options or the flags. */
-struct layer {
-	const char *file; /* file name; NULL for the command line */
-	int lineno;       /* current physical line (file) */
-	bool cont;        /* current line is a continuation line */
-	int seen[NKEYS];  /* line (file) or 1 (command line) a key was first set */
-	char label[CONFIG_ERR_MAX / 2]; /* command line: "-o key=value" */
-};
-
-struct pstate {
-	struct config *cfg;
-	char *err;
-	bool failed;
-	struct layer ly;
-	/* The line reader's input. */
-	const char *buf;
-	size_t len, pos;
-	bool key_seen; /* mirrors inih's prev_name: a key line was seen */
-	char qbuf[288];
-	struct key_origin origin[NKEYS]; /* the layer that set each key last */
-};
-
-static int fail(struct pstate *st, const char *key, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
-static int vfail(struct pstate *st, const char *key, const char *fmt, va_list ap)
-	__attribute__((format(printf, 3, 0)));
-static void buff(char *b, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+_Static_assert(sizeof(config_keys) / sizeof(config_keys[0]) == NKEYS, "NKEYS is the key count");
 
 /* snprintf() for messages where cutting an over-long path or value short is
  * the intended behaviour (and not worth a -Wformat-truncation warning). */
-static void
-buff(char *b, size_t cap, const char *fmt, ...)
+void
+cf_buff(char *b, size_t cap, const char *fmt, ...)
 {
 	va_list ap;
 
@@ -194,8 +97,8 @@ buff(char *b, size_t cap, const char *fmt, ...)
 /* First error wins. File errors: "file:line: key: problem" (line 0: a
  * built-in value, "file: key: problem"); command-line errors: "label:
  * problem". */
-static int
-vfail(struct pstate *st, const char *key, const char *fmt, va_list ap)
+int
+cf_vfail(struct pstate *st, const char *key, const char *fmt, va_list ap)
 {
 	char prob[CONFIG_ERR_MAX];
 
@@ -204,25 +107,25 @@ vfail(struct pstate *st, const char *key, const char *fmt, va_list ap)
 	st->failed = true;
 	vsnprintf(prob, sizeof(prob), fmt, ap);
 	if (st->ly.file == NULL)
-		buff(st->err, CONFIG_ERR_MAX, "%s: %s", st->ly.label, prob);
+		cf_buff(st->err, CONFIG_ERR_MAX, "%s: %s", st->ly.label, prob);
 	else if (st->ly.lineno == 0 && key != NULL)
-		buff(st->err, CONFIG_ERR_MAX, "%s: %s: %s", st->ly.file, key, prob);
+		cf_buff(st->err, CONFIG_ERR_MAX, "%s: %s: %s", st->ly.file, key, prob);
 	else if (key == NULL)
-		buff(st->err, CONFIG_ERR_MAX, "%s:%d: %s", st->ly.file, st->ly.lineno, prob);
+		cf_buff(st->err, CONFIG_ERR_MAX, "%s:%d: %s", st->ly.file, st->ly.lineno, prob);
 	else
-		buff(st->err, CONFIG_ERR_MAX, "%s:%d: %s: %s", st->ly.file, st->ly.lineno, key,
+		cf_buff(st->err, CONFIG_ERR_MAX, "%s:%d: %s: %s", st->ly.file, st->ly.lineno, key,
 		     prob);
 	return -1;
 }
 
-static int
-fail(struct pstate *st, const char *key, const char *fmt, ...)
+int
+cf_fail(struct pstate *st, const char *key, const char *fmt, ...)
 {
 	va_list ap;
 	int rc;
 
 	va_start(ap, fmt);
-	rc = vfail(st, key, fmt, ap);
+	rc = cf_vfail(st, key, fmt, ap);
 	va_end(ap);
 	return rc;
 }
@@ -262,7 +165,7 @@ domain_add(struct pstate *st, const char *key, const char *tok, size_t n)
 		assert(n <= CONFIG_LINE_MAX);
 		memcpy(raw, tok, n);
 		raw[n] = '\0';
-		return fail(st, key, "not a domain: '%s'", q(st, raw));
+		return cf_fail(st, key, "not a domain: '%s'", q(st, raw));
 	}
 	assert(n < sizeof(d));
 	for (i = 0; i < n; i++)
@@ -270,16 +173,16 @@ domain_add(struct pstate *st, const char *key, const char *tok, size_t n)
 	d[n] = '\0';
 	for (i = 0; i < cfg->ndomains; i++)
 		if (strcmp(cfg->domain_list[i], d) == 0)
-			return fail(st, key, "duplicate domain: '%s'", d);
+			return cf_fail(st, key, "duplicate domain: '%s'", d);
 	if (cfg->ndomains == CONFIG_MAX_DOMAINS)
-		return fail(st, key, "too many domains (max %d)", CONFIG_MAX_DOMAINS);
+		return cf_fail(st, key, "too many domains (max %d)", CONFIG_MAX_DOMAINS);
 	nl = realloc(cfg->domain_list, (cfg->ndomains + 1) * sizeof(*nl));
 	if (nl == NULL)
-		return fail(st, key, "out of memory");
+		return cf_fail(st, key, "out of memory");
 	cfg->domain_list = nl;
 	nl[cfg->ndomains] = strdup(d);
 	if (nl[cfg->ndomains] == NULL)
-		return fail(st, key, "out of memory");
+		return cf_fail(st, key, "out of memory");
 	cfg->ndomains++;
 	return 0;
 }
@@ -337,24 +240,24 @@ cpus_parse(const char *v, int *list, size_t *n, size_t max, char *why, size_t wh
 		if (rc == 0 && *end == '-')
 			rc = syn_parse_digits(end + 1, &hi, &end);
 		if (rc == -1 || end != p) {
-			buff(why, whylen, "not a CPU list: '%s'", qb);
+			cf_buff(why, whylen, "not a CPU list: '%s'", qb);
 			return -1;
 		}
 		if (rc == -2 || lo >= CPU_SETSIZE || hi >= CPU_SETSIZE) {
-			buff(why, whylen, "CPU out of range: '%s' (0..%d)", qb, CPU_SETSIZE - 1);
+			cf_buff(why, whylen, "CPU out of range: '%s' (0..%d)", qb, CPU_SETSIZE - 1);
 			return -1;
 		}
 		if (lo > hi) {
-			buff(why, whylen, "not a CPU range: '%s'", qb);
+			cf_buff(why, whylen, "not a CPU range: '%s'", qb);
 			return -1;
 		}
 		for (; lo <= hi; lo++) {
 			if (seen[lo]) {
-				buff(why, whylen, "CPU %d listed twice", (int)lo);
+				cf_buff(why, whylen, "CPU %d listed twice", (int)lo);
 				return -1;
 			}
 			if (*n == max) {
-				buff(why, whylen, "too many CPUs (max %zu)", max);
+				cf_buff(why, whylen, "too many CPUs (max %zu)", max);
 				return -1;
 			}
 			seen[lo] = true;
@@ -377,8 +280,8 @@ config_parse_cpus(const char *s, int *cpus, size_t max)
 
 /* ---- listeners ---- */
 
-static bool
-listener_same(const struct listener_conf *a, const struct listener_conf *b)
+bool
+cf_listener_same(const struct listener_conf *a, const struct listener_conf *b)
 {
 	return a->addrlen == b->addrlen && memcmp(&a->addr, &b->addr, a->addrlen) == 0;
 }
@@ -402,8 +305,8 @@ listener_text(struct listener_conf *l)
 	}
 }
 
-static void
-listener_set_port(struct listener_conf *l, uint16_t port)
+void
+cf_listener_set_port(struct listener_conf *l, uint16_t port)
 {
 	if (l->addr.ss_family == AF_INET)
 		((struct sockaddr_in *)&l->addr)->sin_port = htons(port);
@@ -412,16 +315,16 @@ listener_set_port(struct listener_conf *l, uint16_t port)
 	listener_text(l);
 }
 
-static int
-port_parse(struct pstate *st, const char *key, const char *s, uint16_t *port)
+int
+cf_port_parse(struct pstate *st, const char *key, const char *s, uint16_t *port)
 {
 	uint64_t v;
 	int rc = syn_parse_uint(s, &v);
 
 	if (rc == -1)
-		return fail(st, key, "not a port: '%s'", q(st, s));
+		return cf_fail(st, key, "not a port: '%s'", q(st, s));
 	if (rc == -2 || v < 1 || v > 65535)
-		return fail(st, key, "port out of range: '%s' (1..65535)", q(st, s));
+		return cf_fail(st, key, "port out of range: '%s' (1..65535)", q(st, s));
 	*port = (uint16_t)v;
 	return 0;
 }
@@ -439,31 +342,31 @@ listener_addr(struct pstate *st, const char *key, char *a, struct listener_conf 
 		char *rb = strchr(a, ']');
 
 		if (rb == NULL || rb[1] != ':')
-			return fail(st, key, "not ADDRESS:PORT: '%s'", q(st, a));
+			return cf_fail(st, key, "not ADDRESS:PORT: '%s'", q(st, a));
 		*rb = '\0';
 		host = a + 1;
 		port = rb + 2;
 		if (inet_pton(AF_INET6, host, &s6->sin6_addr) != 1)
-			return fail(st, key, "not an IPv6 address: '%s'", q(st, host));
+			return cf_fail(st, key, "not an IPv6 address: '%s'", q(st, host));
 		s6->sin6_family = AF_INET6;
 		l->addrlen = sizeof(*s6);
 	} else {
 		port = strrchr(a, ':');
 		if (port == NULL)
-			return fail(st, key, "not ADDRESS:PORT: '%s'", q(st, a));
+			return cf_fail(st, key, "not ADDRESS:PORT: '%s'", q(st, a));
 		*port++ = '\0';
 		if (strchr(host, ':') != NULL)
-			return fail(st, key, "IPv6 addresses must be in brackets: '%s'", q(st, host));
+			return cf_fail(st, key, "IPv6 addresses must be in brackets: '%s'", q(st, host));
 		if (strcmp(host, "*") == 0)
 			s4->sin_addr.s_addr = htonl(INADDR_ANY);
 		else if (inet_pton(AF_INET, host, &s4->sin_addr) != 1)
-			return fail(st, key, "not an IPv4 address: '%s'", q(st, host));
+			return cf_fail(st, key, "not an IPv4 address: '%s'", q(st, host));
 		s4->sin_family = AF_INET;
 		l->addrlen = sizeof(*s4);
 	}
-	if (port_parse(st, key, port, &pn) < 0)
+	if (cf_port_parse(st, key, port, &pn) < 0)
 		return -1;
-	listener_set_port(l, pn);
+	cf_listener_set_port(l, pn);
 	return 0;
 }
 
@@ -476,17 +379,17 @@ listener_option(struct pstate *st, const char *key, char *opt, struct listener_c
 	size_t i;
 
 	if (v == NULL)
-		return fail(st, key, "not option=value: '%s'", q(st, opt));
+		return cf_fail(st, key, "not option=value: '%s'", q(st, opt));
 	*v++ = '\0';
 	if (strcmp(opt, "tls") == 0) {
 		if (*have & 1)
-			return fail(st, key, "option given twice: 'tls'");
+			return cf_fail(st, key, "option given twice: 'tls'");
 		*have |= 1;
 		for (i = 0; i < 4; i++)
 			if (strcmp(v, tls[i]) == 0)
 				break;
 		if (i == 4)
-			return fail(st, key, "not one of none, starttls, required, implicit: tls=%s",
+			return cf_fail(st, key, "not one of none, starttls, required, implicit: tls=%s",
 				    q(st, v));
 		l->tls = (enum listener_tls)i;
 		l->tls_explicit = true;
@@ -494,18 +397,18 @@ listener_option(struct pstate *st, const char *key, char *opt, struct listener_c
 	}
 	if (strcmp(opt, "proxy") == 0) {
 		if (*have & 2)
-			return fail(st, key, "option given twice: 'proxy'");
+			return cf_fail(st, key, "option given twice: 'proxy'");
 		*have |= 2;
 		if (syn_parse_bool(v, &l->proxy) < 0)
-			return fail(st, key, "not a boolean: proxy=%s", q(st, v));
+			return cf_fail(st, key, "not a boolean: proxy=%s", q(st, v));
 		return 0;
 	}
-	return fail(st, key, "unknown option: '%s'", q(st, opt));
+	return cf_fail(st, key, "unknown option: '%s'", q(st, opt));
 }
 
 /* "ADDRESS:PORT [option=value ...]", appended to the listeners. */
-static int
-listen_parse(struct pstate *st, const char *key, const char *value)
+int
+cf_listen_parse(struct pstate *st, const char *key, const char *value)
 {
 	struct config *cfg = st->cfg;
 	struct listener_conf l;
@@ -515,7 +418,7 @@ listen_parse(struct pstate *st, const char *key, const char *value)
 
 	memset(&l, 0, sizeof(l));
 	if (strlen(value) >= sizeof(buf))
-		return fail(st, key, "value too long");
+		return cf_fail(st, key, "value too long");
 	strcpy(buf, value);
 	tok = strtok_r(buf, " \t", &save);
 	assert(tok != NULL); /* empty values are refused before */
@@ -525,10 +428,10 @@ listen_parse(struct pstate *st, const char *key, const char *value)
 		if (listener_option(st, key, tok, &l, &have) < 0)
 			return -1;
 	for (i = 0; i < cfg->nlisteners; i++)
-		if (listener_same(&cfg->listeners[i], &l))
-			return fail(st, key, "duplicate listener: %s", l.text);
+		if (cf_listener_same(&cfg->listeners[i], &l))
+			return cf_fail(st, key, "duplicate listener: %s", l.text);
 	if (cfg->nlisteners == CONFIG_MAX_LISTENERS)
-		return fail(st, key, "too many listeners (max %d)", CONFIG_MAX_LISTENERS);
+		return cf_fail(st, key, "too many listeners (max %d)", CONFIG_MAX_LISTENERS);
 	cfg->listeners[cfg->nlisteners++] = l;
 	return 0;
 }
@@ -550,7 +453,7 @@ cidr_parse(struct pstate *st, const char *key, const char *tok, size_t n, struct
 	syn_quote_n(qb, sizeof(qb), tok, n);
 	memset(c, 0, sizeof(*c));
 	if (n >= sizeof(a))
-		return fail(st, key, "not a network: '%s'", qb);
+		return cf_fail(st, key, "not a network: '%s'", qb);
 	memcpy(a, tok, n);
 	a[n] = '\0';
 	pl = strchr(a, '/');
@@ -560,28 +463,28 @@ cidr_parse(struct pstate *st, const char *key, const char *tok, size_t n, struct
 		size_t hl = strlen(host);
 
 		if (hl < 3 || host[hl - 1] != ']')
-			return fail(st, key, "not a network: '%s'", qb);
+			return cf_fail(st, key, "not a network: '%s'", qb);
 		host[hl - 1] = '\0';
 		host++;
 	}
 	if (strchr(host, ':') != NULL) {
 		if (inet_pton(AF_INET6, host, c->addr) != 1)
-			return fail(st, key, "not an IPv6 address: '%s'", qb);
+			return cf_fail(st, key, "not an IPv6 address: '%s'", qb);
 		c->family = AF_INET6;
 		max = 128;
 	} else {
 		if (host != a || inet_pton(AF_INET, host, c->addr) != 1)
-			return fail(st, key, "not an IPv4 address: '%s'", qb);
+			return cf_fail(st, key, "not an IPv4 address: '%s'", qb);
 		c->family = AF_INET;
 		max = 32;
 	}
 	len = max;
 	if (pl != NULL && (syn_parse_uint(pl, &len) != 0 || len > max))
-		return fail(st, key, "not a prefix length: '%s' (0..%u)", qb, max);
+		return cf_fail(st, key, "not a prefix length: '%s' (0..%u)", qb, max);
 	c->prefix = (uint8_t)len;
 	for (i = c->prefix; i < max; i++)
 		if (c->addr[i / 8] & (0x80u >> (i % 8)))
-			return fail(st, key, "host bits set in '%s' (network/%u is meant?)", qb,
+			return cf_fail(st, key, "host bits set in '%s' (network/%u is meant?)", qb,
 				    c->prefix);
 	return 0;
 }
@@ -602,7 +505,7 @@ trusted_parse(struct pstate *st, const char *key, const char *v)
 		while (*p == ',' || syn_is_blank(*p))
 			p++;
 		if (*p == '\0')
-			return added > 0 ? 0 : fail(st, key, "empty list");
+			return added > 0 ? 0 : cf_fail(st, key, "empty list");
 		tk = p;
 		while (*p != '\0' && *p != ',' && !syn_is_blank(*p))
 			p++;
@@ -616,35 +519,35 @@ trusted_parse(struct pstate *st, const char *key, const char *v)
 				char qb[288];
 
 				syn_quote_n(qb, sizeof(qb), tk, (size_t)(p - tk));
-				return fail(st, key, "network listed twice: '%s'", qb);
+				return cf_fail(st, key, "network listed twice: '%s'", qb);
 			}
 		}
 		if (t->n == PROXY_TRUST_MAX)
-			return fail(st, key, "too many networks (max %d)", PROXY_TRUST_MAX);
+			return cf_fail(st, key, "too many networks (max %d)", PROXY_TRUST_MAX);
 		t->net[t->n++] = c;
 	}
 }
 
 /* Text form of one network, for config_print(). */
-static void
-cidr_text(const struct proxy_cidr *c, char *b, size_t cap)
+void
+cf_cidr_text(const struct proxy_cidr *c, char *b, size_t cap)
 {
 	char a[INET6_ADDRSTRLEN];
 
 	inet_ntop(c->family, c->addr, a, sizeof(a));
-	buff(b, cap, "%s/%u", a, c->prefix);
+	cf_buff(b, cap, "%s/%u", a, c->prefix);
 }
 
 /* ---- keys ---- */
 
-static const struct key_def *
-key_find(const char *name)
+const struct key_def *
+cf_key_find(const char *name)
 {
 	size_t i;
 
 	for (i = 0; i < NKEYS; i++)
-		if (strcmp(keys[i].name, name) == 0)
-			return &keys[i];
+		if (strcmp(config_keys[i].name, name) == 0)
+			return &config_keys[i];
 	return NULL;
 }
 
@@ -667,17 +570,17 @@ set_number(struct pstate *st, const struct key_def *k, const char *v)
 	case T_SIZE64:
 		rc = syn_parse_size(v, &n);
 		if (rc == -1)
-			return fail(st, k->name, "not a size: '%s'", q(st, v));
+			return cf_fail(st, k->name, "not a size: '%s'", q(st, v));
 		break;
 	case T_DURATION:
 		rc = syn_parse_duration(v, &n);
 		if (rc == -1)
-			return fail(st, k->name, "not a duration: '%s'", q(st, v));
+			return cf_fail(st, k->name, "not a duration: '%s'", q(st, v));
 		break;
 	default:
 		rc = syn_parse_uint(v, &n);
 		if (rc == -1)
-			return fail(st, k->name, "not a number: '%s'", q(st, v));
+			return cf_fail(st, k->name, "not a number: '%s'", q(st, v));
 		break;
 	}
 	if (rc == -2 || n < k->min || n > k->max) {
@@ -688,10 +591,10 @@ set_number(struct pstate *st, const struct key_def *k, const char *v)
 			snprintf(lo, sizeof(lo), "%llu", (unsigned long long)k->min);
 			snprintf(hi, sizeof(hi), "%llu", (unsigned long long)k->max);
 		}
-		return fail(st, k->name, "out of range: '%s' (%s..%s)", q(st, v), lo, hi);
+		return cf_fail(st, k->name, "out of range: '%s' (%s..%s)", q(st, v), lo, hi);
 	}
 	if (k->type == T_POW2 && (n & (n - 1)) != 0)
-		return fail(st, k->name, "not a power of two: '%s'", q(st, v));
+		return cf_fail(st, k->name, "not a power of two: '%s'", q(st, v));
 	if (k->type == T_SIZE64 || k->type == T_DURATION)
 		*(uint64_t *)(void *)((char *)st->cfg + k->off) = n;
 	else
@@ -709,9 +612,9 @@ path_set(struct pstate *st, const char *key, char *dst, size_t cap, const char *
 	syn_quote_n(qb, sizeof(qb), v, n);
 	for (size_t i = 0; i < n; i++)
 		if ((unsigned char)v[i] < 0x20 || v[i] == 0x7f)
-			return fail(st, key, "control character in path: '%s'", qb);
+			return cf_fail(st, key, "control character in path: '%s'", qb);
 	if (n >= cap)
-		return fail(st, key, "path too long (max %zu bytes)", cap - 1);
+		return cf_fail(st, key, "path too long (max %zu bytes)", cap - 1);
 	memcpy(dst, v, n);
 	dst[n] = '\0';
 	return 0;
@@ -739,9 +642,9 @@ tls_sni_parse(struct pstate *st, const char *key, const char *v)
 		n++;
 	}
 	if (n != 3)
-		return fail(st, key, "expected 'NAME CERTFILE KEYFILE': '%s'", q(st, v));
+		return cf_fail(st, key, "expected 'NAME CERTFILE KEYFILE': '%s'", q(st, v));
 	if (t->nsni == CONFIG_TLS_SNI_MAX)
-		return fail(st, key, "too many names (max %d)", CONFIG_TLS_SNI_MAX);
+		return cf_fail(st, key, "too many names (max %d)", CONFIG_TLS_SNI_MAX);
 	e = &t->sni[t->nsni];
 	memset(e, 0, sizeof(*e));
 	{
@@ -756,7 +659,7 @@ tls_sni_parse(struct pstate *st, const char *key, const char *v)
 			nl -= 2;
 		}
 		if (nl >= sizeof(e->name) - 2 || !syn_domain_valid(name, nl, false))
-			return fail(st, key, "not a host name or *.domain: '%s'", qb);
+			return cf_fail(st, key, "not a host name or *.domain: '%s'", qb);
 		for (i = 0; i < fl[0]; i++) {
 			char c = f[0][i];
 
@@ -765,7 +668,7 @@ tls_sni_parse(struct pstate *st, const char *key, const char *v)
 		e->name[fl[0]] = '\0';
 		for (i = 0; i < t->nsni; i++)
 			if (strcmp(t->sni[i].name, e->name) == 0)
-				return fail(st, key, "name listed twice: '%s'", qb);
+				return cf_fail(st, key, "name listed twice: '%s'", qb);
 	}
 	if (path_set(st, key, e->cert, sizeof(e->cert), f[1], fl[1]) < 0 ||
 	    path_set(st, key, e->key, sizeof(e->key), f[2], fl[2]) < 0)
@@ -774,25 +677,25 @@ tls_sni_parse(struct pstate *st, const char *key, const char *v)
 	return 0;
 }
 
-static int
-set_value(struct pstate *st, const struct key_def *k, const char *v)
+int
+cf_set_value(struct pstate *st, const struct key_def *k, const char *v)
 {
 	struct config *cfg = st->cfg;
 	char why[400];
 
 	switch (k->type) {
 	case T_LISTEN:
-		return listen_parse(st, k->name, v);
+		return cf_listen_parse(st, k->name, v);
 	case T_DOMAINS:
 		return domains_parse(st, k->name, v);
 	case T_CPUS:
 		if (cpus_parse(v, cfg->cpu_list, &cfg->ncpu_list, CONFIG_MAX_CPUS, why,
 			       sizeof(why)) < 0)
-			return fail(st, k->name, "%s", why);
+			return cf_fail(st, k->name, "%s", why);
 		return 0;
 	case T_HOSTNAME:
 		if (!syn_domain_valid(v, strlen(v), false))
-			return fail(st, k->name, "not a valid host name: '%s'", q(st, v));
+			return cf_fail(st, k->name, "not a valid host name: '%s'", q(st, v));
 		strcpy(cfg->smtp.hostname, v); /* syn_domain_valid bounds it to 255 */
 		return 0;
 	case T_SINK:
@@ -801,7 +704,7 @@ set_value(struct pstate *st, const struct key_def *k, const char *v)
 		else if (strcmp(v, "spool") == 0)
 			cfg->sink = SINK_KIND_SPOOL;
 		else
-			return fail(st, k->name, "not one of spool, discard: '%s'", q(st, v));
+			return cf_fail(st, k->name, "not one of spool, discard: '%s'", q(st, v));
 		return 0;
 	case T_DURABILITY:
 		if (strcmp(v, "fsync") == 0)
@@ -809,7 +712,7 @@ set_value(struct pstate *st, const struct key_def *k, const char *v)
 		else if (strcmp(v, "none") == 0)
 			cfg->durability = SPOOL_DURABILITY_NONE;
 		else
-			return fail(st, k->name, "not one of fsync, none: '%s'", q(st, v));
+			return cf_fail(st, k->name, "not one of fsync, none: '%s'", q(st, v));
 		return 0;
 	case T_PROXY_TRUSTED:
 		return trusted_parse(st, k->name, v);
@@ -818,15 +721,15 @@ set_value(struct pstate *st, const struct key_def *k, const char *v)
 		 * ambiguous; a path is otherwise taken as written. */
 		for (const char *c = v; *c; c++)
 			if ((unsigned char)*c < 0x20 || *c == 0x7f)
-				return fail(st, k->name, "control character in path: '%s'", q(st, v));
+				return cf_fail(st, k->name, "control character in path: '%s'", q(st, v));
 		if (strlen(v) >= sizeof(cfg->spool_dir) - 64)
-			return fail(st, k->name, "path too long (max %zu bytes)",
+			return cf_fail(st, k->name, "path too long (max %zu bytes)",
 				    sizeof(cfg->spool_dir) - 65);
 		strcpy(cfg->spool_dir, v);
 		return 0;
 	case T_BOOL:
 		if (syn_parse_bool(v, (bool *)(void *)((char *)cfg + k->off)) < 0)
-			return fail(st, k->name, "not a boolean: '%s'", q(st, v));
+			return cf_fail(st, k->name, "not a boolean: '%s'", q(st, v));
 		return 0;
 	case T_TLS_PATH:
 		return path_set(st, k->name, (char *)cfg + k->off, CONFIG_TLS_PATH_MAX, v, strlen(v));
@@ -836,10 +739,10 @@ set_value(struct pstate *st, const struct key_def *k, const char *v)
 		struct relay_hop_conf h;
 
 		/* Syntax now, for the line number; the name is resolved
-		 * once every layer is read (finish_relay()), so a relay_host
+		 * once every layer is read (cf_finish_relay()), so a relay_host
 		 * that -o overrides is never looked up. */
 		if (relay_hop_parse(v, strlen(v), false, &h, why, sizeof(why)) < 0)
-			return fail(st, k->name, "bad next hop '%s': %s", q(st, v), why);
+			return cf_fail(st, k->name, "bad next hop '%s': %s", q(st, v), why);
 		strcpy(cfg->relay.relay_host, v); /* relay_hop_parse() bounds it */
 		return 0;
 	}
@@ -851,7 +754,7 @@ set_value(struct pstate *st, const struct key_def *k, const char *v)
 			if (strcmp(v, names[i]) == 0)
 				break;
 		if (i == 4)
-			return fail(st, k->name, "not one of none, may, encrypt, verify: '%s'",
+			return cf_fail(st, k->name, "not one of none, may, encrypt, verify: '%s'",
 				    q(st, v));
 		cfg->relay.tls = (enum relay_tls)i;
 		return 0;
@@ -865,7 +768,7 @@ set_value(struct pstate *st, const struct key_def *k, const char *v)
 		else if (strcmp(v, "1.3") == 0)
 			cfg->tls.min_version = 13;
 		else
-			return fail(st, k->name, "not one of 1.2, 1.3: '%s'", q(st, v));
+			return cf_fail(st, k->name, "not one of 1.2, 1.3: '%s'", q(st, v));
 		return 0;
 	case T_TLS_CIPHERS:
 		/* Checked against wolfSSL when the contexts are built
@@ -873,9 +776,9 @@ set_value(struct pstate *st, const struct key_def *k, const char *v)
 		for (const char *c = v; *c; c++)
 			if (!((*c >= 'A' && *c <= 'Z') || (*c >= 'a' && *c <= 'z') ||
 			      (*c >= '0' && *c <= '9') || strchr(":-_+!@=.,", *c) != NULL))
-				return fail(st, k->name, "not a cipher list: '%s'", q(st, v));
+				return cf_fail(st, k->name, "not a cipher list: '%s'", q(st, v));
 		if (strlen(v) >= sizeof(cfg->tls.ciphers))
-			return fail(st, k->name, "value too long (max %zu bytes)",
+			return cf_fail(st, k->name, "value too long (max %zu bytes)",
 				    sizeof(cfg->tls.ciphers) - 1);
 		strcpy(cfg->tls.ciphers, v);
 		return 0;
@@ -885,7 +788,7 @@ set_value(struct pstate *st, const struct key_def *k, const char *v)
 		else if (strcmp(v, "reject") == 0)
 			cfg->smtp.bare_newline = SMTP_BARE_NEWLINE_REJECT;
 		else
-			return fail(st, k->name, "not one of normalize, reject: '%s'", q(st, v));
+			return cf_fail(st, k->name, "not one of normalize, reject: '%s'", q(st, v));
 		return 0;
 	default:
 		return set_number(st, k, v);
@@ -897,26 +800,26 @@ set_value(struct pstate *st, const struct key_def *k, const char *v)
  * line of the same key. Scalars may be set once per layer; a list key's
  * first use in a layer drops what lower layers set.
  */
-static int
-set_key(struct pstate *st, const char *name, const char *v, bool cont)
+int
+cf_set_key(struct pstate *st, const char *name, const char *v, bool cont)
 {
-	const struct key_def *k = key_find(name);
+	const struct key_def *k = cf_key_find(name);
 	struct config *cfg = st->cfg;
 	int *seen;
 
 	if (k == NULL)
-		return fail(st, name, "unknown key");
-	seen = &st->ly.seen[k - keys];
+		return cf_fail(st, name, "unknown key");
+	seen = &st->ly.seen[k - config_keys];
 	if (cont && k->type != T_DOMAINS && k->type != T_CPUS)
-		return fail(st, k->name, "continuation line not allowed (only domains and cpus "
+		return cf_fail(st, k->name, "continuation line not allowed (only domains and cpus "
 					 "take continuation lines)");
 	if (!cont && !key_is_list(k) && *seen != 0) {
 		if (st->ly.file != NULL)
-			return fail(st, k->name, "already set on line %d", *seen);
-		return fail(st, k->name, "already set by an earlier option");
+			return cf_fail(st, k->name, "already set on line %d", *seen);
+		return cf_fail(st, k->name, "already set by an earlier option");
 	}
 	if (!cont && *seen == 0) {
-		struct key_origin *o = &st->origin[k - keys];
+		struct key_origin *o = &st->origin[k - config_keys];
 
 		*seen = st->ly.file != NULL ? st->ly.lineno : 1;
 		o->line = st->ly.file != NULL ? st->ly.lineno : 0;
@@ -936,8 +839,8 @@ set_key(struct pstate *st, const char *name, const char *v, bool cont)
 	/* An empty `domains =` or `cpus =` line may be followed by
 	 * continuation lines; an empty cpus list means no pinning. */
 	if (*v == '\0' && k->type != T_CPUS && !(k->type == T_DOMAINS && st->ly.file != NULL))
-		return fail(st, k->name, "empty value");
-	return set_value(st, k, v);
+		return cf_fail(st, k->name, "empty value");
+	return cf_set_value(st, k, v);
 }
 
 /* End of a layer: list keys that ended up empty. */
@@ -946,10 +849,10 @@ layer_end(struct pstate *st)
 {
 	int line = st->ly.seen[2]; /* domains */
 
-	assert(strcmp(keys[2].name, "domains") == 0);
+	assert(strcmp(config_keys[2].name, "domains") == 0);
 	if (line != 0 && st->cfg->ndomains == 0) {
 		st->ly.lineno = line;
-		return fail(st, "domains", "empty list");
+		return cf_fail(st, "domains", "empty list");
 	}
 	return 0;
 }
@@ -978,17 +881,17 @@ cfg_reader(char *str, int num, void *stream)
 	st->ly.lineno++;
 	st->ly.cont = false;
 	if (body > CONFIG_LINE_MAX) {
-		fail(st, NULL, "line too long (max %d bytes)", CONFIG_LINE_MAX);
+		cf_fail(st, NULL, "line too long (max %d bytes)", CONFIG_LINE_MAX);
 		return NULL;
 	}
 	if (memchr(p, '\0', body) != NULL) {
-		fail(st, NULL, "NUL byte in line");
+		cf_fail(st, NULL, "NUL byte in line");
 		return NULL;
 	}
 	/* inih's buffer is ini_max_line (set to fit CONFIG_LINE_MAX below);
 	 * checked, not asserted, so a release build can never overflow it. */
 	if (num <= 0 || (size_t)num <= n) {
-		fail(st, NULL, "line too long (max %d bytes)", CONFIG_LINE_MAX);
+		cf_fail(st, NULL, "line too long (max %d bytes)", CONFIG_LINE_MAX);
 		return NULL;
 	}
 	memcpy(str, p, n);
@@ -1003,7 +906,7 @@ cfg_reader(char *str, int num, void *stream)
 		return str;
 	}
 	if (*s == '[') {
-		fail(st, NULL, "sections are not supported");
+		cf_fail(st, NULL, "sections are not supported");
 		return NULL;
 	}
 	for (k = s; syn_is_digit(*s) || (*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') ||
@@ -1011,13 +914,13 @@ cfg_reader(char *str, int num, void *stream)
 	     s++)
 		;
 	if (s == k || s - k > 40) {
-		fail(st, NULL, "syntax error: expected 'key = value'");
+		cf_fail(st, NULL, "syntax error: expected 'key = value'");
 		return NULL;
 	}
 	while (*s == ' ' || *s == '\t')
 		s++;
 	if (*s != '=') {
-		fail(st, NULL, "syntax error: expected 'key = value'");
+		cf_fail(st, NULL, "syntax error: expected 'key = value'");
 		return NULL;
 	}
 	st->key_seen = true;
@@ -1032,11 +935,11 @@ cfg_handler(void *user, const char *section, const char *name, const char *value
 	if (st->failed)
 		return 0;
 	if (section != NULL && *section != '\0') {
-		fail(st, NULL, "sections are not supported");
+		cf_fail(st, NULL, "sections are not supported");
 		return 0;
 	}
 	assert(name != NULL && value != NULL);
-	return set_key(st, name, value, st->ly.cont) == 0;
+	return cf_set_key(st, name, value, st->ly.cont) == 0;
 }
 
 static char ini_comment_prefixes[] = "#";
@@ -1072,17 +975,17 @@ parse_text(struct pstate *st, const char *name, const char *text, size_t len)
 	if (st->failed)
 		return -1;
 	if (rc == -2)
-		return fail(st, NULL, "out of memory");
+		return cf_fail(st, NULL, "out of memory");
 	if (rc != 0) {
 		st->ly.lineno = rc;
-		return fail(st, NULL, "syntax error");
+		return cf_fail(st, NULL, "syntax error");
 	}
 	return layer_end(st);
 }
 
 /* The whole file, at most max bytes. */
-static int
-read_file(const char *path, size_t max, char **out, size_t *outlen, char *err)
+int
+cf_read_file(const char *path, size_t max, char **out, size_t *outlen, char *err)
 {
 	size_t len = 0, cap = 8192;
 	char *buf;
@@ -1090,7 +993,7 @@ read_file(const char *path, size_t max, char **out, size_t *outlen, char *err)
 
 	fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0) {
-		buff(err, CONFIG_ERR_MAX, "%s: cannot open: %s", path, strerror(errno));
+		cf_buff(err, CONFIG_ERR_MAX, "%s: cannot open: %s", path, strerror(errno));
 		return -1;
 	}
 	buf = malloc(cap);
@@ -1103,7 +1006,7 @@ read_file(const char *path, size_t max, char **out, size_t *outlen, char *err)
 			if (nb == NULL) {
 				free(buf);
 				close(fd);
-				buff(err, CONFIG_ERR_MAX, "%s: file too large (max %zu bytes)",
+				cf_buff(err, CONFIG_ERR_MAX, "%s: file too large (max %zu bytes)",
 					 path, max);
 				return -1;
 			}
@@ -1114,7 +1017,7 @@ read_file(const char *path, size_t max, char **out, size_t *outlen, char *err)
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r < 0) {
-			buff(err, CONFIG_ERR_MAX, "%s: cannot read: %s", path, strerror(errno));
+			cf_buff(err, CONFIG_ERR_MAX, "%s: cannot read: %s", path, strerror(errno));
 			free(buf);
 			close(fd);
 			return -1;
@@ -1125,134 +1028,16 @@ read_file(const char *path, size_t max, char **out, size_t *outlen, char *err)
 	}
 	close(fd);
 	if (buf == NULL) {
-		buff(err, CONFIG_ERR_MAX, "%s: out of memory", path);
+		cf_buff(err, CONFIG_ERR_MAX, "%s: out of memory", path);
 		return -1;
 	}
 	if (len > max) {
-		buff(err, CONFIG_ERR_MAX, "%s: file too large (max %zu bytes)", path, max);
+		cf_buff(err, CONFIG_ERR_MAX, "%s: file too large (max %zu bytes)", path, max);
 		free(buf);
 		return -1;
 	}
 	*out = buf;
 	*outlen = len;
-	return 0;
-}
-
-/* ---- the command line ---- */
-
-static void
-layer_cli(struct pstate *st, const char *opt, const char *arg)
-{
-	memset(&st->ly, 0, sizeof(st->ly));
-	syn_quote(st->qbuf, sizeof(st->qbuf), arg);
-	buff(st->ly.label, sizeof(st->ly.label), "%s %s", opt, st->qbuf);
-}
-
-/* One -o key=value. Keeps the -o layer's seen[] (scalars once per layer). */
-static int
-apply_set(struct pstate *st, const char *arg, int *seen)
-{
-	char key[48], val[CONFIG_LINE_MAX + 1];
-	const char *eq = strchr(arg, '=');
-	size_t kl, vl;
-	int rc;
-
-	layer_cli(st, "-o", arg);
-	memcpy(st->ly.seen, seen, sizeof(st->ly.seen));
-	if (eq == NULL)
-		return fail(st, NULL, "expected key=value");
-	kl = (size_t)(eq - arg);
-	if (kl >= sizeof(key))
-		return fail(st, NULL, "unknown key");
-	memcpy(key, arg, kl);
-	key[kl] = '\0';
-	eq++;
-	while (syn_is_blank(*eq))
-		eq++;
-	vl = strlen(eq);
-	while (vl > 0 && syn_is_blank(eq[vl - 1]))
-		vl--;
-	if (vl >= sizeof(val))
-		return fail(st, NULL, "value too long");
-	memcpy(val, eq, vl);
-	val[vl] = '\0';
-	rc = set_key(st, key, val, false);
-	memcpy(seen, st->ly.seen, sizeof(st->ly.seen));
-	return rc;
-}
-
-static int
-apply_args(struct pstate *st, const struct config_args *a)
-{
-	int seen[NKEYS] = {0};
-	uint16_t port = 0;
-	size_t i, j;
-
-	for (i = 0; i < a->nsets; i++)
-		if (apply_set(st, a->sets[i], seen) < 0)
-			return -1;
-	memset(seen, 0, sizeof(seen));
-	for (i = 0; i < a->nlisten; i++) {
-		layer_cli(st, "--listen", a->listen[i]);
-		if (i == 0)
-			st->cfg->nlisteners = 0;
-		if (*a->listen[i] == '\0')
-			return fail(st, NULL, "empty value");
-		if (listen_parse(st, NULL, a->listen[i]) < 0)
-			return -1;
-	}
-	if (a->workers != NULL) {
-		layer_cli(st, "--workers", a->workers);
-		if (set_key(st, "workers", a->workers, false) < 0)
-			return -1;
-	}
-	if (a->cpus != NULL) {
-		layer_cli(st, "--cpus", a->cpus);
-		if (set_key(st, "cpus", a->cpus, false) < 0)
-			return -1;
-	}
-	if (a->port == NULL)
-		return 0;
-	layer_cli(st, "--port", a->port);
-	if (port_parse(st, NULL, a->port, &port) < 0)
-		return -1;
-	for (i = 0; i < st->cfg->nlisteners; i++) {
-		listener_set_port(&st->cfg->listeners[i], port);
-		for (j = 0; j < i; j++)
-			if (listener_same(&st->cfg->listeners[j], &st->cfg->listeners[i]))
-				return fail(st, NULL, "duplicate listener: %s",
-					    st->cfg->listeners[i].text);
-	}
-	return 0;
-}
-
-/*
- * The old interface's environment, a layer between the defaults and the
- * file: SMTP_TLS_CERT / SMTP_TLS_KEY name the files, SMTP_ENABLE_TLS=true
- * demands them (and turns STARTTLS on for listeners without tls=), =false
- * leaves such listeners without TLS.
- */
-static int
-apply_env(struct pstate *st, const struct config_args *a)
-{
-	bool on;
-
-	if (a->env_enable_tls != NULL) {
-		layer_cli(st, "SMTP_ENABLE_TLS", a->env_enable_tls);
-		if (syn_parse_bool(a->env_enable_tls, &on) < 0)
-			return fail(st, NULL, "not a boolean");
-		st->cfg->tls.env_enable = on;
-	}
-	if (a->env_tls_cert != NULL && a->env_tls_cert[0] != '\0') {
-		layer_cli(st, "SMTP_TLS_CERT", a->env_tls_cert);
-		if (set_key(st, "tls_cert", a->env_tls_cert, false) < 0)
-			return -1;
-	}
-	if (a->env_tls_key != NULL && a->env_tls_key[0] != '\0') {
-		layer_cli(st, "SMTP_TLS_KEY", a->env_tls_key);
-		if (set_key(st, "tls_key", a->env_tls_key, false) < 0)
-			return -1;
-	}
 	return 0;
 }
 
@@ -1267,7 +1052,7 @@ set_defaults(struct config *cfg)
 	s4->sin_family = AF_INET;
 	s4->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 	cfg->listeners[0].addrlen = sizeof(*s4);
-	listener_set_port(&cfg->listeners[0], 2525);
+	cf_listener_set_port(&cfg->listeners[0], 2525);
 	cfg->nlisteners = 1;
 
 	cfg->workers = 0;
@@ -1355,19 +1140,19 @@ finish_tls(struct config *cfg, char *err)
 	size_t i;
 
 	if (have && t->key[0] == '\0') {
-		buff(err, CONFIG_ERR_MAX, "tls_key: missing (tls_cert is set)");
+		cf_buff(err, CONFIG_ERR_MAX, "tls_key: missing (tls_cert is set)");
 		return -1;
 	}
 	if (!have && t->key[0] != '\0') {
-		buff(err, CONFIG_ERR_MAX, "tls_cert: missing (tls_key is set)");
+		cf_buff(err, CONFIG_ERR_MAX, "tls_cert: missing (tls_key is set)");
 		return -1;
 	}
 	if (!have && t->nsni > 0) {
-		buff(err, CONFIG_ERR_MAX, "tls_sni: needs a default certificate (tls_cert, tls_key)");
+		cf_buff(err, CONFIG_ERR_MAX, "tls_sni: needs a default certificate (tls_cert, tls_key)");
 		return -1;
 	}
 	if (t->env_enable == 1 && !have) {
-		buff(err, CONFIG_ERR_MAX, "SMTP_ENABLE_TLS=true: no certificate (set SMTP_TLS_CERT "
+		cf_buff(err, CONFIG_ERR_MAX, "SMTP_ENABLE_TLS=true: no certificate (set SMTP_TLS_CERT "
 					  "and SMTP_TLS_KEY, or tls_cert and tls_key)");
 		return -1;
 	}
@@ -1379,7 +1164,7 @@ finish_tls(struct config *cfg, char *err)
 			l->tls = have && t->env_enable != 0 ? LISTENER_TLS_STARTTLS
 							   : LISTENER_TLS_NONE;
 		if (l->tls != LISTENER_TLS_NONE && !have) {
-			buff(err, CONFIG_ERR_MAX,
+			cf_buff(err, CONFIG_ERR_MAX,
 			     "listen %s: tls=%s needs a certificate (tls_cert and tls_key)", l->text,
 			     names[l->tls]);
 			return -1;
@@ -1429,172 +1214,10 @@ finish(struct config *cfg, char *err)
 	return 0;
 }
 
-/* ---- relay: checks across keys, the map, name resolution ---- */
+/* ---- loading ---- */
 
-static size_t
-key_index(const char *name)
-{
-	const struct key_def *k = key_find(name);
-
-	assert(k != NULL);
-	return (size_t)(k - keys);
-}
-
-static int fail_key(struct pstate *st, const char *name, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
-
-/*
- * An error found after every layer was read, named after the place that
- * set the key: "FILE:LINE: key: problem", "-o key=value: problem", or for
- * a built-in value "FILE: key: problem" (just "key: problem" without a
- * file), so it reads like an error found while parsing that line.
- */
-static int
-fail_key(struct pstate *st, const char *name, const char *fmt, ...)
-{
-	const struct key_origin *o = &st->origin[key_index(name)];
-	va_list ap;
-	int rc;
-
-	/* Stand in the layer that set the key; every layer has been read. */
-	memset(&st->ly, 0, sizeof(st->ly));
-	if (o->cli)
-		snprintf(st->ly.label, sizeof(st->ly.label), "%s", o->label);
-	else if (st->cfg->path[0] != '\0') {
-		st->ly.file = st->cfg->path;
-		st->ly.lineno = o->line;
-	} else
-		snprintf(st->ly.label, sizeof(st->ly.label), "%s", name);
-	va_start(ap, fmt);
-	rc = vfail(st, name, fmt, ap);
-	va_end(ap);
-	return rc;
-}
-
-/* transport_maps: read the whole file (every load, so every SIGHUP),
- * parse it, resolve its names. A relative path is taken from the
- * configuration file's directory, as an operator reading that file would. */
-static int
-load_map(struct pstate *st)
-{
-	static const char key[] = "transport_maps";
-	struct relay_conf *r = &st->cfg->relay;
-	const char *tm = r->transport_maps, *slash = strrchr(st->cfg->path, '/');
-	struct relay_hop_origin *origin;
-	char path[CONFIG_PATH_MAX], why[CONFIG_ERR_MAX];
-	char *text = NULL;
-	size_t len = 0, i;
-	int rc;
-
-	if (tm[0] != '/' && slash != NULL) {
-		size_t dl = (size_t)(slash - st->cfg->path);
-
-		if (dl + 1 + strlen(tm) >= sizeof(path))
-			return fail_key(st, key, "path too long (max %zu bytes) with the "
-					"configuration file's directory", sizeof(path) - 1);
-		memcpy(path, st->cfg->path, dl + 1); /* with the '/' */
-		strcpy(path + dl + 1, tm);            /* fits: checked above */
-	} else {
-		strcpy(path, tm); /* both CONFIG_PATH_MAX */
-	}
-	if (read_file(path, RELAY_MAP_FILE_MAX, &text, &len, why) < 0)
-		return fail_key(st, key, "%s", why);
-	/* 64 origins of ~300 bytes: the heap, not the main thread's stack. */
-	origin = calloc(CONFIG_MAX_HOPS, sizeof(*origin));
-	if (origin == NULL) {
-		free(text);
-		return fail_key(st, key, "out of memory");
-	}
-	rc = relay_map_parse(r, path, text, len, origin, why, sizeof(why));
-	free(text);
-	if (rc < 0) {
-		free(origin);
-		return fail_key(st, key, "%s", why);
-	}
-	assert(r->nhops <= CONFIG_MAX_HOPS);
-	for (i = 0; rc == 0 && i < r->nhops; i++) {
-		struct relay_hop_conf *h = &r->hops[i];
-
-		unsigned bad = 0;
-
-		if (relay_hop_resolve(h, &bad, why, sizeof(why)) < 0)
-			rc = fail_key(st, key, "%s:%u: %s: cannot resolve '%s': %s", path,
-				      origin[i].line, origin[i].domain, h->m[bad].host, why);
-	}
-	free(origin);
-	return rc;
-}
-
-/*
- * The relay keys together: retry bounds, TLS verification, the map and
- * relay_host (both resolved here, at start-up and on every SIGHUP), and
- * what a relay needs from the rest: the spool, and a route for every
- * local domain (else mail accepted for it could never leave).
- */
-static int
-finish_relay(struct pstate *st)
-{
-	struct config *cfg = st->cfg;
-	struct relay_conf *r = &cfg->relay;
-	char why[CONFIG_ERR_MAX], a[32], b[32];
-	size_t i;
-
-	assert(r->map == NULL && r->nhops == 0 && r->default_hop == -1);
-	if (r->retry_max < r->retry_min) {
-		syn_fmt_duration(a, sizeof(a), r->retry_max);
-		syn_fmt_duration(b, sizeof(b), r->retry_min);
-		return fail_key(st, "retry_max", "%s is less than retry_min (%s)", a, b);
-	}
-	if (r->tls == RELAY_TLS_VERIFY && r->tls_ca_file[0] == '\0')
-		return fail_key(st, "relay_tls", "verify needs relay_tls_ca_file");
-	if (r->tls_ca_file[0] != '\0') {
-		/* Only readability: engine/relay.c loads the certificates. */
-		int fd = open(r->tls_ca_file, O_RDONLY | O_CLOEXEC);
-
-		if (fd < 0)
-			return fail_key(st, "relay_tls_ca_file", "cannot open: %s", strerror(errno));
-		close(fd);
-	}
-	if (r->transport_maps[0] != '\0' && load_map(st) < 0)
-		return -1;
-	if (r->relay_host[0] != '\0') {
-		struct relay_hop_conf h;
-		int idx;
-
-		if (relay_hop_parse(r->relay_host, strlen(r->relay_host), false, &h, why,
-				    sizeof(why)) < 0)
-			abort(); /* set_value() accepted it */
-		/* Deduplicated before resolving: a hop the map already has
-		 * was resolved with it. */
-		idx = relay_hop_add(r, &h);
-		if (idx < 0)
-			return fail_key(st, "relay_host", "too many next hops with transport_maps "
-				       "(max %d)", CONFIG_MAX_HOPS);
-		unsigned bad = 0;
-
-		if (relay_hop_resolve(&r->hops[idx], &bad, why, sizeof(why)) < 0)
-			return fail_key(st, "relay_host", "cannot resolve '%s': %s",
-					r->hops[idx].m[bad].host, why);
-		if (r->default_hop < 0)
-			r->default_hop = idx;
-	}
-	if (!relay_enabled(r))
-		return 0;
-	if (cfg->sink != SINK_KIND_SPOOL)
-		return fail_key(st, r->relay_host[0] != '\0' ? "relay_host" : "transport_maps",
-				"needs sink = spool");
-	for (i = 0; i < cfg->ndomains; i++) {
-		const char *d = cfg->domain_list[i];
-
-		if (relay_route(r, d, strlen(d)) < 0)
-			return fail_key(st, "domains", "no next hop for '%s': add it to "
-				       "transport_maps or set relay_host", d);
-	}
-	return 0;
-}
-
-static struct config *
-load(const char *name, const char *text, size_t len, const struct config_args *args, char *err)
+struct config *
+cf_load(const char *name, const char *text, size_t len, const struct config_args *args, char *err)
 {
 	struct pstate st;
 	struct config *cfg;
@@ -1603,22 +1226,22 @@ load(const char *name, const char *text, size_t len, const struct config_args *a
 	err[0] = '\0';
 	cfg = calloc(1, sizeof(*cfg));
 	if (cfg == NULL || set_defaults(cfg) < 0) {
-		buff(err, CONFIG_ERR_MAX, "out of memory");
+		cf_buff(err, CONFIG_ERR_MAX, "out of memory");
 		config_free(cfg);
 		return NULL;
 	}
 	memset(&st, 0, sizeof(st));
 	st.cfg = cfg;
 	st.err = err;
-	if (args != NULL && apply_env(&st, args) < 0)
-		goto fail;
+	if (args != NULL && cf_apply_env(&st, args) < 0)
+		goto cf_fail;
 	if (name != NULL) {
 		snprintf(cfg->path, sizeof(cfg->path), "%s", name);
 		if (parse_text(&st, name, text, len) < 0)
-			goto fail;
+			goto cf_fail;
 	}
-	if (args != NULL && apply_args(&st, args) < 0)
-		goto fail;
+	if (args != NULL && cf_apply_args(&st, args) < 0)
+		goto cf_fail;
 	if (finish(cfg, err) < 0) {
 		/* Checks across keys have no single line; still name the
 		 * file they concern (the contract: file, line where there is
@@ -1626,14 +1249,14 @@ load(const char *name, const char *text, size_t len, const struct config_args *a
 		if (name != NULL) {
 			char tmp[CONFIG_ERR_MAX];
 			snprintf(tmp, sizeof(tmp), "%s", err);
-			buff(err, CONFIG_ERR_MAX, "%s: %s", name, tmp);
+			cf_buff(err, CONFIG_ERR_MAX, "%s: %s", name, tmp);
 		}
-		goto fail;
+		goto cf_fail;
 	}
-	if (finish_relay(&st) < 0)
-		goto fail;
+	if (cf_finish_relay(&st) < 0)
+		goto cf_fail;
 	return cfg;
-fail:
+cf_fail:
 	assert(err[0] != '\0');
 	config_free(cfg);
 	return NULL;
@@ -1644,7 +1267,7 @@ config_load_string(const char *name, const char *text, size_t len,
 		   const struct config_args *args, char err[CONFIG_ERR_MAX])
 {
 	assert(name != NULL && (text != NULL || len == 0));
-	return load(name, text != NULL ? text : "", len, args, err);
+	return cf_load(name, text != NULL ? text : "", len, args, err);
 }
 
 struct config *
@@ -1655,10 +1278,10 @@ config_load(const struct config_args *args, char err[CONFIG_ERR_MAX])
 	size_t len = 0;
 
 	if (args == NULL || args->config_path == NULL)
-		return load(NULL, NULL, 0, args, err);
-	if (read_file(args->config_path, CONFIG_FILE_MAX, &text, &len, err) < 0)
+		return cf_load(NULL, NULL, 0, args, err);
+	if (cf_read_file(args->config_path, CONFIG_FILE_MAX, &text, &len, err) < 0)
 		return NULL;
-	cfg = load(args->config_path, text, len, args, err);
+	cfg = cf_load(args->config_path, text, len, args, err);
 	free(text);
 	return cfg;
 }
@@ -1673,365 +1296,3 @@ config_free(struct config *cfg)
 	free(cfg);
 }
 
-/* ---- output ---- */
-
-static void
-print_cpus(const struct config *cfg, FILE *f)
-{
-	size_t i = 0;
-
-	while (i < cfg->ncpu_list) {
-		size_t j = i;
-
-		while (j + 1 < cfg->ncpu_list && cfg->cpu_list[j + 1] == cfg->cpu_list[j] + 1)
-			j++;
-		fprintf(f, "%s%d", i == 0 ? " " : ",", cfg->cpu_list[i]);
-		if (j > i)
-			fprintf(f, "-%d", cfg->cpu_list[j]);
-		i = j + 1;
-	}
-}
-
-static void
-print_domains(const struct config *cfg, FILE *f)
-{
-	size_t i, col = sizeof("domains =") - 1;
-
-	for (i = 0; i < cfg->ndomains; i++) {
-		size_t w = strlen(cfg->domain_list[i]) + 2;
-
-		if (i > 0 && col + w > 78) {
-			fputs(",\n   ", f);
-			col = 3;
-		} else if (i > 0) {
-			fputc(',', f);
-		}
-		fprintf(f, " %s", cfg->domain_list[i]);
-		col += w;
-	}
-}
-
-void
-config_print(const struct config *cfg, FILE *f)
-{
-	static const char *const tls[] = {"none", "starttls", "required", "implicit"};
-	char d[32];
-	size_t i, j;
-
-	fprintf(f, "# ringmxd %s: effective configuration\n", RINGMX_VERSION);
-	for (i = 0; i < NKEYS; i++) {
-		const struct key_def *k = &keys[i];
-		const void *p = (const char *)cfg + k->off;
-
-		switch (k->type) {
-		case T_LISTEN:
-			for (j = 0; j < cfg->nlisteners; j++) {
-				const struct listener_conf *l = &cfg->listeners[j];
-
-				fprintf(f, "listen = %s", l->text);
-				if (l->tls != LISTENER_TLS_NONE || l->tls_explicit)
-					fprintf(f, " tls=%s", tls[l->tls]);
-				if (l->proxy)
-					fprintf(f, " proxy=yes");
-				fputc('\n', f);
-			}
-			continue;
-		case T_HOSTNAME:
-			fprintf(f, "hostname = %s\n", cfg->smtp.hostname);
-			continue;
-		case T_DOMAINS:
-			fputs("domains =", f);
-			print_domains(cfg, f);
-			break;
-		case T_CPUS:
-			fputs("cpus =", f);
-			print_cpus(cfg, f);
-			break;
-		case T_PROXY_TRUSTED:
-			fputs("proxy_trusted =", f);
-			for (j = 0; j < cfg->proxy_trusted.n; j++) {
-				char net[INET6_ADDRSTRLEN + 8];
-
-				cidr_text(&cfg->proxy_trusted.net[j], net, sizeof(net));
-				fprintf(f, "%s %s", j == 0 ? "" : ",", net);
-			}
-			break;
-		case T_SINK:
-			fputs(cfg->sink == SINK_KIND_SPOOL ? "sink = spool" : "sink = discard", f);
-			break;
-		case T_PATH:
-			fprintf(f, "spool_dir = %s", cfg->spool_dir);
-			break;
-		case T_DURABILITY:
-			fprintf(f, "durability = %s",
-				cfg->durability == SPOOL_DURABILITY_NONE ? "none" : "fsync");
-			break;
-		case T_BOOL:
-			fprintf(f, "%s = %s", k->name, *(const bool *)p ? "yes" : "no");
-			break;
-		case T_RELAY_HOST:
-			if (cfg->relay.relay_host[0] == '\0')
-				continue;
-			fprintf(f, "relay_host = %s", cfg->relay.relay_host);
-			break;
-		case T_RELAY_TLS: {
-			static const char *const rt[] = {"none", "may", "encrypt", "verify"};
-
-			fprintf(f, "relay_tls = %s", rt[cfg->relay.tls]);
-			break;
-		}
-		case T_FILE:
-		case T_TLS_PATH:
-			if (*(const char *)p == '\0')
-				continue; /* unset: no empty `key =` line (that is an error) */
-			fprintf(f, "%s = %s", k->name, (const char *)p);
-			break;
-		case T_TLS_SNI:
-			for (j = 0; j < cfg->tls.nsni; j++)
-				fprintf(f, "tls_sni = %s %s %s\n", cfg->tls.sni[j].name,
-					cfg->tls.sni[j].cert, cfg->tls.sni[j].key);
-			continue;
-		case T_TLS_VERSION:
-			fprintf(f, "tls_min_version = 1.%u", cfg->tls.min_version - 10);
-			break;
-		case T_TLS_CIPHERS:
-			if (cfg->tls.ciphers[0] == '\0')
-				continue; /* the built-in list */
-			fprintf(f, "tls_ciphers = %s", cfg->tls.ciphers);
-			break;
-		case T_BARE_NEWLINE:
-			fprintf(f, "bare_newline = %s",
-				cfg->smtp.bare_newline == SMTP_BARE_NEWLINE_REJECT ? "reject"
-										   : "normalize");
-			break;
-		case T_SIZE64:
-			fprintf(f, "%s = %llu", k->name,
-				(unsigned long long)*(const uint64_t *)p);
-			break;
-		case T_DURATION:
-			syn_fmt_duration(d, sizeof(d), *(const uint64_t *)p);
-			fprintf(f, "%s = %s", k->name, d);
-			break;
-		default:
-			fprintf(f, "%s = %u", k->name, *(const unsigned *)p);
-			break;
-		}
-		fputc('\n', f);
-	}
-}
-
-int
-config_check_reload(const struct config *cur, const struct config *next, char err[CONFIG_ERR_MAX])
-{
-	size_t i;
-
-	/* The listeners' tls= default follows the certificate. */
-	if ((cur->tls.cert[0] == '\0') != (next->tls.cert[0] == '\0')) {
-		buff(err, CONFIG_ERR_MAX, "tls_cert: adding or removing the certificate changes the "
-					  "listeners' TLS; restart ringmxd");
-		return -1;
-	}
-	for (i = 0; i < NKEYS; i++) {
-		const struct key_def *k = &keys[i];
-		bool same = true;
-
-		if (k->reload)
-			continue;
-		switch (k->type) {
-		case T_LISTEN:
-			same = cur->nlisteners == next->nlisteners;
-			for (size_t j = 0; same && j < cur->nlisteners; j++)
-				same = listener_same(&cur->listeners[j], &next->listeners[j]) &&
-				       cur->listeners[j].tls == next->listeners[j].tls &&
-				       cur->listeners[j].proxy == next->listeners[j].proxy;
-			break;
-		case T_CPUS:
-			same = cur->ncpus == next->ncpus &&
-			       memcmp(cur->cpus, next->cpus, sizeof(cur->cpus)) == 0;
-			break;
-		case T_SINK:
-			same = cur->sink == next->sink;
-			break;
-		case T_PATH:
-			same = strcmp(cur->spool_dir, next->spool_dir) == 0;
-			break;
-		case T_DURABILITY:
-			same = cur->durability == next->durability;
-			break;
-		case T_SIZE64:
-		case T_DURATION:
-			same = *(const uint64_t *)(const void *)((const char *)cur + k->off) ==
-			       *(const uint64_t *)(const void *)((const char *)next + k->off);
-			break;
-		default:
-			same = *(const unsigned *)(const void *)((const char *)cur + k->off) ==
-			       *(const unsigned *)(const void *)((const char *)next + k->off);
-			break;
-		}
-		if (!same) {
-			buff(err, CONFIG_ERR_MAX,
-				 "%s: cannot be changed by a reload; restart ringmxd", k->name);
-			return -1;
-		}
-	}
-	return 0;
-}
-
-/* ---- argv ---- */
-
-enum {
-	OPT_LISTEN = 256,
-	OPT_PORT,
-	OPT_WORKERS,
-	OPT_CPUS,
-	OPT_PRINT,
-};
-
-void
-config_usage(FILE *f)
-{
-	fputs("Usage: ringmxd [options]\n"
-	      "  -c, --config FILE      read FILE (key = value, see docs/config.md);\n"
-	      "                         without it only defaults and options apply\n"
-	      "  -t, --check-config     load the configuration, report the first error and exit\n"
-	      "      --print-config     print the effective configuration and exit\n"
-	      "  -o KEY=VALUE           set a configuration key (repeatable; wins over the file)\n"
-	      "      --listen 'ADDR:PORT [tls=..] [proxy=..]'\n"
-	      "                         listen there instead of the file's listen lines\n"
-	      "                         (repeatable); ADDR is IPv4, [IPv6], * or [::]\n"
-	      "      --port N           use port N on every listener\n"
-	      "      --workers N        worker threads (0 = one per CPU)\n"
-	      "      --cpus LIST        pin workers to CPUs, e.g. 0-3,6\n"
-	      "  -V, --version          print the version and exit\n"
-	      "  -h, --help             print this help and exit\n"
-	      "Environment (old interface): SMTP_ENABLE_TLS=true|false, SMTP_TLS_CERT=FILE,\n"
-	      "                         SMTP_TLS_KEY=FILE (as tls_cert, tls_key)\n"
-	      "Precedence: defaults < environment < file < -o < --listen, --workers, --cpus,\n"
-	      "            --port.\n",
-	      f);
-}
-
-static int
-arg_once(const char **slot, const char *v, const char *name, char *err)
-{
-	if (*slot != NULL) {
-		buff(err, CONFIG_ERR_MAX, "option '%s' given twice", name);
-		return -1;
-	}
-	*slot = v;
-	return 0;
-}
-
-/* getopt_long() returned '?' (unknown) or ':' (missing argument). */
-static int
-arg_error(int c, int argc, char **argv, char *err)
-{
-	const char *last = optind > 0 && optind <= argc ? argv[optind - 1] : "";
-	bool is_long = strncmp(last, "--", 2) == 0;
-	char qb[288];
-
-	/* An unknown long option leaves optopt 0; a missing argument of a
-	 * long option leaves its val (maybe a short letter) and optind past
-	 * it; a short option inside a cluster is named by optopt alone. */
-	if (c == '?')
-		is_long = optopt == 0;
-	if (is_long) {
-		const char *eq = strchr(last, '=');
-		char raw[72];
-		size_t n = eq != NULL ? (size_t)(eq - last) : strlen(last);
-
-		snprintf(raw, sizeof(raw), "%.*s", (int)(n > 64 ? 64 : n), last);
-		syn_quote(qb, sizeof(qb), raw);
-	} else {
-		snprintf(qb, sizeof(qb), "-%c", optopt > 32 && optopt < 127 ? optopt : '?');
-	}
-	if (c == ':')
-		buff(err, CONFIG_ERR_MAX, "option '%s' requires an argument", qb);
-	else
-		buff(err, CONFIG_ERR_MAX, "unknown option '%s'", qb);
-	return -1;
-}
-
-int
-config_parse_args(int argc, char **argv, struct config_args *args, char err[CONFIG_ERR_MAX])
-{
-	static const struct option lopts[] = {
-		{"config", required_argument, NULL, 'c'},
-		{"check-config", no_argument, NULL, 't'},
-		{"version", no_argument, NULL, 'V'},
-		{"help", no_argument, NULL, 'h'},
-		{"print-config", no_argument, NULL, OPT_PRINT},
-		{"listen", required_argument, NULL, OPT_LISTEN},
-		{"port", required_argument, NULL, OPT_PORT},
-		{"workers", required_argument, NULL, OPT_WORKERS},
-		{"cpus", required_argument, NULL, OPT_CPUS},
-		{NULL, 0, NULL, 0},
-	};
-	int c;
-
-	memset(args, 0, sizeof(*args));
-	err[0] = '\0';
-	optind = 0; /* glibc: full re-initialisation */
-	opterr = 0;
-	while ((c = getopt_long(argc, argv, "+:c:tVho:", lopts, NULL)) != -1) {
-		int rc = 0;
-
-		switch (c) {
-		case 'c':
-			rc = arg_once(&args->config_path, optarg, "--config", err);
-			break;
-		case 't':
-			args->check_only = true;
-			break;
-		case 'V':
-			args->version = true;
-			break;
-		case 'h':
-			args->help = true;
-			break;
-		case OPT_PRINT:
-			args->print_config = true;
-			break;
-		case 'o':
-			if (args->nsets == sizeof(args->sets) / sizeof(args->sets[0])) {
-				buff(err, CONFIG_ERR_MAX, "too many -o options (max %zu)",
-					 sizeof(args->sets) / sizeof(args->sets[0]));
-				return -1;
-			}
-			args->sets[args->nsets++] = optarg;
-			break;
-		case OPT_LISTEN:
-			if (args->nlisten == CONFIG_MAX_LISTENERS) {
-				buff(err, CONFIG_ERR_MAX, "too many --listen options (max %d)",
-					 CONFIG_MAX_LISTENERS);
-				return -1;
-			}
-			args->listen[args->nlisten++] = optarg;
-			break;
-		case OPT_PORT:
-			rc = arg_once(&args->port, optarg, "--port", err);
-			break;
-		case OPT_WORKERS:
-			rc = arg_once(&args->workers, optarg, "--workers", err);
-			break;
-		case OPT_CPUS:
-			rc = arg_once(&args->cpus, optarg, "--cpus", err);
-			break;
-		default:
-			return arg_error(c, argc, argv, err);
-		}
-		if (rc < 0)
-			return -1;
-	}
-	if (optind < argc) {
-		char qb[288];
-
-		syn_quote(qb, sizeof(qb), argv[optind]);
-		buff(err, CONFIG_ERR_MAX, "unexpected argument '%s'", qb);
-		return -1;
-	}
-	args->env_enable_tls = getenv("SMTP_ENABLE_TLS");
-	args->env_tls_cert = getenv("SMTP_TLS_CERT");
-	args->env_tls_key = getenv("SMTP_TLS_KEY");
-	return 0;
-}

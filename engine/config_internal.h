@@ -1,0 +1,142 @@
+/*
+ * config_internal.h - what the configuration's files share (engine/config*.c
+ * but config_syntax.c, a leaf): the key table, the parser state and the
+ * functions one file calls in another. Files: config.c (lists, listeners,
+ * proxy_trusted, keys, the file, defaults, loading), config_argv.c (flags,
+ * environment and argv), config_relay.c (the relay keys together: the map,
+ * name resolution), config_print.c (--print-config and what a reload may
+ * change). Nothing outside the configuration includes this.
+ */
+#ifndef RINGMX_CONFIG_INTERNAL_H
+#define RINGMX_CONFIG_INTERNAL_H
+
+#include <assert.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <sched.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
+#include <ini.h>
+
+#include "ringmx/config.h"
+#include "ringmx/spool_format.h"
+#include "ringmx_version.h"
+#include "config_syntax.h"
+#include "relay_route.h"
+
+
+/* Keep the CPU list bound and the kernel's in step. */
+_Static_assert(CONFIG_MAX_CPUS == CPU_SETSIZE, "CONFIG_MAX_CPUS must equal CPU_SETSIZE");
+
+
+enum key_type {
+	T_LISTEN,
+	T_HOSTNAME,
+	T_DOMAINS,
+	T_WORKERS,
+	T_CPUS,
+	T_UINT,     /* unsigned, plain decimal */
+	T_POW2,     /* unsigned, plain decimal, power of two */
+	T_SIZE32,   /* unsigned, size syntax */
+	T_SIZE64,   /* uint64_t, size syntax */
+	T_DURATION, /* uint64_t ns, duration syntax */
+	T_SINK,
+	T_BARE_NEWLINE,
+	T_PATH,       /* spool_dir */
+	T_DURABILITY,
+	T_BOOL,        /* bool at off */
+	T_TLS_PATH,    /* tls_cert, tls_key: char[CONFIG_TLS_PATH_MAX] at off */
+	T_TLS_SNI,     /* tls_sni = NAME CERTFILE KEYFILE (list) */
+	T_TLS_VERSION, /* tls_min_version = 1.2 | 1.3 */
+	T_TLS_CIPHERS, /* tls_ciphers */
+	T_PROXY_TRUSTED, /* list of CIDRs */
+	T_RELAY_HOST,    /* a next hop, checked here, resolved in cf_finish_relay() */
+	T_FILE,          /* a path: char[CONFIG_PATH_MAX] at off */
+	T_RELAY_TLS,     /* none | may | encrypt | verify */
+};
+
+struct key_def {
+	const char *name;
+	enum key_type type;
+	size_t off;        /* into struct config, for the numeric types */
+	uint64_t min, max; /* numeric bounds (ns for durations) */
+	bool reload;       /* takes effect on SIGHUP */
+};
+
+#define CO(f) offsetof(struct config, f)
+#define SEC(n) ((uint64_t)(n) * NS_PER_S)
+
+/* The order here is the order of config_print() and docs/config.md. */
+#define NKEYS 48 /* entries of config_keys (checked in config.c) */
+
+static const char *const default_domains[] = {"localhost", "example.test"};
+
+/* Where a key got its value, for checks made after every layer is read
+ * (cf_finish_relay()). Neither line nor cli: the built-in default. */
+struct key_origin {
+	int line;  /* file line; 0 = not from the file */
+	bool cli;  /* from the command line or environment: label */
+	char label[CONFIG_ERR_MAX / 2];
+};
+
+/* One source of settings: the file, the -o options or the flags. */
+struct layer {
+	const char *file; /* file name; NULL for the command line */
+	int lineno;       /* current physical line (file) */
+	bool cont;        /* current line is a continuation line */
+	int seen[NKEYS];  /* line (file) or 1 (command line) a key was first set */
+	char label[CONFIG_ERR_MAX / 2]; /* command line: "-o key=value" */
+};
+
+struct pstate {
+	struct config *cfg;
+	char *err;
+	bool failed;
+	struct layer ly;
+	/* The line reader's input. */
+	const char *buf;
+	size_t len, pos;
+	bool key_seen; /* mirrors inih's prev_name: a key line was seen */
+	char qbuf[288];
+	struct key_origin origin[NKEYS]; /* the layer that set each key last */
+};
+
+
+/* config.c: the key table */
+extern const struct key_def config_keys[NKEYS];
+
+/* config.c */
+void cf_buff(char *b, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+void cf_cidr_text(const struct proxy_cidr *c, char *b, size_t cap);
+int cf_fail(struct pstate *st, const char *key, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+const struct key_def *cf_key_find(const char *name);
+int cf_listen_parse(struct pstate *st, const char *key, const char *value);
+bool cf_listener_same(const struct listener_conf *a, const struct listener_conf *b);
+void cf_listener_set_port(struct listener_conf *l, uint16_t port);
+struct config *cf_load(const char *name, const char *text, size_t len, const struct config_args *args, char *err);
+int cf_port_parse(struct pstate *st, const char *key, const char *s, uint16_t *port);
+int cf_read_file(const char *path, size_t max, char **out, size_t *outlen, char *err);
+int cf_set_key(struct pstate *st, const char *name, const char *v, bool cont);
+int cf_set_value(struct pstate *st, const struct key_def *k, const char *v);
+int cf_vfail(struct pstate *st, const char *key, const char *fmt, va_list ap)
+	__attribute__((format(printf, 3, 0)));
+
+/* config_argv.c */
+int cf_apply_args(struct pstate *st, const struct config_args *a);
+int cf_apply_env(struct pstate *st, const struct config_args *a);
+
+/* config_relay.c */
+int cf_finish_relay(struct pstate *st);
+
+/* config_print.c */
+void config_print(const struct config *cfg, FILE *f);
+
+#endif
