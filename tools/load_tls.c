@@ -11,7 +11,7 @@
  *     off for the same reason (it is one mutex-protected table for the process) and
  *     --tls-resume keeps the session object itself, per connection slot;
  *   - one WOLFSSL per connection, created at connect and freed at close;
- *   - the memory I/O is engine/tls_io.c, the glue every ringmx TLS session uses;
+ *   - the memory I/O is engine/tls/tls_io.c, the glue every ringmx TLS session uses;
  *   - receive callback: copies from a view (struct load_tls io.in/in_len) of the
  *     provided buffer the ring delivered. The engine sets the view, drives wolfSSL
  *     until it wants more input (by then the view is empty, wolfSSL keeps a partial

@@ -1,8 +1,8 @@
 /*
  * config.h - ringmxd configuration: embedded defaults, a Postfix main.cf
  * style `key = value` file, and command-line overrides. Implemented in
- * engine/config.c; every key is documented in docs/config.md.
- * Owner: the configuration module (engine/config.c and its tests).
+ * engine/config/config.c; every key is documented in docs/config.md.
+ * Owner: the configuration module (engine/config/config.c and its tests).
  *
  * Precedence (lowest to highest): embedded defaults < environment
  * (SMTP_ENABLE_TLS, SMTP_TLS_CERT, SMTP_TLS_KEY) < config file < `-o
@@ -72,7 +72,7 @@ enum spool_durability {
 
 #define CONFIG_PATH_MAX 4096
 
-/* Native TLS (docs/tls.md). Files are only named here; engine/tls.c loads
+/* Native TLS (docs/tls.md). Files are only named here; engine/tls/tls.c loads
  * and validates them (start-up, -t, SIGHUP). */
 #define CONFIG_TLS_PATH_MAX    1024
 #define CONFIG_TLS_SNI_MAX     32

@@ -2,10 +2,10 @@
  * dsn.h - delivery status notifications (bounces): RFC 3464
  * multipart/report messages built from a spooled message's envelope and
  * the failed recipients. Pure: no I/O, no allocation; the caller gives the
- * output buffer. Used by engine/relay.c, which spools the result as a new
+ * output buffer. Used by engine/relay/relay.c, which spools the result as a new
  * message from <> to the original envelope sender.
  *
- * Owner: the relay module (engine/dsn.c, tests/unit/test_dsn.c).
+ * Owner: the relay module (engine/relay/dsn.c, tests/unit/test_dsn.c).
  *
  * The report (RFC 3462/6522 multipart/report; report-type=delivery-status):
  *   1. text/plain: a human explanation, one paragraph per failed recipient

@@ -2,11 +2,11 @@
  * journal_format.h - the delivery journal: a small append-only file beside
  * each spool segment recording what became of its messages (delivered,
  * failed and bounced, deferred, held, released, deleted). Shared by ringmxd
- * (engine/relay.c) and the ringmx-spool tool. docs/spool-format.md,
+ * (engine/relay/relay.c) and the ringmx-spool tool. docs/spool-format.md,
  * section "Delivery journal", is the normative description; keep it in
  * step.
  *
- * Owner: the relay module (engine/relay.c, engine/journal_format.c,
+ * Owner: the relay module (engine/relay/relay.c, engine/spool/journal_format.c,
  * tests/unit/test_journal_format.c). ringmx-spool appends to a journal only
  * while it holds the spool lock (ringmxd is not running).
  *

@@ -1,12 +1,12 @@
 /*
  * proxy.h - HAProxy PROXY protocol v1 and v2 (doc/proxy-protocol.txt): a
  * strict, stateless, zero-copy header parser, the trusted-proxy check and
- * the peer formatter. Implemented in engine/proxy.c; operator docs in
+ * the peer formatter. Implemented in engine/conn/proxy.c; operator docs in
  * docs/proxy.md.
  *
- * Owner: the PROXY protocol module (engine/proxy.c, tests/unit/test_proxy.c,
- * tests/fuzz/fuzz_proxy.c). `proxy_trusted` is parsed by engine/config.c
- * into struct proxy_trust; the connection (engine/conn.c) is the only caller
+ * Owner: the PROXY protocol module (engine/conn/proxy.c, tests/unit/test_proxy.c,
+ * tests/fuzz/fuzz_proxy.c). `proxy_trusted` is parsed by engine/config/config.c
+ * into struct proxy_trust; the connection (engine/conn/conn.c) is the only caller
  * of proxy_parse() in the daemon.
  *
  * The parser is pure: no I/O, no allocation, no global state. Like
@@ -16,7 +16,7 @@
  * struct proxy_hdr (TLVs) point into the caller's buffer and are valid as
  * long as those bytes are.
  *
- * Integration contract (engine/conn.c, for the lead)
+ * Integration contract (engine/conn/conn.c, for the lead)
  *  1. accept: on a listener with proxy=yes, check the socket peer with
  *     proxy_trusted(&cfg->proxy_trusted, peer) first. Untrusted: count
  *     stats.proxy_untrusted, log one line ("proxy: untrusted peer [a]:p on

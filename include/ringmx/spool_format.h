@@ -1,9 +1,9 @@
 /*
  * spool_format.h - the on-disk spool record: encoding, decoding, CRC32C and
- * segment scanning, shared by ringmxd (engine/spool.c) and the ringmx-spool
+ * segment scanning, shared by ringmxd (engine/spool/spool.c) and the ringmx-spool
  * tool. docs/spool-format.md is the normative description; keep it in step.
  *
- * Owner: the spool module (engine/spool.c, engine/spool_format.c,
+ * Owner: the spool module (engine/spool/spool.c, engine/spool/spool_format.c,
  * tools/ringmx-spool.c, tests/unit/test_spool_format.c).
  *
  * A segment file is a sequence of records starting at offset 0, each padded

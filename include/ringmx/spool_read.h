@@ -2,7 +2,7 @@
  * spool_read.h - read a whole segment file into memory with pread, for
  * recovery (ringmxd, before its event loop runs) and the ringmx-spool tool.
  *
- * Owner: the spool module (engine/spool_read.c). Through a mapping an
+ * Owner: the spool module (engine/spool/spool_read.c). Through a mapping an
  * unreadable page (a bad sector, or the file cut short under it) is a
  * SIGBUS that kills the process, at every start; through pread it is an
  * error for the bytes concerned, which then read as SPOOL_READ_POISON: no

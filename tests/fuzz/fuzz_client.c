@@ -1,6 +1,6 @@
 /*
  * fuzz_client.c - libFuzzer target for the SMTP/LMTP client core
- * (engine/smtp_client.c). Byte 0 picks the protocol, the TLS policy and
+ * (engine/smtp/smtp_client.c). Byte 0 picks the protocol, the TLS policy and
  * the transactions; byte 1 the output buffer size. The rest is a script
  * of actions, each one control byte: feed the next (ctl & 31) + 1 bytes
  * as server replies (each feed in its own exact-size heap block, so ASan
@@ -8,7 +8,7 @@
  * submit one more transaction, or abort. At the end the connection is
  * aborted.
  *
- * Owner: the client core's module (engine/smtp_client.c).
+ * Owner: the client core's module (engine/smtp/smtp_client.c).
  *
  * Invariants checked: every recipient gets exactly one result and then
  * its transaction exactly one TX event; CLOSE comes once and last; DEFER

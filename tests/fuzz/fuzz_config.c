@@ -1,5 +1,5 @@
 /*
- * fuzz_config.c - libFuzzer target for engine/config.c: the input is a
+ * fuzz_config.c - libFuzzer target for engine/config/config.c: the input is a
  * configuration file's text (through config_load_string(), the same path
  * config_load() takes after reading the file).
  *

@@ -1,6 +1,6 @@
 /*
  * fuzz_proxy.c - libFuzzer target for proxy_parse() and proxy_tlv_next()
- * (engine/proxy.c). Owner: the PROXY protocol module.
+ * (engine/conn/proxy.c). Owner: the PROXY protocol module.
  *
  * Byte 0 picks how the rest is framed, so that mutations reach past the
  * signatures: 0 raw; 1 after "PROXY "; 2 after the v2 signature; 3 a v2

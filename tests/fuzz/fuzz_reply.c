@@ -1,7 +1,7 @@
 /*
  * fuzz_reply.c - libFuzzer target for the relay's reading of next-hop
- * replies (engine/relay_reply.c): the input is split at LF (an optional CR
- * before it dropped, as engine/relay.c does) and fed line by line to
+ * replies (engine/smtp/relay_reply.c): the input is split at LF (an optional CR
+ * before it dropped, as engine/relay/relay.c does) and fed line by line to
  * relay_reply_add() and, for continuation lines, relay_ehlo_keyword().
  * Owner: the relay module.
  *

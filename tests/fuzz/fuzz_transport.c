@@ -1,6 +1,6 @@
 /*
  * fuzz_transport.c - libFuzzer target for the transport_maps parser in
- * engine/relay_route.c: the input is a map file's text, given to
+ * engine/config/relay_route.c: the input is a map file's text, given to
  * relay_map_parse() as config.c gives it after reading the file. Names are
  * never resolved here (no DNS from a fuzzer).
  *

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""tests/integration/test_dsn_parse.py - bounces (engine/dsn.c) read back by
+"""tests/integration/test_dsn_parse.py - bounces (engine/relay/dsn.c) read back by
 a parser we did not write: Python's email package (policy.default).
 
 Ownership: the relay module. Runs tests/dsn_dump ($RINGMX_DSN_DUMP, else

@@ -4,9 +4,9 @@ malformed headers, missing headers, untrusted peers, and a real HAProxy
 (Debian's haproxy, send-proxy-v2 and send-proxy) in front of ringmxd.
 
 *** PENDING INTEGRATION ***
-Written together with engine/proxy.c, before the connection code calls the
+Written together with engine/conn/proxy.c, before the connection code calls the
 parser. It is EXPECTED TO FAIL until proxy_parse() is wired into
-engine/conn.c (contract: include/ringmx/proxy.h), and is therefore not yet
+engine/conn/conn.c (contract: include/ringmx/proxy.h), and is therefore not yet
 listed in tests/meson.build's integration_tests. Register it then with:
     'test_proxy_haproxy.py',
 

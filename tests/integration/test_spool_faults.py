@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """test_spool_faults - faults injected into the spool through the hooks of
-engine/fault.h, with the test daemon tests/ringmxd_faults (ringmxd built with
+engine/runtime/fault.h, with the test daemon tests/ringmxd_faults (ringmxd built with
 RINGMX_FAULTS; $RINGMXD_FAULTS): a failed directory fsync fails the batch
 like a failed data fsync, so no 250 depends on a directory entry that may
 not exist; a message that got 451 because its fdatasync failed is neither

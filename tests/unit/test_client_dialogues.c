@@ -1,7 +1,7 @@
 /*
  * test_client_dialogues.c - golden SMTP/LMTP client dialogues
  * (tests/client_dialogues/NAME.dlg) run against the sans-I/O client core
- * (engine/smtp_client.c). The format mirrors tests/dialogues (docs/testing.md):
+ * (engine/smtp/smtp_client.c). The format mirrors tests/dialogues (docs/testing.md):
  * '<' is still what the server sends (here: the input) and '>' what the
  * client sends (here: the expected output, commands and body bytes as they
  * go on the wire), '=' an event the client reports.

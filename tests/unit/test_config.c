@@ -1,5 +1,5 @@
 /*
- * test_config.c - unit tests for engine/config.c: defaults, every key with
+ * test_config.c - unit tests for engine/config/config.c: defaults, every key with
  * valid and invalid values (exact "file:line: key: problem" text),
  * continuation lines, comments, the command line and its precedence, and
  * the print -> parse -> print round trip.

@@ -1,5 +1,5 @@
 /*
- * test_proxy.c - the PROXY protocol parser (engine/proxy.c): tables of
+ * test_proxy.c - the PROXY protocol parser (engine/conn/proxy.c): tables of
  * valid and invalid v1 and v2 headers (hand-built bytes, TLVs, LOCAL,
  * UNSPEC, the 107-byte v1 limit, PROXY_HDR_MAX), every prefix of every
  * input (NEED_MORE, or BAD once the prefix is already wrong, and never

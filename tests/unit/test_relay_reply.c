@@ -1,5 +1,5 @@
 /*
- * test_relay_reply.c - the relay's reply reader (engine/relay_reply.c):
+ * test_relay_reply.c - the relay's reply reader (engine/smtp/relay_reply.c):
  * reply lines, multi-line replies, EHLO keywords. Owner: the relay module.
  */
 #include <setjmp.h>

@@ -1,6 +1,6 @@
 /*
  * test_smtp_addr.c - RFC 5321/6531 address parsing, UTF-8 validation and
- * accepted-domain matching (engine/smtp_addr.c), as tables. Every input is
+ * accepted-domain matching (engine/smtp/smtp_addr.c), as tables. Every input is
  * placed to end at a PROT_NONE guard page, so an over-read faults.
  */
 #include <setjmp.h>

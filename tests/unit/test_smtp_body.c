@@ -1,5 +1,5 @@
 /*
- * test_smtp_body.c - the streaming DATA/BDAT decoder (engine/smtp_body.c).
+ * test_smtp_body.c - the streaming DATA/BDAT decoder (engine/smtp/smtp_body.c).
  *
  * Every case is fed whole, split into two feeds at every offset, and one
  * byte per feed; each feed ends at a PROT_NONE guard page. The bytes the

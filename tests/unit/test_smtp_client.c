@@ -1,6 +1,6 @@
 /*
  * test_smtp_client.c - unit tests of the client core's API edges
- * (engine/smtp_client.c) that the golden dialogues cannot state:
+ * (engine/smtp/smtp_client.c) that the golden dialogues cannot state:
  * argument checks, re-entrancy from callbacks, limits, status bits, the
  * keyword and enhanced-status readers, a transaction's lifetime, and
  * zero-copy dot-stuffing of a large body checked against a reference.

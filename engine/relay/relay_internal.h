@@ -1,5 +1,5 @@
 /*
- * relay_internal.h - what the relay's files share (engine/relay*.c): its
+ * relay_internal.h - what the relay's files share (engine/relay/): its
  * limits, its objects (rseg, rmsg, rjob, rhop, oconn, rbounce, relay; see
  * relay.c for what each is and who owns it), the SIGBUS guard for reads of
  * the segment mappings, and the functions one file calls in another.
@@ -217,7 +217,7 @@ struct oconn {
 	struct __kernel_timespec cts; /* connect timeout (read at submit) */
 	struct rtimer t;
 
-	struct smtpc sc;     /* the protocol (engine/smtp_client.c) */
+	struct smtpc sc;     /* the protocol (engine/smtp/smtp_client.c) */
 	struct smtpc_out so; /* over out[]: the commands it wrote */
 	/* The body span due after out (SMTPC_EV_BODY), sent from the spool
 	 * mapping; [0, span_off) is sent (or encrypted). */

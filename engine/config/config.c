@@ -772,7 +772,7 @@ cf_set_value(struct pstate *st, const struct key_def *k, const char *v)
 		return 0;
 	case T_TLS_CIPHERS:
 		/* Checked against wolfSSL when the contexts are built
-		 * (engine/tls.c); here only the syntax of a cipher list. */
+		 * (engine/tls/tls.c); here only the syntax of a cipher list. */
 		for (const char *c = v; *c; c++)
 			if (!((*c >= 'A' && *c <= 'Z') || (*c >= 'a' && *c <= 'z') ||
 			      (*c >= '0' && *c <= '9') || strchr(":-_+!@=.,", *c) != NULL))
@@ -1131,7 +1131,7 @@ affinity_cpus(void)
 	return n > 0 ? (unsigned)n : 1;
 }
 
-/* Cross-key TLS rules; the files themselves are checked by engine/tls.c. */
+/* Cross-key TLS rules; the files themselves are checked by engine/tls/tls.c. */
 static int
 finish_tls(struct config *cfg, char *err)
 {

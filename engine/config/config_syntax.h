@@ -1,6 +1,6 @@
 /*
  * config_syntax.h - the value syntax shared by the configuration file
- * (engine/config.c) and the transport map (engine/relay_route.c): numbers,
+ * (engine/config/config.c) and the transport map (engine/config/relay_route.c): numbers,
  * sizes, durations, booleans, domains, and quoting untrusted text for error
  * messages. A leaf: it includes nothing of ringmx but the SMTP limits, so
  * the two parsers share one set of rules without including each other.

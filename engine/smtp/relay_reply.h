@@ -4,7 +4,7 @@
  * allocation, so it is unit-tested and fuzzed (tests/fuzz/fuzz_reply.c)
  * like everything else that parses network input.
  *
- * Owner: the relay module (engine/relay.c is the only caller).
+ * Owner: the relay module (engine/relay/relay.c is the only caller).
  */
 #ifndef RINGMX_RELAY_REPLY_H
 #define RINGMX_RELAY_REPLY_H

@@ -2,7 +2,7 @@
  * relay_tls.h - STARTTLS to the next hop (relay_tls = may | encrypt |
  * verify): a client WOLFSSL_CTX per worker and, per outbound connection,
  * a WOLFSSL object over memory I/O. The only relay file that includes
- * wolfSSL; engine/relay.c moves the bytes (docs/relay.md, "TLS to the
+ * wolfSSL; engine/relay/relay.c moves the bytes (docs/relay.md, "TLS to the
  * next hop").
  *
  * Ownership: a context belongs to one worker thread (built, used and
@@ -11,7 +11,7 @@
  * library drains it; the library appends records to cout (io.out), and the
  * caller sends [0, io.out_len) and removes what was sent with
  * tls_io_sent(). Bytes of cout in a send that is in flight belong to the
- * kernel: the library only appends. The memory I/O is engine/tls_io.c.
+ * kernel: the library only appends. The memory I/O is engine/tls/tls_io.c.
  */
 #ifndef RINGMX_RELAY_TLS_H
 #define RINGMX_RELAY_TLS_H

@@ -3,8 +3,8 @@
  * (spool records, delivery journals), so a format never depends on the
  * host's byte order or alignment.
  *
- * Owner: the spool module; shared by engine/spool_format.c and
- * engine/journal_format.c. Header-only, no state.
+ * Owner: the spool module; shared by engine/spool/spool_format.c and
+ * engine/spool/journal_format.c. Header-only, no state.
  */
 #ifndef RINGMX_LE_H
 #define RINGMX_LE_H

@@ -1,7 +1,7 @@
 /*
  * relay_conn.c - the relay's outbound connections: connect, recv and send
  * through the worker's ring for the pure SMTP/LMTP client core
- * (engine/smtp_client.c), and the core's events turned into the jobs'
+ * (engine/smtp/smtp_client.c), and the core's events turned into the jobs'
  * results. Objects and ownership: relay.c; shared declarations:
  * relay_internal.h.
  */
@@ -11,7 +11,7 @@
 
 /*
  * An outbound connection is the ring's side of one struct smtpc, the pure
- * SMTP/LMTP client (engine/smtp_client.c): replies received are fed to it,
+ * SMTP/LMTP client (engine/smtp/smtp_client.c): replies received are fed to it,
  * the commands it writes into `out` are sent, and the body spans it names
  * are sent straight from the spool mapping after them. Its events decide
  * the jobs' results (conn_event). Nothing here knows the protocol.

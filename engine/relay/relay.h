@@ -5,7 +5,7 @@
  * bounces, the delivery journal and backpressure. docs/relay.md is the
  * operator's view; the journal format is include/ringmx/journal_format.h.
  *
- * Integration with the worker (engine/worker.c) and the spool:
+ * Integration with the worker (engine/runtime/worker.c) and the spool:
  *  - relay_open() runs on the worker thread after spool_open(): it reads
  *    the worker's closed segments (and those of workers that no longer
  *    exist, w<M> with M % workers == id) with their journals and queues

@@ -1,5 +1,5 @@
 /*
- * spool_internal.h - what the spool's files share (engine/spool*.c): its
+ * spool_internal.h - what the spool's files share (engine/spool/): its
  * limits, its objects (chunk, sink_tx, seg, prep, batch, spool; see spool.c
  * for what each is and who owns it) and the functions one file calls in
  * another. Files: spool.c (chunks, transactions, segments, batches and the

@@ -164,7 +164,7 @@ struct worker_ctl {
 	atomic_bool dump;      /* log counters */
 	_Atomic(const struct config *) next_cfg; /* reload: switch to this */
 	_Atomic(const struct config *) cfg_ack;  /* the config now in use */
-	/* ringmx-spool hold/release/delete/flush (engine/control.c): taken
+	/* ringmx-spool hold/release/delete/flush (engine/runtime/control.c): taken
 	 * with an exchange, acknowledged in the set. */
 	_Atomic(struct relay_cmdset *) cmds;
 };

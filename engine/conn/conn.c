@@ -798,7 +798,7 @@ conn_input(struct worker *w, struct conn *c)
 }
 
 /*
- * PROXY stage: the ONE place the PROXY protocol plugs in (engine/proxy.c,
+ * PROXY stage: the ONE place the PROXY protocol plugs in (engine/conn/proxy.c,
  * include/ringmx/proxy.h; docs/proxy.md). Called with c->stage ==
  * CONN_STAGE_PROXY whenever bytes are held (c->hold_head != HOLD_NONE),
  * before any greeting and before the TLS handshake.

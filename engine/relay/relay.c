@@ -20,7 +20,7 @@
  *  rhop   a next hop: its queue of jobs and its connections.
  *  oconn  an outbound connection: connect (with a linked timeout), one
  *         recv and at most one send in flight, and the pure SMTP/LMTP
- *         client core (engine/smtp_client.c) that decides every command and
+ *         client core (engine/smtp/smtp_client.c) that decides every command and
  *         reads every reply; this file only moves its bytes and acts on its
  *         events. With PIPELINING and CHUNKING whole transactions follow each
  *         other without waiting (BDAT n LAST); with DATA a transaction waits

@@ -126,7 +126,7 @@ cf_finish_relay(struct pstate *st)
 	if (r->tls == RELAY_TLS_VERIFY && r->tls_ca_file[0] == '\0')
 		return fail_key(st, "relay_tls", "verify needs relay_tls_ca_file");
 	if (r->tls_ca_file[0] != '\0') {
-		/* Only readability: engine/relay.c loads the certificates. */
+		/* Only readability: engine/relay/relay.c loads the certificates. */
 		int fd = open(r->tls_ca_file, O_RDONLY | O_CLOEXEC);
 
 		if (fd < 0)

@@ -1,7 +1,7 @@
 /*
  * spool.c - `sink = spool`: the durable spool. Per-worker append-only
  * segment files, group commit through the worker's io_uring, recovery at
- * start-up. Contract: engine/spool.h; on-disk format: spool_format.h and
+ * start-up. Contract: engine/spool/spool.h; on-disk format: spool_format.h and
  * docs/spool-format.md; operator view: docs/spool.md.
  *
  * Owner: the spool module. One struct spool per worker, touched only by

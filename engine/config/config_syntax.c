@@ -1,6 +1,6 @@
 /*
- * config_syntax.c - value syntax shared by engine/config.c and
- * engine/relay_route.c (config_syntax.h). Pure: no allocation, no I/O.
+ * config_syntax.c - value syntax shared by engine/config/config.c and
+ * engine/config/relay_route.c (config_syntax.h). Pure: no allocation, no I/O.
  */
 #include "config_syntax.h"
 

@@ -1,5 +1,5 @@
 /*
- * config_internal.h - what the configuration's files share (engine/config*.c
+ * config_internal.h - what the configuration's files share (engine/config/
  * but config_syntax.c, a leaf): the key table, the parser state and the
  * functions one file calls in another. Files: config.c (lists, listeners,
  * proxy_trusted, keys, the file, defaults, loading), config_argv.c (flags,

@@ -1,9 +1,9 @@
 /*
  * relay_route.c - next hops for relayed mail: the next-hop syntax shared by
  * relay_host and transport_maps, the transport map parser, and
- * relay_route(), the per-recipient lookup the relay runs (engine/relay.c).
+ * relay_route(), the per-recipient lookup the relay runs (engine/relay/relay.c).
  * Contract: include/ringmx/config.h (relay_route, struct relay_conf) and
- * engine/relay_route.h (the parser, for config.c and the fuzzer);
+ * engine/config/relay_route.h (the parser, for config.c and the fuzzer);
  * documented in docs/config.md ("Transport map").
  *
  * Owner: the configuration module. The map built here belongs to the

@@ -1,8 +1,8 @@
 /*
  * tls_io.h - the one wolfSSL memory-I/O glue of ringmx: a WOLFSSL session
  * whose records come from and go to buffers the caller moves with the ring.
- * Used by the server connections (engine/conn.c), the relay's STARTTLS
- * (engine/relay_tls.c) and ringmx-load (tools/load_tls.c); each of them only
+ * Used by the server connections (engine/conn/conn.c), the relay's STARTTLS
+ * (engine/tls/relay_tls.c) and ringmx-load (tools/load_tls.c); each of them only
  * builds its own WOLFSSL_CTX (certificates, verification, groups) and moves
  * bytes.
  *

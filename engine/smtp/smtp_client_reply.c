@@ -3,7 +3,7 @@
  * (smtp_client.h): EHLO keyword lines and RFC 3463 enhanced status codes
  * at the start of reply text. Views only: nothing is copied or kept.
  *
- * Owner: the client core's module (engine/smtp_client.c is the caller;
+ * Owner: the client core's module (engine/smtp/smtp_client.c is the caller;
  * the unit tests and fuzz_client reach them through it).
  */
 #include "smtp_client.h"

@@ -1,8 +1,8 @@
 /*
  * tls.h - native TLS contexts (wolfSSL): certificate loading and start-up
  * validation, one set of WOLFSSL_CTX per worker (default certificate plus
- * SNI names), and reload. The per-connection side is engine/conn.c, section
- * "TLS stage", over the memory-I/O glue of engine/tls_io.c.
+ * SNI names), and reload. The per-connection side is engine/conn/conn.c, section
+ * "TLS stage", over the memory-I/O glue of engine/tls/tls_io.c.
  * Operator documentation: docs/tls.md.
  *
  * Ownership rules

@@ -1,7 +1,7 @@
 /*
  * tls.c - wolfSSL contexts: certificate and key files, start-up checks with
  * one clear message each, SNI, and the per-worker context sets that SIGHUP
- * rebuilds. Contract and ownership rules: engine/tls.h; docs/tls.md.
+ * rebuilds. Contract and ownership rules: engine/tls/tls.h; docs/tls.md.
  *
  * The same loader serves the main thread's check and the workers' builds,
  * so a certificate the check accepted is loaded the same way by every

@@ -1,6 +1,6 @@
 /*
- * relay_route.h - internal interface between engine/config.c and
- * engine/relay_route.c: next-hop syntax, the transport_maps parser and the
+ * relay_route.h - internal interface between engine/config/config.c and
+ * engine/config/relay_route.c: next-hop syntax, the transport_maps parser and the
  * map's lifetime. relay_route() itself, the per-recipient lookup, is part
  * of the public contract in include/ringmx/config.h.
  *

@@ -3,7 +3,7 @@
  * commit. Implements the sink interface (sink.h); "250" is released only
  * when the batch holding the message is on stable storage.
  *
- * Integration with the worker (engine/worker.c):
+ * Integration with the worker (engine/runtime/worker.c):
  *  - spool_open() runs on the worker thread after its ring exists; it
  *    recovers the worker's segments (verify, truncate a torn tail, log).
  *  - All I/O goes through the worker's ring. The spool takes SQEs with
