@@ -512,7 +512,12 @@ class Server:
         rx = re.compile(pattern)
         deadline = time.monotonic() + timeout
         while True:
-            lines = [ln for ln in self.log_since(since).splitlines() if rx.search(ln)]
+            text = self.log_since(since)
+            # A line still being written is not a line yet: ringmxd writes its log in
+            # blocks of up to 64 KiB, and a reader can see the first part of one (a
+            # "stats now:" line without its last counters, say).
+            text = text[:text.rfind("\n") + 1]
+            lines = [ln for ln in text.splitlines() if rx.search(ln)]
             if len(lines) >= count:
                 return lines
             if time.monotonic() > deadline:
