@@ -142,7 +142,8 @@ def qid_in(data):
 def status_lines(srv, qid, status=None, since=0):
     rx = re.compile(r"%s: to=<([^>]*)>, relay=.*status=(\w+)" % qid)
     out = []
-    for ln in srv.log_since(since).splitlines():
+    text = srv.log_since(since)
+    for ln in text[:text.rfind("\n") + 1].splitlines():   # complete lines only
         m = rx.search(ln)
         if m and (status is None or m.group(2) == status):
             out.append(ln)
