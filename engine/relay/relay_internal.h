@@ -276,18 +276,23 @@ struct relay {
 /* ---- the SIGBUS guard (relay_journal.c) ---- */
 
 extern __thread sigjmp_buf *volatile relay_map_guard;
+/* After a jump out of the SIGBUS handler: SIGBUS is blocked again no more. */
+void relay_map_unblock(void);
 
-/* Run stmt with SIGBUS turned into err = -EIO. sigsetjmp saves the signal
- * mask (1): the handler runs with SIGBUS blocked, the jump unblocks it. */
+/* Run stmt with SIGBUS turned into err = -EIO. The guard runs for every
+ * message sent (body_check, small bodies copied), so it saves no signal mask
+ * (sigsetjmp(.., 1) is a sigprocmask system call each time): the handler
+ * runs with SIGBUS blocked, and only the rare jump back unblocks it. */
 #define MAP_GUARD(err, stmt)                                                                       \
 	do {                                                                                       \
 		sigjmp_buf map_jb_;                                                                \
-		if (sigsetjmp(map_jb_, 1) == 0) {                                                  \
+		if (sigsetjmp(map_jb_, 0) == 0) {                                                  \
 			relay_map_guard = &map_jb_;                                                \
 			stmt;                                                                      \
 			relay_map_guard = NULL;                                                    \
 			(err) = 0;                                                                 \
 		} else {                                                                           \
+			relay_map_unblock();                                                       \
 			(err) = -EIO;                                                              \
 		}                                                                                  \
 	} while (0)

@@ -158,6 +158,15 @@ map_on_sigbus(int sig, siginfo_t *si, void *uc)
 	siglongjmp(*jb, 1);
 }
 
+void
+relay_map_unblock(void)
+{
+	sigset_t set;
+	sigemptyset(&set);
+	sigaddset(&set, SIGBUS);
+	pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+}
+
 /* Once per process (every worker's relay calls it). */
 void
 relay_map_guard_install(void)
