@@ -41,17 +41,4 @@ enum { RELAY_REPLY_MORE = 0, RELAY_REPLY_DONE = 1, RELAY_REPLY_BAD = -1 };
  * next one; BAD: not a reply line, or the code changed within a reply. */
 int relay_reply_add(struct relay_reply *r, const char *p, size_t n, struct relay_reply_line *line);
 
-/* EHLO keywords we act on (the lines after the first). */
-enum {
-	RELAY_EXT_PIPELINING = 1u << 0,
-	RELAY_EXT_CHUNKING = 1u << 1,
-	RELAY_EXT_8BITMIME = 1u << 2,
-	RELAY_EXT_SMTPUTF8 = 1u << 3,
-	RELAY_EXT_SIZE = 1u << 4,
-	RELAY_EXT_STARTTLS = 1u << 5,
-};
-/* The keyword of one EHLO line's text (case-insensitive); for SIZE,
- * *size_max gets its argument (0: none or unparsable). 0 for others. */
-unsigned relay_ehlo_keyword(const char *text, size_t n, uint64_t *size_max);
-
 #endif

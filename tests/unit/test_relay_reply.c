@@ -11,6 +11,7 @@
 #include <cmocka.h>
 
 #include "relay_reply.h"
+#include "smtp_client.h"
 
 static int
 add(struct relay_reply *r, const char *line)
@@ -83,23 +84,23 @@ test_ehlo_keywords(void **state)
 {
 	(void)state;
 	uint64_t sz = 7;
-	assert_int_equal(relay_ehlo_keyword("PIPELINING", 10, &sz), RELAY_EXT_PIPELINING);
-	assert_int_equal(relay_ehlo_keyword("chunking", 8, &sz), RELAY_EXT_CHUNKING);
-	assert_int_equal(relay_ehlo_keyword("8BITMIME", 8, &sz), RELAY_EXT_8BITMIME);
-	assert_int_equal(relay_ehlo_keyword("SMTPUTF8", 8, &sz), RELAY_EXT_SMTPUTF8);
-	assert_int_equal(relay_ehlo_keyword("STARTTLS", 8, &sz), RELAY_EXT_STARTTLS);
+	assert_int_equal(smtpc_ehlo_keyword("PIPELINING", 10, &sz), SMTPC_EXT_PIPELINING);
+	assert_int_equal(smtpc_ehlo_keyword("chunking", 8, &sz), SMTPC_EXT_CHUNKING);
+	assert_int_equal(smtpc_ehlo_keyword("8BITMIME", 8, &sz), SMTPC_EXT_8BITMIME);
+	assert_int_equal(smtpc_ehlo_keyword("SMTPUTF8", 8, &sz), SMTPC_EXT_SMTPUTF8);
+	assert_int_equal(smtpc_ehlo_keyword("STARTTLS", 8, &sz), SMTPC_EXT_STARTTLS);
 	assert_int_equal(sz, 7);
-	assert_int_equal(relay_ehlo_keyword("SIZE 10240000", 13, &sz), RELAY_EXT_SIZE);
+	assert_int_equal(smtpc_ehlo_keyword("SIZE 10240000", 13, &sz), SMTPC_EXT_SIZE);
 	assert_int_equal(sz, 10240000);
-	assert_int_equal(relay_ehlo_keyword("SIZE", 4, &sz), RELAY_EXT_SIZE);
+	assert_int_equal(smtpc_ehlo_keyword("SIZE", 4, &sz), SMTPC_EXT_SIZE);
 	assert_int_equal(sz, 0);
-	assert_int_equal(relay_ehlo_keyword("SIZE 99999999999999999999999", 27, &sz), RELAY_EXT_SIZE);
+	assert_int_equal(smtpc_ehlo_keyword("SIZE 99999999999999999999999", 27, &sz), SMTPC_EXT_SIZE);
 	assert_int_equal(sz, 0); /* overflow: no limit known */
-	assert_int_equal(relay_ehlo_keyword("SIZE 12x", 8, &sz), RELAY_EXT_SIZE);
+	assert_int_equal(smtpc_ehlo_keyword("SIZE 12x", 8, &sz), SMTPC_EXT_SIZE);
 	assert_int_equal(sz, 0);
-	assert_int_equal(relay_ehlo_keyword("PIPELININGX", 11, &sz), 0);
-	assert_int_equal(relay_ehlo_keyword("AUTH PLAIN", 10, &sz), 0);
-	assert_int_equal(relay_ehlo_keyword("", 0, &sz), 0);
+	assert_int_equal(smtpc_ehlo_keyword("PIPELININGX", 11, &sz), 0);
+	assert_int_equal(smtpc_ehlo_keyword("AUTH PLAIN", 10, &sz), 0);
+	assert_int_equal(smtpc_ehlo_keyword("", 0, &sz), 0);
 }
 
 int
