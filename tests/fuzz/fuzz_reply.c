@@ -2,7 +2,8 @@
  * fuzz_reply.c - libFuzzer target for the relay's reading of next-hop
  * replies (engine/smtp/relay_reply.c): the input is split at LF (an optional CR
  * before it dropped, as engine/relay/relay.c does) and fed line by line to
- * relay_reply_add() and, for continuation lines, relay_ehlo_keyword().
+ * relay_reply_add() and, for each line's text, the client core's
+ * smtpc_ehlo_keyword() (engine/smtp/smtp_client_reply.c).
  * Owner: the relay module.
  *
  * Each line is copied into an exact-size heap block so ASan flags any
@@ -19,6 +20,7 @@
 #include <string.h>
 
 #include "relay_reply.h"
+#include "smtp_client.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -67,10 +69,10 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		assert(r.code == first_code);
 		check_text(&r);
 		uint64_t sz = 12345;
-		unsigned kw = relay_ehlo_keyword(l.text, l.len, &sz);
+		unsigned kw = smtpc_ehlo_keyword(l.text, l.len, &sz);
 		assert(kw == 0 || (kw & (kw - 1)) == 0);
-		assert(kw <= RELAY_EXT_STARTTLS);
-		if (kw != RELAY_EXT_SIZE)
+		assert(kw <= SMTPC_EXT_ENHANCEDSTATUSCODES);
+		if (kw != SMTPC_EXT_SIZE)
 			assert(sz == 12345);
 		assert(st == RELAY_REPLY_DONE ? !r.open : r.open);
 		free(line);
