@@ -132,7 +132,7 @@ arm_recv(struct worker *w, struct conn *c, bool poll_first)
 		sqe->ioprio |= IORING_RECVSEND_POLL_FIRST;
 	sqe->flags |= IOSQE_BUFFER_SELECT;
 	sqe->buf_group = w->br.bgid;
-	io_uring_sqe_set_data64(sqe, ud_make(OP_RECV, c->gen, c->idx));
+	io_uring_sqe_set_data64(sqe, ud_make(OP_RECV, c->gen, 0, c->idx));
 	c->recv_armed = true;
 	c->recv_wanted = false;
 }
@@ -141,8 +141,8 @@ static void
 cancel_op(struct worker *w, struct conn *c, enum op op)
 {
 	struct io_uring_sqe *sqe = worker_sqe(w);
-	io_uring_prep_cancel64(sqe, ud_make(op, c->gen, c->idx), 0);
-	io_uring_sqe_set_data64(sqe, ud_make(OP_CANCEL, 0, 0));
+	io_uring_prep_cancel64(sqe, ud_make(op, c->gen, 0, c->idx), 0);
+	io_uring_sqe_set_data64(sqe, ud_make(OP_CANCEL, 0, 0, 0));
 }
 
 static void
@@ -232,7 +232,7 @@ conn_open(struct worker *w, int fd, unsigned listener)
 	}
 	uint32_t idx = w->free_conns[--w->nfree];
 	struct conn *c = &w->conns[idx];
-	uint32_t gen = (c->gen + 1) & 0xffffff;
+	uint32_t gen = (c->gen + 1) & UD_GEN_MASK;
 	/* Only the head of the struct is reset; smtp_session_init() sets up
 	 * the session without touching its carry, so a fresh slot's pages
 	 * stay untouched until used. */
@@ -557,7 +557,7 @@ conn_teardown(struct worker *w, struct conn *c)
 	assert(w->active > 0);
 	w->active--;
 	c->state = CONN_FREE;
-	c->gen = (c->gen + 1) & 0xffffff;
+	c->gen = (c->gen + 1) & UD_GEN_MASK;
 	if (!c->in_flush && !c->in_rearm)
 		free_slot(w, c);
 }
@@ -591,7 +591,7 @@ conn_flush_all(struct worker *w)
 		/* MSG_WAITALL: the kernel retries a short send itself, so a
 		 * completion normally means everything went out. */
 		io_uring_prep_send(sqe, c->fd, p, len, MSG_NOSIGNAL | MSG_WAITALL);
-		io_uring_sqe_set_data64(sqe, ud_make(OP_SEND, c->gen, c->idx));
+		io_uring_sqe_set_data64(sqe, ud_make(OP_SEND, c->gen, 0, c->idx));
 		c->send_inflight = true;
 		c->send_len = len;
 		w->stats.sends++;

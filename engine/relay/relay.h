@@ -14,8 +14,8 @@
  *    record became durable (relay_record_durable), a segment will never be
  *    written again (relay_seg_closed), may a new transaction start
  *    (relay_admit: backpressure).
- *  - The relay's SQEs carry user_data ud_base | gen | idx (worker.h's
- *    layout with op OP_RELAY); the worker hands every OP_RELAY CQE to
+ *  - The relay's SQEs carry ud.h's user_data with the op it is given
+ *    (ud_op, OP_RELAY); the worker hands every OP_RELAY CQE to
  *    relay_on_cqe(). relay_poll() once per loop iteration (timers, new
  *    connections, journal flush); relay_wait_ns() bounds the sleep.
  *  - Bounces are spooled through the spool's sink like any message; their
@@ -46,7 +46,7 @@ struct relay_env {
 	struct io_uring *ring; /* for the free SQ space before a linked pair */
 	struct io_uring_sqe *(*get_sqe)(void *ctx);
 	void *ctx;
-	uint64_t ud_base;         /* user_data op bits; the relay adds gen and idx */
+	unsigned ud_op;           /* the op of the relay's user_data (ud.h) */
 	const struct sink *spool; /* for bounces */
 	struct spool *sp;         /* the same spool (spool_internal_next) */
 	uint64_t first_seq;       /* the spool's first segment of this run: older ones are closed */

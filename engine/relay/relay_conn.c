@@ -30,8 +30,7 @@ conn_name(const struct oconn *c)
 static uint64_t
 conn_ud(const struct oconn *c, enum subop op)
 {
-	return c->r->env.ud_base | (uint64_t)(c->gen & 0xffffff) << 32 | (uint64_t)op << 24 |
-	       c->idx;
+	return ud_make(c->r->env.ud_op, c->gen, op, c->idx);
 }
 
 /* Replies due, or a send in flight: relay_reply_timeout; an idle usable
@@ -722,10 +721,10 @@ void
 relay_on_cqe(struct relay *r, struct io_uring_cqe *cqe)
 {
 	uint64_t ud = cqe->user_data;
-	uint32_t idx = (uint32_t)ud & 0xffffff;
-	enum subop op = (enum subop)(((uint32_t)ud >> 24) & 0xff);
-	uint32_t gen = (uint32_t)(ud >> 32) & 0xffffff;
-	if (idx >= r->nslots || r->slots[idx] == NULL || (r->slot_gen[idx] & 0xffffff) != gen)
+	uint32_t idx = ud_idx(ud);
+	enum subop op = (enum subop)ud_kind(ud);
+	uint32_t gen = ud_gen(ud);
+	if (idx >= r->nslots || r->slots[idx] == NULL || (r->slot_gen[idx] & UD_GEN_MASK) != gen)
 		return; /* a slot's previous occupant: nothing of it is left */
 	struct oconn *c = r->slots[idx];
 	int res = cqe->res;

@@ -48,6 +48,7 @@
 #include "relay_tls.h"
 #include "spool.h"
 #include "timer.h"
+#include "ud.h"
 
 /* Output buffer per connection: a burst of pipelined commands and message
  * bytes; a larger message streams through it. */

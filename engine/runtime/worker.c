@@ -145,7 +145,7 @@ arm_accept(struct worker *w, unsigned i)
 {
 	struct io_uring_sqe *sqe = worker_sqe(w);
 	io_uring_prep_multishot_accept(sqe, w->listen_fd[i], NULL, NULL, SOCK_CLOEXEC);
-	io_uring_sqe_set_data64(sqe, ud_make(OP_ACCEPT, 0, i));
+	io_uring_sqe_set_data64(sqe, ud_make(OP_ACCEPT, 0, 0, i));
 	w->accept_armed[i] = true;
 }
 
@@ -154,7 +154,7 @@ arm_wake(struct worker *w)
 {
 	struct io_uring_sqe *sqe = worker_sqe(w);
 	io_uring_prep_read(sqe, w->wake_fd, &w->wake_val, sizeof(w->wake_val), 0);
-	io_uring_sqe_set_data64(sqe, ud_make(OP_WAKE, 0, 0));
+	io_uring_sqe_set_data64(sqe, ud_make(OP_WAKE, 0, 0, 0));
 }
 
 static void
@@ -165,7 +165,7 @@ stop_accepting(struct worker *w)
 		if (w->listen_fd[i] >= 0 && w->accept_armed[i]) {
 			struct io_uring_sqe *sqe = worker_sqe(w);
 			io_uring_prep_cancel_fd(sqe, w->listen_fd[i], IORING_ASYNC_CANCEL_ALL);
-			io_uring_sqe_set_data64(sqe, ud_make(OP_CANCEL, 0, 0));
+			io_uring_sqe_set_data64(sqe, ud_make(OP_CANCEL, 0, 0, 0));
 			cancels = true;
 		}
 	}
@@ -348,7 +348,7 @@ handle_cqe(struct worker *w, struct io_uring_cqe *cqe)
 		uint32_t idx = ud_idx(ud);
 		assert(idx < w->nconns);
 		struct conn *c = &w->conns[idx];
-		if (c->state == CONN_FREE || (c->gen & 0xffffff) != ud_gen(ud)) {
+		if (c->state == CONN_FREE || (c->gen & UD_GEN_MASK) != ud_gen(ud)) {
 			/* A late CQE for a slot's previous occupant. Any buffer
 			 * it carries must still go back to the ring. */
 			if (cqe->flags & IORING_CQE_F_BUFFER) {
@@ -589,7 +589,7 @@ worker_main(void *arg)
 			.ring = &w->ring,
 			.get_sqe = spool_get_sqe,
 			.ctx = w,
-			.ud_base = ud_make(OP_SPOOL, 0, 0),
+			.ud_op = OP_SPOOL,
 			.qid = &w->qid,
 			.stats = &w->stats,
 		};
@@ -611,7 +611,7 @@ worker_main(void *arg)
 				.ring = &w->ring,
 				.get_sqe = spool_get_sqe,
 				.ctx = w,
-				.ud_base = ud_make(OP_RELAY, 0, 0),
+				.ud_op = OP_RELAY,
 				.spool = &w->sink,
 				.sp = w->spool,
 				.first_seq = spool_first_seq(w->spool),

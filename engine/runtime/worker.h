@@ -9,9 +9,9 @@
  * (smtp_session_*, no I/O) -> the sink. Calls go down; the only upward path
  * is the sink's verdict callback, routed by conn.c into the session.
  *
- * user_data layout (64 bits): op:8 | gen:24 | idx:32. gen changes every
- * time a connection slot is reused, so a CQE that arrives for a previous
- * occupant of the slot is recognised and dropped.
+ * user_data: ud.h's layout (op | gen | kind | idx), op from enum op
+ * below. A connection's gen changes every time its slot is reused, so a
+ * CQE that arrives for a previous occupant of the slot is dropped.
  */
 #ifndef RINGMX_WORKER_H
 #define RINGMX_WORKER_H
@@ -34,6 +34,7 @@
 #include "timer.h"
 #include "tls.h"
 #include "tls_io.h"
+#include "ud.h"
 
 enum op {
 	OP_ACCEPT = 1, /* idx = listener */
@@ -41,30 +42,10 @@ enum op {
 	OP_SEND,       /* idx = conn */
 	OP_WAKE,       /* eventfd read from the main thread */
 	OP_CANCEL,     /* async cancel; result only logged */
-	OP_SPOOL,      /* spool write/fsync; idx = spool tag (spool.c) */
-	OP_RELAY,      /* outbound connection I/O; gen/idx: relay.c */
+	OP_SPOOL,      /* spool write/fsync; kind and idx: spool.c */
+	OP_RELAY,      /* outbound connections, journal; gen/kind/idx: relay */
 };
 
-static inline uint64_t
-ud_make(enum op op, uint32_t gen, uint32_t idx)
-{
-	return (uint64_t)op << 56 | (uint64_t)(gen & 0xffffff) << 32 | idx;
-}
-static inline enum op
-ud_op(uint64_t ud)
-{
-	return (enum op)(ud >> 56);
-}
-static inline uint32_t
-ud_gen(uint64_t ud)
-{
-	return (uint32_t)(ud >> 32) & 0xffffff;
-}
-static inline uint32_t
-ud_idx(uint64_t ud)
-{
-	return (uint32_t)ud;
-}
 
 /* Output block per connection with something to send; from the worker's pool. */
 #define CONN_OUT_SIZE 4096

@@ -288,7 +288,7 @@ seg_void_tail(struct spool *sp, struct seg *s)
 	}
 	struct io_uring_sqe *sqe = sp->env.get_sqe(sp->env.ctx);
 	io_uring_prep_fsync(sqe, s->fd, IORING_FSYNC_DATASYNC);
-	io_uring_sqe_set_data64(sqe, sp->env.ud_base | (uint64_t)TAG_VOID_SYNC << 16 | i);
+	io_uring_sqe_set_data64(sqe, ud_make(sp->env.ud_op, 0, TAG_VOID_SYNC, i));
 	sp->void_fd[i] = s->fd;
 	sp->void_seq[i] = s->seq;
 	sp->void_inflight++;
@@ -673,7 +673,7 @@ write_submit(struct spool *sp, struct batch *b)
 	 * so no size or extent allocation happens here (only the unwritten
 	 * extent conversion that the batch's fdatasync commits). */
 	io_uring_prep_writev(sqe, b->seg->fd, b->iov, n, b->off + b->done);
-	io_uring_sqe_set_data64(sqe, sp->env.ud_base | (uint64_t)TAG_WRITE << 16 | batch_index(sp, b));
+	io_uring_sqe_set_data64(sqe, ud_make(sp->env.ud_op, 0, TAG_WRITE, batch_index(sp, b)));
 	b->sub_bytes = bytes;
 	b->state = B_WRITING;
 	sp->write_inflight = true;
@@ -715,7 +715,7 @@ fsync_next(struct spool *sp)
 	/* DATASYNC: the data and what is needed to read it back (the
 	 * converted extents); the preallocated size is already there. */
 	io_uring_prep_fsync(sqe, s->fd, IORING_FSYNC_DATASYNC);
-	io_uring_sqe_set_data64(sqe, sp->env.ud_base | (uint64_t)TAG_FSYNC << 16);
+	io_uring_sqe_set_data64(sqe, ud_make(sp->env.ud_op, 0, TAG_FSYNC, 0));
 	sp->fsync_inflight = true;
 	sp->fsync_start = sp_mono_ns();
 	sp->env.stats->spool_fsyncs++;
@@ -798,8 +798,8 @@ on_fsync(struct spool *sp, int res)
 void
 spool_on_cqe(struct spool *sp, struct io_uring_cqe *cqe)
 {
-	uint32_t tag = (uint32_t)(cqe->user_data & 0xffffffffu);
-	unsigned kind = tag >> 16, idx = tag & 0xffff;
+	unsigned kind = ud_kind(cqe->user_data);
+	uint32_t idx = ud_idx(cqe->user_data);
 	if (kind == TAG_WRITE) {
 		assert(idx < SPOOL_MAX_BATCHES);
 		on_write(sp, &sp->batches[idx], cqe->res);
@@ -810,7 +810,8 @@ spool_on_cqe(struct spool *sp, struct io_uring_cqe *cqe)
 	} else if (kind == TAG_VOID_SYNC) {
 		on_void_sync(sp, idx, cqe->res);
 	} else {
-		panic("spool: unknown CQE tag %#x", tag);
+		panic("spool: unknown CQE kind %u (user_data %#llx)", kind,
+		      (unsigned long long)cqe->user_data);
 	}
 	write_next(sp);
 	fsync_next(sp);

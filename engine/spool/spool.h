@@ -7,8 +7,8 @@
  *  - spool_open() runs on the worker thread after its ring exists; it
  *    recovers the worker's segments (verify, truncate a torn tail, log).
  *  - All I/O goes through the worker's ring. The spool takes SQEs with
- *    get_sqe(ctx) and tags them with user_data ud_base | tag (tag < 2^32;
- *    the worker passes ud_base = ud_make(OP_SPOOL, 0, 0)); the worker hands
+ *    get_sqe(ctx) and tags them with ud_make(ud_op, 0, kind, idx) (ud.h;
+ *    the worker passes ud_op = OP_SPOOL); the worker hands
  *    every OP_SPOOL CQE to spool_on_cqe().
  *  - Once per loop iteration, before submitting, the worker calls
  *    spool_poll(now): the spool closes a batch that is big or old enough
@@ -43,7 +43,7 @@ struct spool_env {
 	/* An SQE from the worker's ring (submits first when the SQ is full). */
 	struct io_uring_sqe *(*get_sqe)(void *ctx);
 	void *ctx;
-	uint64_t ud_base; /* user_data of spool SQEs: ud_base | tag */
+	unsigned ud_op; /* the op of spool SQEs' user_data (ud.h) */
 	struct qid_gen *qid;
 	struct ringmx_stats *stats;
 };

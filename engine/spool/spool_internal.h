@@ -31,6 +31,7 @@
 #include "ringmx/config.h"
 #include "ringmx/smtp.h"
 #include "ringmx/spool_format.h"
+#include "ud.h"
 #include "ringmx/spool_read.h"
 
 
@@ -80,7 +81,7 @@
  * spool is closed cannot read freed (and maybe reused) memory. */
 extern uint8_t spool_zeros[SPOOL_ZERO_BUF]; /* defined in spool.c */
 
-/* user_data tag: kind in bits 16..23, batch index (or zero write slot) below. */
+/* user_data kind (ud.h); idx: the batch index, or the zero write slot. */
 enum {
 	TAG_WRITE = 1,
 	TAG_FSYNC = 2,

@@ -12,7 +12,7 @@
 static void
 prep_tag(struct spool *sp, struct io_uring_sqe *sqe, unsigned kind, unsigned idx)
 {
-	io_uring_sqe_set_data64(sqe, sp->env.ud_base | (uint64_t)kind << 16 | idx);
+	io_uring_sqe_set_data64(sqe, ud_make(sp->env.ud_op, 0, kind, idx));
 	sp->prep.inflight++;
 }
 
