@@ -17,7 +17,7 @@
  *  - A slot is freed (gen bumped) only when no recv or send is in the
  *    kernel, and returned to the free stack only when it is on no list.
  *
- * Input pipeline (worker.h, enum conn_stage), one switch per CQE in
+ * Input pipeline (conn.h, enum conn_stage), one switch per CQE in
  * conn_input():  ring bytes -> [PROXY] -> [TLS] -> SMTP session.
  *  - Plaintext connections (c->tls == NULL) keep the zero-copy path:
  *    held receive buffers are fed to the session as they are (pump()).
@@ -34,6 +34,7 @@
  *  - PROXY (proxy=yes listeners): conn_stage_proxy() is the one place the
  *    header parser plugs in; see its comment for the contract.
  */
+#include "conn.h"
 #include "worker.h"
 #include "ringmx/proxy.h"
 
