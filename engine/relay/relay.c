@@ -129,7 +129,7 @@ msg_log(const struct rmsg *m, const char *fmt, ...)
 	log_info("%s", line);
 }
 
-static void
+void
 msg_destroy(struct rmsg *m)
 {
 	for (uint32_t i = 0; i < m->njobs; i++) {
@@ -984,21 +984,13 @@ relay_poll(struct relay *r, uint64_t now)
 	for (struct rhop *h = r->hops; h != NULL; h = h->next)
 		hop_pump(r, h);
 	backpressure_update(r);
-	/* One write per segment with new records, once per iteration. */
-	struct rseg *d = r->dirty;
-	r->dirty = NULL;
-	while (d != NULL) {
-		struct rseg *next = d->next_dirty;
-		d->dirty = false;
-		rj_flush(r, d);
-		d = next;
-	}
+	rj_poll(r);
 }
 
 uint64_t
 relay_wait_ns(const struct relay *r, uint64_t max)
 {
-	return timer_wait_ns(r->wheel, max);
+	return rj_wait_ns(r, timer_wait_ns(r->wheel, max));
 }
 
 void
@@ -1029,6 +1021,17 @@ relay_record_durable(void *arg, uint64_t seq, uint64_t off, uint64_t rec_len)
 
 /* ---- operator commands ---- */
 
+/* The command's journal record for m; the answer waits for it to be
+ * durable (rj_sync_want), or says it failed. */
+static void
+cmd_record(struct relay *r, struct relay_cmd *cmd, struct rmsg *m, uint8_t type)
+{
+	if (rj_rec(r, m, type, 0, JOURNAL_ALL_RCPTS, 0, 0, NULL, 0) < 0)
+		atomic_fetch_add(&cmd->failed, 1);
+	else
+		rj_sync_want(r, m->seg, cmd);
+}
+
 static bool
 cmd_apply(struct relay *r, struct relay_cmd *cmd, struct rmsg *m)
 {
@@ -1037,9 +1040,7 @@ cmd_apply(struct relay *r, struct relay_cmd *cmd, struct rmsg *m)
 		if (m->held)
 			return true;
 		m->held = true;
-		rj_rec(r, m, JOURNAL_HOLD, 0, JOURNAL_ALL_RCPTS, 0, 0, NULL, 0);
-		if (rj_sync(r, m->seg) < 0)
-			atomic_fetch_add(&cmd->failed, 1);
+		cmd_record(r, cmd, m, JOURNAL_HOLD);
 		for (uint32_t i = 0; i < m->njobs; i++) {
 			struct rjob *j = &m->jobs[i];
 			if (j->state == J_QUEUED)
@@ -1053,16 +1054,12 @@ cmd_apply(struct relay *r, struct relay_cmd *cmd, struct rmsg *m)
 		if (!m->held)
 			return true;
 		m->held = false;
-		rj_rec(r, m, JOURNAL_RELEASE, 0, JOURNAL_ALL_RCPTS, 0, 0, NULL, 0);
-		if (rj_sync(r, m->seg) < 0)
-			atomic_fetch_add(&cmd->failed, 1);
+		cmd_record(r, cmd, m, JOURNAL_RELEASE);
 		msg_log(m, "released by the operator");
 		break; /* and queue it now, as a flush */
 	case RELAY_CMD_DELETE: {
 		m->deleted = true;
-		rj_rec(r, m, JOURNAL_DELETE, 0, JOURNAL_ALL_RCPTS, 0, 0, NULL, 0);
-		if (rj_sync(r, m->seg) < 0)
-			atomic_fetch_add(&cmd->failed, 1);
+		cmd_record(r, cmd, m, JOURNAL_DELETE);
 		msg_log(m, "deleted by the operator");
 		struct rjob *js[CONFIG_MAX_HOPS + 1];
 		uint32_t n = 0;
@@ -1102,6 +1099,8 @@ cmd_apply(struct relay *r, struct relay_cmd *cmd, struct rmsg *m)
 void
 relay_apply_cmds(struct relay *r, struct relay_cmdset *set)
 {
+	assert(r->cmdset == NULL);
+	r->cmdset = set;
 	for (unsigned i = 0; i < set->n; i++) {
 		struct relay_cmd *cmd = &set->cmd[i];
 		unsigned matched = 0;
@@ -1124,7 +1123,26 @@ relay_apply_cmds(struct relay *r, struct relay_cmdset *set)
 		}
 		atomic_fetch_add(&cmd->matched, matched);
 	}
+	if (r->cmd_syncs == 0)
+		relay_cmds_done(r);
+	else
+		rj_poll(r); /* start the writes and syncs now */
+}
+
+void
+relay_cmds_done(struct relay *r)
+{
+	struct relay_cmdset *set = r->cmdset;
+	assert(set != NULL && r->cmd_syncs == 0);
+	r->cmdset = NULL;
+	r->nhits = 0;
 	atomic_fetch_add(&set->acks, 1);
+}
+
+bool
+relay_cmds_busy(const struct relay *r)
+{
+	return r->cmdset != NULL;
 }
 
 /* ---- shutdown ---- */
@@ -1152,7 +1170,7 @@ relay_idle(const struct relay *r)
 	for (const struct rhop *h = r->hops; h != NULL; h = h->next)
 		if (h->nconns > 0)
 			return false;
-	return r->nbounces == 0;
+	return r->nbounces == 0 && r->cmdset == NULL && !rj_busy(r);
 }
 
 void
@@ -1181,19 +1199,12 @@ relay_close(struct relay *r)
 		}
 		free(h);
 	}
-	for (struct rseg *s = r->segs, *sn; s != NULL; s = sn) {
-		sn = s->next;
-		rj_sync(r, s);
-		if (s->jfd >= 0)
-			close(s->jfd);
+	for (struct rseg *s = r->segs; s != NULL; s = s->next)
 		for (struct rmsg *m = s->msgs, *mn; m != NULL; m = mn) {
 			mn = m->next;
 			msg_destroy(m);
 		}
-		if (s->map != NULL)
-			munmap(s->map, s->maplen);
-		free(s);
-	}
+	rj_close(r);
 	relay_tls_ctx_free(r->tlsctx);
 	free(r->slots);
 	free(r->slot_gen);

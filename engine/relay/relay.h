@@ -85,11 +85,17 @@ void relay_poll(struct relay *r, uint64_t now_ns);
 uint64_t relay_wait_ns(const struct relay *r, uint64_t max_ns);
 
 
+/* Apply a set of commands. The set is acknowledged (acks) once every
+ * journal record they wrote is durable, maybe in a later iteration; until
+ * then relay_cmds_busy() is true and no other set may be given. */
 void relay_apply_cmds(struct relay *r, struct relay_cmdset *set);
+bool relay_cmds_busy(const struct relay *r);
 
 /* SIGTERM: no new transactions; force: close every connection now. */
 void relay_drain(struct relay *r, bool force);
 bool relay_idle(const struct relay *r);
+/* Journal or segment operations are in the kernel (or queued for it). */
+bool relay_io_pending(const struct relay *r);
 /* After the ring is gone. NULL is allowed. */
 void relay_close(struct relay *r);
 void relay_log_backlog(const struct relay *r);

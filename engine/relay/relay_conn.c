@@ -724,6 +724,10 @@ relay_on_cqe(struct relay *r, struct io_uring_cqe *cqe)
 	uint32_t idx = ud_idx(ud);
 	enum subop op = (enum subop)ud_kind(ud);
 	uint32_t gen = ud_gen(ud);
+	if (op >= S_JWRITE) {
+		relay_journal_cqe(r, op, idx, gen, cqe->res);
+		return;
+	}
 	if (idx >= r->nslots || r->slots[idx] == NULL || (r->slot_gen[idx] & UD_GEN_MASK) != gen)
 		return; /* a slot's previous occupant: nothing of it is left */
 	struct oconn *c = r->slots[idx];
@@ -826,6 +830,8 @@ relay_on_cqe(struct relay *r, struct io_uring_cqe *cqe)
 			return;
 		oconn_timer_update(c);
 		return;
+	default: /* the journal's kinds: handed over above */
+		panic("relay: CQE kind %u for a connection", (unsigned)op);
 	}
 	if (c->st == C_CLOSING)
 		conn_release(c);

@@ -6,7 +6,8 @@
  *
  * Files: relay.c (messages, jobs, results, bounces, next hops, the loop's
  * side, operator commands, shutdown), relay_journal.c (the delivery
- * journal, the guarded mappings, segments), relay_conn.c (outbound
+ * journal and the segments' life, through the ring), relay_map.c (the
+ * mappings and their SIGBUS guard), relay_conn.c (outbound
  * connections on the SMTP/LMTP client core), relay_recover.c (start-up:
  * what the spool holds). Nothing outside the relay includes this.
  */
@@ -67,14 +68,30 @@
 #define RELAY_INLINE_MAX (16u << 10)
 /* Bounces being spooled at once; more wait for the next retry. */
 #define RELAY_BOUNCES_MAX 64
-/* Journal bytes buffered per segment before a write is forced. */
-#define RELAY_JBUF_SIZE (16u << 10)
+/* Journal bytes buffered per segment: what one write takes, plus what
+ * comes while it is in flight (a write starts when half of it is used). */
+#define RELAY_JBUF_SIZE (32u << 10)
+/* (segment, command) pairs one set of operator commands may wait on. */
+#define RELAY_CMD_HITS_MAX 4096
 /* Outbound connections per worker (slots; idx field of user_data). */
 #define RELAY_SLOTS_MAX (1u << 20)
 /* Delay before a bounce that could not be spooled is tried again. */
 #define RELAY_BOUNCE_RETRY_NS (5ull * 1000000000ull)
 
-enum subop { S_CONNECT = 1, S_LTIMEOUT, S_SEND, S_RECV };
+/* user_data kind of the relay's SQEs (ud.h): connections, then the
+ * journal and the segments (relay_journal.c; idx: a segment slot). */
+enum subop {
+	S_CONNECT = 1,
+	S_LTIMEOUT,
+	S_SEND,
+	S_RECV,
+	S_JWRITE,      /* journal write */
+	S_JSYNC,       /* fdatasync of the journal (operator commands) */
+	S_JDIRSYNC,    /* fsync of its directory after that */
+	S_DEL_SEG,     /* deletion chain: unlinkat .seg, */
+	S_DEL_JNL,     /* unlinkat .jnl, */
+	S_DEL_DIRSYNC, /* fsync of the directory */
+};
 
 /* Per recipient of a job, during and after an attempt. */
 enum rstate {
@@ -156,8 +173,21 @@ struct rseg {
 	uint8_t *map;
 	size_t maplen;
 	int jfd;       /* -1 until the first journal record */
-	uint64_t jpos; /* file offset of the next journal write */
+	int dirfd;     /* its directory (struct relay's wdirs), -1 if unopenable */
+	uint32_t slot, sgen; /* r->segtab index and generation (user_data) */
+	uint64_t jpos; /* file offset of jbuf[0] */
 	uint32_t jbuf_len;
+	uint32_t jinflight; /* jbuf[0, jinflight) is being written by the kernel */
+	uint8_t jop;        /* the journal operation in flight (enum subop), 0: none */
+	uint64_t jretry_at; /* after a failed write: not again before this (monotonic ns) */
+	bool jdrop_logged;
+	/* An operator command waits for the journal up to sync_upto to be
+	 * durable; the fdatasync in flight covers up to sync_sent_upto. */
+	bool sync_wanted;
+	uint64_t sync_upto, sync_sent_upto;
+	bool delete_wanted;
+	uint8_t del_left; /* CQEs of the deletion chain still due */
+	char del_name[2][24];
 	bool closed; /* the spool will not write it again */
 	/* A durable record of it could not be loaded (no mapping, bad
 	 * record): never deleted, so the next start reads it again. */
@@ -166,7 +196,7 @@ struct rseg {
 	struct rseg *next_dirty;
 	bool jerr_logged;
 	/* The journal's directory entry was fsynced by this run (before the
-	 * first answer that depends on the journal: see rj_sync). */
+	 * first answer that depends on the journal: see rj_sync_want). */
 	bool jdir_synced;
 	uint32_t pending;  /* messages not finished */
 	struct rmsg *msgs; /* unfinished messages */
@@ -248,6 +278,19 @@ struct rbounce {
 	char qid[SINK_QID_MAX];
 };
 
+/* A directory w<N> the relay reads, opened once. */
+struct rwdir {
+	unsigned wdir;
+	int fd;
+};
+
+/* Records of one operator command in one segment, waiting for its sync. */
+struct rcmd_hit {
+	struct rseg *s;
+	struct relay_cmd *cmd;
+	uint32_t n;
+};
+
 struct relay {
 	struct relay_env env;
 	const struct config *cfg;
@@ -255,6 +298,18 @@ struct relay {
 	struct timer_wheel *wheel;
 	struct rseg *segs;
 	struct rseg *dirty; /* segments with journal records to write */
+	struct rseg **segtab; /* slots: segments by user_data idx */
+	uint32_t *seg_free;
+	uint32_t segtab_cap, seg_nfree, seg_gen;
+	uint32_t jops; /* journal and deletion operations in the kernel */
+	struct rwdir *wdirs;
+	uint32_t nwdirs;
+	/* The operator commands being applied: answered when every segment
+	 * they wrote to is synced (cmd_syncs at zero). */
+	struct relay_cmdset *cmdset;
+	uint32_t cmd_syncs;
+	struct rcmd_hit *hits; /* RELAY_CMD_HITS_MAX */
+	uint32_t nhits;
 	struct rhop *hops;
 	struct rhop *hopmap[CONFIG_MAX_HOPS]; /* cfg->relay.hops[i] -> ours */
 	struct oconn **slots;
@@ -274,7 +329,7 @@ struct relay {
 	char dir[CONFIG_PATH_MAX];
 };
 
-/* ---- the SIGBUS guard (relay_journal.c) ---- */
+/* ---- the SIGBUS guard (relay_map.c) ---- */
 
 extern __thread sigjmp_buf *volatile relay_map_guard;
 /* After a jump out of the SIGBUS handler: SIGBUS is blocked again no more. */
@@ -316,18 +371,31 @@ void rjob_rcpt_result(struct relay *r, struct rjob *j, uint32_t k, int code, con
 void rjob_rcpt_temp(struct rjob *j, uint32_t k, int code, const char *text, size_t len);
 void rmsg_start(struct relay *r, struct rmsg *m, uint64_t next_us);
 
-/* relay_journal.c: journal, mappings, segments */
-int rj_flush(struct relay *r, struct rseg *s);
-void rj_rec(struct relay *r, struct rmsg *m, uint8_t type, uint32_t first, uint32_t count,
-            uint32_t attempts, uint64_t next_us, const char *text, size_t text_len);
-int rj_sync(struct relay *r, struct rseg *s);
-void relay_map_guard_install(void);
-int relay_map_read(void *dst, const uint8_t *src, size_t n);
+void msg_destroy(struct rmsg *m);
+/* Every segment the current operator commands wrote to is synced: answer. */
+void relay_cmds_done(struct relay *r);
+
+/* relay_journal.c: the journal and the segments' life, through the ring */
+/* 0, or -ENOBUFS: the buffer is full (the record is dropped, counted). */
+int rj_rec(struct relay *r, struct rmsg *m, uint8_t type, uint32_t first, uint32_t count,
+           uint32_t attempts, uint64_t next_us, const char *text, size_t text_len);
+void rj_sync_want(struct relay *r, struct rseg *s, struct relay_cmd *cmd);
+void rj_kick(struct relay *r, struct rseg *s);
+void rj_poll(struct relay *r);
+uint64_t rj_wait_ns(const struct relay *r, uint64_t max);
+bool rj_busy(const struct relay *r);
+void rj_close(struct relay *r);
+void relay_journal_cqe(struct relay *r, enum subop op, uint32_t idx, uint32_t gen, int res);
+void rdir_open(struct relay *r, unsigned wdir);
 struct rseg *rseg_find(struct relay *r, unsigned wdir, uint64_t seq);
-struct rseg *rseg_map(struct relay *r, unsigned wdir, uint64_t seq);
 void rseg_maybe_delete(struct relay *r, struct rseg *s);
 struct rseg *rseg_new(struct relay *r, unsigned wdir, uint64_t seq, uint8_t *map, size_t maplen);
 void rseg_path(const struct relay *r, const struct rseg *s, const char *ext, char *buf, size_t len);
+
+/* relay_map.c: the mappings and the SIGBUS guard */
+void relay_map_guard_install(void);
+int relay_map_read(void *dst, const uint8_t *src, size_t n);
+struct rseg *rseg_map(struct relay *r, unsigned wdir, uint64_t seq);
 void rseg_remap(struct relay *r, struct rseg *s);
 
 /* relay_conn.c: outbound connections */

@@ -12,6 +12,11 @@
  *                         with EIO
  *   RINGMX_FAULT_FSYNC    the spool's fdatasync of written records (the one
  *                         that releases 250s) fails with EIO
+ *   RINGMX_FAULT_JOURNAL  every relay journal write fails with EIO
+ *   RINGMX_FAULT_LOOP_IO  (set to anything) a worker that makes a blocking
+ *                         write, fsync, unlink or rename itself once its
+ *                         loop runs aborts, naming the call
+ *                         (tests/fault_loop_guard.c)
  */
 #ifndef RINGMX_FAULT_H
 #define RINGMX_FAULT_H
@@ -30,9 +35,13 @@ fault_armed(const char *name)
 }
 #define fault_dirsync() fault_armed("RINGMX_FAULT_DIRSYNC")
 #define fault_fsync() fault_armed("RINGMX_FAULT_FSYNC")
+#define fault_journal() fault_armed("RINGMX_FAULT_JOURNAL")
+void fault_loop_guard(void);
 #else
 #define fault_dirsync() 0
 #define fault_fsync() 0
+#define fault_journal() 0
+#define fault_loop_guard() ((void)0)
 #endif
 
 #endif

@@ -9,6 +9,7 @@
  * freed by main only after this worker acknowledged the next one).
  */
 #include "worker.h"
+#include "fault.h"
 
 #include <arpa/inet.h>
 #include <assert.h>
@@ -299,6 +300,24 @@ switch_config(struct worker *w, const struct config *cfg)
 	atomic_store(&w->ctl.cfg_ack, cfg);
 }
 
+/* ringmx-spool's commands. A set is taken only when the previous one is
+ * answered (its journal syncs are done); the loop looks again every
+ * iteration until then. */
+static void
+take_cmds(struct worker *w)
+{
+	if (atomic_load_explicit(&w->ctl.cmds, memory_order_relaxed) == NULL ||
+	    (w->relay != NULL && relay_cmds_busy(w->relay)))
+		return;
+	struct relay_cmdset *set = atomic_exchange(&w->ctl.cmds, NULL);
+	if (set == NULL)
+		return;
+	if (w->relay != NULL)
+		relay_apply_cmds(w->relay, set);
+	else
+		atomic_fetch_add(&set->acks, 1);
+}
+
 static void
 on_wake(struct worker *w, struct io_uring_cqe *cqe)
 {
@@ -312,13 +331,7 @@ on_wake(struct worker *w, struct io_uring_cqe *cqe)
 		if (w->relay != NULL)
 			relay_log_backlog(w->relay);
 	}
-	struct relay_cmdset *set = atomic_exchange(&w->ctl.cmds, NULL);
-	if (set != NULL) {
-		if (w->relay != NULL)
-			relay_apply_cmds(w->relay, set);
-		else
-			atomic_fetch_add(&set->acks, 1);
-	}
+	take_cmds(w);
 	if (atomic_load(&w->ctl.stop))
 		start_drain(w);
 	arm_wake(w);
@@ -488,8 +501,10 @@ loop(struct worker *w)
 		 * below and the batch's SQEs go out with this submit. */
 		if (w->spool != NULL)
 			spool_poll(w->spool, w->now);
-		if (w->relay != NULL)
+		if (w->relay != NULL) {
+			take_cmds(w); /* one that waited for the previous set */
 			relay_poll(w->relay, w->now);
+		}
 		conn_rearm_all(w);
 		conn_flush_all(w);
 		rearm_accepts(w);
@@ -534,6 +549,31 @@ loop(struct worker *w)
 				relay_drain(w->relay, true);
 			w->drain_deadline = UINT64_MAX;
 		}
+	}
+}
+
+/* Closing the spool finishes its last segments (relay_seg_closed), and
+ * the relay removes a finished one through the ring like any other: run
+ * the ring for the relay alone until its file operations are done. Bounded:
+ * a disk that does not answer is not waited for (the files stay, and the
+ * next start delivers nothing twice: every message in them is done). */
+static void
+relay_finish(struct worker *w)
+{
+	for (int i = 0; w->relay != NULL && relay_io_pending(w->relay) && i < 50; i++) {
+		struct __kernel_timespec ts = {.tv_sec = 0, .tv_nsec = 100000000};
+		struct io_uring_cqe *cqe;
+		int r = io_uring_submit_and_wait_timeout(&w->ring, &cqe, 1, &ts, NULL);
+		if (r < 0 && r != -ETIME && r != -EINTR && r != -EAGAIN && r != -EBUSY)
+			break;
+		unsigned head, n = 0;
+		io_uring_for_each_cqe(&w->ring, head, cqe)
+		{
+			if (ud_op(cqe->user_data) == OP_RELAY)
+				relay_on_cqe(w->relay, cqe);
+			n++;
+		}
+		io_uring_cq_advance(&w->ring, n);
 	}
 }
 
@@ -647,12 +687,14 @@ worker_main(void *arg)
 	arm_wake(w);
 	atomic_store(&w->started, 1);
 
+	fault_loop_guard();
 	loop(w);
 
 	log_stats(w, "final");
 	tls_thread_fini();
 	spool_close(w->spool);
 	w->spool = NULL;
+	relay_finish(w);
 	log_flush();
 	bufring_fini(&w->br, &w->ring);
 	io_uring_queue_exit(&w->ring);

@@ -42,6 +42,15 @@ def load_tool():
     return _tool("RINGMX_LOAD", "tools", "ringmx-load")
 
 
+def use_fault_daemon():
+    """Run the test daemon tests/ringmxd_faults (engine/runtime/fault.h hooks) as
+    ringmxd from now on; skip (exit 77) if it is not built."""
+    p = _tool("RINGMXD_FAULTS", "tests", "ringmxd_faults")
+    if not os.access(p, os.X_OK):
+        raise Skip("no fault-injection daemon at %s" % p)
+    os.environ["RINGMXD"] = p
+
+
 class RelayServer(Server):
     """ringmxd with sink = spool in `spool`, relay_host = hop, the fast retry settings
     and `extra` (key=value strings) on top."""

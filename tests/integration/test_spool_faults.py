@@ -18,18 +18,10 @@ import tempfile
 import time
 
 from ringmx_harness import Suite, Server, Skip, check, check_eq, qid_of, TIMEOUT
-import relay_util
 from nexthop import FakeMX
-from relay_util import RelayServer, hop, qid_in, spool_cmd, spool_tool
+from relay_util import RelayServer, hop, qid_in, spool_cmd, spool_tool, use_fault_daemon
 
 T = Suite(__file__)
-
-
-def use_fault_daemon():
-    p = relay_util._tool("RINGMXD_FAULTS", "tests", "ringmxd_faults")
-    if not os.access(p, os.X_OK):
-        raise Skip("no fault-injection daemon at %s" % p)
-    os.environ["RINGMXD"] = p
 
 
 @contextlib.contextmanager
