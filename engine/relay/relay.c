@@ -113,8 +113,6 @@ dsn_of(int code, const char *text, size_t len, char out[16])
 
 /* ---- messages and jobs ---- */
 
-static struct rhop *hop_for(struct relay *r, const char *domain, size_t len);
-
 static void msg_log(const struct rmsg *m, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 static void
@@ -127,24 +125,6 @@ msg_log(const struct rmsg *m, const char *fmt, ...)
 	vsnprintf(line + n, sizeof(line) - (size_t)n, fmt, ap);
 	va_end(ap);
 	log_info("%s", line);
-}
-
-void
-msg_destroy(struct rmsg *m)
-{
-	for (uint32_t i = 0; i < m->njobs; i++) {
-		struct rjob *j = &m->jobs[i];
-		for (uint32_t k = 0; k < j->n; k++)
-			free(j->rtext[k]);
-		free(j->rtext);
-		free(j->rs);
-		free(j->ri);
-		free(j->trc);
-	}
-	free(m->jobs);
-	free(m->rcpt);
-	free(m->env);
-	free(m);
 }
 
 static void
@@ -169,7 +149,7 @@ msg_free(struct relay *r, struct rmsg *m)
 	s->pending--;
 	r->backlog_msgs--;
 	r->backlog_bytes -= m->rec_len;
-	msg_destroy(m);
+	msg_destroy(r, m);
 	rseg_maybe_delete(r, s);
 }
 
@@ -201,141 +181,6 @@ job_schedule(struct relay *r, struct rjob *j, uint64_t at_ns)
 		return;
 	}
 	timer_set(r->wheel, &j->t.n, at_ns);
-}
-
-/* Build the in-memory message for the record at off, with the journal's
- * state applied (st may be NULL: nothing journaled). Returns NULL if the
- * record is unusable (logged) or already finished. Only the header is
- * checked: every record arrives here CRC-checked already, by the spool that
- * just wrote it or by spool_seg_scan() at recovery (no second CRC pass over
- * every message). */
-struct rmsg *
-rmsg_load(struct relay *r, struct rseg *s, uint64_t off, const struct journal_msg_state *st)
-{
-	struct spool_hdr h;
-	uint8_t hdr[SPOOL_HDR_SIZE];
-	bool ok = off + SPOOL_HDR_SIZE <= s->maplen;
-	if (ok && relay_map_read(hdr, s->map + off, sizeof(hdr)) < 0) {
-		log_err("relay: w%u/%016" PRIx64 ".seg: the record at offset %" PRIu64
-		        " is unreadable (I/O error); left in the spool",
-		        s->wdir, s->seq, off);
-		return NULL;
-	}
-	if (ok) {
-		spool_hdr_decode(hdr, &h);
-		ok = h.magic == SPOOL_REC_MAGIC && h.version == SPOOL_REC_VERSION &&
-		     h.rec_len == spool_rec_len(h.env_len, h.msg_len) &&
-		     h.rec_len <= s->maplen - off;
-	}
-	if (!ok) {
-		log_err("relay: w%u/%016" PRIx64 ".seg: no valid record at offset %" PRIu64,
-		        s->wdir, s->seq, off);
-		return NULL;
-	}
-	const uint8_t *rec = s->map + off;
-	/* The envelope is copied: the commands are built from it later,
-	 * outside any guarded section. */
-	uint8_t *envc = relay_xcalloc(h.env_len ? h.env_len : 1, 1);
-	if (relay_map_read(envc, rec + SPOOL_HDR_SIZE, h.env_len) < 0) {
-		log_err("relay: %s: the envelope at offset %" PRIu64 " of w%u/%016" PRIx64
-		        ".seg is unreadable (I/O error); left in the spool",
-		        h.qid, off, s->wdir, s->seq);
-		free(envc);
-		return NULL;
-	}
-	struct spool_envelope env;
-	if (spool_env_parse(envc, h.env_len, &env) < 0 || env.nrcpt == 0) {
-		log_err("relay: %s: malformed envelope; left in the spool", h.qid);
-		free(envc);
-		return NULL;
-	}
-	/* Routing first: it decides how many jobs there are. */
-	uint32_t nrcpt = env.nrcpt;
-	struct raddr *addrs = relay_xcalloc(nrcpt, sizeof(*addrs));
-	struct rhop **rh = relay_xcalloc(nrcpt, sizeof(*rh));
-	struct spool_tlv_iter it = {.p = envc, .len = h.env_len};
-	unsigned type;
-	const uint8_t *v;
-	size_t vlen;
-	uint32_t k = 0;
-	while (spool_tlv_next(&it, &type, &v, &vlen) == 1)
-		if (type == SPOOL_TLV_RCPT && k < nrcpt) {
-			addrs[k].p = (const char *)v;
-			addrs[k].len = (uint32_t)vlen;
-			const char *at = memrchr(v, '@', vlen);
-			const char *dom = at != NULL ? at + 1 : "";
-			size_t dlen = at != NULL ? vlen - (size_t)(at + 1 - (const char *)v) : 0;
-			rh[k] = hop_for(r, dom, dlen);
-			k++;
-		}
-	uint32_t pending = 0, njobs = 0;
-	struct rhop *seen[CONFIG_MAX_HOPS + 1];
-	uint32_t nseen = 0;
-	for (k = 0; k < nrcpt; k++) {
-		if (st != NULL && st->done[k] != 0)
-			continue;
-		pending++;
-		bool dup = false;
-		for (uint32_t i = 0; i < nseen; i++)
-			dup |= seen[i] == rh[k];
-		if (!dup && nseen < CONFIG_MAX_HOPS + 1)
-			seen[nseen++] = rh[k];
-	}
-	njobs = nseen;
-	if (pending == 0 || (st != NULL && st->deleted)) {
-		free(addrs);
-		free(rh);
-		free(envc);
-		return NULL;
-	}
-	struct rmsg *m = relay_xcalloc(1, sizeof(*m) + nrcpt);
-	m->done = (uint8_t *)(m + 1);
-	m->seg = s;
-	m->off = off;
-	m->rec_len = h.rec_len;
-	memcpy(m->qid, h.qid, sizeof(m->qid));
-	m->received_us = h.received_us;
-	m->env = envc;
-	m->from = (const char *)env.from;
-	m->from_len = env.from_len;
-	m->flags = env.mail_flags;
-	m->body = rec + SPOOL_HDR_SIZE + h.env_len;
-	m->body_len = h.msg_len;
-	m->nrcpt = nrcpt;
-	m->rcpt = addrs;
-	if (st != NULL) {
-		memcpy(m->done, st->done, nrcpt);
-		m->held = st->held;
-	}
-	m->jobs = relay_xcalloc(njobs, sizeof(*m->jobs));
-	m->njobs = m->jobs_left = njobs;
-	for (uint32_t i = 0; i < njobs; i++) {
-		struct rjob *j = &m->jobs[i];
-		j->m = m;
-		j->hop = seen[i];
-		j->t.kind = T_JOB;
-		j->attempts = st != NULL ? st->attempts : 0;
-		for (k = 0; k < nrcpt; k++)
-			if (m->done[k] == 0 && rh[k] == seen[i])
-				j->n++;
-		j->ri = relay_xcalloc(j->n, sizeof(*j->ri));
-		j->rs = relay_xcalloc(j->n, 1);
-		j->rtext = relay_xcalloc(j->n, sizeof(*j->rtext));
-		uint32_t n = 0;
-		for (k = 0; k < nrcpt; k++)
-			if (m->done[k] == 0 && rh[k] == seen[i])
-				j->ri[n++] = k;
-	}
-	free(rh);
-	/* The job arrays are separate allocations; free them with the message. */
-	m->next = s->msgs;
-	if (s->msgs != NULL)
-		s->msgs->prev = m;
-	s->msgs = m;
-	s->pending++;
-	r->backlog_msgs++;
-	r->backlog_bytes += m->rec_len;
-	return m;
 }
 
 /* ---- results of an attempt ---- */
@@ -769,8 +614,8 @@ rhop_sync(struct relay *r)
 	}
 }
 
-static struct rhop *
-hop_for(struct relay *r, const char *domain, size_t len)
+struct rhop *
+rhop_for(struct relay *r, const char *domain, size_t len)
 {
 	int i = relay_route(&r->cfg->relay, domain, len);
 	return i < 0 ? NULL : r->hopmap[i];
@@ -802,8 +647,8 @@ rhop_enqueue(struct relay *r, struct rjob *j)
 		 * job by its first recipient. */
 		const struct raddr *a = &j->m->rcpt[j->ri[0]];
 		const char *at = memrchr(a->p, '@', a->len);
-		j->hop = at != NULL ? hop_for(r, at + 1, a->len - (size_t)(at + 1 - a->p))
-		                    : hop_for(r, "", 0);
+		j->hop = at != NULL ? rhop_for(r, at + 1, a->len - (size_t)(at + 1 - a->p))
+		                    : rhop_for(r, "", 0);
 	}
 	if (j->hop == NULL) {
 		static const char t[] = "5.4.4 no next hop for this recipient's domain "
@@ -1191,20 +1036,25 @@ relay_close(struct relay *r)
 			cn = c->next;
 			if (c->fd >= 0)
 				close(c->fd);
-			if (c->tls != NULL) {
+			if (c->tls != NULL)
 				relay_tls_end(c->tls);
-				free(c->tls);
-			}
+			free(c->tls_mem);
 			free(c);
 		}
 		free(h);
 	}
+	for (struct oconn *c = r->free_conns, *cn; c != NULL; c = cn) {
+		cn = c->next;
+		free(c->tls_mem);
+		free(c);
+	}
 	for (struct rseg *s = r->segs; s != NULL; s = s->next)
 		for (struct rmsg *m = s->msgs, *mn; m != NULL; m = mn) {
 			mn = m->next;
-			msg_destroy(m);
+			msg_destroy(r, m);
 		}
 	rj_close(r);
+	relay_pool_fini(r);
 	relay_tls_ctx_free(r->tlsctx);
 	free(r->slots);
 	free(r->slot_gen);

@@ -123,10 +123,9 @@ conn_release(struct oconn *c)
 		return; /* the last CQE releases it */
 	if (c->fd >= 0)
 		close(c->fd);
-	if (c->tls != NULL) {
+	if (c->tls != NULL)
 		relay_tls_end(c->tls);
-		free(c->tls);
-	}
+	c->tls = NULL;
 	for (struct oconn **pp = &h->conns; *pp != NULL; pp = &(*pp)->next)
 		if (*pp == c) {
 			*pp = c->next;
@@ -136,7 +135,10 @@ conn_release(struct oconn *c)
 	r->slots[c->idx] = NULL;
 	r->slot_gen[c->idx]++;
 	r->free_slots[r->nfree++] = c->idx;
-	free(c);
+	/* Kept for the next connection: no allocation per connection once
+	 * the relay has had as many open as it needs. */
+	c->next = r->free_conns;
+	r->free_conns = c;
 }
 
 void
@@ -194,10 +196,18 @@ oconn_open(struct relay *r, struct rhop *h)
 		int one = 1;
 		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	}
-	struct oconn *c = malloc(sizeof(*c));
-	if (c == NULL)
-		panic("relay: out of memory");
+	struct oconn *c = r->free_conns;
+	struct relay_tls_conn *tls_mem = NULL;
+	if (c != NULL) {
+		r->free_conns = c->next;
+		tls_mem = c->tls_mem;
+	} else {
+		c = malloc(sizeof(*c));
+		if (c == NULL)
+			panic("relay: out of memory");
+	}
 	memset(c, 0, offsetof(struct oconn, in));
+	c->tls_mem = tls_mem;
 	c->r = r;
 	c->hop = h;
 	c->idx = r->free_slots[--r->nfree];
@@ -378,10 +388,11 @@ conn_starttls(struct oconn *c)
 		smtpc_tls_failed(&c->sc, "relay_tls changed while starting TLS");
 		return;
 	}
-	c->tls = malloc(sizeof(*c->tls));
+	if (c->tls_mem == NULL)
+		c->tls_mem = malloc(sizeof(*c->tls_mem));
+	c->tls = c->tls_mem;
 	if (c->tls == NULL || relay_tls_start(r->tlsctx, c->tls, c->hop->conf.m[c->member].host,
 	                                      r->cfg->relay.tls == RELAY_TLS_VERIFY) < 0) {
-		free(c->tls);
 		c->tls = NULL;
 		smtpc_tls_failed(&c->sc, "cannot start TLS (out of memory, or a host name wolfSSL "
 		                         "cannot check)");
@@ -501,10 +512,6 @@ oconn_fill(struct oconn *c)
 		if (body_check(m) < 0) {
 			job_unreadable(r, j);
 			continue;
-		}
-		if (j->trc == NULL) {
-			j->trc = relay_xcalloc(j->n, sizeof(*j->trc) + sizeof(*j->tk));
-			j->tk = (uint32_t *)(j->trc + j->n);
 		}
 		uint32_t n = 0;
 		for (uint32_t k = 0; k < j->n; k++) {

@@ -7,7 +7,8 @@
  * Files: relay.c (messages, jobs, results, bounces, next hops, the loop's
  * side, operator commands, shutdown), relay_journal.c (the delivery
  * journal and the segments' life, through the ring), relay_map.c (the
- * mappings and their SIGBUS guard), relay_conn.c (outbound
+ * mappings and their SIGBUS guard), relay_msg.c (messages and their
+ * block pool), relay_conn.c (outbound
  * connections on the SMTP/LMTP client core), relay_recover.c (start-up:
  * what the spool holds). Nothing outside the relay includes this.
  */
@@ -73,6 +74,12 @@
 #define RELAY_JBUF_SIZE (32u << 10)
 /* (segment, command) pairs one set of operator commands may wait on. */
 #define RELAY_CMD_HITS_MAX 4096
+/* Message blocks (relay_msg.c): two sizes, carved from slabs; a message
+ * that fits neither is a malloc of its own (counter relay_msg_large). */
+#define RELAY_POOL_CLASSES 2
+#define RELAY_MSG_SMALL    2048u
+#define RELAY_MSG_BIG      16384u
+#define RELAY_SLAB_SIZE    (1u << 20)
 /* Outbound connections per worker (slots; idx field of user_data). */
 #define RELAY_SLOTS_MAX (1u << 20)
 /* Delay before a bounce that could not be spooled is tried again. */
@@ -132,7 +139,7 @@ struct rjob {
 	/* J_ACTIVE: the transaction lent to the connection's client core, its
 	 * recipients (those not finished earlier) and their indices k here. */
 	struct smtpc_tx tx;
-	struct smtpc_rcpt *trc; /* one allocation with tk, at the first attempt */
+	struct smtpc_rcpt *trc; /* slices of the message block (relay_msg.c) */
 	uint32_t *tk;
 	char last_temp[RELAY_TEXT_MAX]; /* the last temporary failure */
 	uint16_t last_temp_len;
@@ -153,7 +160,7 @@ struct rmsg {
 	const char *from;
 	size_t from_len;
 	unsigned flags;      /* SPOOL_MAIL_* */
-	uint8_t *env;        /* a copy of the envelope (malloc): from and rcpt point into it */
+	uint8_t *env;        /* a copy of the envelope (in the block): from, rcpt point in */
 	const uint8_t *body; /* in the mapping: read only under relay_map_guard */
 	uint64_t body_len;
 	uint32_t nrcpt;
@@ -164,6 +171,7 @@ struct rmsg {
 	struct rjob *jobs;
 	bool held;
 	bool deleted;
+	uint8_t pool_cls; /* its block's size class (relay_msg.c) */
 };
 
 struct rseg {
@@ -245,6 +253,8 @@ struct oconn {
 	bool defer;                   /* SMTPC_EV_DEFER: failed before usable, why says why */
 	bool failed;                  /* oconn_fail() started the end (counted, logged) */
 	struct relay_tls_conn *tls;   /* after STARTTLS; NULL in plaintext */
+	/* The TLS state's memory, kept when the connection is reused. */
+	struct relay_tls_conn *tls_mem;
 	struct __kernel_timespec cts; /* connect timeout (read at submit) */
 	struct rtimer t;
 
@@ -276,6 +286,15 @@ struct rbounce {
 	struct sink_tx *tx;
 	bool used;
 	char qid[SINK_QID_MAX];
+};
+
+/* Free message blocks of one size, and the slabs they are carved from. */
+struct rpool {
+	void **free;
+};
+struct rslab {
+	struct rslab *next;
+	char *mem;
 };
 
 /* A directory w<N> the relay reads, opened once. */
@@ -310,6 +329,11 @@ struct relay {
 	uint32_t cmd_syncs;
 	struct rcmd_hit *hits; /* RELAY_CMD_HITS_MAX */
 	uint32_t nhits;
+	struct rpool pool[RELAY_POOL_CLASSES];
+	struct rslab *slabs;
+	uint8_t *envbuf; /* scratch: the envelope being loaded, routed */
+	size_t envbuf_cap;
+	struct oconn *free_conns; /* closed connections, kept for the next */
 	struct rhop *hops;
 	struct rhop *hopmap[CONFIG_MAX_HOPS]; /* cfg->relay.hops[i] -> ours */
 	struct oconn **slots;
@@ -362,8 +386,6 @@ void rhop_enqueue(struct relay *r, struct rjob *j);
 unsigned rhop_first_up(const struct relay *r, const struct rhop *h);
 void rhop_sync(struct relay *r);
 void rjob_end_attempt(struct relay *r, struct rjob *j);
-struct rmsg *rmsg_load(struct relay *r, struct rseg *s, uint64_t off,
-                       const struct journal_msg_state *st);
 void rjob_rcpt_perm(struct relay *r, struct rjob *j, uint32_t k, int code, const char *text,
                     size_t len);
 void rjob_rcpt_result(struct relay *r, struct rjob *j, uint32_t k, int code, const char *text,
@@ -371,7 +393,7 @@ void rjob_rcpt_result(struct relay *r, struct rjob *j, uint32_t k, int code, con
 void rjob_rcpt_temp(struct rjob *j, uint32_t k, int code, const char *text, size_t len);
 void rmsg_start(struct relay *r, struct rmsg *m, uint64_t next_us);
 
-void msg_destroy(struct rmsg *m);
+struct rhop *rhop_for(struct relay *r, const char *domain, size_t len);
 /* Every segment the current operator commands wrote to is synced: answer. */
 void relay_cmds_done(struct relay *r);
 
@@ -391,6 +413,13 @@ struct rseg *rseg_find(struct relay *r, unsigned wdir, uint64_t seq);
 void rseg_maybe_delete(struct relay *r, struct rseg *s);
 struct rseg *rseg_new(struct relay *r, unsigned wdir, uint64_t seq, uint8_t *map, size_t maplen);
 void rseg_path(const struct relay *r, const struct rseg *s, const char *ext, char *buf, size_t len);
+
+/* relay_msg.c: messages and their block pool */
+struct rmsg *rmsg_load(struct relay *r, struct rseg *s, uint64_t off,
+                       const struct journal_msg_state *st);
+void msg_destroy(struct relay *r, struct rmsg *m);
+void relay_pool_init(struct relay *r);
+void relay_pool_fini(struct relay *r);
 
 /* relay_map.c: the mappings and the SIGBUS guard */
 void relay_map_guard_install(void);

@@ -260,6 +260,7 @@ relay_open(struct relay **out, const struct config *cfg, const struct relay_env 
 	snprintf(r->tls_ca, sizeof(r->tls_ca), "%s", cfg->relay.tls_ca_file);
 	relay_map_guard_install();
 	r->hits = relay_xcalloc(RELAY_CMD_HITS_MAX, sizeof(*r->hits));
+	relay_pool_init(r);
 	rdir_open(r, env->worker);
 
 	uint64_t msgs = 0, held = 0, segs = 0;

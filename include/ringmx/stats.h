@@ -78,6 +78,8 @@
 	X(relay_tls_handshakes, "STARTTLS handshakes completed with next hops")                     \
 	X(relay_tls_failures, "STARTTLS handshakes with next hops that failed")                    \
 	X(relay_journal_writes, "delivery journal writes")                                       \
+	X(relay_msg_slabs, "relay message slabs allocated (1 MiB each; kept for reuse)")          \
+	X(relay_msg_large, "relay messages too large for a pooled block (allocated alone)")        \
 	X(relay_journal_dropped, "journal records dropped (buffer full or journal unopenable)")   \
 	X(relay_segments_removed, "spool segments removed after every message was finished")      \
 	X(relay_refused_high_water, "MAIL refused: backlog over spool_high_water (452)")           \

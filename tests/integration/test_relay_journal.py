@@ -104,6 +104,13 @@ def _():
             wait_for(lambda: srv.stats().get("relay_segments_removed", 0) >= 4, timeout=10,
                      what="segments removed")
             check_eq(srv.stats().get("relay_journal_dropped", 0), 0, "journal records dropped")
+            # Messages live in pooled blocks (relay_msg.c): each worker starts with
+            # one slab per block size, and this backlog (at most 600 messages of
+            # ~2 KiB) needs at most one more per size and worker.
+            st = srv.stats()
+            check(4 <= st.get("relay_msg_slabs", 0) <= 8, "message slabs: %r"
+                  % st.get("relay_msg_slabs"))
+            check_eq(st.get("relay_msg_large", 0), 0, "messages allocated alone")
             check(srv.alive(), "ringmxd alive (a blocking call on a loop aborts it): %s"
                   % srv.log()[-2000:])
             # The guard stays on after the loop, where closing the spool may block (it
