@@ -33,6 +33,19 @@ conn_ud(const struct oconn *c, enum subop op)
 	return ud_make(c->r->env.ud_op, c->gen, op, c->idx);
 }
 
+static void core_unreadable(struct oconn *c);
+
+/* Every call into the client core that may read a body from the mapping:
+ * true if it hit a bad page (the connection is failing; return at once). */
+#define CORE_CALL(c, call)                                                                         \
+	({                                                                                         \
+		int core_err_;                                                                     \
+		MAP_GUARD(core_err_, (void)(call));                                                \
+		if (core_err_ < 0)                                                                 \
+			core_unreadable(c);                                                        \
+		core_err_ < 0;                                                                     \
+	})
+
 /* Replies due, or a send in flight: relay_reply_timeout; an idle usable
  * connection: relay_idle_timeout. The deadline moves only when called,
  * which the callers do when something was written or read. */
@@ -373,7 +386,7 @@ conn_span_done(struct oconn *c)
 		return;
 	c->span = NULL;
 	c->span_len = c->span_off = 0;
-	smtpc_body_sent(&c->sc);
+	(void)CORE_CALL(c, smtpc_body_sent(&c->sc));
 }
 
 /* The 220 to STARTTLS: from now on every byte goes through TLS. */
@@ -498,6 +511,21 @@ body_unreadable(struct oconn *c, struct rjob *j)
 	           m->off, m->seg->wdir, m->seg->seq);
 }
 
+/* A page of the body went bad after body_check() and the client core hit
+ * it (DATA: the core reads the body to stuff dots). The core was left in
+ * the middle of a call, with nothing written for the span it was reading:
+ * the connection ends without the final dot, like a failed send. */
+static void
+core_unreadable(struct oconn *c)
+{
+	struct smtpc_tx *tx = c->sc.emit;
+	if (tx != NULL && tx->user != NULL)
+		body_unreadable(c, tx->user);
+	else
+		oconn_fail(c, "4.3.0 message unreadable in the spool (I/O error)");
+}
+
+
 /* Hand the next jobs of the hop's queue to the client core. */
 void
 oconn_fill(struct oconn *c)
@@ -513,6 +541,11 @@ oconn_fill(struct oconn *c)
 			job_unreadable(r, j);
 			continue;
 		}
+#ifdef RINGMX_FAULTS
+		char cut[CONFIG_PATH_MAX + 64];
+		rseg_path(r, m->seg, "seg", cut, sizeof(cut));
+		fault_cut_file(cut);
+#endif
 		uint32_t n = 0;
 		for (uint32_t k = 0; k < j->n; k++) {
 			if (j->rs[k] == RS_DONE)
@@ -552,7 +585,7 @@ oconn_fill(struct oconn *c)
 	}
 	/* Submitting only queues: this writes the commands. */
 	if (c->st == C_READY)
-		smtpc_pump(&c->sc);
+		(void)CORE_CALL(c, smtpc_pump(&c->sc));
 }
 
 /* "enh text" of a reply the core reports. */
@@ -630,7 +663,8 @@ conn_inline_spans(struct oconn *c)
 		c->so.len += c->span_len;
 		c->span = NULL;
 		c->span_len = 0;
-		smtpc_body_sent(&c->sc); /* may name the next span, or close */
+		if (CORE_CALL(c, smtpc_body_sent(&c->sc))) /* may name the next span, or close */
+			return false;
 		if (c->core_closed) {
 			conn_after(c);
 			return false;
@@ -703,7 +737,8 @@ conn_tls_input(struct oconn *c)
 		         conn_name(c), t->version, t->cipher,
 		         r->cfg->relay.tls == RELAY_TLS_VERIFY ? " (certificate verified)"
 		                                               : " (certificate not verified)");
-		smtpc_tls_done(&c->sc, true);
+		if (CORE_CALL(c, smtpc_tls_done(&c->sc, true)))
+			return;
 		if (c->core_closed)
 			return;
 	}
@@ -716,7 +751,8 @@ conn_tls_input(struct oconn *c)
 			log_info("relay: TLS error from %s: %s", conn_name(c), err);
 			return;
 		}
-		smtpc_feed(&c->sc, c->in, (size_t)n);
+		if (CORE_CALL(c, smtpc_feed(&c->sc, c->in, (size_t)n)))
+			return;
 		if (c->core_closed)
 			return;
 	}
@@ -798,8 +834,8 @@ relay_on_cqe(struct relay *r, struct io_uring_cqe *cqe)
 		if (c->tls != NULL) {
 			c->tls->cin_len += (uint32_t)res;
 			conn_tls_input(c);
-		} else {
-			smtpc_feed(&c->sc, c->in, (size_t)res);
+		} else if (CORE_CALL(c, smtpc_feed(&c->sc, c->in, (size_t)res))) {
+			return;
 		}
 		conn_after(c);
 		if (r->slots[idx] != c || r->slot_gen[idx] != gen || c->st == C_CLOSING)
@@ -855,7 +891,8 @@ oconn_timer(struct oconn *c)
 		/* Idle for relay_idle_timeout. */
 		c->st = C_QUIT; /* still counted in nready until closed */
 		smtpc_quit(&c->sc);
-		smtpc_pump(&c->sc);
+		if (CORE_CALL(c, smtpc_pump(&c->sc)))
+			return;
 		conn_after(c);
 		if (c->st == C_QUIT)
 			timer_set(r->wheel, &c->t.n, r->now + 2000000000ull);

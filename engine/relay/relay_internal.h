@@ -360,18 +360,23 @@ extern __thread sigjmp_buf *volatile relay_map_guard;
 void relay_map_unblock(void);
 
 /* Run stmt with SIGBUS turned into err = -EIO. The guard runs for every
- * message sent (body_check, small bodies copied), so it saves no signal mask
- * (sigsetjmp(.., 1) is a sigprocmask system call each time): the handler
- * runs with SIGBUS blocked, and only the rare jump back unblocks it. */
+ * message sent (body_check, small bodies copied, every call into the client
+ * core), so it saves no signal mask (sigsetjmp(.., 1) is a sigprocmask
+ * system call each time): the handler runs with SIGBUS blocked, and only
+ * the rare jump back unblocks it. Guards nest (a core call's callback copies
+ * a span under its own): the inner one catches, and the outer one is in
+ * force again after it. */
 #define MAP_GUARD(err, stmt)                                                                       \
 	do {                                                                                       \
 		sigjmp_buf map_jb_;                                                                \
+		sigjmp_buf *volatile map_prev_ = relay_map_guard;                                  \
 		if (sigsetjmp(map_jb_, 0) == 0) {                                                  \
 			relay_map_guard = &map_jb_;                                                \
 			stmt;                                                                      \
-			relay_map_guard = NULL;                                                    \
+			relay_map_guard = map_prev_;                                               \
 			(err) = 0;                                                                 \
 		} else {                                                                           \
+			relay_map_guard = map_prev_;                                               \
 			relay_map_unblock();                                                       \
 			(err) = -EIO;                                                              \
 		}                                                                                  \

@@ -24,8 +24,10 @@
  * envelope is copied out when a message is loaded; only message bodies
  * are read from the mapping afterwards: touched page by page under the
  * guard before the client core gets them (body_check), then read by the
- * kernel (sendmsg: an unreadable page is EFAULT, not a signal), by wolfSSL
- * under the guard (TLS), and by the bounce builder under the guard. */
+ * client core itself (DATA's dot-stuffing: every call into it is guarded,
+ * CORE_CALL in relay_conn.c, since a page may go bad after the check), by
+ * the kernel (sendmsg: an unreadable page is EFAULT, not a signal), by
+ * wolfSSL under the guard (TLS), and by the bounce builder under the guard. */
 
 /* The jump buffer of the guarded section this thread is in, or NULL. */
 __thread sigjmp_buf *volatile relay_map_guard;

@@ -13,6 +13,10 @@
  *   RINGMX_FAULT_FSYNC    the spool's fdatasync of written records (the one
  *                         that releases 250s) fails with EIO
  *   RINGMX_FAULT_JOURNAL  every relay journal write fails with EIO
+ *   RINGMX_FAULT_BODY_CUT the relay, right after checking that a message's
+ *                         body can be read, cuts its segment file to its
+ *                         first page, as a disk going bad then would (the
+ *                         body's pages raise SIGBUS when read next)
  *   RINGMX_FAULT_LOOP_IO  (set to anything) a worker that makes a blocking
  *                         write, fsync, unlink or rename itself once its
  *                         loop runs aborts, naming the call
@@ -36,12 +40,19 @@ fault_armed(const char *name)
 #define fault_dirsync() fault_armed("RINGMX_FAULT_DIRSYNC")
 #define fault_fsync() fault_armed("RINGMX_FAULT_FSYNC")
 #define fault_journal() fault_armed("RINGMX_FAULT_JOURNAL")
+static inline void
+fault_cut_file(const char *path)
+{
+	if (fault_armed("RINGMX_FAULT_BODY_CUT") < 0 && truncate(path, 4096) < 0)
+		abort();
+}
 void fault_loop_guard(void);
 #else
 #define fault_dirsync() 0
 #define fault_fsync() 0
 #define fault_journal() 0
 #define fault_loop_guard() ((void)0)
+#define fault_cut_file(path) ((void)(path))
 #endif
 
 #endif

@@ -4,7 +4,9 @@ intact record after the damage is found again and delivered, the damaged bytes
 are set aside under SPOOL_DIR/damaged/ and named by `ringmx-spool verify`, and
 the segment is never deleted while some of its bytes are not finished records.
 A segment cut short under the relay's mapping (SIGBUS on access, as a bad
-sector would give) is an error for that record: ringmxd survives.
+sector would give) is an error for that record: ringmxd survives, also when
+the page goes bad after the relay checked it and the client core is the one
+that reads it (DATA's dot-stuffing; tests/ringmxd_faults, RINGMX_FAULT_BODY_CUT).
 
 Owner: the spool module (issue 11). Standalone: exit 0 / 1 / 77, last line
 "N passed, M failed"."""
@@ -16,7 +18,8 @@ import tempfile
 
 from ringmx_harness import Suite, Server, check, check_eq
 from nexthop import FakeMX
-from relay_util import RelayServer, hop, send_message, message, qid_in, spool_cmd, spool_tool
+from relay_util import (RelayServer, hop, send_message, message, qid_in, spool_cmd, spool_tool,
+                        use_fault_daemon)
 
 T = Suite(__file__)
 N = 6
@@ -138,6 +141,40 @@ def _():
     finally:
         shutil.rmtree(d, ignore_errors=True)
 
+
+
+@T.test("a body page goes bad after the relay checked it, and the client core reads it "
+        "(DATA): SIGBUS caught there too, deferred, alive")
+def _():
+    use_fault_daemon()
+    d = tempfile.mkdtemp(prefix="ringmx-sigbus-core-")
+    spool = os.path.join(d, "spool")
+    cut = os.path.join(d, "cut")
+    os.environ["RINGMX_FAULT_BODY_CUT"] = cut
+    try:
+        body = ["%05d " % i + "y" * 90 for i in range(600)]   # ~60 KB, no line with '.'
+        with Server(args=["-o", "sink=spool", "-o", "spool_dir=" + spool,
+                          "-o", "segment_size=1m"], workers=1) as srv:
+            qid = send_message(srv, "a@sender.test", ["u@example.test"],
+                               message("sigbus core", body))
+        # No CHUNKING: DATA, where the core reads the body to stuff dots. The cut
+        # comes right after the relay's own check of every page (the hook), so the
+        # first to read the body is the core.
+        with FakeMX(chunking=False) as mx:
+            open(cut, "w").close()
+            with RelayServer(spool, hop(mx), workers=1) as srv:
+                srv.wait_log(r"%s: message UNREADABLE" % qid, timeout=15)
+                srv.wait_log(r"%s: to=<u@example.test>.*status=deferred .*unreadable" % qid)
+                os.unlink(cut)
+                check(srv.alive(), "ringmxd died:\n" + srv.log()[-3000:])
+                check_eq(len(mx.messages), 0, "a message was accepted from a cut body")
+                qid2 = send_message(srv, "a@sender.test", ["v@example.test"],
+                                    message("after", ["fine"]))
+                got = mx.wait_for(1)
+                check_eq([qid_in(m.data_bytes) for m in got], [qid2], "delivered")
+    finally:
+        os.environ.pop("RINGMX_FAULT_BODY_CUT", None)
+        shutil.rmtree(d, ignore_errors=True)
 
 if __name__ == "__main__":
     T.main(requires=[spool_tool()])
