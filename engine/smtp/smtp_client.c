@@ -9,7 +9,8 @@
  *    across feeds is copied, into the bounded carry (SMTPC_LINE_MAX).
  *  - Commands are formatted on the stack and appended whole to the
  *    caller's output buffer. Message bytes are never copied: the body goes
- *    out as SMTPC_EV_BODY spans of tx->body.
+ *    out as SMTPC_EV_BODY spans of tx->body, or of its pieces (a span
+ *    never crosses a piece, so each is a view of one caller buffer).
  *  - A submitted transaction is linked on c->txs through its own fields
  *    (no allocation) and handed back by SMTPC_EV_TX, after which nothing
  *    here refers to it: its expected replies (nexp), its LMTP replies and
@@ -38,19 +39,20 @@
 #include <stdio.h>
 #include <string.h>
 
-/* What an expected reply answers. */
+/* What an expected reply answers: the public enum smtpc_cmd, which
+ * events carry, under short names. */
 enum exp_kind {
-	X_GREET = 1,
-	X_EHLO,
-	X_HELO,
-	X_STARTTLS,
-	X_MAIL,
-	X_RCPT,
-	X_DATA,
-	X_DOT,
-	X_BDAT,
-	X_RSET,
-	X_QUIT
+	X_GREET = SMTPC_CMD_GREETING,
+	X_EHLO = SMTPC_CMD_EHLO,
+	X_HELO = SMTPC_CMD_HELO,
+	X_STARTTLS = SMTPC_CMD_STARTTLS,
+	X_MAIL = SMTPC_CMD_MAIL,
+	X_RCPT = SMTPC_CMD_RCPT,
+	X_DATA = SMTPC_CMD_DATA,
+	X_DOT = SMTPC_CMD_DOT,
+	X_BDAT = SMTPC_CMD_BDAT,
+	X_RSET = SMTPC_CMD_RSET,
+	X_QUIT = SMTPC_CMD_QUIT
 };
 
 /* Where the writer is in the transaction c->emit. */
@@ -118,25 +120,29 @@ reply_of(int code, const char *text, size_t len)
 	return (struct smtpc_reply){code, text, e, text + skip, len - skip};
 }
 
+/* Recipient k's result: r, the reply to cmd (SMTPC_CMD_NONE: the core's). */
 static void
-rcpt_result(struct smtpc *c, struct smtpc_tx *tx, uint32_t k, const struct smtpc_reply *r)
+rcpt_result(struct smtpc *c, struct smtpc_tx *tx, uint32_t k, const struct smtpc_reply *r,
+            enum smtpc_cmd cmd)
 {
 	assert(k < tx->nrcpt && tx->rcpt[k].st != R_DONE && tx->nleft > 0);
 	if (tx->rcpt[k].st == R_ACCEPTED)
 		tx->nacc--;
 	tx->rcpt[k].st = R_DONE;
 	tx->nleft--;
-	struct smtpc_event ev = {.type = SMTPC_EV_RCPT, .tx = tx, .rcpt = k, .reply = *r};
+	struct smtpc_event ev = {
+	    .type = SMTPC_EV_RCPT, .tx = tx, .rcpt = k, .reply = *r, .cmd = cmd};
 	emit_event(c, &ev);
 }
 
 /* Every recipient of tx still in state st gets r. */
 static void
-rcpt_all(struct smtpc *c, struct smtpc_tx *tx, uint8_t st, const struct smtpc_reply *r)
+rcpt_all(struct smtpc *c, struct smtpc_tx *tx, uint8_t st, const struct smtpc_reply *r,
+         enum smtpc_cmd cmd)
 {
 	for (uint32_t k = 0; k < tx->nrcpt; k++)
 		if (tx->rcpt[k].st == st)
-			rcpt_result(c, tx, k, r);
+			rcpt_result(c, tx, k, r, cmd);
 }
 
 /* Hand tx back once nothing here refers to it any more. */
@@ -170,8 +176,9 @@ emit_end(struct smtpc *c, struct smtpc_tx *tx)
 
 /*
  * The connection ends: every unfinished recipient gets r, SMTPC_EV_DEFER
- * when it never became usable, then SMTPC_EV_CLOSE. failed=false is an
- * orderly end (after QUIT, or an idle connection the server closed).
+ * when it never became usable, then SMTPC_EV_CLOSE, which name the reply
+ * being acted on (c->cur) as the cause. failed=false is an orderly end
+ * (after QUIT, or an idle connection the server closed).
  */
 static void
 conn_end(struct smtpc *c, const struct smtpc_reply *r, bool failed)
@@ -189,14 +196,15 @@ conn_end(struct smtpc *c, const struct smtpc_reply *r, bool failed)
 		tx->nexp = 0;
 		for (uint32_t k = 0; k < tx->nrcpt; k++)
 			if (tx->rcpt[k].st != R_DONE)
-				rcpt_result(c, tx, k, r);
+				rcpt_result(c, tx, k, r, SMTPC_CMD_NONE);
 		tx_try_finish(c, tx);
 	}
+	enum smtpc_cmd cause = (enum smtpc_cmd)c->cur;
 	if (failed && !c->ever_ready) {
-		struct smtpc_event ev = {.type = SMTPC_EV_DEFER, .reply = *r};
+		struct smtpc_event ev = {.type = SMTPC_EV_DEFER, .reply = *r, .cmd = cause};
 		emit_event(c, &ev);
 	}
-	struct smtpc_event ev = {.type = SMTPC_EV_CLOSE, .reply = *r};
+	struct smtpc_event ev = {.type = SMTPC_EV_CLOSE, .reply = *r, .cmd = cause};
 	emit_event(c, &ev);
 }
 
@@ -270,12 +278,34 @@ put(struct smtpc *c, const char *fmt, ...)
 #define CMD(c, kind, tx, k, ...)                                                                   \
 	(exp_room(c) && put((c), __VA_ARGS__) ? (exp_push((c), (kind), (tx), (k)), true) : false)
 
-static void
-body_span(struct smtpc *c, struct smtpc_tx *tx, size_t len)
+/* Piece i of tx's body: one of tx->pieces, or the single tx->body. */
+static struct smtpc_piece
+piece_of(const struct smtpc_tx *tx, uint32_t i)
 {
-	struct smtpc_event ev = {
-	    .type = SMTPC_EV_BODY, .tx = tx, .body = tx->body + c->body_off, .body_len = len};
-	c->body_off += len;
+	if (tx->npieces == 0)
+		return (struct smtpc_piece){tx->body, tx->body_len};
+	return tx->pieces[i];
+}
+
+/* The unwritten rest of the current piece, after skipping finished and
+ * empty pieces; len 0 at the end of the body. */
+static struct smtpc_piece
+body_rest(struct smtpc *c, const struct smtpc_tx *tx)
+{
+	uint32_t np = tx->npieces == 0 ? 1 : tx->npieces;
+	for (; c->bpiece < np; c->bpiece++, c->boff = 0) {
+		struct smtpc_piece pc = piece_of(tx, c->bpiece);
+		if (c->boff < pc.len)
+			return (struct smtpc_piece){pc.p + c->boff, pc.len - c->boff};
+	}
+	return (struct smtpc_piece){NULL, 0};
+}
+
+static void
+body_span(struct smtpc *c, struct smtpc_tx *tx, const uint8_t *p, size_t len)
+{
+	struct smtpc_event ev = {.type = SMTPC_EV_BODY, .tx = tx, .body = p, .body_len = len};
+	c->boff += len;
 	c->body_pending = true;
 	emit_event(c, &ev);
 }
@@ -284,21 +314,24 @@ body_span(struct smtpc *c, struct smtpc_tx *tx, size_t len)
  * DATA content: the next span up to and including the LF before the next
  * line that starts with '.', whose extra '.' (RFC 5321 4.5.2) goes into
  * the output. A '.' after a bare LF is stuffed too, so no receiver that
- * ends data at "\n.\n" can be made to see an end early. false: stopped
- * (a span is due, or the output is full).
+ * ends data at "\n.\n" can be made to see an end early. A span ends at
+ * its piece's end; c->bol carries the line start into the next piece, so
+ * how the body is cut never changes what goes on the wire. false:
+ * stopped (a span is due, or the output is full).
  */
 static bool
 emit_data_body(struct smtpc *c, struct smtpc_tx *tx)
 {
-	if (c->body_off == tx->body_len)
+	struct smtpc_piece rest = body_rest(c, tx);
+	if (rest.len == 0)
 		return true;
-	if (c->bol && tx->body[c->body_off] == '.') {
+	const uint8_t *p = rest.p;
+	size_t left = rest.len, n = left;
+	if (c->bol && p[0] == '.') {
 		if (!put(c, "."))
 			return false;
 		c->bol = false;
 	}
-	const uint8_t *p = tx->body + c->body_off;
-	size_t left = tx->body_len - c->body_off, n = left;
 	for (const uint8_t *nl = memchr(p, '\n', left); nl != NULL;
 	     nl = memchr(nl + 1, '\n', left - (size_t)(nl + 1 - p))) {
 		size_t at = (size_t)(nl + 1 - p);
@@ -308,7 +341,7 @@ emit_data_body(struct smtpc *c, struct smtpc_tx *tx)
 		}
 	}
 	c->bol = p[n - 1] == '\n';
-	body_span(c, tx, n);
+	body_span(c, tx, p, n);
 	return false;
 }
 
@@ -325,7 +358,7 @@ tx_precheck(struct smtpc *c, struct smtpc_tx *tx)
 		r = reply_of(553, no_utf8, sizeof(no_utf8) - 1); /* RFC 6531 3.4: no downgrade */
 	else
 		return true;
-	rcpt_all(c, tx, R_PENDING, &r);
+	rcpt_all(c, tx, R_PENDING, &r, SMTPC_CMD_NONE);
 	return false;
 }
 
@@ -419,14 +452,16 @@ emit_tx_step(struct smtpc *c, struct smtpc_tx *tx)
 		if (!CMD(c, X_BDAT, tx, 0, "BDAT %zu LAST\r\n", tx->body_len))
 			return false;
 		c->estage = E_BODY;
-		c->body_off = 0;
+		c->bpiece = 0;
+		c->boff = 0;
 		return true;
 	case E_WAIT354:
 		return false;
 	case E_BODY:
 		if (chunking) {
-			if (c->body_off < tx->body_len) {
-				body_span(c, tx, tx->body_len - c->body_off);
+			struct smtpc_piece rest = body_rest(c, tx);
+			if (rest.len > 0) {
+				body_span(c, tx, rest.p, rest.len);
 				return false;
 			}
 			emit_end(c, tx);
@@ -470,7 +505,11 @@ emit_ready(struct smtpc *c)
 			tx_start(c);
 			continue;
 		}
-		if (c->quit_wanted && c->txs == NULL && c->lmtp_tx == NULL) {
+		/* Pipelined QUIT: everything is written (no writer, nothing
+		 * unstarted: both were ruled out above), only replies are due. */
+		if (c->quit_wanted && ((c->txs == NULL && c->lmtp_tx == NULL) ||
+		                       (c->quit_early && (c->ext & SMTPC_EXT_PIPELINING) &&
+		                        exp_room(c)))) {
 			enter(c, SMTPC_S_QUIT);
 			continue;
 		}
@@ -596,7 +635,7 @@ on_final(struct smtpc *c, struct smtpc_tx *tx, enum exp_kind kind, enum verdict 
 		return;
 	}
 	if (!c->lmtp) {
-		rcpt_all(c, tx, R_ACCEPTED, sr);
+		rcpt_all(c, tx, R_ACCEPTED, sr, (enum smtpc_cmd)kind);
 		tx_try_finish(c, tx);
 		return;
 	}
@@ -604,9 +643,10 @@ on_final(struct smtpc *c, struct smtpc_tx *tx, enum exp_kind kind, enum verdict 
 	 * follow, before any other reply. */
 	c->lmtp_tx = tx;
 	c->lmtp_k = 0;
+	c->lmtp_cmd = (uint8_t)kind;
 	while (tx->rcpt[c->lmtp_k].st != R_ACCEPTED)
 		c->lmtp_k++;
-	rcpt_result(c, tx, c->lmtp_k++, sr);
+	rcpt_result(c, tx, c->lmtp_k++, sr, (enum smtpc_cmd)kind);
 	if (tx->nacc == 0)
 		c->lmtp_tx = NULL;
 	tx_try_finish(c, tx);
@@ -618,7 +658,7 @@ on_lmtp(struct smtpc *c, const struct smtpc_reply *sr)
 	struct smtpc_tx *tx = c->lmtp_tx;
 	while (tx->rcpt[c->lmtp_k].st != R_ACCEPTED)
 		c->lmtp_k++;
-	rcpt_result(c, tx, c->lmtp_k++, sr);
+	rcpt_result(c, tx, c->lmtp_k++, sr, (enum smtpc_cmd)c->lmtp_cmd);
 	if (tx->nacc == 0) {
 		c->lmtp_tx = NULL;
 		tx_try_finish(c, tx);
@@ -636,7 +676,7 @@ on_tx_reply(struct smtpc *c, const struct smtpc_exp *e, enum verdict v,
 			tx->mail_ok = true;
 		} else {
 			tx->mail_failed = true;
-			rcpt_all(c, tx, R_PENDING, sr);
+			rcpt_all(c, tx, R_PENDING, sr, SMTPC_CMD_MAIL);
 		}
 		tx_try_finish(c, tx);
 		return;
@@ -646,7 +686,7 @@ on_tx_reply(struct smtpc *c, const struct smtpc_exp *e, enum verdict v,
 			tx->rcpt[e->k].st = R_ACCEPTED;
 			tx->nacc++;
 		} else if (tx->rcpt[e->k].st == R_PENDING) {
-			rcpt_result(c, tx, e->k, sr);
+			rcpt_result(c, tx, e->k, sr, SMTPC_CMD_RCPT);
 		} /* else decided by the MAIL reply */
 		tx_try_finish(c, tx);
 		return;
@@ -654,12 +694,13 @@ on_tx_reply(struct smtpc *c, const struct smtpc_exp *e, enum verdict v,
 		if (sr->code == 354) {
 			assert(c->emit == tx && c->estage == E_WAIT354);
 			c->estage = tx->nacc > 0 ? E_BODY : E_DOT;
-			c->body_off = 0;
+			c->bpiece = 0;
+			c->boff = 0;
 			c->bol = true;
 			return;
 		}
 		/* No data phase: the accepted recipients get this reply. */
-		rcpt_all(c, tx, R_ACCEPTED, sr);
+		rcpt_all(c, tx, R_ACCEPTED, sr, SMTPC_CMD_DATA);
 		c->need_rset = true;
 		emit_end(c, tx); /* the writer waits for the 354: it is at tx */
 		return;
@@ -700,6 +741,7 @@ on_reply(struct smtpc *c, const struct relay_reply *r)
 {
 	struct smtpc_reply sr = reply_of(r->code, r->text, r->len);
 	if (c->lmtp_tx != NULL) {
+		c->cur = c->lmtp_cmd;
 		if (r->code == 421) {
 			conn_end(c, &sr, true);
 			return;
@@ -720,6 +762,7 @@ on_reply(struct smtpc *c, const struct relay_reply *r)
 	c->exp_head = (c->exp_head + 1) % SMTPC_EXP_MAX;
 	c->exp_n--;
 	enum exp_kind kind = (enum exp_kind)e.kind;
+	c->cur = (uint8_t)kind;
 	if (e.tx != NULL)
 		e.tx->nexp--;
 	enum verdict v = verdict_of(kind, r->code);
@@ -783,13 +826,15 @@ on_line(struct smtpc *c, const char *p, size_t n)
 	/* EHLO keywords: one per line after the first (RFC 5321 4.1.1.1). */
 	if (!first && c->exp_n > 0 && c->lmtp_tx == NULL && c->exp[c->exp_head].kind == X_EHLO) {
 		uint64_t size = 0;
-		unsigned kw = smtpc_ehlo_keyword(line.text, line.len, &size);
+		unsigned kw = smtpc_ehlo_keyword(line.text, line.len, &size) & ~c->ext_ignore;
 		c->ext |= kw;
 		if (kw == SMTPC_EXT_SIZE)
 			c->size_max = size;
 	}
-	if (st == RELAY_REPLY_DONE)
+	if (st == RELAY_REPLY_DONE) {
 		on_reply(c, &c->reply);
+		c->cur = SMTPC_CMD_NONE; /* later failures name no reply */
+	}
 }
 
 /* Split p[0, n) into lines (LF, an optional CR before it dropped, as the
@@ -821,6 +866,8 @@ read_lines(struct smtpc *c, const char *p, size_t n)
 			len--;
 		on_line(c, line, len);
 	}
+	if (c->state == SMTPC_S_TLS)
+		c->tls_dropped += n; /* after the 220 to STARTTLS: unread */
 }
 
 /* ---- API ---- */
@@ -849,6 +896,7 @@ smtpc_init(struct smtpc *c, const struct smtpc_conf *conf, struct smtpc_out *out
 	memcpy(c->helo, conf->helo, hl + 1);
 	c->lmtp = conf->lmtp;
 	c->tls = conf->tls;
+	c->ext_ignore = conf->ext_ignore;
 	c->ops = ops;
 	c->arg = arg;
 	c->out = out;
@@ -885,14 +933,34 @@ smtpc_feed(struct smtpc *c, const char *p, size_t n)
 	int rc = entry(c);
 	if (rc < 0)
 		return rc;
-	if (c->state == SMTPC_S_TLS)
-		return 0; /* plaintext after the 220 to STARTTLS: dropped */
+	if (c->state == SMTPC_S_TLS) {
+		c->tls_dropped += n; /* plaintext after the 220 to STARTTLS */
+		return 0;
+	}
 	read_lines(c, p, n);
 	if (c->state == SMTPC_S_TLS) {
 		c->carry_len = 0;
 		c->reply.open = false;
 	}
 	return smtpc_pump(c);
+}
+
+/* The body is one buffer, or pieces that add up to body_len. */
+static bool
+body_ok(const struct smtpc_tx *tx)
+{
+	if (tx->npieces == 0)
+		return tx->body != NULL || tx->body_len == 0;
+	if (tx->pieces == NULL || tx->body != NULL)
+		return false;
+	size_t sum = 0;
+	for (uint32_t i = 0; i < tx->npieces; i++) {
+		const struct smtpc_piece *pc = &tx->pieces[i];
+		if ((pc->p == NULL && pc->len > 0) || pc->len > SIZE_MAX - sum)
+			return false;
+		sum += pc->len;
+	}
+	return sum == tx->body_len;
 }
 
 int
@@ -902,7 +970,7 @@ smtpc_submit(struct smtpc *c, struct smtpc_tx *tx)
 		return -EPIPE;
 	if (c->ntx == SMTPC_TX_MAX)
 		return -EBUSY;
-	if (tx->nrcpt == 0 || tx->rcpt == NULL || (tx->body == NULL && tx->body_len > 0) ||
+	if (tx->nrcpt == 0 || tx->rcpt == NULL || !body_ok(tx) ||
 	    !text_ok(tx->from_len > 0 ? tx->from : "", tx->from_len, SMTPC_ADDR_MAX, true))
 		return -EINVAL;
 	for (uint32_t k = 0; k < tx->nrcpt; k++)
@@ -990,12 +1058,42 @@ smtpc_quit(struct smtpc *c)
 	return 0;
 }
 
+int
+smtpc_quit_pipelined(struct smtpc *c)
+{
+	int rc = smtpc_quit(c);
+	if (rc == 0)
+		c->quit_early = true;
+	return rc;
+}
+
+bool
+smtpc_can_start(const struct smtpc *c)
+{
+	if (c->state != SMTPC_S_READY || c->quit_wanted || c->ntx == SMTPC_TX_MAX ||
+	    c->body_pending || c->outfull || c->emit != NULL || tx_unstarted(c))
+		return false;
+	/* What emit_ready() needs: room for the MAIL, and for a RSET in
+	 * front of it. In lock-step the RSET is written now and the MAIL
+	 * after its reply: still true, or the RSET would wait forever. */
+	if (c->ext & SMTPC_EXT_PIPELINING)
+		return c->exp_n + (c->need_rset ? 2u : 1u) <= SMTPC_EXP_MAX;
+	return c->exp_n == 0;
+}
+
+uint64_t
+smtpc_tls_dropped(const struct smtpc *c)
+{
+	return c->tls_dropped;
+}
+
 void
 smtpc_abort(struct smtpc *c, const char *why)
 {
 	if (c->in_cb > 0 || c->state == SMTPC_S_CLOSED)
 		return;
-	if (c->state == SMTPC_S_QUIT ||
+	/* After a pipelined QUIT results may still be due: those fail. */
+	if ((c->state == SMTPC_S_QUIT && c->txs == NULL && c->lmtp_tx == NULL) ||
 	    (c->state == SMTPC_S_READY && c->txs == NULL && c->exp_n == 0)) {
 		struct smtpc_reply r = {0, "", 0, "", 0};
 		conn_end(c, &r, false);
