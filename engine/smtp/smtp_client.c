@@ -253,37 +253,123 @@ exp_push(struct smtpc *c, enum exp_kind kind, struct smtpc_tx *tx, uint32_t k)
 		tx->nexp++;
 }
 
-static bool put(struct smtpc *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* The replies still due move back to the front of the ring once a few
+ * were read: the entries in use stay in the first cache lines, which a
+ * pipelining connection touches on every reply, instead of walking all
+ * SMTPC_EXP_MAX of them (a client with thousands of connections feels
+ * every line: the entries in use stay in the first two). At most
+ * EXP_COMPACT entries move, every EXP_COMPACT replies or so. */
+#define EXP_COMPACT 4
+
+static void
+exp_compact(struct smtpc *c)
+{
+	if (c->exp_n == 0) {
+		c->exp_head = 0;
+		return;
+	}
+	if (c->exp_head < EXP_COMPACT || c->exp_n > EXP_COMPACT ||
+	    c->exp_head + c->exp_n > SMTPC_EXP_MAX)
+		return;
+	memmove(c->exp, c->exp + c->exp_head, c->exp_n * sizeof(c->exp[0]));
+	c->exp_head = 0;
+}
+
 /* Append one whole command; false (and OUTFULL) when it does not fit. */
 static bool
-put(struct smtpc *c, const char *fmt, ...)
+put(struct smtpc *c, const char *p, size_t n)
 {
-	char line[SMTPC_CMD_MAX + 1];
-	va_list ap;
-	va_start(ap, fmt);
-	int n = vsnprintf(line, sizeof(line), fmt, ap);
-	va_end(ap);
-	assert(n > 0 && (size_t)n < sizeof(line));
 	struct smtpc_out *o = c->out;
-	if (o->cap - o->len < (size_t)n) {
+	if (o->cap - o->len < n) {
 		c->outfull = true;
 		return false;
 	}
-	memcpy(o->buf + o->len, line, (size_t)n);
-	o->len += (size_t)n;
+	memcpy(o->buf + o->len, p, n);
+	o->len += n;
 	return true;
 }
 
 /* A command with its expected reply. */
-#define CMD(c, kind, tx, k, ...)                                                                   \
-	(exp_room(c) && put((c), __VA_ARGS__) ? (exp_push((c), (kind), (tx), (k)), true) : false)
+#define CMD(c, kind, tx, k, p, n)                                                                  \
+	(exp_room(c) && put((c), (p), (n)) ? (exp_push((c), (kind), (tx), (k)), true) : false)
+#define CMD_LIT(c, kind, tx, k, s) CMD(c, kind, tx, k, (s), sizeof(s) - 1)
+
+/*
+ * A command written in place at the end of the output, never formatted
+ * (every message writes a few, and printf into a stack buffer cost more
+ * than the rest of writing them): its length is known first, line_begin()
+ * checks that it fits and that its reply can be queued, line_end() makes it
+ * count.
+ */
+struct line {
+	char *p;
+	size_t n, len;
+};
+
+static bool
+line_begin(struct smtpc *c, struct line *l, size_t len)
+{
+	struct smtpc_out *o = c->out;
+	if (!exp_room(c))
+		return false;
+	if (o->cap - o->len < len) {
+		c->outfull = true;
+		return false;
+	}
+	l->p = o->buf + o->len;
+	l->n = 0;
+	l->len = len;
+	return true;
+}
+
+static void
+line_add(struct line *l, const char *p, size_t n)
+{
+	if (n == 0)
+		return; /* p may be NULL: the null sender */
+	assert(n <= l->len - l->n);
+	memcpy(l->p + l->n, p, n);
+	l->n += n;
+}
+#define LINE_LIT(l, s) line_add((l), (s), sizeof(s) - 1)
+
+static void
+line_end(struct smtpc *c, struct line *l, enum exp_kind kind, struct smtpc_tx *tx, uint32_t k)
+{
+	assert(l->n == l->len);
+	c->out->len += l->n;
+	exp_push(c, kind, tx, k);
+}
+
+static size_t
+num_len(uint64_t v)
+{
+	size_t k = 1;
+	while (v >= 10) {
+		v /= 10;
+		k++;
+	}
+	return k;
+}
+
+static void
+line_num(struct line *l, uint64_t v)
+{
+	char d[20];
+	size_t k = sizeof(d);
+	do {
+		d[--k] = (char)('0' + v % 10);
+		v /= 10;
+	} while (v > 0);
+	line_add(l, d + k, sizeof(d) - k);
+}
 
 /* Piece i of tx's body: one of tx->pieces, or the single tx->body. */
 static struct smtpc_piece
 piece_of(const struct smtpc_tx *tx, uint32_t i)
 {
 	if (tx->npieces == 0)
-		return (struct smtpc_piece){tx->body, tx->body_len};
+		return (struct smtpc_piece){tx->body, tx->body_len, false};
 	return tx->pieces[i];
 }
 
@@ -296,9 +382,9 @@ body_rest(struct smtpc *c, const struct smtpc_tx *tx)
 	for (; c->bpiece < np; c->bpiece++, c->boff = 0) {
 		struct smtpc_piece pc = piece_of(tx, c->bpiece);
 		if (c->boff < pc.len)
-			return (struct smtpc_piece){pc.p + c->boff, pc.len - c->boff};
+			return (struct smtpc_piece){pc.p + c->boff, pc.len - c->boff, pc.nostuff};
 	}
-	return (struct smtpc_piece){NULL, 0};
+	return (struct smtpc_piece){NULL, 0, false};
 }
 
 static void
@@ -310,12 +396,32 @@ body_span(struct smtpc *c, struct smtpc_tx *tx, const uint8_t *p, size_t len)
 	emit_event(c, &ev);
 }
 
+/* DATA: the next body octet starts a line. */
+static bool
+at_bol(const struct smtpc *c)
+{
+	return c->last == NULL || *c->last == '\n';
+}
+
+/* Offset of the first line in p[1, n) that starts with '.', or n. Looked for
+ * by its '.', not by every LF: lines outnumber dots at their start, and
+ * base64 has no '.' at all, so one memchr often covers a piece. */
+static size_t
+dot_line(const uint8_t *p, size_t n)
+{
+	for (const uint8_t *d = n > 1 ? memchr(p + 1, '.', n - 1) : NULL; d != NULL;
+	     d = memchr(d + 1, '.', n - (size_t)(d + 1 - p)))
+		if (d[-1] == '\n')
+			return (size_t)(d - p);
+	return n;
+}
+
 /*
  * DATA content: the next span up to and including the LF before the next
  * line that starts with '.', whose extra '.' (RFC 5321 4.5.2) goes into
  * the output. A '.' after a bare LF is stuffed too, so no receiver that
  * ends data at "\n.\n" can be made to see an end early. A span ends at
- * its piece's end; c->bol carries the line start into the next piece, so
+ * its piece's end; c->last carries the line start into the next piece, so
  * how the body is cut never changes what goes on the wire. false:
  * stopped (a span is due, or the output is full).
  */
@@ -326,21 +432,13 @@ emit_data_body(struct smtpc *c, struct smtpc_tx *tx)
 	if (rest.len == 0)
 		return true;
 	const uint8_t *p = rest.p;
-	size_t left = rest.len, n = left;
-	if (c->bol && p[0] == '.') {
-		if (!put(c, "."))
-			return false;
-		c->bol = false;
-	}
-	for (const uint8_t *nl = memchr(p, '\n', left); nl != NULL;
-	     nl = memchr(nl + 1, '\n', left - (size_t)(nl + 1 - p))) {
-		size_t at = (size_t)(nl + 1 - p);
-		if (at < left && p[at] == '.') {
-			n = at;
-			break;
-		}
-	}
-	c->bol = p[n - 1] == '\n';
+	/* A nostuff piece is not read (the caller's word, checked in debug
+	 * builds only: not reading it is what the hint is for). */
+	assert(!rest.nostuff || (p[0] != '.' && dot_line(p, rest.len) == rest.len));
+	if (!rest.nostuff && at_bol(c) && p[0] == '.' && !put(c, ".", 1))
+		return false;
+	size_t n = rest.nostuff ? rest.len : dot_line(p, rest.len);
+	c->last = p + n - 1;
 	body_span(c, tx, p, n);
 	return false;
 }
@@ -400,27 +498,73 @@ tx_hopeless(const struct smtpc_tx *tx)
 	return tx->mail_failed || (tx->mail_ok && tx->rcpt_out == 0 && tx->nacc == 0);
 }
 
+static bool
+emit_mail(struct smtpc *c, struct smtpc_tx *tx)
+{
+	bool b8 = (tx->flags & SMTPC_TX_8BITMIME) && (c->ext & SMTPC_EXT_8BITMIME);
+	bool utf8 = tx->flags & SMTPC_TX_SMTPUTF8; /* tx_precheck: only when offered */
+	bool size = c->ext & SMTPC_EXT_SIZE;
+	struct line l;
+	if (!line_begin(c, &l,
+	                11 + tx->from_len + 1 + (b8 ? 14 : 0) + (utf8 ? 9 : 0) +
+	                    (size ? 6 + num_len(tx->body_len) : 0) + 2))
+		return false;
+	LINE_LIT(&l, "MAIL FROM:<");
+	line_add(&l, tx->from, tx->from_len);
+	LINE_LIT(&l, ">");
+	if (b8)
+		LINE_LIT(&l, " BODY=8BITMIME");
+	if (utf8)
+		LINE_LIT(&l, " SMTPUTF8");
+	if (size) {
+		LINE_LIT(&l, " SIZE=");
+		line_num(&l, tx->body_len);
+	}
+	LINE_LIT(&l, "\r\n");
+	line_end(c, &l, X_MAIL, tx, 0);
+	return true;
+}
+
+static bool
+emit_rcpt(struct smtpc *c, struct smtpc_tx *tx)
+{
+	const struct smtpc_rcpt *r = &tx->rcpt[c->ek];
+	struct line l;
+	if (!line_begin(c, &l, 9 + r->len + 3))
+		return false;
+	LINE_LIT(&l, "RCPT TO:<");
+	line_add(&l, r->addr, r->len);
+	LINE_LIT(&l, ">\r\n");
+	line_end(c, &l, X_RCPT, tx, c->ek);
+	tx->rcpt_out++;
+	c->ek++;
+	return true;
+}
+
+static bool
+emit_bdat(struct smtpc *c, struct smtpc_tx *tx)
+{
+	struct line l;
+	if (!line_begin(c, &l, 5 + num_len(tx->body_len) + 7))
+		return false;
+	LINE_LIT(&l, "BDAT ");
+	line_num(&l, tx->body_len);
+	LINE_LIT(&l, " LAST\r\n");
+	line_end(c, &l, X_BDAT, tx, 0);
+	return true;
+}
+
 /* One step of the transaction being written; false: stop writing. */
 static bool
 emit_tx_step(struct smtpc *c, struct smtpc_tx *tx)
 {
 	bool chunking = (c->ext & SMTPC_EXT_CHUNKING) != 0;
 	switch (c->estage) {
-	case E_MAIL: {
-		char size[32] = "";
-		if (c->ext & SMTPC_EXT_SIZE)
-			snprintf(size, sizeof(size), " SIZE=%zu", tx->body_len);
-		if (!CMD(c, X_MAIL, tx, 0, "MAIL FROM:<%.*s>%s%s%s\r\n", (int)tx->from_len,
-		         tx->from_len > 0 ? tx->from : "",
-		         (tx->flags & SMTPC_TX_8BITMIME) && (c->ext & SMTPC_EXT_8BITMIME)
-		             ? " BODY=8BITMIME"
-		             : "",
-		         /* tx_precheck: only when offered */
-		         (tx->flags & SMTPC_TX_SMTPUTF8) ? " SMTPUTF8" : "", size))
+	case E_MAIL:
+		if (!emit_mail(c, tx))
 			return false;
 		c->estage = E_RCPT;
 		return true;
-	}
 	case E_RCPT:
 		if (tx->mail_failed) {
 			emit_end(c, tx); /* no transaction: nothing to reset */
@@ -430,12 +574,7 @@ emit_tx_step(struct smtpc *c, struct smtpc_tx *tx)
 			c->estage = chunking ? E_BDAT : E_DATA;
 			return true;
 		}
-		if (!CMD(c, X_RCPT, tx, c->ek, "RCPT TO:<%.*s>\r\n", (int)tx->rcpt[c->ek].len,
-		         tx->rcpt[c->ek].addr))
-			return false;
-		tx->rcpt_out++;
-		c->ek++;
-		return true;
+		return emit_rcpt(c, tx);
 	case E_DATA:
 	case E_BDAT:
 		if (tx_hopeless(tx)) {
@@ -444,12 +583,12 @@ emit_tx_step(struct smtpc *c, struct smtpc_tx *tx)
 			return true;
 		}
 		if (c->estage == E_DATA) {
-			if (!CMD(c, X_DATA, tx, 0, "DATA\r\n"))
+			if (!CMD_LIT(c, X_DATA, tx, 0, "DATA\r\n"))
 				return false;
 			c->estage = E_WAIT354;
 			return false; /* RFC 2920: DATA ends a group */
 		}
-		if (!CMD(c, X_BDAT, tx, 0, "BDAT %zu LAST\r\n", tx->body_len))
+		if (!emit_bdat(c, tx))
 			return false;
 		c->estage = E_BODY;
 		c->bpiece = 0;
@@ -472,7 +611,9 @@ emit_tx_step(struct smtpc *c, struct smtpc_tx *tx)
 		c->estage = E_DOT;
 		return true;
 	case E_DOT:
-		if (!CMD(c, X_DOT, tx, 0, "%s.\r\n", c->bol ? "" : "\r\n"))
+		/* The CRLF the body lacks, then ".": one command. */
+		if (!(at_bol(c) ? CMD_LIT(c, X_DOT, tx, 0, ".\r\n")
+		             : CMD_LIT(c, X_DOT, tx, 0, "\r\n.\r\n")))
 			return false;
 		emit_end(c, tx);
 		return true;
@@ -496,7 +637,7 @@ emit_ready(struct smtpc *c)
 		if (tx_unstarted(c)) {
 			/* RSET only in front of a transaction: QUIT needs none. */
 			if (c->need_rset) {
-				if (!CMD(c, X_RSET, NULL, 0, "RSET\r\n"))
+				if (!CMD_LIT(c, X_RSET, NULL, 0, "RSET\r\n"))
 					return;
 				c->need_rset = false;
 			}
@@ -523,16 +664,22 @@ emit_all(struct smtpc *c)
 	c->outfull = false;
 	if (c->in_cb > 0 || c->cmd_written)
 		return;
-	const char *hello = c->lmtp ? "LHLO" : "EHLO";
+	struct line l;
+	size_t hl;
 	switch (c->state) {
 	case SMTPC_S_EHLO:
-		c->cmd_written = CMD(c, X_EHLO, NULL, 0, "%s %s\r\n", hello, c->helo);
-		return;
 	case SMTPC_S_HELO:
-		c->cmd_written = CMD(c, X_HELO, NULL, 0, "HELO %s\r\n", c->helo);
+		hl = c->helo_len;
+		if (!line_begin(c, &l, 5 + hl + 2))
+			return;
+		line_add(&l, c->state == SMTPC_S_HELO ? "HELO " : c->lmtp ? "LHLO " : "EHLO ", 5);
+		line_add(&l, c->helo, hl);
+		LINE_LIT(&l, "\r\n");
+		line_end(c, &l, c->state == SMTPC_S_HELO ? X_HELO : X_EHLO, NULL, 0);
+		c->cmd_written = true;
 		return;
 	case SMTPC_S_STARTTLS:
-		c->cmd_written = CMD(c, X_STARTTLS, NULL, 0, "STARTTLS\r\n");
+		c->cmd_written = CMD_LIT(c, X_STARTTLS, NULL, 0, "STARTTLS\r\n");
 		return;
 	case SMTPC_S_READY:
 		emit_ready(c);
@@ -540,7 +687,7 @@ emit_all(struct smtpc *c)
 			emit_all(c);
 		return;
 	case SMTPC_S_QUIT:
-		c->cmd_written = CMD(c, X_QUIT, NULL, 0, "QUIT\r\n");
+		c->cmd_written = CMD_LIT(c, X_QUIT, NULL, 0, "QUIT\r\n");
 		return;
 	default:
 		return;
@@ -696,7 +843,7 @@ on_tx_reply(struct smtpc *c, const struct smtpc_exp *e, enum verdict v,
 			c->estage = tx->nacc > 0 ? E_BODY : E_DOT;
 			c->bpiece = 0;
 			c->boff = 0;
-			c->bol = true;
+			c->last = NULL;
 			return;
 		}
 		/* No data phase: the accepted recipients get this reply. */
@@ -759,8 +906,9 @@ on_reply(struct smtpc *c, const struct relay_reply *r)
 		return;
 	}
 	struct smtpc_exp e = c->exp[c->exp_head];
-	c->exp_head = (c->exp_head + 1) % SMTPC_EXP_MAX;
 	c->exp_n--;
+	c->exp_head = (c->exp_head + 1) % SMTPC_EXP_MAX;
+	exp_compact(c);
 	enum exp_kind kind = (enum exp_kind)e.kind;
 	c->cur = (uint8_t)kind;
 	if (e.tx != NULL)
@@ -877,7 +1025,21 @@ text_ok(const char *p, size_t n, size_t max, bool space_ok)
 {
 	if (p == NULL || n > max)
 		return false;
-	for (size_t i = 0; i < n; i++)
+	/* Everything refused is <= ' ': eight octets at a time while none is
+	 * (a word holds a byte below 0x21 when ((x - 0x21..) & ~x & 0x80..) is
+	 * not 0), each octet of a word that holds one. */
+	const uint64_t ones = 0x0101010101010101ull, high = 0x8080808080808080ull;
+	size_t i = 0;
+	for (; i + 8 <= n; i += 8) {
+		uint64_t x;
+		memcpy(&x, p + i, 8);
+		if (((x - 0x21 * ones) & ~x & high) == 0)
+			continue;
+		for (size_t j = i; j < i + 8; j++)
+			if (p[j] == '\r' || p[j] == '\n' || p[j] == '\0' || (!space_ok && p[j] == ' '))
+				return false;
+	}
+	for (; i < n; i++)
 		if (p[i] == '\r' || p[i] == '\n' || p[i] == '\0' || (!space_ok && p[i] == ' '))
 			return false;
 	return true;
@@ -892,11 +1054,16 @@ smtpc_init(struct smtpc *c, const struct smtpc_conf *conf, struct smtpc_out *out
 	    conf->tls > SMTPC_TLS_VERIFY || out == NULL || out->cap < SMTPC_CMD_MAX ||
 	    out->len > out->cap || ops == NULL || ops->event == NULL)
 		return -EINVAL;
-	memset(c, 0, offsetof(struct smtpc, carry));
+	memset(c, 0, offsetof(struct smtpc, reply));
+	c->reply.open = false; /* its text is written before it is read */
+	c->reply.len = 0;
 	memcpy(c->helo, conf->helo, hl + 1);
+	c->helo_len = hl;
 	c->lmtp = conf->lmtp;
 	c->tls = conf->tls;
 	c->ext_ignore = conf->ext_ignore;
+	c->size_max = 0;
+	c->tls_dropped = 0;
 	c->ops = ops;
 	c->arg = arg;
 	c->out = out;

@@ -119,10 +119,16 @@ struct smtpc_rcpt {
 };
 
 /* One piece of a body given in several (struct smtpc_tx.pieces): a view,
- * never copied; p may be NULL when len is 0. */
+ * never copied; p may be NULL when len is 0. nostuff: the caller built it
+ * so that no line in it starts with '.', counting its first octet as a
+ * line start (a header block it formatted, a template), and DATA sends it
+ * without reading a byte of it. Such a line would go out unstuffed: a
+ * caller's bug, caught by an assertion in debug builds. Never set it for
+ * bytes from the network or the spool. */
 struct smtpc_piece {
 	const uint8_t *p;
 	size_t len;
+	bool nostuff;
 };
 
 /* What the message needs from the server. */
@@ -245,17 +251,14 @@ struct smtpc_exp {
 	struct smtpc_tx *tx;
 };
 
-/* smtpc_init zeroes everything up to carry; the buffers from carry on
- * are written before they are read. */
+/* smtpc_init zeroes everything up to reply and sets what follows that it
+ * reads; the buffers are written before they are read (a connection that
+ * reconnects often pays for no more). What every reply and command touches
+ * comes first, together (a load generator keeps thousands of these, and
+ * each line a reply touches is a cache miss); what is set up once or used
+ * rarely, and the buffers, come last. */
 struct smtpc {
-	char helo[SMTPC_HELO_MAX + 1];
 	bool lmtp;
-	enum smtpc_tls tls;
-	unsigned ext_ignore;
-	const struct smtpc_ops *ops;
-	void *arg;
-	struct smtpc_out *out;
-
 	uint8_t state;
 	bool cmd_written; /* the current state's handshake command is out */
 	bool tls_active;
@@ -267,25 +270,34 @@ struct smtpc {
 	bool outfull;
 	uint8_t cur;      /* enum smtpc_cmd of the reply being acted on */
 	uint8_t lmtp_cmd; /* DOT or BDAT: what the LMTP replies answer */
+	uint8_t estage;
 	unsigned in_cb;
 	unsigned ext; /* SMTPC_EXT_* from the last EHLO */
-	uint64_t size_max;
-	uint64_t tls_dropped; /* smtpc_tls_dropped */
-
-	struct relay_reply reply; /* the reply being read */
 	uint32_t exp_head, exp_n;
-	struct smtpc_tx *lmtp_tx; /* LMTP: per-recipient replies still due */
-	uint32_t lmtp_k;
-
-	struct smtpc_tx *txs; /* submitted, oldest first */
 	uint32_t ntx;
-	struct smtpc_tx *emit; /* the transaction being written */
-	uint8_t estage;
 	uint32_t ek;
 	uint32_t bpiece; /* the body piece being written */
-	size_t boff;     /* and the offset in it */
-	bool bol;        /* DATA: the next body octet starts a line */
+	uint32_t lmtp_k;
 	uint32_t carry_len;
+	struct smtpc_out *out;
+	const struct smtpc_ops *ops;
+	void *arg;
+	struct smtpc_tx *txs;     /* submitted, oldest first */
+	struct smtpc_tx *emit;    /* the transaction being written */
+	struct smtpc_tx *lmtp_tx; /* LMTP: per-recipient replies still due */
+	size_t boff;              /* the offset in the body piece */
+	/* DATA: the last body octet written (NULL: none yet). The next one
+	 * starts a line if it is a LF; read only when that matters, so a
+	 * nostuff piece is never touched. */
+	const uint8_t *last;
+	struct relay_reply reply; /* the reply being read */
+
+	enum smtpc_tls tls;
+	unsigned ext_ignore;
+	uint64_t size_max;
+	uint64_t tls_dropped; /* smtpc_tls_dropped */
+	size_t helo_len;
+	char helo[SMTPC_HELO_MAX + 1];
 
 	char carry[SMTPC_LINE_MAX + 1]; /* a line split across feeds (+ its CR) */
 	struct smtpc_exp exp[SMTPC_EXP_MAX];

@@ -194,7 +194,7 @@ lend_body(struct fz *f, struct smtpc_tx *tx, const char *b, unsigned cuts)
 	uint32_t np = 0;
 	size_t at = 0;
 	if (cuts & 0x8000u)
-		pc[np++] = (struct smtpc_piece){NULL, 0};
+		pc[np++] = (struct smtpc_piece){NULL, 0, false};
 	for (size_t i = 0; i <= n; i++) {
 		if (i < n && !(cuts & (1u << (i % 15))))
 			continue;
@@ -205,7 +205,13 @@ lend_body(struct fz *f, struct smtpc_tx *tx, const char *b, unsigned cuts)
 		uint8_t *copy = malloc(len ? len : 1);
 		assert(copy != NULL);
 		memcpy(copy, b + at, len);
-		pc[np++] = (struct smtpc_piece){copy, len};
+		/* A piece with no line in it that starts with '.' (its first
+		 * octet counted) may be lent as such (nostuff). */
+		bool nostuff = (cuts & 0x4000u) && (len == 0 || b[at] != '.');
+		for (size_t j = 1; j < len; j++)
+			if (b[at + j] == '.' && b[at + j - 1] == '\n')
+				nostuff = false;
+		pc[np++] = (struct smtpc_piece){copy, len, nostuff};
 		at += len;
 	}
 	tx->pieces = pc;

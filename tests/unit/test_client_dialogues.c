@@ -16,7 +16,9 @@
  * Bodies are lent as the dialogue gives them (one buffer, or the pieces
  * `! piece` cuts), and then, with whole flights, cut every other way: as
  * one buffer, one byte per piece, and in two pieces at every offset
- * (empty pieces included). The wire and the events must not change. Each
+ * (empty pieces included; a piece with no line in it that starts with '.',
+ * its first octet included, then lent as nostuff). The
+ * wire and the events must not change. Each
  * piece ends right before a PROT_NONE page (a one-byte piece is a heap
  * block of its own, for ASan), and an empty one points at the guard page.
  *
@@ -557,6 +559,16 @@ pieces_free(struct run *r)
 	}
 }
 
+/* Some line in p[1, n) starts with '.' (a piece that must be read). */
+static bool
+dot_inside(const uint8_t *p, size_t n)
+{
+	for (size_t i = 1; i < n; i++)
+		if (p[i] == '.' && p[i - 1] == '\n')
+			return true;
+	return false;
+}
+
 /* Lend transaction t's body the run's way. */
 static void
 body_lend(struct run *r, uint32_t t, struct smtpc_tx *tx)
@@ -573,7 +585,7 @@ body_lend(struct run *r, uint32_t t, struct smtpc_tx *tx)
 		r->pcs[t] = calloc(np, sizeof(*r->pcs[t]));
 		assert_non_null(r->pcs[t]);
 		for (size_t i = 0; i < x->body_len; i++)
-			r->pcs[t][i] = (struct smtpc_piece){piece_copy(r, x->body + i, 1, true), 1};
+			r->pcs[t][i] = (struct smtpc_piece){piece_copy(r, x->body + i, 1, true), 1, false};
 		tx->pieces = r->pcs[t];
 		tx->npieces = (uint32_t)np; /* an empty body: one empty piece */
 		return;
@@ -587,9 +599,15 @@ body_lend(struct run *r, uint32_t t, struct smtpc_tx *tx)
 	cut[n++] = x->body_len;
 	r->pcs[t] = calloc(n, sizeof(*r->pcs[t]));
 	assert_non_null(r->pcs[t]);
-	for (size_t i = 0, at = 0; i < n; at = cut[i++])
-		r->pcs[t][i] = (struct smtpc_piece){
-		    piece_copy(r, x->body + at, cut[i] - at, false), cut[i] - at};
+	for (size_t i = 0, at = 0; i < n; at = cut[i++]) {
+		size_t len = cut[i] - at;
+		/* Cut in two: a piece with no line to stuff, its start counted
+		 * as one, is lent as such. */
+		bool nostuff = r->pmode == PM_TWO && !dot_inside(x->body + at, len) &&
+		               (len == 0 || x->body[at] != '.');
+		r->pcs[t][i] =
+		    (struct smtpc_piece){piece_copy(r, x->body + at, len, false), len, nostuff};
+	}
 	tx->pieces = r->pcs[t];
 	tx->npieces = (uint32_t)n;
 }

@@ -227,6 +227,29 @@ test_submit_checks(void **state)
 	tx_make(&tx[0], one_rcpt[0], "b@x", "");
 	tx[0].nrcpt = 0;
 	assert_int_equal(smtpc_submit(&h.c, &tx[0]), -EINVAL);
+	/* Addresses are checked eight octets at a time: CR, LF and NUL are
+	 * found at every offset of every length; space and octets >= 0x80 pass. */
+	for (size_t len = 1; len <= 24; len++) {
+		for (size_t at = 0; at < len; at++) {
+			static const char bad_ch[] = {'\r', '\n', '\0'}, ok_ch[] = {' ', '!', '\x80', '\xff'};
+			for (size_t c = 0; c < sizeof(bad_ch) + sizeof(ok_ch); c++) {
+				bool bad_one = c < sizeof(bad_ch);
+				memset(longaddr, 'a', len);
+				longaddr[at] = bad_one ? bad_ch[c] : ok_ch[c - sizeof(bad_ch)];
+				tx_make(&tx[0], one_rcpt[0], "b@x", "");
+				one_rcpt[0][0].addr = longaddr;
+				one_rcpt[0][0].len = len;
+				int rc = smtpc_submit(&h.c, &tx[0]);
+				assert_int_equal(rc, bad_one ? -EINVAL : 0);
+				if (rc == 0) {
+					/* Taken back at once: nothing was written yet. */
+					smtpc_abort(&h.c, "reset");
+					h_fini(&h);
+					h_init(&h, SMTPC_TLS_NONE, false);
+				}
+			}
+		}
+	}
 	/* The null sender is fine; SMTPC_TX_MAX unfinished at most. */
 	for (unsigned i = 0; i < SMTPC_TX_MAX; i++) {
 		tx_make(&tx[i], one_rcpt[i], "b@x", "");
