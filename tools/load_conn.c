@@ -1,22 +1,30 @@
 /*
  * tools/load_conn.c - the connections of one ringmx-load worker: connect, receive,
- * send, TLS, and the SMTP replies that decide what is written next.
+ * send, TLS, and the glue to the SMTP/LMTP client core (engine/smtp/smtp_client.h)
+ * that speaks the protocol on each of them.
  *
  * Ownership: ringmx-load (issue 4; TLS from issue 5). Every function runs on the
  * worker thread that owns the connection (struct eng, load_engine.c); messages are
  * built and counted by load_tx.c.
  *
- * Reply parsing: replies are tiny, so a reply line split across two receives is copied
- * into a per-connection carry buffer (iouring-notes.md section 5); complete lines are
- * parsed in place. Multi-line replies ("250-...") are folded into one reply; pipelined
- * replies are matched in order against a per-connection FIFO of expected replies, one
- * entry pushed per command written, so counting stays correct however the server
- * groups its responses.
+ * The client core writes the commands and reads the replies; nothing here parses a
+ * reply or formats a command (only the PROXY header, which comes before SMTP). Bytes
+ * received are fed to the core (conn_feed), what it writes goes out with the body
+ * spans it names (conn_flush), and its events become counters and closes. The core's
+ * callback only records (conn_event); conn_after() acts once the core has returned,
+ * because the core must not be re-entered from its callback.
  *
- * Send: sendmsg with up to four iovecs: [commands before the body][unique headers, per
- * connection][body: a prefix of the shared template][tail + ".\r\n" + the pipelined
- * next MAIL/RCPT/DATA or QUIT]. MSG_WAITALL lets the kernel retry short sends (proxy.c
- * submit_send); a short completion is still handled by advancing the iovecs.
+ * Send: one sendmsg per connection and loop: [output][template span][output]...
+ * in wire order. While a write is in flight the core appends behind it in the same
+ * output buffer, so replies that arrive during a send are answered in the next one;
+ * once the write is done the buffer starts over at its front (out_release), so a
+ * connection keeps writing into the same few cache lines. A body span is copied into
+ * the output when it is short (the tail: INLINE_MAX) and goes as an iovec otherwise
+ * (the header block, the template, which is never copied): a pipelined DATA write is
+ * [the commands before the body][header block][template prefix][tail, ".", the next
+ * MAIL/RCPT/DATA or QUIT], as before ringmx-load ran on the client core. MSG_WAITALL
+ * lets the kernel retry short sends (proxy.c submit_send); a short completion is still
+ * handled by advancing the iovecs.
  *
  * TLS (--tls, --starttls; issue 5) sits at the two ends and nowhere else: conn_feed()
  * is the single entry for received plaintext and conn_submit_send() the single exit
@@ -25,48 +33,28 @@
  * buffer and calls conn_feed(); conn_submit_send() encrypts the same iovecs the
  * plaintext path would sendmsg() into the connection's ciphertext buffer, at most
  * TLS_OUT_TARGET bytes ahead of the socket (a 64 KiB body streams through in pieces,
- * so the buffer stays small), and tls_kick() sends that buffer. The plaintext path is
- * unchanged: one pointer test per CQE and per reply line, no copies.
+ * so the buffer stays small), and tls_kick() sends that buffer. --starttls is the
+ * core's policy ENCRYPT (VERIFY with --tls-verify: ringmx-load checks the certificate
+ * itself): SMTPC_EV_TLS starts the handshake, smtpc_tls_done() the EHLO after it.
+ * --tls handshakes before the greeting, so the core (policy NONE) sees plaintext only.
  */
 #include "load_internal.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/tcp.h>
-#include <strings.h>
 #include <unistd.h>
 
 #ifndef IP_BIND_ADDRESS_NO_PORT
 #define IP_BIND_ADDRESS_NO_PORT 24
 #endif
 
-/* ---- expectations ---- */
-
-void exp_push(struct eng *e, struct conn *c, unsigned v)
-{
-	if (c->exp_tail - c->exp_head > c->exp_mask) {
-		fprintf(stderr, "ringmx-load: expectation queue overflow (bug)\n");
-		abort();
-	}
-	if (c->exp_tail == c->exp_head)
-		c->deadline = e->now + (uint64_t)(e->o->timeout * (double)NS);
-	c->exp[c->exp_tail++ & c->exp_mask] = (uint8_t)v;
-}
-
-bool exp_empty(const struct conn *c)
-{
-	return c->exp_head == c->exp_tail;
-}
-
-static unsigned exp_head(const struct conn *c)
-{
-	return c->exp[c->exp_head & c->exp_mask];
-}
-
 /* ---- connections ---- */
 
 static void tls_begin(struct eng *e, struct conn *c);
 static void put_proxy(struct eng *e, struct conn *c, struct wbuf *w);
+static void core_start(struct eng *e, struct conn *c);
+static void conn_deadline(struct eng *e, struct conn *c, bool heard);
 
 /* The first TLS failure reason of the thread, for the summary; later ones are counted
  * only. */
@@ -114,6 +102,8 @@ void conn_finalize(struct eng *e, struct conn *c)
 		conn_connect(e, c);
 }
 
+/* Ends the connection and counts why; every message still open fails. Never from
+ * the core's callback (smtpc_abort would be a no-op there): conn_after() calls it. */
 void conn_close(struct eng *e, struct conn *c, enum why why)
 {
 	if (c->phase != P_OPEN && c->phase != P_CONNECTING)
@@ -145,12 +135,18 @@ void conn_close(struct eng *e, struct conn *c, enum why why)
 		 * which is ours and lives as long as the slot. */
 		load_tls_end(&c->tls, e->o->tls_resume);
 	}
-	msg_fail_all(e, c);
+	/* The core gives every message still open a result that is the connection's
+	 * end (load_tx.c counts them failed); its events are only counted now. */
+	if (c->core_open) {
+		c->aborting = true;
+		smtpc_abort(&c->sc, "connection closed");
+		c->aborting = false;
+	}
 	c->phase = P_CLOSING;
 	c->deadline = 0;
-	c->exp_head = c->exp_tail = 0;
-	c->out_flags = 0;
 	c->waiting = false;
+	c->span = NULL;
+	c->span_len = 0;
 	if (c->connecting || c->recv_armed || c->send_inflight) {
 		/* One cancel for everything on the fd (5.19+); each op then posts its
 		 * final CQE and conn_finalize runs when the last one is in. */
@@ -224,20 +220,26 @@ void conn_on_connect(struct eng *e, struct conn *c, int res)
 	}
 	e->t->st.connections++;
 	c->phase = P_OPEN;
-	c->exp_head = c->exp_tail = 0;
-	c->line_len = 0;
-	c->in_reply = false;
-	c->cap_pipe = c->cap_chunk = false;
 	c->pipe = false;
-	c->quit_sent = false;
 	c->msgs_started = 0;
-	c->out_flags = 0;
+	c->inflight = 0;
+	c->depth = 1;
 	c->deadline = 0;
-	c->cap_starttls = c->starttls_go = false;
 	c->out_total = c->out_done = 0;
 	c->tls.io.out_len = c->tls.out_busy = c->tls.out_sent = 0;
+	c->so.len = 0;
+	c->obase = c->seg = 0;
+	c->npend = 0;
 	conn_arm_recv(e, c);
-	exp_push(e, c, EXP_GREETING); /* under implicit TLS it arrives after the handshake */
+	if (e->o->tls != LOAD_TLS_IMPLICIT && e->o->proxy != LOAD_PROXY_NONE) {
+		/* Before anything SMTP, and before the core: its EHLO is written after. */
+		struct wbuf w = { c->so.buf, 0, c->so.cap };
+		put_proxy(e, c, &w);
+		c->so.len = w.len;
+		dirty_push(e, c);
+	}
+	core_start(e, c); /* the greeting is due; under implicit TLS after the handshake */
+	conn_deadline(e, c, true);
 	if (e->o->tls == LOAD_TLS_IMPLICIT) {
 		/* The PROXY header goes first and in the clear, then the ClientHello; both
 		 * leave in one send. */
@@ -247,12 +249,294 @@ void conn_on_connect(struct eng *e, struct conn *c, int res)
 			c->tls.io.out_len = w.len;
 		}
 		tls_begin(e, c);
+	}
+}
+
+/* ---- the client core ---- */
+
+/* The SMTPC_EXT_* bits this run never uses, whatever the server offers: without
+ * --bdat CHUNKING (DATA is what was asked for), with --pipelining off PIPELINING, and
+ * SIZE always: the load's sizes are the user's, the server's limit is for the server
+ * to enforce (at the end of data, as before ringmx-load ran on the core), and the
+ * commands stay what they were, so old and new figures compare. */
+static unsigned ext_ignore(const struct load_opts *o)
+{
+	unsigned ign = SMTPC_EXT_SIZE;
+	if (!o->bdat)
+		ign |= SMTPC_EXT_CHUNKING;
+	if (!o->pipelining)
+		ign |= SMTPC_EXT_PIPELINING;
+	return ign;
+}
+
+static void fatal_capability(struct eng *e, struct conn *c, const char *msg)
+{
+	struct load_thread *t = e->t;
+	if (!t->fatal) {
+		t->fatal = 2;
+		snprintf(t->fatal_msg, sizeof(t->fatal_msg), "%s (%s)", msg,
+		         e->o->targets[c->target].text);
+	}
+	__atomic_store_n(&load_run.stop, 1, __ATOMIC_RELAXED);
+}
+
+static void conn_event(void *arg, const struct smtpc_event *ev);
+
+static void core_start(struct eng *e, struct conn *c)
+{
+	static const struct smtpc_ops ops = { .event = conn_event };
+	const struct load_opts *o = e->o;
+	struct smtpc_conf conf = {
+		.helo = o->ehlo,
+		.tls = o->tls != LOAD_TLS_STARTTLS ? SMTPC_TLS_NONE
+		       : o->tls_verify         ? SMTPC_TLS_VERIFY
+		                               : SMTPC_TLS_ENCRYPT,
+		.ext_ignore = ext_ignore(o),
+	};
+	if (smtpc_init(&c->sc, &conf, &c->so, &ops, c) < 0) {
+		/* --ehlo is checked by the command line; the buffer is sized for it. */
+		fprintf(stderr, "ringmx-load: the client core refused its setup (bug)\n");
+		abort();
+	}
+	c->core_open = true;
+	c->core_closed = c->want_tls = false;
+	c->close_why = WHY_OK;
+}
+
+/* The session is usable: what the run needs from the server, and how deep this
+ * connection pipelines (load_tx.c msg_start_due). From the callback. */
+static void core_ready(struct eng *e, struct conn *c)
+{
+	const struct load_opts *o = e->o;
+	unsigned ext = smtpc_ext(&c->sc);
+	c->consec_fail = 0;
+	c->ehlo_ok = true;
+	c->pipe = o->pipelining && (ext & SMTPC_EXT_PIPELINING);
+	if (o->pipelining && !c->pipe)
+		e->t->st.lockstep_sessions++;
+	c->depth = c->pipe && !o->bdat ? 2 : 1;
+	if (o->bdat && !(ext & SMTPC_EXT_CHUNKING)) {
+		fatal_capability(e, c, "server does not advertise CHUNKING (RFC 3030); --bdat needs it");
+		smtpc_quit(&c->sc);
+	}
+}
+
+/* The session failed before it was usable (SMTPC_EV_DEFER): which way, from the command
+ * whose reply ended it. From the callback. */
+static void core_defer(struct eng *e, struct conn *c, const struct smtpc_event *ev)
+{
+	struct load_stats *st = &e->t->st;
+	bool tls_required = ev->reply.enh_len == 5 && memcmp(ev->reply.enh, "4.7.4", 5) == 0;
+	switch (ev->cmd) {
+	case SMTPC_CMD_EHLO:
+		if (tls_required) {
+			/* Like --bdat: measuring plaintext when TLS was asked for would be a
+			 * silent lie, so a server without STARTTLS ends the run (exit 2). */
+			fatal_capability(e, c, "server does not advertise STARTTLS (RFC 3207); --starttls needs it");
+			c->close_why = WHY_SESSION;
+			return;
+		}
+		/* EHLO refused (and HELO after it): */
+		/* fall through */
+	case SMTPC_CMD_GREETING:
+	case SMTPC_CMD_HELO:
+		st->session_errors++;
+		c->consec_fail++;
+		c->close_why = WHY_SESSION;
+		return;
+	case SMTPC_CMD_STARTTLS: {
+		/* The core says "TLS is required but the server refused STARTTLS: 454
+		 * ..."; the report has always said "STARTTLS refused: 454 ...". */
+		const char *t = ev->reply.text;
+		size_t n = ev->reply.text_len;
+		const char *r = memmem(t, n, "STARTTLS: ", 10);
+		if (r != NULL) {
+			n -= (size_t)(r + 10 - t);
+			t = r + 10;
+		}
+		char why[80];
+		snprintf(why, sizeof(why), "%.*s", (int)n, t);
+		tls_note(e, "STARTTLS refused: ", why);
+		st->session_errors++;
+		c->consec_fail++;
+		c->close_why = WHY_SESSION;
 		return;
 	}
-	if (e->o->proxy != LOAD_PROXY_NONE) {
-		c->out_flags |= OUT_PROXY;
-		dirty_push(e, c);
+	default:
+		c->close_why = WHY_PROTOCOL;
+		return;
 	}
+}
+
+/* The core's events (docs/smtp-client.md, "Events"): record and count only; the core
+ * must not be called back into from here, except smtpc_quit. */
+static void conn_event(void *arg, const struct smtpc_event *ev)
+{
+	struct conn *c = arg;
+	struct eng *e = c->e;
+	switch (ev->type) {
+	case SMTPC_EV_READY:
+		core_ready(e, c);
+		return;
+	case SMTPC_EV_TLS:
+		c->want_tls = true;
+		return;
+	case SMTPC_EV_BODY:
+		c->span = ev->body;
+		c->span_len = ev->body_len;
+		return;
+	case SMTPC_EV_RCPT:
+		msg_on_rcpt(e, c, ev);
+		return;
+	case SMTPC_EV_TX:
+		msg_on_tx(e, c, ev->tx->user);
+		return;
+	case SMTPC_EV_DEFER:
+		if (!c->aborting)
+			core_defer(e, c, ev);
+		return;
+	case SMTPC_EV_CLOSE:
+		c->core_open = false;
+		if (c->aborting)
+			return;
+		c->core_closed = true;
+		/* After QUIT: orderly (a session refused earlier stays so, for the
+		 * slot's retirement); a 421 is the server going away with work open;
+		 * a DEFER said already; else the core could not make sense of it. */
+		if (ev->cmd == SMTPC_CMD_QUIT)
+			c->close_why = c->consec_fail ? WHY_SESSION : WHY_OK;
+		else if (ev->reply.code == 421)
+			c->close_why = WHY_DISCONNECT;
+		else if (c->close_why == WHY_OK)
+			c->close_why = WHY_PROTOCOL;
+		return;
+	}
+}
+
+/* A body span of the core: a short one (the tail) is copied into the output, the
+ * others (the header block, the template, which is never copied) go as iovecs between
+ * the output before them and the output after them. false: no room for another iovec
+ * (the span waits for the next write). */
+static bool span_take(struct eng *e, struct conn *c)
+{
+	const char *p = (const char *)c->span;
+	size_t n = c->span_len;
+	bool tmpl = p >= e->body->tmpl && p < e->body->tmpl + e->body->tmpl_len;
+	if (!tmpl && n <= INLINE_MAX && c->so.cap - c->so.len >= n) {
+		memcpy(c->so.buf + c->so.len, p, n);
+		c->so.len += n;
+		return true;
+	}
+	if (c->npend + 2 > PEND_MAX)
+		return false;
+	if (c->so.len > c->seg)
+		c->pend[c->npend++] = (struct iovec){ c->so.buf + c->seg, c->so.len - c->seg };
+	c->pend[c->npend++] = (struct iovec){ (void *)p, n };
+	c->seg = c->so.len;
+	return true;
+}
+
+/*
+ * After every call into the core: take the spans it named (each smtpc_body_sent()
+ * may name the next), start the STARTTLS handshake it asked for, close when it closed.
+ * The STARTTLS check is the client side of CVE-2011-0411: the core dropped whatever
+ * came after the 220 unread; that anything came at all means someone injected it.
+ */
+void conn_after(struct eng *e, struct conn *c)
+{
+	while (c->phase == P_OPEN) {
+		if (c->core_closed) {
+			c->core_closed = false;
+			conn_close(e, c, c->close_why);
+			return;
+		}
+		if (c->want_tls) {
+			c->want_tls = false;
+			if (smtpc_tls_dropped(&c->sc) > 0) {
+				tls_note(e, "server sent data after its 220 reply to STARTTLS", "");
+				conn_close(e, c, WHY_PROTOCOL);
+				return;
+			}
+			tls_begin(e, c);
+			continue;
+		}
+		if (c->span == NULL || !span_take(e, c))
+			break;
+		c->span = NULL;
+		c->span_len = 0;
+		smtpc_body_sent(&c->sc);
+	}
+	if (c->phase == P_OPEN)
+		dirty_push(e, c);
+}
+
+/* The cache lines a completion of c touches first: its own state, and for replies
+ * the client core's (the fields every reply touches, the reply, the head of the reply
+ * queue) and its messages' (load_engine.c asks one completion ahead). */
+void conn_prefetch(const struct conn *c, bool replies)
+{
+	const char *p = (const char *)c;
+	__builtin_prefetch(p);
+	__builtin_prefetch(p + 64);
+	p = (const char *)&c->sc;
+	__builtin_prefetch(p);
+	__builtin_prefetch(p + 64);
+	if (!replies)
+		return;
+	__builtin_prefetch(&c->sc.reply);
+	__builtin_prefetch((const char *)&c->sc.reply + 64);
+	__builtin_prefetch(&c->sc.exp[0]); /* the core keeps the entries in use here */
+	__builtin_prefetch(&c->sc.exp[4]);
+	for (unsigned s = 0; s < MSG_SLOTS; s++) {
+		p = (const char *)&c->msg[s]; /* transaction, pieces, recipients, results */
+		for (unsigned k = 0; k < 320; k += 64)
+			__builtin_prefetch(p + k);
+	}
+}
+
+/* What a flush of c writes: its output, and the header block and transaction of a
+ * message it may start. */
+void conn_prefetch_flush(const struct conn *c)
+{
+	__builtin_prefetch(c->so.buf + c->so.len, 1);
+	__builtin_prefetch(c->so.buf + c->so.len + 64, 1);
+	for (unsigned s = 0; s < MSG_SLOTS; s++) {
+		const struct msg *m = &c->msg[s];
+		if (m->live)
+			continue;
+		__builtin_prefetch(&m->tx, 1);
+		__builtin_prefetch(m->addr, 1);
+		for (unsigned k = 0; k < 256; k += 64)
+			__builtin_prefetch(m->hdr + k, 1);
+		break;
+	}
+}
+
+/* Replies are due (or the handshake is on): the reply timeout runs. It restarts when
+ * the server was heard from, or when the wait begins. */
+bool conn_waits(const struct conn *c)
+{
+	return (c->core_open && (smtpc_status(&c->sc) & SMTPC_ST_WAIT)) ||
+	       (c->tls.io.ssl && !c->tls.io.done);
+}
+
+static void conn_deadline(struct eng *e, struct conn *c, bool heard)
+{
+	if (!conn_waits(c))
+		c->deadline = 0;
+	else if (heard || c->deadline == 0)
+		c->deadline = e->now + (uint64_t)(e->o->timeout * (double)NS);
+}
+
+/* Plaintext from the server (see the TLS note at the top). */
+static void conn_feed(struct eng *e, struct conn *c, const char *p, size_t n)
+{
+	if (!c->core_open)
+		return;
+	smtpc_feed(&c->sc, p, n);
+	conn_after(e, c);
+	if (c->phase == P_OPEN)
+		conn_deadline(e, c, true);
 }
 
 static void put_proxy(struct eng *e, struct conn *c, struct wbuf *w)
@@ -393,7 +677,8 @@ static void conn_submit_send(struct eng *e, struct conn *c)
 }
 
 /* Output is still being produced: the plaintext send is in flight, or under TLS not
- * all plaintext is encrypted yet (the iovecs and c->hdr are still referenced). */
+ * all plaintext is encrypted yet (the iovecs, and the output buffer they point into,
+ * are still referenced). */
 static bool conn_out_busy(const struct conn *c)
 {
 	return c->tls.io.ssl ? c->out_done < c->out_total : c->send_inflight;
@@ -406,8 +691,7 @@ static void tls_begin(struct eng *e, struct conn *c)
 	if (load_tls_start(e->tls_ctx, &c->tls, e->o) < 0)
 		die_oom();
 	c->tls.hs_start = e->now;
-	if (exp_empty(c)) /* STARTTLS: no reply is awaited, bound the handshake itself */
-		c->deadline = e->now + (uint64_t)(e->o->timeout * (double)NS);
+	conn_deadline(e, c, true); /* the handshake is bounded like a reply */
 	char err[128];
 	if (load_tls_handshake(&c->tls, err, sizeof(err)) < 0) {
 		tls_note(e, "handshake: ", err);
@@ -417,353 +701,112 @@ static void tls_begin(struct eng *e, struct conn *c)
 	tls_kick(e, c);
 }
 
-/* Builds one write from c->out_flags and submits it: the only place that produces
- * output, called once per loop for each dirty connection without a send in flight. */
-void conn_flush(struct eng *e, struct conn *c)
+/* ---- writes ---- */
+
+/* The write in flight is done with so.buf[0, obase): what the core wrote since moves
+ * to the front (usually nothing: replies come after the write they answer), and the
+ * pending iovecs into it with it. Only when no write is in flight (conn_out_busy). */
+static void out_release(struct conn *c)
 {
-	const struct load_opts *o = e->o;
-	c->dirty = false;
-	if (c->phase != P_OPEN || conn_out_busy(c) || !c->out_flags)
+	size_t b = c->obase;
+	if (b == 0)
 		return;
-	unsigned f = c->out_flags;
-	c->out_flags = 0;
-	struct wbuf pre = { c->pre, 0, c->cmd_cap }, post = { c->post, 0, c->cmd_cap };
-	struct wbuf *w = &pre;
-	bool placed = false;
-	c->iov[1].iov_len = c->iov[2].iov_len = 0;
+	char *buf = c->so.buf;
+	size_t rest = c->so.len - b;
+	if (rest > 0) {
+		memmove(buf, buf + b, rest);
+		for (unsigned i = 0; i < c->npend; i++) {
+			char *p = c->pend[i].iov_base;
+			if (p >= buf + b && p < buf + c->so.len)
+				c->pend[i].iov_base = p - b;
+		}
+	}
+	c->so.len = rest;
+	c->seg -= b;
+	c->obase = 0;
+}
 
-	if (f & OUT_PROXY)
-		put_proxy(e, c, w);
-	if (f & OUT_EHLO) {
-		WB_LIT(w, "EHLO ");
-		wb_put(w, o->ehlo, strlen(o->ehlo));
-		WB_LIT(w, "\r\n");
-		exp_push(e, c, EXP_EHLO);
+/*
+ * Builds one write from what the core wrote and the spans it named, and submits it:
+ * the only place that sends, called once per loop for each dirty connection. Nothing
+ * while a send is in flight (or, under TLS, its plaintext is not all encrypted), so the
+ * other output buffer is free to swap in; before the write, the messages that are due
+ * start (load_tx.c), so their MAIL joins it.
+ */
+static void flush(struct eng *e, struct conn *c)
+{
+	if (c->phase != P_OPEN || conn_out_busy(c) || (c->tls.io.ssl && !c->tls.io.done))
+		return;
+	out_release(c);
+	if (c->span != NULL) /* an iovec did not fit in the last write */
+		conn_after(e, c);
+	if (c->core_open && (smtpc_status(&c->sc) & SMTPC_ST_OUTFULL)) {
+		smtpc_pump(&c->sc);
+		conn_after(e, c);
 	}
-	if (f & OUT_HELO) {
-		WB_LIT(w, "HELO ");
-		wb_put(w, o->ehlo, strlen(o->ehlo));
-		WB_LIT(w, "\r\n");
-		exp_push(e, c, EXP_HELO);
-	}
-	if (f & OUT_STARTTLS) {
-		WB_LIT(w, "STARTTLS\r\n"); /* last of its group (RFC 3207, RFC 2920) */
-		exp_push(e, c, EXP_STARTTLS);
-	}
-	if (f & OUT_BODY) {
-		struct msg *m = &c->msg[c->body_slot];
-		hdr_build(e, c, m);
-		m->wire = c->hdr_len + e->body->v[m->variant].size;
-		w = place_body(e, c, m, &post, &placed);
-		WB_LIT(w, ".\r\n");
-		exp_push(e, c, EXP_DOT | (c->body_slot ? EXP_SLOT : 0));
-	}
-	if (f & OUT_RSET) {
-		WB_LIT(w, "RSET\r\n");
-		exp_push(e, c, EXP_RSET);
-	}
-	if (f & OUT_NEXT) {
-		uint64_t t_start = 0;
-		switch (conn_next(e, c, &t_start)) {
-		case NEXT_START: {
-			unsigned slot = msg_start(e, c, t_start);
-			struct msg *m = &c->msg[slot];
-			unsigned es = slot ? EXP_SLOT : 0;
-			put_mail(e, w, m);
-			exp_push(e, c, EXP_MAIL | es);
-			if (c->pipe) {
-				for (unsigned i = 0; i < o->rcpts; i++) {
-					put_rcpt(e, w, m, i);
-					exp_push(e, c, EXP_RCPT | es);
-				}
-				m->rcpt_sent = (uint16_t)o->rcpts;
-				if (o->bdat) {
-					w = put_bdat(e, c, m, w, &post, &placed);
-				} else {
-					WB_LIT(w, "DATA\r\n");
-					exp_push(e, c, EXP_DATA | es);
-				}
-			}
-			break;
-		}
-		case NEXT_QUIT:
-			f |= OUT_QUIT;
-			break;
-		case NEXT_IDLE:
-			idle_push(e, c);
-			break;
-		}
-	}
-	if (f & OUT_RCPT) {
-		struct msg *m = &c->msg[c->tx_slot];
-		put_rcpt(e, w, m, m->rcpt_sent++);
-		exp_push(e, c, EXP_RCPT | (c->tx_slot ? EXP_SLOT : 0));
-	}
-	if (f & OUT_DATA) {
-		struct msg *m = &c->msg[c->tx_slot];
-		if (o->bdat) {
-			w = put_bdat(e, c, m, w, &post, &placed);
-		} else {
-			WB_LIT(w, "DATA\r\n");
-			exp_push(e, c, EXP_DATA | (c->tx_slot ? EXP_SLOT : 0));
-		}
-	}
-	if ((f & OUT_QUIT) && !c->quit_sent) {
-		WB_LIT(w, "QUIT\r\n");
-		exp_push(e, c, EXP_QUIT);
-		c->quit_sent = true;
-	}
-
-	/* Assemble [pre][hdr][template][post], dropping empty pieces. */
-	struct iovec v[4] = {
-		{ c->pre, pre.len }, c->iov[1], c->iov[2], { c->post, post.len },
-	};
-	unsigned k = 0;
+	msg_start_due(e, c);
+	if (c->phase != P_OPEN)
+		return;
+	unsigned k = c->npend;
+	memcpy(c->iov, c->pend, k * sizeof(c->iov[0]));
+	if (c->so.len > c->seg)
+		c->iov[k++] = (struct iovec){ c->so.buf + c->seg, c->so.len - c->seg };
+	if (k == 0)
+		return; /* nothing to say, e.g. waiting for a --rate slot */
 	size_t total = 0;
-	for (unsigned i = 0; i < 4; i++) {
-		if (v[i].iov_len) {
-			c->iov[k++] = v[i];
-			total += v[i].iov_len;
-		}
-	}
-	if (!total)
-		return; /* e.g. went idle under --rate */
+	for (unsigned i = 0; i < k; i++)
+		total += c->iov[i].iov_len;
+	/* The core goes on writing behind what is now the send's. */
+	c->obase = c->seg = c->so.len;
+	c->npend = 0;
 	memset(&c->mh, 0, sizeof(c->mh));
 	c->mh.msg_iov = c->iov;
 	c->mh.msg_iovlen = k;
 	c->out_total = total;
 	c->out_done = 0;
 	conn_submit_send(e, c);
+	if (c->phase == P_OPEN)
+		conn_deadline(e, c, false);
 }
 
-/* ---- replies ---- */
-
-static void fatal_capability(struct eng *e, struct conn *c, const char *msg)
+/* c is on the dirty list until this returns, so what the core does meanwhile
+ * (conn_after asks for a flush) lands in this write, not in a second list entry. */
+void conn_flush(struct eng *e, struct conn *c)
 {
-	struct load_thread *t = e->t;
-	if (!t->fatal) {
-		t->fatal = 2;
-		snprintf(t->fatal_msg, sizeof(t->fatal_msg), "%s (%s)", msg,
-		         e->o->targets[c->target].text);
-	}
-	__atomic_store_n(&load_run.stop, 1, __ATOMIC_RELAXED);
+	flush(e, c);
+	c->dirty = false;
 }
 
-/* One complete reply (the final line of a possibly multi-line reply). */
-static void conn_reply(struct eng *e, struct conn *c, int code, const char *text, size_t n)
-{
-	if (exp_empty(c)) {
-		conn_close(e, c, WHY_PROTOCOL); /* a reply nobody asked for */
-		return;
-	}
-	unsigned x = exp_head(c);
-	c->exp_head++;
-	c->deadline = exp_empty(c) ? 0 : e->now + (uint64_t)(e->o->timeout * (double)NS);
-	unsigned slot = (x & EXP_SLOT) ? 1 : 0;
-	struct msg *m = &c->msg[slot];
-	bool ok = code >= 200 && code < 300;
-	struct load_stats *st = &e->t->st;
+/* ---- start-up ---- */
 
-	switch (x & ~EXP_SLOT) {
-	case EXP_GREETING:
-		if (ok) {
-			c->out_flags |= OUT_EHLO;
-		} else {
-			st->session_errors++;
-			c->consec_fail++;
-			c->out_flags |= OUT_QUIT;
-		}
-		break;
-	case EXP_EHLO:
-	case EXP_HELO:
-		if (!ok && (x & ~EXP_SLOT) == EXP_EHLO && code >= 500) {
-			c->cap_pipe = c->cap_chunk = false;
-			c->out_flags |= OUT_HELO; /* RFC 5321 4.1.4: fall back to HELO */
-			break;
-		}
-		if (!ok) {
-			st->session_errors++;
-			c->consec_fail++;
-			c->out_flags |= OUT_QUIT;
-			break;
-		}
-		if (e->o->tls == LOAD_TLS_STARTTLS && !c->tls.io.ssl) {
-			/* Like --bdat: measuring plaintext when TLS was asked for would be a
-			 * silent lie, so a server without STARTTLS ends the run (exit 2). */
-			if (!c->cap_starttls) {
-				fatal_capability(e, c, "server does not advertise STARTTLS (RFC 3207); --starttls needs it");
-				c->out_flags |= OUT_QUIT;
-			} else {
-				c->out_flags |= OUT_STARTTLS;
-			}
-			break;
-		}
-		c->consec_fail = 0;
-		c->ehlo_ok = true;
-		c->pipe = e->o->pipelining && c->cap_pipe;
-		if (e->o->pipelining && !c->cap_pipe)
-			st->lockstep_sessions++;
-		if (e->o->bdat && !c->cap_chunk) {
-			fatal_capability(e, c, "server does not advertise CHUNKING (RFC 3030); --bdat needs it");
-			c->out_flags |= OUT_QUIT;
-			break;
-		}
-		c->out_flags |= OUT_NEXT;
-		break;
-	case EXP_RSET:
-		break;
-	case EXP_MAIL:
-		m->mail_ok = ok;
-		if (!ok && !m->fail_code)
-			m->fail_code = (uint16_t)code;
-		if (!c->pipe) {
-			if (ok) {
-				c->out_flags |= OUT_RCPT;
-			} else {
-				msg_finish(e, c, slot, false, code, text, n);
-				c->out_flags |= OUT_NEXT;
-			}
-		}
-		break;
-	case EXP_RCPT:
-		if (ok) {
-			m->rcpt_ok++;
-		} else {
-			st->rcpt_rejected++;
-			if (!m->fail_code)
-				m->fail_code = (uint16_t)code;
-		}
-		if (!c->pipe) {
-			if (m->rcpt_sent < e->o->rcpts) {
-				c->out_flags |= OUT_RCPT;
-			} else if (m->rcpt_ok) {
-				c->out_flags |= OUT_DATA;
-			} else {
-				msg_finish(e, c, slot, false, first_fail(m, code), text, n);
-				c->out_flags |= OUT_RSET | OUT_NEXT;
-			}
-		}
-		break;
-	case EXP_DATA:
-		if (code == 354) {
-			c->body_slot = slot;
-			c->out_flags |= OUT_BODY;
-			/* RFC 2920: the next MAIL may follow "." in the same group. */
-			if (c->pipe)
-				c->out_flags |= OUT_NEXT;
-		} else {
-			msg_finish(e, c, slot, false, first_fail(m, code), text, n);
-			c->out_flags |= OUT_RSET | OUT_NEXT;
-		}
-		break;
-	case EXP_DOT:
-		msg_finish(e, c, slot, ok, code, text, n);
-		if (!c->pipe)
-			c->out_flags |= OUT_NEXT;
-		break;
-	case EXP_BDAT:
-		msg_finish(e, c, slot, ok, ok ? code : first_fail(m, code), text, n);
-		if (!ok && (!m->mail_ok || !m->rcpt_ok))
-			c->out_flags |= OUT_RSET;
-		c->out_flags |= OUT_NEXT;
-		break;
-	case EXP_QUIT:
-		conn_close(e, c, c->consec_fail ? WHY_SESSION : WHY_OK);
-		return;
-	case EXP_STARTTLS:
-		if (code == 220) {
-			c->starttls_go = true; /* conn_feed starts the handshake after this line */
-		} else {
-			char why[80];
-			snprintf(why, sizeof(why), "%d %.60s", code, text);
-			for (char *q = why; *q; q++)
-				if ((unsigned char)*q < ' ')
-					*q = ' ';
-			tls_note(e, "STARTTLS refused: ", why);
-			st->session_errors++;
-			c->consec_fail++;
-			c->out_flags |= OUT_QUIT;
-		}
-		break;
-	}
-	if (c->out_flags)
-		dirty_push(e, c);
+/* Per connection: an output buffer for two whole pipelined writes, the one in flight
+ * and the next (each RSET, MAIL, every RCPT, DATA or BDAT, QUIT, each address at most
+ * two patterns and a 20-digit number; PROXY and EHLO are shorter; plus two header
+ * blocks and tails copied in), and the message slots' envelopes (load_tx.c). One
+ * malloc at start-up. */
+static size_t align16(size_t n)
+{
+	return (n + 15) & ~(size_t)15; /* the slots after the buffers hold pointers */
 }
 
-/* EHLO keywords are looked for on every line of the EHLO reply. */
-static void ehlo_keyword(struct conn *c, const char *s, size_t n)
+static size_t out_cap(const struct load_opts *o)
 {
-	size_t k = 0;
-	while (k < n && s[k] != ' ')
-		k++;
-	if (k == 10 && strncasecmp(s, "PIPELINING", 10) == 0)
-		c->cap_pipe = true;
-	else if (k == 8 && strncasecmp(s, "CHUNKING", 8) == 0)
-		c->cap_chunk = true;
-	else if (k == 8 && strncasecmp(s, "STARTTLS", 8) == 0)
-		c->cap_starttls = true;
+	return align16(512 + LOAD_EHLO_MAX + (size_t)(o->rcpts + 1) * (2 * LOAD_PATTERN_MAX + 64) +
+	               MSG_SLOTS * (HDR_CAP + 8));
 }
 
-static void conn_line(struct eng *e, struct conn *c, const char *l, size_t n)
+size_t conn_block_size(const struct load_opts *o)
 {
-	if (n && l[n - 1] == '\n')
-		n--;
-	if (n && l[n - 1] == '\r')
-		n--;
-	if (n < 3 || l[0] < '2' || l[0] > '5' || l[1] < '0' || l[1] > '9' || l[2] < '0' ||
-	    l[2] > '9' || (n > 3 && l[3] != ' ' && l[3] != '-')) {
-		conn_close(e, c, WHY_PROTOCOL);
-		return;
-	}
-	int code = (l[0] - '0') * 100 + (l[1] - '0') * 10 + (l[2] - '0');
-	const char *text = n > 4 ? l + 4 : l + n;
-	size_t tn = n > 4 ? n - 4 : 0;
-	if (!exp_empty(c) && (exp_head(c) & ~EXP_SLOT) == EXP_EHLO && c->in_reply)
-		ehlo_keyword(c, text, tn); /* first line is the greeting, not a keyword */
-	if (n > 3 && l[3] == '-') {
-		c->in_reply = true;
-		return;
-	}
-	c->in_reply = false;
-	conn_reply(e, c, code, text, tn);
+	return 2 * out_cap(o) + MSG_SLOTS * align16(msg_block_size(o));
 }
 
-/* Entry point for received plaintext (see TLS note at the top). */
-static void conn_feed(struct eng *e, struct conn *c, const char *p, size_t n)
+void conn_block_init(struct conn *c, const struct load_opts *o, char *block)
 {
-	while (n && c->phase == P_OPEN) {
-		const char *nl = memchr(p, '\n', n);
-		size_t len = nl ? (size_t)(nl - p) + 1 : n;
-		if (!nl || c->line_len) {
-			/* Carry: keep at most LINE_CAP bytes of an overlong line; the code and
-			 * the start of the text are all we look at. */
-			size_t room = LINE_CAP - c->line_len;
-			size_t take = len < room ? len : room;
-			memcpy(c->line + c->line_len, p, take);
-			c->line_len += (unsigned)take;
-			if (nl) {
-				conn_line(e, c, c->line, c->line_len);
-				c->line_len = 0;
-			}
-		} else {
-			conn_line(e, c, p, len);
-		}
-		p += len;
-		n -= len;
-		if (c->starttls_go) {
-			c->starttls_go = false;
-			/* The server must wait for our ClientHello. Bytes after its 220 were
-			 * written before TLS, and reading them as the first TLS bytes would
-			 * be the client side of response injection (CVE-2011-0411). */
-			if (n || c->line_len) {
-				tls_note(e, "server sent data after its 220 reply to STARTTLS", "");
-				conn_close(e, c, WHY_PROTOCOL);
-				return;
-			}
-			tls_begin(e, c);
-			return;
-		}
-	}
+	size_t mb = align16(msg_block_size(o));
+	c->so = (struct smtpc_out){ block, 0, 2 * out_cap(o) };
+	char *m = block + 2 * out_cap(o);
+	for (unsigned s = 0; s < MSG_SLOTS; s++)
+		msg_block_init(&c->msg[s], o, m + s * mb);
 }
 
 /* ---- TLS input ---- */
@@ -793,18 +836,20 @@ static void tls_handshake_done(struct eng *e, struct conn *c)
 	if (resumed)
 		st->tls_resumed++;
 	tls_seen(st, name);
-	if (e->o->tls == LOAD_TLS_STARTTLS) {
-		/* RFC 3207 4.2: forget everything learnt before TLS and ask again. */
-		c->cap_pipe = c->cap_chunk = c->cap_starttls = false;
-		c->out_flags |= OUT_EHLO;
-		dirty_push(e, c);
+	if (e->o->tls == LOAD_TLS_STARTTLS && c->core_open) {
+		/* RFC 3207 4.2: the core forgets what the EHLO said and asks again. */
+		smtpc_tls_done(&c->sc, true);
+		conn_after(e, c);
 	}
 }
 
+/* The server closed: fine when nothing was due and no message is open (after QUIT,
+ * or an idle connection), else a disconnect. */
 static void conn_eof(struct eng *e, struct conn *c)
 {
-	bool quitting = exp_empty(c) || (exp_head(c) & ~EXP_SLOT) == EXP_QUIT;
-	conn_close(e, c, quitting && !c->msg[0].live && !c->msg[1].live ? WHY_OK : WHY_DISCONNECT);
+	bool quitting = !c->core_open || smtpc_state(&c->sc) == SMTPC_S_QUIT ||
+	                !(smtpc_status(&c->sc) & SMTPC_ST_WAIT);
+	conn_close(e, c, quitting && c->inflight == 0 ? WHY_OK : WHY_DISCONNECT);
 }
 
 /* Ciphertext from the ring: wolfSSL reads it through the view (load_tls.c io_recv)
@@ -830,6 +875,8 @@ static void tls_on_data(struct eng *e, struct conn *c, const char *p, size_t n)
 			return;
 		}
 		tls_handshake_done(e, c);
+		if (c->phase != P_OPEN)
+			return;
 	}
 	for (;;) {
 		long k = load_tls_read(t, e->tls_rd, TLS_REC, err, sizeof(err));
@@ -915,8 +962,8 @@ static void tls_on_send(struct eng *e, struct conn *c, int res)
 	if (!tls_pump(e, c))
 		return;
 	tls_kick(e, c);
-	if (!conn_out_busy(c) && c->out_flags)
-		dirty_push(e, c);
+	if (!conn_out_busy(c))
+		dirty_push(e, c); /* the next write may go */
 }
 
 void conn_on_send(struct eng *e, struct conn *c, int res)
@@ -945,6 +992,5 @@ void conn_on_send(struct eng *e, struct conn *c, int res)
 	}
 	if (c->tls.io.ssl) /* the STARTTLS line went out after the 220 came in: send the hello */
 		tls_kick(e, c);
-	if (c->out_flags)
-		dirty_push(e, c);
+	dirty_push(e, c); /* the next write may go */
 }

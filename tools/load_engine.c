@@ -119,6 +119,20 @@ void buf_recycle(struct eng *e, unsigned bid)
 	                      (int)e->br_pending++);
 }
 
+static void eng_prefetch(struct eng *e, const struct io_uring_cqe *cqe)
+{
+	uint64_t ud = io_uring_cqe_get_data64(cqe);
+	enum op op = (enum op)(ud >> 56);
+	uint32_t idx = (uint32_t)ud;
+	if (idx >= e->n || (op != OP_RECV && op != OP_SEND && op != OP_CONNECT))
+		return;
+	/* Replies run the client core; a send or a connect touches less. */
+	conn_prefetch(&e->conns[idx], op == OP_RECV);
+	if (cqe->flags & IORING_CQE_F_BUFFER)
+		__builtin_prefetch(e->bufs + (size_t)(cqe->flags >> IORING_CQE_BUFFER_SHIFT) *
+		                                 RECV_BUF_SIZE);
+}
+
 static void eng_cqe(struct eng *e, struct io_uring_cqe *cqe)
 {
 	uint64_t ud = io_uring_cqe_get_data64(cqe);
@@ -170,7 +184,7 @@ static void eng_housekeeping(struct eng *e)
 			    e->now >= c->deadline)
 				conn_close(e, c, WHY_TIMEOUT);
 			else if (drain_over && (c->phase == P_OPEN || c->phase == P_CONNECTING))
-				conn_close(e, c, exp_empty(c) ? WHY_OK : WHY_TIMEOUT);
+				conn_close(e, c, conn_waits(c) ? WHY_TIMEOUT : WHY_OK);
 			else if (c->phase == P_FREE && e->now >= c->backoff_until) {
 				if (e->stopping)
 					conn_retire(e, c);
@@ -194,8 +208,7 @@ static void eng_housekeeping(struct eng *e)
 		e->nidle--;
 		c->idle = false;
 		c->waiting = false;
-		c->out_flags |= OUT_NEXT; /* conn_next decides: start, or QUIT */
-		dirty_push(e, c);
+		dirty_push(e, c); /* its flush decides: start, or QUIT (load_tx.c) */
 	}
 }
 
@@ -279,32 +292,42 @@ static int eng_ring_init(struct eng *e)
 	return 0;
 }
 
+/* The connections and their blocks (output buffer, envelopes: load_conn.c), in one
+ * mapping with transparent huge pages asked for: a completion touches a dozen lines of
+ * its connection spread over three 4 KiB pages, and with hundreds of connections the
+ * page walks cost more than the misses (a stall on each prefetch). Zeroed, like calloc. */
+static void eng_conns_map(struct eng *e, size_t block)
+{
+	size_t n = e->n ? e->n : 1;
+	size_t conns = (n * sizeof(*e->conns) + 63) & ~(size_t)63;
+	e->conns_map_len = conns + n * block;
+	void *m = mmap(NULL, e->conns_map_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+	               -1, 0);
+	if (m == MAP_FAILED)
+		die_oom();
+	madvise(m, e->conns_map_len, MADV_HUGEPAGE); /* advice only: 4 KiB pages work too */
+	e->conns = m;
+	e->blocks = (char *)m + conns;
+}
+
 static void eng_conns_init(struct eng *e)
 {
 	const struct load_opts *o = e->o;
-	e->conns = calloc(e->n ? e->n : 1, sizeof(*e->conns));
 	e->dirty = calloc(e->n ? e->n : 1, sizeof(*e->dirty));
 	e->rearm = calloc(e->n ? e->n : 1, sizeof(*e->rearm));
 	e->idle = calloc(e->n ? e->n : 1, sizeof(*e->idle));
-	if (!e->conns || !e->dirty || !e->rearm || !e->idle)
+	if (!e->dirty || !e->rearm || !e->idle)
 		die_oom();
-	/* Pipelined write: RSET + MAIL + rcpts x RCPT + DATA/BDAT + QUIT, each address at
-	 * most 2 patterns + a 20-digit number; PROXY/EHLO lines are shorter than that. */
-	size_t cmd_cap = 512 + LOAD_EHLO_MAX + (size_t)(o->rcpts + 1) * (2 * LOAD_PATTERN_MAX + 64);
-	unsigned exp_cap = pow2_at_least(2 * (o->rcpts + 6));
+	size_t block = (conn_block_size(o) + 63) & ~(size_t)63;
+	eng_conns_map(e, block);
 	for (unsigned i = 0; i < e->n; i++) {
 		struct conn *c = &e->conns[i];
 		c->fd = -1;
 		c->idx = i;
+		c->e = e;
 		c->phase = P_FREE;
 		c->target = (e->t->first_conn + i) % o->ntargets;
-		c->cmd_cap = cmd_cap;
-		c->pre = malloc(2 * cmd_cap + exp_cap);
-		if (!c->pre)
-			die_oom();
-		c->post = c->pre + cmd_cap;
-		c->exp = (uint8_t *)c->post + cmd_cap;
-		c->exp_mask = exp_cap - 1;
+		conn_block_init(c, o, e->blocks + (size_t)i * block);
 		if (o->tls != LOAD_TLS_NONE) {
 			/* ~52 KiB per TLS connection, on top of wolfSSL's own buffers. */
 			c->tls.io.out = malloc(TLS_OUT_CAP);
@@ -325,13 +348,13 @@ static void eng_fini(struct eng *e)
 	for (unsigned i = 0; e->conns && i < e->n; i++) {
 		if (e->conns[i].fd >= 0)
 			close(e->conns[i].fd);
-		free(e->conns[i].pre);
 		load_tls_forget(&e->conns[i].tls);
 		free(e->conns[i].tls.io.out);
 	}
 	load_tls_ctx_free(e->tls_ctx);
 	free(e->tls_rd);
-	free(e->conns);
+	if (e->conns)
+		munmap(e->conns, e->conns_map_len);
 	free(e->dirty);
 	free(e->rearm);
 	free(e->idle);
@@ -355,9 +378,13 @@ static void eng_loop(struct eng *e)
 {
 	while (e->live) {
 		eng_housekeeping(e);
-		/* Flush: at most one send per dirty connection, all submitted together. */
-		for (unsigned i = 0; i < e->ndirty; i++)
+		/* Flush: at most one send per dirty connection, all submitted together;
+		 * what the next one writes into is fetched meanwhile. */
+		for (unsigned i = 0; i < e->ndirty; i++) {
+			if (i + 1 < e->ndirty)
+				conn_prefetch_flush(e->dirty[i + 1]);
 			conn_flush(e, e->dirty[i]);
+		}
 		e->ndirty = 0;
 		for (unsigned i = 0; i < e->nrearm; i++) {
 			struct conn *c = e->rearm[i];
@@ -384,7 +411,14 @@ static void eng_loop(struct eng *e)
 			break;
 		}
 		unsigned head, count = 0;
+		unsigned tail = io_uring_smp_load_acquire(e->ring.cq.ktail);
 		io_uring_for_each_cqe(&e->ring, head, cqe) {
+			/* The next completion's connection is fetched while this one is
+			 * handled: with many connections its state is never in cache,
+			 * and waiting for it was most of the user time per message. */
+			if (head + 1 != tail)
+				eng_prefetch(e, &e->ring.cq.cqes[io_uring_cqe_index(&e->ring, head + 1,
+				                                                    e->ring.cq.ring_mask)]);
 			eng_cqe(e, cqe);
 			count++;
 		}

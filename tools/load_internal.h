@@ -13,6 +13,7 @@
 #define RINGMX_TOOLS_LOAD_INTERNAL_H
 
 #include "load.h"
+#include "smtp_client.h"
 
 #include <liburing.h>
 #include <stdio.h>
@@ -23,7 +24,6 @@
 
 #define BGID 1
 #define RECV_BUF_SIZE 2048u   /* replies are short; a pipelined batch of ~40 fits */
-#define LINE_CAP 1024u        /* RFC 5321 reply lines are <= 512; keep slack */
 #define HDR_CAP 1024u         /* Message-ID, X-Ringmx-Load-*, From, To, Subject, Date */
 #define MAX_CONSEC_FAIL 3u    /* connect/greeting failures before a slot retires */
 #define BACKOFF_NS 200000000ull
@@ -44,62 +44,87 @@ static inline uint64_t ud_make(enum op op, uint32_t gen, uint32_t idx)
 	return ((uint64_t)op << 56) | ((uint64_t)(gen & 0xffffffu) << 32) | idx;
 }
 
-enum exp {
-	EXP_GREETING = 1, EXP_EHLO, EXP_HELO, EXP_RSET, EXP_MAIL, EXP_RCPT,
-	EXP_DATA, EXP_DOT, EXP_BDAT, EXP_QUIT, EXP_STARTTLS,
-};
-#define EXP_SLOT 0x80u /* message slot (0/1) of MAIL..DOT/BDAT expectations */
-
-/* What the next flush writes, in this order (the order of the bytes on the wire, which
- * is also the order replies are expected in). */
-enum {
-	OUT_PROXY = 1 << 0, OUT_EHLO = 1 << 1, OUT_HELO = 1 << 2, OUT_BODY = 1 << 3,
-	OUT_RSET = 1 << 4, OUT_NEXT = 1 << 5, OUT_RCPT = 1 << 6, OUT_DATA = 1 << 7,
-	OUT_QUIT = 1 << 8, OUT_STARTTLS = 1 << 9,
-};
-
 enum phase { P_FREE, P_CONNECTING, P_OPEN, P_CLOSING, P_RETIRED };
 enum why { WHY_OK, WHY_CONNECT, WHY_SESSION, WHY_TIMEOUT, WHY_DISCONNECT, WHY_PROTOCOL, WHY_TLS };
 
+/* Messages in flight on one connection at most: with pipelined DATA the next message's
+ * MAIL..DATA follows the previous one's end of data (one awaiting its final reply, one
+ * being written); otherwise one. */
+#define MSG_SLOTS 2
+/* Pending pieces of the next write (struct conn.pend): an output run, the header
+ * block, the template span, an output run, ...; two messages' worth with room to spare. */
+#define PEND_MAX 12
+/* Body spans up to this size are copied into the output (the 2-3 octet tail); longer
+ * ones (the header block, the template) go as iovecs, read once, by the kernel. */
+#define INLINE_MAX 64u
+/* Recipients a message slot holds in itself, next to its transaction (the core reads
+ * them on every RCPT reply: one cache line, not a trip to the connection's block). */
+#define MSG_RCPT_INLINE 4
+
+/*
+ * One message: the transaction lent to the client core (engine/smtp/smtp_client.h)
+ * and everything it points at. The body is three pieces: hdr (this message's own
+ * header block), a prefix of the shared template, the variant's tail. Owned by the
+ * connection; lent to the core from smtpc_submit() until SMTPC_EV_TX.
+ */
 struct msg {
+	/* What the core and the results touch on every reply, together (the first
+	 * 320 octets: conn_prefetch). */
+	struct smtpc_tx tx;
+	struct smtpc_piece piece[3];
+	struct smtpc_rcpt rcpt_in[MSG_RCPT_INLINE];
+	uint16_t fail_code;  /* first refusal by MAIL or RCPT (or SIZE) */
+	uint16_t final_code; /* a refusal at DATA or the end of data */
+	uint16_t ok_code;    /* the end of data accepted: the message is */
+	uint8_t variant;
+	bool live;
+	bool lost;  /* a recipient's result is the connection's end, not a reply */
+	bool final; /* some recipient got past RCPT: the end of data decides */
 	uint64_t seq;      /* thread-local; id is ringmx-load.PID.THREAD.SEQ */
 	uint64_t t_start;  /* ns: MAIL written, or the intended start under --rate */
 	size_t wire;       /* header + body bytes */
-	uint16_t fail_code;/* first refused MAIL/RCPT */
-	uint16_t rcpt_ok, rcpt_sent;
-	uint8_t variant;
-	bool live, mail_ok;
+	struct smtpc_rcpt *rcpt; /* o->rcpts entries: rcpt_in, or in the connection's block */
+	char *addr;              /* the envelope's addresses, formatted (the block) */
+	size_t hdr_len;
+	char hdr[HDR_CAP];
 };
 
-struct conn {
+struct eng;
+
+/* Ordered by use: what every completion touches first (the connection's state, its
+ * output, then the client core, whose own hot fields lead), the rest after. Aligned to
+ * a cache line (the array is a mapping of its own: eng_conns_map), so the lines
+ * conn_prefetch asks for are the lines used. */
+struct __attribute__((aligned(64))) conn {
 	int fd;
 	uint32_t gen, idx;
 	enum phase phase;
-	bool connecting, recv_armed, send_inflight;
-	bool dirty, idle, waiting, rearm, reserved, quit_sent, ehlo_ok, pipe, cap_pipe, cap_chunk, in_reply;
-	bool cap_starttls, starttls_go, tls_sending;
-	unsigned out_flags;
+	struct eng *e;
+	bool connecting, recv_armed, send_inflight, tls_sending;
+	bool dirty, idle, waiting, rearm, reserved, ehlo_ok, pipe;
+	/* the client core: open from smtpc_init to SMTPC_EV_CLOSE. Its callbacks only
+	 * record (want_tls, span, core_closed); conn_after() acts once it returned. */
+	bool core_open, core_closed, want_tls, aborting;
+	enum why close_why;    /* core_closed: how conn_close counts it */
+	unsigned depth, inflight; /* messages at once (MSG_SLOTS at most), and now */
+	unsigned npend;
+	uint64_t deadline;     /* ns; 0 = nothing awaited */
+	struct smtpc_out so;   /* the core writes here */
+	size_t obase;          /* so.buf[0, obase) is the write in flight's */
+	size_t seg;            /* so.buf[seg, so.len): output not yet in pend */
+	const uint8_t *span;   /* SMTPC_EV_BODY not yet taken */
+	size_t span_len;
+	size_t out_total, out_done; /* under TLS: plaintext bytes encrypted so far */
+	struct smtpc sc;
+	struct iovec pend[PEND_MAX]; /* the next write so far, in wire order */
+	/* the write in flight */
+	struct iovec iov[PEND_MAX + 1];
+	struct msghdr mh;
+	struct msg msg[MSG_SLOTS];
 	unsigned target, src_next;
 	unsigned consec_fail;
 	unsigned msgs_started; /* on this connection */
-	unsigned tx_slot, body_slot;
-	uint64_t deadline;     /* ns; 0 = nothing awaited */
 	uint64_t backoff_until;
-	/* expected replies, FIFO */
-	uint8_t *exp;
-	unsigned exp_head, exp_tail, exp_mask;
-	struct msg msg[2];
-	/* reply line carry */
-	unsigned line_len;
-	char line[LINE_CAP];
-	/* output */
-	char *pre, *post;
-	size_t cmd_cap;
-	size_t hdr_len;
-	char hdr[HDR_CAP];
-	struct iovec iov[4];
-	struct msghdr mh;
-	size_t out_total, out_done; /* under TLS: plaintext bytes encrypted so far */
 	struct load_tls tls;
 };
 
@@ -112,7 +137,9 @@ struct eng {
 	char *bufs;
 	size_t br_map_len;
 	unsigned br_entries, br_pending;
-	struct conn *conns;
+	struct conn *conns;   /* and their blocks: one mapping (eng_conns_map) */
+	char *blocks;
+	size_t conns_map_len;
 	unsigned n, live;
 	struct conn **dirty, **rearm, **idle;
 	unsigned ndirty, nrearm, nidle;
@@ -195,25 +222,20 @@ void conn_on_connect(struct eng *e, struct conn *c, int res);
 void conn_on_recv(struct eng *e, struct conn *c, struct io_uring_cqe *cqe);
 void conn_on_send(struct eng *e, struct conn *c, int res);
 void conn_flush(struct eng *e, struct conn *c);
-void exp_push(struct eng *e, struct conn *c, unsigned v);
-bool exp_empty(const struct conn *c);
+void conn_after(struct eng *e, struct conn *c);
+bool conn_waits(const struct conn *c);
+void conn_prefetch(const struct conn *c, bool replies);
+void conn_prefetch_flush(const struct conn *c);
+size_t conn_block_size(const struct load_opts *o);
+void conn_block_init(struct conn *c, const struct load_opts *o, char *block);
 
 /* load_tx.c: messages */
-enum next { NEXT_START, NEXT_QUIT, NEXT_IDLE };
+size_t msg_block_size(const struct load_opts *o);
+void msg_block_init(struct msg *m, const struct load_opts *o, char *block);
 uint64_t rng_next(struct eng *e);
 void manifest_flush(struct eng *e);
-void msg_finish(struct eng *e, struct conn *c, unsigned slot, bool ok, int code,
-                const char *text, size_t n);
-void msg_fail_all(struct eng *e, struct conn *c);
-uint16_t first_fail(const struct msg *m, int code);
-enum next conn_next(struct eng *e, struct conn *c, uint64_t *t_start);
-void hdr_build(struct eng *e, struct conn *c, const struct msg *m);
-void put_mail(struct eng *e, struct wbuf *w, const struct msg *m);
-void put_rcpt(struct eng *e, struct wbuf *w, const struct msg *m, unsigned i);
-struct wbuf *place_body(struct eng *e, struct conn *c, struct msg *m, struct wbuf *post,
-                        bool *placed);
-struct wbuf *put_bdat(struct eng *e, struct conn *c, struct msg *m, struct wbuf *w,
-                      struct wbuf *post, bool *placed);
-unsigned msg_start(struct eng *e, struct conn *c, uint64_t t_start);
+void msg_start_due(struct eng *e, struct conn *c);
+void msg_on_rcpt(struct eng *e, struct conn *c, const struct smtpc_event *ev);
+void msg_on_tx(struct eng *e, struct conn *c, struct msg *m);
 
 #endif
