@@ -3,10 +3,12 @@
  *
  * Ownership: ringmx-load (issue 4; TLS from issue 5). Included only by
  * tools/ringmx-load.c (options, threads, report) and tools/load_*.c (load_engine.c:
- * ring loop and SMTP client; load_tls.c: wolfSSL over memory I/O; load_msg.c: body
+ * a worker's ring and loop, load_conn.c its connections, load_tx.c its messages, with
+ * load_internal.h between them; load_tls.c: wolfSSL over memory I/O; load_msg.c: body
  * templates, address patterns, FNV-1a; load_hist.c: latency histogram). wolfSSL types
  * appear here only as opaque pointers, so only load_tls.c includes wolfSSL.
- * Nothing in engine/ depends on it.
+ * Nothing in engine/ depends on it; the SMTP dialogue is the client core's
+ * (engine/smtp/smtp_client.h, through load_internal.h).
  *
  * Invariants: everything here is set up by the main thread before the worker threads
  * start and is read-only afterwards, except struct load_thread, which each worker owns

@@ -78,8 +78,10 @@ size_t load_pattern_fmt(char *dst, const struct load_pattern *p, uint64_t n)
 	return o + p->post_len;
 }
 
-/* 78 printable characters + CRLF per line. Lines start with 'L', never '.', so no
- * dot-stuffing is needed for DATA and a body can be cut anywhere (see tail below). */
+/* 78 printable characters + CRLF per line. Lines start with 'L', never '.', and hold
+ * no '.' at all, so no dot-stuffing is needed for DATA however the body is cut (see
+ * tail below): load_tx.c lends it to the client core as a piece it need not read
+ * (smtpc_piece.nostuff). */
 static void fill_template(char *t, size_t n)
 {
 	size_t o = 0;

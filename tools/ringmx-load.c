@@ -2,10 +2,11 @@
  * tools/ringmx-load.c - ringmx-load, an io_uring SMTP load client: command line,
  * worker threads, progress line and the final report (text and JSON).
  *
- * Ownership: ringmx-load (issue 4; TLS options from issue 5). The protocol engine is
- * in load_engine.c (one ring per worker thread), the wolfSSL client in load_tls.c,
- * message material in load_msg.c, the latency histogram in load_hist.c; shared
- * declarations in load.h. See docs/ringmx-load.md for usage and
+ * Ownership: ringmx-load (issue 4; TLS options from issue 5). A worker is
+ * load_engine.c (one ring per thread), load_conn.c (its connections, each on the
+ * SMTP client core, engine/smtp/smtp_client.c) and load_tx.c (its messages); the
+ * wolfSSL client is in load_tls.c, message material in load_msg.c, the latency
+ * histogram in load_hist.c; shared declarations in load.h. See docs/ringmx-load.md for usage and
  * measurements against Postfix smtp-sink/smtp-source.
  *
  * Exit status: 0 all messages accepted; 1 some message was not accepted (unless

@@ -9,7 +9,8 @@
  *    across feeds is copied, into the bounded carry (SMTPC_LINE_MAX).
  *  - Commands are formatted on the stack and appended whole to the
  *    caller's output buffer. Message bytes are never copied: the body goes
- *    out as SMTPC_EV_BODY spans of tx->body.
+ *    out as SMTPC_EV_BODY spans of tx->body, or of its pieces (a span
+ *    never crosses a piece, so each is a view of one caller buffer).
  *  - A submitted transaction is linked on c->txs through its own fields
  *    (no allocation) and handed back by SMTPC_EV_TX, after which nothing
  *    here refers to it: its expected replies (nexp), its LMTP replies and
@@ -38,19 +39,20 @@
 #include <stdio.h>
 #include <string.h>
 
-/* What an expected reply answers. */
+/* What an expected reply answers: the public enum smtpc_cmd, which
+ * events carry, under short names. */
 enum exp_kind {
-	X_GREET = 1,
-	X_EHLO,
-	X_HELO,
-	X_STARTTLS,
-	X_MAIL,
-	X_RCPT,
-	X_DATA,
-	X_DOT,
-	X_BDAT,
-	X_RSET,
-	X_QUIT
+	X_GREET = SMTPC_CMD_GREETING,
+	X_EHLO = SMTPC_CMD_EHLO,
+	X_HELO = SMTPC_CMD_HELO,
+	X_STARTTLS = SMTPC_CMD_STARTTLS,
+	X_MAIL = SMTPC_CMD_MAIL,
+	X_RCPT = SMTPC_CMD_RCPT,
+	X_DATA = SMTPC_CMD_DATA,
+	X_DOT = SMTPC_CMD_DOT,
+	X_BDAT = SMTPC_CMD_BDAT,
+	X_RSET = SMTPC_CMD_RSET,
+	X_QUIT = SMTPC_CMD_QUIT
 };
 
 /* Where the writer is in the transaction c->emit. */
@@ -118,25 +120,29 @@ reply_of(int code, const char *text, size_t len)
 	return (struct smtpc_reply){code, text, e, text + skip, len - skip};
 }
 
+/* Recipient k's result: r, the reply to cmd (SMTPC_CMD_NONE: the core's). */
 static void
-rcpt_result(struct smtpc *c, struct smtpc_tx *tx, uint32_t k, const struct smtpc_reply *r)
+rcpt_result(struct smtpc *c, struct smtpc_tx *tx, uint32_t k, const struct smtpc_reply *r,
+            enum smtpc_cmd cmd)
 {
 	assert(k < tx->nrcpt && tx->rcpt[k].st != R_DONE && tx->nleft > 0);
 	if (tx->rcpt[k].st == R_ACCEPTED)
 		tx->nacc--;
 	tx->rcpt[k].st = R_DONE;
 	tx->nleft--;
-	struct smtpc_event ev = {.type = SMTPC_EV_RCPT, .tx = tx, .rcpt = k, .reply = *r};
+	struct smtpc_event ev = {
+	    .type = SMTPC_EV_RCPT, .tx = tx, .rcpt = k, .reply = *r, .cmd = cmd};
 	emit_event(c, &ev);
 }
 
 /* Every recipient of tx still in state st gets r. */
 static void
-rcpt_all(struct smtpc *c, struct smtpc_tx *tx, uint8_t st, const struct smtpc_reply *r)
+rcpt_all(struct smtpc *c, struct smtpc_tx *tx, uint8_t st, const struct smtpc_reply *r,
+         enum smtpc_cmd cmd)
 {
 	for (uint32_t k = 0; k < tx->nrcpt; k++)
 		if (tx->rcpt[k].st == st)
-			rcpt_result(c, tx, k, r);
+			rcpt_result(c, tx, k, r, cmd);
 }
 
 /* Hand tx back once nothing here refers to it any more. */
@@ -170,8 +176,9 @@ emit_end(struct smtpc *c, struct smtpc_tx *tx)
 
 /*
  * The connection ends: every unfinished recipient gets r, SMTPC_EV_DEFER
- * when it never became usable, then SMTPC_EV_CLOSE. failed=false is an
- * orderly end (after QUIT, or an idle connection the server closed).
+ * when it never became usable, then SMTPC_EV_CLOSE, which name the reply
+ * being acted on (c->cur) as the cause. failed=false is an orderly end
+ * (after QUIT, or an idle connection the server closed).
  */
 static void
 conn_end(struct smtpc *c, const struct smtpc_reply *r, bool failed)
@@ -189,14 +196,15 @@ conn_end(struct smtpc *c, const struct smtpc_reply *r, bool failed)
 		tx->nexp = 0;
 		for (uint32_t k = 0; k < tx->nrcpt; k++)
 			if (tx->rcpt[k].st != R_DONE)
-				rcpt_result(c, tx, k, r);
+				rcpt_result(c, tx, k, r, SMTPC_CMD_NONE);
 		tx_try_finish(c, tx);
 	}
+	enum smtpc_cmd cause = (enum smtpc_cmd)c->cur;
 	if (failed && !c->ever_ready) {
-		struct smtpc_event ev = {.type = SMTPC_EV_DEFER, .reply = *r};
+		struct smtpc_event ev = {.type = SMTPC_EV_DEFER, .reply = *r, .cmd = cause};
 		emit_event(c, &ev);
 	}
-	struct smtpc_event ev = {.type = SMTPC_EV_CLOSE, .reply = *r};
+	struct smtpc_event ev = {.type = SMTPC_EV_CLOSE, .reply = *r, .cmd = cause};
 	emit_event(c, &ev);
 }
 
@@ -245,70 +253,193 @@ exp_push(struct smtpc *c, enum exp_kind kind, struct smtpc_tx *tx, uint32_t k)
 		tx->nexp++;
 }
 
-static bool put(struct smtpc *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* The replies still due move back to the front of the ring once a few
+ * were read: the entries in use stay in the first cache lines, which a
+ * pipelining connection touches on every reply, instead of walking all
+ * SMTPC_EXP_MAX of them (a client with thousands of connections feels
+ * every line: the entries in use stay in the first two). At most
+ * EXP_COMPACT entries move, every EXP_COMPACT replies or so. */
+#define EXP_COMPACT 4
+
+static void
+exp_compact(struct smtpc *c)
+{
+	if (c->exp_n == 0) {
+		c->exp_head = 0;
+		return;
+	}
+	if (c->exp_head < EXP_COMPACT || c->exp_n > EXP_COMPACT ||
+	    c->exp_head + c->exp_n > SMTPC_EXP_MAX)
+		return;
+	memmove(c->exp, c->exp + c->exp_head, c->exp_n * sizeof(c->exp[0]));
+	c->exp_head = 0;
+}
+
 /* Append one whole command; false (and OUTFULL) when it does not fit. */
 static bool
-put(struct smtpc *c, const char *fmt, ...)
+put(struct smtpc *c, const char *p, size_t n)
 {
-	char line[SMTPC_CMD_MAX + 1];
-	va_list ap;
-	va_start(ap, fmt);
-	int n = vsnprintf(line, sizeof(line), fmt, ap);
-	va_end(ap);
-	assert(n > 0 && (size_t)n < sizeof(line));
 	struct smtpc_out *o = c->out;
-	if (o->cap - o->len < (size_t)n) {
+	if (o->cap - o->len < n) {
 		c->outfull = true;
 		return false;
 	}
-	memcpy(o->buf + o->len, line, (size_t)n);
-	o->len += (size_t)n;
+	memcpy(o->buf + o->len, p, n);
+	o->len += n;
 	return true;
 }
 
 /* A command with its expected reply. */
-#define CMD(c, kind, tx, k, ...)                                                                   \
-	(exp_room(c) && put((c), __VA_ARGS__) ? (exp_push((c), (kind), (tx), (k)), true) : false)
+#define CMD(c, kind, tx, k, p, n)                                                                  \
+	(exp_room(c) && put((c), (p), (n)) ? (exp_push((c), (kind), (tx), (k)), true) : false)
+#define CMD_LIT(c, kind, tx, k, s) CMD(c, kind, tx, k, (s), sizeof(s) - 1)
+
+/*
+ * A command written in place at the end of the output, never formatted
+ * (every message writes a few, and printf into a stack buffer cost more
+ * than the rest of writing them): its length is known first, line_begin()
+ * checks that it fits and that its reply can be queued, line_end() makes it
+ * count.
+ */
+struct line {
+	char *p;
+	size_t n, len;
+};
+
+static bool
+line_begin(struct smtpc *c, struct line *l, size_t len)
+{
+	struct smtpc_out *o = c->out;
+	if (!exp_room(c))
+		return false;
+	if (o->cap - o->len < len) {
+		c->outfull = true;
+		return false;
+	}
+	l->p = o->buf + o->len;
+	l->n = 0;
+	l->len = len;
+	return true;
+}
 
 static void
-body_span(struct smtpc *c, struct smtpc_tx *tx, size_t len)
+line_add(struct line *l, const char *p, size_t n)
 {
-	struct smtpc_event ev = {
-	    .type = SMTPC_EV_BODY, .tx = tx, .body = tx->body + c->body_off, .body_len = len};
-	c->body_off += len;
+	if (n == 0)
+		return; /* p may be NULL: the null sender */
+	assert(n <= l->len - l->n);
+	memcpy(l->p + l->n, p, n);
+	l->n += n;
+}
+#define LINE_LIT(l, s) line_add((l), (s), sizeof(s) - 1)
+
+static void
+line_end(struct smtpc *c, struct line *l, enum exp_kind kind, struct smtpc_tx *tx, uint32_t k)
+{
+	assert(l->n == l->len);
+	c->out->len += l->n;
+	exp_push(c, kind, tx, k);
+}
+
+static size_t
+num_len(uint64_t v)
+{
+	size_t k = 1;
+	while (v >= 10) {
+		v /= 10;
+		k++;
+	}
+	return k;
+}
+
+static void
+line_num(struct line *l, uint64_t v)
+{
+	char d[20];
+	size_t k = sizeof(d);
+	do {
+		d[--k] = (char)('0' + v % 10);
+		v /= 10;
+	} while (v > 0);
+	line_add(l, d + k, sizeof(d) - k);
+}
+
+/* Piece i of tx's body: one of tx->pieces, or the single tx->body. */
+static struct smtpc_piece
+piece_of(const struct smtpc_tx *tx, uint32_t i)
+{
+	if (tx->npieces == 0)
+		return (struct smtpc_piece){tx->body, tx->body_len, false};
+	return tx->pieces[i];
+}
+
+/* The unwritten rest of the current piece, after skipping finished and
+ * empty pieces; len 0 at the end of the body. */
+static struct smtpc_piece
+body_rest(struct smtpc *c, const struct smtpc_tx *tx)
+{
+	uint32_t np = tx->npieces == 0 ? 1 : tx->npieces;
+	for (; c->bpiece < np; c->bpiece++, c->boff = 0) {
+		struct smtpc_piece pc = piece_of(tx, c->bpiece);
+		if (c->boff < pc.len)
+			return (struct smtpc_piece){pc.p + c->boff, pc.len - c->boff, pc.nostuff};
+	}
+	return (struct smtpc_piece){NULL, 0, false};
+}
+
+static void
+body_span(struct smtpc *c, struct smtpc_tx *tx, const uint8_t *p, size_t len)
+{
+	struct smtpc_event ev = {.type = SMTPC_EV_BODY, .tx = tx, .body = p, .body_len = len};
+	c->boff += len;
 	c->body_pending = true;
 	emit_event(c, &ev);
+}
+
+/* DATA: the next body octet starts a line. */
+static bool
+at_bol(const struct smtpc *c)
+{
+	return c->last == NULL || *c->last == '\n';
+}
+
+/* Offset of the first line in p[1, n) that starts with '.', or n. Looked for
+ * by its '.', not by every LF: lines outnumber dots at their start, and
+ * base64 has no '.' at all, so one memchr often covers a piece. */
+static size_t
+dot_line(const uint8_t *p, size_t n)
+{
+	for (const uint8_t *d = n > 1 ? memchr(p + 1, '.', n - 1) : NULL; d != NULL;
+	     d = memchr(d + 1, '.', n - (size_t)(d + 1 - p)))
+		if (d[-1] == '\n')
+			return (size_t)(d - p);
+	return n;
 }
 
 /*
  * DATA content: the next span up to and including the LF before the next
  * line that starts with '.', whose extra '.' (RFC 5321 4.5.2) goes into
  * the output. A '.' after a bare LF is stuffed too, so no receiver that
- * ends data at "\n.\n" can be made to see an end early. false: stopped
- * (a span is due, or the output is full).
+ * ends data at "\n.\n" can be made to see an end early. A span ends at
+ * its piece's end; c->last carries the line start into the next piece, so
+ * how the body is cut never changes what goes on the wire. false:
+ * stopped (a span is due, or the output is full).
  */
 static bool
 emit_data_body(struct smtpc *c, struct smtpc_tx *tx)
 {
-	if (c->body_off == tx->body_len)
+	struct smtpc_piece rest = body_rest(c, tx);
+	if (rest.len == 0)
 		return true;
-	if (c->bol && tx->body[c->body_off] == '.') {
-		if (!put(c, "."))
-			return false;
-		c->bol = false;
-	}
-	const uint8_t *p = tx->body + c->body_off;
-	size_t left = tx->body_len - c->body_off, n = left;
-	for (const uint8_t *nl = memchr(p, '\n', left); nl != NULL;
-	     nl = memchr(nl + 1, '\n', left - (size_t)(nl + 1 - p))) {
-		size_t at = (size_t)(nl + 1 - p);
-		if (at < left && p[at] == '.') {
-			n = at;
-			break;
-		}
-	}
-	c->bol = p[n - 1] == '\n';
-	body_span(c, tx, n);
+	const uint8_t *p = rest.p;
+	/* A nostuff piece is not read (the caller's word, checked in debug
+	 * builds only: not reading it is what the hint is for). */
+	assert(!rest.nostuff || (p[0] != '.' && dot_line(p, rest.len) == rest.len));
+	if (!rest.nostuff && at_bol(c) && p[0] == '.' && !put(c, ".", 1))
+		return false;
+	size_t n = rest.nostuff ? rest.len : dot_line(p, rest.len);
+	c->last = p + n - 1;
+	body_span(c, tx, p, n);
 	return false;
 }
 
@@ -325,7 +456,7 @@ tx_precheck(struct smtpc *c, struct smtpc_tx *tx)
 		r = reply_of(553, no_utf8, sizeof(no_utf8) - 1); /* RFC 6531 3.4: no downgrade */
 	else
 		return true;
-	rcpt_all(c, tx, R_PENDING, &r);
+	rcpt_all(c, tx, R_PENDING, &r, SMTPC_CMD_NONE);
 	return false;
 }
 
@@ -367,27 +498,73 @@ tx_hopeless(const struct smtpc_tx *tx)
 	return tx->mail_failed || (tx->mail_ok && tx->rcpt_out == 0 && tx->nacc == 0);
 }
 
+static bool
+emit_mail(struct smtpc *c, struct smtpc_tx *tx)
+{
+	bool b8 = (tx->flags & SMTPC_TX_8BITMIME) && (c->ext & SMTPC_EXT_8BITMIME);
+	bool utf8 = tx->flags & SMTPC_TX_SMTPUTF8; /* tx_precheck: only when offered */
+	bool size = c->ext & SMTPC_EXT_SIZE;
+	struct line l;
+	if (!line_begin(c, &l,
+	                11 + tx->from_len + 1 + (b8 ? 14 : 0) + (utf8 ? 9 : 0) +
+	                    (size ? 6 + num_len(tx->body_len) : 0) + 2))
+		return false;
+	LINE_LIT(&l, "MAIL FROM:<");
+	line_add(&l, tx->from, tx->from_len);
+	LINE_LIT(&l, ">");
+	if (b8)
+		LINE_LIT(&l, " BODY=8BITMIME");
+	if (utf8)
+		LINE_LIT(&l, " SMTPUTF8");
+	if (size) {
+		LINE_LIT(&l, " SIZE=");
+		line_num(&l, tx->body_len);
+	}
+	LINE_LIT(&l, "\r\n");
+	line_end(c, &l, X_MAIL, tx, 0);
+	return true;
+}
+
+static bool
+emit_rcpt(struct smtpc *c, struct smtpc_tx *tx)
+{
+	const struct smtpc_rcpt *r = &tx->rcpt[c->ek];
+	struct line l;
+	if (!line_begin(c, &l, 9 + r->len + 3))
+		return false;
+	LINE_LIT(&l, "RCPT TO:<");
+	line_add(&l, r->addr, r->len);
+	LINE_LIT(&l, ">\r\n");
+	line_end(c, &l, X_RCPT, tx, c->ek);
+	tx->rcpt_out++;
+	c->ek++;
+	return true;
+}
+
+static bool
+emit_bdat(struct smtpc *c, struct smtpc_tx *tx)
+{
+	struct line l;
+	if (!line_begin(c, &l, 5 + num_len(tx->body_len) + 7))
+		return false;
+	LINE_LIT(&l, "BDAT ");
+	line_num(&l, tx->body_len);
+	LINE_LIT(&l, " LAST\r\n");
+	line_end(c, &l, X_BDAT, tx, 0);
+	return true;
+}
+
 /* One step of the transaction being written; false: stop writing. */
 static bool
 emit_tx_step(struct smtpc *c, struct smtpc_tx *tx)
 {
 	bool chunking = (c->ext & SMTPC_EXT_CHUNKING) != 0;
 	switch (c->estage) {
-	case E_MAIL: {
-		char size[32] = "";
-		if (c->ext & SMTPC_EXT_SIZE)
-			snprintf(size, sizeof(size), " SIZE=%zu", tx->body_len);
-		if (!CMD(c, X_MAIL, tx, 0, "MAIL FROM:<%.*s>%s%s%s\r\n", (int)tx->from_len,
-		         tx->from_len > 0 ? tx->from : "",
-		         (tx->flags & SMTPC_TX_8BITMIME) && (c->ext & SMTPC_EXT_8BITMIME)
-		             ? " BODY=8BITMIME"
-		             : "",
-		         /* tx_precheck: only when offered */
-		         (tx->flags & SMTPC_TX_SMTPUTF8) ? " SMTPUTF8" : "", size))
+	case E_MAIL:
+		if (!emit_mail(c, tx))
 			return false;
 		c->estage = E_RCPT;
 		return true;
-	}
 	case E_RCPT:
 		if (tx->mail_failed) {
 			emit_end(c, tx); /* no transaction: nothing to reset */
@@ -397,12 +574,7 @@ emit_tx_step(struct smtpc *c, struct smtpc_tx *tx)
 			c->estage = chunking ? E_BDAT : E_DATA;
 			return true;
 		}
-		if (!CMD(c, X_RCPT, tx, c->ek, "RCPT TO:<%.*s>\r\n", (int)tx->rcpt[c->ek].len,
-		         tx->rcpt[c->ek].addr))
-			return false;
-		tx->rcpt_out++;
-		c->ek++;
-		return true;
+		return emit_rcpt(c, tx);
 	case E_DATA:
 	case E_BDAT:
 		if (tx_hopeless(tx)) {
@@ -411,22 +583,24 @@ emit_tx_step(struct smtpc *c, struct smtpc_tx *tx)
 			return true;
 		}
 		if (c->estage == E_DATA) {
-			if (!CMD(c, X_DATA, tx, 0, "DATA\r\n"))
+			if (!CMD_LIT(c, X_DATA, tx, 0, "DATA\r\n"))
 				return false;
 			c->estage = E_WAIT354;
 			return false; /* RFC 2920: DATA ends a group */
 		}
-		if (!CMD(c, X_BDAT, tx, 0, "BDAT %zu LAST\r\n", tx->body_len))
+		if (!emit_bdat(c, tx))
 			return false;
 		c->estage = E_BODY;
-		c->body_off = 0;
+		c->bpiece = 0;
+		c->boff = 0;
 		return true;
 	case E_WAIT354:
 		return false;
 	case E_BODY:
 		if (chunking) {
-			if (c->body_off < tx->body_len) {
-				body_span(c, tx, tx->body_len - c->body_off);
+			struct smtpc_piece rest = body_rest(c, tx);
+			if (rest.len > 0) {
+				body_span(c, tx, rest.p, rest.len);
 				return false;
 			}
 			emit_end(c, tx);
@@ -437,7 +611,9 @@ emit_tx_step(struct smtpc *c, struct smtpc_tx *tx)
 		c->estage = E_DOT;
 		return true;
 	case E_DOT:
-		if (!CMD(c, X_DOT, tx, 0, "%s.\r\n", c->bol ? "" : "\r\n"))
+		/* The CRLF the body lacks, then ".": one command. */
+		if (!(at_bol(c) ? CMD_LIT(c, X_DOT, tx, 0, ".\r\n")
+		             : CMD_LIT(c, X_DOT, tx, 0, "\r\n.\r\n")))
 			return false;
 		emit_end(c, tx);
 		return true;
@@ -461,7 +637,7 @@ emit_ready(struct smtpc *c)
 		if (tx_unstarted(c)) {
 			/* RSET only in front of a transaction: QUIT needs none. */
 			if (c->need_rset) {
-				if (!CMD(c, X_RSET, NULL, 0, "RSET\r\n"))
+				if (!CMD_LIT(c, X_RSET, NULL, 0, "RSET\r\n"))
 					return;
 				c->need_rset = false;
 			}
@@ -470,7 +646,11 @@ emit_ready(struct smtpc *c)
 			tx_start(c);
 			continue;
 		}
-		if (c->quit_wanted && c->txs == NULL && c->lmtp_tx == NULL) {
+		/* Pipelined QUIT: everything is written (no writer, nothing
+		 * unstarted: both were ruled out above), only replies are due. */
+		if (c->quit_wanted && ((c->txs == NULL && c->lmtp_tx == NULL) ||
+		                       (c->quit_early && (c->ext & SMTPC_EXT_PIPELINING) &&
+		                        exp_room(c)))) {
 			enter(c, SMTPC_S_QUIT);
 			continue;
 		}
@@ -484,16 +664,22 @@ emit_all(struct smtpc *c)
 	c->outfull = false;
 	if (c->in_cb > 0 || c->cmd_written)
 		return;
-	const char *hello = c->lmtp ? "LHLO" : "EHLO";
+	struct line l;
+	size_t hl;
 	switch (c->state) {
 	case SMTPC_S_EHLO:
-		c->cmd_written = CMD(c, X_EHLO, NULL, 0, "%s %s\r\n", hello, c->helo);
-		return;
 	case SMTPC_S_HELO:
-		c->cmd_written = CMD(c, X_HELO, NULL, 0, "HELO %s\r\n", c->helo);
+		hl = c->helo_len;
+		if (!line_begin(c, &l, 5 + hl + 2))
+			return;
+		line_add(&l, c->state == SMTPC_S_HELO ? "HELO " : c->lmtp ? "LHLO " : "EHLO ", 5);
+		line_add(&l, c->helo, hl);
+		LINE_LIT(&l, "\r\n");
+		line_end(c, &l, c->state == SMTPC_S_HELO ? X_HELO : X_EHLO, NULL, 0);
+		c->cmd_written = true;
 		return;
 	case SMTPC_S_STARTTLS:
-		c->cmd_written = CMD(c, X_STARTTLS, NULL, 0, "STARTTLS\r\n");
+		c->cmd_written = CMD_LIT(c, X_STARTTLS, NULL, 0, "STARTTLS\r\n");
 		return;
 	case SMTPC_S_READY:
 		emit_ready(c);
@@ -501,7 +687,7 @@ emit_all(struct smtpc *c)
 			emit_all(c);
 		return;
 	case SMTPC_S_QUIT:
-		c->cmd_written = CMD(c, X_QUIT, NULL, 0, "QUIT\r\n");
+		c->cmd_written = CMD_LIT(c, X_QUIT, NULL, 0, "QUIT\r\n");
 		return;
 	default:
 		return;
@@ -596,7 +782,7 @@ on_final(struct smtpc *c, struct smtpc_tx *tx, enum exp_kind kind, enum verdict 
 		return;
 	}
 	if (!c->lmtp) {
-		rcpt_all(c, tx, R_ACCEPTED, sr);
+		rcpt_all(c, tx, R_ACCEPTED, sr, (enum smtpc_cmd)kind);
 		tx_try_finish(c, tx);
 		return;
 	}
@@ -604,9 +790,10 @@ on_final(struct smtpc *c, struct smtpc_tx *tx, enum exp_kind kind, enum verdict 
 	 * follow, before any other reply. */
 	c->lmtp_tx = tx;
 	c->lmtp_k = 0;
+	c->lmtp_cmd = (uint8_t)kind;
 	while (tx->rcpt[c->lmtp_k].st != R_ACCEPTED)
 		c->lmtp_k++;
-	rcpt_result(c, tx, c->lmtp_k++, sr);
+	rcpt_result(c, tx, c->lmtp_k++, sr, (enum smtpc_cmd)kind);
 	if (tx->nacc == 0)
 		c->lmtp_tx = NULL;
 	tx_try_finish(c, tx);
@@ -618,7 +805,7 @@ on_lmtp(struct smtpc *c, const struct smtpc_reply *sr)
 	struct smtpc_tx *tx = c->lmtp_tx;
 	while (tx->rcpt[c->lmtp_k].st != R_ACCEPTED)
 		c->lmtp_k++;
-	rcpt_result(c, tx, c->lmtp_k++, sr);
+	rcpt_result(c, tx, c->lmtp_k++, sr, (enum smtpc_cmd)c->lmtp_cmd);
 	if (tx->nacc == 0) {
 		c->lmtp_tx = NULL;
 		tx_try_finish(c, tx);
@@ -636,7 +823,7 @@ on_tx_reply(struct smtpc *c, const struct smtpc_exp *e, enum verdict v,
 			tx->mail_ok = true;
 		} else {
 			tx->mail_failed = true;
-			rcpt_all(c, tx, R_PENDING, sr);
+			rcpt_all(c, tx, R_PENDING, sr, SMTPC_CMD_MAIL);
 		}
 		tx_try_finish(c, tx);
 		return;
@@ -646,7 +833,7 @@ on_tx_reply(struct smtpc *c, const struct smtpc_exp *e, enum verdict v,
 			tx->rcpt[e->k].st = R_ACCEPTED;
 			tx->nacc++;
 		} else if (tx->rcpt[e->k].st == R_PENDING) {
-			rcpt_result(c, tx, e->k, sr);
+			rcpt_result(c, tx, e->k, sr, SMTPC_CMD_RCPT);
 		} /* else decided by the MAIL reply */
 		tx_try_finish(c, tx);
 		return;
@@ -654,12 +841,13 @@ on_tx_reply(struct smtpc *c, const struct smtpc_exp *e, enum verdict v,
 		if (sr->code == 354) {
 			assert(c->emit == tx && c->estage == E_WAIT354);
 			c->estage = tx->nacc > 0 ? E_BODY : E_DOT;
-			c->body_off = 0;
-			c->bol = true;
+			c->bpiece = 0;
+			c->boff = 0;
+			c->last = NULL;
 			return;
 		}
 		/* No data phase: the accepted recipients get this reply. */
-		rcpt_all(c, tx, R_ACCEPTED, sr);
+		rcpt_all(c, tx, R_ACCEPTED, sr, SMTPC_CMD_DATA);
 		c->need_rset = true;
 		emit_end(c, tx); /* the writer waits for the 354: it is at tx */
 		return;
@@ -700,6 +888,7 @@ on_reply(struct smtpc *c, const struct relay_reply *r)
 {
 	struct smtpc_reply sr = reply_of(r->code, r->text, r->len);
 	if (c->lmtp_tx != NULL) {
+		c->cur = c->lmtp_cmd;
 		if (r->code == 421) {
 			conn_end(c, &sr, true);
 			return;
@@ -717,9 +906,11 @@ on_reply(struct smtpc *c, const struct relay_reply *r)
 		return;
 	}
 	struct smtpc_exp e = c->exp[c->exp_head];
-	c->exp_head = (c->exp_head + 1) % SMTPC_EXP_MAX;
 	c->exp_n--;
+	c->exp_head = (c->exp_head + 1) % SMTPC_EXP_MAX;
+	exp_compact(c);
 	enum exp_kind kind = (enum exp_kind)e.kind;
+	c->cur = (uint8_t)kind;
 	if (e.tx != NULL)
 		e.tx->nexp--;
 	enum verdict v = verdict_of(kind, r->code);
@@ -783,13 +974,15 @@ on_line(struct smtpc *c, const char *p, size_t n)
 	/* EHLO keywords: one per line after the first (RFC 5321 4.1.1.1). */
 	if (!first && c->exp_n > 0 && c->lmtp_tx == NULL && c->exp[c->exp_head].kind == X_EHLO) {
 		uint64_t size = 0;
-		unsigned kw = smtpc_ehlo_keyword(line.text, line.len, &size);
+		unsigned kw = smtpc_ehlo_keyword(line.text, line.len, &size) & ~c->ext_ignore;
 		c->ext |= kw;
 		if (kw == SMTPC_EXT_SIZE)
 			c->size_max = size;
 	}
-	if (st == RELAY_REPLY_DONE)
+	if (st == RELAY_REPLY_DONE) {
 		on_reply(c, &c->reply);
+		c->cur = SMTPC_CMD_NONE; /* later failures name no reply */
+	}
 }
 
 /* Split p[0, n) into lines (LF, an optional CR before it dropped, as the
@@ -821,6 +1014,8 @@ read_lines(struct smtpc *c, const char *p, size_t n)
 			len--;
 		on_line(c, line, len);
 	}
+	if (c->state == SMTPC_S_TLS)
+		c->tls_dropped += n; /* after the 220 to STARTTLS: unread */
 }
 
 /* ---- API ---- */
@@ -830,7 +1025,21 @@ text_ok(const char *p, size_t n, size_t max, bool space_ok)
 {
 	if (p == NULL || n > max)
 		return false;
-	for (size_t i = 0; i < n; i++)
+	/* Everything refused is <= ' ': eight octets at a time while none is
+	 * (a word holds a byte below 0x21 when ((x - 0x21..) & ~x & 0x80..) is
+	 * not 0), each octet of a word that holds one. */
+	const uint64_t ones = 0x0101010101010101ull, high = 0x8080808080808080ull;
+	size_t i = 0;
+	for (; i + 8 <= n; i += 8) {
+		uint64_t x;
+		memcpy(&x, p + i, 8);
+		if (((x - 0x21 * ones) & ~x & high) == 0)
+			continue;
+		for (size_t j = i; j < i + 8; j++)
+			if (p[j] == '\r' || p[j] == '\n' || p[j] == '\0' || (!space_ok && p[j] == ' '))
+				return false;
+	}
+	for (; i < n; i++)
 		if (p[i] == '\r' || p[i] == '\n' || p[i] == '\0' || (!space_ok && p[i] == ' '))
 			return false;
 	return true;
@@ -845,10 +1054,16 @@ smtpc_init(struct smtpc *c, const struct smtpc_conf *conf, struct smtpc_out *out
 	    conf->tls > SMTPC_TLS_VERIFY || out == NULL || out->cap < SMTPC_CMD_MAX ||
 	    out->len > out->cap || ops == NULL || ops->event == NULL)
 		return -EINVAL;
-	memset(c, 0, offsetof(struct smtpc, carry));
+	memset(c, 0, offsetof(struct smtpc, reply));
+	c->reply.open = false; /* its text is written before it is read */
+	c->reply.len = 0;
 	memcpy(c->helo, conf->helo, hl + 1);
+	c->helo_len = hl;
 	c->lmtp = conf->lmtp;
 	c->tls = conf->tls;
+	c->ext_ignore = conf->ext_ignore;
+	c->size_max = 0;
+	c->tls_dropped = 0;
 	c->ops = ops;
 	c->arg = arg;
 	c->out = out;
@@ -885,14 +1100,34 @@ smtpc_feed(struct smtpc *c, const char *p, size_t n)
 	int rc = entry(c);
 	if (rc < 0)
 		return rc;
-	if (c->state == SMTPC_S_TLS)
-		return 0; /* plaintext after the 220 to STARTTLS: dropped */
+	if (c->state == SMTPC_S_TLS) {
+		c->tls_dropped += n; /* plaintext after the 220 to STARTTLS */
+		return 0;
+	}
 	read_lines(c, p, n);
 	if (c->state == SMTPC_S_TLS) {
 		c->carry_len = 0;
 		c->reply.open = false;
 	}
 	return smtpc_pump(c);
+}
+
+/* The body is one buffer, or pieces that add up to body_len. */
+static bool
+body_ok(const struct smtpc_tx *tx)
+{
+	if (tx->npieces == 0)
+		return tx->body != NULL || tx->body_len == 0;
+	if (tx->pieces == NULL || tx->body != NULL)
+		return false;
+	size_t sum = 0;
+	for (uint32_t i = 0; i < tx->npieces; i++) {
+		const struct smtpc_piece *pc = &tx->pieces[i];
+		if ((pc->p == NULL && pc->len > 0) || pc->len > SIZE_MAX - sum)
+			return false;
+		sum += pc->len;
+	}
+	return sum == tx->body_len;
 }
 
 int
@@ -902,7 +1137,7 @@ smtpc_submit(struct smtpc *c, struct smtpc_tx *tx)
 		return -EPIPE;
 	if (c->ntx == SMTPC_TX_MAX)
 		return -EBUSY;
-	if (tx->nrcpt == 0 || tx->rcpt == NULL || (tx->body == NULL && tx->body_len > 0) ||
+	if (tx->nrcpt == 0 || tx->rcpt == NULL || !body_ok(tx) ||
 	    !text_ok(tx->from_len > 0 ? tx->from : "", tx->from_len, SMTPC_ADDR_MAX, true))
 		return -EINVAL;
 	for (uint32_t k = 0; k < tx->nrcpt; k++)
@@ -990,12 +1225,42 @@ smtpc_quit(struct smtpc *c)
 	return 0;
 }
 
+int
+smtpc_quit_pipelined(struct smtpc *c)
+{
+	int rc = smtpc_quit(c);
+	if (rc == 0)
+		c->quit_early = true;
+	return rc;
+}
+
+bool
+smtpc_can_start(const struct smtpc *c)
+{
+	if (c->state != SMTPC_S_READY || c->quit_wanted || c->ntx == SMTPC_TX_MAX ||
+	    c->body_pending || c->outfull || c->emit != NULL || tx_unstarted(c))
+		return false;
+	/* What emit_ready() needs: room for the MAIL, and for a RSET in
+	 * front of it. In lock-step the RSET is written now and the MAIL
+	 * after its reply: still true, or the RSET would wait forever. */
+	if (c->ext & SMTPC_EXT_PIPELINING)
+		return c->exp_n + (c->need_rset ? 2u : 1u) <= SMTPC_EXP_MAX;
+	return c->exp_n == 0;
+}
+
+uint64_t
+smtpc_tls_dropped(const struct smtpc *c)
+{
+	return c->tls_dropped;
+}
+
 void
 smtpc_abort(struct smtpc *c, const char *why)
 {
 	if (c->in_cb > 0 || c->state == SMTPC_S_CLOSED)
 		return;
-	if (c->state == SMTPC_S_QUIT ||
+	/* After a pipelined QUIT results may still be due: those fail. */
+	if ((c->state == SMTPC_S_QUIT && c->txs == NULL && c->lmtp_tx == NULL) ||
 	    (c->state == SMTPC_S_READY && c->txs == NULL && c->exp_n == 0)) {
 		struct smtpc_reply r = {0, "", 0, "", 0};
 		conn_end(c, &r, false);

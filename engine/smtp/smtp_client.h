@@ -12,8 +12,12 @@
  *    A transaction is lent to the core from smtpc_submit() until its
  *    SMTPC_EV_TX event returns: meanwhile the caller must not touch it.
  *  - Message bytes are never copied: SMTPC_EV_BODY names a span of
- *    tx->body. The caller sends out->buf[0, out->len) first, then the span,
- *    and then calls smtpc_body_sent(); until then the core writes nothing.
+ *    tx->body (or of one of tx->pieces). The caller sends out->buf[0,
+ *    out->len) first, then the span, and then calls smtpc_body_sent();
+ *    until then the core writes nothing. "Sends" may mean "queues": a
+ *    caller that gathers one write (sendmsg) notes where the span goes
+ *    among the output bytes, calls smtpc_body_sent() and sends all of it
+ *    later, in order.
  *    Dot-stuffing for DATA is the core's: it writes the extra "." octets
  *    (and the terminating ".") into the output buffer between spans.
  *  - The caller drains out->buf (sends, then lowers out->len, moving what
@@ -82,6 +86,10 @@ struct smtpc_conf {
 	const char *helo; /* our name for EHLO/LHLO/HELO; copied by smtpc_init */
 	bool lmtp;        /* LHLO, one reply per accepted recipient, no HELO */
 	enum smtpc_tls tls;
+	/* SMTPC_EXT_* bits to take as not offered, whatever the EHLO reply
+	 * says (Postfix's smtp_discard_ehlo_keywords): PIPELINING for a
+	 * lock-step session, CHUNKING to keep to DATA. 0: use what is offered. */
+	unsigned ext_ignore;
 };
 
 enum smtpc_state {
@@ -110,6 +118,19 @@ struct smtpc_rcpt {
 	uint8_t st;
 };
 
+/* One piece of a body given in several (struct smtpc_tx.pieces): a view,
+ * never copied; p may be NULL when len is 0. nostuff: the caller built it
+ * so that no line in it starts with '.', counting its first octet as a
+ * line start (a header block it formatted, a template), and DATA sends it
+ * without reading a byte of it. Such a line would go out unstuffed: a
+ * caller's bug, caught by an assertion in debug builds. Never set it for
+ * bytes from the network or the spool. */
+struct smtpc_piece {
+	const uint8_t *p;
+	size_t len;
+	bool nostuff;
+};
+
 /* What the message needs from the server. */
 enum {
 	SMTPC_TX_SMTPUTF8 = 1u << 0, /* refused (5.6.7) unless SMTPUTF8 is offered */
@@ -123,7 +144,14 @@ struct smtpc_tx {
 	struct smtpc_rcpt *rcpt;
 	uint32_t nrcpt;      /* >= 1 */
 	const uint8_t *body; /* the message as it is (not dot-stuffed) */
-	size_t body_len;
+	size_t body_len;     /* with pieces: their total */
+	/* Or the message as npieces pieces, in order (body is then NULL): a
+	 * caller that builds each message from parts it already has (a
+	 * header block of its own, a shared template) lends them as they
+	 * are. The result on the wire is the same as for one body of their
+	 * concatenation; SMTPC_EV_BODY spans never cross a piece. */
+	const struct smtpc_piece *pieces;
+	uint32_t npieces;
 	unsigned flags; /* SMTPC_TX_* */
 	void *user;     /* the caller's */
 	uint32_t id;    /* the caller's; the core only prints it */
@@ -137,6 +165,23 @@ struct smtpc_tx {
 	uint8_t phase;     /* internal enum tx_phase */
 	bool mail_failed;
 	bool mail_ok;
+};
+
+/* The command a reply answers (struct smtpc_event.cmd). */
+enum smtpc_cmd {
+	SMTPC_CMD_NONE = 0, /* no reply decided: the core did (below) */
+	SMTPC_CMD_GREETING,
+	SMTPC_CMD_EHLO, /* or LHLO */
+	SMTPC_CMD_HELO,
+	SMTPC_CMD_STARTTLS,
+	SMTPC_CMD_MAIL,
+	SMTPC_CMD_RCPT,
+	SMTPC_CMD_DATA,
+	SMTPC_CMD_DOT, /* end of data */
+	SMTPC_CMD_BDAT,
+	SMTPC_CMD_RSET,
+	SMTPC_CMD_QUIT,
+	SMTPC_CMD_COUNT
 };
 
 /* A reply as events carry it: views, valid during the callback. enh is
@@ -169,7 +214,17 @@ struct smtpc_event {
 	 * DEFER, CLOSE: why (CLOSE after QUIT: the 221; code 0 when the
 	 * server closed an idle connection) */
 	struct smtpc_reply reply;
-	const uint8_t *body; /* BODY: a span of tx->body */
+	/* RCPT: the command whose reply decided it (MAIL, RCPT, DATA, DOT,
+	 * BDAT: a refusal at RCPT is then told from one at the end of data,
+	 * as a bounce says "in reply to RCPT TO command"); SMTPC_CMD_NONE
+	 * when the core decided without one: 552 5.3.4, 553 5.6.7, or the
+	 * connection ended (a 421, a failure, smtpc_abort);
+	 * DEFER, CLOSE: the command whose reply ended the connection (the
+	 * greeting, EHLO whose reply lacks STARTTLS, a refused STARTTLS, the
+	 * 221 to QUIT, a 421 to anything), or SMTPC_CMD_NONE (smtpc_abort,
+	 * an unreadable or unexpected reply, smtpc_tls_done/failed). */
+	enum smtpc_cmd cmd;
+	const uint8_t *body; /* BODY: a span of tx->body or of one piece */
 	size_t body_len;
 	bool verify; /* TLS: the policy is VERIFY */
 };
@@ -196,43 +251,56 @@ struct smtpc_exp {
 	struct smtpc_tx *tx;
 };
 
+/* smtpc_init zeroes everything up to reply and sets what follows that it
+ * reads; the buffers are written before they are read (a connection that
+ * reconnects often pays for no more). What every reply and command touches
+ * comes first, together (a load generator keeps thousands of these, and
+ * each line a reply touches is a cache miss); what is set up once or used
+ * rarely, and the buffers, come last. */
 struct smtpc {
-	char helo[SMTPC_HELO_MAX + 1];
 	bool lmtp;
-	enum smtpc_tls tls;
-	const struct smtpc_ops *ops;
-	void *arg;
-	struct smtpc_out *out;
-
 	uint8_t state;
 	bool cmd_written; /* the current state's handshake command is out */
 	bool tls_active;
 	bool ever_ready;
 	bool quit_wanted;
+	bool quit_early; /* smtpc_quit_pipelined */
 	bool need_rset;
 	bool body_pending;
 	bool outfull;
+	uint8_t cur;      /* enum smtpc_cmd of the reply being acted on */
+	uint8_t lmtp_cmd; /* DOT or BDAT: what the LMTP replies answer */
+	uint8_t estage;
 	unsigned in_cb;
 	unsigned ext; /* SMTPC_EXT_* from the last EHLO */
-	uint64_t size_max;
-
-	struct relay_reply reply; /* the reply being read */
-	uint32_t carry_len;
-	char carry[SMTPC_LINE_MAX + 1]; /* a line split across feeds (+ its CR) */
-
-	struct smtpc_exp exp[SMTPC_EXP_MAX];
 	uint32_t exp_head, exp_n;
-	struct smtpc_tx *lmtp_tx; /* LMTP: per-recipient replies still due */
-	uint32_t lmtp_k;
-
-	struct smtpc_tx *txs; /* submitted, oldest first */
 	uint32_t ntx;
-	struct smtpc_tx *emit; /* the transaction being written */
-	uint8_t estage;
 	uint32_t ek;
-	size_t body_off;
-	bool bol; /* DATA: the next body octet starts a line */
+	uint32_t bpiece; /* the body piece being written */
+	uint32_t lmtp_k;
+	uint32_t carry_len;
+	struct smtpc_out *out;
+	const struct smtpc_ops *ops;
+	void *arg;
+	struct smtpc_tx *txs;     /* submitted, oldest first */
+	struct smtpc_tx *emit;    /* the transaction being written */
+	struct smtpc_tx *lmtp_tx; /* LMTP: per-recipient replies still due */
+	size_t boff;              /* the offset in the body piece */
+	/* DATA: the last body octet written (NULL: none yet). The next one
+	 * starts a line if it is a LF; read only when that matters, so a
+	 * nostuff piece is never touched. */
+	const uint8_t *last;
+	struct relay_reply reply; /* the reply being read */
 
+	enum smtpc_tls tls;
+	unsigned ext_ignore;
+	uint64_t size_max;
+	uint64_t tls_dropped; /* smtpc_tls_dropped */
+	size_t helo_len;
+	char helo[SMTPC_HELO_MAX + 1];
+
+	char carry[SMTPC_LINE_MAX + 1]; /* a line split across feeds (+ its CR) */
+	struct smtpc_exp exp[SMTPC_EXP_MAX];
 	char why[SMTPC_TEXT_MAX]; /* failure reasons the core formats */
 };
 
@@ -282,6 +350,30 @@ const char *smtpc_waiting_for(const struct smtpc *c);
 /* QUIT once every submitted transaction has finished (before READY: once
  * ready). 0; -EPIPE if closed. Only queues. */
 int smtpc_quit(struct smtpc *c);
+
+/* QUIT right behind the last transaction written, when the server
+ * pipelines (RFC 2920 3.1: QUIT may end a group), without waiting for the
+ * replies still due; without PIPELINING as smtpc_quit(). The results
+ * still come, then the 221 closes. For a caller with nothing more to send
+ * on this connection (a load generator at the end of one): the round
+ * trip of the last reply is saved. 0; -EPIPE if closed. Only queues. */
+int smtpc_quit_pipelined(struct smtpc *c);
+
+/* A transaction submitted now would be started at once: READY, not
+ * quitting, the writer free (no span due, not waiting for a 354, nothing
+ * submitted still waiting) and room in the reply queue for its MAIL (and
+ * the RSET in front of it; in lock-step that RSET goes first and the MAIL
+ * after its reply). A caller that keeps work back until the server can
+ * see it (a load generator timing each message from its MAIL) submits
+ * then. */
+bool smtpc_can_start(const struct smtpc *c);
+
+/* Plaintext octets dropped unread after the 220 to STARTTLS: the rest of
+ * the input that held the 220 and every feed until smtpc_tls_done(). Not
+ * 0: the server, or someone on the path, sent what RFC 3207 forbids (a
+ * response injection, CVE-2011-0411). The core never reads them; a caller
+ * may log it or give up on the server. */
+uint64_t smtpc_tls_dropped(const struct smtpc *c);
 
 /* The caller ends the connection: EOF, I/O error, timeout (why: text for
  * the results, e.g. "timeout waiting for the DATA reply"). Unfinished

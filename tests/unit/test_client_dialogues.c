@@ -10,8 +10,17 @@
  * all of them: each server flight fed whole; split into two feeds at every
  * offset; one byte per feed. Every feed is copied so that it ends right
  * before a PROT_NONE guard page. Output is "sent" after every call; body
- * spans are checked to point into the transaction's own body (zero copy)
- * and appended to the wire transcript in order.
+ * spans are checked to point into the transaction's own body (zero copy),
+ * inside one piece, and appended to the wire transcript in order.
+ *
+ * Bodies are lent as the dialogue gives them (one buffer, or the pieces
+ * `! piece` cuts), and then, with whole flights, cut every other way: as
+ * one buffer, one byte per piece, and in two pieces at every offset
+ * (empty pieces included; a piece with no line in it that starts with '.',
+ * its first octet included, then lent as nostuff). The
+ * wire and the events must not change. Each
+ * piece ends right before a PROT_NONE page (a one-byte piece is a heap
+ * block of its own, for ASan), and an empty one points at the guard page.
  *
  * Ownership: the dialogue (struct dlg) and the run (struct run, which owns
  * the client, its output buffer and the submitted transactions) are static
@@ -37,13 +46,22 @@
  * compared with the events in escaped form.
  *
  * Directives:
- *   ! conf lmtp=0|1 tls=none|may|encrypt|verify helo=NAME   (before anything)
+ *   ! conf lmtp=0|1 tls=none|may|encrypt|verify helo=NAME by=1
+ *          ignore=KW[,KW...]   (before anything; by=1: events name the
+ *                         command whose reply decided them, after the type:
+ *                         "rcpt 0.0 by=RCPT 550 ..."; ignore: smtpc_conf
+ *                         ext_ignore, keywords as in "ready")
  *   ! out N               output buffer capacity (default 8192)
  *   ! whole-only          the result depends on feed boundaries: mode one only
  *   ! tx FROM RCPT... [SMTPUTF8] [8BITMIME]   submit a transaction here (FROM
  *                         and RCPT without <>; "<>" is the null sender)
+ *   ! piece               the last `! tx`'s body lines after it are a new
+ *                         piece (smtpc_tx.pieces)
  *   ! tls ok|fail         smtpc_tls_done()
  *   ! quit                smtpc_quit()
+ *   ! quit pipelined      smtpc_quit_pipelined()
+ *   ! can-start 0|1       smtpc_can_start() is false|true
+ *   ! dropped N           smtpc_tls_dropped() is N
  *   ! abort TEXT          smtpc_abort()
  *   ! status FLAGS        smtpc_status() is exactly FLAGS (none or
  *                         OUTFULL|BODY|TLS|CLOSE|WAIT|READY|IDLE)
@@ -74,6 +92,7 @@
 #define D_OUT_MAX    65536
 #define D_NAMES_MAX  256
 #define D_EVENTS_MAX (256 * 1024)
+#define D_PIECE_MAX  16
 
 enum op_kind { OP_SERVER, OP_CLIENT, OP_EVENT, OP_DIRECTIVE };
 
@@ -90,6 +109,8 @@ struct dtx {
 	unsigned flags;
 	size_t body_len;
 	uint8_t *body; /* malloc'd at load, kept for the test's life */
+	uint32_t ncut; /* `! piece`: the body is cut at these offsets */
+	size_t cut[D_PIECE_MAX];
 };
 
 struct dlg {
@@ -98,6 +119,8 @@ struct dlg {
 	char helo[SMTPC_HELO_MAX + 1];
 	size_t out_cap;
 	bool whole_only;
+	bool show_by; /* conf by=1 */
+	bool cuts;    /* some body is cut by `! piece` */
 	size_t nops;
 	struct op ops[D_OPS_MAX];
 	uint32_t ntx;
@@ -182,6 +205,18 @@ esc_printf(struct esc *e, const char *fmt, ...)
 	esc_add(e, tmp, (size_t)n < sizeof(tmp) ? (size_t)n : sizeof(tmp) - 1);
 }
 
+/* SMTPC_EXT_* bit b is named ext_names[b]. */
+static const char *const ext_names[] = {"PIPELINING", "SIZE",     "8BITMIME",           "SMTPUTF8",
+                                        "CHUNKING",   "STARTTLS", "ENHANCEDSTATUSCODES"};
+#define EXT_NAMES (sizeof(ext_names) / sizeof(ext_names[0]))
+
+static const char *const cmd_names[SMTPC_CMD_COUNT] = {
+    [SMTPC_CMD_NONE] = "NONE",   [SMTPC_CMD_GREETING] = "GREETING", [SMTPC_CMD_EHLO] = "EHLO",
+    [SMTPC_CMD_HELO] = "HELO",   [SMTPC_CMD_STARTTLS] = "STARTTLS", [SMTPC_CMD_MAIL] = "MAIL",
+    [SMTPC_CMD_RCPT] = "RCPT",   [SMTPC_CMD_DATA] = "DATA",         [SMTPC_CMD_DOT] = "DOT",
+    [SMTPC_CMD_BDAT] = "BDAT",   [SMTPC_CMD_RSET] = "RSET",         [SMTPC_CMD_QUIT] = "QUIT",
+};
+
 /* ---- loading ---- */
 
 static void
@@ -196,6 +231,23 @@ op_add(struct dlg *d, enum op_kind k, size_t off, int line)
 	if (d->nops == D_OPS_MAX)
 		fail_msg("%s: too many items", d->name);
 	d->ops[d->nops++] = (struct op){k, off, d->textlen - off, line};
+}
+
+/* "PIPELINING,CHUNKING" -> conf.ext_ignore */
+static void
+load_ignore(struct dlg *d, const char *list, int line)
+{
+	char buf[256];
+	char *save = NULL;
+	snprintf(buf, sizeof(buf), "%s", list);
+	for (char *w = strtok_r(buf, ",", &save); w != NULL; w = strtok_r(NULL, ",", &save)) {
+		unsigned b = 0;
+		while (b < EXT_NAMES && strcmp(w, ext_names[b]) != 0)
+			b++;
+		if (b == EXT_NAMES)
+			fail_msg("%s:%d: unknown keyword '%s'", d->name, line, w);
+		d->conf.ext_ignore |= 1u << b;
+	}
 }
 
 static void
@@ -215,6 +267,10 @@ load_conf(struct dlg *d, char *t, int line)
 			d->conf.tls = SMTPC_TLS_VERIFY;
 		else if (strncmp(w, "helo=", 5) == 0)
 			snprintf(d->helo, sizeof(d->helo), "%s", w + 5);
+		else if (strcmp(w, "by=1") == 0)
+			d->show_by = true;
+		else if (strncmp(w, "ignore=", 7) == 0)
+			load_ignore(d, w + 7, line);
 		else
 			fail_msg("%s:%d: bad conf item '%s'", d->name, line, w);
 	}
@@ -357,6 +413,14 @@ dlg_load(struct dlg *d, const char *dir, const char *name)
 			assert_true(d->out_cap <= D_OUT_MAX);
 		} else if (strcmp(t, "whole-only") == 0) {
 			d->whole_only = true;
+		} else if (strcmp(t, "piece") == 0) {
+			if (d->ntx == 0)
+				fail_msg("%s:%d: ! piece before any ! tx", d->name, line);
+			struct dtx *x = &d->tx[d->ntx - 1];
+			if (x->ncut == D_PIECE_MAX - 1)
+				fail_msg("%s:%d: too many pieces", d->name, line);
+			x->cut[x->ncut++] = x->body_len;
+			d->cuts = true;
 		} else {
 			size_t off = d->textlen;
 			char tag[16];
@@ -379,10 +443,26 @@ dlg_load(struct dlg *d, const char *dir, const char *name)
 
 enum mode { MODE_WHOLE, MODE_SPLIT, MODE_BYTES };
 
+/* How bodies are lent: as the dialogue cuts them (one buffer without
+ * `! piece`), as one buffer, one byte per piece, in two at pcut. */
+enum pmode { PM_GIVEN, PM_FLAT, PM_BYTES, PM_TWO };
+
+/* A piece's memory, freed at the end of the run. */
+struct palloc {
+	void *p;
+	size_t len;
+	bool mapped;
+};
+
 struct run {
 	const struct dlg *d;
 	enum mode mode;
 	size_t split;
+	enum pmode pmode;
+	size_t pcut;
+	struct smtpc_piece *pcs[D_TX_MAX]; /* the pieces lent, per transaction */
+	struct palloc *allocs;
+	size_t nallocs;
 	struct smtpc c;
 	struct smtpc_out out;
 	struct smtpc_ops ops;
@@ -410,13 +490,140 @@ struct run {
 static const char *
 mode_name(const struct run *r)
 {
-	static char buf[64];
+	static char buf[128];
+	char feed[32];
 	if (r->mode == MODE_WHOLE)
-		return "whole";
-	if (r->mode == MODE_BYTES)
-		return "one byte per feed";
-	snprintf(buf, sizeof(buf), "split at %zu", r->split);
+		snprintf(feed, sizeof(feed), "whole");
+	else if (r->mode == MODE_BYTES)
+		snprintf(feed, sizeof(feed), "one byte per feed");
+	else
+		snprintf(feed, sizeof(feed), "split at %zu", r->split);
+	switch (r->pmode) {
+	case PM_GIVEN:
+		snprintf(buf, sizeof(buf), "%s", feed);
+		break;
+	case PM_FLAT:
+		snprintf(buf, sizeof(buf), "%s, bodies in one buffer", feed);
+		break;
+	case PM_BYTES:
+		snprintf(buf, sizeof(buf), "%s, bodies one byte per piece", feed);
+		break;
+	case PM_TWO:
+		snprintf(buf, sizeof(buf), "%s, bodies cut at %zu", feed, r->pcut);
+		break;
+	}
 	return buf;
+}
+
+/* Copy of p[0, n) that ends right before a PROT_NONE page (n == 0: a
+ * pointer to that page), or in a heap block of exactly n (heap=true). */
+static const uint8_t *
+piece_copy(struct run *r, const uint8_t *p, size_t n, bool heap)
+{
+	r->allocs = realloc(r->allocs, (r->nallocs + 1) * sizeof(*r->allocs));
+	assert_non_null(r->allocs);
+	struct palloc *a = &r->allocs[r->nallocs++];
+	if (heap) {
+		*a = (struct palloc){malloc(n ? n : 1), n, false};
+		assert_non_null(a->p);
+		memcpy(a->p, p, n);
+		return a->p;
+	}
+	size_t page = (size_t)sysconf(_SC_PAGESIZE);
+	size_t room = (n + page - 1) / page * page;
+	char *map =
+	    mmap(NULL, room + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	assert_true(map != MAP_FAILED);
+	assert_int_equal(mprotect(map + room, page, PROT_NONE), 0);
+	*a = (struct palloc){map, room + page, true};
+	if (n > 0)
+		memcpy(map + room - n, p, n);
+	return (const uint8_t *)map + room - n;
+}
+
+static void
+pieces_free(struct run *r)
+{
+	for (size_t i = 0; i < r->nallocs; i++) {
+		if (r->allocs[i].mapped)
+			munmap(r->allocs[i].p, r->allocs[i].len);
+		else
+			free(r->allocs[i].p);
+	}
+	free(r->allocs);
+	r->allocs = NULL;
+	r->nallocs = 0;
+	for (uint32_t t = 0; t < D_TX_MAX; t++) {
+		free(r->pcs[t]);
+		r->pcs[t] = NULL;
+	}
+}
+
+/* Some line in p[1, n) starts with '.' (a piece that must be read). */
+static bool
+dot_inside(const uint8_t *p, size_t n)
+{
+	for (size_t i = 1; i < n; i++)
+		if (p[i] == '.' && p[i - 1] == '\n')
+			return true;
+	return false;
+}
+
+/* Lend transaction t's body the run's way. */
+static void
+body_lend(struct run *r, uint32_t t, struct smtpc_tx *tx)
+{
+	const struct dtx *x = &r->d->tx[t];
+	size_t cut[D_PIECE_MAX + 1], n = 0;
+	tx->body_len = x->body_len;
+	if (r->pmode == PM_FLAT || (r->pmode == PM_GIVEN && x->ncut == 0)) {
+		tx->body = x->body;
+		return;
+	}
+	if (r->pmode == PM_BYTES) {
+		size_t np = x->body_len ? x->body_len : 1;
+		r->pcs[t] = calloc(np, sizeof(*r->pcs[t]));
+		assert_non_null(r->pcs[t]);
+		for (size_t i = 0; i < x->body_len; i++)
+			r->pcs[t][i] = (struct smtpc_piece){piece_copy(r, x->body + i, 1, true), 1, false};
+		tx->pieces = r->pcs[t];
+		tx->npieces = (uint32_t)np; /* an empty body: one empty piece */
+		return;
+	}
+	if (r->pmode == PM_GIVEN) {
+		for (uint32_t i = 0; i < x->ncut; i++)
+			cut[n++] = x->cut[i];
+	} else {
+		cut[n++] = r->pcut < x->body_len ? r->pcut : x->body_len;
+	}
+	cut[n++] = x->body_len;
+	r->pcs[t] = calloc(n, sizeof(*r->pcs[t]));
+	assert_non_null(r->pcs[t]);
+	for (size_t i = 0, at = 0; i < n; at = cut[i++]) {
+		size_t len = cut[i] - at;
+		/* Cut in two: a piece with no line to stuff, its start counted
+		 * as one, is lent as such. */
+		bool nostuff = r->pmode == PM_TWO && !dot_inside(x->body + at, len) &&
+		               (len == 0 || x->body[at] != '.');
+		r->pcs[t][i] =
+		    (struct smtpc_piece){piece_copy(r, x->body + at, len, false), len, nostuff};
+	}
+	tx->pieces = r->pcs[t];
+	tx->npieces = (uint32_t)n;
+}
+
+/* A body span lies inside one piece of tx (or in its one buffer). */
+static bool
+span_in_body(const struct smtpc_tx *tx, const uint8_t *p, size_t n)
+{
+	if (tx->npieces == 0)
+		return p >= tx->body && p + n <= tx->body + tx->body_len;
+	for (uint32_t i = 0; i < tx->npieces; i++) {
+		const struct smtpc_piece *pc = &tx->pieces[i];
+		if (pc->len > 0 && p >= pc->p && p + n <= pc->p + pc->len)
+			return true;
+	}
+	return false;
 }
 
 static uint32_t
@@ -437,19 +644,26 @@ rec_reply(struct run *r, const struct smtpc_reply *rp)
 	}
 }
 
+/* " by=CMD" under conf by=1. */
+static void
+rec_by(struct run *r, const struct smtpc_event *ev)
+{
+	if (ev->cmd >= SMTPC_CMD_COUNT)
+		fail_msg("%s: bad cmd %d", r->d->name, (int)ev->cmd);
+	if (r->d->show_by)
+		esc_printf(&r->ev, " by=%s", cmd_names[ev->cmd]);
+}
+
 static void
 on_event(void *arg, const struct smtpc_event *ev)
 {
-	static const char *const ext_names[] = {"PIPELINING",         "SIZE",     "8BITMIME",
-	                                        "SMTPUTF8",           "CHUNKING", "STARTTLS",
-	                                        "ENHANCEDSTATUSCODES"};
 	struct run *r = arg;
 	if (r->nclose > 0)
 		fail_msg("%s: event %d after close", r->d->name, ev->type);
 	switch (ev->type) {
 	case SMTPC_EV_READY:
 		esc_printf(&r->ev, "ready%s", r->tls_ok ? " tls" : "");
-		for (unsigned b = 0; b < 7; b++) {
+		for (unsigned b = 0; b < EXT_NAMES; b++) {
 			if (!(smtpc_ext(&r->c) & (1u << b)))
 				continue;
 			esc_printf(&r->ev, " %s", ext_names[b]);
@@ -461,22 +675,21 @@ on_event(void *arg, const struct smtpc_event *ev)
 	case SMTPC_EV_TLS:
 		esc_printf(&r->ev, "tls%s", ev->verify ? " verify" : "");
 		break;
-	case SMTPC_EV_BODY: {
-		uint32_t t = tx_index(r, ev->tx);
-		const struct dtx *x = &r->d->tx[t];
-		/* Zero copy: a span of the transaction's own body. */
-		if (r->span != NULL || ev->body_len == 0 || ev->body < x->body ||
-		    ev->body + ev->body_len > x->body + x->body_len)
-			fail_msg("%s: bad body span", r->d->name);
+	case SMTPC_EV_BODY:
+		(void)tx_index(r, ev->tx);
+		/* Zero copy: a span of the transaction's own body, in one piece. */
+		if (r->span != NULL || ev->body_len == 0 ||
+		    !span_in_body(ev->tx, ev->body, ev->body_len))
+			fail_msg("%s (%s): bad body span", r->d->name, mode_name(r));
 		r->span = ev->body;
 		r->span_len = ev->body_len;
 		return; /* on the wire, not in the event log */
-	}
 	case SMTPC_EV_RCPT: {
 		uint32_t t = tx_index(r, ev->tx);
 		if (r->txdone[t] || ev->rcpt >= ev->tx->nrcpt || r->got[t][ev->rcpt]++ != 0)
 			fail_msg("%s: second result for %u.%u", r->d->name, t, ev->rcpt);
 		esc_printf(&r->ev, "rcpt %u.%u", t, ev->rcpt);
+		rec_by(r, ev);
 		rec_reply(r, &ev->reply);
 		break;
 	}
@@ -494,6 +707,7 @@ on_event(void *arg, const struct smtpc_event *ev)
 	}
 	case SMTPC_EV_DEFER:
 		esc_printf(&r->ev, "defer");
+		rec_by(r, ev);
 		rec_reply(r, &ev->reply);
 		break;
 	case SMTPC_EV_CLOSE:
@@ -502,6 +716,7 @@ on_event(void *arg, const struct smtpc_event *ev)
 			if (!r->txdone[t])
 				fail_msg("%s: closed with tx %u unfinished", r->d->name, t);
 		esc_printf(&r->ev, "close");
+		rec_by(r, ev);
 		rec_reply(r, &ev->reply);
 		break;
 	}
@@ -647,8 +862,7 @@ submit(struct run *r, uint32_t t)
 		r->rcpt[t][k] = (struct smtpc_rcpt){r->d->text + x->rcpt_off[k], x->rcpt_len[k], 0};
 	tx->rcpt = r->rcpt[t];
 	tx->nrcpt = x->nrcpt;
-	tx->body = x->body;
-	tx->body_len = x->body_len;
+	body_lend(r, t, tx);
 	tx->flags = x->flags;
 	tx->id = t;
 	r->nsub++;
@@ -671,6 +885,19 @@ directive(struct run *r, const char *t, int line)
 	} else if (strcmp(t, "quit") == 0) {
 		assert_int_equal(smtpc_quit(&r->c), 0);
 		drain(r, smtpc_pump(&r->c));
+	} else if (strcmp(t, "quit pipelined") == 0) {
+		assert_int_equal(smtpc_quit_pipelined(&r->c), 0);
+		drain(r, smtpc_pump(&r->c));
+	} else if (strncmp(t, "can-start ", 10) == 0) {
+		bool want = atoi(t + 10) != 0;
+		if (smtpc_can_start(&r->c) != want)
+			fail_msg("%s:%d (%s): smtpc_can_start() is %d", d->name, line, mode_name(r),
+			         !want);
+	} else if (strncmp(t, "dropped ", 8) == 0) {
+		unsigned long long want = strtoull(t + 8, NULL, 10);
+		if (smtpc_tls_dropped(&r->c) != want)
+			fail_msg("%s:%d (%s): %llu octets dropped, want %llu", d->name, line,
+			         mode_name(r), (unsigned long long)smtpc_tls_dropped(&r->c), want);
 	} else if (strncmp(t, "abort", 5) == 0) {
 		smtpc_abort(&r->c, t[5] == ' ' ? t + 6 : NULL);
 		drain(r, 0);
@@ -689,18 +916,22 @@ directive(struct run *r, const char *t, int line)
 }
 
 static void
-run_dialogue(const struct dlg *d, enum mode mode, size_t split, struct run *r)
+run_dialogue(const struct dlg *d, enum mode mode, size_t split, enum pmode pm, size_t pcut,
+             struct run *r)
 {
 	size_t page = (size_t)sysconf(_SC_PAGESIZE), maxlen = 1;
 	for (size_t i = 0; i < d->nops; i++)
 		if (d->ops[i].len > maxlen)
 			maxlen = d->ops[i].len;
 	size_t room = (maxlen + page - 1) / page * page;
+	pieces_free(r); /* what a failed run left */
 	memset(r, 0, offsetof(struct run, outbuf));
 	r->wlen = r->xwlen = r->ev.len = r->xev.len = 0;
 	r->d = d;
 	r->mode = mode;
 	r->split = split;
+	r->pmode = pm;
+	r->pcut = pcut;
 	r->out.buf = r->outbuf;
 	r->out.cap = d->out_cap;
 	r->ops.event = on_event;
@@ -741,6 +972,7 @@ run_dialogue(const struct dlg *d, enum mode mode, size_t split, struct run *r)
 	assert_int_equal(smtpc_status(&r->c), SMTPC_ST_CLOSE);
 	assert_int_equal(smtpc_feed(&r->c, "250 x\r\n", 7), -EPIPE);
 	munmap(map, room + page);
+	pieces_free(r);
 }
 
 static void
@@ -753,17 +985,30 @@ test_dialogue(void **state)
 	static struct run run;
 	assert_non_null(dir);
 	dlg_load(&dlg, dir, name);
-	run_dialogue(&dlg, MODE_WHOLE, 0, &run);
-	if (dlg.whole_only)
+	run_dialogue(&dlg, MODE_WHOLE, 0, PM_GIVEN, 0, &run);
+	if (!dlg.whole_only) {
+		run_dialogue(&dlg, MODE_BYTES, 0, PM_GIVEN, 0, &run);
+		size_t maxflight = 0;
+		for (size_t i = 0; i < dlg.nops; i++)
+			if (dlg.ops[i].kind == OP_SERVER && dlg.ops[i].len > maxflight)
+				maxflight = dlg.ops[i].len;
+		size_t step = maxflight / D_SPLIT_RUNS + 1;
+		for (size_t k = 1; k < maxflight; k += step)
+			run_dialogue(&dlg, MODE_SPLIT, k, PM_GIVEN, 0, &run);
+	}
+	if (dlg.ntx == 0)
 		return;
-	run_dialogue(&dlg, MODE_BYTES, 0, &run);
-	size_t maxflight = 0;
-	for (size_t i = 0; i < dlg.nops; i++)
-		if (dlg.ops[i].kind == OP_SERVER && dlg.ops[i].len > maxflight)
-			maxflight = dlg.ops[i].len;
-	size_t step = maxflight / D_SPLIT_RUNS + 1;
-	for (size_t k = 1; k < maxflight; k += step)
-		run_dialogue(&dlg, MODE_SPLIT, k, &run);
+	/* However the bodies are cut, the same wire and the same events. */
+	if (dlg.cuts)
+		run_dialogue(&dlg, MODE_WHOLE, 0, PM_FLAT, 0, &run);
+	run_dialogue(&dlg, MODE_WHOLE, 0, PM_BYTES, 0, &run);
+	size_t maxbody = 0;
+	for (uint32_t t = 0; t < dlg.ntx; t++)
+		if (dlg.tx[t].body_len > maxbody)
+			maxbody = dlg.tx[t].body_len;
+	size_t step = maxbody / D_SPLIT_RUNS + 1;
+	for (size_t k = 0; k <= maxbody; k += step)
+		run_dialogue(&dlg, MODE_WHOLE, 0, PM_TWO, k, &run);
 }
 
 static int

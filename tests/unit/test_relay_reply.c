@@ -79,6 +79,37 @@ test_text_sanitised_and_bounded(void **state)
 	assert_int_equal(strlen(r.text), RELAY_REPLY_TEXT_MAX - 1);
 }
 
+/* The text is cleaned eight octets at a time: every control character is
+ * found wherever it falls in a word (each offset of a 40-octet text, each
+ * length), and octets 0x20..0x7e and 0x80..0xff are kept as they are. */
+static void
+test_text_every_offset(void **state)
+{
+	(void)state;
+	static const unsigned char ctl[] = {0x00, 0x01, 0x09, 0x1f, 0x7f};
+	static const unsigned char keep[] = {0x20, 0x21, 0x7e, 0x80, 0xa0, 0xff};
+	for (size_t len = 1; len <= 40; len++) {
+		for (size_t at = 0; at < len; at++) {
+			for (size_t c = 0; c < sizeof(ctl) + sizeof(keep); c++) {
+				bool is_ctl = c < sizeof(ctl);
+				unsigned char ch = is_ctl ? ctl[c] : keep[c - sizeof(ctl)];
+				char line[64], want[64];
+				memcpy(line, "250 ", 4);
+				memset(line + 4, 'a', len);
+				line[4 + at] = (char)ch;
+				memset(want, 'a', len);
+				want[at] = is_ctl ? ' ' : (char)ch;
+				struct relay_reply r;
+				memset(&r, 0, sizeof(r));
+				assert_int_equal(relay_reply_add(&r, line, 4 + len, NULL), RELAY_REPLY_DONE);
+				assert_int_equal(r.len, len);
+				assert_memory_equal(r.text, want, len);
+				assert_int_equal(r.text[len], '\0');
+			}
+		}
+	}
+}
+
 static void
 test_ehlo_keywords(void **state)
 {
@@ -110,6 +141,7 @@ main(void)
 		cmocka_unit_test(test_lines),
 		cmocka_unit_test(test_multiline),
 		cmocka_unit_test(test_text_sanitised_and_bounded),
+		cmocka_unit_test(test_text_every_offset),
 		cmocka_unit_test(test_ehlo_keywords),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -2,8 +2,9 @@
  * test_smtp_client.c - unit tests of the client core's API edges
  * (engine/smtp/smtp_client.c) that the golden dialogues cannot state:
  * argument checks, re-entrancy from callbacks, limits, status bits, the
- * keyword and enhanced-status readers, a transaction's lifetime, and
- * zero-copy dot-stuffing of a large body checked against a reference.
+ * keyword and enhanced-status readers, a transaction's lifetime, a body
+ * in pieces, re-use of a struct smtpc, and zero-copy dot-stuffing of a
+ * large body (whole and cut in pieces) checked against a reference.
  *
  * Ownership: each test owns one struct harness (client, output buffer,
  * transactions) on its stack or in static storage.
@@ -226,6 +227,29 @@ test_submit_checks(void **state)
 	tx_make(&tx[0], one_rcpt[0], "b@x", "");
 	tx[0].nrcpt = 0;
 	assert_int_equal(smtpc_submit(&h.c, &tx[0]), -EINVAL);
+	/* Addresses are checked eight octets at a time: CR, LF and NUL are
+	 * found at every offset of every length; space and octets >= 0x80 pass. */
+	for (size_t len = 1; len <= 24; len++) {
+		for (size_t at = 0; at < len; at++) {
+			static const char bad_ch[] = {'\r', '\n', '\0'}, ok_ch[] = {' ', '!', '\x80', '\xff'};
+			for (size_t c = 0; c < sizeof(bad_ch) + sizeof(ok_ch); c++) {
+				bool bad_one = c < sizeof(bad_ch);
+				memset(longaddr, 'a', len);
+				longaddr[at] = bad_one ? bad_ch[c] : ok_ch[c - sizeof(bad_ch)];
+				tx_make(&tx[0], one_rcpt[0], "b@x", "");
+				one_rcpt[0][0].addr = longaddr;
+				one_rcpt[0][0].len = len;
+				int rc = smtpc_submit(&h.c, &tx[0]);
+				assert_int_equal(rc, bad_one ? -EINVAL : 0);
+				if (rc == 0) {
+					/* Taken back at once: nothing was written yet. */
+					smtpc_abort(&h.c, "reset");
+					h_fini(&h);
+					h_init(&h, SMTPC_TLS_NONE, false);
+				}
+			}
+		}
+	}
 	/* The null sender is fine; SMTPC_TX_MAX unfinished at most. */
 	for (unsigned i = 0; i < SMTPC_TX_MAX; i++) {
 		tx_make(&tx[i], one_rcpt[i], "b@x", "");
@@ -246,6 +270,95 @@ test_submit_checks(void **state)
 	assert_int_equal(smtpc_submit(&h.c, &tx[SMTPC_TX_MAX]), -EPIPE);
 	assert_int_equal(smtpc_quit(&h.c), -EPIPE);
 	assert_int_equal(smtpc_pump(&h.c), -EPIPE);
+	h_fini(&h);
+}
+
+/* A body in pieces: they must add up to body_len, with body NULL. */
+static void
+test_piece_checks(void **state)
+{
+	(void)state;
+	static struct harness h;
+	struct smtpc_tx tx;
+	struct smtpc_rcpt r;
+	const uint8_t a[] = "ab", b[] = "c\r\n";
+	struct smtpc_piece pc[3] = {{a, 2}, {NULL, 0}, {b, 3}};
+	h_init(&h, SMTPC_TLS_NONE, false);
+	tx_make(&tx, &r, "b@x", "");
+	tx.pieces = pc;
+	tx.npieces = 3;
+	tx.body = NULL;
+	tx.body_len = 4;
+	assert_int_equal(smtpc_submit(&h.c, &tx), -EINVAL); /* 5 octets */
+	tx.body_len = 5;
+	tx.body = a;
+	assert_int_equal(smtpc_submit(&h.c, &tx), -EINVAL); /* both */
+	tx.body = NULL;
+	tx.pieces = NULL;
+	assert_int_equal(smtpc_submit(&h.c, &tx), -EINVAL);
+	tx.pieces = pc;
+	pc[1].len = 1; /* NULL with a length */
+	tx.body_len = 6;
+	assert_int_equal(smtpc_submit(&h.c, &tx), -EINVAL);
+	pc[1].len = 0;
+	tx.body_len = 5;
+	assert_int_equal(smtpc_submit(&h.c, &tx), 0);
+	h_ready(&h, "250-mx\r\n250 CHUNKING\r\n");
+	h_expect(&h, "MAIL FROM:<a@relay.example.test>\r\n");
+	h_feed(&h, "250 ok\r\n");
+	h_expect(&h, "RCPT TO:<b@x>\r\n");
+	h_feed(&h, "250 ok\r\n");
+	h_expect(&h, "BDAT 5 LAST\r\nabc\r\n");
+	assert_int_equal(h.nspans, 2); /* the empty piece is skipped */
+	h_feed(&h, "250 ok\r\n");
+	assert_int_equal(h.ntx_ev, 1);
+	h_fini(&h);
+}
+
+/* A struct smtpc is re-used (ringmx-load reconnects a slot): whatever it
+ * held, smtpc_init starts afresh. */
+static void
+test_reinit(void **state)
+{
+	(void)state;
+	static struct harness h;
+	struct smtpc_tx tx;
+	struct smtpc_rcpt r;
+	for (int round = 0; round < 2; round++) {
+		h_init(&h, SMTPC_TLS_NONE, false);
+		if (round == 0)
+			memset(&h.c, 0xa5, sizeof(h.c));
+		struct smtpc_conf conf = {.helo = "relay.example.test"};
+		assert_int_equal(smtpc_init(&h.c, &conf, &h.out, &h.ops, &h), 0);
+		assert_int_equal(smtpc_tls_dropped(&h.c), 0);
+		assert_false(smtpc_can_start(&h.c));
+		tx_make(&tx, &r, "b@x", "x\r\n");
+		assert_int_equal(smtpc_submit(&h.c, &tx), 0);
+		h_ready(&h, "250-mx\r\n250 PIPELINING\r\n");
+		h_expect(&h, "MAIL FROM:<a@relay.example.test>\r\nRCPT TO:<b@x>\r\nDATA\r\n");
+		/* Lost half way: abort leaves the struct closed, re-initable. */
+		smtpc_abort(&h.c, "gone");
+		assert_int_equal(h.ntx_ev, 1);
+		assert_int_equal(h.nclose, 1);
+		h_fini(&h);
+	}
+}
+
+/* smtpc_quit_pipelined on a closed connection, and before READY. */
+static void
+test_quit_pipelined(void **state)
+{
+	(void)state;
+	static struct harness h;
+	h_init(&h, SMTPC_TLS_NONE, false);
+	assert_int_equal(smtpc_quit_pipelined(&h.c), 0);
+	h_feed(&h, "220 mx\r\n");
+	h_expect(&h, "EHLO relay.example.test\r\n");
+	h_feed(&h, "250-mx\r\n250 PIPELINING\r\n");
+	h_expect(&h, "QUIT\r\n");
+	h_feed(&h, "221 bye\r\n");
+	assert_int_equal(h.nclose, 1);
+	assert_int_equal(smtpc_quit_pipelined(&h.c), -EPIPE);
 	h_fini(&h);
 }
 
@@ -488,11 +601,31 @@ test_big_body(void **state)
 		body[i] = v < 3 ? '.' : v < 5 ? '\n' : v < 7 ? '\r' : (uint8_t)('a' + v % 26);
 		dots += body[i] == '.' && (i == 0 || body[i - 1] == '\n');
 	}
-	for (int chunking = 0; chunking < 2; chunking++) {
+	/* Pieces cut at pseudo-random offsets, some empty, some right
+	 * before a '.' or after a LF. */
+	static struct smtpc_piece pc[200];
+	size_t at = 0;
+	for (unsigned i = 0; i < 199; i++) {
+		x = x * 1103515245u + 12345u;
+		size_t len = i % 17 == 0 ? 0 : (x >> 8) % 3000;
+		if (at + len > sizeof(body))
+			len = sizeof(body) - at;
+		pc[i] = (struct smtpc_piece){body + at, len};
+		at += len;
+	}
+	pc[199] = (struct smtpc_piece){body + at, sizeof(body) - at};
+	for (int mode = 0; mode < 4; mode++) {
+		int chunking = mode & 1;
 		h_init(&h, SMTPC_TLS_NONE, false);
 		tx_make(&tx, &r, "b@example.net", "");
-		tx.body = body;
 		tx.body_len = sizeof(body);
+		if (mode < 2) {
+			tx.body = body;
+		} else {
+			tx.body = NULL;
+			tx.pieces = pc;
+			tx.npieces = 200;
+		}
 		assert_int_equal(smtpc_submit(&h.c, &tx), 0);
 		h_ready(&h, chunking ? "250-mx\r\n250 CHUNKING\r\n" : "250 mx\r\n");
 		h_expect(&h, "MAIL FROM:<a@relay.example.test>\r\n");
@@ -504,13 +637,14 @@ test_big_body(void **state)
 			n = (size_t)snprintf(want, sizeof(want), "BDAT %zu LAST\r\n", sizeof(body));
 			memcpy(want + n, body, sizeof(body));
 			n += sizeof(body);
-			assert_int_equal(h.nspans, 1);
+			assert_true(h.nspans == 1 || mode >= 2);
 		} else {
 			h_expect(&h, "DATA\r\n");
 			h_feed(&h, "354 go\r\n");
 			n = stuff(want, body, sizeof(body));
-			/* One span per stuffed dot (plus the first), never a copy. */
-			assert_true(h.nspans <= dots + 1);
+			/* One span per stuffed dot (plus the first, plus one
+			 * per piece), never a copy. */
+			assert_true(h.nspans <= dots + 1 + (mode >= 2 ? 200 : 0));
 		}
 		assert_int_equal(h.span_total, sizeof(body));
 		assert_int_equal(h.wlen, n);
@@ -575,7 +709,8 @@ main(void)
 	    cmocka_unit_test(test_reentry),     cmocka_unit_test(test_status_bits),
 	    cmocka_unit_test(test_tx_lifetime), cmocka_unit_test(test_ehlo_keywords),
 	    cmocka_unit_test(test_enh_len),     cmocka_unit_test(test_big_body),
-	    cmocka_unit_test(test_outfull),
+	    cmocka_unit_test(test_outfull),     cmocka_unit_test(test_piece_checks),
+	    cmocka_unit_test(test_reinit),      cmocka_unit_test(test_quit_pipelined),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
