@@ -416,7 +416,7 @@ static void eng_loop(struct eng *e)
 			/* The next completion's connection is fetched while this one is
 			 * handled: with many connections its state is never in cache,
 			 * and waiting for it was most of the user time per message. */
-			if (head + 1 != tail)
+			if (tail - head > 1) /* the batch seen when it began; later ones: not */
 				eng_prefetch(e, &e->ring.cq.cqes[io_uring_cqe_index(&e->ring, head + 1,
 				                                                    e->ring.cq.ring_mask)]);
 			eng_cqe(e, cqe);
