@@ -227,4 +227,18 @@ void load_tls_describe(const struct load_tls *t, char *buf, size_t n, bool *resu
 void load_tls_end(struct load_tls *t, bool keep_session);
 void load_tls_forget(struct load_tls *t);
 
+/* v in decimal at dst (up to 20 bytes, no NUL); its length. */
+static inline size_t utoa(char *dst, uint64_t v)
+{
+	char tmp[20];
+	size_t k = 0;
+	do {
+		tmp[k++] = (char)('0' + v % 10);
+		v /= 10;
+	} while (v);
+	for (size_t i = 0; i < k; i++)
+		dst[i] = tmp[k - 1 - i];
+	return k;
+}
+
 #endif

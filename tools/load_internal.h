@@ -183,19 +183,6 @@ static inline void wb_put(struct wbuf *w, const void *s, size_t n)
 }
 #define WB_LIT(w, s) wb_put((w), (s), sizeof(s) - 1)
 
-static inline size_t utoa(char *dst, uint64_t v)
-{
-	char tmp[20];
-	size_t k = 0;
-	do {
-		tmp[k++] = (char)('0' + v % 10);
-		v /= 10;
-	} while (v);
-	for (size_t i = 0; i < k; i++)
-		dst[i] = tmp[k - 1 - i];
-	return k;
-}
-
 static inline void wb_u64(struct wbuf *w, uint64_t v)
 {
 	char tmp[20];

@@ -64,16 +64,8 @@ size_t load_pattern_fmt(char *dst, const struct load_pattern *p, uint64_t n)
 {
 	memcpy(dst, p->pre, p->pre_len);
 	size_t o = p->pre_len;
-	if (p->has_num) {
-		char tmp[20];
-		size_t k = 0;
-		do {
-			tmp[k++] = (char)('0' + n % 10);
-			n /= 10;
-		} while (n);
-		while (k)
-			dst[o++] = tmp[--k];
-	}
+	if (p->has_num)
+		o += utoa(dst + o, n);
 	memcpy(dst + o, p->post, p->post_len);
 	return o + p->post_len;
 }

@@ -111,13 +111,23 @@ msg_destroy(struct relay *r, struct rmsg *m)
 	pool_put(r, m, m->pool_cls);
 }
 
-/* The record's envelope in r->envbuf (grown to the largest seen). */
+/* What routing keeps per recipient, in the scratch area after the
+ * envelope: its next hop and where its address is in the envelope. */
+struct rroute {
+	struct rhop *hop;
+	uint32_t off, len;
+};
+
+/* The record's envelope in r->envbuf, with room after it for a struct
+ * rroute per recipient (a recipient's TLV is at least its header, so
+ * there are at most n / SPOOL_TLV_HDR); grown to the largest seen. */
 static int
 env_copy(struct relay *r, const uint8_t *src, size_t n)
 {
-	if (n > r->envbuf_cap) {
+	size_t need = align8(n) + (n / SPOOL_TLV_HDR + 1) * sizeof(struct rroute);
+	if (need > r->envbuf_cap) {
 		size_t cap = r->envbuf_cap ? r->envbuf_cap : 4096;
-		while (cap < n)
+		while (cap < need)
 			cap *= 2;
 		free(r->envbuf);
 		r->envbuf = relay_xcalloc(1, cap);
@@ -169,21 +179,9 @@ rmsg_load(struct relay *r, struct rseg *s, uint64_t off, const struct journal_ms
 		return NULL;
 	}
 	/* Routing first: it decides how many jobs there are, and so the size
-	 * of the block. The next hop of each recipient is kept in the scratch
-	 * area after the envelope. */
+	 * of the block. */
 	uint32_t nrcpt = env.nrcpt;
-	size_t need = align8(h.env_len) + (size_t)nrcpt * sizeof(struct rhop *);
-	if (need > r->envbuf_cap) {
-		uint8_t *nb = relay_xcalloc(1, need);
-		memcpy(nb, r->envbuf, h.env_len);
-		free(r->envbuf);
-		r->envbuf = nb;
-		r->envbuf_cap = need;
-		envs = nb;
-		if (spool_env_parse(envs, h.env_len, &env) < 0)
-			return NULL; /* parsed the same bytes a moment ago */
-	}
-	struct rhop **rh = (struct rhop **)(r->envbuf + align8(h.env_len));
+	struct rroute *rt = (struct rroute *)(r->envbuf + align8(h.env_len));
 	struct spool_tlv_iter it = {.p = envs, .len = h.env_len};
 	unsigned type;
 	const uint8_t *v;
@@ -194,7 +192,9 @@ rmsg_load(struct relay *r, struct rseg *s, uint64_t off, const struct journal_ms
 			const char *at = memrchr(v, '@', vlen);
 			const char *dom = at != NULL ? at + 1 : "";
 			size_t dlen = at != NULL ? vlen - (size_t)(at + 1 - (const char *)v) : 0;
-			rh[k++] = rhop_for(r, dom, dlen);
+			rt[k++] = (struct rroute){.hop = rhop_for(r, dom, dlen),
+			                          .off = (uint32_t)(v - envs),
+			                          .len = (uint32_t)vlen};
 		}
 	uint32_t pending = 0;
 	struct rhop *seen[CONFIG_MAX_HOPS + 1];
@@ -205,9 +205,9 @@ rmsg_load(struct relay *r, struct rseg *s, uint64_t off, const struct journal_ms
 		pending++;
 		bool dup = false;
 		for (uint32_t i = 0; i < nseen; i++)
-			dup |= seen[i] == rh[k];
+			dup |= seen[i] == rt[k].hop;
 		if (!dup && nseen < CONFIG_MAX_HOPS + 1)
-			seen[nseen++] = rh[k];
+			seen[nseen++] = rt[k].hop;
 	}
 	uint32_t njobs = nseen;
 	if (pending == 0 || (st != NULL && st->deleted))
@@ -243,11 +243,8 @@ rmsg_load(struct relay *r, struct rseg *s, uint64_t off, const struct journal_ms
 	m->body_len = h.msg_len;
 	m->nrcpt = nrcpt;
 	m->rcpt = (struct raddr *)(blk + o_rcpt);
-	it = (struct spool_tlv_iter){.p = m->env, .len = h.env_len};
-	k = 0;
-	while (spool_tlv_next(&it, &type, &v, &vlen) == 1)
-		if (type == SPOOL_TLV_RCPT && k < nrcpt)
-			m->rcpt[k++] = (struct raddr){.p = (const char *)v, .len = (uint32_t)vlen};
+	for (k = 0; k < nrcpt; k++)
+		m->rcpt[k] = (struct raddr){.p = (const char *)m->env + rt[k].off, .len = rt[k].len};
 	if (st != NULL) {
 		memcpy(m->done, st->done, nrcpt);
 		m->held = st->held;
@@ -267,7 +264,7 @@ rmsg_load(struct relay *r, struct rseg *s, uint64_t off, const struct journal_ms
 		j->tk = (uint32_t *)(blk + o_tk) + used;
 		j->rs = blk + o_rs + used;
 		for (k = 0; k < nrcpt; k++)
-			if (m->done[k] == 0 && rh[k] == seen[i])
+			if (m->done[k] == 0 && rt[k].hop == seen[i])
 				j->ri[j->n++] = k;
 		used += j->n;
 	}
