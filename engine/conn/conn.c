@@ -61,6 +61,7 @@ static void conn_input(struct worker *w, struct conn *c);
 static void tls_begin(struct worker *w, struct conn *c);
 static void tls_release(struct worker *w, struct conn *c);
 static void conn_sink_verdict(struct sink_waiter *waiter, int res);
+static void conn_policy_done(struct policy_waiter *pw, int res, const struct smtp_check_reply *r);
 
 /* Bytes waiting to go out: the plaintext block, plus for TLS the
  * ciphertext not yet sent. */
@@ -195,6 +196,18 @@ peer_fill(struct conn *c)
 	return true;
 }
 
+/* The 220, or the policy's 421 for a client over its limits (policy.h). */
+static void
+conn_greet(struct worker *w, struct conn *c)
+{
+	struct smtp_check_reply r;
+
+	if (policy_connect(&w->policy, &c->pol, &r) != SMTP_CHECK_OK)
+		smtp_session_start_refused(&c->session, &r);
+	else
+		smtp_session_start(&c->session);
+}
+
 /*
  * Start the connection proper, after the PROXY stage if there is one: the
  * TLS handshake on an implicit listener (the greeting follows it), else
@@ -212,7 +225,7 @@ conn_begin(struct worker *w, struct conn *c)
 		return;
 	}
 	c->stage = CONN_STAGE_SMTP;
-	smtp_session_start(&c->session);
+	conn_greet(w, c);
 }
 
 void
@@ -262,6 +275,9 @@ conn_open(struct worker *w, int fd, unsigned listener)
 			  &w->stats, w->now, w->wall);
 	c->waiter.verdict = conn_sink_verdict;
 	smtp_session_set_waiter(&c->session, &c->waiter);
+	c->pol_waiter.done = conn_policy_done;
+	c->pol.waiter = &c->pol_waiter;
+	c->pol.peer = &c->peer;
 	const struct listener_conf *l = &w->cfg->listeners[listener];
 	if (w->tls != NULL)
 		smtp_session_set_tls_policy(&c->session,
@@ -547,6 +563,7 @@ conn_teardown(struct worker *w, struct conn *c)
 	}
 	hold_drop(w, c);
 	timer_cancel(w->wheel, &c->timer);
+	policy_conn_close(&w->policy, &c->pol);
 	close(c->fd);
 	c->fd = -1;
 	c->out.len = 0;
@@ -746,6 +763,37 @@ conn_sink_verdict(struct sink_waiter *waiter, int res)
 	assert(c->state == CONN_OPEN);
 	out_ensure(w, c);
 	smtp_session_verdict(&c->session, res, w->now);
+	conn_input(w, c);
+	conn_after_io(w, c);
+}
+
+int
+conn_policy_check(void *owner, enum smtp_check_point what, const char *addr, size_t len,
+		  struct smtp_check_reply *r)
+{
+	struct conn *c = owner;
+
+	return policy_check(&c->w->policy, &c->pol, what, addr, len, r);
+}
+
+void
+conn_policy_cancel(void *owner)
+{
+	struct conn *c = owner;
+
+	policy_cancel(&c->w->policy, &c->pol);
+}
+
+/* A pending policy check's answer (policy.h), outside the session's calls. */
+static void
+conn_policy_done(struct policy_waiter *pw, int res, const struct smtp_check_reply *r)
+{
+	struct conn *c = container_of(pw, struct conn, pol_waiter);
+	struct worker *w = c->w;
+
+	assert(c->state == CONN_OPEN);
+	out_ensure(w, c);
+	smtp_session_check_done(&c->session, res, r, w->now);
 	conn_input(w, c);
 	conn_after_io(w, c);
 }
@@ -1049,7 +1097,7 @@ tls_handshake(struct worker *w, struct conn *c)
 	out_ensure(w, c);
 	smtp_session_tls_started(&c->session, t->version, t->cipher, w->now);
 	if (w->cfg->listeners[c->listener].tls == LISTENER_TLS_IMPLICIT)
-		smtp_session_start(&c->session); /* RFC 8314 3.3: greeting after TLS */
+		conn_greet(w, c); /* RFC 8314 3.3: greeting after TLS */
 	/* The client may have sent its first command with its Finished. */
 	tls_pump(w, c);
 }

@@ -23,6 +23,7 @@
 
 #include "ringmx/sink.h"
 #include "ringmx/smtp.h"
+#include "policy.h"
 #include "timer.h"
 #include "tls.h"
 #include "tls_io.h"
@@ -114,6 +115,8 @@ struct conn {
 	uint64_t t_connect;
 	uint64_t close_deadline; /* CLOSING: when a stuck last send is cancelled */
 
+	struct policy_conn pol;          /* policy.h */
+	struct policy_waiter pol_waiter; /* a pending check's answer */
 	struct smtp_peer peer;
 	struct smtp_session session;
 	struct sink_waiter waiter; /* the sink's verdicts on this session's messages */
@@ -129,6 +132,11 @@ void conn_on_timer(struct timer_node *n, void *arg);
 void conn_drain(struct worker *w, struct conn *c, bool force);
 void conn_set_conf(struct conn *c, const struct smtp_conf *conf);
 void conn_log_hook(void *owner, const char *line, size_t len);
+/* struct smtp_hooks.check / .check_cancel: the session's policy questions
+ * go to the worker's struct policy (policy.h). */
+int conn_policy_check(void *owner, enum smtp_check_point what, const char *addr, size_t len,
+		      struct smtp_check_reply *r);
+void conn_policy_cancel(void *owner);
 /* Held input, for input stages that parse across receive buffers (PROXY). */
 size_t conn_hold_copy(struct worker *w, struct conn *c, char *dst, size_t n);
 size_t conn_hold_consume(struct worker *w, struct conn *c, size_t n);

@@ -680,6 +680,9 @@ worker_main(void *arg)
 		sink_discard_init(&w->discard, &w->qid, &w->sink);
 	}
 	w->hooks.log = conn_log_hook;
+	w->hooks.check = conn_policy_check;
+	w->hooks.check_cancel = conn_policy_cancel;
+	w->policy.hostname = w->cfg->smtp.hostname;
 	atomic_store(&w->ctl.cfg_ack, w->cfg);
 
 	for (size_t i = 0; i < w->nlisteners; i++)

@@ -115,6 +115,7 @@ struct worker {
 	struct relay *relay; /* relay_host/transport_maps set; NULL otherwise */
 	struct sink sink;
 	struct smtp_hooks hooks;
+	struct policy policy;
 	struct ringmx_stats stats;
 	struct log_buf log;
 };

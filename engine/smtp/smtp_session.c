@@ -128,6 +128,10 @@ static void
 session_close(struct smtp_session *s)
 {
 	if (!closing(s)) {
+		if (s->check_pending) {
+			s->check_pending = false;
+			s->hooks->check_cancel(s->owner);
+		}
 		tx_abort(s);
 		enter(s, SMTP_S_QUIT);
 	}
@@ -327,6 +331,39 @@ reject_option(struct smtp_session *s, const char *verb, const struct smtp_param 
 }
 
 #define REJECT(s, verb, lit, a, an) reject((s), verb, lit "\r\n", sizeof(lit "\r\n") - 1, a, an)
+
+/* ---- policy (struct smtp_hooks.check) ---- */
+
+static int
+policy_check(struct smtp_session *s, enum smtp_check_point what, const char *addr, size_t len,
+	     struct smtp_check_reply *r)
+{
+	int res;
+
+	if (s->hooks == NULL || s->hooks->check == NULL)
+		return SMTP_CHECK_OK;
+	r->len = 0;
+	res = s->hooks->check(s->owner, what, addr, len, r);
+	assert(res == SMTP_CHECK_OK || res == SMTP_CHECK_REJECT ||
+	       (res == SMTP_CHECK_PENDING && what == SMTP_CHECK_RCPT));
+	assert(res != SMTP_CHECK_REJECT ||
+	       (r->len >= 5 && r->len < sizeof r->text && r->text[r->len - 2] == '\r' &&
+		r->text[r->len - 1] == '\n'));
+	return res;
+}
+
+/* A policy refusal; 421 (a per-client limit) ends the session. */
+static void
+policy_reject(struct smtp_session *s, const char *verb, const struct smtp_check_reply *r,
+	      const char *addr, size_t addr_len)
+{
+	if (verb != NULL)
+		reject(s, verb, r->text, r->len, addr, addr_len);
+	else
+		reply(s, r->text, r->len);
+	if (memcmp(r->text, "421", 3) == 0)
+		session_close(s);
+}
 
 /* ---- message content ---- */
 
@@ -700,6 +737,11 @@ smtp_cmd_mail(struct smtp_session *s, const struct smtp_cmdline *c)
 		.esmtp = s->esmtp,
 		.wall = s->now_wall,
 	};
+	struct smtp_check_reply cr;
+	if (policy_check(s, SMTP_CHECK_MAIL, path, plen, &cr) != SMTP_CHECK_OK) {
+		policy_reject(s, "MAIL", &cr, path, plen);
+		return;
+	}
 	s->qid[0] = '\0';
 	r = s->sink->ops->tx_open(s->sink->self, s->waiter, &info, &s->tx, s->qid);
 	if (r < 0) {
@@ -725,6 +767,28 @@ smtp_cmd_mail(struct smtp_session *s, const struct smtp_cmdline *c)
 	REPLY(s, "250 2.1.0 Ok");
 }
 
+/* A recipient passed every check: the sink takes it. */
+static void
+rcpt_accept(struct smtp_session *s, const char *path, size_t plen)
+{
+	int r = s->sink->ops->tx_rcpt(s->tx, path, plen);
+
+	if (r < 0) {
+		s->stats->sink_errors++;
+		reject(s, "RCPT", r_sink_err, sizeof r_sink_err - 1, path, plen);
+		return;
+	}
+	if (s->tx_nrcpt == 0) {
+		memcpy(s->rcpt1, path, plen);
+		s->rcpt1[plen] = '\0';
+	}
+	s->tx_nrcpt++;
+	s->tx_env_rcpt += SMTP_ENV_RCPT_COST + plen;
+	s->stats->rcpt_accepted++;
+	enter(s, SMTP_S_RCPT);
+	REPLY(s, "250 2.1.5 Ok");
+}
+
 void
 smtp_cmd_rcpt(struct smtp_session *s, const struct smtp_cmdline *c)
 {
@@ -732,6 +796,7 @@ smtp_cmd_rcpt(struct smtp_session *s, const struct smtp_cmdline *c)
 	size_t plen = c->arg_len, nparams;
 	struct smtp_param prm;
 	struct smtp_addr a;
+	struct smtp_check_reply cr;
 	char buf[SMTP_REPLY_MAX];
 	int r, len;
 
@@ -795,22 +860,21 @@ smtp_cmd_rcpt(struct smtp_session *s, const struct smtp_cmdline *c)
 	default:
 		goto syntax;
 	}
-	r = s->sink->ops->tx_rcpt(s->tx, path, plen);
-	if (r < 0) {
-		s->stats->sink_errors++;
-		reject(s, "RCPT", r_sink_err, sizeof r_sink_err - 1, path, plen);
+	switch (policy_check(s, SMTP_CHECK_RCPT, path, plen, &cr)) {
+	case SMTP_CHECK_OK:
+		rcpt_accept(s, path, plen);
+		return;
+	case SMTP_CHECK_PENDING:
+		/* plen <= SMTP_PATH_MAX: the path parsed */
+		memcpy(s->pend_rcpt, path, plen);
+		s->pend_rcpt[plen] = '\0';
+		s->pend_len = (uint16_t)plen;
+		s->check_pending = true;
+		return;
+	default:
+		policy_reject(s, "RCPT", &cr, path, plen);
 		return;
 	}
-	if (s->tx_nrcpt == 0) {
-		memcpy(s->rcpt1, path, plen);
-		s->rcpt1[plen] = '\0';
-	}
-	s->tx_nrcpt++;
-	s->tx_env_rcpt += SMTP_ENV_RCPT_COST + plen;
-	s->stats->rcpt_accepted++;
-	enter(s, SMTP_S_RCPT);
-	REPLY(s, "250 2.1.5 Ok");
-	return;
 syntax:
 	REJECT(s, "RCPT", "501 5.1.3 Bad recipient address syntax", path, plen);
 	return;
@@ -962,6 +1026,11 @@ smtp_cmd_starttls(struct smtp_session *s, const struct smtp_cmdline *c)
 	}
 	if (s->state != SMTP_S_CONNECTED && s->state != SMTP_S_READY) {
 		REPLY(s, "503 5.5.1 Error: MAIL transaction in progress");
+		return;
+	}
+	struct smtp_check_reply cr;
+	if (policy_check(s, SMTP_CHECK_STARTTLS, NULL, 0, &cr) != SMTP_CHECK_OK) {
+		policy_reject(s, NULL, &cr, NULL, 0);
 		return;
 	}
 	REPLY(s, "220 2.0.0 Ready to start TLS");
@@ -1143,6 +1212,15 @@ smtp_session_start(struct smtp_session *s)
 		session_close(s);
 }
 
+void
+smtp_session_start_refused(struct smtp_session *s, const struct smtp_check_reply *r)
+{
+	assert(r->len >= 5 && r->len < sizeof r->text && r->text[r->len - 2] == '\r' &&
+	       r->text[r->len - 1] == '\n');
+	out_put(s, r->text, r->len);
+	session_close(s);
+}
+
 /* A drain waits for the transaction to end, then says goodbye. */
 static void
 shutdown_check(struct smtp_session *s)
@@ -1164,7 +1242,7 @@ smtp_session_feed(struct smtp_session *s, const char *p, size_t n, uint64_t now_
 	s->now = now_ns;
 	s->now_wall = now_wall;
 	while (i < n && !closing(s)) {
-		if (s->state == SMTP_S_VERDICT || out_room(s) < SMTP_OUT_MIN)
+		if (s->state == SMTP_S_VERDICT || s->check_pending || out_room(s) < SMTP_OUT_MIN)
 			break;
 		switch (s->state) {
 		case SMTP_S_DATA:
@@ -1202,7 +1280,7 @@ smtp_session_status(const struct smtp_session *s)
 
 	if (closing(s))
 		return SMTP_ST_CLOSE;
-	if (s->state == SMTP_S_VERDICT)
+	if (s->state == SMTP_S_VERDICT || s->check_pending)
 		st |= SMTP_ST_PAUSED;
 	if (out_room(s) < SMTP_OUT_MIN)
 		st |= SMTP_ST_OUTFULL;
@@ -1223,6 +1301,27 @@ smtp_session_verdict(struct smtp_session *s, int res, uint64_t now_ns)
 	s->now = now_ns;
 	s->t_activity = now_ns;
 	message_verdict(s, res == 0 ? 0 : res < 0 ? res : -EIO);
+	shutdown_check(s);
+}
+
+void
+smtp_session_check_done(struct smtp_session *s, int res, const struct smtp_check_reply *r,
+			uint64_t now_ns)
+{
+	if (!s->check_pending || closing(s))
+		return;
+	s->check_pending = false;
+	s->now = now_ns;
+	s->t_activity = now_ns;
+	/* The check was asked with SMTP_OUT_MIN room and nothing was
+	 * written since (feeding stopped), so the reply fits. */
+	if (res == SMTP_CHECK_OK) {
+		rcpt_accept(s, s->pend_rcpt, s->pend_len);
+	} else {
+		assert(r != NULL && r->len >= 5 && r->len < sizeof r->text &&
+		       r->text[r->len - 2] == '\r' && r->text[r->len - 1] == '\n');
+		policy_reject(s, "RCPT", r, s->pend_rcpt, s->pend_len);
+	}
 	shutdown_check(s);
 }
 

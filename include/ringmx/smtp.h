@@ -133,6 +133,26 @@ enum {
  * the session (for Received:). */
 #define SMTP_TLS_INFO_MAX 96
 
+/* Where the session asks its owner's policy (struct smtp_hooks.check). */
+enum smtp_check_point {
+	SMTP_CHECK_MAIL = 0, /* addr: the reverse-path ("" for <>) */
+	SMTP_CHECK_RCPT,     /* addr: the forward-path */
+	SMTP_CHECK_STARTTLS, /* addr: NULL */
+};
+
+enum smtp_check_res {
+	SMTP_CHECK_OK = 0,      /* go on */
+	SMTP_CHECK_REJECT = 1,  /* refuse with the reply in struct smtp_check_reply */
+	SMTP_CHECK_PENDING = 2, /* RCPT only: smtp_session_check_done() answers */
+};
+
+/* A policy refusal: one complete reply, e.g.
+ * "550 5.1.1 <u@d>: Recipient address rejected: User unknown\r\n". */
+struct smtp_check_reply {
+	size_t len;
+	char text[SMTP_REPLY_MAX];
+};
+
 /*
  * Hooks the session calls outward besides the sink. All optional (NULL).
  * log: one message-level event, already formatted key=value text without a
@@ -140,6 +160,22 @@ enum {
  */
 struct smtp_hooks {
 	void (*log)(void *owner, const char *line, size_t len);
+	/* Policy (engine/policy/): asked before MAIL, RCPT or STARTTLS is
+	 * accepted, once the command itself is valid; NULL accepts all. For
+	 * RCPT only addresses of accepted domains (and <Postmaster>) are
+	 * asked. addr is the path without <> (NULL for STARTTLS), a view
+	 * valid during the call. Returns an enum smtp_check_res; on
+	 * SMTP_CHECK_REJECT the hook has written one complete reply (CRLF
+	 * terminated, < SMTP_REPLY_MAX) into *r; a 421 reply ends the
+	 * session. SMTP_CHECK_PENDING (RCPT only): the answer comes later
+	 * through smtp_session_check_done(); the session is paused until
+	 * then (SMTP_ST_PAUSED). */
+	int (*check)(void *owner, enum smtp_check_point what, const char *addr, size_t len,
+		     struct smtp_check_reply *r);
+	/* A pending check will not be answered: the session is closing
+	 * (timeout, disconnect, shutdown). The owner forgets it; a later
+	 * smtp_session_check_done() is ignored. Required with check. */
+	void (*check_cancel)(void *owner);
 };
 
 enum smtp_state {
@@ -223,6 +259,10 @@ struct smtp_session {
 	char helo[SMTP_DOMAIN_MAX + 1];
 	char mail_from[SMTP_PATH_MAX + 1]; /* without <> */
 	char rcpt1[SMTP_PATH_MAX + 1];     /* first recipient, for Received: "for" */
+	/* RCPT waiting for an asynchronous policy answer (SMTP_CHECK_PENDING). */
+	bool check_pending;
+	uint16_t pend_len;
+	char pend_rcpt[SMTP_PATH_MAX + 1];
 
 	struct smtp_counts counts;
 
@@ -239,6 +279,9 @@ void smtp_session_init(struct smtp_session *s, const struct smtp_conf *conf,
 		       const struct smtp_hooks *hooks, void *owner, struct ringmx_stats *stats,
 		       uint64_t now_ns, int64_t now_wall);
 void smtp_session_start(struct smtp_session *s);
+/* Instead of smtp_session_start(): the client is refused before the
+ * greeting (a per-client limit). Appends r's reply and closes. */
+void smtp_session_start_refused(struct smtp_session *s, const struct smtp_check_reply *r);
 
 /* Feed input. Returns bytes consumed (<= n). See the flow control note above. */
 size_t smtp_session_feed(struct smtp_session *s, const char *p, size_t n, uint64_t now_ns,
@@ -253,6 +296,15 @@ unsigned smtp_session_status(const struct smtp_session *s);
  * leaves the paused state; the caller then feeds any held input.
  */
 void smtp_session_verdict(struct smtp_session *s, int res, uint64_t now_ns);
+
+/*
+ * The answer to a pending RCPT check: res SMTP_CHECK_OK accepts the
+ * recipient (250), SMTP_CHECK_REJECT sends r (as returned by the hook).
+ * Leaves the paused state; the caller then feeds any held input. Ignored
+ * when no check is pending (it was cancelled).
+ */
+void smtp_session_check_done(struct smtp_session *s, int res, const struct smtp_check_reply *r,
+			     uint64_t now_ns);
 
 /* Monotonic deadline of the current timer (greeting, command, data, verdict,
  * session), in ns. */

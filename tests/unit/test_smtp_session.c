@@ -410,6 +410,143 @@ test_starttls_injection(void **state)
 	free(f);
 }
 
+/* ---- policy hook (struct smtp_hooks.check) ---- */
+
+struct pol {
+	int res[3];        /* answer per smtp_check_point */
+	const char *text;  /* reply for SMTP_CHECK_REJECT */
+	unsigned asked[3];
+	unsigned cancels;
+	char last[300];
+};
+
+static struct pol pol;
+
+static int
+pol_check(void *owner, enum smtp_check_point what, const char *addr, size_t len,
+	  struct smtp_check_reply *r)
+{
+	(void)owner;
+	pol.asked[what]++;
+	snprintf(pol.last, sizeof pol.last, "%.*s", (int)len, addr != NULL ? addr : "");
+	if (pol.res[what] == SMTP_CHECK_REJECT)
+		r->len = (size_t)snprintf(r->text, sizeof r->text, "%s", pol.text);
+	return pol.res[what];
+}
+
+static void
+pol_cancel(void *owner)
+{
+	(void)owner;
+	pol.cancels++;
+}
+
+static const struct smtp_hooks pol_hooks = {.check = pol_check, .check_cancel = pol_cancel};
+
+static void
+fx_start_pol(struct fx *f)
+{
+	memset(&pol, 0, sizeof pol);
+	smtp_session_init(&f->s, &f->conf, &f->peer, &f->out, &f->sink, &pol_hooks, &f->ts,
+			  &f->st, 0, WALL0);
+	smtp_session_start(&f->s);
+}
+
+static bool
+has(const struct fx *f, const char *needle)
+{
+	return memmem(f->transcript, f->tlen, needle, strlen(needle)) != NULL;
+}
+
+static void
+test_policy_sync(void **state)
+{
+	struct fx *f = fx_new();
+
+	(void)state;
+	fx_start_pol(f);
+	pol.res[SMTP_CHECK_RCPT] = SMTP_CHECK_REJECT;
+	pol.text = "550 5.1.1 <nobody@example.test>: Recipient address rejected: User unknown\r\n";
+	fx_sends(f, "EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<nobody@example.test>\r\n"
+		    "RCPT TO:<x@elsewhere.test>\r\n");
+	assert_true(has(f, "250 2.1.0 Ok\r\n550 5.1.1 <nobody@example.test>: Recipient address "
+			   "rejected: User unknown\r\n550 5.7.1"));
+	/* the foreign domain was refused before the policy was asked */
+	assert_int_equal(pol.asked[SMTP_CHECK_RCPT], 1);
+	assert_string_equal(pol.last, "nobody@example.test");
+	assert_int_equal(f->st.rcpt_accepted, 0);
+	/* a 421 from the policy ends the session */
+	pol.res[SMTP_CHECK_RCPT] = SMTP_CHECK_OK;
+	pol.res[SMTP_CHECK_MAIL] = SMTP_CHECK_REJECT;
+	pol.text = "421 4.7.0 mx.example.test Error: too many connections from 192.0.2.1\r\n";
+	fx_sends(f, "RSET\r\nMAIL FROM:<a@b.test>\r\nNOOP\r\n");
+	assert_true(has(f, "250 2.0.0 Ok\r\n421 4.7.0 mx.example.test Error: too many"));
+	assert_false(has(f, "2.0.0 Ok\r\n421 4.7.0 mx.example.test Error: too many connections from "
+			    "192.0.2.1\r\n250"));
+	assert_true(smtp_session_status(&f->s) & SMTP_ST_CLOSE);
+	assert_int_equal(pol.cancels, 0);
+	free(f);
+}
+
+static void
+test_policy_pending(void **state)
+{
+	struct fx *f = fx_new();
+	struct smtp_check_reply r;
+
+	(void)state;
+	fx_start_pol(f);
+	pol.res[SMTP_CHECK_RCPT] = SMTP_CHECK_PENDING;
+	fx_sends(f, "EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u1@example.test>\r\n"
+		    "RCPT TO:<u2@example.test>\r\n");
+	/* paused after the first RCPT: the second is not read yet */
+	assert_true(smtp_session_status(&f->s) & SMTP_ST_PAUSED);
+	assert_int_equal(pol.asked[SMTP_CHECK_RCPT], 1);
+	smtp_session_check_done(&f->s, SMTP_CHECK_OK, NULL, NS);
+	fx_flush(f);
+	assert_true(has(f, "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n"));
+	assert_false(smtp_session_status(&f->s) & SMTP_ST_PAUSED);
+	fx_sends(f, "RCPT TO:<u2@example.test>\r\n");
+	assert_string_equal(pol.last, "u2@example.test");
+	r.len = (size_t)snprintf(r.text, sizeof r.text,
+				 "450 4.1.1 <u2@example.test>: Recipient address rejected: "
+				 "unverified address: timeout\r\n");
+	smtp_session_check_done(&f->s, SMTP_CHECK_REJECT, &r, NS);
+	fx_flush(f);
+	assert_true(has(f, "250 2.1.5 Ok\r\n450 4.1.1 <u2@example.test>"));
+	assert_int_equal(f->st.rcpt_accepted, 1);
+	/* an answer nobody waits for is ignored */
+	smtp_session_check_done(&f->s, SMTP_CHECK_OK, NULL, NS);
+	assert_int_equal(f->out.len, 0);
+	/* a pending check is cancelled when the session times out */
+	fx_sends(f, "RCPT TO:<u3@example.test>\r\n");
+	assert_true(smtp_session_status(&f->s) & SMTP_ST_PAUSED);
+	assert_true(smtp_session_tick(&f->s, 400 * NS));
+	assert_int_equal(pol.cancels, 1);
+	smtp_session_check_done(&f->s, SMTP_CHECK_OK, NULL, 401 * NS);
+	fx_flush(f);
+	assert_false(has(f, "u3"));
+	assert_int_equal(f->st.rcpt_accepted, 1);
+	free(f);
+}
+
+static void
+test_policy_starttls(void **state)
+{
+	struct fx *f = fx_new();
+
+	(void)state;
+	f->conf.starttls = true;
+	fx_start_pol(f);
+	pol.res[SMTP_CHECK_STARTTLS] = SMTP_CHECK_REJECT;
+	pol.text = "421 4.7.0 mx.example.test Error: too many TLS handshakes from 192.0.2.1\r\n";
+	fx_sends(f, "EHLO c\r\nSTARTTLS\r\n");
+	assert_true(has(f, "421 4.7.0 mx.example.test Error: too many TLS handshakes"));
+	assert_false(has(f, "220 2.0.0"));
+	assert_true(smtp_session_status(&f->s) & SMTP_ST_CLOSE);
+	free(f);
+}
+
 int
 main(void)
 {
@@ -428,6 +565,9 @@ main(void)
 		cmocka_unit_test(test_received_tls),
 		cmocka_unit_test(test_received_tls_utf8_and_helo),
 		cmocka_unit_test(test_starttls_injection),
+		cmocka_unit_test(test_policy_sync),
+		cmocka_unit_test(test_policy_pending),
+		cmocka_unit_test(test_policy_starttls),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,61 @@
+/*
+ * policy.h - what ringmxd decides about a client, a sender and a recipient
+ * beyond the SMTP core's own rules: per-client limits, recipient maps and
+ * recipient verification, each in its own file under engine/policy/.
+ *
+ * The layer sits below the connection: the SMTP core asks through struct
+ * smtp_hooks.check (smtp.h), the connection passes that on to
+ * policy_check() with its struct policy_conn, and an answer that comes
+ * later (verification) returns through the connection's struct
+ * policy_waiter, as the sink's verdicts do through struct sink_waiter. At
+ * RCPT the checks run in this order and the first refusal wins: the
+ * client's recipient rate, the recipient maps, verification.
+ *
+ * Ownership rules
+ *  - struct policy belongs to one worker and is used on its thread only;
+ *    what it shares with other workers (the per-client table) is shared
+ *    through atomics, as that module documents.
+ *  - struct policy_conn lives inside struct conn; only that connection's
+ *    worker touches it. policy_conn_close() releases what it holds (a
+ *    concurrency slot, a pending verification) exactly once, at teardown.
+ */
+#ifndef RINGMX_POLICY_H
+#define RINGMX_POLICY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ringmx/smtp.h"
+
+/* Who hears a pending check's answer: embedded in the connection. */
+struct policy_waiter {
+	void (*done)(struct policy_waiter *w, int res, const struct smtp_check_reply *r);
+};
+
+/* Per-connection policy state (inside struct conn). */
+struct policy_conn {
+	struct policy_waiter *waiter;
+	const struct smtp_peer *peer; /* the client (after PROXY) */
+	bool pending;                 /* an answer is owed through waiter */
+};
+
+/* One worker's policy: set up with the worker, replaced parts on reload. */
+struct policy {
+	const char *hostname; /* for 421 replies */
+};
+
+/* The client is known (after any PROXY header), before the greeting:
+ * SMTP_CHECK_OK, or SMTP_CHECK_REJECT with a 421 reply in *r that the
+ * connection sends instead of the greeting. */
+int policy_connect(struct policy *p, struct policy_conn *pc, struct smtp_check_reply *r);
+/* Teardown: release what pc holds. Once per connection, whether or not
+ * policy_connect() was called. */
+void policy_conn_close(struct policy *p, struct policy_conn *pc);
+
+int policy_check(struct policy *p, struct policy_conn *pc, enum smtp_check_point what,
+		 const char *addr, size_t len, struct smtp_check_reply *r);
+/* The session no longer waits for pc's pending answer. */
+void policy_cancel(struct policy *p, struct policy_conn *pc);
+
+#endif
