@@ -168,8 +168,8 @@ static const char *const v1_invalid[] = {
 	"PROXY UNKNOWN x\ry\r\n",
 	"PROXY UNKNOWN\r\r\n",
 	/* 108 bytes: one over */
-	"PROXY UNKNOWN ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff "
-	"ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff 65535 655355\r\n",
+	("PROXY UNKNOWN ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff "
+	 "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff 65535 655355\r\n"),
 	/* keyword and protocol */
 	"proxy TCP4 192.0.2.1 198.51.100.2 1 2\r\n",
 	"PROXY tcp4 192.0.2.1 198.51.100.2 1 2\r\n",

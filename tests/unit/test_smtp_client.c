@@ -282,7 +282,7 @@ test_piece_checks(void **state)
 	struct smtpc_tx tx;
 	struct smtpc_rcpt r;
 	const uint8_t a[] = "ab", b[] = "c\r\n";
-	struct smtpc_piece pc[3] = {{a, 2}, {NULL, 0}, {b, 3}};
+	struct smtpc_piece pc[3] = {{.p = a, .len = 2}, {.p = NULL, .len = 0}, {.p = b, .len = 3}};
 	h_init(&h, SMTPC_TLS_NONE, false);
 	tx_make(&tx, &r, "b@x", "");
 	tx.pieces = pc;
@@ -610,10 +610,10 @@ test_big_body(void **state)
 		size_t len = i % 17 == 0 ? 0 : (x >> 8) % 3000;
 		if (at + len > sizeof(body))
 			len = sizeof(body) - at;
-		pc[i] = (struct smtpc_piece){body + at, len};
+		pc[i] = (struct smtpc_piece){.p = body + at, .len = len};
 		at += len;
 	}
-	pc[199] = (struct smtpc_piece){body + at, sizeof(body) - at};
+	pc[199] = (struct smtpc_piece){.p = body + at, .len = sizeof(body) - at};
 	for (int mode = 0; mode < 4; mode++) {
 		int chunking = mode & 1;
 		h_init(&h, SMTPC_TLS_NONE, false);
