@@ -79,6 +79,13 @@ const struct key_def config_keys[] = {
 	{"tls_ciphers", T_TLS_CIPHERS, 0, 0, 0, true},
 	{"tls_session_tickets", T_BOOL, CO(tls.session_tickets), 0, 0, true},
 	{"handshake_timeout", T_DURATION, CO(tls.handshake_timeout), SEC(1), SEC(3600), true},
+	/* Recipient verification (docs/defences.md). The cache is allocated
+	 * at start: its switch and its size need a restart. */
+	{"verify_recipients", T_BOOL, CO(verify.enabled), 0, 0, false},
+	{"verify_positive_ttl", T_DURATION, CO(verify.positive_ttl), SEC(1), SEC(100 * DAY_S), true},
+	{"verify_negative_ttl", T_DURATION, CO(verify.negative_ttl), 0, SEC(100 * DAY_S), true},
+	{"verify_timeout", T_DURATION, CO(verify.timeout), SEC(1), SEC(3600), true},
+	{"verify_cache_size", T_UINT, CO(verify.cache_size), 1, 16777216, false},
 };
 _Static_assert(sizeof(config_keys) / sizeof(config_keys[0]) == NKEYS, "NKEYS is the key count");
 
@@ -1092,6 +1099,12 @@ set_defaults(struct config *cfg)
 	cfg->smtp.session_timeout = SEC(3600);
 	cfg->smtp.starttls = false;
 	cfg->shutdown_timeout = SEC(30);
+
+	cfg->verify.enabled = false;
+	cfg->verify.positive_ttl = SEC(DAY_S);
+	cfg->verify.negative_ttl = SEC(3600);
+	cfg->verify.timeout = SEC(10);
+	cfg->verify.cache_size = 100000;
 
 	cfg->tls.min_version = 12;
 	cfg->tls.session_tickets = true;

@@ -156,6 +156,16 @@ cf_finish_relay(struct pstate *st)
 		if (r->default_hop < 0)
 			r->default_hop = idx;
 	}
+	/* Verification probes go to the recipient's own next hop. */
+	if (cfg->verify.enabled && !relay_enabled(r))
+		return fail_key(st, "verify_recipients", "needs a next hop to ask: set relay_host "
+			       "or transport_maps");
+	if (cfg->verify.enabled && cfg->verify.timeout >= cfg->smtp.command_timeout) {
+		syn_fmt_duration(a, sizeof(a), cfg->verify.timeout);
+		syn_fmt_duration(b, sizeof(b), cfg->smtp.command_timeout);
+		return fail_key(st, "verify_timeout", "%s is not less than command_timeout (%s)", a,
+				b);
+	}
 	if (!relay_enabled(r))
 		return 0;
 	if (cfg->sink != SINK_KIND_SPOOL)

@@ -20,7 +20,8 @@ policy_connect(struct policy *p, struct policy_conn *pc, struct smtp_check_reply
 void
 policy_conn_close(struct policy *p, struct policy_conn *pc)
 {
-	(void)p;
+	if (p->verify != NULL)
+		verify_cancel(p->verify, pc);
 	pc->pending = false;
 }
 
@@ -37,6 +38,9 @@ policy_check(struct policy *p, struct policy_conn *pc, enum smtp_check_point wha
 	case SMTP_CHECK_MAIL:
 		break;
 	case SMTP_CHECK_RCPT:
+		/* Last: the cheaper checks refuse first. */
+		if (p->verify != NULL)
+			return verify_rcpt(p->verify, pc, addr, len, r);
 		break;
 	case SMTP_CHECK_STARTTLS:
 		break;
@@ -47,6 +51,7 @@ policy_check(struct policy *p, struct policy_conn *pc, enum smtp_check_point wha
 void
 policy_cancel(struct policy *p, struct policy_conn *pc)
 {
-	(void)p;
+	if (p->verify != NULL)
+		verify_cancel(p->verify, pc);
 	pc->pending = false;
 }

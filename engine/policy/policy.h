@@ -27,6 +27,7 @@
 #include <stdint.h>
 
 #include "ringmx/smtp.h"
+#include "verify.h"
 
 /* Who hears a pending check's answer: embedded in the connection. */
 struct policy_waiter {
@@ -38,11 +39,13 @@ struct policy_conn {
 	struct policy_waiter *waiter;
 	const struct smtp_peer *peer; /* the client (after PROXY) */
 	bool pending;                 /* an answer is owed through waiter */
+	struct verify_wait vwait;     /* verify.c: on a probe's list while pending */
 };
 
 /* One worker's policy: set up with the worker, replaced parts on reload. */
 struct policy {
 	const char *hostname; /* for 421 replies */
+	struct verify *verify; /* verify_recipients = yes; NULL otherwise */
 };
 
 /* The client is known (after any PROXY header), before the greeting:

@@ -677,6 +677,7 @@ rhop_enqueue(struct relay *r, struct rjob *j)
 void
 rhop_defer_all(struct relay *r, struct rhop *h, const char *reason)
 {
+	probe_defer_all(h, reason);
 	while (h->qhead != NULL) {
 		struct rjob *j = h->qhead;
 		rhop_dequeue(j);
@@ -729,7 +730,8 @@ hop_pump(struct relay *r, struct rhop *h)
 		 * transactions; with DATA each one waits a round trip for its
 		 * 354, so one transaction already keeps it busy. */
 		bool chunking = c->st == C_READY && (smtpc_ext(&c->sc) & SMTPC_EXT_CHUNKING);
-		if (c->st != C_READY || c->nactive >= (chunking ? RELAY_WINDOW / 2 : 1))
+		if (c->st != C_READY ||
+		    c->nactive + c->nprobes >= (chunking ? RELAY_WINDOW / 2 : 1))
 			busy++;
 		else if (r->draining && c->nactive == 0 && !c->send_inflight &&
 		         (smtpc_status(&c->sc) & SMTPC_ST_IDLE))
@@ -740,7 +742,8 @@ hop_pump(struct relay *r, struct rhop *h)
 	 * failing next hop is also probed every retry_min with nothing queued,
 	 * so relay_defer_after's 451 ends as soon as it is back, not only when
 	 * the next retry of some message comes (up to retry_max later). */
-	bool want = h->qhead != NULL || (h->fail_since != 0 && h->nconns == 0);
+	bool want = h->qhead != NULL || h->phead != NULL ||
+	            (h->fail_since != 0 && h->nconns == 0);
 	if (want && !r->draining && !h->gone && r->now >= h->retry_at && busy == h->nconns &&
 	    h->nconns < r->cfg->relay.connections && h->nconns - h->nready == 0)
 		oconn_open(r, h);

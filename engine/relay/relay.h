@@ -36,6 +36,7 @@
 
 #include "ringmx/sink.h"
 #include "ringmx/stats.h"
+#include "smtp_client.h"
 
 struct relay;
 struct config;
@@ -84,6 +85,43 @@ void relay_on_cqe(struct relay *r, struct io_uring_cqe *cqe);
 void relay_poll(struct relay *r, uint64_t now_ns);
 uint64_t relay_wait_ns(const struct relay *r, uint64_t max_ns);
 
+
+/*
+ * Address verification (engine/policy/verify.c): a probe is one
+ * SMTPC_TX_PROBE transaction (MAIL FROM:<>, RCPT TO:<addr>, then RSET or
+ * QUIT, never DATA) to the address's own next hop (relay_route: relay_host
+ * or transport_maps), on the same pooled connections the hop's deliveries
+ * use, ahead of them. The probe is the caller's memory; the relay holds it
+ * from relay_probe_start() until done is called (or relay_probe_cancel()
+ * takes it back), and never calls done from inside relay_probe_start().
+ * done gets the deciding reply: code and "enh text" ("5.1.1 <a@b> User
+ * unknown"), the next hop's or the relay's own (4.4.1 connect to ...:
+ * Connection refused, 4.4.2 lost connection ..., 4.3.2 shutting down).
+ */
+#define RELAY_PROBE_TEXT_MAX 512
+struct rhop;
+struct relay_probe {
+	/* the caller's, set before relay_probe_start() and kept until done */
+	const char *addr; /* without <> */
+	size_t len;
+	void (*done)(struct relay_probe *p, int code, const char *text, size_t len);
+	/* the relay's */
+	struct relay_probe *prev, *next; /* the hop's queue */
+	struct rhop *hop;
+	uint8_t state; /* 0: the caller's, 1: queued, 2: lent to a connection */
+	int code;
+	size_t text_len;
+	struct smtpc_rcpt rc;
+	struct smtpc_tx tx;
+	char text[RELAY_PROBE_TEXT_MAX];
+};
+/* 0: queued, done comes later. -ENOENT: no next hop for the domain;
+ * -EHOSTDOWN: the next hop failed lately and is not retried yet (p->text,
+ * p->text_len: why); -ESHUTDOWN: draining. */
+int relay_probe_start(struct relay *r, struct relay_probe *p);
+/* true: taken back before it was sent (done will not come); false: it is
+ * on a connection and done still comes. */
+bool relay_probe_cancel(struct relay *r, struct relay_probe *p);
 
 /* Apply a set of commands. The set is acknowledged (acks) once every
  * journal record they wrote is durable, maybe in a later iteration; until

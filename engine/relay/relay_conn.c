@@ -519,7 +519,7 @@ static void
 core_unreadable(struct oconn *c)
 {
 	struct smtpc_tx *tx = c->sc.emit;
-	if (tx != NULL && tx->user != NULL)
+	if (tx != NULL && tx->user != NULL && !(tx->flags & SMTPC_TX_PROBE))
 		body_unreadable(c, tx->user);
 	else
 		oconn_fail(c, "4.3.0 message unreadable in the spool (I/O error)");
@@ -532,6 +532,7 @@ oconn_fill(struct oconn *c)
 {
 	struct relay *r = c->r;
 	struct rhop *h = c->hop;
+	probe_fill(c); /* first: a client's session waits for each */
 	while (c->st == C_READY && !r->draining && h->qhead != NULL &&
 	       c->nactive < conn_window(c) && (smtpc_status(&c->sc) & SMTPC_ST_READY)) {
 		struct rjob *j = h->qhead;
@@ -589,8 +590,8 @@ oconn_fill(struct oconn *c)
 }
 
 /* "enh text" of a reply the core reports. */
-static size_t
-reply_text(const struct smtpc_reply *rp, char *buf, size_t cap)
+size_t
+oconn_reply_text(const struct smtpc_reply *rp, char *buf, size_t cap)
 {
 	int n = rp->enh_len > 0 ? snprintf(buf, cap, "%.*s %.*s", (int)rp->enh_len, rp->enh,
 	                                   (int)rp->text_len, rp->text)
@@ -620,12 +621,20 @@ conn_event(void *arg, const struct smtpc_event *ev)
 		c->span_off = 0;
 		return;
 	case SMTPC_EV_RCPT: {
+		if (ev->tx->flags & SMTPC_TX_PROBE) {
+			probe_event(c, ev);
+			return;
+		}
 		struct rjob *j = ev->tx->user;
-		tl = reply_text(&ev->reply, t, sizeof(t));
+		tl = oconn_reply_text(&ev->reply, t, sizeof(t));
 		rjob_rcpt_result(r, j, j->tk[ev->rcpt], ev->reply.code, t, tl);
 		return;
 	}
 	case SMTPC_EV_TX: {
+		if (ev->tx->flags & SMTPC_TX_PROBE) {
+			probe_event(c, ev);
+			return;
+		}
 		struct rjob *j = ev->tx->user;
 		active_remove(c, j);
 		rjob_end_attempt(r, j);
@@ -633,7 +642,7 @@ conn_event(void *arg, const struct smtpc_event *ev)
 	}
 	case SMTPC_EV_DEFER:
 		c->defer = true;
-		tl = reply_text(&ev->reply, t, sizeof(t));
+		tl = oconn_reply_text(&ev->reply, t, sizeof(t));
 		snprintf(c->why, sizeof(c->why), "%.*s",
 		         (int)(tl < sizeof(c->why) ? tl : sizeof(c->why) - 1), t);
 		if (!c->failed) {

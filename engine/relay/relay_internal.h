@@ -224,6 +224,10 @@ struct rhop {
 	bool gone; /* no longer in the configuration */
 	struct rjob *qhead, *qtail;
 	uint32_t qlen;
+	struct relay_probe *phead, *ptail; /* address verification (relay_probe.c) */
+	/* Why the last connection failed before it was usable: the answer
+	 * to a probe while the hop is not retried. */
+	char down_why[RELAY_TEXT_MAX];
 	uint32_t nconns; /* open or opening */
 	uint32_t nready;
 	struct oconn *conns; /* list */
@@ -274,6 +278,7 @@ struct oconn {
 
 	struct rjob *active[RELAY_WINDOW];
 	uint32_t nactive;
+	uint32_t nprobes; /* relay_probe transactions lent to sc */
 
 	char in[RELAY_IN_SIZE];
 	char out[RELAY_OUT_SIZE];
@@ -432,11 +437,17 @@ int relay_map_read(void *dst, const uint8_t *src, size_t n);
 struct rseg *rseg_map(struct relay *r, unsigned wdir, uint64_t seq);
 void rseg_remap(struct relay *r, struct rseg *s);
 
+/* relay_probe.c: address verification probes on the hop's connections */
+void probe_fill(struct oconn *c);
+void probe_event(struct oconn *c, const struct smtpc_event *ev);
+void probe_defer_all(struct rhop *h, const char *reason);
+
 /* relay_conn.c: outbound connections */
 void oconn_close(struct oconn *c);
 void oconn_fail(struct oconn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void oconn_fill(struct oconn *c);
 void oconn_open(struct relay *r, struct rhop *h);
+size_t oconn_reply_text(const struct smtpc_reply *rp, char *buf, size_t cap);
 void oconn_send(struct oconn *c);
 void oconn_timer_update(struct oconn *c);
 void oconn_timer(struct oconn *c);

@@ -294,6 +294,7 @@ switch_config(struct worker *w, const struct config *cfg)
 		spool_set_conf(w->spool, cfg);
 	if (w->relay != NULL)
 		relay_set_conf(w->relay, cfg);
+	verify_set_conf(w->policy.verify, cfg);
 	for (uint32_t i = 0; i < w->nconns; i++)
 		if (w->conns[i].state != CONN_FREE)
 			conn_set_conf(&w->conns[i], &cfg->smtp);
@@ -505,6 +506,8 @@ loop(struct worker *w)
 			take_cmds(w); /* one that waited for the previous set */
 			relay_poll(w->relay, w->now);
 		}
+		if (w->policy.verify != NULL)
+			verify_poll(w->policy.verify, w->now); /* timeouts */
 		conn_rearm_all(w);
 		conn_flush_all(w);
 		rearm_accepts(w);
@@ -519,6 +522,8 @@ loop(struct worker *w)
 			wait = spool_wait_ns(w->spool, w->now, wait);
 		if (w->relay != NULL)
 			wait = relay_wait_ns(w->relay, wait);
+		if (w->policy.verify != NULL)
+			wait = verify_wait_ns(w->policy.verify, wait);
 		if (w->draining && wait > TIMER_TICK_NS)
 			wait = TIMER_TICK_NS;
 		struct __kernel_timespec ts = {.tv_sec = (long long)(wait / 1000000000u),
@@ -675,6 +680,13 @@ worker_main(void *arg)
 				.admit = relay_admit,
 			};
 			spool_set_hooks(w->spool, &hooks);
+			/* Verification probes ride the relay's connections. */
+			r = w->cfg->verify.enabled ? verify_open(&w->policy.verify, w->cfg, w->relay,
+								 &w->stats)
+						   : 0;
+			if (r < 0)
+				panic("verify: cannot allocate the cache (verify_cache_size %u): %s",
+				      w->cfg->verify.cache_size, strerror(-r));
 		}
 	} else {
 		sink_discard_init(&w->discard, &w->qid, &w->sink);
@@ -705,5 +717,7 @@ worker_main(void *arg)
 	relay_close(w->relay);
 	w->relay = NULL;
 	pools_fini(w);
+	verify_close(w->policy.verify); /* after the connections: they may wait on it */
+	w->policy.verify = NULL;
 	return NULL;
 }

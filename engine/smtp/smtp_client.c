@@ -503,7 +503,7 @@ emit_mail(struct smtpc *c, struct smtpc_tx *tx)
 {
 	bool b8 = (tx->flags & SMTPC_TX_8BITMIME) && (c->ext & SMTPC_EXT_8BITMIME);
 	bool utf8 = tx->flags & SMTPC_TX_SMTPUTF8; /* tx_precheck: only when offered */
-	bool size = c->ext & SMTPC_EXT_SIZE;
+	bool size = (c->ext & SMTPC_EXT_SIZE) && !(tx->flags & SMTPC_TX_PROBE);
 	struct line l;
 	if (!line_begin(c, &l,
 	                11 + tx->from_len + 1 + (b8 ? 14 : 0) + (utf8 ? 9 : 0) +
@@ -568,6 +568,12 @@ emit_tx_step(struct smtpc *c, struct smtpc_tx *tx)
 	case E_RCPT:
 		if (tx->mail_failed) {
 			emit_end(c, tx); /* no transaction: nothing to reset */
+			return true;
+		}
+		if (c->ek == tx->nrcpt && (tx->flags & SMTPC_TX_PROBE)) {
+			/* No data phase: the MAIL may have opened a transaction. */
+			c->need_rset = true;
+			emit_end(c, tx);
 			return true;
 		}
 		if (c->ek == tx->nrcpt) {
@@ -829,7 +835,9 @@ on_tx_reply(struct smtpc *c, const struct smtpc_exp *e, enum verdict v,
 		return;
 	case X_RCPT:
 		tx->rcpt_out--;
-		if (tx->rcpt[e->k].st == R_PENDING && v == V_OK) {
+		if (tx->rcpt[e->k].st == R_PENDING && (tx->flags & SMTPC_TX_PROBE)) {
+			rcpt_result(c, tx, e->k, sr, SMTPC_CMD_RCPT); /* 2xx too */
+		} else if (tx->rcpt[e->k].st == R_PENDING && v == V_OK) {
 			tx->rcpt[e->k].st = R_ACCEPTED;
 			tx->nacc++;
 		} else if (tx->rcpt[e->k].st == R_PENDING) {

@@ -135,6 +135,11 @@ struct smtpc_piece {
 enum {
 	SMTPC_TX_SMTPUTF8 = 1u << 0, /* refused (5.6.7) unless SMTPUTF8 is offered */
 	SMTPC_TX_8BITMIME = 1u << 1, /* BODY=8BITMIME when offered */
+	/* Address verification (Postfix's verify(8) probe): MAIL and the
+	 * RCPTs only, never DATA or BDAT and never SIZE; each RCPT's own
+	 * reply is that recipient's result, 2xx included; a RSET goes in
+	 * front of the next transaction (QUIT needs none). No body. */
+	SMTPC_TX_PROBE = 1u << 2,
 };
 
 struct smtpc_tx {

@@ -241,6 +241,16 @@ struct config {
 	struct proxy_trust proxy_trusted;
 
 	struct relay_conf relay;
+
+	/* Recipient verification against the next hop (docs/defences.md,
+	 * engine/policy/verify.c). */
+	struct verify_conf {
+		bool enabled;          /* verify_recipients */
+		uint64_t positive_ttl; /* ns */
+		uint64_t negative_ttl; /* ns; 0: 5xx results are not cached */
+		uint64_t timeout;      /* ns: a probe's answer, at most */
+		unsigned cache_size;   /* entries per worker */
+	} verify;
 };
 
 /*

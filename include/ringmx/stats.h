@@ -84,6 +84,14 @@
 	X(relay_segments_removed, "spool segments removed after every message was finished")      \
 	X(relay_refused_high_water, "MAIL refused: backlog over spool_high_water (452)")           \
 	X(relay_refused_hop_down, "MAIL refused: a next hop failing for relay_defer_after (451)")  \
+	X(verify_cache_hits, "RCPT answered from the verification cache")                       \
+	X(verify_probes, "verification probes sent to a next hop")                             \
+	X(verify_joined, "RCPT waiting on a probe already in flight for its address")          \
+	X(verify_ok, "verification results: the next hop accepted (2xx)")                      \
+	X(verify_rejected, "verification results: the next hop refused (5xx, 550 5.1.1)")      \
+	X(verify_tempfail, "verification results: 4xx, timeout or hop down (450 4.1.1)")       \
+	X(verify_busy, "RCPT refused: verify_probes_max probes in flight (450 4.1.1)")         \
+	X(verify_evicted, "verification cache entries evicted to make room (verify_cache_size)") \
 	X(loop_iterations, "event loop iterations")
 
 struct ringmx_stats {

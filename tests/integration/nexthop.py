@@ -539,6 +539,7 @@ class FakeMX:
                 tx["rcpts"].append(addr)
                 conn.reply(*(r or (250, "2.1.5 Ok")))
             elif verb == "DATA":
+                self._count("data")
                 if tx is None or tx["bdat"]:
                     conn.reply(503, "5.5.1 Error: need MAIL command" if tx is None
                                else "5.5.1 Error: DATA after BDAT")
@@ -590,6 +591,7 @@ class FakeMX:
                 self._end_of_data(conn, tx, info)
                 tx = None
             elif verb == "RSET":
+                self._count("rset")
                 tx = None
                 conn.reply(250, "2.0.0 Ok")
             elif verb == "NOOP":
@@ -901,15 +903,13 @@ default_login_user = {user}
 # run delivers as the invoking user, which may be below it.
 first_valid_uid = 1
 mail_location = maildir:{tmp}/maildirs/%d/%n
-# Any user@domain exists and delivers to maildirs/DOMAIN/USER as {user}.
+# Any user@domain exists and delivers to maildirs/DOMAIN/USER as {user} (or, with
+# users=, only those listed in {tmp}/users).
 passdb {{
   driver = static
   args = nopassword=y
 }}
-userdb {{
-  driver = static
-  args = uid={uid} gid={gid} home={tmp}/maildirs/%d/%n
-}}
+{userdb}
 service lmtp {{
   inet_listener lmtp {{
     address = 127.0.0.1
@@ -942,7 +942,9 @@ class DovecotLMTP:
         <TAB>for <RCPT>; DATE       (the "for" clause also only for a single recipient)
     and it stores LF line ends (Maildir); the rest is the message as sent."""
 
-    def __init__(self, tmpdir, port=0, timeout=TIMEOUT):
+    def __init__(self, tmpdir, port=0, timeout=TIMEOUT, users=None):
+        """users: None (anyone exists), or the only user@domain addresses that exist
+        (a passwd-file userdb): others get Dovecot's 550 5.1.1 at RCPT."""
         if not (os.access(DOVECOT, os.X_OK) and os.path.exists("/usr/lib/dovecot/lmtp")):
             raise Unavailable("dovecot is not installed (apt-get install dovecot-core dovecot-lmtpd)")
         self.tmp = os.path.abspath(tmpdir)
@@ -965,11 +967,20 @@ class DovecotLMTP:
         self.conf = os.path.join(self.tmp, "dovecot.conf")
         self.log_path = os.path.join(self.tmp, "dovecot.log")
         self.unix_path = os.path.join(self.tmp, "run", "lmtp")
+        if users is None:
+            userdb = ("userdb {\n  driver = static\n  args = uid=%d gid=%d home=%s/maildirs/%%d/%%n\n}"
+                      % (uid, gid, self.tmp))
+        else:
+            with open(os.path.join(self.tmp, "users"), "w") as f:
+                for u in users:
+                    f.write("%s::%d:%d::%s/maildirs/%s::\n" % (u, uid, gid, self.tmp, u))
+            userdb = "userdb {\n  driver = passwd-file\n  args = %s/users\n}" % self.tmp
         last = None
         for _attempt in range(3):
             self.port = port or _free_port()
             with open(self.conf, "w") as f:
                 f.write(DOVECOT_CONF.format(name="ringmx-test-%d" % self.port, tmp=self.tmp,
+                                            userdb=userdb,
                                             user=user, group=group, uid=uid, gid=gid,
                                             port=self.port))
             self._out = open(os.path.join(self.tmp, "dovecot.stderr"), "wb")

@@ -53,7 +53,7 @@
  *                         ext_ignore, keywords as in "ready")
  *   ! out N               output buffer capacity (default 8192)
  *   ! whole-only          the result depends on feed boundaries: mode one only
- *   ! tx FROM RCPT... [SMTPUTF8] [8BITMIME]   submit a transaction here (FROM
+ *   ! tx FROM RCPT... [SMTPUTF8] [8BITMIME] [PROBE]   submit a transaction here (FROM
  *                         and RCPT without <>; "<>" is the null sender)
  *   ! piece               the last `! tx`'s body lines after it are a new
  *                         piece (smtpc_tx.pieces)
@@ -276,7 +276,7 @@ load_conf(struct dlg *d, char *t, int line)
 	}
 }
 
-/* "! tx FROM RCPT... [SMTPUTF8] [8BITMIME]": addresses go into the text. */
+/* "! tx FROM RCPT... [SMTPUTF8] [8BITMIME] [PROBE]": addresses go into the text. */
 static void
 load_tx(struct dlg *d, char *t, int line)
 {
@@ -293,6 +293,10 @@ load_tx(struct dlg *d, char *t, int line)
 		}
 		if (strcmp(w, "8BITMIME") == 0) {
 			x->flags |= SMTPC_TX_8BITMIME;
+			continue;
+		}
+		if (strcmp(w, "PROBE") == 0) {
+			x->flags |= SMTPC_TX_PROBE;
 			continue;
 		}
 		char buf[1024];
