@@ -40,9 +40,16 @@ struct policy_conn {
 	bool pending;                 /* an answer is owed through waiter */
 };
 
+struct rcpt_map;
+struct ringmx_stats;
+
 /* One worker's policy: set up with the worker, replaced parts on reload. */
 struct policy {
 	const char *hostname; /* for 421 replies */
+	/* recipient_maps: the running configuration's map (shared, read
+	 * only; NULL = not set), replaced when the worker switches config. */
+	const struct rcpt_map *rcpt_map;
+	struct ringmx_stats *stats; /* the worker's counters */
 };
 
 /* The client is known (after any PROXY header), before the greeting:
