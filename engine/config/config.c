@@ -12,7 +12,7 @@
  * Layers, applied in order: defaults, file, -o, flags. Inside one layer a
  * scalar key may be set once. A list key (listen, domains, cpus) replaces
  * the lower layer's list on its first use in a layer and appends after that;
- * domains and cpus also take continuation lines.
+ * domains, cpus and recipient_maps also take continuation lines.
  *
  * libinih is driven through ini_parse_stream() with our own line reader, so
  * that we know the line number in the handler, can reject what inih would
@@ -58,6 +58,8 @@ const struct key_def config_keys[] = {
 	 true},
 	{"spool_high_water", T_SIZE64, CO(relay.high_water), 0, 1ull << 50, true},
 	{"relay_defer_after", T_DURATION, CO(relay.defer_after), 0, SEC(7 * DAY_S), true},
+	/* Read again on every SIGHUP (docs/defences.md). */
+	{"recipient_maps", T_RCPT_MAPS, 0, 0, 0, true},
 	{"message_size_limit", T_SIZE64, CO(smtp.message_size_limit), 1, 1ull << 40, true},
 	{"recipient_limit", T_UINT, CO(smtp.recipient_limit), 1, 1000000, true},
 	{"error_limit", T_UINT, CO(smtp.error_limit), 1, 1000000, true},
@@ -194,25 +196,34 @@ domain_add(struct pstate *st, const char *key, const char *tok, size_t n)
 	return 0;
 }
 
+/* The next item of a list separated by commas and/or blanks: its start,
+ * with its length in *n, or NULL at the end; *p moves past it. */
+const char *
+cf_list_next(const char **p, size_t *n)
+{
+	const char *s = *p, *t;
+
+	while (*s == ',' || syn_is_blank(*s))
+		s++;
+	t = s;
+	while (*s != '\0' && *s != ',' && !syn_is_blank(*s))
+		s++;
+	*p = s;
+	*n = (size_t)(s - t);
+	return *n > 0 ? t : NULL;
+}
+
 /* Domains separated by commas and/or blanks; appended to the list. */
 static int
 domains_parse(struct pstate *st, const char *key, const char *v)
 {
-	const char *p = v;
+	const char *t;
+	size_t n;
 
-	for (;;) {
-		const char *t;
-
-		while (*p == ',' || syn_is_blank(*p))
-			p++;
-		if (*p == '\0')
-			return 0;
-		t = p;
-		while (*p != '\0' && *p != ',' && !syn_is_blank(*p))
-			p++;
-		if (domain_add(st, key, t, (size_t)(p - t)) < 0)
+	while ((t = cf_list_next(&v, &n)) != NULL)
+		if (domain_add(st, key, t, n) < 0)
 			return -1;
-	}
+	return 0;
 }
 
 /*
@@ -562,7 +573,7 @@ static bool
 key_is_list(const struct key_def *k)
 {
 	return k->type == T_LISTEN || k->type == T_DOMAINS || k->type == T_CPUS ||
-	       k->type == T_PROXY_TRUSTED || k->type == T_TLS_SNI;
+	       k->type == T_PROXY_TRUSTED || k->type == T_TLS_SNI || k->type == T_RCPT_MAPS;
 }
 
 static int
@@ -768,6 +779,8 @@ cf_set_value(struct pstate *st, const struct key_def *k, const char *v)
 	}
 	case T_TLS_SNI:
 		return tls_sni_parse(st, k->name, v);
+	case T_RCPT_MAPS:
+		return cf_rcpt_maps_parse(st, k->name, v);
 	case T_TLS_VERSION:
 		/* TLS 1.0 and 1.1 are never offered (RFC 8996). */
 		if (strcmp(v, "1.2") == 0)
@@ -817,9 +830,9 @@ cf_set_key(struct pstate *st, const char *name, const char *v, bool cont)
 	if (k == NULL)
 		return cf_fail(st, name, "unknown key");
 	seen = &st->ly.seen[k - config_keys];
-	if (cont && k->type != T_DOMAINS && k->type != T_CPUS)
-		return cf_fail(st, k->name, "continuation line not allowed (only domains and cpus "
-					 "take continuation lines)");
+	if (cont && k->type != T_DOMAINS && k->type != T_CPUS && k->type != T_RCPT_MAPS)
+		return cf_fail(st, k->name, "continuation line not allowed (only domains, cpus and "
+					 "recipient_maps take continuation lines)");
 	if (!cont && !key_is_list(k) && *seen != 0) {
 		if (st->ly.file != NULL)
 			return cf_fail(st, k->name, "already set on line %d", *seen);
@@ -842,10 +855,14 @@ cf_set_key(struct pstate *st, const char *name, const char *v, bool cont)
 			cfg->tls.nsni = 0;
 		else if (k->type == T_PROXY_TRUSTED)
 			cfg->proxy_trusted.n = 0;
+		else if (k->type == T_RCPT_MAPS)
+			cf_rcpt_maps_clear(cfg);
 	}
 	/* An empty `domains =` or `cpus =` line may be followed by
-	 * continuation lines; an empty cpus list means no pinning. */
-	if (*v == '\0' && k->type != T_CPUS && !(k->type == T_DOMAINS && st->ly.file != NULL))
+	 * continuation lines; an empty cpus list means no pinning, an empty
+	 * recipient_maps none (as in Postfix). */
+	if (*v == '\0' && k->type != T_CPUS && k->type != T_RCPT_MAPS &&
+	    !(k->type == T_DOMAINS && st->ly.file != NULL))
 		return cf_fail(st, k->name, "empty value");
 	return cf_set_value(st, k, v);
 }
@@ -1266,7 +1283,7 @@ cf_load(const char *name, const char *text, size_t len, const struct config_args
 		}
 		goto cf_fail;
 	}
-	if (cf_finish_relay(&st) < 0)
+	if (cf_finish_relay(&st) < 0 || cf_finish_rcpt_maps(&st) < 0)
 		goto cf_fail;
 	return cfg;
 cf_fail:
@@ -1306,6 +1323,7 @@ config_free(struct config *cfg)
 		return;
 	domains_clear(cfg);
 	relay_map_free(&cfg->relay);
+	cf_rcpt_maps_clear(cfg);
 	free(cfg);
 }
 

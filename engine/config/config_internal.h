@@ -60,6 +60,7 @@ enum key_type {
 	T_RELAY_HOST,    /* a next hop, checked here, resolved in cf_finish_relay() */
 	T_FILE,          /* a path: char[CONFIG_PATH_MAX] at off */
 	T_RELAY_TLS,     /* none | may | encrypt | verify */
+	T_RCPT_MAPS,     /* list of files, loaded in cf_finish_rcpt_maps() */
 };
 
 struct key_def {
@@ -74,7 +75,7 @@ struct key_def {
 #define SEC(n) ((uint64_t)(n) * NS_PER_S)
 
 /* The order here is the order of config_print() and docs/config.md. */
-#define NKEYS 53 /* entries of config_keys (checked in config.c) */
+#define NKEYS 54 /* entries of config_keys (checked in config.c) */
 
 static const char *const default_domains[] = {"localhost", "example.test"};
 
@@ -118,6 +119,7 @@ void cf_cidr_text(const struct proxy_cidr *c, char *b, size_t cap);
 int cf_fail(struct pstate *st, const char *key, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 const struct key_def *cf_key_find(const char *name);
+const char *cf_list_next(const char **p, size_t *n);
 int cf_listen_parse(struct pstate *st, const char *key, const char *value);
 bool cf_listener_same(const struct listener_conf *a, const struct listener_conf *b);
 void cf_listener_set_port(struct listener_conf *l, uint16_t port);
@@ -134,7 +136,17 @@ int cf_apply_args(struct pstate *st, const struct config_args *a);
 int cf_apply_env(struct pstate *st, const struct config_args *a);
 
 /* config_relay.c */
+int cf_fail_key(struct pstate *st, const char *name, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
 int cf_finish_relay(struct pstate *st);
+int cf_path_beside(struct pstate *st, const char *key, const char *name,
+		   char path[CONFIG_PATH_MAX]);
+
+/* config_rcpt.c */
+void cf_rcpt_maps_clear(struct config *cfg);
+int cf_rcpt_maps_parse(struct pstate *st, const char *key, const char *v);
+int cf_finish_rcpt_maps(struct pstate *st);
+void cf_rcpt_maps_print(const struct config *cfg, FILE *f);
 
 /* config_print.c */
 void config_print(const struct config *cfg, FILE *f);

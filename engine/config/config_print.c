@@ -119,6 +119,11 @@ config_print(const struct config *cfg, FILE *f)
 				continue; /* unset: no empty `key =` line (that is an error) */
 			fprintf(f, "%s = %s", k->name, (const char *)p);
 			break;
+		case T_RCPT_MAPS:
+			if (cfg->nrcpt_map_files == 0)
+				continue;
+			cf_rcpt_maps_print(cfg, f);
+			break;
 		case T_TLS_SNI:
 			for (j = 0; j < cfg->tls.nsni; j++)
 				fprintf(f, "tls_sni = %s %s %s\n", cfg->tls.sni[j].name,

@@ -7,6 +7,8 @@
  *    own: the modules keep theirs (per worker, or shared as they document).
  */
 #include "policy.h"
+#include "rcpt_map.h"
+#include "ringmx/stats.h"
 
 int
 policy_connect(struct policy *p, struct policy_conn *pc, struct smtp_check_reply *r)
@@ -29,15 +31,15 @@ int
 policy_check(struct policy *p, struct policy_conn *pc, enum smtp_check_point what,
 	     const char *addr, size_t len, struct smtp_check_reply *r)
 {
-	(void)p;
 	(void)pc;
-	(void)addr;
-	(void)len;
-	(void)r;
 	switch (what) {
 	case SMTP_CHECK_MAIL:
 		break;
 	case SMTP_CHECK_RCPT:
+		if (p->rcpt_map != NULL && rcpt_map_check(p->rcpt_map, addr, len, r) != SMTP_CHECK_OK) {
+			p->stats->rcpt_unknown++;
+			return SMTP_CHECK_REJECT;
+		}
 		/* Last: the cheaper checks refuse first. */
 		if (p->verify != NULL)
 			return verify_rcpt(p->verify, pc, addr, len, r);

@@ -42,10 +42,17 @@ struct policy_conn {
 	struct verify_wait vwait;     /* verify.c: on a probe's list while pending */
 };
 
+struct rcpt_map;
+struct ringmx_stats;
+
 /* One worker's policy: set up with the worker, replaced parts on reload. */
 struct policy {
 	const char *hostname; /* for 421 replies */
 	struct verify *verify; /* verify_recipients = yes; NULL otherwise */
+	/* recipient_maps: the running configuration's map (shared, read
+	 * only; NULL = not set), replaced when the worker switches config. */
+	const struct rcpt_map *rcpt_map;
+	struct ringmx_stats *stats; /* the worker's counters */
 };
 
 /* The client is known (after any PROXY header), before the greeting:

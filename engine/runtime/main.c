@@ -32,6 +32,7 @@
 #include "tls.h"
 #include "ringmx_version.h"
 #include "control.h"
+#include "rcpt_map.h"
 #include "worker.h"
 
 static void
@@ -93,6 +94,22 @@ wake_all(struct worker *ws, unsigned n)
 		worker_wake(&ws[i]);
 }
 
+/* What recipient_maps loaded ("" when unset): for the start-up and
+ * reload log lines and -t. */
+static void
+rcpt_map_text(const struct config *cfg, char *b, size_t cap)
+{
+	struct rcpt_map_info mi;
+
+	b[0] = '\0';
+	if (cfg->rcpt_map == NULL)
+		return;
+	rcpt_map_get_info(cfg->rcpt_map, &mi);
+	snprintf(b, cap, "recipient_maps: %zu entries (%zu @domain, %zu duplicates ignored) "
+		 "from %zu file%s, %zu bytes", mi.entries, mi.catchall, mi.duplicates,
+		 cfg->nrcpt_map_files, cfg->nrcpt_map_files == 1 ? "" : "s", mi.bytes);
+}
+
 static const struct config *
 reload(struct worker *ws, unsigned n, const struct config_args *args, const struct config *cur)
 {
@@ -123,6 +140,9 @@ reload(struct worker *ws, unsigned n, const struct config_args *args, const stru
 		while (atomic_load(&ws[i].ctl.cfg_ack) != next && atomic_load(&ws[i].started) == 1)
 			sleep_ms(1);
 	log_info("configuration reloaded from %s", next->path[0] ? next->path : "(defaults)");
+	rcpt_map_text(next, err, sizeof(err));
+	if (err[0] != '\0')
+		log_info("%s", err);
 	config_free((struct config *)cur);
 	return next;
 }
@@ -171,6 +191,9 @@ main(int argc, char **argv)
 	}
 	if (args.check_only) {
 		printf("ringmxd: configuration %s is valid\n", cfg->path[0] ? cfg->path : "(defaults)");
+		rcpt_map_text(cfg, err, sizeof(err));
+		if (err[0] != '\0')
+			printf("ringmxd: %s\n", err);
 		config_free(cfg);
 		return 0;
 	}
@@ -229,6 +252,9 @@ main(int argc, char **argv)
 	log_info("ringmxd %s listening on %s (%u worker%s, sink=%s, config %s)", RINGMX_VERSION,
 		 where, n, n == 1 ? "" : "s", cfg->sink == SINK_KIND_SPOOL ? "spool" : "discard",
 		 cfg->path[0] ? cfg->path : "(defaults)");
+	rcpt_map_text(cfg, err, sizeof(err));
+	if (err[0] != '\0')
+		log_info("%s", err);
 
 	const struct config *cur = cfg;
 	for (;;) {

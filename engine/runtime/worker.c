@@ -289,6 +289,7 @@ static void
 switch_config(struct worker *w, const struct config *cfg)
 {
 	w->cfg = cfg;
+	w->policy.rcpt_map = cfg->rcpt_map;
 	tls_reload(w, cfg);
 	if (w->spool != NULL)
 		spool_set_conf(w->spool, cfg);
@@ -695,6 +696,8 @@ worker_main(void *arg)
 	w->hooks.check = conn_policy_check;
 	w->hooks.check_cancel = conn_policy_cancel;
 	w->policy.hostname = w->cfg->smtp.hostname;
+	w->policy.rcpt_map = w->cfg->rcpt_map;
+	w->policy.stats = &w->stats;
 	atomic_store(&w->ctl.cfg_ack, w->cfg);
 
 	for (size_t i = 0; i < w->nlisteners; i++)

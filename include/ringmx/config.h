@@ -38,6 +38,9 @@
 #define CONFIG_MAX_CPUS      1024    /* == CPU_SETSIZE: entries in cpu_list */
 #define CONFIG_LINE_MAX      4000    /* bytes per physical line, newline excluded */
 #define CONFIG_FILE_MAX      (1 << 20)
+#define CONFIG_RCPT_MAPS_MAX 16      /* files in recipient_maps (RCPT_MAP_FILES_MAX) */
+
+struct rcpt_map; /* engine/policy/rcpt_map.h */
 
 enum listener_tls {
 	LISTENER_TLS_NONE = 0,
@@ -251,6 +254,11 @@ struct config {
 		uint64_t timeout;      /* ns: a probe's answer, at most */
 		unsigned cache_size;   /* entries per worker */
 	} verify;
+	/* recipient_maps (docs/defences.md): the files as written, and the
+	 * map built from them at load (NULL when the key is unset); owned. */
+	char *rcpt_map_files[CONFIG_RCPT_MAPS_MAX];
+	size_t nrcpt_map_files;
+	struct rcpt_map *rcpt_map;
 };
 
 /*

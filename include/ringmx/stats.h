@@ -22,6 +22,7 @@
 	X(message_bytes, "message octets handed to the sink")                                      \
 	X(rcpt_accepted, "recipients accepted")                                                    \
 	X(rcpt_relay_denied, "recipients refused: relay access denied")                            \
+	X(rcpt_unknown, "recipients refused: no recipient_maps entry (550 5.1.1 User unknown)")   \
 	X(rcpt_limit, "recipients refused: recipient_limit or envelope size")                                    \
 	X(size_limit, "messages refused: message_size_limit")                                      \
 	X(line_too_long, "command lines over the limit")                                           \

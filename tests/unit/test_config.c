@@ -512,7 +512,7 @@ test_listen_invalid(void **state)
 	bad("listen = [::1]:25\nlisten = [0::1]:25\n",
 	    "t.conf:2: listen: duplicate listener: [::1]:25");
 	bad("listen = 127.0.0.1:25\n  tls=none\n",
-	    "t.conf:2: listen: continuation line not allowed (only domains and cpus take "
+	    "t.conf:2: listen: continuation line not allowed (only domains, cpus and recipient_maps take "
 	    "continuation lines)");
 
 	for (i = 0; i <= CONFIG_MAX_LISTENERS; i++)
@@ -772,10 +772,10 @@ test_continuation(void **state)
 	bad("domains = a.example\n  b.example\n  bad..example\n",
 	    "t.conf:3: domains: not a domain: 'bad..example'");
 	bad("workers = 2\n  3\n",
-	    "t.conf:2: workers: continuation line not allowed (only domains and cpus take "
+	    "t.conf:2: workers: continuation line not allowed (only domains, cpus and recipient_maps take "
 	    "continuation lines)");
 	bad("hostname = mx\n  .example\n",
-	    "t.conf:2: hostname: continuation line not allowed (only domains and cpus take "
+	    "t.conf:2: hostname: continuation line not allowed (only domains, cpus and recipient_maps take "
 	    "continuation lines)");
 	/* An indented first line is an ordinary key line. */
 	cfg = ok("  workers = 5\n");
