@@ -327,13 +327,21 @@ verify_rcpt(struct verify *v, struct policy_conn *pc, const char *addr, size_t l
 	p->deadline = v->now + v->cfg->verify.timeout;
 	p->hnext = v->pb[pbucket(k)];
 	v->pb[pbucket(k)] = p;
-	p->fnext = NULL;
-	p->fprev = v->ftail;
-	if (v->ftail != NULL)
-		v->ftail->fnext = p;
+	/* In deadline order: the same timeout for all keeps this an append,
+	 * but a reload may have shortened verify_timeout. */
+	struct vprobe *after = v->ftail;
+	while (after != NULL && after->deadline > p->deadline)
+		after = after->fprev;
+	p->fprev = after;
+	p->fnext = after != NULL ? after->fnext : v->fhead;
+	if (p->fnext != NULL)
+		p->fnext->fprev = p;
+	else
+		v->ftail = p;
+	if (after != NULL)
+		after->fnext = p;
 	else
 		v->fhead = p;
-	v->ftail = p;
 	wait_add(p, pc);
 	return SMTP_CHECK_PENDING;
 }
@@ -349,7 +357,7 @@ void
 verify_poll(struct verify *v, uint64_t now)
 {
 	v->now = now;
-	/* Every probe has the same timeout: the list is in deadline order. */
+	/* The list is in deadline order (verify_rcpt inserts so). */
 	while (v->fhead != NULL && v->fhead->deadline <= now) {
 		struct vprobe *p = v->fhead;
 		inflight_remove(v, p);

@@ -713,7 +713,7 @@ relay_timer(struct timer_node *n, void *arg)
 static void
 hop_pump(struct relay *r, struct rhop *h)
 {
-	uint32_t busy = 0;
+	uint32_t busy = 0, pbusy = 0;
 	for (struct oconn *c = h->conns, *cn; c != NULL; c = cn) {
 		cn = c->next; /* a QUIT below may close (and free) c */
 		if (c->st == C_READY) {
@@ -730,6 +730,8 @@ hop_pump(struct relay *r, struct rhop *h)
 		 * transactions; with DATA each one waits a round trip for its
 		 * 354, so one transaction already keeps it busy. */
 		bool chunking = c->st == C_READY && (smtpc_ext(&c->sc) & SMTPC_EXT_CHUNKING);
+		if (c->st != C_READY || c->nactive > 0)
+			pbusy++; /* no place for a probe (probe_conn_usable) */
 		if (c->st != C_READY ||
 		    c->nactive + c->nprobes >= (chunking ? RELAY_WINDOW / 2 : 1))
 			busy++;
@@ -744,7 +746,8 @@ hop_pump(struct relay *r, struct rhop *h)
 	 * the next retry of some message comes (up to retry_max later). */
 	bool want = h->qhead != NULL || h->phead != NULL ||
 	            (h->fail_since != 0 && h->nconns == 0);
-	if (want && !r->draining && !h->gone && r->now >= h->retry_at && busy == h->nconns &&
+	if (want && !r->draining && !h->gone && r->now >= h->retry_at &&
+	    (busy == h->nconns || (h->phead != NULL && pbusy == h->nconns)) &&
 	    h->nconns < r->cfg->relay.connections && h->nconns - h->nready == 0)
 		oconn_open(r, h);
 }
@@ -999,6 +1002,11 @@ void
 relay_drain(struct relay *r, bool force)
 {
 	r->draining = true;
+	/* Sessions waiting on a queued probe get their 450 now, not at
+	 * verify_timeout (no probe is sent while draining). */
+	for (struct rhop *h = r->hops; h != NULL; h = h->next)
+		if (h->phead != NULL)
+			probe_defer_all(h, "4.3.2 ringmxd is shutting down");
 	for (struct rhop *h = r->hops; h != NULL; h = h->next)
 		for (struct oconn *c = h->conns, *cn; c != NULL; c = cn) {
 			cn = c->next;

@@ -441,6 +441,8 @@ void rseg_remap(struct relay *r, struct rseg *s);
 void probe_fill(struct oconn *c);
 void probe_event(struct oconn *c, const struct smtpc_event *ev);
 void probe_defer_all(struct rhop *h, const char *reason);
+bool probe_conn_usable(const struct oconn *c);
+void probe_reroute(struct relay *r, struct rhop *h);
 
 /* relay_conn.c: outbound connections */
 void oconn_close(struct oconn *c);

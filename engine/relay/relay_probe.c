@@ -118,7 +118,30 @@ probe_defer_all(struct rhop *h, const char *reason)
 static uint32_t
 probe_window(const struct oconn *c)
 {
-	return (smtpc_ext(&c->sc) & SMTPC_EXT_PIPELINING) ? RELAY_WINDOW : 1;
+	/* Half the window at most: the hop's deliveries keep the rest,
+	 * however many addresses a dictionary attack makes us verify. */
+	return (smtpc_ext(&c->sc) & SMTPC_EXT_PIPELINING) ? RELAY_WINDOW / 2 : 1;
+}
+
+/* A probe behind a delivery waits for that whole message (its body, the
+ * next hop's end-of-data filters): it takes such a connection only when
+ * the hop may open no other (hop_pump opens one for waiting probes). */
+bool
+probe_conn_usable(const struct oconn *c)
+{
+	return c->nactive == 0 || c->hop->nconns >= c->r->cfg->relay.connections;
+}
+
+/* The address needs SMTPUTF8 from the next hop (RFC 6531 3.4): without
+ * it a hop that has it refuses the RCPT, and the refusal would be taken
+ * for an unknown user. */
+static bool
+addr_utf8(const char *a, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if ((unsigned char)a[i] >= 0x80)
+			return true;
+	return false;
 }
 
 /* Hand the hop's queued probes to c's client core. */
@@ -127,13 +150,15 @@ probe_fill(struct oconn *c)
 {
 	struct rhop *h = c->hop;
 	while (c->st == C_READY && !c->r->draining && h->phead != NULL &&
-	       c->nprobes < probe_window(c) && (smtpc_status(&c->sc) & SMTPC_ST_READY)) {
+	       c->nprobes < probe_window(c) && probe_conn_usable(c) &&
+	       (smtpc_status(&c->sc) & SMTPC_ST_READY)) {
 		struct relay_probe *p = h->phead;
 		probe_unlink(p);
 		p->rc = (struct smtpc_rcpt){.addr = p->addr, .len = p->len};
 		p->tx = (struct smtpc_tx){
 		    .from = "", .from_len = 0, .rcpt = &p->rc, .nrcpt = 1,
-		    .flags = SMTPC_TX_PROBE, .user = p};
+		    .flags = SMTPC_TX_PROBE | (addr_utf8(p->addr, p->len) ? SMTPC_TX_SMTPUTF8 : 0u),
+		    .user = p};
 		int rc = smtpc_submit(&c->sc, &p->tx);
 		if (rc == -EBUSY) {
 			/* SMTPC_TX_MAX unfinished with the deliveries: later. */
@@ -176,4 +201,29 @@ probe_event(struct oconn *c, const struct smtpc_event *ev)
 	/* The core holds nothing of p now; done may start another probe
 	 * (queued only: no call into any connection's core from here). */
 	probe_finish(p, p->code, p->text, p->text_len);
+}
+
+/* A reload removed h (relay_set_conf): its queued probes go to their
+ * domain's hop under the new routes, or get the reason when none is. */
+void
+probe_reroute(struct relay *r, struct rhop *h)
+{
+	struct relay_probe *p = h->phead;
+	h->phead = h->ptail = NULL;
+	while (p != NULL) {
+		struct relay_probe *pn = p->next;
+		p->prev = p->next = NULL;
+		p->state = P_IDLE;
+		p->hop = NULL;
+		p->text_len = 0;
+		if (relay_probe_start(r, p) < 0) {
+			if (p->text_len == 0) {
+				static const char t[] = "4.3.0 no next hop for the domain";
+				memcpy(p->text, t, sizeof(t));
+				p->text_len = sizeof(t) - 1;
+			}
+			probe_finish(p, 451, p->text, p->text_len);
+		}
+		p = pn;
+	}
 }

@@ -297,12 +297,15 @@ relay_set_conf(struct relay *r, const struct config *cfg)
 	/* Jobs queued for a next hop that is gone are routed again now (the
 	 * gone hop opens no connection); waiting ones are when their timer
 	 * fires, active ones when their attempt ends. */
-	for (struct rhop *h = r->hops; h != NULL; h = h->next)
+	for (struct rhop *h = r->hops; h != NULL; h = h->next) {
 		while (h->gone && h->qhead != NULL) {
 			struct rjob *j = h->qhead;
 			rhop_dequeue(j);
 			rhop_enqueue(r, j);
 		}
+		if (h->gone && h->phead != NULL)
+			probe_reroute(r, h); /* probes too: sessions wait on them */
+	}
 	/* A new client context when relay_tls or the CA file changed (or on
 	 * every reload for verify: the CA bundle may have been replaced).
 	 * Sessions in progress keep the old one (wolfSSL counts references). */

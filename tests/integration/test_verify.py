@@ -146,5 +146,83 @@ def _():
           "error: %r" % p.stderr)
 
 
+class Utf8MX(FakeMX):
+    """Like Postfix with smtputf8_enable = yes: a non-ASCII RCPT in a transaction whose
+    MAIL did not say SMTPUTF8 gets 553 5.6.7 (RFC 6531 3.5)."""
+
+    def __init__(self, **kw):
+        self.mail_lines = []
+        super().__init__(**kw)
+
+    def _session(self, conn, info):
+        orig = conn.line
+
+        def line(*a):
+            raw = orig(*a)
+            if raw[:4].upper() == b"MAIL":
+                info["utf8"] = b"SMTPUTF8" in raw.upper()
+                self.mail_lines.append(raw)
+            return raw
+
+        conn.line = line
+        return super()._session(conn, info)
+
+
+@T.test("a UTF-8 address is probed with MAIL FROM:<> SMTPUTF8 (not refused as unknown)")
+def _():
+    mx = Utf8MX()
+
+    def pol(ev, info, arg):
+        if ev == "rcpt" and any(ord(ch) > 127 for ch in arg) and not info.get("utf8"):
+            return (553, "5.6.7 Must declare SMTPUTF8 to send unicode address")
+        return None
+
+    mx.policy = pol
+    with mx, RelayServer(spool_dir("utf8"), hop(mx), extra=VERIFY, workers=1) as srv:
+        with srv.client() as c:
+            c.ehlo("x.test")
+            c.cmd("MAIL FROM:<a@sender.test> SMTPUTF8").expect(250)
+            r = c.cmd("RCPT TO:<j\u00f6rg@example.test>")
+            check(r.code == 250, "valid UTF-8 mailbox refused: %r (next hop saw %r)"
+                  % (r.lines, mx.mail_lines))
+            check(any(b"SMTPUTF8" in m.upper() for m in mx.mail_lines),
+                  "the probe's MAIL lacks SMTPUTF8: %r" % mx.mail_lines)
+
+
+@T.test("a probe does not wait behind a slow delivery: a free connection is opened")
+def _():
+    mx = FakeMX()
+    slow = {"on": False}
+
+    def data_reply(rec):
+        if slow["on"]:
+            time.sleep(5)
+        return None
+
+    mx.data_reply = data_reply
+    with mx, RelayServer(spool_dir("slow"), hop(mx),
+                         extra=VERIFY + ("verify_timeout=3s", "relay_idle_timeout=30s"),
+                         workers=1, fast=False) as srv:
+        with srv.client() as c:  # a probe opens the one connection, then a message
+            c.ehlo("x.test")
+            c.cmd("MAIL FROM:<a@sender.test>").expect(250)
+            c.cmd("RCPT TO:<known@example.test>").expect(250)
+            slow["on"] = True
+            c.cmd("DATA").expect(354)
+            c.send(b"Subject: t\r\n\r\nhi\r\n.\r\n")
+            c.expect(250)
+            c.quit()
+        time.sleep(0.5)  # the delivery now waits for its end-of-data reply
+        t0 = time.monotonic()
+        with srv.client() as c:
+            c.ehlo("x.test")
+            c.cmd("MAIL FROM:<a@sender.test>").expect(250)
+            r = c.cmd("RCPT TO:<other@example.test>")
+            took = time.monotonic() - t0
+            check(r.code == 250, "probe answered %r after %.1fs; next hop %r"
+                  % (r.lines, took, mx.counters()))
+            check(took < 2.5, "the probe waited %.1fs behind the delivery" % took)
+
+
 if __name__ == "__main__":
     T.main()
