@@ -666,6 +666,8 @@ smtp_cmd_mail(struct smtp_session *s, const struct smtp_cmdline *c)
 	}
 	while ((r = smtp_param_next(&params, &nparams, &prm)) > 0) {
 		unsigned bit;
+		uint64_t v_size = 0;
+		bool v_8bit = false;
 
 		if (prm.key_len == 4 && smtp_ieq(prm.key, "SIZE", 4))
 			bit = P_SIZE;
@@ -677,31 +679,41 @@ smtp_cmd_mail(struct smtp_session *s, const struct smtp_cmdline *c)
 			reject_option(s, "MAIL", &prm, path, plen);
 			return;
 		}
-		if (seen & bit) {
-			REJECT(s, "MAIL", "501 5.5.4 Duplicate parameter", path, plen);
-			return;
-		}
-		seen |= bit;
 		if (bit == P_SIZE) {
-			if (prm.val == NULL || smtp_parse_u64(prm.val, prm.val_len, &size) < 0) {
+			if (prm.val == NULL || smtp_parse_u64(prm.val, prm.val_len, &v_size) < 0) {
 				REJECT(s, "MAIL", "501 5.5.4 Bad SIZE syntax", path, plen);
 				return;
 			}
 		} else if (bit == P_BODY) {
 			if (prm.val != NULL && prm.val_len == 8 && smtp_ieq(prm.val, "8BITMIME", 8)) {
-				eightbit = true;
+				v_8bit = true;
 			} else if (!(prm.val != NULL && prm.val_len == 4 &&
 				     smtp_ieq(prm.val, "7BIT", 4))) {
 				REJECT(s, "MAIL", "501 5.5.4 Unsupported BODY type", path, plen);
 				return;
 			}
-		} else {
-			if (prm.val != NULL) {
-				REJECT(s, "MAIL", "501 5.5.4 Bad SMTPUTF8 syntax", path, plen);
-				return;
-			}
-			utf8 = true;
+		} else if (prm.val != NULL) {
+			REJECT(s, "MAIL", "501 5.5.4 Bad SMTPUTF8 syntax", path, plen);
+			return;
 		}
+		/* The same parameter again with the same value (SIZE compared
+		 * as a number, BODY's keyword case-insensitively) says nothing
+		 * new: Python's smtplib repeats SMTPUTF8 and BODY=8BITMIME it
+		 * adds itself, and Postfix takes it. Only a conflict is an
+		 * error. */
+		if ((seen & bit) && ((bit == P_SIZE && v_size != size) ||
+				     (bit == P_BODY && v_8bit != eightbit))) {
+			REJECT(s, "MAIL", "501 5.5.4 Duplicate parameter with a different value", path,
+			       plen);
+			return;
+		}
+		seen |= bit;
+		if (bit == P_SIZE)
+			size = v_size;
+		else if (bit == P_BODY)
+			eightbit = v_8bit;
+		else
+			utf8 = true;
 	}
 	if (r < 0) {
 		REJECT(s, "MAIL", "501 5.5.4 Syntax: MAIL FROM:<address>", path, plen);
