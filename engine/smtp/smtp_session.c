@@ -1126,10 +1126,15 @@ handle_line(struct smtp_session *s, const char *line, size_t len, unsigned bad, 
 		return;
 	}
 	c.more = more;
-	if (d->flags & SMTP_CMDF_LIMIT)
+	/* A HELO/EHLO after one was accepted (since the TLS handshake, RFC
+	 * 3207 4.2) is junk too: the EHLO reply is the largest there is, so a
+	 * pipelined run of them is a reply amplifier. */
+	bool junk = (d->flags & SMTP_CMDF_LIMIT) ||
+		    ((d->id == SMTP_CMD_HELO || d->id == SMTP_CMD_EHLO) && s->helo[0] != '\0');
+	if (junk)
 		s->counts.junk++;
 	d->handler(s, &c);
-	if ((d->flags & SMTP_CMDF_LIMIT) && s->conf->junk_limit != 0 &&
+	if (junk && s->conf->junk_limit != 0 &&
 	    s->counts.junk > s->conf->junk_limit && !closing(s)) {
 		s->stats->junk_limit++;
 		reply_421(s, "4.7.0", "Error: too many junk commands");

@@ -88,7 +88,7 @@ struct smtp_conf {
 	 * SMTP_ENV_FIXED_MAX. */
 	uint64_t envelope_limit;
 	unsigned error_limit;        /* error replies per session before 421 */
-	unsigned junk_limit;         /* NOOP/RSET/VRFY/EXPN/HELP per session before 421 */
+	unsigned junk_limit;         /* NOOP/RSET/VRFY/EXPN/HELP, repeated HELO/EHLO, before 421 */
 	enum smtp_bare_newline bare_newline;
 	/* Timeouts, nanoseconds (RFC 5321 4.5.3.2). */
 	uint64_t greeting_timeout;  /* connect to first command */
@@ -204,7 +204,7 @@ struct smtp_counts {
 	uint32_t helo, ehlo, mail, rcpt, data, bdat, rset, noop, vrfy, quit, unknown, commands;
 	uint32_t messages; /* accepted (250 after end of data) */
 	uint32_t errors;   /* error replies (4xx/5xx) */
-	uint32_t junk;     /* NOOP/RSET/VRFY/EXPN/HELP */
+	uint32_t junk;     /* NOOP/RSET/VRFY/EXPN/HELP, HELO/EHLO after the first */
 };
 
 struct smtp_session {
