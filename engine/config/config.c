@@ -62,6 +62,7 @@ const struct key_def config_keys[] = {
 	{"recipient_limit", T_UINT, CO(smtp.recipient_limit), 1, 1000000, true},
 	{"error_limit", T_UINT, CO(smtp.error_limit), 1, 1000000, true},
 	{"junk_limit", T_UINT, CO(smtp.junk_limit), 1, 1000000, true},
+	{"hop_count_limit", T_UINT, CO(smtp.hop_count_limit), 0, 1000000, true},
 	{"bare_newline", T_BARE_NEWLINE, 0, 0, 0, true},
 	{"greeting_timeout", T_DURATION, CO(smtp.greeting_timeout), SEC(1), SEC(7 * DAY_S), true},
 	{"command_timeout", T_DURATION, CO(smtp.command_timeout), SEC(1), SEC(7 * DAY_S), true},
@@ -1084,6 +1085,7 @@ set_defaults(struct config *cfg)
 	cfg->smtp.recipient_limit = 1000;
 	cfg->smtp.error_limit = 20;
 	cfg->smtp.junk_limit = 100;
+	cfg->smtp.hop_count_limit = 50; /* Postfix's hopcount_limit */
 	cfg->smtp.bare_newline = SMTP_BARE_NEWLINE_NORMALIZE;
 	cfg->smtp.greeting_timeout = SEC(300);
 	cfg->smtp.command_timeout = SEC(300);

@@ -56,6 +56,8 @@ static const char r_busy[] = "451 4.3.0 Error: next hop unavailable, try again l
 static const char r_too_big[] = "552 5.3.4 Message size exceeds fixed limit\r\n";
 static const char r_bare_cr[] = "550 5.5.2 Error: bare <CR> received\r\n";
 static const char r_bare_lf[] = "550 5.5.2 Error: bare <LF> received\r\n";
+/* RFC 5321 6.3: a message with too many Received: fields is in a loop. */
+static const char r_hops[] = "554 5.4.6 Too many hops\r\n";
 
 /* ---- state, output, replies ---- */
 
@@ -384,6 +386,7 @@ body_env(struct smtp_session *s, struct smtp_body_env *env)
 	env->size_limit = s->conf->message_size_limit;
 	env->reject_bare_lf = s->conf->bare_newline == SMTP_BARE_NEWLINE_REJECT;
 	env->stats = s->stats;
+	env->hop_limit = s->conf->hop_count_limit;
 }
 
 /* RFC 5322 3.3 date-time in UTC; month/day names are not locale-dependent. */
@@ -492,6 +495,9 @@ message_end(struct smtp_session *s)
 			message_done(s, r_bare_cr, sizeof r_bare_cr - 1, false);
 		} else if (f & SMTP_BODY_F_BARE_LF) {
 			message_done(s, r_bare_lf, sizeof r_bare_lf - 1, false);
+		} else if (f & SMTP_BODY_F_HOPS) {
+			s->stats->hop_limit++;
+			message_done(s, r_hops, sizeof r_hops - 1, false);
 		} else {
 			s->stats->sink_errors++;
 			message_done(s, r_sink_err, sizeof r_sink_err - 1, false);

@@ -24,6 +24,7 @@
 	X(rcpt_relay_denied, "recipients refused: relay access denied")                            \
 	X(rcpt_limit, "recipients refused: recipient_limit or envelope size")                                    \
 	X(size_limit, "messages refused: message_size_limit")                                      \
+	X(hop_limit, "messages refused: more Received: fields than hop_count_limit (mail loop)")  \
 	X(line_too_long, "command lines over the limit")                                           \
 	X(long_lines, "body lines over 1000 octets (accepted)")                                    \
 	X(bare_lf, "bare LF seen (commands or content)")                                           \

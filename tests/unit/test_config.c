@@ -211,6 +211,7 @@ test_defaults(void **state)
 	assert_int_equal(cfg->smtp.recipient_limit, 1000);
 	assert_int_equal(cfg->smtp.error_limit, 20);
 	assert_int_equal(cfg->smtp.junk_limit, 100);
+	assert_int_equal(cfg->smtp.hop_count_limit, 50);
 	assert_int_equal(cfg->smtp.bare_newline, SMTP_BARE_NEWLINE_NORMALIZE);
 	assert_int_equal(cfg->smtp.greeting_timeout, S(300));
 	assert_int_equal(cfg->smtp.command_timeout, S(300));
@@ -400,6 +401,12 @@ test_numbers(void **state)
 	assert_int_equal(cfg->recv_buffers, 16);
 	assert_int_equal(cfg->max_connections, 1);
 	config_free(cfg);
+	cfg = ok("hop_count_limit = 0\n"); /* 0: no loop detection */
+	assert_int_equal(cfg->smtp.hop_count_limit, 0);
+	config_free(cfg);
+	cfg = ok("hop_count_limit = 100\n");
+	assert_int_equal(cfg->smtp.hop_count_limit, 100);
+	config_free(cfg);
 
 	bad1("recv_buffers", "100", "not a power of two: '100'");
 	bad1("recv_buffers", "8", "out of range: '8' (16..32768)");
@@ -414,6 +421,9 @@ test_numbers(void **state)
 	bad1("error_limit", "1e3", "not a number: '1e3'");
 	bad1("junk_limit", "99999999999999999999999",
 	     "out of range: '99999999999999999999999' (1..1000000)");
+	bad1("hop_count_limit", "-1", "not a number: '-1'");
+	bad1("hop_count_limit", "1000001", "out of range: '1000001' (0..1000000)");
+	bad1("hop_count_limit", "50x", "not a number: '50x'");
 	bad1("workers", "257", "out of range: '257' (0..256)");
 	bad1("workers", "two", "not a number: 'two'");
 	bad1("sink", "file", "not one of spool, discard: 'file'");
@@ -1307,7 +1317,7 @@ test_print(void **state)
 				  "maximal_queue_lifetime = 5d\nspool_high_water = 0\n"
 				  "relay_defer_after = 10m\n"
 				  "message_size_limit = 10240000\nrecipient_limit = 1000\n"
-				  "error_limit = 20\njunk_limit = 100\nbare_newline = normalize\n"
+				  "error_limit = 20\njunk_limit = 100\nhop_count_limit = 50\nbare_newline = normalize\n"
 				  "greeting_timeout = 5m\ncommand_timeout = 5m\ndata_timeout = 3m\n"
 				  "data_end_timeout = 10m\nsession_timeout = 1h\n"
 				  "shutdown_timeout = 30s\n"));
