@@ -35,6 +35,7 @@ const struct key_def config_keys[] = {
 	{"recv_buffer_size", T_SIZE32, CO(recv_buffer_size), 4096, 1048576, false},
 	{"listen_backlog", T_UINT, CO(listen_backlog), 1, 65535, false},
 	{"proxy_trusted", T_PROXY_TRUSTED, 0, 0, 0, true},
+	{"proxy_timeout", T_DURATION, CO(proxy_timeout), SEC(1), SEC(3600), true},
 	{"sink", T_SINK, 0, 0, 0, false},
 	{"spool_dir", T_PATH, 0, 0, 0, false},
 	{"segment_size", T_SIZE64, CO(segment_size), 64ull << 10, 1ull << 40, false},
@@ -1100,6 +1101,7 @@ set_defaults(struct config *cfg)
 	cfg->tls.handshake_timeout = SEC(30);
 	cfg->tls.env_enable = -1;
 
+	cfg->proxy_timeout = SEC(5); /* Postfix's smtpd_upstream_proxy_timeout */
 	/* proxy_trusted = 127.0.0.0/8, ::1/128: a proxy on the same host. */
 	cfg->proxy_trusted.net[0].family = AF_INET;
 	cfg->proxy_trusted.net[0].prefix = 8;

@@ -58,6 +58,7 @@
 	X(proxy_headers_v2, "PROXY v2 headers accepted (LOCAL included)")                          \
 	X(proxy_local, "PROXY v2 LOCAL headers (real peer kept)")                                  \
 	X(proxy_bad, "connections dropped: malformed, oversized or missing PROXY header")         \
+	X(proxy_timeout, "connections dropped: PROXY header not complete within proxy_timeout (also in proxy_bad)") \
 	X(proxy_untrusted, "connections dropped: PROXY listener, peer not in proxy_trusted")      \
 	X(tls_handshakes, "TLS handshakes completed (STARTTLS and implicit)")                      \
 	X(tls_handshake_failures, "TLS handshakes failed (error, timeout or client gone)")        \

@@ -219,6 +219,7 @@ test_defaults(void **state)
 	assert_int_equal(cfg->smtp.data_end_timeout, S(600));
 	assert_int_equal(cfg->smtp.session_timeout, S(3600));
 	assert_int_equal(cfg->shutdown_timeout, S(30));
+	assert_int_equal(cfg->proxy_timeout, S(5));
 	assert_false(cfg->smtp.starttls);
 	config_free(cfg);
 	config_free(NULL);
@@ -380,6 +381,9 @@ test_durations(void **state)
 	bad1("greeting_timeout", "500ms", "out of range: '500ms' (1s..7d)");
 	bad1("greeting_timeout", "1msx", "not a duration: '1msx'");
 	bad1("greeting_timeout", "0", "out of range: '0' (1s..7d)");
+	bad1("proxy_timeout", "500ms", "out of range: '500ms' (1s..1h)");
+	bad1("proxy_timeout", "2h", "out of range: '2h' (1s..1h)");
+	bad1("proxy_timeout", "5q", "not a duration: '5q'");
 	bad1("command_timeout", "0s", "out of range: '0s' (1s..7d)");
 	bad1("data_timeout", "8d", "out of range: '8d' (1s..7d)");
 	bad1("data_end_timeout", "604801", "out of range: '604801' (1s..7d)");
@@ -400,6 +404,9 @@ test_numbers(void **state)
 		 "recipient_limit = 1000000\njunk_limit = 1\nerror_limit = 1\n");
 	assert_int_equal(cfg->recv_buffers, 16);
 	assert_int_equal(cfg->max_connections, 1);
+	config_free(cfg);
+	cfg = ok("proxy_timeout = 1500ms\n");
+	assert_int_equal(cfg->proxy_timeout, 1500000000);
 	config_free(cfg);
 	cfg = ok("hop_count_limit = 0\n"); /* 0: no loop detection */
 	assert_int_equal(cfg->smtp.hop_count_limit, 0);
@@ -1307,7 +1314,7 @@ test_print(void **state)
 				  "domains = localhost, example.test\nworkers = 2\n"
 				  "cpus = 1-3,7\nmax_connections = 16384\nrecv_buffers = 4096\n"
 				  "recv_buffer_size = 16384\nlisten_backlog = 4096\n"
-				  "proxy_trusted = 127.0.0.0/8, ::1/128\nsink = spool\n"
+				  "proxy_trusted = 127.0.0.0/8, ::1/128\nproxy_timeout = 5s\nsink = spool\n"
 				  "spool_dir = /var/spool/ringmx\nsegment_size = 67108864\n"
 				  "durability = fsync\ncommit_delay = 1ms\ncommit_size = 1048576\n"
 				  "spool_memory = 268435456\n"
