@@ -234,6 +234,10 @@ smtp_body_feed(struct smtp_body *b, const struct smtp_body_env *env, const char 
 				bare_cr(b, env);
 				line_add(b, env, 1);
 				account(b, env, 1); /* the held CR */
+				/* Inside a feed this CR would have been part of
+				 * an emitted span: the header scan sees it too. */
+				if (b->hdr_st != HDR_DONE)
+					hdr_scan(b, env, crlf, 1);
 				b->st = ST_MID;
 			}
 			break;

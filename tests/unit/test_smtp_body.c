@@ -333,6 +333,8 @@ static const struct hcase hop_cases[] = {
 	{S("..Received: a\r\nReceived: b\r\n.\r\n"), 1, 1, 0}, /* ".Received:" */
 	{S("Received: a\nReceived: b\r\n\r\n.\r\n"), 2, 0, SMTP_BODY_F_SAW_LF},
 	{S("Received\t \t: a\r\nRec\r\neived: b\r\n.\r\n"), 1, 0, 0},
+	/* A bare CR is scanned the same whether or not a feed ends on it. */
+	{S("R\received: a\r\nReceived: b\r\n.\r\n"), 1, 1, SMTP_BODY_F_BARE_CR},
 };
 
 static void
