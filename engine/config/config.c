@@ -35,6 +35,7 @@ const struct key_def config_keys[] = {
 	{"recv_buffer_size", T_SIZE32, CO(recv_buffer_size), 4096, 1048576, false},
 	{"listen_backlog", T_UINT, CO(listen_backlog), 1, 65535, false},
 	{"proxy_trusted", T_PROXY_TRUSTED, 0, 0, 0, true},
+	{"proxy_timeout", T_DURATION, CO(proxy_timeout), SEC(1), SEC(3600), true},
 	{"sink", T_SINK, 0, 0, 0, false},
 	{"spool_dir", T_PATH, 0, 0, 0, false},
 	{"segment_size", T_SIZE64, CO(segment_size), 64ull << 10, 1ull << 40, false},
@@ -64,6 +65,7 @@ const struct key_def config_keys[] = {
 	{"recipient_limit", T_UINT, CO(smtp.recipient_limit), 1, 1000000, true},
 	{"error_limit", T_UINT, CO(smtp.error_limit), 1, 1000000, true},
 	{"junk_limit", T_UINT, CO(smtp.junk_limit), 1, 1000000, true},
+	{"hop_count_limit", T_UINT, CO(smtp.hop_count_limit), 0, 1000000, true},
 	{"bare_newline", T_BARE_NEWLINE, 0, 0, 0, true},
 	{"greeting_timeout", T_DURATION, CO(smtp.greeting_timeout), SEC(1), SEC(7 * DAY_S), true},
 	{"command_timeout", T_DURATION, CO(smtp.command_timeout), SEC(1), SEC(7 * DAY_S), true},
@@ -1108,6 +1110,7 @@ set_defaults(struct config *cfg)
 	cfg->smtp.recipient_limit = 1000;
 	cfg->smtp.error_limit = 20;
 	cfg->smtp.junk_limit = 100;
+	cfg->smtp.hop_count_limit = 50; /* Postfix's hopcount_limit */
 	cfg->smtp.bare_newline = SMTP_BARE_NEWLINE_NORMALIZE;
 	cfg->smtp.greeting_timeout = SEC(300);
 	cfg->smtp.command_timeout = SEC(300);
@@ -1128,6 +1131,7 @@ set_defaults(struct config *cfg)
 	cfg->tls.handshake_timeout = SEC(30);
 	cfg->tls.env_enable = -1;
 
+	cfg->proxy_timeout = SEC(5); /* Postfix's smtpd_upstream_proxy_timeout */
 	/* proxy_trusted = 127.0.0.0/8, ::1/128: a proxy on the same host. */
 	cfg->proxy_trusted.net[0].family = AF_INET;
 	cfg->proxy_trusted.net[0].prefix = 8;

@@ -156,6 +156,10 @@ update_timer(struct worker *w, struct conn *c)
 		d = c->close_deadline;
 	} else if (c->stage == CONN_STAGE_STARTTLS || c->stage == CONN_STAGE_HANDSHAKE) {
 		d = c->hs_deadline; /* handshake_timeout bounds the handshake */
+	} else if (c->stage == CONN_STAGE_PROXY) {
+		/* From connect, not from the last byte: trickling does not
+		 * extend it. Read each time, so a reload applies. */
+		d = c->t_connect + w->cfg->proxy_timeout;
 	} else if (smtp_session_status(&c->session) & SMTP_ST_CLOSE) {
 		/* Only the last replies are left to send. A client that stops
 		 * reading must not pin the slot (or a drain) forever: linger
@@ -668,11 +672,19 @@ conn_on_timer(struct timer_node *n, void *arg)
 	if (c->state != CONN_OPEN)
 		return;
 	if (c->stage == CONN_STAGE_PROXY) {
-		/* No header within greeting_timeout. The proxy gets no SMTP
-		 * reply (on an implicit listener it would expect TLS). */
+		if (w->now < c->t_connect + w->cfg->proxy_timeout) {
+			update_timer(w, c); /* proxy_timeout grew by a reload */
+			return;
+		}
+		/* No complete header within proxy_timeout (Postfix:
+		 * smtpd_upstream_proxy_timeout). The proxy gets no SMTP reply
+		 * (on an implicit listener it would expect TLS). */
 		w->stats.proxy_bad++;
-		log_info("no PROXY header from [%s]:%u on %s within greeting_timeout; closing",
-			 c->peer.addr_text, c->peer.port, w->cfg->listeners[c->listener].text);
+		w->stats.proxy_timeout++;
+		log_info("no complete PROXY header from [%s]:%u on %s within proxy_timeout (%gs); "
+			 "closing",
+			 c->peer.addr_text, c->peer.port, w->cfg->listeners[c->listener].text,
+			 (double)w->cfg->proxy_timeout / 1e9);
 		c->logged_error = true;
 		c->eof = true;
 		hold_drop(w, c);
@@ -855,8 +867,9 @@ conn_input(struct worker *w, struct conn *c)
  * Contract for the implementation:
  *  - Peek at the held bytes with conn_hold_copy(w, c, buf, n) (copies up
  *    to n bytes across held buffers without consuming them) into a buffer
- *    of PROXY_HDR_MAX and call proxy_parse(). NEED_MORE: return (the
- *    session's greeting_timeout bounds the wait; update_timer uses it).
+ *    of PROXY_HDR_MAX and call proxy_parse(). NEED_MORE: fold the held
+ *    bytes into one buffer and return (proxy_timeout, from connect,
+ *    bounds the wait; update_timer uses it).
  *  - Header complete (hdr_len bytes): conn_hold_consume(w, c, hdr_len),
  *    apply the peer to c->peer (the session and logs point at it), then
  *    conn_begin(w, c) - implicit TLS: starts the handshake; otherwise:
@@ -877,6 +890,36 @@ proxy_drop(struct worker *w, struct conn *c, const char *why)
 	hold_drop(w, c);
 }
 
+/*
+ * Backpressure for the PROXY stage. Each receive takes a whole ring buffer,
+ * so a header trickled one byte per packet would pin one buffer per byte
+ * (up to PROXY_HDR_MAX of them: the pool) until proxy_timeout. While the
+ * header is incomplete, its bytes (n < PROXY_HDR_MAX <= recv_buffer_size,
+ * already copied to bytes) go back into the first held buffer and the
+ * others return to the ring: a connection in this stage holds at most one.
+ */
+static void
+proxy_hold_fold(struct worker *w, struct conn *c, const uint8_t *bytes, size_t n)
+{
+	uint32_t head = c->hold_head;
+
+	if (c->nheld < 2)
+		return;
+	assert(n <= w->br.size);
+	while (w->hold_next[head] != HOLD_NONE) {
+		uint32_t bid = w->hold_next[head];
+
+		w->hold_next[head] = w->hold_next[bid];
+		c->nheld--;
+		bufring_put(&w->br, bid);
+	}
+	memcpy(bufring_addr(&w->br, head), bytes, n);
+	w->hold_len[head] = (uint32_t)n;
+	c->hold_off = 0;
+	c->hold_tail = head;
+	assert(c->nheld == 1);
+}
+
 static void
 conn_stage_proxy(struct worker *w, struct conn *c)
 {
@@ -890,8 +933,10 @@ conn_stage_proxy(struct worker *w, struct conn *c)
 
 	if (len == PROXY_NEED_MORE) {
 		/* proxy_parse() refuses a header that announces more than
-		 * PROXY_HDR_MAX, so a full buffer is never "need more". */
+		 * PROXY_HDR_MAX, so a full buffer is never "need more": buf
+		 * holds every held byte. */
 		assert(n < sizeof(buf));
+		proxy_hold_fold(w, c, buf, n);
 		return;
 	}
 	if (len < 0) {

@@ -15,6 +15,12 @@
  *  - A CR at the end of a feed is held as state, never emitted early: only
  *    the next byte tells whether it ends a line or is a bare CR.
  *
+ * Mail loops: the header section (up to the first empty line) of the
+ * decoded content is scanned for Received: fields as it passes through
+ * emit(), a few state bits in struct smtp_body, so the count is the same
+ * whatever the feed boundaries and nothing is copied. Continuation lines
+ * start with white space and never match.
+ *
  * Invariants: the only bytes not emitted from content are the stuffing dot,
  * the terminator and a held CR (emitted as part of the static CRLF). Once a
  * FAILED flag is set nothing more is emitted, but the input is still scanned
@@ -61,12 +67,83 @@ account(struct smtp_body *b, const struct smtp_body_env *env, size_t n)
 		b->flags |= SMTP_BODY_F_TOO_BIG;
 }
 
+/* Header scan states (hdr_st); HDR_BOL is 0 so smtp_body_init() starts there. */
+enum hdr_state {
+	HDR_BOL = 0, /* at the start of a header line */
+	HDR_BOL_CR,  /* a CR at the start of a line: with LF, the header section ends */
+	HDR_NAME,    /* matching "received" (hdr_idx octets so far) */
+	HDR_COLON,   /* "received" matched: optional WSP (RFC 5322 obs-optional), ':' */
+	HDR_SKIP,    /* the rest of the line is not a Received: field name */
+	HDR_DONE,    /* in the body: no more scanning */
+};
+
+static const char received[] = "received";
+#define RECEIVED_LEN (sizeof received - 1)
+
+static void
+hop_seen(struct smtp_body *b, const struct smtp_body_env *env)
+{
+	if (b->hops < UINT32_MAX)
+		b->hops++;
+	if (env->hop_limit != 0 && b->hops > env->hop_limit)
+		b->flags |= SMTP_BODY_F_HOPS;
+}
+
+/* One step of the header scan for octet c (not for HDR_SKIP or HDR_DONE). */
+static uint8_t
+hdr_step(struct smtp_body *b, const struct smtp_body_env *env, unsigned char c)
+{
+	switch (b->hdr_st) {
+	case HDR_BOL:
+		if (c == '\r')
+			return HDR_BOL_CR;
+		if (c == '\n')
+			return HDR_DONE;
+		b->hdr_idx = 1;
+		return (c | 0x20) == received[0] ? HDR_NAME : HDR_SKIP;
+	case HDR_BOL_CR:
+		return c == '\n' ? HDR_DONE : HDR_SKIP;
+	case HDR_NAME:
+		if ((c | 0x20) != received[b->hdr_idx])
+			return c == '\n' ? HDR_BOL : HDR_SKIP;
+		return ++b->hdr_idx == RECEIVED_LEN ? HDR_COLON : HDR_NAME;
+	default: /* HDR_COLON */
+		if (c == ' ' || c == '\t')
+			return HDR_COLON;
+		if (c == ':')
+			hop_seen(b, env);
+		return c == '\n' ? HDR_BOL : HDR_SKIP;
+	}
+}
+
+/* Decoded content p[0..n), in order, while still in the header section. */
+static void
+hdr_scan(struct smtp_body *b, const struct smtp_body_env *env, const char *p, size_t n)
+{
+	size_t i = 0;
+
+	while (i < n && b->hdr_st != HDR_DONE) {
+		if (b->hdr_st == HDR_SKIP) {
+			const char *lf = memchr(p + i, '\n', n - i);
+
+			if (lf == NULL)
+				return;
+			i = (size_t)(lf - p) + 1;
+			b->hdr_st = HDR_BOL;
+			continue;
+		}
+		b->hdr_st = hdr_step(b, env, (unsigned char)p[i++]);
+	}
+}
+
 static void
 emit(struct smtp_body *b, const struct smtp_body_env *env, const char *p, size_t n)
 {
 	if (n == 0)
 		return;
 	account(b, env, n);
+	if (b->hdr_st != HDR_DONE)
+		hdr_scan(b, env, p, n);
 	if (b->flags & SMTP_BODY_F_FAILED)
 		return;
 	if (env->emit(env->ctx, p, n) < 0)
@@ -157,6 +234,10 @@ smtp_body_feed(struct smtp_body *b, const struct smtp_body_env *env, const char 
 				bare_cr(b, env);
 				line_add(b, env, 1);
 				account(b, env, 1); /* the held CR */
+				/* Inside a feed this CR would have been part of
+				 * an emitted span: the header scan sees it too. */
+				if (b->hdr_st != HDR_DONE)
+					hdr_scan(b, env, crlf, 1);
 				b->st = ST_MID;
 			}
 			break;

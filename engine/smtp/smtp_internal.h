@@ -70,9 +70,11 @@ enum {
 	SMTP_BODY_F_TOO_BIG = 1u << 2,  /* refuse: 552 5.3.4 */
 	SMTP_BODY_F_SINK_ERR = 1u << 3, /* refuse: 451 4.3.0 */
 	SMTP_BODY_F_SAW_LF = 1u << 4,   /* a bare LF was normalized (counted once) */
+	SMTP_BODY_F_HOPS = 1u << 5,     /* refuse: 554 5.4.6 more Received: than hop_limit */
 };
 #define SMTP_BODY_F_FAILED                                                                         \
-	(SMTP_BODY_F_BARE_CR | SMTP_BODY_F_BARE_LF | SMTP_BODY_F_TOO_BIG | SMTP_BODY_F_SINK_ERR)
+	(SMTP_BODY_F_BARE_CR | SMTP_BODY_F_BARE_LF | SMTP_BODY_F_TOO_BIG | SMTP_BODY_F_SINK_ERR |  \
+	 SMTP_BODY_F_HOPS)
 
 /* Where decoded content goes and the policy it is held to. */
 struct smtp_body_env {
@@ -82,6 +84,7 @@ struct smtp_body_env {
 	uint64_t size_limit; /* 0 = unlimited */
 	bool reject_bare_lf;
 	struct ringmx_stats *stats; /* long_lines, bare_lf, bare_cr */
+	unsigned hop_limit;         /* Received: fields allowed; 0 = unlimited */
 };
 
 void smtp_body_init(struct smtp_body *b, enum smtp_body_mode mode);

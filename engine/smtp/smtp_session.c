@@ -56,6 +56,8 @@ static const char r_busy[] = "451 4.3.0 Error: next hop unavailable, try again l
 static const char r_too_big[] = "552 5.3.4 Message size exceeds fixed limit\r\n";
 static const char r_bare_cr[] = "550 5.5.2 Error: bare <CR> received\r\n";
 static const char r_bare_lf[] = "550 5.5.2 Error: bare <LF> received\r\n";
+/* RFC 5321 6.3: a message with too many Received: fields is in a loop. */
+static const char r_hops[] = "554 5.4.6 Too many hops\r\n";
 
 /* ---- state, output, replies ---- */
 
@@ -384,6 +386,7 @@ body_env(struct smtp_session *s, struct smtp_body_env *env)
 	env->size_limit = s->conf->message_size_limit;
 	env->reject_bare_lf = s->conf->bare_newline == SMTP_BARE_NEWLINE_REJECT;
 	env->stats = s->stats;
+	env->hop_limit = s->conf->hop_count_limit;
 }
 
 /* RFC 5322 3.3 date-time in UTC; month/day names are not locale-dependent. */
@@ -492,6 +495,9 @@ message_end(struct smtp_session *s)
 			message_done(s, r_bare_cr, sizeof r_bare_cr - 1, false);
 		} else if (f & SMTP_BODY_F_BARE_LF) {
 			message_done(s, r_bare_lf, sizeof r_bare_lf - 1, false);
+		} else if (f & SMTP_BODY_F_HOPS) {
+			s->stats->hop_limit++;
+			message_done(s, r_hops, sizeof r_hops - 1, false);
 		} else {
 			s->stats->sink_errors++;
 			message_done(s, r_sink_err, sizeof r_sink_err - 1, false);
@@ -666,6 +672,8 @@ smtp_cmd_mail(struct smtp_session *s, const struct smtp_cmdline *c)
 	}
 	while ((r = smtp_param_next(&params, &nparams, &prm)) > 0) {
 		unsigned bit;
+		uint64_t v_size = 0;
+		bool v_8bit = false;
 
 		if (prm.key_len == 4 && smtp_ieq(prm.key, "SIZE", 4))
 			bit = P_SIZE;
@@ -677,31 +685,41 @@ smtp_cmd_mail(struct smtp_session *s, const struct smtp_cmdline *c)
 			reject_option(s, "MAIL", &prm, path, plen);
 			return;
 		}
-		if (seen & bit) {
-			REJECT(s, "MAIL", "501 5.5.4 Duplicate parameter", path, plen);
-			return;
-		}
-		seen |= bit;
 		if (bit == P_SIZE) {
-			if (prm.val == NULL || smtp_parse_u64(prm.val, prm.val_len, &size) < 0) {
+			if (prm.val == NULL || smtp_parse_u64(prm.val, prm.val_len, &v_size) < 0) {
 				REJECT(s, "MAIL", "501 5.5.4 Bad SIZE syntax", path, plen);
 				return;
 			}
 		} else if (bit == P_BODY) {
 			if (prm.val != NULL && prm.val_len == 8 && smtp_ieq(prm.val, "8BITMIME", 8)) {
-				eightbit = true;
+				v_8bit = true;
 			} else if (!(prm.val != NULL && prm.val_len == 4 &&
 				     smtp_ieq(prm.val, "7BIT", 4))) {
 				REJECT(s, "MAIL", "501 5.5.4 Unsupported BODY type", path, plen);
 				return;
 			}
-		} else {
-			if (prm.val != NULL) {
-				REJECT(s, "MAIL", "501 5.5.4 Bad SMTPUTF8 syntax", path, plen);
-				return;
-			}
-			utf8 = true;
+		} else if (prm.val != NULL) {
+			REJECT(s, "MAIL", "501 5.5.4 Bad SMTPUTF8 syntax", path, plen);
+			return;
 		}
+		/* The same parameter again with the same value (SIZE compared
+		 * as a number, BODY's keyword case-insensitively) says nothing
+		 * new: Python's smtplib repeats SMTPUTF8 and BODY=8BITMIME it
+		 * adds itself, and Postfix takes it. Only a conflict is an
+		 * error. */
+		if ((seen & bit) && ((bit == P_SIZE && v_size != size) ||
+				     (bit == P_BODY && v_8bit != eightbit))) {
+			REJECT(s, "MAIL", "501 5.5.4 Duplicate parameter with a different value", path,
+			       plen);
+			return;
+		}
+		seen |= bit;
+		if (bit == P_SIZE)
+			size = v_size;
+		else if (bit == P_BODY)
+			eightbit = v_8bit;
+		else
+			utf8 = true;
 	}
 	if (r < 0) {
 		REJECT(s, "MAIL", "501 5.5.4 Syntax: MAIL FROM:<address>", path, plen);
@@ -1114,10 +1132,15 @@ handle_line(struct smtp_session *s, const char *line, size_t len, unsigned bad, 
 		return;
 	}
 	c.more = more;
-	if (d->flags & SMTP_CMDF_LIMIT)
+	/* A HELO/EHLO after one was accepted (since the TLS handshake, RFC
+	 * 3207 4.2) is junk too: the EHLO reply is the largest there is, so a
+	 * pipelined run of them is a reply amplifier. */
+	bool junk = (d->flags & SMTP_CMDF_LIMIT) ||
+		    ((d->id == SMTP_CMD_HELO || d->id == SMTP_CMD_EHLO) && s->helo[0] != '\0');
+	if (junk)
 		s->counts.junk++;
 	d->handler(s, &c);
-	if ((d->flags & SMTP_CMDF_LIMIT) && s->conf->junk_limit != 0 &&
+	if (junk && s->conf->junk_limit != 0 &&
 	    s->counts.junk > s->conf->junk_limit && !closing(s)) {
 		s->stats->junk_limit++;
 		reply_421(s, "4.7.0", "Error: too many junk commands");

@@ -242,6 +242,9 @@ struct config {
 	/* Peers allowed to send a PROXY header on proxy=yes listeners
 	 * (docs/proxy.md). Reloadable: checked at accept time. */
 	struct proxy_trust proxy_trusted;
+	/* ns: a PROXY header not complete this long after connect closes
+	 * the connection (no reply). Reloadable. */
+	uint64_t proxy_timeout;
 
 	struct relay_conf relay;
 

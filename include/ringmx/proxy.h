@@ -24,7 +24,7 @@
  *  2. Trusted: do NOT send the greeting and do NOT start TLS yet. Arm recv;
  *     the first bytes of the connection are the PROXY header. This comes
  *     before the TLS handshake on tls=implicit listeners and before the 220
- *     greeting on all others. Start a timer (greeting_timeout) for it.
+ *     greeting on all others. Start a timer (proxy_timeout, from connect).
  *  3. Every receive (conn.c's conn_stage_proxy(), CONN_STAGE_PROXY): peek
  *     the held bytes with conn_hold_copy() into a PROXY_HDR_MAX buffer (the
  *     carry; no more is ever needed) and call proxy_parse(buf, len, &hdr):

@@ -88,7 +88,10 @@ struct smtp_conf {
 	 * SMTP_ENV_FIXED_MAX. */
 	uint64_t envelope_limit;
 	unsigned error_limit;        /* error replies per session before 421 */
-	unsigned junk_limit;         /* NOOP/RSET/VRFY/EXPN/HELP per session before 421 */
+	unsigned junk_limit;         /* NOOP/RSET/VRFY/EXPN/HELP, repeated HELO/EHLO, before 421 */
+	/* Received: header fields a message may carry; more: 554 5.4.6 at
+	 * its end (mail loop). 0 = no limit. */
+	unsigned hop_count_limit;
 	enum smtp_bare_newline bare_newline;
 	/* Timeouts, nanoseconds (RFC 5321 4.5.3.2). */
 	uint64_t greeting_timeout;  /* connect to first command */
@@ -195,8 +198,13 @@ struct smtp_body {
 	uint8_t st;        /* decoder state, private to smtp_body.c */
 	uint8_t mode;      /* DATA (dot-stuffed, terminated) or BDAT (counted) */
 	uint8_t flags;     /* bare CR seen, bare LF seen, too big, sink error */
+	uint8_t hdr_st;    /* header scan (Received: count), private to smtp_body.c */
+	uint8_t hdr_idx;   /* octets of "received" matched at the start of a line */
 	uint32_t line_len; /* octets since the last CRLF */
 	uint64_t size;     /* octets delivered to the sink */
+	/* Received: fields in the header section as the client sent it (not
+	 * the one the session adds), saturating. */
+	uint32_t hops;
 };
 
 /* Per-command counters for the disconnect log line (Postfix style). */
@@ -204,7 +212,7 @@ struct smtp_counts {
 	uint32_t helo, ehlo, mail, rcpt, data, bdat, rset, noop, vrfy, quit, unknown, commands;
 	uint32_t messages; /* accepted (250 after end of data) */
 	uint32_t errors;   /* error replies (4xx/5xx) */
-	uint32_t junk;     /* NOOP/RSET/VRFY/EXPN/HELP */
+	uint32_t junk;     /* NOOP/RSET/VRFY/EXPN/HELP, HELO/EHLO after the first */
 };
 
 struct smtp_session {

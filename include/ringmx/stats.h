@@ -25,6 +25,7 @@
 	X(rcpt_unknown, "recipients refused: no recipient_maps entry (550 5.1.1 User unknown)")   \
 	X(rcpt_limit, "recipients refused: recipient_limit or envelope size")                                    \
 	X(size_limit, "messages refused: message_size_limit")                                      \
+	X(hop_limit, "messages refused: more Received: fields than hop_count_limit (mail loop)")  \
 	X(line_too_long, "command lines over the limit")                                           \
 	X(long_lines, "body lines over 1000 octets (accepted)")                                    \
 	X(bare_lf, "bare LF seen (commands or content)")                                           \
@@ -58,6 +59,7 @@
 	X(proxy_headers_v2, "PROXY v2 headers accepted (LOCAL included)")                          \
 	X(proxy_local, "PROXY v2 LOCAL headers (real peer kept)")                                  \
 	X(proxy_bad, "connections dropped: malformed, oversized or missing PROXY header")         \
+	X(proxy_timeout, "connections dropped: PROXY header not complete within proxy_timeout (also in proxy_bad)") \
 	X(proxy_untrusted, "connections dropped: PROXY listener, peer not in proxy_trusted")      \
 	X(tls_handshakes, "TLS handshakes completed (STARTTLS and implicit)")                      \
 	X(tls_handshake_failures, "TLS handshakes failed (error, timeout or client gone)")        \

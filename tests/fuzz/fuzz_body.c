@@ -39,6 +39,7 @@ struct res {
 	size_t consumed;
 	unsigned flags;
 	uint64_t size;
+	uint32_t hops;
 	bool done;
 };
 
@@ -59,6 +60,9 @@ decode(const uint8_t *in, size_t n, size_t piece, uint8_t cfg, struct res *r)
 	env.size_limit = (cfg & 4) ? (uint64_t)(cfg >> 3) : 0;
 	env.reject_bare_lf = cfg & 2;
 	env.stats = &r->st;
+	/* Shares a bit with the size limit; either way the count must not
+	 * depend on the pieces. */
+	env.hop_limit = (cfg & 8) ? 1 : 0;
 	smtp_body_init(&b, mode);
 	while (off < n && !smtp_body_done(&b)) {
 		size_t len = n - off < piece ? n - off : piece;
@@ -83,6 +87,7 @@ decode(const uint8_t *in, size_t n, size_t piece, uint8_t cfg, struct res *r)
 	r->consumed = off;
 	r->flags = b.flags;
 	r->size = b.size;
+	r->hops = b.hops;
 	r->done = smtp_body_done(&b);
 }
 
@@ -103,6 +108,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	assert(whole.consumed == split.consumed);
 	assert(whole.flags == split.flags);
 	assert(whole.size == split.size);
+	assert(whole.hops == split.hops);
 	assert(whole.st.long_lines == split.st.long_lines);
 	assert(whole.st.bare_lf == split.st.bare_lf);
 	assert(whole.st.bare_cr == split.st.bare_cr);

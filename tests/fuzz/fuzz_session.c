@@ -76,6 +76,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	conf.recipient_limit = (cfg & 0x10) ? 2 : 100;
 	conf.error_limit = (cfg & 0x20) ? 3 : 1000;
 	conf.junk_limit = (cfg & 0x20) ? 3 : 1000;
+	conf.hop_count_limit = (cfg & 0x20) ? 2 : 50;
 	conf.starttls = cfg & 0x80;
 	conf.greeting_timeout = conf.command_timeout = conf.data_timeout = 300 * NS;
 	conf.data_end_timeout = 100 * NS;

@@ -90,6 +90,23 @@ def _():
     smtplib_send(s)
 
 
+@T.test("20000 EHLOs in one write: the first is free, 101 more answered, then 421 4.7.0 "
+        "(no ~27x reply amplifier)")
+def _():
+    s = srv()
+    before = s.stats()
+    with s.client() as c:
+        c.send_async(b"EHLO x\r\n" * 20000)
+        for i in range(102):
+            check_eq(c.reply().code, 250, "EHLO reply %d" % i)
+        check_eq(c.reply().lines, ["421 4.7.0 %s Error: too many junk commands" % HOSTNAME],
+                 "reply")
+        c.expect_closed()
+        c.wait_sent()
+    check_eq(s.stats().get("junk_limit", 0) - before.get("junk_limit", 0), 1, "junk_limit")
+    smtplib_send(s)
+
+
 @T.test("1 MB line without CRLF, then CRLF: exactly one 500 5.5.0")
 def _():
     s = srv()

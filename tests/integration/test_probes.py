@@ -83,6 +83,8 @@ def _main_args():
     return ["-o", "sink=spool", "-o", "spool_dir=" + SPOOL,
             "-o", "tls_cert=" + cert, "-o", "tls_key=" + key,
             "-o", "handshake_timeout=%ds" % HS_TIMEOUT,
+            # 20000 pipelined EHLOs over TLS: junk after the first one.
+            "-o", "junk_limit=1000000",
             "--listen", "127.0.0.1:%d tls=implicit" % EXTRA["implicit"],
             "--listen", "127.0.0.1:%d proxy=yes" % EXTRA["proxy"]]
 

@@ -100,6 +100,14 @@ def proxied_session(s, header, client_port, extra=b""):
     return lines, real
 
 
+def after_header(c):
+    """The greeting the header released, then a whole transaction."""
+    c.reply().expect(220)
+    c.ehlo()
+    c.transaction()
+    c.quit()
+
+
 def dropped(s, data, what):
     """data (possibly empty) is sent; the server must close without a byte."""
     with Client(s.port, greet=False) as c:
@@ -161,10 +169,7 @@ def _():
         for i in range(0, len(hdr), 7):
             c.send(hdr[i:i + 7])
             time.sleep(0.002)
-        c.reply().expect(220)
-        c.ehlo()
-        c.transaction()
-        c.quit()
+        after_header(c)
     s.wait_disconnect(40006)
     check(s.message_lines(40006), "no message line for 40006")
 
@@ -264,22 +269,31 @@ def _():
         check(500 <= r.code < 600, "PROXY on a normal listener got %r" % r)
 
 
+def small_pool_server(*extra):
+    """One worker with a 16-buffer pool of 4 KiB, a plain listener (.port)
+    and a proxy=yes one (returned); not started."""
+    port, pport = free_port(), free_port()
+    return Server(listen=(), port=port, workers=1,
+                  args=["--listen", "127.0.0.1:%d" % port,
+                        "--listen", "127.0.0.1:%d proxy=yes" % pport,
+                        "-o", "recv_buffers=16", "-o", "recv_buffer_size=4096"]
+                  + list(extra)), pport
+
+
 @T.test("a header that arrives while the buffer pool is empty is read once buffers return")
 def _():
     # Four clients that never read pin the whole 16-buffer pool, so the
     # PROXY connection's receive ends with ENOBUFS; it must be re-armed
     # when the pool refills (it once waited for greeting_timeout instead).
-    port, pport = free_port(), free_port()
-    with Server(listen=(), port=port, workers=1,
-                args=["--listen", "127.0.0.1:%d" % port,
-                      "--listen", "127.0.0.1:%d proxy=yes" % pport,
-                      "-o", "recv_buffers=16", "-o", "recv_buffer_size=4096",
-                      "-o", "greeting_timeout=30s"]) as s:
+    # The hogs pipeline EHLOs, junk after the first: junk_limit must not
+    # close them before they pin the pool.
+    s, pport = small_pool_server("-o", "greeting_timeout=30s", "-o", "junk_limit=1000000")
+    with s:
         hogs = []
         for _i in range(4):
             h = socket.socket()
             h.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            h.connect(("127.0.0.1", port))
+            h.connect(("127.0.0.1", s.port))
             h.setblocking(False)
             hogs.append(h)
         t0 = time.monotonic()
@@ -301,6 +315,59 @@ def _():
         check(r.startswith(b"220 "), "greeting after the pool refilled: %r" % r)
         check(time.monotonic() - t1 < 5, "greeting took %.1fs" % (time.monotonic() - t1))
         c.close()
+
+
+@T.test("proxy_timeout: half a PROXY v1 line and nothing more is closed after ~1s, "
+        "without a reply; logged and counted")
+def _():
+    port = free_port()
+    with Server(listen=(), port=port, workers=1,
+                args=["--listen", "127.0.0.1:%d proxy=yes" % port,
+                      "-o", "proxy_timeout=1s", "-o", "greeting_timeout=300s"]) as s:
+        with Client(s.port, greet=False) as c:
+            c.send(b"PROXY TCP4 192.0.2.1 ")
+            t0 = time.monotonic()
+            c.sock.settimeout(6)
+            try:
+                d = c.sock.recv(100)
+            except socket.timeout:
+                fail("still open 6s after half a PROXY header (proxy_timeout=1s)")
+            except ConnectionResetError:
+                d = b""
+            took = time.monotonic() - t0
+            check_eq(d, b"", "bytes before the close")
+            check(0.7 <= took <= 3.0, "closed after %.2fs, want ~1s" % took)
+        s.wait_log(r"no complete PROXY header from \[127\.0\.0\.1\]:\d+ on .* within "
+                   r"proxy_timeout \(1s\); closing")
+        st = s.stats()
+        check_eq(st.get("proxy_timeout"), 1, "proxy_timeout counter")
+        # A prompt header on the same listener still works.
+        lines, _ = proxied_session(s, v1("192.0.2.20", "127.0.0.1", 40020, port), 40020)
+        check("client=[192.0.2.20]:40020" in lines[0], "line: %r" % lines[0])
+
+
+@T.test("a PROXY header trickled one byte per packet pins one receive buffer, not one "
+        "per packet: other clients keep being served, and the header still completes")
+def _():
+    # 16 buffers of 4 KiB. Held one per packet, 60 packets of a header
+    # would empty the pool and stall every other client on the worker.
+    s, pport = small_pool_server("-o", "proxy_timeout=60s")
+    with s:
+        hdr = v2(1, 0x11, "192.0.2.21", "127.0.0.1", 40021, pport,
+                 tlvs=tlv(0x04, b"a" * 200))
+        with Client(pport, greet=False) as t:
+            t.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for i in range(60):
+                t.send(hdr[i:i + 1])
+                time.sleep(0.01)
+            with Client(s.port) as c:   # a plain client on the same worker
+                c.ehlo()
+                c.transaction()
+                c.quit()
+            t.send(hdr[60:])
+            after_header(t)
+        s.wait_disconnect(40021)
+        check(s.message_lines(40021), "no message line for the trickled header's client")
 
 
 # ---------------------------------------------------------------- (e) HAProxy

@@ -181,6 +181,36 @@ def _():
         c.quit()
 
 
+@T.test("SIGHUP: hop_count_limit and proxy_timeout change (554 5.4.6, PROXY header closed)")
+def _():
+    pport = free_port()
+    loop = "Received: a\r\nReceived: b\r\nReceived: c\r\nSubject: t\r\n\r\nhi\r\n"
+    with Server(workers=1, config_text="hop_count_limit = 5\nproxy_timeout = 30s\n",
+                args=["--listen", "127.0.0.1:%d proxy=yes" % pport]) as s:
+        with s.client() as c:
+            c.ehlo()
+            c.transaction(body=loop)
+        reload(s, "hop_count_limit = 2\nproxy_timeout = 1s\n")
+        with s.client() as c:
+            c.ehlo()
+            c.cmd("MAIL FROM:<a@sender.test>").expect(250, "2.1.0")
+            c.cmd("RCPT TO:<u@example.test>").expect(250, "2.1.5")
+            c.cmd("DATA").expect(354)
+            c.send(loop + ".\r\n")
+            c.expect(554, "5.4.6", "Too many hops")
+            c.quit()
+        p = socket.create_connection(("127.0.0.1", pport), timeout=10)
+        p.sendall(b"PROXY TCP4 ")
+        t0 = time.monotonic()
+        try:
+            check_eq(p.recv(10), b"", "bytes before the close")
+        except ConnectionResetError:
+            pass
+        took = time.monotonic() - t0
+        p.close()
+        check(took < 4, "half PROXY header closed after %.1fs (proxy_timeout=1s)" % took)
+
+
 @T.test("SIGHUP with a broken file: refused with FILE:LINE, old config keeps serving")
 def _():
     with Server(workers=2, config_text="domains = old.test\n") as s:
@@ -212,7 +242,10 @@ def _():
 
 @T.test("a client that never reads cannot pin its slot or the drain: dropped after the 10 s linger")
 def _():
-    with Server(workers=1, args=["-o", "command_timeout=1s", "-o", "shutdown_timeout=1s"]) as s:
+    # Pipelined EHLOs fill the output; they are junk after the first, so
+    # junk_limit must not close the client first.
+    with Server(workers=1, args=["-o", "command_timeout=1s", "-o", "shutdown_timeout=1s",
+                                 "-o", "junk_limit=1000000"]) as s:
         c = socket.socket()
         c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         c.connect((s.host, s.port))

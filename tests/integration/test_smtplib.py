@@ -2,11 +2,16 @@
 """ringmxd with Python's smtplib: plain sends, several recipients, null
 sender, SMTPUTF8, EHLO keywords, per-message log lines, IPv6."""
 
+import os
+import re
+import shutil
 import smtplib
+import subprocess
+import tempfile
 from email.message import EmailMessage
 
 from ringmx_harness import (HOSTNAME, TIMEOUT, Server, Skip, Suite, check, check_eq,
-                            ipv6_available, smtplib_send)
+                            ipv6_available, ringmxd_path, smtplib_send)
 
 T = Suite(__file__)
 srv = T.shared()
@@ -218,6 +223,56 @@ def _():
         smtplib_send(s6, host="::1", port=s6.ports[1])
         smtplib_send(s6)
         s6.wait_log(r"client=\[[^\]]*::1\]:\d+, .*status=queued")
+
+
+def spool_tool():
+    p = os.environ.get("RINGMX_SPOOL")
+    if not p:
+        p = os.path.join(os.path.dirname(ringmxd_path()), "tools", "ringmx-spool")
+    return p
+
+
+@T.test("send_message(mail_options=[SMTPUTF8, BODY=8BITMIME]), UTF-8 recipient: "
+        "the doubled parameters are accepted and the message is stored")
+def _():
+    # smtplib adds SMTPUTF8 and BODY=8BITMIME itself for a non-ASCII
+    # address, so MAIL carries each twice (issue 12); Postfix accepts it.
+    d = tempfile.mkdtemp(prefix="ringmx-smtplib-")
+    try:
+        with Server(args=["-o", "sink=spool", "-o", "spool_dir=" + os.path.join(d, "spool")],
+                    workers=1) as s:
+            rcpt = "\u00fcmlaut.\u00e9t\u00e9@example.test"
+            m = message(sender="a@sender.test", to=[rcpt], body="gr\u00fc\u00dfe\n")
+            with connect(s) as c:
+                sent = []
+                orig = c.putcmd
+
+                def spy(cmd, args=""):
+                    sent.append((cmd, args))
+                    return orig(cmd, args)
+                c.putcmd = spy
+                refused = c.send_message(m, "a@sender.test", [rcpt],
+                                         mail_options=["SMTPUTF8", "BODY=8BITMIME"])
+                check_eq(refused, {}, "refused")
+                lines = finish(s, c)
+            mail = [a for cmd, a in sent if cmd.lower() == "mail"]
+            check(len(mail) == 1 and mail[0].count("SMTPUTF8") == 2
+                  and mail[0].count("BODY=8BITMIME") == 2,
+                  "smtplib no longer doubles the parameters: %r" % mail)
+            check_eq(len(lines), 1, "message lines")
+            check("status=queued" in lines[0], lines[0])
+            qid = re.search(r"queued as (\w+)", lines[0]).group(1)
+            out = subprocess.run([spool_tool(), "-d", os.path.join(d, "spool"), "cat", qid],
+                                 capture_output=True, timeout=TIMEOUT)
+            check_eq(out.returncode, 0, "ringmx-spool cat exit")
+            check(("gr\u00fc\u00dfe").encode() in out.stdout and
+                  ("To: " + rcpt).encode() in out.stdout,
+                  "stored message lacks the UTF-8 content: %r" % out.stdout[-300:])
+            show = subprocess.run([spool_tool(), "-d", os.path.join(d, "spool"), "show", qid],
+                                  capture_output=True, timeout=TIMEOUT).stdout.decode()
+            check(rcpt in show, "envelope lacks %s: %s" % (rcpt, show))
+    finally:
+        shutil.rmtree(d)
 
 
 @T.test("after everything: a plain smtplib send still works")

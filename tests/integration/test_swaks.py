@@ -3,17 +3,22 @@
 attempt (must fail with exit 24), --quit-after RCPT, a UTF-8 body,
 a multi-recipient send, the null sender. Exit 77 when swaks is not installed."""
 
+import os
 import re
+import shutil
+import subprocess
+import tempfile
 
-from ringmx_harness import Suite, check, check_eq, run, smtplib_send
+from ringmx_harness import (TIMEOUT, Server, Suite, check, check_eq, ringmxd_path, run,
+                            smtplib_send)
 
 SWAKS = "/usr/bin/swaks"
 T = Suite(__file__)
 srv = T.shared()
 
 
-def swaks(*args):
-    s = srv()
+def swaks(*args, s=None):
+    s = s or srv()
     cmd = [SWAKS, "--server", "127.0.0.1", "--port", str(s.port), "--timeout", "10",
            "--helo", "swaks.test"] + list(args)
     return run(cmd, timeout=30)
@@ -93,6 +98,47 @@ def _():
 @T.test("after everything: a plain smtplib send still works")
 def _():
     smtplib_send(srv())
+
+
+def spool_tool():
+    return os.environ.get("RINGMX_SPOOL") or os.path.join(os.path.dirname(ringmxd_path()),
+                                                          "tools", "ringmx-spool")
+
+
+def hops(n):
+    args = []
+    for i in range(n):
+        args += ["--add-header", "Received: from hop%d.test by hop%d.test; "
+                 "Thu, 1 Jan 2026 00:00:%02d +0000" % (i, i + 1, i % 60)]
+    return args
+
+
+@T.test("hop_count_limit: 51 Received: (swaks --add-header) get 554 5.4.6 at end of data, "
+        "nothing spooled, counted, logged; 50 are queued")
+def _():
+    d = tempfile.mkdtemp(prefix="ringmx-hops-")
+    spool = os.path.join(d, "spool")
+    try:
+        with Server(args=["-o", "sink=spool", "-o", "spool_dir=" + spool], workers=1) as s:
+            p = swaks("--to", "x@example.test", "--from", "a@b.test", *hops(51), s=s)
+            check(p.returncode != 0, "swaks exit 0 for a looping message")
+            check("<** 554 5.4.6 Too many hops" in p.stdout,
+                  "transcript:\n" + p.stdout[-1500:])
+            ln = s.wait_log(r"client=\[127\.0\.0\.1\]:\d+, .*status=rejected "
+                            r"\(554 5\.4\.6 Too many hops\)")[0]
+            check("from=<a@b.test>" in ln, ln)
+            p = swaks("--to", "x@example.test", "--from", "a@b.test", *hops(50), s=s)
+            check_eq(p.returncode, 0, "swaks exit code at the limit: " + p.stdout[-1500:])
+            qid = transcript_qid(p.stdout)
+            st = s.stats()
+            check_eq(st.get("hop_limit"), 1, "hop_limit counter")
+            check_eq(st.get("spool_messages"), 1, "spool_messages")
+        lst = subprocess.run([spool_tool(), "-d", spool, "list"], capture_output=True,
+                             timeout=TIMEOUT).stdout.decode()
+        ids = re.findall(r"^([0-9A-Za-z]{13})\b", lst, re.M)
+        check_eq(ids, [qid], "queued messages (only the one at the limit): %s" % lst)
+    finally:
+        shutil.rmtree(d)
 
 
 T.main(requires=[SWAKS])

@@ -211,6 +211,7 @@ test_defaults(void **state)
 	assert_int_equal(cfg->smtp.recipient_limit, 1000);
 	assert_int_equal(cfg->smtp.error_limit, 20);
 	assert_int_equal(cfg->smtp.junk_limit, 100);
+	assert_int_equal(cfg->smtp.hop_count_limit, 50);
 	assert_int_equal(cfg->smtp.bare_newline, SMTP_BARE_NEWLINE_NORMALIZE);
 	assert_int_equal(cfg->smtp.greeting_timeout, S(300));
 	assert_int_equal(cfg->smtp.command_timeout, S(300));
@@ -218,6 +219,7 @@ test_defaults(void **state)
 	assert_int_equal(cfg->smtp.data_end_timeout, S(600));
 	assert_int_equal(cfg->smtp.session_timeout, S(3600));
 	assert_int_equal(cfg->shutdown_timeout, S(30));
+	assert_int_equal(cfg->proxy_timeout, S(5));
 	assert_false(cfg->smtp.starttls);
 	config_free(cfg);
 	config_free(NULL);
@@ -379,6 +381,9 @@ test_durations(void **state)
 	bad1("greeting_timeout", "500ms", "out of range: '500ms' (1s..7d)");
 	bad1("greeting_timeout", "1msx", "not a duration: '1msx'");
 	bad1("greeting_timeout", "0", "out of range: '0' (1s..7d)");
+	bad1("proxy_timeout", "500ms", "out of range: '500ms' (1s..1h)");
+	bad1("proxy_timeout", "2h", "out of range: '2h' (1s..1h)");
+	bad1("proxy_timeout", "5q", "not a duration: '5q'");
 	bad1("command_timeout", "0s", "out of range: '0s' (1s..7d)");
 	bad1("data_timeout", "8d", "out of range: '8d' (1s..7d)");
 	bad1("data_end_timeout", "604801", "out of range: '604801' (1s..7d)");
@@ -400,6 +405,15 @@ test_numbers(void **state)
 	assert_int_equal(cfg->recv_buffers, 16);
 	assert_int_equal(cfg->max_connections, 1);
 	config_free(cfg);
+	cfg = ok("proxy_timeout = 1500ms\n");
+	assert_int_equal(cfg->proxy_timeout, 1500000000);
+	config_free(cfg);
+	cfg = ok("hop_count_limit = 0\n"); /* 0: no loop detection */
+	assert_int_equal(cfg->smtp.hop_count_limit, 0);
+	config_free(cfg);
+	cfg = ok("hop_count_limit = 100\n");
+	assert_int_equal(cfg->smtp.hop_count_limit, 100);
+	config_free(cfg);
 
 	bad1("recv_buffers", "100", "not a power of two: '100'");
 	bad1("recv_buffers", "8", "out of range: '8' (16..32768)");
@@ -414,6 +428,9 @@ test_numbers(void **state)
 	bad1("error_limit", "1e3", "not a number: '1e3'");
 	bad1("junk_limit", "99999999999999999999999",
 	     "out of range: '99999999999999999999999' (1..1000000)");
+	bad1("hop_count_limit", "-1", "not a number: '-1'");
+	bad1("hop_count_limit", "1000001", "out of range: '1000001' (0..1000000)");
+	bad1("hop_count_limit", "50x", "not a number: '50x'");
 	bad1("workers", "257", "out of range: '257' (0..256)");
 	bad1("workers", "two", "not a number: 'two'");
 	bad1("sink", "file", "not one of spool, discard: 'file'");
@@ -1297,7 +1314,7 @@ test_print(void **state)
 				  "domains = localhost, example.test\nworkers = 2\n"
 				  "cpus = 1-3,7\nmax_connections = 16384\nrecv_buffers = 4096\n"
 				  "recv_buffer_size = 16384\nlisten_backlog = 4096\n"
-				  "proxy_trusted = 127.0.0.0/8, ::1/128\nsink = spool\n"
+				  "proxy_trusted = 127.0.0.0/8, ::1/128\nproxy_timeout = 5s\nsink = spool\n"
 				  "spool_dir = /var/spool/ringmx\nsegment_size = 67108864\n"
 				  "durability = fsync\ncommit_delay = 1ms\ncommit_size = 1048576\n"
 				  "spool_memory = 268435456\n"
@@ -1307,7 +1324,7 @@ test_print(void **state)
 				  "maximal_queue_lifetime = 5d\nspool_high_water = 0\n"
 				  "relay_defer_after = 10m\n"
 				  "message_size_limit = 10240000\nrecipient_limit = 1000\n"
-				  "error_limit = 20\njunk_limit = 100\nbare_newline = normalize\n"
+				  "error_limit = 20\njunk_limit = 100\nhop_count_limit = 50\nbare_newline = normalize\n"
 				  "greeting_timeout = 5m\ncommand_timeout = 5m\ndata_timeout = 3m\n"
 				  "data_end_timeout = 10m\nsession_timeout = 1h\n"
 				  "shutdown_timeout = 30s\n"));

@@ -118,8 +118,12 @@ guarded(const char *p, size_t n)
 	return guard_page - n;
 }
 
+/* env.hop_limit for run(); 0 except in test_hops. */
+static unsigned run_hop_limit;
+
 struct result {
 	struct collect c;
+	uint32_t hops;
 	unsigned flags;
 	size_t consumed;
 	bool done;
@@ -137,6 +141,8 @@ run(enum smtp_body_mode mode, const char *in, size_t n, bool reject_lf, uint64_t
 	size_t off = 0;
 
 	memset(r, 0, sizeof *r);
+	memset(&env, 0, sizeof env);
+	env.hop_limit = run_hop_limit;
 	env.emit = collect_emit;
 	env.ctx = &r->c;
 	env.size_limit = limit;
@@ -159,6 +165,7 @@ run(enum smtp_body_mode mode, const char *in, size_t n, bool reject_lf, uint64_t
 	if (mode == SMTP_BODY_BDAT)
 		smtp_body_finish(&b, &env);
 	r->flags = b.flags;
+	r->hops = b.hops;
 	r->consumed = off;
 	r->done = smtp_body_done(&b);
 }
@@ -304,6 +311,58 @@ test_sink_error(void **state)
 	assert_true(b.flags & SMTP_BODY_F_SINK_ERR);
 }
 
+/* Received: fields in the header section, whatever the feed boundaries. */
+struct hcase {
+	const char *in; /* DATA, up to and including the terminator */
+	size_t in_len;
+	uint32_t hops;
+	unsigned limit;
+	unsigned flags;
+};
+
+#define HDRS "Received: from a\r\n\tby b; folded\r\nreceived :x\r\nRECEIVED:y\r\n"       \
+	     "X-Received: no\r\nReceivedX: no\r\nReceived no colon\r\n Received: cont\r\n"  \
+	     "Subject: s\r\n\r\n"
+
+static const struct hcase hop_cases[] = {
+	{S(HDRS "Received: in the body\r\n.\r\n"), 3, 0, 0},
+	{S(HDRS "body\r\n.\r\n"), 3, 3, 0},
+	{S(HDRS "body\r\n.\r\n"), 3, 2, SMTP_BODY_F_HOPS},
+	{S("Received: a\r\nReceived: b\r\n.\r\n"), 2, 1, SMTP_BODY_F_HOPS}, /* no body */
+	{S("\r\nReceived: a\r\n.\r\n"), 0, 1, 0},          /* no header section */
+	{S("..Received: a\r\nReceived: b\r\n.\r\n"), 1, 1, 0}, /* ".Received:" */
+	{S("Received: a\nReceived: b\r\n\r\n.\r\n"), 2, 0, SMTP_BODY_F_SAW_LF},
+	{S("Received\t \t: a\r\nRec\r\neived: b\r\n.\r\n"), 1, 0, 0},
+	/* A bare CR is scanned the same whether or not a feed ends on it. */
+	{S("R\received: a\r\nReceived: b\r\n.\r\n"), 1, 1, SMTP_BODY_F_BARE_CR},
+};
+
+static void
+test_hops(void **state)
+{
+	(void)state;
+	for (size_t i = 0; i < sizeof hop_cases / sizeof hop_cases[0]; i++) {
+		const struct hcase *t = &hop_cases[i];
+
+		run_hop_limit = t->limit;
+		for (size_t split = 0; split <= t->in_len + 1; split++) {
+			size_t sp = split == t->in_len + 1 ? SIZE_MAX : split;
+			struct result r;
+
+			run(SMTP_BODY_DATA, t->in, t->in_len, false, 0, sp, &r);
+			assert_true(r.done);
+			if (r.hops != t->hops || r.flags != t->flags)
+				fail_msg("hop case %zu split %zu: hops %u flags %#x, want %u %#x", i,
+					 split, r.hops, r.flags, t->hops, t->flags);
+		}
+		/* The same content as BDAT counts the same. */
+		struct result r;
+		run(SMTP_BODY_BDAT, t->in, t->in_len - 3, false, 0, 7, &r);
+		assert_int_equal(r.hops, t->hops);
+	}
+	run_hop_limit = 0;
+}
+
 static int
 setup(void **state)
 {
@@ -326,7 +385,7 @@ main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_data_cases),     cmocka_unit_test(test_bdat_cases),
 		cmocka_unit_test(test_lookalikes_one_end), cmocka_unit_test(test_long_lines),
-		cmocka_unit_test(test_sink_error),
+		cmocka_unit_test(test_sink_error),     cmocka_unit_test(test_hops),
 	};
 	return cmocka_run_group_tests(tests, setup, NULL);
 }

@@ -31,7 +31,8 @@
  *
  * Directives:
  *   ! conf KEY=VALUE ...  before the first flight: size, rcpt_limit,
- *                         error_limit, junk_limit, bare_newline=reject|normalize,
+ *                         error_limit, junk_limit, hop_count_limit,
+ *                         bare_newline=reject|normalize,
  *                         starttls=0|1, greeting_timeout, command_timeout,
  *                         data_timeout, data_end_timeout, session_timeout (s),
  *                         tls_offer=0|1, tls_require=0|1 (smtp_session_set_tls_policy)
@@ -175,6 +176,7 @@ conf_defaults(struct smtp_conf *c)
 	c->recipient_limit = 50;
 	c->error_limit = 20;
 	c->junk_limit = 100;
+	c->hop_count_limit = 50;
 	c->greeting_timeout = 300 * NS;
 	c->command_timeout = 300 * NS;
 	c->data_timeout = 300 * NS;
@@ -209,6 +211,8 @@ conf_set(struct dlg *d, const char *kv, int line)
 		d->conf.error_limit = (unsigned)v;
 	else if (strcmp(key, "junk_limit") == 0)
 		d->conf.junk_limit = (unsigned)v;
+	else if (strcmp(key, "hop_count_limit") == 0)
+		d->conf.hop_count_limit = (unsigned)v;
 	else if (strcmp(key, "starttls") == 0)
 		d->conf.starttls = v != 0;
 	else if (strcmp(key, "tls_offer") == 0)
