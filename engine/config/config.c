@@ -68,6 +68,7 @@ const struct key_def config_keys[] = {
 	{"data_timeout", T_DURATION, CO(smtp.data_timeout), SEC(1), SEC(7 * DAY_S), true},
 	{"data_end_timeout", T_DURATION, CO(smtp.data_end_timeout), SEC(1), SEC(7 * DAY_S), true},
 	{"session_timeout", T_DURATION, CO(smtp.session_timeout), SEC(1), SEC(7 * DAY_S), true},
+	{"send_timeout", T_DURATION, CO(send_timeout), SEC(1), SEC(7 * DAY_S), true},
 	{"shutdown_timeout", T_DURATION, CO(shutdown_timeout), 0, SEC(7 * DAY_S), true},
 	/* Native TLS (docs/tls.md). Reloadable: SIGHUP rebuilds every
 	 * worker's contexts; only adding or removing tls_cert needs a restart
@@ -1087,6 +1088,7 @@ set_defaults(struct config *cfg)
 	cfg->smtp.bare_newline = SMTP_BARE_NEWLINE_NORMALIZE;
 	cfg->smtp.greeting_timeout = SEC(300);
 	cfg->smtp.command_timeout = SEC(300);
+	cfg->send_timeout = SEC(60);
 	cfg->smtp.data_timeout = SEC(180);
 	cfg->smtp.data_end_timeout = SEC(600);
 	cfg->smtp.session_timeout = SEC(3600);

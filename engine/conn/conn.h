@@ -35,6 +35,14 @@ struct worker;
 /* Receive buffers one paused connection may hold before its recv is
  * cancelled (TCP then pushes back on the client). */
 #define CONN_HOLD_MAX 4
+/* A connection that holds receive buffers while a send to it is stuck
+ * (the client does not read its replies) is cut off this long after that
+ * send started: the buffers go back to the ring for everyone else. A
+ * reading client's send completes in a round trip. */
+#define CONN_STALL_HOLD_NS (1000000000ull)
+/* The same while other receives wait for buffers (worker.recv_short): one
+ * timer tick, enough for a reading client's send to complete on most paths. */
+#define CONN_STALL_SHORT_NS (100000000ull)
 #define HOLD_NONE     UINT32_MAX
 
 enum conn_state { CONN_FREE = 0, CONN_OPEN, CONN_CLOSING };
@@ -108,6 +116,7 @@ struct conn {
 
 	char *outbuf;  /* NULL when nothing is pending */
 	size_t send_len; /* bytes of outbuf in the send in flight */
+	uint64_t send_t0; /* when the send in flight was submitted */
 	struct smtp_out out;
 
 	struct conn *next_flush, *next_rearm;
