@@ -21,6 +21,7 @@
  * cf_fail() is ignored.
  */
 #include "config_internal.h"
+#include "ringmx/spool_share.h"
 
 /* ---- the key table ---- */
 
@@ -1175,12 +1176,36 @@ finish_tls(struct config *cfg, char *err)
 	return 0;
 }
 
+/* Fair sharing of staging memory (ringmx/spool_share.h): one message of
+ * message_size_limit must fit the large messages' share of spool_memory,
+ * or every message that large would fail after its upload. */
+static int
+finish_spool_share(const struct config *cfg, char *err)
+{
+	uint64_t need = spool_stage_need(cfg->smtp.message_size_limit, cfg->smtp.recipient_limit);
+
+	if (cfg->spool_memory / SPOOL_LARGE_DIV >= need)
+		return 0;
+	cf_buff(err, CONFIG_ERR_MAX,
+		"spool_memory: %llu bytes cannot stage a message of message_size_limit (%llu "
+		"bytes): large messages get spool_memory / %u, and one needs message_size_limit + "
+		"recipient_limit x %u (at most %u) + %u bytes = %llu; raise spool_memory to at "
+		"least %llu or lower message_size_limit",
+		(unsigned long long)cfg->spool_memory,
+		(unsigned long long)cfg->smtp.message_size_limit, SPOOL_LARGE_DIV,
+		SMTP_PATH_MAX + SMTP_ENV_RCPT_COST, SPOOL_ENV_MAX, SMTP_ENV_FIXED_MAX + SPOOL_STAGE_SLACK,
+		(unsigned long long)need, (unsigned long long)need * SPOOL_LARGE_DIV);
+	return -1;
+}
+
 static int
 finish(struct config *cfg, char *err)
 {
 	size_t i;
 
 	if (finish_tls(cfg, err) < 0)
+		return -1;
+	if (cfg->sink == SINK_KIND_SPOOL && finish_spool_share(cfg, err) < 0)
 		return -1;
 
 	if (cfg->smtp.hostname[0] == '\0') {

@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 
-from ringmx_harness import Suite, Server, check, check_eq, fail, wait_for, TIMEOUT
+from ringmx_harness import Suite, Server, Client, check, check_eq, fail, wait_for, TIMEOUT
 
 T = Suite(__file__)
 
@@ -92,11 +92,11 @@ def p99(xs):
     return xs[min(len(xs) - 1, int(len(xs) * 0.99))]
 
 
-def small_body(i):
-    return ("Subject: small %d\r\n\r\n" % i + "line of a small message\r\n" * 40).encode()
+def small_body(i, lines=40):
+    return ("Subject: small %d\r\n\r\n" % i + "line of a small message\r\n" * lines).encode()
 
 
-def normal_client(port, idx, n, latencies, errors, lock):
+def normal_client(port, idx, n, latencies, errors, lock, lines):
     try:
         with smtplib.SMTP("127.0.0.1", port, local_hostname="normal%d.test" % idx,
                           timeout=30) as c:
@@ -104,7 +104,7 @@ def normal_client(port, idx, n, latencies, errors, lock):
             for k in range(n):
                 t0 = time.monotonic()
                 c.sendmail("n%d@sender.test" % idx, ["u@example.test"],
-                           small_body(idx * 100 + k))
+                           small_body(idx * 100 + k, lines))
                 with lock:
                     latencies.append(time.monotonic() - t0)
     except Exception as e:  # noqa: BLE001 - any failure of a normal client counts
@@ -112,9 +112,10 @@ def normal_client(port, idx, n, latencies, errors, lock):
             errors.append("client %d: %s: %s" % (idx, type(e).__name__, e))
 
 
-def run_normal(port, clients, each):
+def run_normal(port, clients, each, lines=40):
     latencies, errors, lock = [], [], threading.Lock()
-    ts = [threading.Thread(target=normal_client, args=(port, i, each, latencies, errors, lock))
+    ts = [threading.Thread(target=normal_client,
+                           args=(port, i, each, latencies, errors, lock, lines))
           for i in range(clients)]
     for t in ts:
         t.start()
@@ -163,6 +164,67 @@ def _():
                  "cut-offs counted")
         check_eq(st.get("messages_accepted", 0), NORMAL_CLIENTS * MESSAGES_EACH,
                  "messages_accepted")
+
+def dribbler_open(port, i, head):
+    c = Client(port)
+    c.ehlo()
+    c.cmd("MAIL FROM:<big%d@sender.test>" % i).expect(250)
+    c.cmd("RCPT TO:<u@example.test>").expect(250)
+    c.cmd("DATA").expect(354)
+    c.send(head)
+    return c
+
+
+@T.test("slow large uploads beside small messages: every small message gets 250")
+def _():
+    d = tempfile.mkdtemp(prefix="ringmx-fair-share-")
+    # 4 MiB of staging (1024 chunks); large messages share 2 MiB of it.
+    # Four uploads of 1 MB stalled mid-DATA would hold all but about 24
+    # chunks: small messages of 16 KiB from 20 clients at once would not
+    # fit in that.
+    args = ["-o", "sink=spool", "-o", "spool_dir=" + d + "/spool", "-o", "durability=none",
+            "-o", "spool_memory=4m", "-o", "message_size_limit=1500k"]
+    try:
+        with Server(args=args, workers=1) as srv:
+            line = b"x" * 998 + b"\r\n"
+            head = b"Subject: large\r\n\r\n" + line * 1020
+            big = [dribbler_open(srv.port, i, head) for i in range(4)]
+            for c in big:  # one byte at a time from here on: slow
+                c.send(b"y")
+            wait_for(lambda: srv.stats().get("bytes_received", 0) >= 4 * len(head),
+                     what="the large uploads staged")
+            lat, errors = run_normal(srv.port, 20, 3, lines=650)
+            check(not errors, "small messages failed: %s" % "; ".join(errors[:5]))
+            check_eq(len(lat), 60, "small messages accepted")
+            print("  small messages: %d accepted beside 4 stalled large uploads, p99 %.3fs"
+                  % (len(lat), p99(lat)), flush=True)
+            # A large message declared with SIZE= while the share is taken
+            # is refused at MAIL, before its upload.
+            with srv.client() as c:
+                c.ehlo()
+                c.cmd("MAIL FROM:<late@sender.test> SIZE=1000000").expect(452, "4.3.1")
+                c.cmd("QUIT").expect(221)
+            codes = []
+            for c in big:
+                c.send(b"\r\n.\r\n")
+                codes.append(c.reply().code)
+                c.close()
+            print("  the large uploads ended with %s" % codes, flush=True)
+            check(codes.count(250) >= 1, "the share held at least one large upload")
+            check(set(codes) <= {250, 451}, "large uploads: 250 or 451")
+            st = srv.stats()
+            check(st.get("spool_share_full", 0) >= 1, "spool_share_full counted")
+            check_eq(st.get("spool_share_refused", 0), 1, "spool_share_refused")
+            # The share is given back: a large message goes through now.
+            with srv.client() as c:
+                c.ehlo()
+                c.cmd("MAIL FROM:<after@sender.test> SIZE=1000000").expect(250)
+                c.cmd("RCPT TO:<u@example.test>").expect(250)
+                c.cmd("DATA").expect(354)
+                c.send(head + b".\r\n")
+                c.expect(250)
+    finally:
+        shutil.rmtree(d)
 
 
 if __name__ == "__main__":
