@@ -7,7 +7,9 @@ memory"), on the real ringmxd:
     latency printed), the never-readers are cut off and counted;
   - slow large uploads beside small messages: every small message gets 250,
     a large one declared with SIZE= past the large messages' share gets
-    452 4.3.1 at MAIL, not a 451 after its upload.
+    452 4.3.1 at MAIL, not a 451 after its upload;
+  - start-up and SIGHUP refuse a message_size_limit that half of
+    spool_memory cannot stage.
 
 Owner: fair sharing (engine/conn/conn.c, engine/spool/spool_share.c).
 Standalone: exit 0 / 1 / 77, last line "N passed, M failed". Uses
@@ -15,6 +17,7 @@ ringmx_harness (read-only)."""
 
 import resource
 import select
+import signal
 import shutil
 import smtplib
 import socket
@@ -22,7 +25,8 @@ import tempfile
 import threading
 import time
 
-from ringmx_harness import Suite, Server, Client, check, check_eq, fail, wait_for, TIMEOUT
+from ringmx_harness import (Suite, Server, Client, check, check_eq, fail, ringmxd_path, run,
+                            wait_for, TIMEOUT)
 
 T = Suite(__file__)
 
@@ -223,6 +227,29 @@ def _():
                 c.cmd("DATA").expect(354)
                 c.send(head + b".\r\n")
                 c.expect(250)
+    finally:
+        shutil.rmtree(d)
+
+
+@T.test("start-up and SIGHUP refuse a message_size_limit half of spool_memory cannot stage")
+def _():
+    d = tempfile.mkdtemp(prefix="ringmx-fair-share-")
+    try:
+        r = run([ringmxd_path(), "-t", "-o", "sink=spool", "-o", "spool_dir=" + d + "/s",
+                 "-o", "spool_memory=8m"])
+        check(r.returncode != 0, "exit status %d" % r.returncode)
+        check("spool_memory: 8388608 bytes cannot stage a message of message_size_limit "
+              "(10240000 bytes)" in r.stderr, "the error: %r" % r.stderr)
+        check("at least 21135168" in r.stderr, "the minimum named: %r" % r.stderr)
+        conf = "sink = spool\nspool_dir = %s/s\nspool_memory = 4m\nmessage_size_limit = %s\n"
+        with Server(config_text=conf % (d, "1m"), workers=1) as srv:
+            off = srv.log_size()
+            srv.write_config(conf % (d, "2m"))
+            srv.signal(signal.SIGHUP)
+            srv.wait_log(r"reload refused.*spool_memory: 4194304 bytes cannot stage", since=off)
+            with srv.client() as c:  # the running limit (1m) still applies
+                c.ehlo()
+                c.cmd("MAIL FROM:<a@sender.test> SIZE=1500000").expect(552, "5.3.4")
     finally:
         shutil.rmtree(d)
 
