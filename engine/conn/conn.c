@@ -150,22 +150,16 @@ cancel_op(struct worker *w, struct conn *c, enum op op)
 
 /*
  * Fair sharing (docs/defences.md): a send that does not complete means the
- * client is not reading its replies. Holding receive buffers meanwhile (they
- * are the ring's, shared by every session of the worker), it may keep them
- * CONN_STALL_HOLD_NS, or CONN_STALL_SHORT_NS while other receives wait for
- * buffers; holding none, the send may wait send_timeout.
+ * client is not reading its replies; it may wait send_timeout. Holding
+ * receive buffers meanwhile (the ring's, shared by every session of the
+ * worker) while other receives wait for buffers, only CONN_STALL_SHORT_NS.
  */
 static uint64_t
 stall_limit(const struct worker *w, const struct conn *c)
 {
-	uint64_t lim = w->cfg->send_timeout;
-
-	if (c->nheld > 0) {
-		uint64_t h = w->recv_short ? CONN_STALL_SHORT_NS : CONN_STALL_HOLD_NS;
-		if (h < lim)
-			lim = h;
-	}
-	return lim;
+	if (c->nheld > 0 && w->recv_short && CONN_STALL_SHORT_NS < w->cfg->send_timeout)
+		return CONN_STALL_SHORT_NS;
+	return w->cfg->send_timeout;
 }
 
 /* When to look at a send in flight again. A holder is looked at every
@@ -189,7 +183,7 @@ send_stalled(struct worker *w, struct conn *c)
 	if (!c->send_inflight || c->stage != CONN_STAGE_SMTP ||
 	    w->now < c->send_t0 + stall_limit(w, c))
 		return false;
-	if (c->nheld > 0) {
+	if (c->nheld > 0 && w->recv_short) {
 		w->stats.recv_stall_cutoffs++;
 		log_info("[%s]:%u holds %u receive buffers and does not read its replies; closing",
 			 c->peer.addr_text, c->peer.port, c->nheld);
@@ -200,6 +194,8 @@ send_stalled(struct worker *w, struct conn *c)
 	}
 	c->logged_error = true;
 	c->eof = true;
+	/* No linger: the send it does not read is cancelled on the next tick. */
+	c->close_deadline = w->now;
 	hold_drop(w, c);
 	conn_after_io(w, c);
 	return true;

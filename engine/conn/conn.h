@@ -35,13 +35,12 @@ struct worker;
 /* Receive buffers one paused connection may hold before its recv is
  * cancelled (TCP then pushes back on the client). */
 #define CONN_HOLD_MAX 4
-/* A connection that holds receive buffers while a send to it is stuck
- * (the client does not read its replies) is cut off this long after that
- * send started: the buffers go back to the ring for everyone else. A
- * reading client's send completes in a round trip. */
-#define CONN_STALL_HOLD_NS (1000000000ull)
-/* The same while other receives wait for buffers (worker.recv_short): one
- * timer tick, enough for a reading client's send to complete on most paths. */
+/* While other receives wait for buffers (worker.recv_short), a connection
+ * that holds receive buffers and whose send is stuck (the client does not
+ * read its replies) is cut off this long after that send started, so its
+ * buffers go back to the ring. One timer tick: a reading client's send
+ * completes in a round trip. Without that pressure the buffers harm no one
+ * and the stuck send is bounded by send_timeout alone. */
 #define CONN_STALL_SHORT_NS (100000000ull)
 #define HOLD_NONE     UINT32_MAX
 

@@ -38,7 +38,7 @@
 	X(recv_enobufs, "multishot recv stopped for lack of buffers")                              \
 	X(recv_rearms, "multishot recv re-armed")                                                  \
 	X(recv_held, "receive buffers held while a session was paused")                            \
-	X(recv_stall_cutoffs, "connections cut off: held receive buffers, replies not read (1 s)")  \
+	X(recv_stall_cutoffs, "connections cut off: held receive buffers others waited for, replies not read") \
 	X(send_timeouts, "connections cut off: replies not read within send_timeout")              \
 	X(sends, "send operations")                                                                \
 	X(spool_messages, "messages made durable by the spool (or written, durability=none)")     \
