@@ -5,6 +5,7 @@ memory"), on the real ringmxd:
   - 500 connections that pipeline commands and never read their replies,
     beside 50 normal clients: every normal message is accepted (p99
     latency printed), the never-readers are cut off and counted;
+  - a client that never reads, alone, is cut off at send_timeout;
   - slow large uploads beside small messages: every small message gets 250,
     a large one declared with SIZE= past the large messages' share gets
     452 4.3.1 at MAIL, not a 451 after its upload;
@@ -168,6 +169,24 @@ def _():
                  "cut-offs counted")
         check_eq(st.get("messages_accepted", 0), NORMAL_CLIENTS * MESSAGES_EACH,
                  "messages_accepted")
+
+@T.test("one client that never reads, no other waiting for buffers: cut off at send_timeout")
+def _():
+    with Server(args=["-o", "send_timeout=2s", "-o", "command_timeout=300s",
+                      "-o", "junk_limit=1000000"], workers=1) as srv:
+        t0 = time.monotonic()
+        s = never_reader(srv.port, b"EHLO x\r\n" * (32 * 1024 // 8))
+        srv.wait_log(r"did not read its replies within send_timeout; closing", timeout=15)
+        dt = time.monotonic() - t0
+        print("  cut off %.1fs after it connected (send_timeout=2s)" % dt, flush=True)
+        check(dt >= 2, "cut off before send_timeout: %.1fs" % dt)
+        check_eq(closed_by_server([s], time.monotonic() + 5), 1, "closed")
+        s.close()
+        st = srv.stats()
+        check_eq(st.get("send_timeouts", 0), 1, "send_timeouts")
+        check_eq(st.get("recv_stall_cutoffs", 0), 0, "recv_stall_cutoffs (no pressure)")
+
+
 
 def dribbler_open(port, i, head):
     c = Client(port)
