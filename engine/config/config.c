@@ -21,6 +21,7 @@
  * cf_fail() is ignored.
  */
 #include "config_internal.h"
+#include "ringmx/spool_share.h"
 
 /* ---- the key table ---- */
 
@@ -72,6 +73,7 @@ const struct key_def config_keys[] = {
 	{"data_timeout", T_DURATION, CO(smtp.data_timeout), SEC(1), SEC(7 * DAY_S), true},
 	{"data_end_timeout", T_DURATION, CO(smtp.data_end_timeout), SEC(1), SEC(7 * DAY_S), true},
 	{"session_timeout", T_DURATION, CO(smtp.session_timeout), SEC(1), SEC(7 * DAY_S), true},
+	{"send_timeout", T_DURATION, CO(send_timeout), SEC(1), SEC(7 * DAY_S), true},
 	{"shutdown_timeout", T_DURATION, CO(shutdown_timeout), 0, SEC(7 * DAY_S), true},
 	/* Native TLS (docs/tls.md). Reloadable: SIGHUP rebuilds every
 	 * worker's contexts; only adding or removing tls_cert needs a restart
@@ -1114,6 +1116,7 @@ set_defaults(struct config *cfg)
 	cfg->smtp.bare_newline = SMTP_BARE_NEWLINE_NORMALIZE;
 	cfg->smtp.greeting_timeout = SEC(300);
 	cfg->smtp.command_timeout = SEC(300);
+	cfg->send_timeout = SEC(60);
 	cfg->smtp.data_timeout = SEC(180);
 	cfg->smtp.data_end_timeout = SEC(600);
 	cfg->smtp.session_timeout = SEC(3600);
@@ -1207,12 +1210,36 @@ finish_tls(struct config *cfg, char *err)
 	return 0;
 }
 
+/* Fair sharing of staging memory (ringmx/spool_share.h): one message of
+ * message_size_limit must fit the large messages' share of spool_memory,
+ * or every message that large would fail after its upload. */
+static int
+finish_spool_share(const struct config *cfg, char *err)
+{
+	uint64_t need = spool_stage_need(cfg->smtp.message_size_limit, cfg->smtp.recipient_limit);
+
+	if (cfg->spool_memory / SPOOL_LARGE_DIV >= need)
+		return 0;
+	cf_buff(err, CONFIG_ERR_MAX,
+		"spool_memory: %llu bytes cannot stage a message of message_size_limit (%llu "
+		"bytes): large messages get spool_memory / %u, and one needs message_size_limit + "
+		"recipient_limit x %u (at most %u) + %u bytes = %llu; raise spool_memory to at "
+		"least %llu or lower message_size_limit",
+		(unsigned long long)cfg->spool_memory,
+		(unsigned long long)cfg->smtp.message_size_limit, SPOOL_LARGE_DIV,
+		SMTP_PATH_MAX + SMTP_ENV_RCPT_COST, SPOOL_ENV_MAX, SMTP_ENV_FIXED_MAX + SPOOL_STAGE_SLACK,
+		(unsigned long long)need, (unsigned long long)need * SPOOL_LARGE_DIV);
+	return -1;
+}
+
 static int
 finish(struct config *cfg, char *err)
 {
 	size_t i;
 
 	if (finish_tls(cfg, err) < 0)
+		return -1;
+	if (cfg->sink == SINK_KIND_SPOOL && finish_spool_share(cfg, err) < 0)
 		return -1;
 
 	if (cfg->smtp.hostname[0] == '\0') {

@@ -75,7 +75,7 @@ struct key_def {
 #define SEC(n) ((uint64_t)(n) * NS_PER_S)
 
 /* The order here is the order of config_print() and docs/config.md. */
-#define NKEYS 56 /* entries of config_keys (checked in config.c) */
+#define NKEYS 57 /* entries of config_keys (checked in config.c) */
 
 static const char *const default_domains[] = {"localhost", "example.test"};
 

@@ -62,6 +62,7 @@ static void tls_begin(struct worker *w, struct conn *c);
 static void tls_release(struct worker *w, struct conn *c);
 static void conn_sink_verdict(struct sink_waiter *waiter, int res);
 static void conn_policy_done(struct policy_waiter *pw, int res, const struct smtp_check_reply *r);
+static void hold_drop(struct worker *w, struct conn *c);
 
 /* Bytes waiting to go out: the plaintext block, plus for TLS the
  * ciphertext not yet sent. */
@@ -147,6 +148,59 @@ cancel_op(struct worker *w, struct conn *c, enum op op)
 	io_uring_sqe_set_data64(sqe, ud_make(OP_CANCEL, 0, 0, 0));
 }
 
+/*
+ * Fair sharing (docs/defences.md): a send that does not complete means the
+ * client is not reading its replies; it may wait send_timeout. Holding
+ * receive buffers meanwhile (the ring's, shared by every session of the
+ * worker) while other receives wait for buffers, only CONN_STALL_SHORT_NS.
+ */
+static uint64_t
+stall_limit(const struct worker *w, const struct conn *c)
+{
+	if (c->nheld > 0 && w->recv_short && CONN_STALL_SHORT_NS < w->cfg->send_timeout)
+		return CONN_STALL_SHORT_NS;
+	return w->cfg->send_timeout;
+}
+
+/* When to look at a send in flight again. A holder is looked at every
+ * CONN_STALL_SHORT_NS: the worker may run short of buffers meanwhile. */
+static uint64_t
+send_deadline(const struct worker *w, const struct conn *c)
+{
+	uint64_t d = c->send_t0 + stall_limit(w, c);
+
+	if (c->nheld > 0 && w->now + CONN_STALL_SHORT_NS < d)
+		d = (c->send_t0 + CONN_STALL_SHORT_NS > w->now ? c->send_t0 : w->now) +
+		    CONN_STALL_SHORT_NS;
+	return d;
+}
+
+/* The client did not read its replies in time (stall_limit): cut it off;
+ * its held buffers go back to the ring now, teardown cancels the send. */
+static bool
+send_stalled(struct worker *w, struct conn *c)
+{
+	if (!c->send_inflight || c->stage != CONN_STAGE_SMTP ||
+	    w->now < c->send_t0 + stall_limit(w, c))
+		return false;
+	if (c->nheld > 0 && w->recv_short) {
+		w->stats.recv_stall_cutoffs++;
+		log_info("[%s]:%u holds %u receive buffers and does not read its replies; closing",
+			 c->peer.addr_text, c->peer.port, c->nheld);
+	} else {
+		w->stats.send_timeouts++;
+		log_info("[%s]:%u did not read its replies within send_timeout; closing",
+			 c->peer.addr_text, c->peer.port);
+	}
+	c->logged_error = true;
+	c->eof = true;
+	/* No linger: the send it does not read is cancelled on the next tick. */
+	c->close_deadline = w->now;
+	hold_drop(w, c);
+	conn_after_io(w, c);
+	return true;
+}
+
 static void
 update_timer(struct worker *w, struct conn *c)
 {
@@ -169,6 +223,8 @@ update_timer(struct worker *w, struct conn *c)
 		d = c->close_deadline;
 	} else {
 		d = smtp_session_deadline(&c->session);
+		if (c->send_inflight && send_deadline(w, c) < d)
+			d = send_deadline(w, c);
 	}
 	if (d == UINT64_MAX)
 		timer_cancel(w->wheel, &c->timer);
@@ -423,6 +479,7 @@ conn_on_recv(struct worker *w, struct conn *c, struct io_uring_cqe *cqe)
 			/* Flow control, not an error: the pool is empty for a
 			 * moment. Re-armed once buffers come back. */
 			w->stats.recv_enobufs++;
+			w->recv_short = true;
 			break;
 		case -ECANCELED:
 			break;
@@ -616,7 +673,9 @@ conn_flush_all(struct worker *w)
 		io_uring_sqe_set_data64(sqe, ud_make(OP_SEND, c->gen, 0, c->idx));
 		c->send_inflight = true;
 		c->send_len = len;
+		c->send_t0 = w->now;
 		w->stats.sends++;
+		update_timer(w, c); /* send_deadline() now bounds the wait */
 	}
 }
 
@@ -650,6 +709,7 @@ conn_rearm_all(struct worker *w)
 		w->stats.recv_rearms++;
 	}
 	w->rearm_head = later;
+	w->recv_short = later != NULL;
 }
 
 void
@@ -705,6 +765,8 @@ conn_on_timer(struct timer_node *n, void *arg)
 		conn_after_io(w, c);
 		return;
 	}
+	if (send_stalled(w, c))
+		return;
 	if (c->stage == CONN_STAGE_STARTTLS || c->stage == CONN_STAGE_HANDSHAKE) {
 		if (w->now < c->hs_deadline) {
 			update_timer(w, c);

@@ -35,6 +35,13 @@ struct worker;
 /* Receive buffers one paused connection may hold before its recv is
  * cancelled (TCP then pushes back on the client). */
 #define CONN_HOLD_MAX 4
+/* While other receives wait for buffers (worker.recv_short), a connection
+ * that holds receive buffers and whose send is stuck (the client does not
+ * read its replies) is cut off this long after that send started, so its
+ * buffers go back to the ring. One timer tick: a reading client's send
+ * completes in a round trip. Without that pressure the buffers harm no one
+ * and the stuck send is bounded by send_timeout alone. */
+#define CONN_STALL_SHORT_NS (100000000ull)
 #define HOLD_NONE     UINT32_MAX
 
 enum conn_state { CONN_FREE = 0, CONN_OPEN, CONN_CLOSING };
@@ -108,6 +115,7 @@ struct conn {
 
 	char *outbuf;  /* NULL when nothing is pending */
 	size_t send_len; /* bytes of outbuf in the send in flight */
+	uint64_t send_t0; /* when the send in flight was submitted */
 	struct smtp_out out;
 
 	struct conn *next_flush, *next_rearm;

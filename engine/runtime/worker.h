@@ -98,6 +98,10 @@ struct worker {
 
 	struct conn *flush_head;
 	struct conn *rearm_head;
+	/* Receives wait for buffers (ENOBUFS, or re-arms over budget): conn.c
+	 * then cuts off sooner the connections that hold buffers while their
+	 * client does not read its replies. */
+	bool recv_short;
 	struct timer_wheel *wheel;
 
 	uint64_t now;   /* monotonic ns, updated once per loop iteration */

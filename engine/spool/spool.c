@@ -152,15 +152,19 @@ chain_free(struct spool *sp, struct sink_tx *tx)
 	}
 	tx->head = tx->tail = NULL;
 	tx->tail_len = 0;
+	sp_share_release(sp, tx);
 }
 
-/* Append bytes to a transaction's chain. 0 or -ENOMEM (spool_memory). */
+/* Append bytes to a transaction's chain. 0, -ENOMEM (spool_memory) or
+ * -EDQUOT (the large messages' share: spool_share.c). */
 static int
 stage(struct spool *sp, struct sink_tx *tx, const void *data, size_t n)
 {
 	const uint8_t *p = data;
 	while (n > 0) {
 		if (tx->tail == NULL || tx->tail_len == SPOOL_CHUNK_SIZE) {
+			if (sp_share_chunk(sp, tx) < 0)
+				return -EDQUOT;
 			struct chunk *c = chunk_get(sp);
 			if (c == NULL)
 				return -ENOMEM;
@@ -916,6 +920,10 @@ s_open(void *self, struct sink_waiter *owner, const struct sink_open_info *info,
 			  SMTP_ENV_FIXED_MAX,
 		      "the fixed envelope TLVs fit the session's reserve");
 	static_assert(SMTP_ENV_RCPT_COST == SPOOL_TLV_HDR, "a recipient costs its TLV header");
+	if (sp_share_reserve(sp, tx, info->size_declared) < 0) {
+		tx_release(sp, tx);
+		return -ENOSPC; /* 452 4.3.1 at MAIL, not 451 after the upload */
+	}
 	int r = stage(sp, tx, NULL, SPOOL_HDR_SIZE); /* header, filled at commit */
 	if (r == 0)
 		r = stage_tlv(sp, tx, SPOOL_TLV_CLIENT_ADDR, addr, strlen(addr));
@@ -961,12 +969,15 @@ s_data(struct sink_tx *tx, const char *p, size_t n)
 		return tx->err;
 	if (tx->env_end == 0)
 		tx->env_end = tx->len;
-	if (stage(tx->sp, tx, p, n) < 0) {
-		/* spool_memory reached: this message fails (451 at its end);
-		 * its chunks go back now so the others can finish. */
+	int r = stage(tx->sp, tx, p, n);
+	if (r < 0) {
+		/* spool_memory or the large share reached: this message fails
+		 * (451 at its end); its chunks go back now so the others can
+		 * finish. The share logged its own refusal. */
 		tx->sp->env.stats->spool_memory_full++;
-		log_warn("spool: spool_memory (%llu bytes) full; message %s refused",
-			 (unsigned long long)tx->sp->memory_cap, tx->qid);
+		if (r == -ENOMEM)
+			log_warn("spool: spool_memory (%llu bytes) full; message %s refused",
+				 (unsigned long long)tx->sp->memory_cap, tx->qid);
 		chain_free(tx->sp, tx);
 		tx->err = -EIO;
 		return tx->err;

@@ -111,6 +111,9 @@ struct sink_tx {
 	uint64_t len;            /* bytes staged (the whole record after commit) */
 	uint64_t env_end;        /* offset of the message bytes; 0 until the first tx_data */
 	uint64_t received_us;
+	/* spool_share.c: chunks staged, and how many of them (or reserved
+	 * at MAIL) count against the large messages' share. */
+	uint64_t nchunks, large;
 	char qid[SINK_QID_MAX];
 };
 
@@ -193,6 +196,8 @@ struct spool {
 	/* Chunk pool. */
 	struct chunk *free_chunks;
 	uint64_t mapped;     /* bytes mapped so far (<= memory_cap) */
+	/* The large messages' share, in chunks (spool_share.c). */
+	uint64_t large_cap, large_used;
 	void **blocks;       /* mappings, for munmap */
 	struct chunk **descs; /* descriptor arrays, one per block */
 	size_t nblocks, maxblocks;
@@ -259,6 +264,16 @@ void sp_prep_maybe_start(struct spool *sp);
 void sp_prep_on_cqe(struct spool *sp, unsigned kind, unsigned idx, int res);
 void sp_prep_pump(struct spool *sp);
 int sp_seg_ensure(struct spool *sp, uint64_t need);
+
+/* spool_share.c: fair sharing of spool_memory (ringmx/spool_share.h). */
+void sp_share_init(struct spool *sp);
+/* At MAIL: a SIZE= that makes the message large reserves its need; 0, or
+ * -ENOSPC (452 4.3.1) when the share cannot give it. */
+int sp_share_reserve(struct spool *sp, struct sink_tx *tx, uint64_t size_declared);
+/* Before tx takes one more chunk: 0, or -EDQUOT past the large share. */
+int sp_share_chunk(struct spool *sp, struct sink_tx *tx);
+/* tx's chunks went back to the pool. */
+void sp_share_release(struct spool *sp, struct sink_tx *tx);
 
 /* spool_recover.c: spool_open() and spool_idle() (spool.h). */
 

@@ -309,6 +309,7 @@ spool_open(struct spool **out, const struct config *cfg, const struct spool_env 
 	sp->dirfd = -1;
 	sp->seg_size = (cfg->segment_size + SPOOL_SEG_ALIGN - 1) / SPOOL_SEG_ALIGN * SPOOL_SEG_ALIGN;
 	sp->memory_cap = cfg->spool_memory;
+	sp_share_init(sp);
 	sp->durable = cfg->durability == SPOOL_DURABILITY_FSYNC;
 	for (unsigned i = 0; i < SPOOL_MAX_SEGS; i++)
 		sp->segs[i].fd = sp->void_fd[i] = -1;

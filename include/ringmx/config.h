@@ -236,6 +236,7 @@ struct config {
 	size_t ndomains;
 
 	uint64_t shutdown_timeout; /* ns */
+	uint64_t send_timeout;     /* ns: a reply the client does not read (conn.c) */
 
 	struct tls_conf tls;
 

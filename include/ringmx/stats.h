@@ -40,6 +40,8 @@
 	X(recv_enobufs, "multishot recv stopped for lack of buffers")                              \
 	X(recv_rearms, "multishot recv re-armed")                                                  \
 	X(recv_held, "receive buffers held while a session was paused")                            \
+	X(recv_stall_cutoffs, "connections cut off: held receive buffers others waited for, replies not read") \
+	X(send_timeouts, "connections cut off: replies not read within send_timeout")              \
 	X(sends, "send operations")                                                                \
 	X(spool_messages, "messages made durable by the spool (or written, durability=none)")     \
 	X(spool_batches, "spool batches written")                                                  \
@@ -51,6 +53,8 @@
 	X(spool_write_errors, "spool batches failed by a write or fsync error (451)")              \
 	X(spool_enospc, "spool refusals for lack of disk space (452)")                             \
 	X(spool_memory_full, "messages refused at spool_memory (451)")                             \
+	X(spool_share_refused, "MAIL refused: SIZE= past the large messages' share (452)")         \
+	X(spool_share_full, "large messages failed at their share of spool_memory (451)")          \
 	X(spool_segments, "spool segments created")                                                \
 	X(spool_segments_prezeroed, "spool segments started pre-zeroed (zero-filled ahead of need)") \
 	X(spool_segments_unzeroed, "spool segments started fallocated, not pre-zeroed (none ready in time, oversized record, durability=none)") \

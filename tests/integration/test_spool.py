@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 import time
 
-from ringmx_harness import Suite, Server, check, check_eq, fail, run, TIMEOUT
+from ringmx_harness import Suite, Server, check, check_eq, fail, run, wait_for, TIMEOUT
 
 T = Suite(__file__)
 
@@ -236,23 +236,38 @@ def _():
         shutil.rmtree(d)
 
 
-@T.test("spool_memory: a message past it gets 451 4.3.0, the next one is fine")
+@T.test("spool_memory: a message past the large messages' share gets 451 4.3.0, the next "
+        "one is fine")
 def _():
     d, spool = tmp_spool()
+    # A message larger than spool_memory can no longer be under
+    # message_size_limit (the start-up check), so the share is filled by
+    # two uploads at once: 1 MiB gives large messages 512 KiB.
+    extra = ["-o", "spool_memory=1m", "-o", "message_size_limit=400k", "-o", "recipient_limit=10"]
     try:
-        with SpoolServer(spool, extra=["-o", "spool_memory=1m"], workers=1) as srv:
-            with srv.client() as c:
-                c.ehlo()
-                c.cmd("MAIL FROM:<a@sender.test>").expect(250)
-                c.cmd("RCPT TO:<u@example.test>").expect(250)
-                c.cmd("DATA").expect(354)
-                c.send_async(b"Subject: big\r\n\r\n" + b"y" * 1000 + b"\r\n" +
-                             (b"z" * 998 + b"\r\n") * 1500 + b".\r\n")
+        with SpoolServer(spool, extra=extra, workers=1) as srv:
+            part = b"Subject: big\r\n\r\n" + (b"z" * 998 + b"\r\n") * 300
+            with srv.client() as first, srv.client() as c:
+                for k in (first, c):
+                    k.ehlo()
+                    k.cmd("MAIL FROM:<a@sender.test>").expect(250)
+                    k.cmd("RCPT TO:<u@example.test>").expect(250)
+                    k.cmd("DATA").expect(354)
+                first.send(part)
+                # The first holds its part of the share before the second
+                # starts (the sink has taken its bytes).
+                wait_for(lambda: srv.stats().get("bytes_received", 0) >= len(part),
+                         what="the first upload staged")
+                c.send_async(part + b".\r\n")
                 c.expect(451, "4.3.0")
                 c.wait_sent()
+                first.send(b".\r\n")
+                first.expect(250)
             ids = send(srv, [("a@sender.test", body(1))])
             check_message(spool, ids[0], body(1))
-            check(srv.stats().get("spool_memory_full", 0) >= 1, "counter")
+            st = srv.stats()
+            check(st.get("spool_memory_full", 0) >= 1, "counter")
+            check_eq(st.get("spool_share_full", 0), 1, "spool_share_full")
     finally:
         shutil.rmtree(d)
 

@@ -304,6 +304,40 @@ test_all_keys(void **state)
 
 /* ---- sizes, durations, numbers ---- */
 
+/* Fair sharing (ringmx/spool_share.h): one message of message_size_limit
+ * must fit the large messages' half of spool_memory; send_timeout. */
+static void
+test_spool_share(void **state)
+{
+	struct config *cfg;
+
+	(void)state;
+	cfg = ok("");
+	assert_int_equal(cfg->send_timeout, S(60));
+	config_free(cfg);
+	cfg = ok("send_timeout = 5s\n");
+	assert_int_equal(cfg->send_timeout, S(5));
+	config_free(cfg);
+	bad1("send_timeout", "0", "out of range: '0' (1s..7d)");
+	/* 400k + 10 x 260 + 2048 + 64k = 479784 bytes, twice that fits 1m. */
+	cfg = ok("spool_memory = 1m\nmessage_size_limit = 400k\nrecipient_limit = 10\n");
+	config_free(cfg);
+	bad("spool_memory = 1m\nmessage_size_limit = 500k\nrecipient_limit = 10\n",
+	    "t.conf: spool_memory: 1048576 bytes cannot stage a message of message_size_limit "
+	    "(512000 bytes): large messages get spool_memory / 2, and one needs "
+	    "message_size_limit + recipient_limit x 260 (at most 67108864) + 67584 bytes = "
+	    "582184; raise spool_memory to at least 1164368 or lower message_size_limit");
+	/* The defaults' 10240000 bytes and 1000 recipients need 21 MiB. */
+	bad("spool_memory = 20m\n",
+	    "t.conf: spool_memory: 20971520 bytes cannot stage a message of message_size_limit "
+	    "(10240000 bytes): large messages get spool_memory / 2, and one needs "
+	    "message_size_limit + recipient_limit x 260 (at most 67108864) + 67584 bytes = "
+	    "10567584; raise spool_memory to at least 21135168 or lower message_size_limit");
+	/* Nothing is staged with sink = discard. */
+	cfg = ok("sink = discard\nspool_memory = 1m\n");
+	config_free(cfg);
+}
+
 static void
 test_sizes(void **state)
 {
@@ -322,7 +356,9 @@ test_sizes(void **state)
 	for (i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
 		struct config *cfg;
 
-		snprintf(text, sizeof(text), "message_size_limit = %s\n", good[i].v);
+		/* sink = discard: the spool's staging check (test_spool_share)
+		 * is not what is tested here. */
+		snprintf(text, sizeof(text), "sink = discard\nmessage_size_limit = %s\n", good[i].v);
 		cfg = ok(text);
 		assert_int_equal(cfg->smtp.message_size_limit, good[i].want);
 		config_free(cfg);
@@ -1285,7 +1321,7 @@ test_print(void **state)
 	round_trip("");
 	round_trip("listen = *:25\nlisten = [::]:25\nlisten = [2001:db8::7]:2525 tls=none\n"
 		   "hostname = mx.example\ndomains = .a.example b.example\ncpus = 3,0-2,8-9,5\n"
-		   "workers = 7\nrecv_buffer_size = 32k\nmessage_size_limit = 1g\n"
+		   "workers = 7\nrecv_buffer_size = 32k\nmessage_size_limit = 1g\nspool_memory = 3g\n"
 		   "bare_newline = reject\ngreeting_timeout = 90\ncommand_timeout = 7200\n"
 		   "data_timeout = 86400\nshutdown_timeout = 0\nsession_timeout = 61\n");
 
@@ -1327,7 +1363,7 @@ test_print(void **state)
 				  "error_limit = 20\njunk_limit = 100\nhop_count_limit = 50\nbare_newline = normalize\n"
 				  "greeting_timeout = 5m\ncommand_timeout = 5m\ndata_timeout = 3m\n"
 				  "data_end_timeout = 10m\nsession_timeout = 1h\n"
-				  "shutdown_timeout = 30s\n"));
+				  "send_timeout = 1m\nshutdown_timeout = 30s\n"));
 	assert_int_equal(strncmp(p, "# ringmxd ", 10), 0);
 	free(p);
 	config_free(cfg);
@@ -2229,6 +2265,7 @@ main(void)
 		cmocka_unit_test(test_defaults),
 		cmocka_unit_test(test_all_keys),
 		cmocka_unit_test(test_sizes),
+		cmocka_unit_test(test_spool_share),
 		cmocka_unit_test(test_durations),
 		cmocka_unit_test(test_numbers),
 		cmocka_unit_test(test_listen_valid),
