@@ -8,37 +8,53 @@
  */
 #include "policy.h"
 
+#include "client_limits.h"
+
 int
 policy_connect(struct policy *p, struct policy_conn *pc, struct smtp_check_reply *r)
 {
-	(void)p;
-	(void)pc;
-	(void)r;
-	return SMTP_CHECK_OK;
+	return client_limits_connect(p, pc, r);
 }
 
 void
 policy_conn_close(struct policy *p, struct policy_conn *pc)
 {
-	(void)p;
+	client_limits_close(p, pc);
 	pc->pending = false;
+}
+
+int
+policy_tls_begin(struct policy *p, struct policy_conn *pc)
+{
+	struct smtp_check_reply r;
+
+	return client_limits_event(p, pc, CLIENT_EV_TLS, &r);
 }
 
 int
 policy_check(struct policy *p, struct policy_conn *pc, enum smtp_check_point what,
 	     const char *addr, size_t len, struct smtp_check_reply *r)
 {
-	(void)p;
-	(void)pc;
 	(void)addr;
 	(void)len;
-	(void)r;
+	int res;
+
 	switch (what) {
 	case SMTP_CHECK_MAIL:
+		res = client_limits_event(p, pc, CLIENT_EV_MSG, r);
+		if (res != SMTP_CHECK_OK)
+			return res;
 		break;
 	case SMTP_CHECK_RCPT:
+		/* First at RCPT: the client's recipient rate. */
+		res = client_limits_event(p, pc, CLIENT_EV_RCPT, r);
+		if (res != SMTP_CHECK_OK)
+			return res;
 		break;
 	case SMTP_CHECK_STARTTLS:
+		res = client_limits_event(p, pc, CLIENT_EV_TLS, r);
+		if (res != SMTP_CHECK_OK)
+			return res;
 		break;
 	}
 	return SMTP_CHECK_OK;

@@ -28,6 +28,10 @@
 
 #include "ringmx/smtp.h"
 
+struct client_table;
+struct client_limits_conf;
+struct ringmx_stats;
+
 /* Who hears a pending check's answer: embedded in the connection. */
 struct policy_waiter {
 	void (*done)(struct policy_waiter *w, int res, const struct smtp_check_reply *r);
@@ -38,11 +42,23 @@ struct policy_conn {
 	struct policy_waiter *waiter;
 	const struct smtp_peer *peer; /* the client (after PROXY) */
 	bool pending;                 /* an answer is owed through waiter */
+	/* client_limits.c: the count this connection holds on the shared
+	 * client table (client_slot valid while client_pinned). */
+	bool client_pinned;
+	bool client_tried; /* pinning was tried (exempt or untracked: not again) */
+	uint32_t client_slot;
+	uint32_t client_conns; /* the client's connections when pinned */
 };
 
 /* One worker's policy: set up with the worker, replaced parts on reload. */
 struct policy {
 	const char *hostname; /* for 421 replies */
+	/* Per-client limits: the process's one table (main.c), this
+	 * worker's view of the configuration, counters and clock. */
+	struct client_table *clients;
+	const struct client_limits_conf *limits;
+	struct ringmx_stats *stats;
+	const uint64_t *now; /* monotonic ns */
 };
 
 /* The client is known (after any PROXY header), before the greeting:
@@ -57,5 +73,9 @@ int policy_check(struct policy *p, struct policy_conn *pc, enum smtp_check_point
 		 const char *addr, size_t len, struct smtp_check_reply *r);
 /* The session no longer waits for pc's pending answer. */
 void policy_cancel(struct policy *p, struct policy_conn *pc);
+/* Implicit TLS, before the handshake: may this client start one more
+ * (client_tls_handshake_rate_limit)? SMTP_CHECK_REJECT: close without a
+ * reply (there is no TLS session to carry one). */
+int policy_tls_begin(struct policy *p, struct policy_conn *pc);
 
 #endif

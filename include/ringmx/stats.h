@@ -84,6 +84,12 @@
 	X(relay_segments_removed, "spool segments removed after every message was finished")      \
 	X(relay_refused_high_water, "MAIL refused: backlog over spool_high_water (452)")           \
 	X(relay_refused_hop_down, "MAIL refused: a next hop failing for relay_defer_after (451)")  \
+	X(client_conn_limited, "connections refused: client_connection_limit (421)")              \
+	X(client_conn_rate_limited, "connections refused: client_connection_rate_limit (421)")    \
+	X(client_msg_rate_limited, "MAIL refused: client_message_rate_limit (452)")               \
+	X(client_rcpt_rate_limited, "RCPT refused: client_recipient_rate_limit (452)")            \
+	X(client_tls_rate_limited, "TLS handshakes refused: client_tls_handshake_rate_limit (421, or closed on implicit TLS)") \
+	X(client_table_full, "clients not tracked: no free slot in the client table (not limited)") \
 	X(loop_iterations, "event loop iterations")
 
 struct ringmx_stats {
