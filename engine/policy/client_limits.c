@@ -14,6 +14,7 @@
  */
 #include "client_limits.h"
 
+#include <netinet/in.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -106,8 +107,8 @@ limited(struct policy *p, struct policy_conn *pc, unsigned lim, uint32_t count, 
 	if (!client_table_first(p->clients, (int)pc->client_slot, lim, win))
 		return;
 	const struct client_limits_conf *cf = p->limits;
-	bool v6 = pc->peer->addr.ss_family == AF_INET6 &&
-		  strncmp(pc->peer->addr_text, "IPv6:", 5) == 0;
+	const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)(const void *)&pc->peer->addr;
+	bool v6 = s6->sin6_family == AF_INET6 && !IN6_IS_ADDR_V4MAPPED(&s6->sin6_addr);
 	char grp[16] = "";
 	if (v6 && cf->ipv6_prefix < 128)
 		snprintf(grp, sizeof(grp), " prefix=/%u", cf->ipv6_prefix);
