@@ -314,7 +314,7 @@ def _():
 
 
 @T.test("SIGHUP: client_connection_limit 1 -> 3 and an exception take effect for new "
-        "connections")
+        "connections; a changed client_table_size is refused")
 def _():
     with Server(workers=2, config_text="client_connection_limit = 1\n") as s:
         a = s.client(source="127.0.7.1")
@@ -329,6 +329,12 @@ def _():
         ex = [s.client(source="127.0.7.9") for _ in range(5)]
         for x in [a, b, c] + ex:
             x.close()
+        # The table's size is fixed at start-up: a reload that changes it is refused.
+        off = s.log_size()
+        s.write_config("client_connection_limit = 1\nclient_table_size = 1024\n")
+        s.signal(__import__("signal").SIGHUP)
+        s.wait_log(r"reload refused, keeping the running configuration: client_table_size: "
+                   r"cannot be changed by a reload; restart ringmxd", since=off)
 
 
 @T.test("bad values: client_ipv6_prefix=129, client_table_size=1000, a bad exception: one "
