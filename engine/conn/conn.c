@@ -488,6 +488,11 @@ static void
 conn_after_io(struct worker *w, struct conn *c)
 {
 	if (c->state == CONN_OPEN) {
+		/* A session that ended (QUIT, 421) gives back its place in the
+		 * per-client count now, before its last reply goes out: a
+		 * client reconnecting on reading 221 must not meet itself. */
+		if (c->pol.client_pinned && (smtp_session_status(&c->session) & SMTP_ST_CLOSE))
+			policy_session_end(&w->policy, &c->pol);
 		if (c->eof) {
 			smtp_session_eof(&c->session);
 			c->state = CONN_CLOSING;

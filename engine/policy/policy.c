@@ -23,6 +23,12 @@ policy_conn_close(struct policy *p, struct policy_conn *pc)
 	pc->pending = false;
 }
 
+void
+policy_session_end(struct policy *p, struct policy_conn *pc)
+{
+	client_limits_close(p, pc);
+}
+
 int
 policy_tls_begin(struct policy *p, struct policy_conn *pc)
 {

@@ -68,6 +68,9 @@ int policy_connect(struct policy *p, struct policy_conn *pc, struct smtp_check_r
 /* Teardown: release what pc holds. Once per connection, whether or not
  * policy_connect() was called. */
 void policy_conn_close(struct policy *p, struct policy_conn *pc);
+/* The session ended (its last replies are queued): the connection no
+ * longer counts toward the client's concurrency. Idempotent. */
+void policy_session_end(struct policy *p, struct policy_conn *pc);
 
 int policy_check(struct policy *p, struct policy_conn *pc, enum smtp_check_point what,
 		 const char *addr, size_t len, struct smtp_check_reply *r);

@@ -98,6 +98,18 @@ def _():
         c.close()
 
 
+@T.test("client_connection_limit=1: QUIT, 221, reconnect at once, 50 times over 2 workers: "
+        "never refused (the place is given back before the 221 goes out)")
+def _():
+    with Server(workers=2, args=["-o", "client_connection_limit=1"]) as s:
+        for i in range(50):
+            c = s.client(source="127.0.9.1")
+            c.sock.sendall(b"QUIT\r\n")
+            c.expect(221, "2.0.0")
+            c.close()
+        check_eq(s.stats()["client_conn_limited"], 0, "client_conn_limited")
+
+
 @T.test("20 sources 127.0.1.1..20, 5 connections each: 100 greeted; each source's 6th "
         "refused, counted separately")
 def _():
