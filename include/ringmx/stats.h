@@ -89,7 +89,7 @@
 	X(client_msg_rate_limited, "MAIL refused: client_message_rate_limit (452)")               \
 	X(client_rcpt_rate_limited, "RCPT refused: client_recipient_rate_limit (452)")            \
 	X(client_tls_rate_limited, "TLS handshakes refused: client_tls_handshake_rate_limit (421, or closed on implicit TLS)") \
-	X(client_table_full, "clients not tracked: no free slot in the client table (not limited)") \
+	X(client_table_full, "clients not tracked, so not limited: no free slot among their 8 in the client table (or 4 lost races for one)") \
 	X(loop_iterations, "event loop iterations")
 
 struct ringmx_stats {

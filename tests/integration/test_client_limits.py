@@ -110,6 +110,65 @@ def _():
         check_eq(s.stats()["client_conn_limited"], 0, "client_conn_limited")
 
 
+@T.test("client_connection_limit=10, 40 connections from one source at once over 2 workers "
+        "(threads): at most 10 greeted, the rest 421; after they close, exactly 10 again")
+def _():
+    import threading
+    with Server(workers=2, args=["-o", "client_connection_limit=10"]) as s:
+        for rnd in range(2):
+            got, lock, held = [], threading.Lock(), []
+
+            def one():
+                c = s.client(greet=False, source="127.0.10.1")
+                r = c.reply()
+                with lock:
+                    got.append(r.code)
+                    held.append(c)
+            ts = [threading.Thread(target=one) for _ in range(40)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join(30)
+            check_eq(len(got), 40, "replies")
+            check(got.count(220) <= 10, "greeted: %d of 40" % got.count(220))
+            check_eq(got.count(220) + got.count(421), 40, "220 or 421 only: %s" % got)
+            for c in held:
+                c.close()
+            wait_for(lambda: s.stats()["connections_closed"] >= 40 * (rnd + 1),
+                     what="all closed")
+        # Nothing leaked on either worker: exactly 10 fit, the 11th is refused.
+        held = [s.client(source="127.0.10.1") for _ in range(10)]
+        refused(s, "127.0.10.1")
+        for c in held:
+            c.close()
+
+
+@T.test("client_table_size=16 with 40 sources (limit 1 each): the table never grows; clients "
+        "it cannot track are served unlimited (fail open) and counted in client_table_full")
+def _():
+    with Server(workers=2, args=["-o", "client_connection_limit=1", "-o",
+                                 "client_table_size=16"]) as s:
+        held, greeted_twice = [], 0
+        for i in range(40):
+            src = "127.0.11.%d" % (i + 1)
+            held.append(s.client(source=src))
+            c = s.client(greet=False, source=src)
+            r = c.reply()
+            if r.code == 220:
+                greeted_twice += 1
+            else:
+                check_eq(r.lines, [too_many(src)], "reply")
+            held.append(c)
+        st = s.stats()
+        # Each untracked client's two connections both miss the table.
+        check_eq(st["client_table_full"], 2 * greeted_twice, "client_table_full")
+        check_eq(st["client_conn_limited"], 40 - greeted_twice, "client_conn_limited")
+        tracked = 40 - greeted_twice
+        check(0 < tracked <= 16, "tracked clients: %d (table of 16)" % tracked)
+        for c in held:
+            c.close()
+
+
 @T.test("20 sources 127.0.1.1..20, 5 connections each: 100 greeted; each source's 6th "
         "refused, counted separately")
 def _():
