@@ -201,6 +201,40 @@ test_table_full(void **state)
 	client_table_free(t);
 }
 
+/* Two workers racing on a new client may each claim a slot for it: the
+ * counts are summed over every slot of the key in its probe window. The
+ * duplicate is made by hand here (the race is too rare to provoke). */
+static void
+test_duplicate_summed(void **state)
+{
+	struct client_table *t;
+	struct client_key a = key(sa4("192.0.2.77"), 64);
+	uint32_t n;
+
+	(void)state;
+	assert_int_equal(client_table_new(&t, 1024, seed), 0);
+	int s = client_table_pin(t, &a, 3, &n);
+	assert_true(s >= 0);
+	client_table_count(t, s, CLIENT_EV_MSG, 3);
+	int d = (int)(((unsigned)s + 1) & t->mask);
+	assert_int_equal(atomic_load(&t->slots[d].st), 0); /* unused neighbour */
+	atomic_store(&t->slots[d].key[0], a.w[0]);
+	atomic_store(&t->slots[d].key[1], a.w[1]);
+	atomic_store(&t->slots[d].ev[CLIENT_EV_MSG], (uint64_t)3 << 32 | 5);
+	atomic_store(&t->slots[d].st, (uint64_t)2 << 32 | 2); /* gen 2, 2 connections */
+	assert_int_equal(client_table_conns(t, &a), 3);
+	int s2 = client_table_pin(t, &a, 3, &n);
+	assert_int_equal(s2, s); /* the first slot of the key is joined */
+	assert_int_equal(n, 4);
+	assert_int_equal(client_table_count(t, s, CLIENT_EV_MSG, 3), 1 + 1 + 5);
+	client_table_unpin(t, s2);
+	client_table_unpin(t, s);
+	client_table_unpin(t, d);
+	client_table_unpin(t, d);
+	assert_int_equal(client_table_conns(t, &a), 0);
+	client_table_free(t);
+}
+
 /* ---- threads: exact counts across workers ---- */
 
 #define THREADS 4
@@ -554,6 +588,7 @@ main(void)
 		cmocka_unit_test(test_pin_counts),
 		cmocka_unit_test(test_window_rollover),
 		cmocka_unit_test(test_table_full),
+		cmocka_unit_test(test_duplicate_summed),
 		cmocka_unit_test(test_threads_churn),
 		cmocka_unit_test(test_threads_exact),
 		cmocka_unit_test(test_limits_connection),
