@@ -384,6 +384,47 @@ def _():
             c.close()
 
 
+@T.test("HAProxy send-proxy-v2 in front (every connection to ringmxd comes from haproxy's "
+        "127.0.0.1): limited per original client, 127.0.12.1's third refused, 127.0.12.2 not")
+def _():
+    import shutil
+    from ringmx_harness import stop_process
+    hap = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    if not os.access(hap, os.X_OK):
+        raise Skip("haproxy is not installed")
+    port, front = free_port(), free_port()
+    with Server(workers=2, listen=(), port=port, args=["-o", "client_connection_limit=2"],
+                config_text="listen = 127.0.0.1:%d proxy=yes\n" % port) as s, \
+            tempfile.TemporaryDirectory(prefix="ringmx-cl-hap-") as d:
+        cfg = os.path.join(d, "haproxy.cfg")
+        with open(cfg, "w") as f:
+            f.write("defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 30s\n"
+                    "    timeout server 30s\nfrontend smtp\n    bind 127.0.0.1:%d\n"
+                    "    default_backend mx\nbackend mx\n    server mx 127.0.0.1:%d send-proxy-v2\n"
+                    % (front, port))
+        with open(os.path.join(d, "haproxy.log"), "wb") as lf:
+            proc = subprocess.Popen([hap, "-f", cfg, "-db"], stdin=subprocess.DEVNULL,
+                                    stdout=lf, stderr=lf)
+        try:
+            def up():
+                try:
+                    socket.create_connection(("127.0.0.1", front), timeout=1).close()
+                    return True
+                except OSError:
+                    return proc.poll() is not None
+            wait_for(up, what="haproxy listening")
+            check(proc.poll() is None, "haproxy exited")
+            held = [s.client(port=front, source="127.0.12.1") for _ in range(2)]
+            c = s.client(greet=False, port=front, source="127.0.12.1")
+            check_eq(c.reply().lines, [too_many("127.0.12.1")], "third from 127.0.12.1")
+            c.close()
+            held += [s.client(port=front, source="127.0.12.2") for _ in range(2)]
+            for c in held:
+                c.close()
+        finally:
+            stop_process(proc)
+
+
 @T.test("SIGHUP: client_connection_limit 1 -> 3 and an exception take effect for new "
         "connections; a changed client_table_size is refused")
 def _():
