@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/random.h>
 #include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
@@ -34,8 +35,6 @@
 #include "control.h"
 #include "worker.h"
 #include "client_table.h"
-
-#include <sys/random.h>
 
 static void
 sleep_ms(long ms)
