@@ -35,7 +35,7 @@ const struct key_def config_keys[] = {
 	{"recv_buffers", T_POW2, CO(recv_buffers), 16, 32768, false},
 	{"recv_buffer_size", T_SIZE32, CO(recv_buffer_size), 4096, 1048576, false},
 	{"listen_backlog", T_UINT, CO(listen_backlog), 1, 65535, false},
-	{"proxy_trusted", T_PROXY_TRUSTED, 0, 0, 0, true},
+	{"proxy_trusted", T_PROXY_TRUSTED, CO(proxy_trusted), 0, 0, true},
 	{"proxy_timeout", T_DURATION, CO(proxy_timeout), SEC(1), SEC(3600), true},
 	{"sink", T_SINK, 0, 0, 0, false},
 	{"spool_dir", T_PATH, 0, 0, 0, false},
@@ -92,6 +92,20 @@ const struct key_def config_keys[] = {
 	{"verify_negative_ttl", T_DURATION, CO(verify.negative_ttl), 0, SEC(100 * DAY_S), true},
 	{"verify_timeout", T_DURATION, CO(verify.timeout), SEC(1), SEC(3600), true},
 	{"verify_cache_size", T_UINT, CO(verify.cache_size), 1, 16777216, false},
+	/* Per-client limits (docs/defences.md); the table's size is fixed at
+	 * start-up (it is mapped once, shared by the workers). */
+	{"client_connection_limit", T_UINT, CO(client_limits.connection_limit), 0, 1000000, true},
+	{"client_connection_rate_limit", T_UINT, CO(client_limits.connection_rate_limit), 0, 100000000,
+	 true},
+	{"client_message_rate_limit", T_UINT, CO(client_limits.message_rate_limit), 0, 100000000, true},
+	{"client_recipient_rate_limit", T_UINT, CO(client_limits.recipient_rate_limit), 0, 100000000,
+	 true},
+	{"client_tls_handshake_rate_limit", T_UINT, CO(client_limits.tls_handshake_rate_limit), 0,
+	 100000000, true},
+	{"client_rate_window", T_DURATION, CO(client_limits.rate_window), SEC(1), SEC(DAY_S), true},
+	{"client_ipv6_prefix", T_UINT, CO(client_limits.ipv6_prefix), 0, 128, true},
+	{"client_limit_exceptions", T_PROXY_TRUSTED, CO(client_limits.exceptions), 0, 0, true},
+	{"client_table_size", T_POW2, CO(client_limits.table_size), 16, 1u << 24, false},
 };
 _Static_assert(sizeof(config_keys) / sizeof(config_keys[0]) == NKEYS, "NKEYS is the key count");
 
@@ -513,9 +527,8 @@ cidr_parse(struct pstate *st, const char *key, const char *tok, size_t n, struct
 
 /* Networks separated by commas and/or blanks; appended to the list. */
 static int
-trusted_parse(struct pstate *st, const char *key, const char *v)
+trusted_parse(struct pstate *st, const char *key, struct proxy_trust *t, const char *v)
 {
-	struct proxy_trust *t = &st->cfg->proxy_trusted;
 	const char *p = v;
 	size_t added = 0;
 
@@ -737,7 +750,8 @@ cf_set_value(struct pstate *st, const struct key_def *k, const char *v)
 			return cf_fail(st, k->name, "not one of fsync, none: '%s'", q(st, v));
 		return 0;
 	case T_PROXY_TRUSTED:
-		return trusted_parse(st, k->name, v);
+		return trusted_parse(st, k->name, (struct proxy_trust *)(void *)((char *)cfg + k->off),
+				     v);
 	case T_PATH:
 		/* Control characters would make log lines and file names
 		 * ambiguous; a path is otherwise taken as written. */
@@ -858,7 +872,7 @@ cf_set_key(struct pstate *st, const char *name, const char *v, bool cont)
 		else if (k->type == T_TLS_SNI)
 			cfg->tls.nsni = 0;
 		else if (k->type == T_PROXY_TRUSTED)
-			cfg->proxy_trusted.n = 0;
+			((struct proxy_trust *)(void *)((char *)cfg + k->off))->n = 0;
 		else if (k->type == T_RCPT_MAPS)
 			cf_rcpt_maps_clear(cfg);
 	}
@@ -1143,6 +1157,12 @@ set_defaults(struct config *cfg)
 	cfg->proxy_trusted.net[1].prefix = 128;
 	cfg->proxy_trusted.net[1].addr[15] = 1;
 	cfg->proxy_trusted.n = 2;
+
+	/* Postfix's smtpd_client_connection_count_limit and anvil_rate_time_unit. */
+	cfg->client_limits.connection_limit = 50;
+	cfg->client_limits.rate_window = SEC(60);
+	cfg->client_limits.ipv6_prefix = 64;
+	cfg->client_limits.table_size = 65536;
 
 	cfg->domain_list = calloc(2, sizeof(char *));
 	if (cfg->domain_list == NULL)

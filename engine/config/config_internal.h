@@ -56,7 +56,7 @@ enum key_type {
 	T_TLS_SNI,     /* tls_sni = NAME CERTFILE KEYFILE (list) */
 	T_TLS_VERSION, /* tls_min_version = 1.2 | 1.3 */
 	T_TLS_CIPHERS, /* tls_ciphers */
-	T_PROXY_TRUSTED, /* list of CIDRs */
+	T_PROXY_TRUSTED, /* list of CIDRs: struct proxy_trust at off */
 	T_RELAY_HOST,    /* a next hop, checked here, resolved in cf_finish_relay() */
 	T_FILE,          /* a path: char[CONFIG_PATH_MAX] at off */
 	T_RELAY_TLS,     /* none | may | encrypt | verify */
@@ -75,7 +75,7 @@ struct key_def {
 #define SEC(n) ((uint64_t)(n) * NS_PER_S)
 
 /* The order here is the order of config_print() and docs/config.md. */
-#define NKEYS 57 /* entries of config_keys (checked in config.c) */
+#define NKEYS 66 /* entries of config_keys (checked in config.c) */
 
 static const char *const default_domains[] = {"localhost", "example.test"};
 

@@ -80,15 +80,20 @@ config_print(const struct config *cfg, FILE *f)
 			fputs("cpus =", f);
 			print_cpus(cfg, f);
 			break;
-		case T_PROXY_TRUSTED:
-			fputs("proxy_trusted =", f);
-			for (j = 0; j < cfg->proxy_trusted.n; j++) {
+		case T_PROXY_TRUSTED: {
+			const struct proxy_trust *t = p;
+
+			if (t->n == 0)
+				continue; /* none: no empty `key =` line (that is an error) */
+			fprintf(f, "%s =", k->name);
+			for (j = 0; j < t->n; j++) {
 				char net[INET6_ADDRSTRLEN + 8];
 
-				cf_cidr_text(&cfg->proxy_trusted.net[j], net, sizeof(net));
+				cf_cidr_text(&t->net[j], net, sizeof(net));
 				fprintf(f, "%s %s", j == 0 ? "" : ",", net);
 			}
 			break;
+		}
 		case T_SINK:
 			fputs(cfg->sink == SINK_KIND_SPOOL ? "sink = spool" : "sink = discard", f);
 			break;

@@ -271,21 +271,28 @@ conn_greet(struct worker *w, struct conn *c)
 /*
  * Start the connection proper, after the PROXY stage if there is one: the
  * TLS handshake on an implicit listener (the greeting follows it), else
- * the 220 greeting.
+ * the 220 greeting. False: the client is refused and closing (c->eof).
  */
-static void
+static bool
 conn_begin(struct worker *w, struct conn *c)
 {
 	/* After a PROXY stage the idle connection gave its output block back;
 	 * the greeting (or the handshake's first flight) needs one again. */
 	out_ensure(w, c);
 	if (w->cfg->listeners[c->listener].tls == LISTENER_TLS_IMPLICIT && w->tls != NULL) {
+		/* The handshake is what the TLS rate limit saves: checked
+		 * before it; with no TLS session to carry a 421, just close. */
+		if (policy_tls_begin(&w->policy, &c->pol) != SMTP_CHECK_OK) {
+			c->eof = true;
+			return false;
+		}
 		c->hs_deadline = w->now + w->cfg->tls.handshake_timeout;
 		tls_begin(w, c);
-		return;
+		return true;
 	}
 	c->stage = CONN_STAGE_SMTP;
 	conn_greet(w, c);
+	return true;
 }
 
 void
@@ -361,7 +368,10 @@ conn_open(struct worker *w, int fd, unsigned listener)
 		conn_after_io(w, c);
 		return;
 	}
-	conn_begin(w, c);
+	if (!conn_begin(w, c)) {
+		conn_after_io(w, c);
+		return;
+	}
 	/* Plaintext: the server speaks first. Implicit TLS: the client does. */
 	arm_recv(w, c, c->stage == CONN_STAGE_SMTP);
 	conn_after_io(w, c);
@@ -539,6 +549,11 @@ static void
 conn_after_io(struct worker *w, struct conn *c)
 {
 	if (c->state == CONN_OPEN) {
+		/* A session that ended (QUIT, 421) gives back its place in the
+		 * per-client count now, before its last reply goes out: a
+		 * client reconnecting on reading 221 must not meet itself. */
+		if (c->pol.client_pinned && (smtp_session_status(&c->session) & SMTP_ST_CLOSE))
+			policy_session_end(&w->policy, &c->pol);
 		if (c->eof) {
 			smtp_session_eof(&c->session);
 			c->state = CONN_CLOSING;
@@ -1015,7 +1030,8 @@ conn_stage_proxy(struct worker *w, struct conn *c)
 	/* The session and the logs point at c->peer: from here on they name
 	 * the client the proxy relayed (LOCAL/UNKNOWN keep the real peer). */
 	proxy_peer_apply(&hdr, &c->peer);
-	conn_begin(w, c);
+	if (!conn_begin(w, c))
+		return;
 	if (c->hold_head != HOLD_NONE)
 		conn_input(w, c); /* the client's first bytes after the header */
 }

@@ -29,6 +29,10 @@
 #include "ringmx/smtp.h"
 #include "verify.h"
 
+struct client_table;
+struct client_limits_conf;
+struct ringmx_stats;
+
 /* Who hears a pending check's answer: embedded in the connection. */
 struct policy_waiter {
 	void (*done)(struct policy_waiter *w, int res, const struct smtp_check_reply *r);
@@ -40,6 +44,12 @@ struct policy_conn {
 	const struct smtp_peer *peer; /* the client (after PROXY) */
 	bool pending;                 /* an answer is owed through waiter */
 	struct verify_wait vwait;     /* verify.c: on a probe's list while pending */
+	/* client_limits.c: the count this connection holds on the shared
+	 * client table (client_slot valid while client_pinned). */
+	bool client_pinned;
+	bool client_tried; /* pinning was tried (exempt or untracked: not again) */
+	uint32_t client_slot;
+	uint32_t client_conns; /* the client's connections when pinned */
 };
 
 struct rcpt_map;
@@ -52,7 +62,12 @@ struct policy {
 	/* recipient_maps: the running configuration's map (shared, read
 	 * only; NULL = not set), replaced when the worker switches config. */
 	const struct rcpt_map *rcpt_map;
+	/* Per-client limits: the process's one table (main.c), this
+	 * worker's view of the configuration, counters and clock. */
+	struct client_table *clients;
+	const struct client_limits_conf *limits;
 	struct ringmx_stats *stats; /* the worker's counters */
+	const uint64_t *now;        /* monotonic ns */
 };
 
 /* The client is known (after any PROXY header), before the greeting:
@@ -62,10 +77,17 @@ int policy_connect(struct policy *p, struct policy_conn *pc, struct smtp_check_r
 /* Teardown: release what pc holds. Once per connection, whether or not
  * policy_connect() was called. */
 void policy_conn_close(struct policy *p, struct policy_conn *pc);
+/* The session ended (its last replies are queued): the connection no
+ * longer counts toward the client's concurrency. Idempotent. */
+void policy_session_end(struct policy *p, struct policy_conn *pc);
 
 int policy_check(struct policy *p, struct policy_conn *pc, enum smtp_check_point what,
 		 const char *addr, size_t len, struct smtp_check_reply *r);
 /* The session no longer waits for pc's pending answer. */
 void policy_cancel(struct policy *p, struct policy_conn *pc);
+/* Implicit TLS, before the handshake: may this client start one more
+ * (client_tls_handshake_rate_limit)? SMTP_CHECK_REJECT: close without a
+ * reply (there is no TLS session to carry one). */
+int policy_tls_begin(struct policy *p, struct policy_conn *pc);
 
 #endif

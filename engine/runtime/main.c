@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/random.h>
 #include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
@@ -34,6 +35,7 @@
 #include "control.h"
 #include "rcpt_map.h"
 #include "worker.h"
+#include "client_table.h"
 
 static void
 sleep_ms(long ms)
@@ -219,10 +221,20 @@ main(int argc, char **argv)
 	struct worker *ws = calloc(n, sizeof(*ws));
 	if (ws == NULL)
 		fatal("out of memory");
+	/* One per-client table for every worker (SO_REUSEPORT spreads a
+	 * client over all of them); its hash key is secret. */
+	struct client_table *clients;
+	uint64_t seed[2];
+	if (getrandom(seed, sizeof(seed), 0) != (ssize_t)sizeof(seed))
+		fatal("getrandom: %s", strerror(errno));
+	int cr = client_table_new(&clients, cfg->client_limits.table_size, seed);
+	if (cr < 0)
+		fatal("client table (%u slots): %s", cfg->client_limits.table_size, strerror(-cr));
 	for (unsigned i = 0; i < n; i++) {
 		struct worker *w = &ws[i];
 		w->id = i;
 		w->cfg = cfg;
+		w->policy.clients = clients;
 		w->cpu = cfg->ncpus ? cfg->cpus[i % cfg->ncpus] : -1;
 		for (size_t l = 0; l < CONFIG_MAX_LISTENERS; l++)
 			w->listen_fd[l] = -1;
@@ -293,6 +305,7 @@ main(int argc, char **argv)
 	log_info("stopped: connections=%llu messages=%llu", (unsigned long long)total.connections_accepted,
 		 (unsigned long long)total.messages_accepted);
 	free(ws);
+	client_table_free(clients);
 	config_free((struct config *)cur);
 	tls_global_fini();
 	return 0;

@@ -290,6 +290,9 @@ switch_config(struct worker *w, const struct config *cfg)
 {
 	w->cfg = cfg;
 	w->policy.rcpt_map = cfg->rcpt_map;
+	/* The old configuration is freed once every worker switched. */
+	w->policy.hostname = cfg->smtp.hostname;
+	w->policy.limits = &cfg->client_limits;
 	tls_reload(w, cfg);
 	if (w->spool != NULL)
 		spool_set_conf(w->spool, cfg);
@@ -697,7 +700,9 @@ worker_main(void *arg)
 	w->hooks.check_cancel = conn_policy_cancel;
 	w->policy.hostname = w->cfg->smtp.hostname;
 	w->policy.rcpt_map = w->cfg->rcpt_map;
+	w->policy.limits = &w->cfg->client_limits;
 	w->policy.stats = &w->stats;
+	w->policy.now = &w->now;
 	atomic_store(&w->ctl.cfg_ack, w->cfg);
 
 	for (size_t i = 0; i < w->nlisteners; i++)

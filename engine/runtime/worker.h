@@ -2,7 +2,8 @@
  * worker.h - one pinned thread per core, each with its own io_uring, its own
  * SO_REUSEPORT listeners, provided-buffer ring, connection pool, timer wheel,
  * sink and counters. Nothing here is shared between workers except the
- * read-only configuration and the control block the main thread writes.
+ * read-only configuration, the control block the main thread writes and the
+ * per-client table (policy.clients, atomics only: client_table.h).
  *
  * Layers: worker.c (ring, loop, accept, wake-ups) -> conn.c (one client
  * connection: recv/send/close, input holding, timers) -> the SMTP core

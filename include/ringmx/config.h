@@ -87,6 +87,20 @@ struct tls_sni_conf {
 	char key[CONFIG_TLS_PATH_MAX];
 };
 
+/* Per-client limits (docs/defences.md, engine/policy/client_limits.c).
+ * 0 turns a limit off. All reloadable but table_size. */
+struct client_limits_conf {
+	unsigned connection_limit;        /* concurrent connections per client */
+	unsigned connection_rate_limit;   /* per rate_window, as are the next three */
+	unsigned message_rate_limit;
+	unsigned recipient_rate_limit;
+	unsigned tls_handshake_rate_limit;
+	uint64_t rate_window;             /* ns */
+	unsigned ipv6_prefix;             /* IPv6 clients are counted per this prefix */
+	unsigned table_size;              /* slots of the shared table (restart) */
+	struct proxy_trust exceptions;    /* exempt networks */
+};
+
 struct tls_conf {
 	char cert[CONFIG_TLS_PATH_MAX]; /* PEM, leaf first then chain; "" = no TLS */
 	char key[CONFIG_TLS_PATH_MAX];
@@ -246,6 +260,8 @@ struct config {
 	/* ns: a PROXY header not complete this long after connect closes
 	 * the connection (no reply). Reloadable. */
 	uint64_t proxy_timeout;
+
+	struct client_limits_conf client_limits;
 
 	struct relay_conf relay;
 

@@ -99,6 +99,12 @@
 	X(verify_tempfail, "verification results: 4xx, timeout or hop down (450 4.1.1)")       \
 	X(verify_busy, "RCPT refused: verify_probes_max probes in flight (450 4.1.1)")         \
 	X(verify_evicted, "verification cache entries evicted to make room (verify_cache_size)") \
+	X(client_conn_limited, "connections refused: client_connection_limit (421)")              \
+	X(client_conn_rate_limited, "connections refused: client_connection_rate_limit (421)")    \
+	X(client_msg_rate_limited, "MAIL refused: client_message_rate_limit (452)")               \
+	X(client_rcpt_rate_limited, "RCPT refused: client_recipient_rate_limit (452)")            \
+	X(client_tls_rate_limited, "TLS handshakes refused: client_tls_handshake_rate_limit (421, or closed on implicit TLS)") \
+	X(client_table_full, "clients not tracked, so not limited: no free slot among their 8 in the client table (or 4 lost races for one)") \
 	X(loop_iterations, "event loop iterations")
 
 struct ringmx_stats {

@@ -163,10 +163,12 @@ class Client:
 
     Every operation times out after TIMEOUT seconds (socket timeout)."""
 
-    def __init__(self, port, host="127.0.0.1", greet=True, timeout=TIMEOUT):
+    def __init__(self, port, host="127.0.0.1", greet=True, timeout=TIMEOUT, source=None):
         fam = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(fam, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
+        if source is not None:  # e.g. one of many 127.x.y.z clients
+            self.sock.bind((source, 0))
         self.sock.connect((host, port))
         self.local_port = self.sock.getsockname()[1]
         self.buf = b""
@@ -555,8 +557,8 @@ class Server:
         return sum_stats(lines)
 
     # -- clients
-    def client(self, greet=True, host=None, port=None):
-        return Client(port or self.port, host or self.host, greet=greet)
+    def client(self, greet=True, host=None, port=None, source=None):
+        return Client(port or self.port, host or self.host, greet=greet, source=source)
 
 
 class _PortRace(Exception):

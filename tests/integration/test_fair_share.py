@@ -57,10 +57,13 @@ def small_window_socket():
     return s
 
 
-def never_reader(port, burst):
+def never_reader(port, burst, i=0):
     """Connect with a small receive window, push a pipelined burst without
-    ever reading: its replies cannot drain."""
+    ever reading: its replies cannot drain. Each comes from its own
+    127.3.x.y, as a botnet's do (client_connection_limit counts per
+    address)."""
     s = small_window_socket()
+    s.bind(("127.3.%d.%d" % (i // 200, i % 200 + 1), 0))
     s.connect(("127.0.0.1", port))
     s.setblocking(False)
     try:
@@ -104,7 +107,7 @@ def small_body(i, lines=40):
 def normal_client(port, idx, n, latencies, errors, lock, lines):
     try:
         with smtplib.SMTP("127.0.0.1", port, local_hostname="normal%d.test" % idx,
-                          timeout=30) as c:
+                          timeout=30, source_address=("127.4.0.%d" % (idx + 1), 0)) as c:
             c.ehlo()
             for k in range(n):
                 t0 = time.monotonic()
@@ -145,7 +148,7 @@ def _():
     with Server(args=args, workers=1) as srv:
         burst = b"EHLO x\r\n" * (32 * 1024 // 8)
         t0 = time.monotonic()
-        nr = [never_reader(srv.port, burst) for _ in range(NEVER_READERS)]
+        nr = [never_reader(srv.port, burst, i) for i in range(NEVER_READERS)]
         time.sleep(0.5)  # let them stall with their buffers held
         lat, errors = run_normal(srv.port, NORMAL_CLIENTS, MESSAGES_EACH)
         check(not errors, "normal clients failed: %s" % "; ".join(errors[:5]))

@@ -225,13 +225,14 @@ def _():
         check(s.stats()["connections_refused"] >= 1, "connections_refused counter")
 
 
-@T.test("500 concurrent idle connections, then each QUITs cleanly")
+@T.test("500 concurrent idle connections from 250 sources, then each QUITs cleanly")
 def _():
     with Server(workers=2) as s:
         conns = []
         try:
-            for _ in range(500):
-                conns.append(s.client())
+            # 2 per source: client_connection_limit (50) is per client.
+            for i in range(500):
+                conns.append(s.client(source="127.0.8.%d" % (i % 250 + 1)))
             for c in conns:
                 c.send("NOOP\r\n")
             for c in conns:

@@ -321,10 +321,17 @@ class MemTLS:
         return out
 
 
-def raw_conn(port):
-    s = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+def raw_conn(port, source=None):
+    s = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT,
+                                 source_address=(source, 0) if source else None)
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return s
+
+
+def spread(i):
+    """A source address for the i-th of many connections, 10 per address:
+    client_connection_limit (50) is per client, and these are many clients."""
+    return "127.1.%d.%d" % (i // 2500, i // 10 % 250 + 1)
 
 
 def read_until(s, marker, timeout=TIMEOUT):
@@ -1164,9 +1171,10 @@ def _():
     fd0 = len(os.listdir("/proc/%d/fd" % srv.proc.pid))
     socks = []
     try:
-        for _i in range(n):
+        for i in range(n):
             s = socket.socket()
             s.settimeout(TIMEOUT)
+            s.bind((spread(i), 0))
             s.connect(("127.0.0.1", srv.port))
             socks.append(s)
         for s in socks:
@@ -1278,9 +1286,10 @@ def _():
     srv = low_fd_server()
     with srv:
         socks = []
-        for _i in range(150):
+        for i in range(150):
             s = socket.socket()
             s.settimeout(TIMEOUT)
+            s.bind((spread(i), 0))
             s.connect(("127.0.0.1", srv.port))
             socks.append(s)
         time.sleep(0.5)
@@ -1363,8 +1372,8 @@ def _():
     srv.start()
     try:
         cs = []
-        for _i in range(200):
-            s = raw_conn(srv.port)
+        for i in range(200):
+            s = raw_conn(srv.port, spread(i))
             read_until(s, b"\r\n")
             s.sendall(EHLO + MR)
             cs.append(s)
@@ -1373,7 +1382,7 @@ def _():
             s.sendall(b"DATA\r\n")
             read_until(s, b"354")
             s.sendall(b"part1\r\n")
-        idle = [raw_conn(srv.port) for _i in range(20)]
+        idle = [raw_conn(srv.port, spread(200 + i)) for i in range(20)]
         for s in idle:
             read_until(s, b"\r\n")
         t0 = time.monotonic()
@@ -1475,7 +1484,8 @@ def _():
 def _():
     srv = low_fd_server()
     with srv:
-        socks = [socket.create_connection(("127.0.0.1", srv.port)) for _i in range(150)]
+        socks = [socket.create_connection(("127.0.0.1", srv.port), source_address=(spread(i), 0))
+                 for i in range(150)]
         time.sleep(2)
         warn = srv.log().count("Too many open files")
         st = srv.stats()

@@ -689,6 +689,74 @@ test_proxy_trusted(void **state)
 	config_free(cfg);
 }
 
+/* ---- per-client limits (docs/defences.md) ---- */
+
+static void
+test_client_limits(void **state)
+{
+	char err[CONFIG_ERR_MAX];
+	struct config *cfg = ok(""), *cfg2;
+
+	(void)state;
+	assert_int_equal(cfg->client_limits.connection_limit, 50);
+	assert_int_equal(cfg->client_limits.connection_rate_limit, 0);
+	assert_int_equal(cfg->client_limits.message_rate_limit, 0);
+	assert_int_equal(cfg->client_limits.recipient_rate_limit, 0);
+	assert_int_equal(cfg->client_limits.tls_handshake_rate_limit, 0);
+	assert_int_equal(cfg->client_limits.rate_window, S(60));
+	assert_int_equal(cfg->client_limits.ipv6_prefix, 64);
+	assert_int_equal(cfg->client_limits.table_size, 65536);
+	assert_int_equal(cfg->client_limits.exceptions.n, 0);
+	{
+		char *p = print(cfg);
+		assert_null(strstr(p, "client_limit_exceptions")); /* none: no empty line */
+		free(p);
+	}
+	config_free(cfg);
+
+	cfg = ok("client_connection_limit = 0\nclient_connection_rate_limit = 10\n"
+		 "client_message_rate_limit = 20\nclient_recipient_rate_limit = 30\n"
+		 "client_tls_handshake_rate_limit = 40\nclient_rate_window = 5m\n"
+		 "client_ipv6_prefix = 48\nclient_limit_exceptions = 192.0.2.0/24, [2001:db8::]/32\n"
+		 "client_table_size = 1024\n");
+	assert_int_equal(cfg->client_limits.connection_limit, 0);
+	assert_int_equal(cfg->client_limits.connection_rate_limit, 10);
+	assert_int_equal(cfg->client_limits.message_rate_limit, 20);
+	assert_int_equal(cfg->client_limits.recipient_rate_limit, 30);
+	assert_int_equal(cfg->client_limits.tls_handshake_rate_limit, 40);
+	assert_int_equal(cfg->client_limits.rate_window, S(300));
+	assert_int_equal(cfg->client_limits.ipv6_prefix, 48);
+	assert_int_equal(cfg->client_limits.table_size, 1024);
+	assert_int_equal(cfg->client_limits.exceptions.n, 2);
+	want_net(&cfg->client_limits.exceptions.net[0], AF_INET, "192.0.2.0", 24);
+	want_net(&cfg->client_limits.exceptions.net[1], AF_INET6, "2001:db8::", 32);
+	assert_int_equal(cfg->proxy_trusted.n, 2); /* a list of its own */
+	{
+		char *p = print(cfg);
+		assert_non_null(strstr(p, "\nclient_limit_exceptions = 192.0.2.0/24, 2001:db8::/32\n"));
+		free(p);
+	}
+	/* The limits reload; the table's size needs a restart. */
+	cfg2 = ok("client_connection_limit = 7\nclient_table_size = 1024\n");
+	assert_int_equal(config_check_reload(cfg, cfg2, err), 0);
+	config_free(cfg2);
+	cfg2 = ok("client_table_size = 2048\n");
+	assert_int_equal(config_check_reload(cfg, cfg2, err), -1);
+	assert_string_equal(err, "client_table_size: cannot be changed by a reload; restart ringmxd");
+	config_free(cfg2);
+	config_free(cfg);
+	round_trip("client_limit_exceptions = 10.0.0.0/8 ::1\nclient_rate_window = 90s\n");
+
+	bad1("client_connection_limit", "lots", "not a number: 'lots'");
+	bad1("client_connection_limit", "1000001", "out of range: '1000001' (0..1000000)");
+	bad1("client_ipv6_prefix", "129", "out of range: '129' (0..128)");
+	bad1("client_rate_window", "0", "out of range: '0' (1s..1d)");
+	bad1("client_table_size", "1000", "not a power of two: '1000'");
+	bad1("client_table_size", "8", "out of range: '8' (16..16777216)");
+	bad1("client_limit_exceptions", "10.0.0.1/8",
+	     "host bits set in '10.0.0.1/8' (network/8 is meant?)");
+}
+
 /* ---- hostname and domains ---- */
 
 static void
@@ -2272,6 +2340,7 @@ main(void)
 		cmocka_unit_test(test_listen_invalid),
 		cmocka_unit_test(test_listen_replaces_default),
 		cmocka_unit_test(test_proxy_trusted),
+		cmocka_unit_test(test_client_limits),
 		cmocka_unit_test(test_hostname),
 		cmocka_unit_test(test_domains),
 		cmocka_unit_test(test_domains_many),
