@@ -8,8 +8,10 @@
  *    it is handed back with bufring_put(): at once when the session consumed
  *    it, or later when it was held because the session was paused (waiting
  *    for the sink) or its output was full. Held buffers form a FIFO linked
- *    through worker->hold_next; at most CONN_HOLD_MAX before the recv is
- *    cancelled so TCP pushes back on the client.
+ *    through worker->hold_next; at CONN_HOLD_MAX the recv is cancelled so
+ *    TCP pushes back on the client, and buffers the kernel filled past it
+ *    are packed (hold_compact); the fair-sharing rules (send_stalled) cut
+ *    off a holder that does not read its replies.
  *  - The output block is taken from the worker's pool when the session may
  *    write and returned when everything has been sent. While a send is in
  *    flight, bytes [0, send_len) belong to the kernel; the session may only
@@ -157,7 +159,8 @@ cancel_op(struct worker *w, struct conn *c, enum op op)
 static uint64_t
 stall_limit(const struct worker *w, const struct conn *c)
 {
-	if (c->nheld > 0 && w->recv_short && CONN_STALL_SHORT_NS < w->cfg->send_timeout)
+	if (c->nheld > 0 && (w->recv_short || c->nheld > CONN_HOLD_HARD) &&
+	    CONN_STALL_SHORT_NS < w->cfg->send_timeout)
 		return CONN_STALL_SHORT_NS;
 	return w->cfg->send_timeout;
 }
@@ -183,7 +186,14 @@ send_stalled(struct worker *w, struct conn *c)
 	if (!c->send_inflight || c->stage != CONN_STAGE_SMTP ||
 	    w->now < c->send_t0 + stall_limit(w, c))
 		return false;
-	if (c->nheld > 0 && w->recv_short) {
+	if (c->nheld > CONN_HOLD_HARD) {
+		/* Its unread input needs more buffers than any client may
+		 * keep (packed already, hold_compact): whatever it does. */
+		w->stats.recv_hold_cutoffs++;
+		log_info("[%s]:%u has %u receive buffers of input unread and does not read its "
+			 "replies; closing",
+			 c->peer.addr_text, c->peer.port, c->nheld);
+	} else if (c->nheld > 0 && w->recv_short) {
 		w->stats.recv_stall_cutoffs++;
 		log_info("[%s]:%u holds %u receive buffers and does not read its replies; closing",
 			 c->peer.addr_text, c->peer.port, c->nheld);
@@ -411,6 +421,51 @@ hold_drop(struct worker *w, struct conn *c)
 		hold_pop(w, c);
 }
 
+/*
+ * Pack the held bytes into as few buffers as they need, in order; the
+ * buffers left empty go back to the ring. Only past CONN_HOLD_MAX (a recv
+ * burst of small segments landed before the cancel): a copy of at most
+ * CONN_HOLD_HARD buffers, on a path no well-behaved client takes.
+ */
+static void
+hold_compact(struct worker *w, struct conn *c)
+{
+	uint32_t size = w->br.size;
+	uint32_t dst = c->hold_head, dlen = 0;
+	uint32_t src = c->hold_head, soff = c->hold_off;
+
+	/* dst never passes src: it is at or before it in the byte stream. */
+	while (src != HOLD_NONE) {
+		uint32_t next = w->hold_next[src];
+		uint32_t n = w->hold_len[src] - soff;
+
+		while (n > 0) {
+			if (dlen == size) {
+				w->hold_len[dst] = size;
+				dst = w->hold_next[dst];
+				dlen = 0;
+			}
+			uint32_t k = n < size - dlen ? n : size - dlen;
+			memmove(bufring_addr(&w->br, dst) + dlen, bufring_addr(&w->br, src) + soff, k);
+			dlen += k;
+			soff += k;
+			n -= k;
+		}
+		src = next;
+		soff = 0;
+	}
+	w->hold_len[dst] = dlen;
+	for (uint32_t b = w->hold_next[dst], bn; b != HOLD_NONE; b = bn) {
+		bn = w->hold_next[b];
+		bufring_put(&w->br, b);
+		c->nheld--;
+	}
+	w->hold_next[dst] = HOLD_NONE;
+	c->hold_tail = dst;
+	c->hold_off = 0;
+	w->stats.recv_compactions++;
+}
+
 static void hold_backpressure(struct worker *w, struct conn *c);
 static void starttls_switch(struct worker *w, struct conn *c);
 
@@ -450,6 +505,8 @@ pump(struct worker *w, struct conn *c)
 static void
 hold_backpressure(struct worker *w, struct conn *c)
 {
+	if (c->nheld > CONN_HOLD_MAX)
+		hold_compact(w, c);
 	if (c->nheld > 0)
 		w->stats.recv_held++;
 	/* Backpressure: stop reading from a client whose input piles up. */

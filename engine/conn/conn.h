@@ -35,6 +35,15 @@ struct worker;
 /* Receive buffers one paused connection may hold before its recv is
  * cancelled (TCP then pushes back on the client). */
 #define CONN_HOLD_MAX 4
+/* A multishot recv may fill more buffers than CONN_HOLD_MAX before its
+ * cancel lands (one per TCP segment, however small): past CONN_HOLD_MAX the
+ * held bytes are packed into as few buffers as they need (hold_compact). A
+ * connection whose unread input still needs more than CONN_HOLD_HARD and
+ * whose send is stuck (it does not read its replies) is cut off
+ * CONN_STALL_SHORT_NS after that send started, pressure or not
+ * (recv_hold_cutoffs). A client that writes a large burst and reads its
+ * replies may pass it for a moment: it is being served. */
+#define CONN_HOLD_HARD (4 * CONN_HOLD_MAX)
 /* While other receives wait for buffers (worker.recv_short), a connection
  * that holds receive buffers and whose send is stuck (the client does not
  * read its replies) is cut off this long after that send started, so its

@@ -40,6 +40,8 @@
 	X(recv_enobufs, "multishot recv stopped for lack of buffers")                              \
 	X(recv_rearms, "multishot recv re-armed")                                                  \
 	X(recv_held, "receive buffers held while a session was paused")                            \
+	X(recv_hold_cutoffs, "connections cut off: unread input past CONN_HOLD_HARD receive buffers, replies not read") \
+	X(recv_compactions, "held input packed into fewer receive buffers (past CONN_HOLD_MAX)") \
 	X(recv_stall_cutoffs, "connections cut off: held receive buffers others waited for, replies not read") \
 	X(send_timeouts, "connections cut off: replies not read within send_timeout")              \
 	X(sends, "send operations")                                                                \

@@ -168,8 +168,8 @@ def _():
         # send buffer (it grows on loopback): they hold no receive buffer
         # and wait for their next command like any idle session.
         check(closed >= NEVER_READERS // 2, "never-readers cut off: %d" % closed)
-        check_eq(st.get("recv_stall_cutoffs", 0) + st.get("send_timeouts", 0), closed,
-                 "cut-offs counted")
+        check_eq(st.get("recv_stall_cutoffs", 0) + st.get("send_timeouts", 0) +
+                 st.get("recv_hold_cutoffs", 0), closed, "cut-offs counted")
         check_eq(st.get("messages_accepted", 0), NORMAL_CLIENTS * MESSAGES_EACH,
                  "messages_accepted")
 
@@ -189,6 +189,44 @@ def _():
         check_eq(st.get("send_timeouts", 0), 1, "send_timeouts")
         check_eq(st.get("recv_stall_cutoffs", 0), 0, "recv_stall_cutoffs (no pressure)")
 
+
+
+@T.test("input held while the client does not read is packed into few buffers, byte for byte")
+def _():
+    # Small segments (MSS 536): each lands in a receive buffer of its own while the
+    # session's output is full, so the connection passes CONN_HOLD_MAX and its held
+    # input is packed (recv_compactions); once the client reads, every one of its
+    # 3000 pipelined EHLOs must have been answered, in order, nothing lost or mangled.
+    n = 3000
+    with Server(args=["-o", "junk_limit=1000000", "-o", "recv_buffer_size=4096",
+                      "-o", "send_timeout=30s"], workers=1) as srv:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 536)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.settimeout(TIMEOUT)
+        s.connect(("127.0.0.1", srv.port))
+        for i in range(n // 50):
+            s.sendall(b"".join(b"EHLO c%d.test\r\n" % (i * 50 + k) for k in range(50)))
+        time.sleep(1.0)  # not reading: the server's output stays full meanwhile
+        s.sendall(b"QUIT\r\n")
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        s.close()
+        lines = data.split(b"\r\n")
+        finals = [l for l in lines if l.startswith(b"250 ")]
+        bad = [l for l in lines if l[:1] in (b"4", b"5")]
+        st = srv.stats()
+        print("  %d EHLO replies, recv_compactions=%d recv_held=%d" % (
+            len(finals), st.get("recv_compactions", 0), st.get("recv_held", 0)), flush=True)
+        check_eq(bad, [], "error replies")
+        check_eq(len(finals), n, "EHLO replies")
+        check(lines[-2].startswith(b"221 "), "QUIT answered last: %r" % lines[-3:])
+        check(st.get("recv_compactions", 0) > 0, "held input was never packed: %r" % st)
 
 
 def dribbler_open(port, i, head):
