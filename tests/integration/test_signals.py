@@ -240,31 +240,56 @@ def _():
         smtplib_send(s, rcpts=("u@extra.test",))
 
 
-@T.test("a client that never reads cannot pin its slot or the drain: dropped after the 10 s linger")
-def _():
+def never_reader_drain(extra):
     # Pipelined EHLOs fill the output; they are junk after the first, so
     # junk_limit must not close the client first.
     with Server(workers=1, args=["-o", "command_timeout=1s", "-o", "shutdown_timeout=1s",
-                                 "-o", "junk_limit=1000000"]) as s:
+                                 "-o", "junk_limit=1000000"] + extra) as s:
         c = socket.socket()
         c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         c.connect((s.host, s.port))
         c.setblocking(False)
         chunk = b"EHLO x\r\n" * 512
         t0 = time.monotonic()
+        cut = False
         while time.monotonic() - t0 < 3:     # fill both directions; never read
             try:
                 c.send(chunk)
             except BlockingIOError:
                 time.sleep(0.05)
-        s.wait_log(r"timeout after EHLO")
+            except ConnectionError:
+                cut = True                   # fair sharing cut it off first
+                break
+        if cut:
+            # Its unread input passed CONN_HOLD_HARD receive buffers
+            # (docs/defences.md, "Fair sharing"): gone before the drain.
+            check(s.stats().get("recv_hold_cutoffs", 0) >= 1, "reset, but not counted")
+        else:
+            s.wait_log(r"timeout after EHLO")
         t0 = time.monotonic()
         rc = s.stop()                        # SIGTERM: must not hang on that client
         dt = time.monotonic() - t0
         check_eq(rc, 0, "exit code")
         check(dt < 14, "drain took %.1fs (linger is 10s)" % dt)
-        check("did not read its last replies" in s.log(), s.log()[-2000:])
+        if not cut:
+            check("did not read its last replies" in s.log(), s.log()[-2000:])
+        print("  %s" % ("cut off for its unread input (recv_hold_cutoffs)" if cut else
+                        "dropped after the linger"), flush=True)
         c.close()
+        return cut
+
+
+@T.test("a client that never reads cannot pin its slot or the drain: cut off for its unread "
+        "input, or dropped after the 10 s linger")
+def _():
+    never_reader_drain([])
+
+
+@T.test("the same with 1 MiB receive buffers (its unread input stays under CONN_HOLD_HARD): "
+        "dropped after the 10 s linger")
+def _():
+    cut = never_reader_drain(["-o", "recv_buffer_size=1m", "-o", "recv_buffers=64"])
+    check(not cut, "cut off although its input fits 16 buffers of 1 MiB")
 
 
 T.main()
