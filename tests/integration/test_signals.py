@@ -285,11 +285,4 @@ def _():
     never_reader_drain([])
 
 
-@T.test("the same with 1 MiB receive buffers (its unread input stays under CONN_HOLD_HARD): "
-        "dropped after the 10 s linger")
-def _():
-    cut = never_reader_drain(["-o", "recv_buffer_size=1m", "-o", "recv_buffers=64"])
-    check(not cut, "cut off although its input fits 16 buffers of 1 MiB")
-
-
 T.main()
