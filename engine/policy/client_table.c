@@ -30,6 +30,7 @@
  *    to twice the limit in one window length, as with anvil.
  */
 #include "client_table.h"
+#include "policy_hash.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -125,21 +126,12 @@ client_window(uint64_t now_ns, uint64_t window_ns)
 /* A keyed mix (the seed is random per process): an outsider cannot aim
  * many addresses at one probe window. Not a MAC; a window that does fill
  * up only leaves those clients untracked, counted. */
-static uint64_t
-mix(uint64_t x)
-{
-	x ^= x >> 33;
-	x *= 0xff51afd7ed558ccdull;
-	x ^= x >> 33;
-	x *= 0xc4ceb9fe1a85ec53ull;
-	x ^= x >> 33;
-	return x;
-}
-
 static uint32_t
 key_home(const struct client_table *t, const struct client_key *k)
 {
-	return (uint32_t)(mix(mix(k->w[0] ^ t->seed[0]) ^ k->w[1] ^ t->seed[1]) & t->mask);
+	uint64_t h = policy_mix64(policy_mix64(k->w[0] ^ t->seed[0]) ^ k->w[1] ^ t->seed[1]);
+
+	return (uint32_t)(h & t->mask);
 }
 
 static bool

@@ -20,20 +20,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "policy_hash.h"
 #include "verify.h"
 
 #define NIL 0u
-
-static inline uint64_t
-mix(uint64_t h)
-{
-	h ^= h >> 33;
-	h *= 0xff51afd7ed558ccdull;
-	h ^= h >> 33;
-	h *= 0xc4ceb9fe1a85ec53ull;
-	h ^= h >> 33;
-	return h;
-}
 
 static inline unsigned char
 lower(unsigned char c)
@@ -46,16 +36,16 @@ lower(unsigned char c)
 static uint64_t
 hash(uint64_t seed, const char *p, size_t n, size_t dom)
 {
-	uint64_t h = mix(seed ^ (n * 0x9e3779b97f4a7c15ull));
+	uint64_t h = policy_mix64(seed ^ (n * 0x9e3779b97f4a7c15ull));
 	for (size_t i = 0; i < n;) {
 		uint64_t w = 0;
 		for (unsigned b = 0; b < 8 && i < n; b++, i++) {
 			unsigned char c = (unsigned char)p[i];
 			w |= (uint64_t)(i >= dom ? lower(c) : c) << (8 * b);
 		}
-		h = mix(h ^ w) + seed;
+		h = policy_mix64(h ^ w) + seed;
 	}
-	return mix(h);
+	return policy_mix64(h);
 }
 
 void
