@@ -133,7 +133,9 @@ parse_octet(const char **p, const char *end, uint8_t set[32])
 {
 	unsigned a, b;
 
-	if (*p < end && **p != '[') {
+	if (*p >= end)
+		return -1;
+	if (**p != '[') {
 		if (parse_num(p, end, &a) < 0)
 			return -1;
 		bit_set(set, a);

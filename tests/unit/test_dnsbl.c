@@ -312,18 +312,19 @@ test_errors(void **st)
 	}
 	/* A comma inside brackets ends the entry, as in postscreen. */
 	bad("bl.example=1.2.3.[1,2]", "bl.example=1.2.3.[1\"", "bad filter");
-	/* Weights. */
-	bad("a.example*", "a.example*", "bad weight");
-	bad("a.example*x", "a.example*x", "bad weight");
-	bad("a.example*-", "a.example*-", "bad weight");
-	bad("a.example*1.5", "a.example*1.5", "bad weight");
-	bad("a.example*2*3", "a.example*2*3", "bad weight");
-	bad("a.example*2=127.0.0.1", "a.example*2=127.0.0.1", "bad weight");
-	bad("a.example*--1", "a.example*--1", "bad weight");
-	bad("a.example*1001", "a.example*1001", "out of range -1000..1000");
-	bad("a.example*-1001", "a.example*-1001", "out of range");
-	bad("a.example*99999999999999999999999", "a.example*99999999999999999999999",
-	    "out of range");
+	/* Weights; each text is one entry. */
+	const char *weights[][2] = {
+	    {"", "bad weight"},        {"x", "bad weight"},
+	    {"-", "bad weight"},       {"1.5", "bad weight"},
+	    {"2*3", "bad weight"},     {"2=127.0.0.1", "bad weight"},
+	    {"--1", "bad weight"},     {"1001", "out of range -1000..1000"},
+	    {"-1001", "out of range"}, {"99999999999999999999999", "out of range"},
+	};
+	for (size_t i = 0; i < sizeof(weights) / sizeof(weights[0]); i++) {
+		char e[64];
+		snprintf(e, sizeof(e), "a.example*%s", weights[i][0]);
+		bad(e, e, weights[i][1]);
+	}
 	/* Counts: the first entry over the limit is named. */
 	for (int i = 0; i <= DNSBL_SITES_MAX; i++)
 		o += (size_t)snprintf(t + o, sizeof(t) - o, "d%d.example=127.0.0.%d, ", i % 4, i);
