@@ -275,7 +275,9 @@ maybe_pass(struct policy *p, struct policy_conn *pc)
 		sc->decided = true;
 		return;
 	}
-	if (sc->incomplete)
+	/* A client that never had the pause (implicit TLS) has not passed
+	 * the pregreet test: no entry, or it would skip the pause on port 25. */
+	if (sc->incomplete || (cf->greet_wait != 0 && !sc->greet_clean))
 		return;
 	sc->decided = true;
 	p->stats->screen_pass_new++;
