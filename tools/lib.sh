@@ -8,17 +8,19 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # --no-install-recommends, so every package a step needs is named here, Recommends
 # included (swaks does TLS only through libnet-ssleay-perl and libio-socket-ssl-perl, which
 # are merely recommended). check_caps below proves what the tests rely on after installing.
-PKGS_BUILD="gcc libc6-dev meson ninja-build pkg-config liburing-dev libinih-dev libwolfssl-dev"
+PKGS_BUILD="gcc libc6-dev meson ninja-build pkg-config liburing-dev libinih-dev libwolfssl-dev libc-ares-dev"
 # python3: the integration harness (standard library only: ssl, smtplib, email).
 # swaks + libnet-ssleay-perl + libio-socket-ssl-perl: swaks with STARTTLS and TLS on connect.
 # postfix: smtp-source and smtp-sink (the peer load generator and next hop).
 # clang + libclang-rt-14-dev: libFuzzer and its sanitizer runtimes.
 # haproxy, nginx + libnginx-mod-stream, stunnel4, openssl: TLS and PROXY-protocol peers.
+# python3-dnslib: the test DNS server of tests/integration/dnsd.py (run with /usr/bin/python3).
+# libc-ares-dev (PKGS_BUILD): the resolver the screening DNS lookups use.
 # dovecot-core, dovecot-lmtpd: the private Dovecot LMTP next hop of
 # tests/integration/nexthop.py (the system dovecot is kept stopped, see ensure_pkgs).
 # util-linux (prlimit, taskset, mount) and procps are Essential/Priority:required on Debian,
 # named anyway so a stripped image still works.
-PKGS_TEST="libcmocka-dev python3 swaks libnet-ssleay-perl libio-socket-ssl-perl postfix clang libclang-rt-14-dev haproxy openssl nginx libnginx-mod-stream stunnel4 dovecot-core dovecot-lmtpd util-linux procps"
+PKGS_TEST="libcmocka-dev python3 swaks libnet-ssleay-perl libio-socket-ssl-perl postfix clang libclang-rt-14-dev haproxy openssl nginx libnginx-mod-stream stunnel4 dovecot-core dovecot-lmtpd python3-dnslib util-linux procps"
 PKGS_BENCH="hyperfine postfix python3 util-linux"
 
 missing_pkgs() {

@@ -106,6 +106,19 @@ const struct key_def config_keys[] = {
 	{"client_ipv6_prefix", T_UINT, CO(client_limits.ipv6_prefix), 0, 128, true},
 	{"client_limit_exceptions", T_PROXY_TRUSTED, CO(client_limits.exceptions), 0, 0, true},
 	{"client_table_size", T_POW2, CO(client_limits.table_size), 16, 1u << 24, false},
+	/* Screening (docs/defences.md); the shared pass cache and the
+	 * answer caches are sized once, at start-up. */
+	{"client_access", T_ACCESS, 0, 0, 0, true},
+	{"greet_wait", T_DURATION, CO(screen.greet_wait), 0, SEC(60), true},
+	{"greet_action", T_SCREEN_ACTION, CO(screen.greet_action), 0, 0, true},
+	{"dnsbl_sites", T_DNSBL_SITES, 0, 0, 0, true},
+	{"dnsbl_threshold", T_UINT, CO(screen.dnsbl_threshold), 1, 100000, true},
+	{"dnsbl_action", T_SCREEN_ACTION, CO(screen.dnsbl_action), 0, 0, true},
+	{"dnsbl_timeout", T_DURATION, CO(screen.dnsbl_timeout), 100000000ull, SEC(60), true},
+	{"screen_cache_ttl", T_DURATION, CO(screen.cache_ttl), 0, SEC(30 * DAY_S), true},
+	{"screen_cache_size", T_UINT, CO(screen.cache_size), 16, 1u << 26, false},
+	{"dns_servers", T_DNS_SERVERS, 0, 0, 0, true},
+	{"dns_cache_size", T_UINT, CO(screen.dns_cache_size), 16, 1u << 24, false},
 };
 _Static_assert(sizeof(config_keys) / sizeof(config_keys[0]) == NKEYS, "NKEYS is the key count");
 
@@ -799,6 +812,11 @@ cf_set_value(struct pstate *st, const struct key_def *k, const char *v)
 		return tls_sni_parse(st, k->name, v);
 	case T_RCPT_MAPS:
 		return cf_rcpt_maps_parse(st, k->name, v);
+	case T_ACCESS:
+	case T_SCREEN_ACTION:
+	case T_DNSBL_SITES:
+	case T_DNS_SERVERS:
+		return cf_screen_set(st, k, v);
 	case T_TLS_VERSION:
 		/* TLS 1.0 and 1.1 are never offered (RFC 8996). */
 		if (strcmp(v, "1.2") == 0)
@@ -1122,6 +1140,14 @@ set_defaults(struct config *cfg)
 	cfg->relay.high_water = 0;
 	cfg->relay.defer_after = SEC(600);
 
+	cfg->screen.greet_action = SCREEN_ACTION_ENFORCE;
+	cfg->screen.dnsbl_threshold = 1;
+	cfg->screen.dnsbl_action = SCREEN_ACTION_ENFORCE;
+	cfg->screen.dnsbl_timeout = SEC(2);
+	cfg->screen.cache_ttl = SEC(DAY_S);
+	cfg->screen.cache_size = 65536;
+	cfg->screen.dns_cache_size = 16384;
+
 	cfg->smtp.message_size_limit = 10240000;
 	cfg->smtp.recipient_limit = 1000;
 	cfg->smtp.error_limit = 20;
@@ -1334,7 +1360,7 @@ cf_load(const char *name, const char *text, size_t len, const struct config_args
 		}
 		goto cf_fail;
 	}
-	if (cf_finish_relay(&st) < 0 || cf_finish_rcpt_maps(&st) < 0)
+	if (cf_finish_relay(&st) < 0 || cf_finish_rcpt_maps(&st) < 0 || cf_finish_screen(&st) < 0)
 		goto cf_fail;
 	return cfg;
 cf_fail:
@@ -1375,6 +1401,7 @@ config_free(struct config *cfg)
 	domains_clear(cfg);
 	relay_map_free(&cfg->relay);
 	cf_rcpt_maps_clear(cfg);
+	cf_screen_free(cfg);
 	free(cfg);
 }
 

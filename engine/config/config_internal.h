@@ -61,6 +61,10 @@ enum key_type {
 	T_FILE,          /* a path: char[CONFIG_PATH_MAX] at off */
 	T_RELAY_TLS,     /* none | may | encrypt | verify */
 	T_RCPT_MAPS,     /* list of files, loaded in cf_finish_rcpt_maps() */
+	T_ACCESS,        /* client_access: a file, loaded in cf_finish_screen() */
+	T_SCREEN_ACTION, /* enforce | drop | ignore: unsigned at off */
+	T_DNSBL_SITES,   /* postscreen's site list, parsed at once */
+	T_DNS_SERVERS,   /* host[:port] list */
 };
 
 struct key_def {
@@ -75,7 +79,7 @@ struct key_def {
 #define SEC(n) ((uint64_t)(n) * NS_PER_S)
 
 /* The order here is the order of config_print() and docs/config.md. */
-#define NKEYS 66 /* entries of config_keys (checked in config.c) */
+#define NKEYS 77 /* entries of config_keys (checked in config.c) */
 
 static const char *const default_domains[] = {"localhost", "example.test"};
 
@@ -147,6 +151,12 @@ void cf_rcpt_maps_clear(struct config *cfg);
 int cf_rcpt_maps_parse(struct pstate *st, const char *key, const char *v);
 int cf_finish_rcpt_maps(struct pstate *st);
 void cf_rcpt_maps_print(const struct config *cfg, FILE *f);
+
+/* config_screen.c */
+int cf_screen_set(struct pstate *st, const struct key_def *k, const char *v);
+int cf_finish_screen(struct pstate *st);
+void cf_screen_print(const struct config *cfg, const struct key_def *k, FILE *f);
+void cf_screen_free(struct config *cfg);
 
 /* config_print.c */
 void config_print(const struct config *cfg, FILE *f);

@@ -129,6 +129,12 @@ config_print(const struct config *cfg, FILE *f)
 				continue;
 			cf_rcpt_maps_print(cfg, f);
 			break;
+		case T_ACCESS:
+		case T_SCREEN_ACTION:
+		case T_DNSBL_SITES:
+		case T_DNS_SERVERS:
+			cf_screen_print(cfg, k, f);
+			continue;
 		case T_TLS_SNI:
 			for (j = 0; j < cfg->tls.nsni; j++)
 				fprintf(f, "tls_sni = %s %s %s\n", cfg->tls.sni[j].name,

@@ -224,6 +224,10 @@ update_timer(struct worker *w, struct conn *c)
 		/* From connect, not from the last byte: trickling does not
 		 * extend it. Read each time, so a reload applies. */
 		d = c->t_connect + w->cfg->proxy_timeout;
+	} else if (c->stage == CONN_STAGE_GREET) {
+		d = c->greet_deadline;
+		if (policy_deadline(&c->pol) != 0 && policy_deadline(&c->pol) < d)
+			d = policy_deadline(&c->pol);
 	} else if (smtp_session_status(&c->session) & SMTP_ST_CLOSE) {
 		/* Only the last replies are left to send. A client that stops
 		 * reading must not pin the slot (or a drain) forever: linger
@@ -235,6 +239,8 @@ update_timer(struct worker *w, struct conn *c)
 		d = smtp_session_deadline(&c->session);
 		if (c->send_inflight && send_deadline(w, c) < d)
 			d = send_deadline(w, c);
+		if (policy_deadline(&c->pol) != 0 && policy_deadline(&c->pol) < d)
+			d = policy_deadline(&c->pol); /* a DNSBL verdict due */
 	}
 	if (d == UINT64_MAX)
 		timer_cancel(w->wheel, &c->timer);
@@ -266,16 +272,78 @@ peer_fill(struct conn *c)
 	return true;
 }
 
-/* The 220, or the policy's 421 for a client over its limits (policy.h). */
+/* The 220; the policy's 421 (limits) or 554 (client_access) instead; or
+ * the first line of a multi-line 220 and the greet_wait pause (policy.h). */
 static void
 conn_greet(struct worker *w, struct conn *c)
 {
 	struct smtp_check_reply r;
 
-	if (policy_connect(&w->policy, &c->pol, &r) != SMTP_CHECK_OK)
+	/* Implicit TLS: the greeting is inside the session the client just
+	 * negotiated; holding it tests nothing postscreen would. */
+	switch (policy_connect(&w->policy, &c->pol, c->tls == NULL, &r)) {
+	case POLICY_REFUSE:
 		smtp_session_start_refused(&c->session, &r);
-	else
+		break;
+	case POLICY_DENY:
+		smtp_session_start_denied(&c->session, &r);
+		break;
+	case POLICY_GREET_WAIT: {
+		int n = snprintf(c->out.buf + c->out.len, c->out.cap - c->out.len,
+				 "220-%s ESMTP ringmx\r\n", w->cfg->smtp.hostname);
+
+		assert(n > 0 && (size_t)n < c->out.cap - c->out.len);
+		c->out.len += (size_t)n;
+		c->stage = CONN_STAGE_GREET;
+		c->greet_deadline = w->now + w->cfg->screen.greet_wait;
+		break;
+	}
+	default:
 		smtp_session_start(&c->session);
+		break;
+	}
+}
+
+/* The greet_wait pause is over: the last line of the 220 (or the DNSBL's
+ * 521), then whatever a pregreet talker sent goes to the session. */
+static void
+greet_end(struct worker *w, struct conn *c)
+{
+	struct smtp_check_reply r;
+
+	c->stage = CONN_STAGE_SMTP;
+	out_ensure(w, c);
+	if (screen_greet_end(&w->policy, &c->pol, &r) != SMTP_CHECK_OK) {
+		hold_drop(w, c);
+		smtp_session_start_refused(&c->session, &r);
+	} else {
+		smtp_session_start(&c->session);
+	}
+	conn_input(w, c);
+	conn_after_io(w, c);
+}
+
+/* Input during the pause: a pregreet talker (screen.h). Its bytes stay
+ * held for the session, unless the action is to drop it. */
+static void
+greet_input(struct worker *w, struct conn *c)
+{
+	char show[SCREEN_PREGREET_SHOW];
+	struct smtp_check_reply r;
+	size_t len, n = 0;
+
+	if (c->hold_head == HOLD_NONE || c->pol.screen.pregreet)
+		return;
+	for (uint32_t b = c->hold_head; b != HOLD_NONE; b = w->hold_next[b])
+		n += w->hold_len[b] - (b == c->hold_head ? c->hold_off : 0);
+	len = conn_hold_copy(w, c, show, sizeof(show));
+	if (!screen_pregreet(&w->policy, &c->pol, n, show, len,
+			     (double)(w->now - c->t_connect) / 1e9, &r))
+		return;
+	c->stage = CONN_STAGE_SMTP;
+	hold_drop(w, c);
+	out_ensure(w, c);
+	smtp_session_start_refused(&c->session, &r);
 }
 
 /*
@@ -803,6 +871,21 @@ conn_on_timer(struct timer_node *n, void *arg)
 	}
 	if (c->state != CONN_OPEN)
 		return;
+	if (policy_deadline(&c->pol) != 0 && w->now >= policy_deadline(&c->pol)) {
+		/* The DNSBL answers not in by dnsbl_timeout count as not
+		 * listed; a check that waited for them is answered now. */
+		policy_expire(&w->policy, &c->pol);
+		if (c->state != CONN_OPEN)
+			return;
+	}
+	if (c->stage == CONN_STAGE_GREET) {
+		if (w->now < c->greet_deadline) {
+			update_timer(w, c);
+			return;
+		}
+		greet_end(w, c);
+		return;
+	}
 	if (c->stage == CONN_STAGE_PROXY) {
 		if (w->now < c->t_connect + w->cfg->proxy_timeout) {
 			update_timer(w, c); /* proxy_timeout grew by a reload */
@@ -876,6 +959,8 @@ conn_drain(struct worker *w, struct conn *c, bool force)
 {
 	if (c->state != CONN_OPEN)
 		return;
+	if (c->stage == CONN_STAGE_GREET)
+		c->stage = CONN_STAGE_SMTP; /* the 421 ends the 220- reply */
 	if (c->stage != CONN_STAGE_SMTP) {
 		/* Before the session speaks (PROXY header, handshake) there is
 		 * nobody to say 421 to: close. */
@@ -987,6 +1072,10 @@ conn_input(struct worker *w, struct conn *c)
 		return;
 	case CONN_STAGE_HANDSHAKE:
 		tls_handshake(w, c);
+		return;
+	case CONN_STAGE_GREET:
+		greet_input(w, c);
+		hold_backpressure(w, c);
 		return;
 	}
 	panic("connection in unknown stage %u", (unsigned)c->stage);

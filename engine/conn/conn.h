@@ -64,10 +64,19 @@ enum conn_state { CONN_FREE = 0, CONN_OPEN, CONN_CLOSING };
  * STARTTLS:  the 220 for STARTTLS is being sent in plaintext; every byte
  *            received now is discarded (CVE-2011-0411).
  * HANDSHAKE: ciphertext goes to wolfSSL_accept().
+ * GREET:     the 220- pause of greet_wait (screen.h): the 220- line is out,
+ *            the rest of the greeting is not; whatever arrives is a
+ *            pregreet talker's, held (never dropped) until the pause ends.
  * SMTP:      plaintext straight to the session (c->tls == NULL, zero copy)
  *            or decrypted through the TLS window first.
  */
-enum conn_stage { CONN_STAGE_SMTP = 0, CONN_STAGE_PROXY, CONN_STAGE_STARTTLS, CONN_STAGE_HANDSHAKE };
+enum conn_stage {
+	CONN_STAGE_SMTP = 0,
+	CONN_STAGE_PROXY,
+	CONN_STAGE_STARTTLS,
+	CONN_STAGE_HANDSHAKE,
+	CONN_STAGE_GREET,
+};
 
 /* Decrypted input window: one TLS record's plaintext (RFC 8446 5.1). */
 #define CONN_TLS_WIN 16384
@@ -114,6 +123,7 @@ struct conn {
 	uint8_t stage;      /* enum conn_stage */
 	struct conn_tls *tls; /* NULL for plaintext connections */
 	uint64_t hs_deadline; /* STARTTLS/HANDSHAKE stage: handshake_timeout */
+	uint64_t greet_deadline; /* GREET stage: the end of the 220- pause */
 
 	/* Held input: receive buffers the session could not consume yet
 	 * (paused or output full), in order. hold_off is the read offset in

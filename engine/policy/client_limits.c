@@ -45,13 +45,6 @@ limits_on(const struct client_limits_conf *cf)
 	       cf->recipient_rate_limit | cf->tls_handshake_rate_limit;
 }
 
-/* The address as Postfix's replies give it: "192.0.2.1", "2001:db8::1". */
-static const char *
-reply_addr(const struct policy_conn *pc)
-{
-	const char *a = pc->peer->addr_text;
-	return strncmp(a, "IPv6:", 5) == 0 ? a + 5 : a;
-}
 
 /* Take the connection's count on the table once; false: not tracked
  * (exempt, another family, or no room: fail open). */
@@ -155,7 +148,7 @@ client_limits_connect(struct policy *p, struct policy_conn *pc, struct smtp_chec
 	client_unpin(p, pc);
 	return refuse(r, snprintf(r->text, sizeof(r->text),
 				  "421 4.7.0 %s Error: too many connections from %s\r\n", p->hostname,
-				  reply_addr(pc)));
+				  policy_client_addr(pc)));
 }
 
 int
@@ -177,17 +170,17 @@ client_limits_event(struct policy *p, struct policy_conn *pc, enum client_event 
 	case CLIENT_EV_MSG:
 		limited(p, pc, LIM_MSG_RATE, n, max, win);
 		return refuse(r, snprintf(r->text, sizeof(r->text),
-					  "452 4.7.1 Error: too much mail from %s\r\n", reply_addr(pc)));
+					  "452 4.7.1 Error: too much mail from %s\r\n", policy_client_addr(pc)));
 	case CLIENT_EV_RCPT:
 		limited(p, pc, LIM_RCPT_RATE, n, max, win);
 		return refuse(r, snprintf(r->text, sizeof(r->text),
 					  "452 4.7.1 Error: too many recipients from %s\r\n",
-					  reply_addr(pc)));
+					  policy_client_addr(pc)));
 	default:
 		limited(p, pc, LIM_TLS_RATE, n, max, win);
 		return refuse(r, snprintf(r->text, sizeof(r->text),
 					  "421 4.7.0 %s Error: too many new TLS sessions from %s\r\n",
-					  p->hostname, reply_addr(pc)));
+					  p->hostname, policy_client_addr(pc)));
 	}
 }
 

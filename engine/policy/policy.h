@@ -1,15 +1,18 @@
 /*
  * policy.h - what ringmxd decides about a client, a sender and a recipient
- * beyond the SMTP core's own rules: per-client limits, recipient maps and
- * recipient verification, each in its own file under engine/policy/.
+ * beyond the SMTP core's own rules: the access list and screening
+ * (screen.c), per-client limits, recipient maps and recipient
+ * verification, each in its own file under engine/policy/.
  *
  * The layer sits below the connection: the SMTP core asks through struct
  * smtp_hooks.check (smtp.h), the connection passes that on to
  * policy_check() with its struct policy_conn, and an answer that comes
- * later (verification) returns through the connection's struct
- * policy_waiter, as the sink's verdicts do through struct sink_waiter. At
- * RCPT the checks run in this order and the first refusal wins: the
- * client's recipient rate, the recipient maps, verification.
+ * later (screening's DNS verdict, verification) returns through the
+ * connection's struct policy_waiter, as the sink's verdicts do through
+ * struct sink_waiter. At connect: client_access, the per-client limits,
+ * then screening. At MAIL and RCPT the checks run in this order and the
+ * first refusal wins: screening, the client's rates, (RCPT) the recipient
+ * maps, verification.
  *
  * Ownership rules
  *  - struct policy belongs to one worker and is used on its thread only;
@@ -26,7 +29,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <string.h>
+
 #include "ringmx/smtp.h"
+#include "screen.h"
 #include "verify.h"
 
 struct client_table;
@@ -50,10 +56,24 @@ struct policy_conn {
 	bool client_tried; /* pinning was tried (exempt or untracked: not again) */
 	uint32_t client_slot;
 	uint32_t client_conns; /* the client's connections when pinned */
+	struct screen_conn screen; /* screen.h */
 };
+
+/* The client's address as replies and postscreen-shaped log lines give
+ * it: "192.0.2.1", "2001:db8::1" (no "IPv6:" tag). */
+static inline const char *
+policy_client_addr(const struct policy_conn *pc)
+{
+	const char *a = pc->peer->addr_text;
+	return strncmp(a, "IPv6:", 5) == 0 ? a + 5 : a;
+}
 
 struct rcpt_map;
 struct ringmx_stats;
+struct screen_conf;
+struct dns;
+struct pass_cache;
+struct screen_pool;
 
 /* One worker's policy: set up with the worker, replaced parts on reload. */
 struct policy {
@@ -68,12 +88,34 @@ struct policy {
 	const struct client_limits_conf *limits;
 	struct ringmx_stats *stats; /* the worker's counters */
 	const uint64_t *now;        /* monotonic ns */
+	/* Screening: the running configuration's part, the worker's
+	 * resolver and job pool, the process's one pass cache (main.c). */
+	const struct screen_conf *screen;
+	struct dns *dns;
+	struct screen_pool *screen_pool;
+	struct pass_cache *passes;
 };
 
-/* The client is known (after any PROXY header), before the greeting:
- * SMTP_CHECK_OK, or SMTP_CHECK_REJECT with a 421 reply in *r that the
- * connection sends instead of the greeting. */
-int policy_connect(struct policy *p, struct policy_conn *pc, struct smtp_check_reply *r);
+/* What policy_connect() tells the connection to do. */
+enum policy_connect_res {
+	POLICY_GREET = 0,  /* the 220 */
+	POLICY_REFUSE,     /* *r (421) instead of the 220, then close */
+	POLICY_DENY,       /* *r (554) instead of the 220, then 503 but to QUIT */
+	POLICY_GREET_WAIT, /* the 220- pause (greet_wait), then screen_greet_end() */
+};
+
+/* The client is known (after any PROXY header), before the greeting.
+ * can_pause: the greeting may be held (not on implicit TLS). Returns an
+ * enum policy_connect_res. */
+int policy_connect(struct policy *p, struct policy_conn *pc, bool can_pause,
+		   struct smtp_check_reply *r);
+/* When the connection's timer must call policy_expire() (ns; 0: never). */
+static inline uint64_t
+policy_deadline(const struct policy_conn *pc)
+{
+	return pc->screen.dns_deadline;
+}
+void policy_expire(struct policy *p, struct policy_conn *pc);
 /* Teardown: release what pc holds. Once per connection, whether or not
  * policy_connect() was called. */
 void policy_conn_close(struct policy *p, struct policy_conn *pc);

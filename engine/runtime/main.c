@@ -35,6 +35,7 @@
 #include "control.h"
 #include "rcpt_map.h"
 #include "worker.h"
+#include "pass_cache.h"
 #include "client_table.h"
 
 static void
@@ -230,11 +231,23 @@ main(int argc, char **argv)
 	int cr = client_table_new(&clients, cfg->client_limits.table_size, seed);
 	if (cr < 0)
 		fatal("client table (%u slots): %s", cfg->client_limits.table_size, strerror(-cr));
+	/* The screening pass cache, shared the same way; its key too. */
+	struct pass_cache *passes;
+	if (getrandom(seed, sizeof(seed), 0) != (ssize_t)sizeof(seed))
+		fatal("getrandom: %s", strerror(errno));
+	cr = pass_cache_new(&passes, cfg->screen.cache_size, seed);
+	if (cr < 0)
+		fatal("screening pass cache (%u slots): %s", cfg->screen.cache_size, strerror(-cr));
+	/* c-ares' global state, once, before any worker makes a channel. */
+	cr = dns_library_init();
+	if (cr < 0)
+		fatal("c-ares: cannot initialise: %s", strerror(-cr));
 	for (unsigned i = 0; i < n; i++) {
 		struct worker *w = &ws[i];
 		w->id = i;
 		w->cfg = cfg;
 		w->policy.clients = clients;
+		w->policy.passes = passes;
 		w->cpu = cfg->ncpus ? cfg->cpus[i % cfg->ncpus] : -1;
 		for (size_t l = 0; l < CONFIG_MAX_LISTENERS; l++)
 			w->listen_fd[l] = -1;
@@ -306,6 +319,8 @@ main(int argc, char **argv)
 		 (unsigned long long)total.messages_accepted);
 	free(ws);
 	client_table_free(clients);
+	pass_cache_free(passes);
+	dns_library_cleanup();
 	config_free((struct config *)cur);
 	tls_global_fini();
 	return 0;

@@ -293,6 +293,14 @@ switch_config(struct worker *w, const struct config *cfg)
 	/* The old configuration is freed once every worker switched. */
 	w->policy.hostname = cfg->smtp.hostname;
 	w->policy.limits = &cfg->client_limits;
+	/* Answers of DNS tests in flight are indexed by the old site list. */
+	screen_reconf(&w->policy);
+	w->policy.screen = &cfg->screen;
+	{
+		char err[512];
+		if (dns_set_servers(w->policy.dns, cfg->screen.dns_servers, err, sizeof(err)) < 0)
+			log_err("%s; keeping the previous servers", err);
+	}
 	tls_reload(w, cfg);
 	if (w->spool != NULL)
 		spool_set_conf(w->spool, cfg);
@@ -360,6 +368,9 @@ handle_cqe(struct worker *w, struct io_uring_cqe *cqe)
 		return;
 	case OP_RELAY:
 		relay_on_cqe(w->relay, cqe);
+		return;
+	case OP_DNS:
+		dns_on_cqe(w->policy.dns, cqe);
 		return;
 	case OP_RECV:
 	case OP_SEND: {
@@ -512,6 +523,7 @@ loop(struct worker *w)
 		}
 		if (w->policy.verify != NULL)
 			verify_poll(w->policy.verify, w->now); /* timeouts */
+		dns_poll(w->policy.dns); /* c-ares' retries and time-outs */
 		conn_rearm_all(w);
 		conn_flush_all(w);
 		rearm_accepts(w);
@@ -528,6 +540,7 @@ loop(struct worker *w)
 			wait = relay_wait_ns(w->relay, wait);
 		if (w->policy.verify != NULL)
 			wait = verify_wait_ns(w->policy.verify, wait);
+		wait = dns_wait_ns(w->policy.dns, wait);
 		if (w->draining && wait > TIMER_TICK_NS)
 			wait = TIMER_TICK_NS;
 		struct __kernel_timespec ts = {.tv_sec = (long long)(wait / 1000000000u),
@@ -703,6 +716,28 @@ worker_main(void *arg)
 	w->policy.limits = &w->cfg->client_limits;
 	w->policy.stats = &w->stats;
 	w->policy.now = &w->now;
+	w->policy.screen = &w->cfg->screen;
+	{
+		/* The resolver exists whether or not dnsbl_sites is set now:
+		 * a reload may set it. c-ares opens no socket before a query. */
+		char err[512];
+		struct dns_env denv = {
+			.ring = &w->ring,
+			.get_sqe = spool_get_sqe,
+			.ctx = w,
+			.ud_op = OP_DNS,
+			.stats = &w->stats,
+			.now = &w->now,
+		};
+		r = dns_open(&w->policy.dns, &denv, w->cfg->screen.dns_servers,
+			     w->cfg->screen.dns_cache_size, w->cfg->screen.dnsbl_timeout, err,
+			     sizeof(err));
+		if (r < 0)
+			panic("%s", err);
+		r = screen_pool_new(&w->policy.screen_pool, w->nconns);
+		if (r < 0)
+			panic("screening: cannot map %u job slots: %s", w->nconns, strerror(-r));
+	}
 	atomic_store(&w->ctl.cfg_ack, w->cfg);
 
 	for (size_t i = 0; i < w->nlisteners; i++)
@@ -727,5 +762,9 @@ worker_main(void *arg)
 	pools_fini(w);
 	verify_close(w->policy.verify); /* after the connections: they may wait on it */
 	w->policy.verify = NULL;
+	dns_close(w->policy.dns); /* after the ring: no poll can complete any more */
+	w->policy.dns = NULL;
+	screen_pool_free(w->policy.screen_pool);
+	w->policy.screen_pool = NULL;
 	return NULL;
 }

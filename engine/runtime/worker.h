@@ -25,6 +25,7 @@
 
 #include "bufring.h"
 #include "conn.h"
+#include "dns.h"
 #include "log.h"
 #include "qid.h"
 #include "relay.h"
@@ -46,6 +47,7 @@ enum op {
 	OP_CANCEL,     /* async cancel; result only logged */
 	OP_SPOOL,      /* spool write/fsync; kind and idx: spool.c */
 	OP_RELAY,      /* outbound connections, journal; gen/kind/idx: relay */
+	OP_DNS,        /* the resolver's socket polls; gen/kind/idx: dns.c */
 };
 
 

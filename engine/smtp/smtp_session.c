@@ -132,6 +132,7 @@ session_close(struct smtp_session *s)
 	if (!closing(s)) {
 		if (s->check_pending) {
 			s->check_pending = false;
+			s->pend_mail = false;
 			s->hooks->check_cancel(s->owner);
 		}
 		tx_abort(s);
@@ -336,6 +337,8 @@ reject_option(struct smtp_session *s, const char *verb, const struct smtp_param 
 
 /* ---- policy (struct smtp_hooks.check) ---- */
 
+static void mail_accept(struct smtp_session *s);
+
 static int
 policy_check(struct smtp_session *s, enum smtp_check_point what, const char *addr, size_t len,
 	     struct smtp_check_reply *r)
@@ -347,14 +350,15 @@ policy_check(struct smtp_session *s, enum smtp_check_point what, const char *add
 	r->len = 0;
 	res = s->hooks->check(s->owner, what, addr, len, r);
 	assert(res == SMTP_CHECK_OK || res == SMTP_CHECK_REJECT ||
-	       (res == SMTP_CHECK_PENDING && what == SMTP_CHECK_RCPT));
+	       (res == SMTP_CHECK_PENDING && what != SMTP_CHECK_STARTTLS));
 	assert(res != SMTP_CHECK_REJECT ||
 	       (r->len >= 5 && r->len < sizeof r->text && r->text[r->len - 2] == '\r' &&
 		r->text[r->len - 1] == '\n'));
 	return res;
 }
 
-/* A policy refusal; 421 (a per-client limit) ends the session. */
+/* A policy refusal; 421 (a per-client limit) and 521 (a screened client,
+ * RFC 7504) end the session. */
 static void
 policy_reject(struct smtp_session *s, const char *verb, const struct smtp_check_reply *r,
 	      const char *addr, size_t addr_len)
@@ -363,7 +367,7 @@ policy_reject(struct smtp_session *s, const char *verb, const struct smtp_check_
 		reject(s, verb, r->text, r->len, addr, addr_len);
 	else
 		reply(s, r->text, r->len);
-	if (memcmp(r->text, "421", 3) == 0)
+	if (memcmp(r->text, "421", 3) == 0 || memcmp(r->text, "521", 3) == 0)
 		session_close(s);
 }
 
@@ -744,41 +748,63 @@ smtp_cmd_mail(struct smtp_session *s, const struct smtp_cmdline *c)
 		return;
 	}
 
+	/* Kept before the policy is asked: an answer that comes later
+	 * (SMTP_CHECK_PENDING) resumes from here in mail_accept(). */
+	memcpy(s->mail_from, path, plen);
+	s->mail_from[plen] = '\0';
+	s->tx_utf8 = utf8;
+	s->tx_8bit = eightbit;
+	s->tx_size_decl = size;
+	struct smtp_check_reply cr;
+	switch (policy_check(s, SMTP_CHECK_MAIL, path, plen, &cr)) {
+	case SMTP_CHECK_OK:
+		mail_accept(s);
+		return;
+	case SMTP_CHECK_PENDING:
+		s->check_pending = true;
+		s->pend_mail = true;
+		return;
+	default:
+		policy_reject(s, "MAIL", &cr, path, plen);
+		tx_reset(s);
+		return;
+	}
+}
+
+/* MAIL passed every check (the sender and its parameters are in the
+ * session): open the transaction. */
+static void
+mail_accept(struct smtp_session *s)
+{
+	size_t plen = strlen(s->mail_from);
 	struct sink_open_info info = {
 		.peer = s->peer,
 		.helo = s->helo,
-		.from = path,
+		.from = s->mail_from,
 		.from_len = plen,
-		.size_declared = size,
-		.utf8 = utf8,
-		.eightbit = eightbit,
+		.size_declared = s->tx_size_decl,
+		.utf8 = s->tx_utf8,
+		.eightbit = s->tx_8bit,
 		.esmtp = s->esmtp,
 		.wall = s->now_wall,
 	};
-	struct smtp_check_reply cr;
-	if (policy_check(s, SMTP_CHECK_MAIL, path, plen, &cr) != SMTP_CHECK_OK) {
-		policy_reject(s, "MAIL", &cr, path, plen);
-		return;
-	}
+	int r;
+
 	s->qid[0] = '\0';
 	r = s->sink->ops->tx_open(s->sink->self, s->waiter, &info, &s->tx, s->qid);
 	if (r < 0) {
 		s->tx = NULL;
 		s->stats->sink_errors++;
 		if (r == -ENOSPC)
-			reject(s, "MAIL", r_no_space, sizeof r_no_space - 1, path, plen);
+			reject(s, "MAIL", r_no_space, sizeof r_no_space - 1, s->mail_from, plen);
 		else if (r == -EBUSY)
-			reject(s, "MAIL", r_busy, sizeof r_busy - 1, path, plen);
+			reject(s, "MAIL", r_busy, sizeof r_busy - 1, s->mail_from, plen);
 		else
-			reject(s, "MAIL", r_sink_err, sizeof r_sink_err - 1, path, plen);
+			reject(s, "MAIL", r_sink_err, sizeof r_sink_err - 1, s->mail_from, plen);
+		tx_reset(s);
 		return;
 	}
 	s->qid[SINK_QID_MAX - 1] = '\0';
-	memcpy(s->mail_from, path, plen);
-	s->mail_from[plen] = '\0';
-	s->tx_utf8 = utf8;
-	s->tx_8bit = eightbit;
-	s->tx_size_decl = size;
 	s->tx_nrcpt = 0;
 	s->tx_env_rcpt = 0;
 	enter(s, SMTP_S_MAIL);
@@ -1132,6 +1158,13 @@ handle_line(struct smtp_session *s, const char *line, size_t len, unsigned bad, 
 		return;
 	}
 	c.more = more;
+	if (s->denied && d->id != SMTP_CMD_QUIT) {
+		/* Refused instead of the greeting (RFC 5321 3.1): only QUIT
+		 * is served; the error limit still ends a client that
+		 * insists. */
+		REPLY(s, "503 5.5.1 Error: access denied");
+		return;
+	}
 	/* A HELO/EHLO after one was accepted (since the TLS handshake, RFC
 	 * 3207 4.2) is junk too: the EHLO reply is the largest there is, so a
 	 * pipelined run of them is a reply amplifier. */
@@ -1244,6 +1277,16 @@ smtp_session_start_refused(struct smtp_session *s, const struct smtp_check_reply
 	session_close(s);
 }
 
+void
+smtp_session_start_denied(struct smtp_session *s, const struct smtp_check_reply *r)
+{
+	assert(r->len >= 5 && r->len < sizeof r->text && r->text[r->len - 2] == '\r' &&
+	       r->text[r->len - 1] == '\n');
+	s->denied = true;
+	if (!out_put(s, r->text, r->len))
+		session_close(s);
+}
+
 /* A drain waits for the transaction to end, then says goodbye. */
 static void
 shutdown_check(struct smtp_session *s)
@@ -1331,18 +1374,40 @@ void
 smtp_session_check_done(struct smtp_session *s, int res, const struct smtp_check_reply *r,
 			uint64_t now_ns)
 {
+	struct smtp_check_reply cr;
+
 	if (!s->check_pending || closing(s))
 		return;
-	s->check_pending = false;
 	s->now = now_ns;
 	s->t_activity = now_ns;
+	if (res == SMTP_CHECK_PENDING) {
+		/* The hook wants to be asked again (what held it is over). */
+		if (s->pend_mail)
+			res = policy_check(s, SMTP_CHECK_MAIL, s->mail_from, strlen(s->mail_from),
+					   &cr);
+		else
+			res = policy_check(s, SMTP_CHECK_RCPT, s->pend_rcpt, s->pend_len, &cr);
+		if (res == SMTP_CHECK_PENDING)
+			return;
+		r = &cr;
+	}
+	s->check_pending = false;
 	/* The check was asked with SMTP_OUT_MIN room and nothing was
 	 * written since (feeding stopped), so the reply fits. */
-	if (res == SMTP_CHECK_OK) {
+	assert(res == SMTP_CHECK_OK ||
+	       (r != NULL && r->len >= 5 && r->len < sizeof r->text &&
+		r->text[r->len - 2] == '\r' && r->text[r->len - 1] == '\n'));
+	if (s->pend_mail) {
+		s->pend_mail = false;
+		if (res == SMTP_CHECK_OK) {
+			mail_accept(s);
+		} else {
+			policy_reject(s, "MAIL", r, s->mail_from, strlen(s->mail_from));
+			tx_reset(s);
+		}
+	} else if (res == SMTP_CHECK_OK) {
 		rcpt_accept(s, s->pend_rcpt, s->pend_len);
 	} else {
-		assert(r != NULL && r->len >= 5 && r->len < sizeof r->text &&
-		       r->text[r->len - 2] == '\r' && r->text[r->len - 1] == '\n');
 		policy_reject(s, "RCPT", r, s->pend_rcpt, s->pend_len);
 	}
 	shutdown_check(s);

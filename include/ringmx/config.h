@@ -41,6 +41,8 @@
 #define CONFIG_RCPT_MAPS_MAX 16      /* files in recipient_maps (RCPT_MAP_FILES_MAX) */
 
 struct rcpt_map; /* engine/policy/rcpt_map.h */
+struct cidr_map;    /* engine/policy/cidr_map.h */
+struct dnsbl_sites; /* engine/policy/dnsbl.h */
 
 enum listener_tls {
 	LISTENER_TLS_NONE = 0,
@@ -99,6 +101,30 @@ struct client_limits_conf {
 	unsigned ipv6_prefix;             /* IPv6 clients are counted per this prefix */
 	unsigned table_size;              /* slots of the shared table (restart) */
 	struct proxy_trust exceptions;    /* exempt networks */
+};
+
+/* Screening before the 220 (docs/defences.md "Screening",
+ * engine/policy/screen.c). All reloadable but the two cache sizes. */
+enum screen_action {
+	SCREEN_ACTION_ENFORCE = 0, /* go on, refuse every RCPT (the envelope is logged) */
+	SCREEN_ACTION_DROP,        /* 521 and close */
+	SCREEN_ACTION_IGNORE,      /* log and count only */
+};
+#define CONFIG_DNS_SERVERS_MAX 512
+
+struct screen_conf {
+	char access_file[CONFIG_PATH_MAX]; /* client_access as written; "" unset */
+	struct cidr_map *access;           /* built from it at load; owned */
+	uint64_t greet_wait;               /* ns; 0: no pregreet test */
+	unsigned greet_action;             /* enum screen_action */
+	struct dnsbl_sites *sites;         /* dnsbl_sites parsed; owned; NULL unset */
+	unsigned dnsbl_threshold;
+	unsigned dnsbl_action; /* enum screen_action */
+	uint64_t dnsbl_timeout;  /* ns */
+	uint64_t cache_ttl;      /* screen_cache_ttl, ns; 0: no pass cache */
+	unsigned cache_size;     /* screen_cache_size: shared slots (restart) */
+	char dns_servers[CONFIG_DNS_SERVERS_MAX]; /* c-ares CSV form; "" = resolv.conf */
+	unsigned dns_cache_size; /* answer cache entries per worker (restart) */
 };
 
 struct tls_conf {
@@ -262,6 +288,7 @@ struct config {
 	uint64_t proxy_timeout;
 
 	struct client_limits_conf client_limits;
+	struct screen_conf screen;
 
 	struct relay_conf relay;
 

@@ -146,7 +146,7 @@ enum smtp_check_point {
 enum smtp_check_res {
 	SMTP_CHECK_OK = 0,      /* go on */
 	SMTP_CHECK_REJECT = 1,  /* refuse with the reply in struct smtp_check_reply */
-	SMTP_CHECK_PENDING = 2, /* RCPT only: smtp_session_check_done() answers */
+	SMTP_CHECK_PENDING = 2, /* MAIL, RCPT: smtp_session_check_done() answers */
 };
 
 /* A policy refusal: one complete reply, e.g.
@@ -169,10 +169,10 @@ struct smtp_hooks {
 	 * asked. addr is the path without <> (NULL for STARTTLS), a view
 	 * valid during the call. Returns an enum smtp_check_res; on
 	 * SMTP_CHECK_REJECT the hook has written one complete reply (CRLF
-	 * terminated, < SMTP_REPLY_MAX) into *r; a 421 reply ends the
-	 * session. SMTP_CHECK_PENDING (RCPT only): the answer comes later
-	 * through smtp_session_check_done(); the session is paused until
-	 * then (SMTP_ST_PAUSED). */
+	 * terminated, < SMTP_REPLY_MAX) into *r; a 421 or 521 reply ends
+	 * the session. SMTP_CHECK_PENDING (MAIL, RCPT): the answer comes
+	 * later through smtp_session_check_done(); the session is paused
+	 * until then (SMTP_ST_PAUSED). */
 	int (*check)(void *owner, enum smtp_check_point what, const char *addr, size_t len,
 		     struct smtp_check_reply *r);
 	/* A pending check will not be answered: the session is closing
@@ -267,8 +267,13 @@ struct smtp_session {
 	char helo[SMTP_DOMAIN_MAX + 1];
 	char mail_from[SMTP_PATH_MAX + 1]; /* without <> */
 	char rcpt1[SMTP_PATH_MAX + 1];     /* first recipient, for Received: "for" */
-	/* RCPT waiting for an asynchronous policy answer (SMTP_CHECK_PENDING). */
+	/* MAIL or RCPT waiting for an asynchronous policy answer
+	 * (SMTP_CHECK_PENDING): pend_mail for MAIL (its sender is mail_from),
+	 * else the recipient in pend_rcpt. */
 	bool check_pending;
+	bool pend_mail;
+	/* Refused instead of the greeting (smtp_session_start_denied). */
+	bool denied;
 	uint16_t pend_len;
 	char pend_rcpt[SMTP_PATH_MAX + 1];
 
@@ -290,6 +295,10 @@ void smtp_session_start(struct smtp_session *s);
 /* Instead of smtp_session_start(): the client is refused before the
  * greeting (a per-client limit). Appends r's reply and closes. */
 void smtp_session_start_refused(struct smtp_session *s, const struct smtp_check_reply *r);
+/* Instead of smtp_session_start(): a client the access list refuses gets
+ * r's reply (554) instead of the 220; the session then answers
+ * `503 5.5.1` to every command but QUIT (RFC 5321 3.1). */
+void smtp_session_start_denied(struct smtp_session *s, const struct smtp_check_reply *r);
 
 /* Feed input. Returns bytes consumed (<= n). See the flow control note above. */
 size_t smtp_session_feed(struct smtp_session *s, const char *p, size_t n, uint64_t now_ns,
@@ -306,10 +315,12 @@ unsigned smtp_session_status(const struct smtp_session *s);
 void smtp_session_verdict(struct smtp_session *s, int res, uint64_t now_ns);
 
 /*
- * The answer to a pending RCPT check: res SMTP_CHECK_OK accepts the
- * recipient (250), SMTP_CHECK_REJECT sends r (as returned by the hook).
- * Leaves the paused state; the caller then feeds any held input. Ignored
- * when no check is pending (it was cancelled).
+ * The answer to a pending MAIL or RCPT check: res SMTP_CHECK_OK accepts
+ * the sender or recipient (250), SMTP_CHECK_REJECT sends r (as returned by
+ * the hook), SMTP_CHECK_PENDING asks the hook again (what it waited for
+ * is over; it may answer at once or stay pending). Leaves the paused state
+ * unless still pending; the caller then feeds any held input. Ignored when
+ * no check is pending (it was cancelled).
  */
 void smtp_session_check_done(struct smtp_session *s, int res, const struct smtp_check_reply *r,
 			     uint64_t now_ns);

@@ -107,6 +107,21 @@
 	X(client_rcpt_rate_limited, "RCPT refused: client_recipient_rate_limit (452)")            \
 	X(client_tls_rate_limited, "TLS handshakes refused: client_tls_handshake_rate_limit (421, or closed on implicit TLS)") \
 	X(client_table_full, "clients not tracked, so not limited: no free slot among their 8 in the client table (or 4 lost races for one)") \
+	X(screen_access_ok, "connections allowed by client_access OK (not screened, not rate limited)") \
+	X(screen_access_reject, "connections refused by client_access REJECT (554)") \
+	X(screen_greet_waits, "connections given the 220- greet pause (greet_wait)") \
+	X(screen_pregreet, "pregreet talkers: input before the whole greeting") \
+	X(screen_dnsbl_listed, "clients at or over dnsbl_threshold") \
+	X(screen_dnsbl_timeouts, "DNSBL sites not answered by dnsbl_timeout (counted as not listed)") \
+	X(screen_pass_new, "clients that passed every test, added to the pass cache") \
+	X(screen_pass_old, "clients found in the pass cache (not tested again)") \
+	X(screen_dropped, "connections closed with 521 (greet_action or dnsbl_action drop)") \
+	X(screen_overload, "clients not DNSBL-tested: no DNS request state free (fail open)") \
+	X(dns_queries, "DNS queries sent (answer cache misses)") \
+	X(dns_cache_hits, "DNS lookups answered from the answer cache") \
+	X(dns_nxdomain, "DNS answers: NXDOMAIN") \
+	X(dns_errors, "DNS failures: SERVFAIL, REFUSED, no answer in time, no socket") \
+	X(dns_overload, "DNS lookups refused: every cache entry of the name's window waiting for an answer") \
 	X(loop_iterations, "event loop iterations")
 
 struct ringmx_stats {

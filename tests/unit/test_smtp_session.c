@@ -547,6 +547,75 @@ test_policy_starttls(void **state)
 	free(f);
 }
 
+/* MAIL may wait too (a DNSBL verdict due, issue 13): paused with its
+ * parameters kept, answered OK (250 and the transaction opens), asked
+ * again (SMTP_CHECK_PENDING), or refused with 521, which ends the session. */
+static void
+test_policy_pending_mail(void **state)
+{
+	struct fx *f = fx_new();
+	struct smtp_check_reply r;
+
+	(void)state;
+	fx_start_pol(f);
+	pol.res[SMTP_CHECK_MAIL] = SMTP_CHECK_PENDING;
+	fx_sends(f, "EHLO c\r\nMAIL FROM:<a@b.test> SIZE=100\r\nRCPT TO:<u1@example.test>\r\n");
+	assert_true(smtp_session_status(&f->s) & SMTP_ST_PAUSED);
+	assert_false(has(f, "250 2.1.0 Ok"));
+	assert_int_equal(f->ts.nopen, 0);
+	/* "ask again": still pending, then OK */
+	smtp_session_check_done(&f->s, SMTP_CHECK_PENDING, NULL, NS);
+	assert_int_equal(pol.asked[SMTP_CHECK_MAIL], 2);
+	assert_true(smtp_session_status(&f->s) & SMTP_ST_PAUSED);
+	pol.res[SMTP_CHECK_MAIL] = SMTP_CHECK_OK;
+	smtp_session_check_done(&f->s, SMTP_CHECK_PENDING, NULL, NS);
+	assert_int_equal(pol.asked[SMTP_CHECK_MAIL], 3);
+	assert_string_equal(pol.last, "a@b.test");
+	fx_flush(f);
+	assert_true(has(f, "250 2.1.0 Ok\r\n"));
+	assert_int_equal(f->ts.nopen, 1);
+	assert_false(smtp_session_status(&f->s) & SMTP_ST_PAUSED);
+	fx_sends(f, "RCPT TO:<u1@example.test>\r\nRSET\r\n");
+	assert_true(has(f, "250 2.1.5 Ok\r\n250 2.0.0 Ok\r\n"));
+	/* refused later with 521: logged, the session ends */
+	pol.res[SMTP_CHECK_MAIL] = SMTP_CHECK_PENDING;
+	fx_sends(f, "MAIL FROM:<c@d.test>\r\n");
+	r.len = (size_t)snprintf(r.text, sizeof r.text,
+				 "521 5.7.1 Service unavailable; client [192.0.2.1] blocked using "
+				 "bl.test\r\n");
+	smtp_session_check_done(&f->s, SMTP_CHECK_REJECT, &r, NS);
+	fx_flush(f);
+	assert_true(has(f, "250 2.0.0 Ok\r\n521 5.7.1 Service unavailable"));
+	assert_true(smtp_session_status(&f->s) & SMTP_ST_CLOSE);
+	assert_int_equal(f->ts.nopen, 1);
+	free(f);
+}
+
+/* client_access REJECT (issue 13): 554 instead of the 220, then 503 5.5.1
+ * to everything but QUIT (RFC 5321 3.1). */
+static void
+test_start_denied(void **state)
+{
+	struct fx *f = fx_new();
+	struct smtp_check_reply r;
+
+	(void)state;
+	memset(&pol, 0, sizeof pol);
+	smtp_session_init(&f->s, &f->conf, &f->peer, &f->out, &f->sink, &pol_hooks, &f->ts,
+			  &f->st, 0, WALL0);
+	r.len = (size_t)snprintf(r.text, sizeof r.text, "554 5.7.1 Go away\r\n");
+	smtp_session_start_denied(&f->s, &r);
+	fx_sends(f, "EHLO c\r\nMAIL FROM:<a@b.test>\r\nNOOP\r\nQUIT\r\n");
+	assert_true(has(f, "554 5.7.1 Go away\r\n503 5.5.1 Error: access denied\r\n"
+			   "503 5.5.1 Error: access denied\r\n503 5.5.1 Error: access denied\r\n"
+			   "221 2.0.0 Bye\r\n"));
+	assert_false(has(f, "220 "));
+	assert_int_equal(pol.asked[SMTP_CHECK_MAIL], 0);
+	assert_int_equal(f->ts.nopen, 0);
+	assert_true(smtp_session_status(&f->s) & SMTP_ST_CLOSE);
+	free(f);
+}
+
 int
 main(void)
 {
@@ -568,6 +637,8 @@ main(void)
 		cmocka_unit_test(test_policy_sync),
 		cmocka_unit_test(test_policy_pending),
 		cmocka_unit_test(test_policy_starttls),
+		cmocka_unit_test(test_policy_pending_mail),
+		cmocka_unit_test(test_start_denied),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
