@@ -138,6 +138,10 @@ sock_state_cb(void *data, ares_socket_t fd, int readable, int writable)
 	struct dns *d = data;
 	struct dns_sock *s = NULL, *spare = NULL;
 
+	/* ares_destroy() closes its sockets: the ring may be gone already,
+	 * and with it every poll. */
+	if (d->closing)
+		return;
 	for (size_t i = 0; i < DNS_SOCK_MAX; i++) {
 		struct dns_sock *x = &d->socks[i];
 		if (x->used && !x->dead && x->fd == fd) {

@@ -280,11 +280,13 @@ maybe_pass(struct policy *p, struct policy_conn *pc)
 	if (sc->incomplete || (cf->greet_wait != 0 && !sc->greet_clean))
 		return;
 	sc->decided = true;
+	/* PASS NEW means "entered in the pass cache": not without one. */
+	if (cf->cache_ttl == 0 || p->passes == NULL)
+		return;
 	p->stats->screen_pass_new++;
 	log_info("PASS NEW [%s]:%u", client_text(pc), pc->peer->port);
-	if (cf->cache_ttl != 0 && p->passes != NULL)
-		pass_cache_add(p->passes, (const struct sockaddr *)&pc->peer->addr, *p->now,
-			       *p->now + cf->cache_ttl);
+	pass_cache_add(p->passes, (const struct sockaddr *)&pc->peer->addr, *p->now,
+		       *p->now + cf->cache_ttl);
 }
 
 static int
