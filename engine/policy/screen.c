@@ -86,13 +86,6 @@ screen_pool_free(struct screen_pool *sp)
 	free(sp);
 }
 
-/* "[192.0.2.1]:25000" as postscreen writes it (no "IPv6:" tag). */
-static const char *
-client_text(const struct policy_conn *pc)
-{
-	return policy_client_addr(pc);
-}
-
 static const struct screen_conf *
 conf(const struct policy *p)
 {
@@ -230,7 +223,7 @@ dns_verdict(struct policy *p, struct policy_conn *pc)
 	if (score >= (int)conf(p)->dnsbl_threshold) {
 		sc->listed = true;
 		p->stats->screen_dnsbl_listed++;
-		log_info("DNSBL rank %d for [%s]:%u", score, client_text(pc), pc->peer->port);
+		log_info("DNSBL rank %d for [%s]:%u", score, policy_client_addr(pc), pc->peer->port);
 	}
 	maybe_pass(p, pc);
 	if (sc->waiting) {
@@ -248,13 +241,10 @@ screen_expire(struct policy *p, struct policy_conn *pc)
 
 	if (sc->dns_done || sc->dns_deadline == 0 || *p->now < sc->dns_deadline)
 		return;
-	if (sc->job != NULL) {
+	/* dns_verdict() gives the job back, unlinking what still waits; late
+	 * answers still land in the resolver's cache. */
+	if (sc->job != NULL)
 		p->stats->screen_dnsbl_timeouts += sc->job->left;
-		/* Late answers still land in the resolver's cache. */
-		for (unsigned q = 0; q < DNSBL_QUERIES_MAX; q++)
-			if (sc->job->req[q].req.pprev != NULL)
-				dns_cancel(p->dns, &sc->job->req[q].req);
-	}
 	sc->incomplete = true;
 	dns_verdict(p, pc);
 }
@@ -284,7 +274,7 @@ maybe_pass(struct policy *p, struct policy_conn *pc)
 	if (cf->cache_ttl == 0 || p->passes == NULL)
 		return;
 	p->stats->screen_pass_new++;
-	log_info("PASS NEW [%s]:%u", client_text(pc), pc->peer->port);
+	log_info("PASS NEW [%s]:%u", policy_client_addr(pc), pc->peer->port);
 	pass_cache_add(p->passes, (const struct sockaddr *)&pc->peer->addr, *p->now,
 		       *p->now + cf->cache_ttl);
 }
@@ -306,7 +296,7 @@ dnsbl_reply(struct policy *p, struct policy_conn *pc, unsigned code, struct smtp
 
 	return reply(r, snprintf(r->text, sizeof(r->text),
 				 "%u 5.7.1 Service unavailable; client [%s] blocked using %s\r\n", code,
-				 client_text(pc), site));
+				 policy_client_addr(pc), site));
 }
 
 bool
@@ -321,7 +311,7 @@ screen_connect(struct policy *p, struct policy_conn *pc, bool can_pause)
 	if (p->passes != NULL && cf->cache_ttl != 0 &&
 	    pass_cache_hit(p->passes, (const struct sockaddr *)&pc->peer->addr, *p->now)) {
 		p->stats->screen_pass_old++;
-		log_info("PASS OLD [%s]:%u", client_text(pc), pc->peer->port);
+		log_info("PASS OLD [%s]:%u", policy_client_addr(pc), pc->peer->port);
 		return false;
 	}
 	sc->on = true;
@@ -358,7 +348,7 @@ screen_pregreet(struct policy *p, struct policy_conn *pc, size_t n, const char *
 		}
 	}
 	text[o] = '\0';
-	log_info("PREGREET %zu after %.2f from [%s]:%u: %s", n, after, client_text(pc),
+	log_info("PREGREET %zu after %.2f from [%s]:%u: %s", n, after, policy_client_addr(pc),
 		 pc->peer->port, text);
 	if (conf(p)->greet_action != SCREEN_ACTION_DROP)
 		return false;
@@ -433,14 +423,10 @@ screen_reconf(struct policy *p)
 
 	if (sp == NULL)
 		return;
-	for (uint32_t i = 0; i < sp->n; i++) {
-		struct screen_job *job = &sp->jobs[i];
-		struct policy_conn *pc;
+	/* Stops as soon as no job is out; free jobs have no pc. */
+	for (uint32_t i = 0; i < sp->n && sp->nfree < sp->n; i++) {
+		struct policy_conn *pc = sp->jobs[i].pc;
 
-		/* Only jobs ever handed out were touched; free ones have no pc. */
-		if (sp->nfree == sp->n)
-			break;
-		pc = job->pc;
 		if (pc == NULL)
 			continue;
 		job_release(p, &pc->screen);
