@@ -104,7 +104,7 @@ load_map(struct pstate *st)
 
 		unsigned bad = 0;
 
-		if (relay_hop_resolve(h, &bad, why, sizeof(why)) < 0)
+		if (relay_hop_resolve(h, st->cfg->screen.dns_servers, &bad, why, sizeof(why)) < 0)
 			rc = cf_fail_key(st, key, "%s:%u: %s: cannot resolve '%s': %s", path,
 				      origin[i].line, origin[i].domain, h->m[bad].host, why);
 	}
@@ -159,7 +159,7 @@ cf_finish_relay(struct pstate *st)
 				       "(max %d)", CONFIG_MAX_HOPS);
 		unsigned bad = 0;
 
-		if (relay_hop_resolve(&r->hops[idx], &bad, why, sizeof(why)) < 0)
+		if (relay_hop_resolve(&r->hops[idx], cfg->screen.dns_servers, &bad, why, sizeof(why)) < 0)
 			return cf_fail_key(st, "relay_host", "cannot resolve '%s': %s",
 					r->hops[idx].m[bad].host, why);
 		if (r->default_hop < 0)

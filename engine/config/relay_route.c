@@ -19,7 +19,6 @@
  */
 #include <assert.h>
 #include <errno.h>
-#include <netdb.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,6 +29,7 @@
 #include <netinet/in.h>
 
 #include "config_syntax.h"
+#include "dns_resolve.h"
 #include "relay_route.h"
 
 static char
@@ -259,17 +259,19 @@ relay_hop_parse(const char *s, size_t n, bool need_proto, struct relay_hop_conf 
 			break;
 		i++; /* the comma */
 	}
-	if (literal && relay_hop_resolve(h, NULL, why, whylen) < 0)
+	if (literal && relay_hop_resolve(h, "", NULL, why, whylen) < 0)
 		return -1;
 	return 0;
 }
 
 int
-relay_hop_resolve(struct relay_hop_conf *h, unsigned *bad, char *why, size_t whylen)
+relay_hop_resolve(struct relay_hop_conf *h, const char *servers, unsigned *bad, char *why,
+		  size_t whylen)
 {
-	struct addrinfo hints, *res = NULL, *ai;
-	unsigned k, usable, dummy;
-	int rc;
+	/* One more than fits: a name with too many addresses is refused, not
+	 * silently cut. */
+	struct dns_addr found[CONFIG_HOP_ADDRS + 1];
+	unsigned k, j, nf, dummy;
 
 	if (bad == NULL)
 		bad = &dummy;
@@ -279,6 +281,7 @@ relay_hop_resolve(struct relay_hop_conf *h, unsigned *bad, char *why, size_t why
 	for (k = 0; k < h->nm; k++) {
 		const struct relay_hop_member *m = &h->m[k];
 		const char *port;
+		uint64_t pn = 0;
 
 		if (m->literal_len != 0) {
 			if (!addr_add(h, (const struct sockaddr *)&m->literal, m->literal_len, k))
@@ -289,41 +292,18 @@ relay_hop_resolve(struct relay_hop_conf *h, unsigned *bad, char *why, size_t why
 		/* The port is the text's last field: "smtp:NAME:PORT". */
 		port = strrchr(m->text, ':');
 		assert(port != NULL);
-		memset(&hints, 0, sizeof(hints));
-		hints.ai_family = AF_UNSPEC;
-		hints.ai_socktype = SOCK_STREAM;
-		/* No AI_ADDRCONFIG: it drops every address on a host whose
-		 * only interface is loopback, and "localhost" must still
-		 * resolve there. */
-		hints.ai_flags = AI_NUMERICSERV;
-#ifdef RINGMX_FUZZING
-		/* Fuzzed configurations name arbitrary hosts: no DNS from a
-		 * fuzzer (slow, and not the code under test). */
-		hints.ai_flags |= AI_NUMERICHOST;
-#endif
-		rc = getaddrinfo(m->host, port + 1, &hints, &res);
-		if (rc != 0) {
+		if (syn_parse_uint(port + 1, &pn) != 0)
+			abort(); /* member_parse() wrote it */
+		/* The same resolver as screening (dns_servers), main thread
+		 * only: see dns_resolve.h. */
+		if (dns_resolve_host(servers, m->host, (uint16_t)pn, found, CONFIG_HOP_ADDRS + 1, &nf,
+				     why, whylen) < 0) {
 			*bad = k;
-			snprintf(why, whylen, "%s", rc == EAI_SYSTEM ? strerror(errno) : gai_strerror(rc));
 			return -1;
 		}
-		usable = 0;
-		for (ai = res; ai != NULL; ai = ai->ai_next) {
-			if ((ai->ai_family != AF_INET && ai->ai_family != AF_INET6) ||
-			    ai->ai_addrlen > sizeof(h->a[0].sa))
-				continue;
-			usable++;
-			if (!addr_add(h, ai->ai_addr, ai->ai_addrlen, k)) {
-				freeaddrinfo(res);
+		for (j = 0; j < nf; j++)
+			if (!addr_add(h, (const struct sockaddr *)&found[j].sa, found[j].len, k))
 				goto full;
-			}
-		}
-		freeaddrinfo(res);
-		if (usable == 0) {
-			*bad = k;
-			snprintf(why, whylen, "no IPv4 or IPv6 address");
-			return -1;
-		}
 	}
 	return 0;
 full:

@@ -34,10 +34,12 @@ int relay_hop_parse(const char *s, size_t n, bool need_proto, struct relay_hop_c
 		    char *why, size_t whylen);
 
 /* (Re)build h->a from every member: literals as they are, names through
- * getaddrinfo() (every IPv4 and IPv6 address, in its order). Blocks: load
- * time only. Returns 0, or -1 with the resolver's reason in why and, if
- * bad is not NULL, the member it concerns in *bad. */
-int relay_hop_resolve(struct relay_hop_conf *h, unsigned *bad, char *why, size_t whylen);
+ * c-ares with servers (dns_servers; "" = /etc/resolv.conf), every IPv4 and
+ * IPv6 address in its order (engine/dns/dns_resolve.h). Blocks: load time
+ * only, in the main thread. Returns 0, or -1 with the resolver's reason in
+ * why and, if bad is not NULL, the member it concerns in *bad. */
+int relay_hop_resolve(struct relay_hop_conf *h, const char *servers, unsigned *bad, char *why,
+		      size_t whylen);
 
 /* The index of the hop with h's canonical text, appending it if new.
  * -1 when r->hops is full. */

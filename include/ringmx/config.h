@@ -163,8 +163,9 @@ enum relay_tls {
  * commas, tried in order ("smtp:[10.0.0.5]:25, smtp:[10.0.0.6]:25"). A
  * member is written "smtp:HOST:PORT", "lmtp:HOST:PORT", "lmtp:unix:/PATH",
  * or (relay_host only) "HOST:PORT" meaning smtp. HOST is a name (resolved
- * when the configuration is loaded: at start and on SIGHUP; every IPv4 and
- * IPv6 address getaddrinfo returns is used, in its order), an IPv4 address
+ * when the configuration is loaded: at start and on SIGHUP; through c-ares and
+ * dns_servers, engine/dns/dns_resolve.c; every IPv4 and IPv6 address is
+ * used, in the resolver's order), an IPv4 address
  * or [IPv6]; brackets around a name or an IPv4 address are allowed and
  * change nothing (there are no MX lookups to suppress). */
 #define CONFIG_HOP_MEMBERS 8

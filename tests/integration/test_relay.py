@@ -23,10 +23,13 @@ import email.policy
 import os
 import re
 import shutil
+import subprocess
 import tempfile
 import time
 
-from ringmx_harness import Suite, Skip, check, check_eq, fail, scan_bad, self_signed_cert, wait_for
+from ringmx_harness import (Suite, Skip, check, check_eq, fail, ringmxd_path, scan_bad,
+                            self_signed_cert, wait_for)
+from dnsd import DnsServer, DnsUnavailable
 import nexthop
 from nexthop import FakeMX, SmtpSink, DovecotLMTP
 from relay_util import (RelayServer, hop, send_message, message, check_relayed, status_lines,
@@ -318,6 +321,40 @@ def _():
         check_eq(len(mx.messages), 0, "messages delivered without TLS")
         check_eq(mx.counters()["transactions"], 0, "MAIL commands in the clear")
 
+
+
+@T.test("relay_host by a name only dns_servers knows: resolved through c-ares, delivered; "
+        "a name it does not know: ringmxd -t names the key and exits 1")
+def _():
+    # relay.test exists only in dnsd's zone: getaddrinfo (the C library's resolver,
+    # /etc/resolv.conf) could not find it, so this passes only if the next hop's name
+    # goes through c-ares and dns_servers, as screening's lookups do (issue 13).
+    try:
+        dns = DnsServer({"relay.test": {"A": ["127.0.0.1"], "ttl": 60}},
+                        zones=["test"]).start()
+    except DnsUnavailable as e:
+        raise Skip(str(e))
+    try:
+        servers = "dns_servers=127.0.0.1:%d" % dns.port
+        with FakeMX() as mx, \
+                RelayServer(spool_dir("dns-name"), "smtp:relay.test:%d" % mx.port,
+                            extra=(servers,)) as srv:
+            data = message("next hop by name")
+            qid = send_message(srv, "a@sender.test", RCPTS[:1], data)
+            rec = mx.wait_for(1, timeout=15)[0]
+            check_relayed(rec.data_bytes, data, qid)
+            check_sent(srv, qid, RCPTS[:1])
+        asked = {q[1] for q in dns.queries("relay.test")}
+        check("A" in asked, "relay.test was not asked of dns_servers: %s" % asked)
+        p = subprocess.run([ringmxd_path(), "-t", "-o", "sink=spool",
+                            "-o", "spool_dir=" + spool_dir("dns-none"),
+                            "-o", "relay_host=smtp:nohost.test:25", "-o", servers],
+                           capture_output=True, text=True, timeout=30)
+        check_eq(p.returncode, 1, "ringmxd -t exit with an unknown next-hop name")
+        check("relay_host" in p.stderr and "nohost.test" in p.stderr
+              and "no such host" in p.stderr, "error: %r" % p.stderr)
+    finally:
+        dns.stop()
 
 if __name__ == "__main__":
     try:
