@@ -39,6 +39,9 @@
 /* Longest body chunk one SMFIC_BODY carries (libmilter's
  * MILTER_CHUNK_SIZE); milter_body() takes at most this much. */
 #define MILTER_CHUNK_MAX 65535u
+/* An output buffer this large, when empty, takes the packets of any call
+ * (a stage packet and its macros, each at most MILTER_CHUNK_MAX data). */
+#define MILTER_OUT_MIN (2u * (MILTER_CHUNK_MAX + 5u))
 /* Longest packet the core accepts from a milter (length field, i.e.
  * command octet + data), except SMFIR_REPLBODY, which is streamed in
  * parts of any size. libmilter's default MILTER_MAX_DATA_SIZE is 65535;
@@ -50,11 +53,11 @@
 /* Why a conversation failed (milter_why), NUL included. */
 #define MILTER_WHY_MAX 160u
 /* Macros per stage (milter's SETSYMLIST included) and longest name list. */
-#define MILTER_MACROS_MAX 24u
+#define MILTER_MACROS_MAX  24u
 #define MILTER_SYMLIST_MAX 512u
 
 /* Protocol version the core offers, and the oldest it accepts back. */
-#define MILTER_VERSION 6u
+#define MILTER_VERSION     6u
 #define MILTER_VERSION_MIN 2u
 
 /* Actions (SMFIF_*): what a milter may do at end of message. */
@@ -121,7 +124,8 @@ enum milter_stage {
  *  -ENOBUFS  the packet(s) do not fit in out: nothing written
  *  -EBUSY    a reply is still due (MILTER_WAIT was returned before)
  *  -EINVAL   bad argument (a body chunk over MILTER_CHUNK_MAX, a string
- *            with a NUL or over the packet limit, a call out of order)
+ *            with a NUL, a packet over MILTER_CHUNK_MAX data octets, the
+ *            stage's macros included; a call out of order)
  *  -EPIPE    the conversation is over (failed, shut down, or quit)
  *  -EDEADLK  called from the event callback */
 enum {
@@ -151,8 +155,9 @@ enum milter_ev_type {
 	/* Modifications: only between milter_eom() and its verdict, and
 	 * only when the action was negotiated (else -EPROTO). */
 	MILTER_EV_ADD_HEADER, /* name, value */
-	MILTER_EV_INS_HEADER, /* index, name, value */
-	MILTER_EV_CHG_HEADER, /* index (1-based among headers of that name), name, value (len 0: delete) */
+	MILTER_EV_INS_HEADER, /* index (position among all headers, 0: first), name, value */
+	MILTER_EV_CHG_HEADER, /* index (1-based among headers of that name; a 0 from the
+	                         milter comes as 1), name, value (len 0: delete) */
 	MILTER_EV_CHG_FROM,   /* addr, args (may be empty) */
 	MILTER_EV_ADD_RCPT,   /* addr, args (empty unless ADDRCPT_PAR) */
 	MILTER_EV_DEL_RCPT,   /* addr */
@@ -168,7 +173,10 @@ struct milter_event {
 	/* VERDICT with MILTER_V_REPLYCODE: the 4xx/5xx code, the milter's
 	 * text as sent (one or more SMTP reply lines, "550 5.7.1 ..." or
 	 * "550-5.7.1 a\r\n550 5.7.1 b", no final CRLF): the caller sends it
-	 * as it is, with CRLF. */
+	 * as it is, with CRLF. Checked: every line starts with the same
+	 * 4xx/5xx code, then '-' on all lines but the last, ' ' (or nothing)
+	 * on the last; no bare CR or LF. Sendmail's "%%" is not undone.
+	 * QUARANTINE: text is the reason. */
 	unsigned code;
 	const char *text;
 	size_t text_len;
@@ -229,29 +237,30 @@ struct milter {
 	enum milter_stage waiting;           /* reply due for this stage, or NONE */
 	uint8_t phase;                       /* internal */
 	bool in_cb;
-	bool in_msg;     /* MAIL sent, message not ended */
-	bool msg_done;   /* final verdict for this message: stages skipped */
-	bool conn_done;  /* final verdict for the connection */
-	bool body_skip;  /* SMFIR_SKIP: no more body chunks */
+	bool in_msg;    /* MAIL sent, message not ended */
+	bool msg_done;  /* final verdict for this message: stages skipped */
+	bool conn_done; /* final verdict for the connection */
+	bool body_skip; /* SMFIR_SKIP: no more body chunks */
 	bool failed;
 	char why[MILTER_WHY_MAX];
 	/* SETSYMLIST from the milter, per SMFIM index; empty: the defaults */
 	char symlist[7][MILTER_SYMLIST_MAX];
 	bool symlist_set[7];
 	/* a partial packet from the milter */
-	uint32_t need;   /* length field of the packet being read */
-	uint32_t got;    /* octets of it read (header included) */
+	uint32_t need; /* length field of the packet being read */
+	uint32_t got;  /* octets of its header read (0..5; 0 between packets) */
 	uint8_t hdr[5];
 	uint8_t cmd;
-	size_t carry_len;
+	size_t carry_len; /* data octets of it read (gathered in carry, but REPLBODY's) */
 	char carry[MILTER_PKT_MAX];
 };
 
 int milter_init(struct milter *m, const struct milter_conf *conf, struct milter_out *out,
                 const struct milter_ops *ops, void *arg);
 
-/* SMFIC_OPTNEG. Always MILTER_WAIT; MILTER_EV_NEGOTIATED then comes (no
- * MILTER_EV_VERDICT for it). */
+/* SMFIC_OPTNEG. MILTER_WAIT (or an error); MILTER_EV_NEGOTIATED then
+ * comes (no MILTER_EV_VERDICT for it). Versions before 4 have no DATA
+ * stage: milter_protocol() then has MILTER_P_NODATA. */
 int milter_negotiate(struct milter *m);
 
 /* SMFIC_CONNECT: the client's name (or "[addr]"), family, port, address.
@@ -267,7 +276,8 @@ int milter_rcpt(struct milter *m, const char *const *argv, size_t argc);
 /* SMFIC_DATA */
 int milter_data(struct milter *m);
 /* SMFIC_HEADER: value as in the message after the colon. Without
- * HDR_LEADSPC the core drops the leading blanks (as Postfix does). */
+ * HDR_LEADSPC the core drops its first octet when it is a space (one
+ * space, not a tab: as Sendmail and Postfix do). */
 int milter_header(struct milter *m, const char *name, size_t name_len, const char *value,
                   size_t value_len);
 /* SMFIC_EOH */
@@ -278,9 +288,13 @@ int milter_body(struct milter *m, const void *p, size_t n);
 /* SMFIC_BODYEOB: modification events, then the verdict. Ends the message. */
 int milter_eom(struct milter *m);
 /* SMFIC_ABORT: the message ends without EOM (RSET, a rejected DATA, a
- * lost client). No reply. MILTER_SKIPPED when no message is open. */
+ * lost client). No reply. MILTER_SKIPPED when no message is open (or
+ * after a connection-level verdict); -EBUSY while a reply is due. */
 int milter_abort(struct milter *m);
-/* SMFIC_QUIT: the conversation ends; the caller closes after sending. */
+/* SMFIC_QUIT: the conversation ends; the caller closes after sending.
+ * Only QUIT is written (Postfix aborts an open message first: call
+ * milter_abort before). Also after SMFIR_CONN_FAIL/SHUTDOWN (MILTER_SENT);
+ * -EPIPE after a failure or a QUIT; -EBUSY while a reply is due. */
 int milter_quit(struct milter *m);
 
 /* Replies from the milter. 0, or -EPROTO when the milter broke the
@@ -289,7 +303,8 @@ int milter_quit(struct milter *m);
 int milter_feed(struct milter *m, const void *p, size_t n);
 
 /* The caller gave up on the conversation (timeout, connection lost):
- * later calls return -EPIPE. */
+ * later calls return -EPIPE. May be called from the event callback (a
+ * change it cannot take): milter_feed() then stops and returns -EPIPE. */
 void milter_fail(struct milter *m, const char *why);
 
 /* Getters. */
