@@ -119,6 +119,14 @@ const struct key_def config_keys[] = {
 	{"screen_cache_size", T_UINT, CO(screen.cache_size), 16, 1u << 26, false},
 	{"dns_servers", T_DNS_SERVERS, 0, 0, 0, true},
 	{"dns_cache_size", T_UINT, CO(screen.dns_cache_size), 16, 1u << 24, false},
+	/* Content filters (docs/milter.md). New connections use the list of
+	 * the configuration they started under; the pool is sized at start. */
+	{"milters", T_MILTERS, 0, 0, 0, true},
+	{"milter_default_action", T_MILTER_ACTION, CO(milters.default_action), 0, 0, true},
+	{"milter_connect_timeout", T_DURATION, CO(milters.connect_timeout), SEC(1), SEC(3600), true},
+	{"milter_command_timeout", T_DURATION, CO(milters.command_timeout), SEC(1), SEC(3600), true},
+	{"milter_content_timeout", T_DURATION, CO(milters.content_timeout), SEC(1), SEC(3600), true},
+	{"milter_conversation_limit", T_UINT, CO(milters.conversation_limit), 1, 65536, false},
 };
 _Static_assert(sizeof(config_keys) / sizeof(config_keys[0]) == NKEYS, "NKEYS is the key count");
 
@@ -817,6 +825,9 @@ cf_set_value(struct pstate *st, const struct key_def *k, const char *v)
 	case T_DNSBL_SITES:
 	case T_DNS_SERVERS:
 		return cf_screen_set(st, k, v);
+	case T_MILTERS:
+	case T_MILTER_ACTION:
+		return cf_milter_set(st, k, v);
 	case T_TLS_VERSION:
 		/* TLS 1.0 and 1.1 are never offered (RFC 8996). */
 		if (strcmp(v, "1.2") == 0)
@@ -1147,6 +1158,11 @@ set_defaults(struct config *cfg)
 	cfg->screen.cache_ttl = SEC(DAY_S);
 	cfg->screen.cache_size = 65536;
 	cfg->screen.dns_cache_size = 16384;
+	cfg->milters.default_action = MILTER_DEFAULT_TEMPFAIL;
+	cfg->milters.connect_timeout = SEC(30);
+	cfg->milters.command_timeout = SEC(30);
+	cfg->milters.content_timeout = SEC(300);
+	cfg->milters.conversation_limit = 256;
 
 	cfg->smtp.message_size_limit = 10240000;
 	cfg->smtp.recipient_limit = 1000;
@@ -1360,7 +1376,8 @@ cf_load(const char *name, const char *text, size_t len, const struct config_args
 		}
 		goto cf_fail;
 	}
-	if (cf_finish_relay(&st) < 0 || cf_finish_rcpt_maps(&st) < 0 || cf_finish_screen(&st) < 0)
+	if (cf_finish_relay(&st) < 0 || cf_finish_rcpt_maps(&st) < 0 || cf_finish_screen(&st) < 0 ||
+	    cf_finish_milters(&st) < 0)
 		goto cf_fail;
 	return cfg;
 cf_fail:

@@ -65,6 +65,8 @@ enum key_type {
 	T_SCREEN_ACTION, /* enforce | drop | ignore: unsigned at off */
 	T_DNSBL_SITES,   /* postscreen's site list, parsed at once */
 	T_DNS_SERVERS,   /* host[:port] list */
+	T_MILTERS,       /* inet:HOST:PORT, unix:/PATH list, resolved in cf_finish_milters() */
+	T_MILTER_ACTION, /* tempfail | accept | reject */
 };
 
 struct key_def {
@@ -79,7 +81,7 @@ struct key_def {
 #define SEC(n) ((uint64_t)(n) * NS_PER_S)
 
 /* The order here is the order of config_print() and docs/config.md. */
-#define NKEYS 77 /* entries of config_keys (checked in config.c) */
+#define NKEYS 83 /* entries of config_keys (checked in config.c) */
 
 static const char *const default_domains[] = {"localhost", "example.test"};
 
@@ -157,6 +159,11 @@ int cf_screen_set(struct pstate *st, const struct key_def *k, const char *v);
 int cf_finish_screen(struct pstate *st);
 void cf_screen_print(const struct config *cfg, const struct key_def *k, FILE *f);
 void cf_screen_free(struct config *cfg);
+
+/* config_milter.c */
+int cf_milter_set(struct pstate *st, const struct key_def *k, const char *v);
+int cf_finish_milters(struct pstate *st);
+void cf_milter_print(const struct config *cfg, const struct key_def *k, FILE *f);
 
 /* config_print.c */
 void config_print(const struct config *cfg, FILE *f);

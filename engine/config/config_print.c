@@ -135,6 +135,10 @@ config_print(const struct config *cfg, FILE *f)
 		case T_DNS_SERVERS:
 			cf_screen_print(cfg, k, f);
 			continue;
+		case T_MILTERS:
+		case T_MILTER_ACTION:
+			cf_milter_print(cfg, k, f);
+			continue;
 		case T_TLS_SNI:
 			for (j = 0; j < cfg->tls.nsni; j++)
 				fprintf(f, "tls_sni = %s %s %s\n", cfg->tls.sni[j].name,

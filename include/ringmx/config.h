@@ -127,6 +127,29 @@ struct screen_conf {
 	unsigned dns_cache_size; /* answer cache entries per worker (restart) */
 };
 
+/* Content filters (docs/milter.md): milters = inet:HOST:PORT, unix:/PATH. */
+#define CONFIG_MILTERS_MAX 8
+#define CONFIG_MILTER_TEXT_MAX 300
+enum milter_default_action {
+	MILTER_DEFAULT_TEMPFAIL = 0, /* 451 4.7.1 (Postfix's default) */
+	MILTER_DEFAULT_ACCEPT,       /* go on without that milter */
+	MILTER_DEFAULT_REJECT,       /* 550 5.7.1 */
+};
+struct milter_endpoint {
+	char text[CONFIG_MILTER_TEXT_MAX]; /* as written, for logs and --print-config */
+	struct sockaddr_storage addr;   /* AF_INET, AF_INET6 (resolved at load) or AF_UNIX */
+	socklen_t addrlen;
+};
+struct milters_conf {
+	struct milter_endpoint m[CONFIG_MILTERS_MAX]; /* applied in this order */
+	size_t n;
+	unsigned default_action;  /* enum milter_default_action */
+	uint64_t connect_timeout; /* ns: connect and the option negotiation */
+	uint64_t command_timeout; /* ns: connect .. RCPT stages */
+	uint64_t content_timeout; /* ns: DATA .. end of message, per reply */
+	unsigned conversation_limit; /* conversations per worker (restart) */
+};
+
 struct tls_conf {
 	char cert[CONFIG_TLS_PATH_MAX]; /* PEM, leaf first then chain; "" = no TLS */
 	char key[CONFIG_TLS_PATH_MAX];
@@ -290,6 +313,7 @@ struct config {
 
 	struct client_limits_conf client_limits;
 	struct screen_conf screen;
+	struct milters_conf milters;
 
 	struct relay_conf relay;
 
