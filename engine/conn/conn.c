@@ -242,6 +242,9 @@ update_timer(struct worker *w, struct conn *c)
 		if (policy_deadline(&c->pol) != 0 && policy_deadline(&c->pol) < d)
 			d = policy_deadline(&c->pol); /* a DNSBL verdict due */
 	}
+	if (c->mf_on && c->state != CONN_CLOSING && mf_deadline(&c->mf) != 0 &&
+	    mf_deadline(&c->mf) < d)
+		d = mf_deadline(&c->mf); /* a milter's reply due */
 	if (d == UINT64_MAX)
 		timer_cancel(w->wheel, &c->timer);
 	else
@@ -272,6 +275,19 @@ peer_fill(struct conn *c)
 	return true;
 }
 
+static const struct mf_conn_ops conn_mf_ops;
+
+/* The milters' conversations start with the greeting; the session's
+ * messages go through their sink (milter_io.h). */
+static void
+milters_start(struct worker *w, struct conn *c)
+{
+	c->mf_on = true;
+	mf_conn_open(w->mf, &c->mf, &w->cfg->milters, &conn_mf_ops, &c->session, &c->peer);
+	c->session.sink = mf_sink(w->mf);
+	smtp_session_set_waiter(&c->session, &c->mf.waiter);
+}
+
 /* The 220; the policy's 421 (limits) or 554 (client_access) instead; or
  * the first line of a multi-line 220 and the greet_wait pause (policy.h). */
 static void
@@ -281,7 +297,11 @@ conn_greet(struct worker *w, struct conn *c)
 
 	/* Implicit TLS: the greeting is inside the session the client just
 	 * negotiated; holding it tests nothing postscreen would. */
-	switch (policy_connect(&w->policy, &c->pol, c->tls == NULL, &r)) {
+	int pr = policy_connect(&w->policy, &c->pol, c->tls == NULL, &r);
+
+	if (pr != POLICY_REFUSE && pr != POLICY_DENY && w->cfg->milters.n > 0)
+		milters_start(w, c);
+	switch (pr) {
 	case POLICY_REFUSE:
 		smtp_session_start_refused(&c->session, &r);
 		break;
@@ -764,6 +784,9 @@ conn_teardown(struct worker *w, struct conn *c)
 	}
 	hold_drop(w, c);
 	timer_cancel(w->wheel, &c->timer);
+	if (c->mf_on)
+		mf_conn_close(&c->mf);
+	c->mf_on = false;
 	policy_conn_close(&w->policy, &c->pol);
 	close(c->fd);
 	c->fd = -1;
@@ -877,6 +900,15 @@ conn_on_timer(struct timer_node *n, void *arg)
 		policy_expire(&w->policy, &c->pol);
 		if (c->state != CONN_OPEN)
 			return;
+	}
+	if (c->mf_on && mf_deadline(&c->mf) != 0 && w->now >= mf_deadline(&c->mf)) {
+		mf_expire(&c->mf); /* milter_default_action for the silent ones */
+		if (c->state != CONN_OPEN)
+			return;
+		if (c->stage != CONN_STAGE_GREET) {
+			update_timer(w, c);
+			return;
+		}
 	}
 	if (c->stage == CONN_STAGE_GREET) {
 		if (w->now < c->greet_deadline) {
@@ -1003,8 +1035,11 @@ conn_policy_check(void *owner, enum smtp_check_point what, const char *addr, siz
 		  struct smtp_check_reply *r)
 {
 	struct conn *c = owner;
+	int res = policy_check(&c->w->policy, &c->pol, what, addr, len, r);
 
-	return policy_check(&c->w->policy, &c->pol, what, addr, len, r);
+	if (res != SMTP_CHECK_OK || !c->mf_on)
+		return res;
+	return mf_check(&c->mf, what, addr, len, r); /* after the policy, as Postfix */
 }
 
 void
@@ -1013,6 +1048,8 @@ conn_policy_cancel(void *owner)
 	struct conn *c = owner;
 
 	policy_cancel(&c->w->policy, &c->pol);
+	if (c->mf_on)
+		mf_check_cancel(&c->mf);
 }
 
 /* A pending policy check's answer (policy.h), outside the session's calls. */
@@ -1021,13 +1058,71 @@ conn_policy_done(struct policy_waiter *pw, int res, const struct smtp_check_repl
 {
 	struct conn *c = container_of(pw, struct conn, pol_waiter);
 	struct worker *w = c->w;
+	struct smtp_check_reply mr;
 
 	assert(c->state == CONN_OPEN);
+	if (res == SMTP_CHECK_OK && c->mf_on && c->session.check_pending) {
+		/* The policy passed: now the milters (their answer may wait). */
+		const struct smtp_session *s = &c->session;
+		res = s->pend_mail ? mf_check(&c->mf, SMTP_CHECK_MAIL, s->mail_from,
+					      strlen(s->mail_from), &mr)
+				   : mf_check(&c->mf, SMTP_CHECK_RCPT, s->pend_rcpt, s->pend_len, &mr);
+		if (res == SMTP_CHECK_PENDING)
+			return;
+		r = &mr;
+	}
 	out_ensure(w, c);
 	smtp_session_check_done(&c->session, res, r, w->now);
 	conn_input(w, c);
 	conn_after_io(w, c);
 }
+
+/* The milters' answers (milter_io.h), from the loop. */
+static void
+mf_check_done(struct mf_conn *mc, int res, const struct smtp_check_reply *r)
+{
+	struct conn *c = container_of(mc, struct conn, mf);
+	struct worker *w = c->w;
+
+	if (c->state != CONN_OPEN)
+		return;
+	out_ensure(w, c);
+	smtp_session_check_done(&c->session, res, r, w->now);
+	conn_input(w, c);
+	conn_after_io(w, c);
+}
+
+static void
+mf_verdict(struct mf_conn *mc, int res, const struct smtp_check_reply *r)
+{
+	struct conn *c = container_of(mc, struct conn, mf);
+	struct worker *w = c->w;
+
+	if (c->state != CONN_OPEN)
+		return;
+	out_ensure(w, c);
+	if (r != NULL)
+		smtp_session_verdict_reply(&c->session, r, w->now);
+	else
+		smtp_session_verdict(&c->session, res, w->now);
+	conn_input(w, c);
+	conn_after_io(w, c);
+}
+
+static void
+mf_timer(struct mf_conn *mc)
+{
+	struct conn *c = container_of(mc, struct conn, mf);
+
+	if (c->state == CONN_OPEN)
+		update_timer(c->w, c);
+}
+
+static const struct mf_conn_ops conn_mf_ops = {
+	.check_done = mf_check_done,
+	.verdict = mf_verdict,
+	.timer = mf_timer,
+};
 
 void
 conn_log_hook(void *owner, const char *line, size_t len)

@@ -372,6 +372,9 @@ handle_cqe(struct worker *w, struct io_uring_cqe *cqe)
 	case OP_DNS:
 		dns_on_cqe(w->policy.dns, cqe);
 		return;
+	case OP_MILTER:
+		mf_on_cqe(w->mf, cqe);
+		return;
 	case OP_RECV:
 	case OP_SEND: {
 		uint32_t idx = ud_idx(ud);
@@ -738,6 +741,24 @@ worker_main(void *arg)
 		if (r < 0)
 			panic("screening: cannot map %u job slots: %s", w->nconns, strerror(-r));
 	}
+	{
+		/* Mapped whether or not milters is set now (a reload may set
+		 * it); untouched until a conversation uses a slot. */
+		char err[512];
+		struct mf_env menv = {
+			.ring = &w->ring,
+			.get_sqe = spool_get_sqe,
+			.ctx = w,
+			.ud_op = OP_MILTER,
+			.stats = &w->stats,
+			.now = &w->now,
+			.inner = &w->sink,
+			.memory_cap = w->cfg->spool_memory,
+		};
+		r = mf_pool_new(&w->mf, &menv, w->cfg->milters.conversation_limit, err, sizeof(err));
+		if (r < 0)
+			panic("%s", err);
+	}
 	atomic_store(&w->ctl.cfg_ack, w->cfg);
 
 	for (size_t i = 0; i < w->nlisteners; i++)
@@ -766,5 +787,7 @@ worker_main(void *arg)
 	w->policy.dns = NULL;
 	screen_pool_free(w->policy.screen_pool);
 	w->policy.screen_pool = NULL;
+	mf_pool_free(w->mf); /* after the ring and the connections */
+	w->mf = NULL;
 	return NULL;
 }

@@ -27,6 +27,7 @@
 #include "conn.h"
 #include "dns.h"
 #include "log.h"
+#include "milter_io.h"
 #include "qid.h"
 #include "relay.h"
 #include "ringmx/config.h"
@@ -48,6 +49,7 @@ enum op {
 	OP_SPOOL,      /* spool write/fsync; kind and idx: spool.c */
 	OP_RELAY,      /* outbound connections, journal; gen/kind/idx: relay */
 	OP_DNS,        /* the resolver's socket polls; gen/kind/idx: dns.c */
+	OP_MILTER,     /* milter conversations; gen/kind/idx: milter_io.c */
 };
 
 
@@ -121,6 +123,7 @@ struct worker {
 	struct spool *spool; /* sink = spool; NULL otherwise */
 	struct relay *relay; /* relay_host/transport_maps set; NULL otherwise */
 	struct sink sink;
+	struct mf_pool *mf; /* milter conversations (milter_io.h) */
 	struct smtp_hooks hooks;
 	struct policy policy;
 	struct ringmx_stats stats;

@@ -1371,6 +1371,22 @@ smtp_session_verdict(struct smtp_session *s, int res, uint64_t now_ns)
 }
 
 void
+smtp_session_verdict_reply(struct smtp_session *s, const struct smtp_check_reply *r, uint64_t now_ns)
+{
+	if (s->state != SMTP_S_VERDICT)
+		return;
+	assert(r->len >= 5 && r->len < sizeof r->text && r->text[r->len - 2] == '\r' &&
+	       r->text[r->len - 1] == '\n');
+	s->now = now_ns;
+	s->t_activity = now_ns;
+	s->tx = NULL; /* the sink is done with it: never abort it */
+	message_done(s, r->text, r->len, r->text[0] == '2');
+	if (memcmp(r->text, "421", 3) == 0 || memcmp(r->text, "521", 3) == 0)
+		session_close(s);
+	shutdown_check(s);
+}
+
+void
 smtp_session_check_done(struct smtp_session *s, int res, const struct smtp_check_reply *r,
 			uint64_t now_ns)
 {

@@ -313,6 +313,11 @@ unsigned smtp_session_status(const struct smtp_session *s);
  * leaves the paused state; the caller then feeds any held input.
  */
 void smtp_session_verdict(struct smtp_session *s, int res, uint64_t now_ns);
+/* As smtp_session_verdict(), with a reply of the sink's own (a content
+ * filter's verdict: one complete reply, CRLF terminated; 2xx counts as
+ * accepted, 421 and 521 end the session). */
+void smtp_session_verdict_reply(struct smtp_session *s, const struct smtp_check_reply *r,
+				uint64_t now_ns);
 
 /*
  * The answer to a pending MAIL or RCPT check: res SMTP_CHECK_OK accepts

@@ -122,6 +122,15 @@
 	X(dns_nxdomain, "DNS answers: NXDOMAIN") \
 	X(dns_errors, "DNS failures: SERVFAIL, REFUSED, no answer in time, no socket") \
 	X(dns_overload, "DNS lookups refused: every cache entry of the name's window waiting for an answer") \
+	X(milter_conversations, "milter conversations started (one per milter and connection)") \
+	X(milter_no_slot, "milter conversations not started: milter_conversation_limit reached") \
+	X(milter_failures, "milter conversations failed: unreachable, closed, broken protocol (default action)") \
+	X(milter_timeouts, "milter replies not in by milter_*_timeout (counted in milter_failures too)") \
+	X(milter_accepts, "milter verdicts accept (no more calls for that message or connection)") \
+	X(milter_rejects, "milter verdicts reject or a 5xx reply code") \
+	X(milter_tempfails, "milter verdicts tempfail or a 4xx reply code") \
+	X(milter_discards, "messages discarded by a milter (250, not spooled)") \
+	X(milter_changes, "message changes a milter made: headers, body, sender, recipients") \
 	X(loop_iterations, "event loop iterations")
 
 struct ringmx_stats {
