@@ -877,9 +877,10 @@ cf_set_key(struct pstate *st, const char *name, const char *v, bool cont)
 	if (k == NULL)
 		return cf_fail(st, name, "unknown key");
 	seen = &st->ly.seen[k - config_keys];
-	if (cont && k->type != T_DOMAINS && k->type != T_CPUS && k->type != T_RCPT_MAPS)
-		return cf_fail(st, k->name, "continuation line not allowed (only domains, cpus and "
-					 "recipient_maps take continuation lines)");
+	if (cont && k->type != T_DOMAINS && k->type != T_CPUS && k->type != T_RCPT_MAPS &&
+	    k->type != T_MILTERS)
+		return cf_fail(st, k->name, "continuation line not allowed (only domains, cpus, "
+					 "recipient_maps and milters take continuation lines)");
 	if (!cont && !key_is_list(k) && *seen != 0) {
 		if (st->ly.file != NULL)
 			return cf_fail(st, k->name, "already set on line %d", *seen);
@@ -898,6 +899,8 @@ cf_set_key(struct pstate *st, const char *name, const char *v, bool cont)
 			domains_clear(cfg);
 		else if (k->type == T_CPUS)
 			cfg->ncpu_list = 0;
+		else if (k->type == T_MILTERS)
+			cfg->milters.n = 0;
 		else if (k->type == T_TLS_SNI)
 			cfg->tls.nsni = 0;
 		else if (k->type == T_PROXY_TRUSTED)

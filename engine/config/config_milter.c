@@ -99,8 +99,8 @@ cf_milter_set(struct pstate *st, const struct key_def *k, const char *v)
 			}
 		return cf_fail(st, k->name, "not one of tempfail, accept, reject: '%s'", v);
 	}
-	/* A later layer (-o milters=...) replaces the list, as for every key. */
-	mc->n = 0;
+	/* Appended: continuation lines add to the list; a later layer
+	 * (-o milters=...) starts it again (cf_set_key). */
 	const char *t;
 	size_t n;
 	while ((t = cf_list_next(&v, &n)) != NULL) {

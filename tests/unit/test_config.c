@@ -565,7 +565,7 @@ test_listen_invalid(void **state)
 	bad("listen = [::1]:25\nlisten = [0::1]:25\n",
 	    "t.conf:2: listen: duplicate listener: [::1]:25");
 	bad("listen = 127.0.0.1:25\n  tls=none\n",
-	    "t.conf:2: listen: continuation line not allowed (only domains, cpus and recipient_maps take "
+	    "t.conf:2: listen: continuation line not allowed (only domains, cpus, recipient_maps and milters take "
 	    "continuation lines)");
 
 	for (i = 0; i <= CONFIG_MAX_LISTENERS; i++)
@@ -893,10 +893,10 @@ test_continuation(void **state)
 	bad("domains = a.example\n  b.example\n  bad..example\n",
 	    "t.conf:3: domains: not a domain: 'bad..example'");
 	bad("workers = 2\n  3\n",
-	    "t.conf:2: workers: continuation line not allowed (only domains, cpus and recipient_maps take "
+	    "t.conf:2: workers: continuation line not allowed (only domains, cpus, recipient_maps and milters take "
 	    "continuation lines)");
 	bad("hostname = mx\n  .example\n",
-	    "t.conf:2: hostname: continuation line not allowed (only domains, cpus and recipient_maps take "
+	    "t.conf:2: hostname: continuation line not allowed (only domains, cpus, recipient_maps and milters take "
 	    "continuation lines)");
 	/* An indented first line is an ordinary key line. */
 	cfg = ok("  workers = 5\n");
@@ -2326,6 +2326,56 @@ test_relay_reload(void **state)
 	config_free(b);
 }
 
+/* milters (docs/config.md "Content filters"): the Postfix syntax, the
+ * defaults, the errors naming the entry, and --print-config's round trip. */
+static void
+test_milters(void **state)
+{
+	(void)state;
+	struct config *cfg = ok("milters = inet:127.0.0.1:11332, unix:/run/opendkim/o.sock\n"
+				"    inet:[::1]:8891 local:/run/x.sock\n");
+	assert_int_equal(cfg->milters.n, 4);
+	assert_string_equal(cfg->milters.m[0].text, "inet:127.0.0.1:11332");
+	assert_int_equal(cfg->milters.m[0].addr.ss_family, AF_INET);
+	assert_int_equal(ntohs(((struct sockaddr_in *)&cfg->milters.m[0].addr)->sin_port), 11332);
+	assert_int_equal(cfg->milters.m[1].addr.ss_family, AF_UNIX);
+	assert_int_equal(cfg->milters.m[2].addr.ss_family, AF_INET6);
+	assert_int_equal(cfg->milters.m[3].addr.ss_family, AF_UNIX);
+	assert_int_equal(cfg->milters.default_action, MILTER_DEFAULT_TEMPFAIL);
+	assert_true(cfg->milters.connect_timeout == 30ull * 1000000000ull);
+	assert_true(cfg->milters.command_timeout == 30ull * 1000000000ull);
+	assert_true(cfg->milters.content_timeout == 300ull * 1000000000ull);
+	assert_int_equal(cfg->milters.conversation_limit, 256);
+	char *p = print(cfg);
+	assert_non_null(strstr(p, "milters = inet:127.0.0.1:11332, unix:/run/opendkim/o.sock, "
+				  "inet:[::1]:8891, local:/run/x.sock\n"));
+	assert_non_null(strstr(p, "milter_default_action = tempfail\n"));
+	struct config *again = ok(p);
+	assert_int_equal(again->milters.n, 4);
+	free(p);
+	config_free(again);
+	config_free(cfg);
+	cfg = ok("milter_default_action = accept\nmilter_content_timeout = 10m\n");
+	assert_int_equal(cfg->milters.default_action, MILTER_DEFAULT_ACCEPT);
+	assert_int_equal(cfg->milters.n, 0);
+	config_free(cfg);
+	cfg = ok("milters = inet:localhost:11332\n"); /* a name: the hosts file */
+	assert_int_equal(cfg->milters.n, 1);
+	assert_int_not_equal(cfg->milters.m[0].addrlen, 0);
+	config_free(cfg);
+
+	bad1("milters", "inet:foo", "'inet:foo': not inet:HOST:PORT");
+	bad1("milters", "inet:127.0.0.1:0", "'inet:127.0.0.1:0': bad port");
+	bad1("milters", "inet:127.0.0.1:70000", "'inet:127.0.0.1:70000': bad port");
+	bad1("milters", "unix:relative.sock", "'unix:relative.sock': the socket path must be absolute");
+	bad1("milters", "tcp:1.2.3.4:5", "'tcp:1.2.3.4:5': not inet:HOST:PORT or unix:/PATH");
+	bad1("milters", "inet:[::1:5", "'inet:[::1:5': not inet:[ADDRESS]:PORT");
+	bad1("milters", "inet:a:1 inet:a:2 inet:a:3 inet:a:4 inet:a:5 inet:a:6 inet:a:7 inet:a:8 inet:a:9",
+	     "too many milters (max 8)");
+	bad1("milter_default_action", "bounce", "not one of tempfail, accept, reject: 'bounce'");
+	bad1("milter_conversation_limit", "0", "out of range: '0' (1..65536)");
+}
+
 int
 main(void)
 {
@@ -2367,6 +2417,7 @@ main(void)
 		cmocka_unit_test(test_transport_relative),
 		cmocka_unit_test(test_transport_limits),
 		cmocka_unit_test(test_relay_reload),
+		cmocka_unit_test(test_milters),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);
