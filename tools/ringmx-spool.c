@@ -706,9 +706,12 @@ struct queue {
 };
 
 static const char *
-msg_status(const struct journal_msg_state *st, bool deferred)
+msg_status(const struct journal_msg_state *st, const struct spool_envelope *e, bool deferred)
 {
-	return st->held ? "held" : deferred ? "deferred" : "active";
+	/* A content filter's quarantine (SPOOL_TLV_HOLD) holds it until released. */
+	bool held = st->held || (e->hold != NULL && !st->released);
+
+	return held ? "held" : deferred ? "deferred" : "active";
 }
 
 static void
@@ -723,7 +726,7 @@ queue_text(const struct queue *q, const struct rec *r, const struct spool_envelo
 	if (st->next_us)
 		fmt_time(next, sizeof(next), st->next_us);
 	printf("%-13s %10" PRIu64 " %-27s %-8s <", r->h->qid, r->h->msg_len, t,
-	       msg_status(st, deferred));
+	       msg_status(st, e, deferred));
 	put_text(stdout, e->from, e->from_len);
 	printf(">\n%53sattempts: %" PRIu32 ", next: %s\n", "", st->attempts, next);
 	if (st->last_text_len) {
@@ -747,7 +750,7 @@ queue_json(const struct rec *r, const struct spool_envelope *e,
 	printf("{\"queue_id\":\"");
 	put_json(stdout, (const uint8_t *)r->h->qid, strlen(r->h->qid));
 	printf("\",\"size\":%" PRIu64 ",\"arrival_time\":\"%s\",\"state\":\"%s\",\"sender\":\"",
-	       r->h->msg_len, t, msg_status(st, deferred));
+	       r->h->msg_len, t, msg_status(st, e, deferred));
 	put_json(stdout, e->from, e->from_len);
 	printf("\",\"attempts\":%" PRIu32 ",\"next_attempt\":\"%s\",\"reason\":", st->attempts,
 	       next);

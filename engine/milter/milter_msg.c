@@ -357,7 +357,7 @@ mf_msg_event(struct mf_slot *s, const struct milter_event *ev)
 		break;
 	case MILTER_EV_QUARANTINE:
 		m->quarantine = true;
-		snprintf(m->qreason, sizeof(m->qreason), "%.*s", (int)ev->data_len, ev->data);
+		snprintf(m->qreason, sizeof(m->qreason), "%.*s", (int)ev->text_len, ev->text);
 		break;
 	default:
 		break;
@@ -406,6 +406,17 @@ forward(struct mf_msg *m)
 	}
 	if (n == 0)
 		return 1; /* every recipient removed: nothing to deliver */
+	if (m->quarantine) {
+		if (in->ops->tx_hold == NULL) {
+			log_warn(
+			    "%s: quarantined by a milter (%s), but sink = discard keeps nothing",
+			    m->qid, m->qreason);
+		} else if ((r = in->ops->tx_hold(m->inner, m->qreason, strlen(m->qreason))) < 0) {
+			return r;
+		} else {
+			log_info("%s: quarantine: %s", m->qid, m->qreason);
+		}
+	}
 	for (uint32_t i = 0; i < m->nhdr; i++)
 		if (!m->hdr[i].deleted &&
 		    (r = in->ops->tx_data(m->inner, hdr_bytes(m, &m->hdr[i]), m->hdr[i].len)) < 0)
@@ -432,18 +443,9 @@ finish(struct mf_msg *m)
 	struct smtp_check_reply r;
 
 	m->committing = false;
-	if (m->have_reply || m->failed || m->quarantine) {
+	if (m->have_reply || m->failed) {
 		if (m->failed && !m->have_reply) {
 			static const char t[] = "451 4.3.0 Error: queue file write error\r\n";
-			memcpy(r.text, t, sizeof(t) - 1);
-			r.len = sizeof(t) - 1;
-		} else if (m->quarantine && !m->have_reply) {
-			/* Not delivered, not lost: the client keeps it. */
-			static const char t[] =
-			    "451 4.7.1 Service unavailable - try again later\r\n";
-			log_warn("%s: a milter asked for quarantine (%s), which is not supported; "
-			         "message deferred",
-			         m->qid, m->qreason);
 			memcpy(r.text, t, sizeof(t) - 1);
 			r.len = sizeof(t) - 1;
 		} else {

@@ -249,6 +249,16 @@ rmsg_load(struct relay *r, struct rseg *s, uint64_t off, const struct journal_ms
 		memcpy(m->done, st->done, nrcpt);
 		m->held = st->held;
 	}
+	/* Quarantined by a content filter: held from the start, in every run,
+	 * until an operator's RELEASE. */
+	if (env.hold != NULL && (st == NULL || !st->released)) {
+		if (!m->held && st == NULL)
+			log_info("%s: held: quarantined by a milter (%.*s); ringmx-spool release %s "
+			         "to deliver it",
+			         m->qid, (int)(env.hold_len > 200 ? 200 : env.hold_len),
+			         (const char *)env.hold, m->qid);
+		m->held = true;
+	}
 	m->jobs = (struct rjob *)(blk + o_jobs);
 	m->njobs = m->jobs_left = njobs;
 	uint32_t used = 0;

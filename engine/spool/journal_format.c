@@ -170,6 +170,7 @@ journal_state_apply(struct journal_msg_state *st, const struct journal_rec *r)
 		break;
 	case JOURNAL_RELEASE:
 		st->held = false;
+		st->released = true;
 		break;
 	case JOURNAL_DELETE:
 		st->deleted = true;

@@ -985,6 +985,26 @@ s_data(struct sink_tx *tx, const char *p, size_t n)
 	return 0;
 }
 
+/* A content filter's quarantine: the reason as an envelope TLV (before
+ * the message bytes), which keeps the relay from trying it (relay_msg.c). */
+static int
+s_hold(struct sink_tx *tx, const char *reason, size_t len)
+{
+	assert(tx->state == TX_OPEN && tx->env_end == 0);
+	if (tx->err != 0)
+		return tx->err;
+	if (len > 1024)
+		len = 1024; /* a reason, not a document */
+	int r = stage_tlv(tx->sp, tx, SPOOL_TLV_HOLD, reason, len);
+	if (r < 0) {
+		tx->sp->env.stats->spool_memory_full++;
+		chain_free(tx->sp, tx);
+		tx->err = -EIO;
+		return tx->err;
+	}
+	return 0;
+}
+
 /* CRC32C over the staged record (crc field is still zero). */
 static uint32_t
 tx_crc(const struct sink_tx *tx)
@@ -1057,6 +1077,7 @@ s_abort(struct sink_tx *tx)
 
 const struct sink_ops spool_ops = {
 	.tx_open = s_open,
+	.tx_hold = s_hold,
 	.tx_rcpt = s_rcpt,
 	.tx_data = s_data,
 	.tx_commit = s_commit,

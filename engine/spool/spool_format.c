@@ -293,6 +293,10 @@ spool_env_parse(const uint8_t *p, size_t len, struct spool_envelope *out)
 		case SPOOL_TLV_RCPT:
 			out->nrcpt++;
 			break;
+		case SPOOL_TLV_HOLD:
+			out->hold = v;
+			out->hold_len = n;
+			break;
 		default:
 			break; /* a later version's fact: skip */
 		}

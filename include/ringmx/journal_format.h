@@ -110,6 +110,7 @@ struct journal_msg_state {
 	uint32_t attempts;
 	uint64_t next_us;    /* the last DEFERRED record's next attempt, 0 if none */
 	bool held;
+	bool released; /* a RELEASE record: lifts a filter's hold (SPOOL_TLV_HOLD) too */
 	bool deleted;
 	const char *last_text; /* the last DEFERRED/FAILED text (points into the journal) */
 	uint16_t last_text_len;

@@ -79,6 +79,11 @@ struct sink_ops {
 	int (*tx_commit)(struct sink_tx *tx);
 	/* Forget the transaction (RSET, error, disconnect, timeout). */
 	void (*tx_abort)(struct sink_tx *tx);
+	/* Optional (NULL: the sink keeps nothing to hold). A content filter
+	 * quarantined the message: keep it, on hold until an operator
+	 * releases it. After the recipients, before the first tx_data.
+	 * 0 or -errno. */
+	int (*tx_hold)(struct sink_tx *tx, const char *reason, size_t len);
 };
 
 struct sink {

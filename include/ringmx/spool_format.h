@@ -53,6 +53,10 @@ enum spool_tlv {
 	SPOOL_TLV_MAIL_FROM = 4,   /* reverse-path without <>, empty for <> */
 	SPOOL_TLV_MAIL_PARAMS = 5, /* u64 SIZE= (0: none) | u8 SPOOL_MAIL_* flags */
 	SPOOL_TLV_RCPT = 6,        /* forward-path without <>, once per recipient */
+	/* text: why a content filter quarantined the message (a milter's
+	 * SMFIR_QUARANTINE). The relay keeps it on hold until an operator
+	 * releases it (a JOURNAL_RELEASE record lifts it). */
+	SPOOL_TLV_HOLD = 7,
 };
 #define SPOOL_TLV_HDR 4
 #define SPOOL_TLV_VALUE_MAX 65535
@@ -148,6 +152,8 @@ struct spool_envelope {
 	uint64_t size_declared;
 	unsigned mail_flags;
 	unsigned nrcpt;
+	const uint8_t *hold; /* SPOOL_TLV_HOLD's reason, NULL without one */
+	size_t hold_len;
 };
 /* 0, or -1 if malformed (bad TLV framing, a fixed-size field of the wrong
  * length, no MAIL_FROM). */

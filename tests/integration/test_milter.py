@@ -115,6 +115,12 @@ class MServer(Server):
         check_eq(r.returncode, 0, "ringmx-spool cat exit")
         return r.stdout
 
+    def queue_json(self):
+        r = subprocess.run([spool_tool(), "-d", self.spool, "queue", "--json"],
+                           capture_output=True, timeout=TIMEOUT)
+        check_eq(r.returncode, 0, "ringmx-spool queue exit")
+        return {q["queue_id"]: q for q in map(json.loads, r.stdout.decode().splitlines())}
+
     def show(self, qid):
         r = subprocess.run([spool_tool(), "-d", self.spool, "show", qid], capture_output=True,
                            timeout=TIMEOUT)
@@ -319,12 +325,26 @@ def _():
         check(out.endswith(big.split("\r\n\r\n", 1)[1].encode()), "message changed")
 
 
-@T.test("quarantine (not supported yet): deferred with 451, never delivered unheld")
+@T.test("quarantine: 250, spooled on hold (ringmx-spool queue), never tried until released")
 def _():
-    with Milterd("--quarantine", "suspicious") as m, MServer([m.spec]) as srv:
+    # The next hop answers nothing (a closed port): a delivery attempt shows as a deferral.
+    hop = "127.0.0.1:%d" % free_port()
+    with Milterd("--quarantine", "suspicious attachment") as m, \
+            MServer([m.spec], extra=["-o", "relay_host=" + hop, "-o", "retry_min=1s"]) as srv:
         _mail, _rr, end = session(srv)
-        end.expect(451, "4.7.1")
-        check_eq(srv.spooled(), [], "spooled")
+        end.expect(250)
+        qid = qid_of(end)
+        srv.wait_log(r"%s: held: quarantined by a milter \(suspicious attachment\)" % qid)
+        q = srv.queue_json()
+        check_eq(q[qid]["state"], "held", "state in ringmx-spool queue")
+        time.sleep(2)
+        check(not re.search(r"%s: .*(deferred|status=deferred)" % qid, srv.log()),
+              "a held message was tried:\n%s" % srv.log()[-2000:])
+        r = subprocess.run([spool_tool(), "-d", srv.spool, "release", qid], capture_output=True,
+                           timeout=TIMEOUT)
+        check_eq(r.returncode, 0, "ringmx-spool release: %r" % r.stderr)
+        srv.wait_log(r"%s.*(deferred|status=deferred|connect)" % qid)
+        check(srv.queue_json()[qid]["state"] != "held", "still held after release")
 
 
 @T.test("connect-stage reject: every MAIL of the session is refused")
