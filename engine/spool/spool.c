@@ -945,13 +945,14 @@ s_open(void *self, struct sink_waiter *owner, const struct sink_open_info *info,
 	return 0;
 }
 
+/* One envelope TLV after open, before the message bytes. */
 static int
-s_rcpt(struct sink_tx *tx, const char *rcpt, size_t len)
+env_tlv(struct sink_tx *tx, unsigned type, const char *v, size_t len)
 {
 	assert(tx->state == TX_OPEN && tx->env_end == 0);
 	if (tx->err != 0)
 		return tx->err;
-	int r = stage_tlv(tx->sp, tx, SPOOL_TLV_RCPT, rcpt, len);
+	int r = stage_tlv(tx->sp, tx, type, v, len);
 	if (r < 0) {
 		tx->sp->env.stats->spool_memory_full++;
 		chain_free(tx->sp, tx);
@@ -959,6 +960,12 @@ s_rcpt(struct sink_tx *tx, const char *rcpt, size_t len)
 		return tx->err;
 	}
 	return 0;
+}
+
+static int
+s_rcpt(struct sink_tx *tx, const char *rcpt, size_t len)
+{
+	return env_tlv(tx, SPOOL_TLV_RCPT, rcpt, len);
 }
 
 static int
@@ -990,19 +997,7 @@ s_data(struct sink_tx *tx, const char *p, size_t n)
 static int
 s_hold(struct sink_tx *tx, const char *reason, size_t len)
 {
-	assert(tx->state == TX_OPEN && tx->env_end == 0);
-	if (tx->err != 0)
-		return tx->err;
-	if (len > 1024)
-		len = 1024; /* a reason, not a document */
-	int r = stage_tlv(tx->sp, tx, SPOOL_TLV_HOLD, reason, len);
-	if (r < 0) {
-		tx->sp->env.stats->spool_memory_full++;
-		chain_free(tx->sp, tx);
-		tx->err = -EIO;
-		return tx->err;
-	}
-	return 0;
+	return env_tlv(tx, SPOOL_TLV_HOLD, reason, len > 1024 ? 1024 : len); /* a reason, not a document */
 }
 
 /* CRC32C over the staged record (crc field is still zero). */
