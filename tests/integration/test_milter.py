@@ -347,6 +347,29 @@ def _():
         check(srv.queue_json()[qid]["state"] != "held", "still held after release")
 
 
+@T.test("a slow end of message on one session does not delay another on the same worker")
+def _():
+    import threading
+    with Milterd("--act", "eom=sleep:2") as m, MServer([m.spec]) as srv:
+        done = {}
+
+        def slow():
+            done["end"] = session(srv)[2]
+        t = threading.Thread(target=slow)
+        t.start()
+        wait_for(lambda: m.calls("eom"), what="the first session at end of message")
+        t0 = time.monotonic()
+        with Client(srv.port) as c:
+            c.ehlo("quick.milter.test")
+            c.cmd("MAIL FROM:<q@sender.test>").expect(250)
+            c.cmd("RCPT TO:<u@example.test>").expect(250)
+            took = time.monotonic() - t0
+            c.quit()
+        t.join(TIMEOUT)
+        check(took < 1.5, "the second session waited %.2fs behind the first" % took)
+        done["end"].expect(250)
+
+
 @T.test("connect-stage reject: every MAIL of the session is refused")
 def _():
     with Milterd("--act", "connect=reply:554:5.7.1:go away") as m, MServer([m.spec]) as srv:
