@@ -325,6 +325,21 @@ def _():
         check(out.endswith(big.split("\r\n\r\n", 1)[1].encode()), "message changed")
 
 
+@T.test("the body goes in chunks of at most 64 KiB; SMFIR_SKIP ends them")
+def _():
+    big = MSG.replace("Hello milter.", "y" * 300000)
+    body_len = len(big.split("\r\n\r\n", 1)[1])
+    with Milterd() as m, MServer([m.spec]) as srv:
+        session(srv, body=big)[2].expect(250)
+        lens = [c["len"] for c in m.calls("body")]
+        check(max(lens) <= 65535 and sum(lens) == body_len and len(lens) >= 5,
+              "chunks %r for %d octets" % (lens, body_len))
+    with Milterd("--act", "body=skip") as m, MServer([m.spec]) as srv:
+        session(srv, body=big)[2].expect(250)
+        check_eq(len(m.calls("body")), 1, "body calls after a skip")
+        check_eq(len(m.calls("eom")), 1, "end of message after the skip")
+
+
 @T.test("quarantine: 250, spooled on hold (ringmx-spool queue), never tried until released")
 def _():
     # The next hop answers nothing (a closed port): a delivery attempt shows as a deferral.
