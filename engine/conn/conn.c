@@ -242,9 +242,9 @@ update_timer(struct worker *w, struct conn *c)
 		if (policy_deadline(&c->pol) != 0 && policy_deadline(&c->pol) < d)
 			d = policy_deadline(&c->pol); /* a DNSBL verdict due */
 	}
-	if (c->mf_on && c->state != CONN_CLOSING && mf_deadline(&c->mf) != 0 &&
-	    mf_deadline(&c->mf) < d)
-		d = mf_deadline(&c->mf); /* a milter's reply due */
+	if (c->mf != NULL && c->state != CONN_CLOSING && mf_deadline(c->mf) != 0 &&
+	    mf_deadline(c->mf) < d)
+		d = mf_deadline(c->mf); /* a milter's reply due */
 	if (d == UINT64_MAX)
 		timer_cancel(w->wheel, &c->timer);
 	else
@@ -282,10 +282,10 @@ static const struct mf_conn_ops conn_mf_ops;
 static void
 milters_start(struct worker *w, struct conn *c)
 {
-	c->mf_on = true;
-	mf_conn_open(w->mf, &c->mf, &w->cfg->milters, &conn_mf_ops, &c->session, &c->peer);
+	c->mf = mf_conn_open(w->mf, c->idx, c, &w->cfg->milters, &conn_mf_ops, &c->session,
+			     &c->peer);
 	c->session.sink = mf_sink(w->mf);
-	smtp_session_set_waiter(&c->session, &c->mf.waiter);
+	smtp_session_set_waiter(&c->session, &c->mf->waiter);
 }
 
 /* The 220; the policy's 421 (limits) or 554 (client_access) instead; or
@@ -439,6 +439,7 @@ conn_open(struct worker *w, int fd, unsigned listener)
 	smtp_session_init(&c->session, &w->cfg->smtp, &c->peer, &c->out, &w->sink, &w->hooks, c,
 			  &w->stats, w->now, w->wall);
 	c->waiter.verdict = conn_sink_verdict;
+	c->mf = NULL;
 	smtp_session_set_waiter(&c->session, &c->waiter);
 	c->pol_waiter.done = conn_policy_done;
 	c->pol.waiter = &c->pol_waiter;
@@ -784,9 +785,9 @@ conn_teardown(struct worker *w, struct conn *c)
 	}
 	hold_drop(w, c);
 	timer_cancel(w->wheel, &c->timer);
-	if (c->mf_on)
-		mf_conn_close(&c->mf);
-	c->mf_on = false;
+	if (c->mf != NULL)
+		mf_conn_close(c->mf);
+	c->mf = NULL;
 	policy_conn_close(&w->policy, &c->pol);
 	close(c->fd);
 	c->fd = -1;
@@ -901,8 +902,8 @@ conn_on_timer(struct timer_node *n, void *arg)
 		if (c->state != CONN_OPEN)
 			return;
 	}
-	if (c->mf_on && mf_deadline(&c->mf) != 0 && w->now >= mf_deadline(&c->mf)) {
-		mf_expire(&c->mf); /* milter_default_action for the silent ones */
+	if (c->mf != NULL && mf_deadline(c->mf) != 0 && w->now >= mf_deadline(c->mf)) {
+		mf_expire(c->mf); /* milter_default_action for the silent ones */
 		if (c->state != CONN_OPEN)
 			return;
 		if (c->stage != CONN_STAGE_GREET) {
@@ -1037,9 +1038,9 @@ conn_policy_check(void *owner, enum smtp_check_point what, const char *addr, siz
 	struct conn *c = owner;
 	int res = policy_check(&c->w->policy, &c->pol, what, addr, len, r);
 
-	if (res != SMTP_CHECK_OK || !c->mf_on)
+	if (res != SMTP_CHECK_OK || c->mf == NULL)
 		return res;
-	return mf_check(&c->mf, what, addr, len, r); /* after the policy, as Postfix */
+	return mf_check(c->mf, what, addr, len, r); /* after the policy, as Postfix */
 }
 
 void
@@ -1048,8 +1049,8 @@ conn_policy_cancel(void *owner)
 	struct conn *c = owner;
 
 	policy_cancel(&c->w->policy, &c->pol);
-	if (c->mf_on)
-		mf_check_cancel(&c->mf);
+	if (c->mf != NULL)
+		mf_check_cancel(c->mf);
 }
 
 /* A pending policy check's answer (policy.h), outside the session's calls. */
@@ -1061,12 +1062,12 @@ conn_policy_done(struct policy_waiter *pw, int res, const struct smtp_check_repl
 	struct smtp_check_reply mr;
 
 	assert(c->state == CONN_OPEN);
-	if (res == SMTP_CHECK_OK && c->mf_on && c->session.check_pending) {
+	if (res == SMTP_CHECK_OK && c->mf != NULL && c->session.check_pending) {
 		/* The policy passed: now the milters (their answer may wait). */
 		const struct smtp_session *s = &c->session;
-		res = s->pend_mail ? mf_check(&c->mf, SMTP_CHECK_MAIL, s->mail_from,
+		res = s->pend_mail ? mf_check(c->mf, SMTP_CHECK_MAIL, s->mail_from,
 					      strlen(s->mail_from), &mr)
-				   : mf_check(&c->mf, SMTP_CHECK_RCPT, s->pend_rcpt, s->pend_len, &mr);
+				   : mf_check(c->mf, SMTP_CHECK_RCPT, s->pend_rcpt, s->pend_len, &mr);
 		if (res == SMTP_CHECK_PENDING)
 			return;
 		r = &mr;
@@ -1081,7 +1082,7 @@ conn_policy_done(struct policy_waiter *pw, int res, const struct smtp_check_repl
 static void
 mf_check_done(struct mf_conn *mc, int res, const struct smtp_check_reply *r)
 {
-	struct conn *c = container_of(mc, struct conn, mf);
+	struct conn *c = mc->owner;
 	struct worker *w = c->w;
 
 	if (c->state != CONN_OPEN)
@@ -1095,7 +1096,7 @@ mf_check_done(struct mf_conn *mc, int res, const struct smtp_check_reply *r)
 static void
 mf_verdict(struct mf_conn *mc, int res, const struct smtp_check_reply *r)
 {
-	struct conn *c = container_of(mc, struct conn, mf);
+	struct conn *c = mc->owner;
 	struct worker *w = c->w;
 
 	if (c->state != CONN_OPEN)
@@ -1112,7 +1113,7 @@ mf_verdict(struct mf_conn *mc, int res, const struct smtp_check_reply *r)
 static void
 mf_timer(struct mf_conn *mc)
 {
-	struct conn *c = container_of(mc, struct conn, mf);
+	struct conn *c = mc->owner;
 
 	if (c->state == CONN_OPEN)
 		update_timer(c->w, c);

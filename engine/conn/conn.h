@@ -121,7 +121,6 @@ struct conn {
 	bool in_flush;      /* on the worker's flush list */
 	bool in_rearm;      /* on the worker's re-arm list */
 	bool logged_error;  /* the reason for an abnormal close is logged */
-	bool mf_on;         /* milters filter this connection (mf below) */
 	uint8_t stage;      /* enum conn_stage */
 	struct conn_tls *tls; /* NULL for plaintext connections */
 	uint64_t hs_deadline; /* STARTTLS/HANDSHAKE stage: handshake_timeout */
@@ -149,8 +148,9 @@ struct conn {
 	struct smtp_peer peer;
 	struct smtp_session session;
 	struct sink_waiter waiter; /* the sink's verdicts on this session's messages */
-	/* Last: untouched (not resident) unless milters are configured. */
-	struct mf_conn mf;
+	/* The milters' state (the pool's, milter_io.h), NULL without milters;
+	 * set at the greeting, given back at teardown. */
+	struct mf_conn *mf;
 };
 
 /* conn.c */

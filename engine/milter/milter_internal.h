@@ -135,6 +135,9 @@ struct mf_msg {
 struct mf_pool {
 	struct mf_env env;
 	struct mf_slot *slots;
+	struct mf_conn *conns; /* one per connection slot of the worker */
+	uint32_t nconns;
+	size_t conns_len;
 	uint32_t nslots, nfree, busy;
 	uint32_t *free;
 	size_t map_len;

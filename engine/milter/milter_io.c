@@ -68,8 +68,8 @@ mf_slot_name(const struct mf_slot *s)
 /* ---- pool ---- */
 
 int
-mf_pool_new(struct mf_pool **out, const struct mf_env *env, unsigned slots, char *err,
-            size_t errlen)
+mf_pool_new(struct mf_pool **out, const struct mf_env *env, unsigned slots, unsigned conns,
+            char *err, size_t errlen)
 {
 	struct mf_pool *p = calloc(1, sizeof(*p));
 
@@ -94,6 +94,18 @@ mf_pool_new(struct mf_pool **out, const struct mf_env *env, unsigned slots, char
 		return -ENOMEM;
 	}
 	p->slots = m;
+	p->nconns = conns;
+	p->conns_len = (size_t)conns * sizeof(struct mf_conn);
+	m = mmap(NULL, p->conns_len, PROT_READ | PROT_WRITE,
+	         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (m == MAP_FAILED) {
+		snprintf(err, errlen, "milter state of %u connections: %s", conns, strerror(errno));
+		munmap(p->slots, p->map_len);
+		free(p->free);
+		free(p);
+		return -ENOMEM;
+	}
+	p->conns = m;
 	for (uint32_t i = 0; i < slots; i++)
 		p->free[i] = slots - 1 - i;
 	p->nfree = slots;
@@ -122,6 +134,7 @@ mf_pool_free(struct mf_pool *p)
 		free(m);
 	}
 	munmap(p->slots, p->map_len);
+	munmap(p->conns, p->conns_len);
 	free(p->free);
 	free(p);
 }
@@ -651,13 +664,17 @@ slot_run(struct mf_slot *s)
 
 /* ---- the connection's calls ---- */
 
-void
-mf_conn_open(struct mf_pool *p, struct mf_conn *mc, const struct milters_conf *cfg,
+struct mf_conn *
+mf_conn_open(struct mf_pool *p, uint32_t idx, void *owner, const struct milters_conf *cfg,
              const struct mf_conn_ops *ops, const struct smtp_session *ss,
              const struct smtp_peer *peer)
 {
+	assert(idx < p->nconns);
+	struct mf_conn *mc = &p->conns[idx];
+
 	memset(mc, 0, sizeof(*mc));
 	mc->pool = p;
+	mc->owner = owner;
 	mc->ops = ops;
 	mc->session = ss;
 	mc->peer = peer;
@@ -683,12 +700,12 @@ mf_conn_open(struct mf_pool *p, struct mf_conn *mc, const struct milters_conf *c
 			continue;
 		}
 		struct mf_slot *s = &p->slots[p->free[--p->nfree]];
-		uint32_t idx = (uint32_t)(s - p->slots), gen = s->gen;
+		uint32_t sidx = (uint32_t)(s - p->slots), gen = s->gen;
 		/* The head only: the buffers are written before they are read. */
 		memset(s, 0, offsetof(struct mf_slot, core));
 		s->pool = p;
 		s->owner = mc;
-		s->idx = idx;
+		s->idx = sidx;
 		s->gen = gen;
 		s->which = (uint8_t)i;
 		s->active = true;
@@ -724,6 +741,7 @@ mf_conn_open(struct mf_pool *p, struct mf_conn *mc, const struct milters_conf *c
 		s->connect_inflight = true;
 		mf_slot_wait(s, mc->t_connect);
 	}
+	return mc;
 }
 
 static void

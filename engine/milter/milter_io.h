@@ -16,7 +16,8 @@
  *    mf_slot) are sized at start-up (milter_conversation_limit) and mapped
  *    once; a slot belongs to one connection from mf_conn_open() until
  *    mf_conn_close(), and then to the kernel until its last CQE.
- *  - struct mf_conn lives in struct conn. A message being filtered (the
+ *  - struct mf_conn is the pool's, one per connection slot, lent to the
+ *    connection from mf_conn_open() to mf_conn_close(). A message being filtered (the
  *    sink's transaction, struct mf_msg) is the connection's from tx_open
  *    until its verdict is delivered or it is aborted; its staging buffers
  *    come from the pool and go back to it.
@@ -62,6 +63,7 @@ struct mf_conn_ops {
 
 struct mf_conn {
 	struct mf_pool *pool;
+	void *owner; /* the connection */
 	const struct mf_conn_ops *ops;
 	const struct smtp_session *session; /* read: helo, qid, tls */
 	const struct smtp_peer *peer;
@@ -86,8 +88,10 @@ struct mf_conn {
 	struct mf_msg *msg;
 };
 
-int mf_pool_new(struct mf_pool **out, const struct mf_env *env, unsigned slots, char *err,
-                size_t errlen);
+/* slots: conversations; conns: the worker's connection slots (one
+ * struct mf_conn each, mapped, touched only by connections with milters). */
+int mf_pool_new(struct mf_pool **out, const struct mf_env *env, unsigned slots, unsigned conns,
+                char *err, size_t errlen);
 void mf_pool_free(struct mf_pool *p);
 /* The sink a session with milters uses (wraps env->inner). */
 const struct sink *mf_sink(struct mf_pool *p);
@@ -95,10 +99,11 @@ void mf_on_cqe(struct mf_pool *p, const struct io_uring_cqe *cqe);
 /* Conversations with a kernel operation still in flight (drain). */
 unsigned mf_busy(const struct mf_pool *p);
 
-/* Connect time: one conversation per milter of cfg. */
-void mf_conn_open(struct mf_pool *p, struct mf_conn *mc, const struct milters_conf *cfg,
-                  const struct mf_conn_ops *ops, const struct smtp_session *s,
-                  const struct smtp_peer *peer);
+/* Connect time: connection slot idx (owner: passed back in mc->owner)
+ * gets one conversation per milter of cfg. */
+struct mf_conn *mf_conn_open(struct mf_pool *p, uint32_t idx, void *owner,
+                             const struct milters_conf *cfg, const struct mf_conn_ops *ops,
+                             const struct smtp_session *s, const struct smtp_peer *peer);
 /* MAIL or RCPT, after the policy said OK: SMTP_CHECK_OK, REJECT (*r) or
  * PENDING (ops->check_done answers). */
 int mf_check(struct mf_conn *mc, enum smtp_check_point what, const char *addr, size_t len,
@@ -110,11 +115,5 @@ uint64_t mf_deadline(const struct mf_conn *mc);
 /* The connection's timer fired at or after mf_deadline(). */
 void mf_expire(struct mf_conn *mc);
 void mf_conn_close(struct mf_conn *mc);
-/* Is anything configured for this connection? */
-static inline bool
-mf_conn_on(const struct mf_conn *mc)
-{
-	return mc->n > 0;
-}
 
 #endif

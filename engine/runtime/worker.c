@@ -755,7 +755,8 @@ worker_main(void *arg)
 			.inner = &w->sink,
 			.memory_cap = w->cfg->spool_memory,
 		};
-		r = mf_pool_new(&w->mf, &menv, w->cfg->milters.conversation_limit, err, sizeof(err));
+		r = mf_pool_new(&w->mf, &menv, w->cfg->milters.conversation_limit, w->nconns, err,
+				sizeof(err));
 		if (r < 0)
 			panic("%s", err);
 	}
