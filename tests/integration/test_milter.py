@@ -94,13 +94,13 @@ class Milterd:
 class MServer(Server):
     """ringmxd with a spool the test owns and the given milters."""
 
-    def __init__(self, milters, extra=(), **kw):
+    def __init__(self, milters, extra=(), timeout="3s", **kw):
         self.spool_root = tempfile.mkdtemp(prefix="ringmx-milter-spool-")
         self.spool = os.path.join(self.spool_root, "spool")
         args = ["-o", "sink=spool", "-o", "spool_dir=" + self.spool,
                 "-o", "milters=" + ", ".join(milters),
-                "-o", "milter_connect_timeout=2s", "-o", "milter_command_timeout=3s",
-                "-o", "milter_content_timeout=3s"] + list(extra)
+                "-o", "milter_connect_timeout=2s", "-o", "milter_command_timeout=" + timeout,
+                "-o", "milter_content_timeout=" + timeout] + list(extra)
         super().__init__(args=args, workers=kw.pop("workers", 1), **kw)
 
     def spooled(self):
