@@ -24,7 +24,7 @@
  * and not the code under test). */
 int
 dns_resolve_host(const char *servers, const char *name, uint16_t port, struct dns_addr *out,
-		 unsigned max, unsigned *n, char *why, size_t whylen)
+                 unsigned max, unsigned *n, char *why, size_t whylen)
 {
 	(void)servers, (void)name, (void)port, (void)out, (void)max;
 	*n = 0;
@@ -83,9 +83,11 @@ wait_done(ares_channel ch, struct gai_wait *w)
 			continue;
 		}
 		for (nfds_t i = 0; i < np; i++)
-			ares_process_fd(ch, (pfd[i].revents & (POLLIN | POLLERR | POLLHUP)) ? pfd[i].fd
-											    : ARES_SOCKET_BAD,
-					(pfd[i].revents & POLLOUT) ? pfd[i].fd : ARES_SOCKET_BAD);
+			ares_process_fd(ch,
+			                (pfd[i].revents & (POLLIN | POLLERR | POLLHUP))
+			                    ? pfd[i].fd
+			                    : ARES_SOCKET_BAD,
+			                (pfd[i].revents & POLLOUT) ? pfd[i].fd : ARES_SOCKET_BAD);
 		if (np > 0 && !w->done)
 			ares_process_fd(ch, ARES_SOCKET_BAD, ARES_SOCKET_BAD); /* timeouts */
 	}
@@ -130,7 +132,7 @@ add_addr(struct dns_addr *out, unsigned max, unsigned n, int family, const void 
 
 int
 dns_resolve_host(const char *servers, const char *name, uint16_t port, struct dns_addr *out,
-		 unsigned max, unsigned *n, char *why, size_t whylen)
+                 unsigned max, unsigned *n, char *why, size_t whylen)
 {
 	struct ares_options o;
 	struct ares_addrinfo_hints hints;
@@ -156,8 +158,7 @@ dns_resolve_host(const char *servers, const char *name, uint16_t port, struct dn
 		ares_library_cleanup();
 		return -1;
 	}
-	if (servers[0] != '\0' &&
-	    (rc = ares_set_servers_ports_csv(ch, servers)) != ARES_SUCCESS) {
+	if (servers[0] != '\0' && (rc = ares_set_servers_ports_csv(ch, servers)) != ARES_SUCCESS) {
 		snprintf(why, whylen, "dns_servers '%s': %s", servers, ares_strerror(rc));
 		goto out;
 	}
@@ -172,10 +173,11 @@ dns_resolve_host(const char *servers, const char *name, uint16_t port, struct dn
 		for (struct ares_addrinfo_node *a = w.res->nodes; a != NULL; a = a->ai_next) {
 			if (a->ai_family == AF_INET)
 				*n = add_addr(out, max, *n, AF_INET,
-					      &((struct sockaddr_in *)a->ai_addr)->sin_addr, port);
+				              &((struct sockaddr_in *)a->ai_addr)->sin_addr, port);
 			else if (a->ai_family == AF_INET6)
-				*n = add_addr(out, max, *n, AF_INET6,
-					      &((struct sockaddr_in6 *)a->ai_addr)->sin6_addr, port);
+				*n =
+				    add_addr(out, max, *n, AF_INET6,
+				             &((struct sockaddr_in6 *)a->ai_addr)->sin6_addr, port);
 		}
 		if (*n == 0)
 			snprintf(why, whylen, "no IPv4 or IPv6 address");
@@ -186,9 +188,10 @@ dns_resolve_host(const char *servers, const char *name, uint16_t port, struct dn
 		*n = add_addr(out, max, *n, AF_INET6, &lo6, port);
 		*n = add_addr(out, max, *n, AF_INET, &lo4, port);
 	} else {
-		snprintf(why, whylen, "%s", w.status == ARES_ENOTFOUND || w.status == ARES_ENODATA
-						    ? "no such host (DNS)"
-						    : ares_strerror(w.status));
+		snprintf(why, whylen, "%s",
+		         w.status == ARES_ENOTFOUND || w.status == ARES_ENODATA
+		             ? "no such host (DNS)"
+		             : ares_strerror(w.status));
 	}
 	if (w.res != NULL)
 		ares_freeaddrinfo(w.res);
