@@ -16,12 +16,14 @@ PKGS_BUILD="gcc libc6-dev meson ninja-build pkg-config liburing-dev libinih-dev 
 # haproxy, nginx + libnginx-mod-stream, stunnel4, openssl: TLS and PROXY-protocol peers.
 # python3-dnslib: the test DNS server of tests/integration/dnsd.py (run with /usr/bin/python3).
 # python3-milter: the scripted milters of tests/integration/milterd.py (libmilter; /usr/bin/python3).
+# rspamd, opendkim, opendkim-tools: the real milters of test_milter_real.py (private instances;
+# their services are not started by the install, see ensure_pkgs; opendkim-genkey runs openssl).
 # libc-ares-dev (PKGS_BUILD): the resolver the screening DNS lookups use.
 # dovecot-core, dovecot-lmtpd: the private Dovecot LMTP next hop of
 # tests/integration/nexthop.py (the system dovecot is kept stopped, see ensure_pkgs).
 # util-linux (prlimit, taskset, mount) and procps are Essential/Priority:required on Debian,
 # named anyway so a stripped image still works.
-PKGS_TEST="libcmocka-dev python3 swaks libnet-ssleay-perl libio-socket-ssl-perl postfix clang libclang-rt-14-dev haproxy openssl nginx libnginx-mod-stream stunnel4 dovecot-core dovecot-lmtpd python3-dnslib python3-milter util-linux procps"
+PKGS_TEST="libcmocka-dev python3 swaks libnet-ssleay-perl libio-socket-ssl-perl postfix clang libclang-rt-14-dev haproxy openssl nginx libnginx-mod-stream stunnel4 dovecot-core dovecot-lmtpd python3-dnslib python3-milter rspamd opendkim opendkim-tools util-linux procps"
 PKGS_BENCH="hyperfine postfix python3 util-linux"
 
 missing_pkgs() {
