@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """test_milter_real - ringmxd filtering through the real milters Debian ships (issue 14):
 rspamd's proxy worker in milter mode (GTUBE rejected with rspamd's own reply, a clean
-message spooled with the headers rspamd adds) and OpenDKIM signing (the spooled
+message spooled with the headers rspamd adds, a client's forged X-Spam removed; rspamd then
+OpenDKIM on a 300 KB message) and OpenDKIM signing (the spooled
 DKIM-Signature verifies against the generated key, with opendkim's own verifier and with an
 independent c=simple/simple one, and fails once one body or header byte changes; header
 fields with odd whitespace keep their exact bytes).
@@ -261,17 +262,58 @@ def _():
         hdrs = headers_of(out)
         names = [n for n, _v in hdrs]
         for want in ("X-Spamd-Result", "X-Rspamd-Server", "X-Rspamd-Queue-Id"):
-            check(want in names, "%s missing; headers: %r" % (want, names))
+            check_eq(names.count(want), 1, "%s in %r" % (want, names))
         result = dict(hdrs)["X-Spamd-Result"]
         check(re.match(r"default: False \[-?\d+\.\d+ / 15\.00\]", result) is not None,
               "X-Spamd-Result: %r" % result)
         # rspamd's queue id is the one ringmxd gave it in the "i" macro
         check_eq(dict(hdrs)["X-Rspamd-Queue-Id"], qid_of(end), "X-Rspamd-Queue-Id")
+        check_eq(names[:6], ["Received", "From", "To", "Subject", "Date", "Message-ID"],
+                 "the message's own fields, in order, before rspamd's")
         check(out.endswith(CLEAN.split("\r\n\r\n", 1)[1].encode()), "body changed: %r" %
               out[-120:])
         for n, v in hdrs:
             check("\n" not in v.replace("\r\n", "") and not v.endswith("\r"),
                   "bare LF or CR in header %s: %r" % (n, v))
+
+
+@T.test("rspamd (milter mode): a client's forged X-Spam and X-Spamd-Result are removed "
+        "(rspamd's SMFIR_CHGHEADER with an empty value), rspamd's own added")
+def _():
+    rs = rspamd()
+    forged = CLEAN.replace("Subject: quarterly figures\r\n", "Subject: quarterly figures\r\n"
+                           "X-Spam: Yes\r\nX-Spamd-Result: default: True [99.00 / 15.00]\r\n")
+    with MServer([rs.spec]) as srv:
+        _end, out = through(srv, forged)
+        hdrs = headers_of(out)
+        names = [n for n, _v in hdrs]
+        check("X-Spam" not in names, "forged X-Spam kept: %r" % names)
+        check_eq(names.count("X-Spamd-Result"), 1, "X-Spamd-Result fields in %r" % names)
+        check(dict(hdrs)["X-Spamd-Result"].startswith("default: False"),
+              "the forged X-Spamd-Result kept: %r" % dict(hdrs)["X-Spamd-Result"])
+        check(out.endswith(CLEAN.split("\r\n\r\n", 1)[1].encode()), "body changed")
+
+
+@T.test("rspamd then OpenDKIM on one 300 KB message (body in 64 KiB chunks): both applied, "
+        "the signature verifies")
+def _():
+    rs = rspamd()
+    big = CLEAN.replace("the figures are attached in the usual place.\r\n", "".join(
+        "line %06d of the figures, attached in the usual place.\r\n" % i for i in range(6000)))
+    check(len(big) > 300000, "body too short: %d" % len(big))
+    with OpenDKIM() as dk, MServer([rs.spec, dk.spec]) as srv:
+        _end, out = through(srv, big)
+        check(out.endswith(big.split("\r\n\r\n", 1)[1].encode()), "body changed")
+        names = [n for n, _v in headers_of(out)]
+        check(names[0] == "DKIM-Signature" and "X-Spamd-Result" in names,
+              "fields: %r" % names)
+        ok, text = dkim_verify_simple(out, dk.pub_key, dk.dir)
+        check(ok, "independent verifier: %s" % text)
+        ok, text = dk.verify(out)
+        check(ok, "opendkim's verifier:\n%s" % text[-2000:])
+        bad = out.replace(b"line 004321 of", b"line 004321 0f")
+        check(bad != out and not dkim_verify_simple(bad, dk.pub_key, dk.dir)[0],
+              "independent verifier passed an altered body")
 
 
 @T.test("rspamd stops on SIGTERM with its workers; nothing of it is left running")
