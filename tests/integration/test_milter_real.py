@@ -5,7 +5,8 @@ message spooled with the headers rspamd adds, a client's forged X-Spam removed; 
 OpenDKIM on a 300 KB message) and OpenDKIM signing (the spooled
 DKIM-Signature verifies against the generated key, with opendkim's own verifier and with an
 independent c=simple/simple one, and fails once one body or header byte changes; header
-fields with odd whitespace keep their exact bytes).
+fields with odd whitespace keep their exact bytes), and OpenDKIM verifying as on an MX
+(Authentication-Results dkim=pass, dkim=fail once a byte changes).
 
 Each milter is a private instance the test starts on free loopback ports with its
 configuration and state in a temporary directory; it is stopped (its whole process group)
@@ -29,7 +30,7 @@ import socket
 import subprocess
 import tempfile
 
-from ringmx_harness import (OPENSSL, Skip, Suite, check, check_eq, fail, free_port, ringmxd_path,
+from ringmx_harness import (HOSTNAME, OPENSSL, Skip, Suite, check, check_eq, fail, free_port, ringmxd_path,
                             wait_for)
 from test_milter import MServer, qid_of, session
 
@@ -343,9 +344,24 @@ SELECTOR = "ringmx"
 
 
 class OpenDKIM(Daemon):
+    """opendkim signing for DOMAIN with a key it generates (Mode s), or, given the public
+    key record of one (verify_pub), verifying with that key and no DNS (Mode v)."""
+
     name = "opendkim"
 
-    def __init__(self):
+    def __init__(self, verify_pub=None):
+        if verify_pub is not None:
+            self.binary = need("opendkim", "opendkim")
+            super().__init__(parent=safe_parent())
+            keys = os.path.join(self.dir, "keys")
+            with open(keys, "w") as f:
+                f.write("%s._domainkey.%s %s\n" % (SELECTOR, DOMAIN, verify_pub))
+            conf = os.path.join(self.dir, "opendkim.conf")
+            with open(conf, "w") as f:
+                f.write("Mode v\nTestPublicKeys %s\nSocket inet:%d@127.0.0.1\nBackground no\n"
+                        "PidFile %s/opendkim.pid\nSyslog no\n" % (keys, self.port, self.dir))
+            self.launch([self.binary, "-f", "-x", conf], 30)
+            return
         self.binary = binary = need("opendkim", "opendkim")
         genkey = need("opendkim-genkey", "opendkim-tools")
         super().__init__(parent=safe_parent())
@@ -506,6 +522,27 @@ def _():
             check(bad != out, "no byte changed")
             check(not dkim_verify_simple(bad, dk.pub_key, dk.dir)[0],
                   "independent verifier passed %r -> %r" % (a, b))
+
+
+@T.test("OpenDKIM (verifying, as on an MX): a signed message gets Authentication-Results "
+        "dkim=pass with ringmxd's host name; one body byte changed, dkim=fail")
+def _():
+    with OpenDKIM() as signer, MServer([signer.spec]) as srv:
+        _end, signed = through(srv, CLEAN)
+    # what a signing peer would send: its DKIM-Signature on the message, without our Received
+    fields = [f for f in header_fields(signed) if not f.startswith(b"Received:")]
+    check(fields[0].startswith(b"DKIM-Signature:"), "not signed: %r" % fields[:1])
+    msg = (b"".join(fields) + b"\r\n" + signed.split(b"\r\n\r\n", 1)[1]).decode()
+    with OpenDKIM(verify_pub=signer.pub) as dk, MServer([dk.spec]) as srv:
+        for body, want in ((msg, "dkim=pass"), (msg.replace("usual place", "usual placE"),
+                                                 "dkim=fail")):
+            _end, out = through(srv, body)
+            first = header_fields(out)[0]
+            check(first.startswith(b"Authentication-Results: %s;" % HOSTNAME.encode()),
+                  "no Authentication-Results on top: %r" % out[:300])
+            check(want.encode() in first and b"header.d=example.test" in first,
+                  "%s expected: %r" % (want, first))
+            check(out.endswith(body.split("\r\n\r\n", 1)[1].encode()), "body changed")
 
 
 if __name__ == "__main__":
