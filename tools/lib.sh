@@ -16,8 +16,9 @@ PKGS_BUILD="gcc libc6-dev meson ninja-build pkg-config liburing-dev libinih-dev 
 # haproxy, nginx + libnginx-mod-stream, stunnel4, openssl: TLS and PROXY-protocol peers.
 # python3-dnslib: the test DNS server of tests/integration/dnsd.py (run with /usr/bin/python3).
 # python3-milter: the scripted milters of tests/integration/milterd.py (libmilter; /usr/bin/python3).
-# rspamd, opendkim, opendkim-tools: the real milters of tests/integration/test_milter_real.py
-# (private instances on free ports; tools/lib.sh keeps their system services from starting).
+# rspamd, opendkim, opendkim-tools: the real milters of test_milter_real.py (private instances;
+# their services are neither started by the install nor enabled, see ensure_pkgs;
+# opendkim-genkey runs openssl).
 # libc-ares-dev (PKGS_BUILD): the resolver the screening DNS lookups use.
 # dovecot-core, dovecot-lmtpd: the private Dovecot LMTP next hop of
 # tests/integration/nexthop.py (the system dovecot is kept stopped, see ensure_pkgs).
