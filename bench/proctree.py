@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """bench/proctree.py - CPU time of a process tree, for bench/run (no cgroups, no pidstat).
 
-  proctree.py snapshot PID [HARNESS_PID]
+  proctree.py snapshot PID [HARNESS_PID [AUX_PID]]
                                     print a JSON snapshot of every process, marking PID's
-                                    tree (the server) and HARNESS_PID's tree (the harness
-                                    and the load generator)
+                                    tree (the server), HARNESS_PID's tree (the harness
+                                    and the load generator) and AUX_PID's tree (a process
+                                    the server needs but that is not the server: the
+                                    milter of bench/milter; counted apart, not as noise)
   proctree.py delta BEFORE AFTER    print the CPU seconds spent between two snapshots:
                                     the server's, in total and by command name; the other
                                     user-space processes' on the box (noise); kernel threads'
@@ -57,7 +59,7 @@ def subtree(procs, kids, root):
     return tree
 
 
-def snapshot(root, harness=None):
+def snapshot(root, harness=None, aux=None):
     procs = {}
     for name in os.listdir("/proc"):
         if name.isdigit():
@@ -69,17 +71,19 @@ def snapshot(root, harness=None):
         kids.setdefault(st["ppid"], []).append(pid)
     server = subtree(procs, kids, root)
     ours = subtree(procs, kids, harness) if harness else set()
+    side = subtree(procs, kids, aux) - server - ours if aux else set()
     tree = {pid: procs[pid] for pid in server}
     # Everything else, for the noise figure: user space and kernel threads.
     rest = {str(pid): {k: st[k] for k in ("self", "children", "kthread", "comm")}
-            for pid, st in procs.items() if pid not in server and pid not in ours}
+            for pid, st in procs.items() if pid not in server and pid not in ours and pid not in side}
     cpus = {}
     for line in open("/proc/stat"):
         f = line.split()
         if f[0].startswith("cpu") and f[0] != "cpu":
             cpus[f[0]] = [int(x) for x in f[1:9]]  # user nice system idle iowait irq softirq steal
     return {"root": root, "hz": os.sysconf("SC_CLK_TCK"), "t": time.time(), "cpus": cpus,
-            "procs": {str(k): v for k, v in tree.items()}, "rest": rest}
+            "procs": {str(k): v for k, v in tree.items()}, "rest": rest,
+            "aux": {str(pid): procs[pid] for pid in side}}
 
 
 def total(snap):
@@ -127,6 +131,13 @@ def delta(before, after):
     if reaped:
         by["(exited children)"] = reaped
     cpu = (total(after) - total(before)) / hz
+    aux_b, aux_a = before.get("aux", {}), after.get("aux", {})
+    aux_by = {}
+    for pid, p in aux_a.items():
+        prev = aux_b.get(pid)
+        dd = p["self"] - (prev["self"] if prev else 0)
+        if dd:
+            aux_by[p["comm"]] = aux_by.get(p["comm"], 0) + dd / hz
     # Per CPU: task time (user+nice+system), interrupt time (irq+softirq: on loopback
     # much of TCP receive runs there and is charged to no process) and steal.
     cpus = {}
@@ -139,12 +150,15 @@ def delta(before, after):
     return {"cpu_s": cpu, "by_comm_s": {k: v / hz for k, v in sorted(by.items(), key=lambda kv: -kv[1])},
             "processes": len(a), "wall_s": after["t"] - before["t"], "cpus": cpus,
             "others_cpu_s": others, "kthreads_cpu_s": kthreads,
+            "aux_cpu_s": max(0, group_delta(aux_b, aux_a)) / hz if aux_a or aux_b else None,
+            "aux_by_comm_s": aux_by,
             "others_top_s": dict(sorted(top.items(), key=lambda kv: -kv[1])[:5])}
 
 
 def main():
-    if len(sys.argv) in (3, 4) and sys.argv[1] == "snapshot":
-        json.dump(snapshot(int(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) == 4 else None), sys.stdout)
+    if len(sys.argv) in (3, 4, 5) and sys.argv[1] == "snapshot":
+        pids = [int(a) for a in sys.argv[2:]] + [None, None]
+        json.dump(snapshot(pids[0], pids[1], pids[2]), sys.stdout)
     elif len(sys.argv) == 4 and sys.argv[1] == "delta":
         json.dump(delta(json.load(open(sys.argv[2])), json.load(open(sys.argv[3]))), sys.stdout)
     else:
