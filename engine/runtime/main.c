@@ -28,6 +28,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <ares.h>
+#include <wolfssl/options.h>
+#include <wolfssl/ssl.h>
+#include <wolfssl/version.h>
+
 #include "log.h"
 #include "ringmx/config.h"
 #include "tls.h"
@@ -167,7 +172,14 @@ main(int argc, char **argv)
 		return 0;
 	}
 	if (args.version) {
+		/* First line as before (scripts read it); then what it runs on. */
 		printf("ringmxd %s\n", RINGMX_VERSION);
+		printf("liburing %s (built against)\n", RINGMX_BUILD_LIBURING);
+		printf("wolfSSL %s (running; built against %s)\n", wolfSSL_lib_version(),
+		       LIBWOLFSSL_VERSION_STRING);
+		printf("c-ares %s (running; built against %s)\n", ares_version(NULL),
+		       RINGMX_BUILD_CARES);
+		printf("build: %s\n", RINGMX_BUILD_OPTIONS);
 		return 0;
 	}
 	struct config *cfg = config_load(&args, err);

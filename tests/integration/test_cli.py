@@ -31,11 +31,23 @@ def conf(text, name="t.conf"):
     return path
 
 
-@T.test("-V and --version: 'ringmxd 0.1.0', exit 0")
+@T.test("-V and --version: 'ringmxd 0.1.0' first, then liburing, wolfSSL, c-ares and the build")
 def _():
+    def pkgver(name):
+        r = subprocess.run(["pkg-config", "--modversion", name], capture_output=True, text=True)
+        return r.stdout.strip() if r.returncode == 0 else None
     for opt in ("-V", "--version"):
         p = rx(opt)
-        check_eq((p.returncode, p.stdout), (0, "ringmxd 0.1.0\n"), opt)
+        check_eq(p.returncode, 0, opt + " exit code")
+        lines = p.stdout.splitlines()
+        check_eq(lines[0], "ringmxd 0.1.0", opt + " first line")
+        check(len(lines) == 5, "%s: %r" % (opt, lines))
+        for i, (lib, pc) in enumerate((("liburing", "liburing"), ("wolfSSL", "wolfssl"),
+                                       ("c-ares", "libcares")), 1):
+            want = pkgver(pc)
+            check(lines[i].startswith(lib + " ") and (want is None or want in lines[i]),
+                  "%s: %r (pkg-config says %s)" % (opt, lines[i], want))
+        check(lines[4].startswith("build: buildtype="), "%s: %r" % (opt, lines[4]))
 
 
 @T.test("-h and --help: usage on stdout, exit 0")
