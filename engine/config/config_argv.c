@@ -149,7 +149,7 @@ config_usage(FILE *f)
 	      "      --port N           use port N on every listener\n"
 	      "      --workers N        worker threads (0 = one per CPU)\n"
 	      "      --cpus LIST        pin workers to CPUs, e.g. 0-3,6\n"
-	      "  -V, --version          print the version and exit\n"
+	      "  -V, --version          print the version, the libraries and the build; exit\n"
 	      "  -h, --help             print this help and exit\n"
 	      "Environment (old interface): SMTP_ENABLE_TLS=true|false, SMTP_TLS_CERT=FILE,\n"
 	      "                         SMTP_TLS_KEY=FILE (as tls_cert, tls_key)\n"
