@@ -138,7 +138,7 @@ struct mf_pool {
 	struct mf_conn *conns; /* one per connection slot of the worker */
 	uint32_t nconns;
 	size_t conns_len;
-	uint32_t nslots, nfree, busy;
+	uint32_t nslots, nfree;
 	uint32_t *free;
 	size_t map_len;
 	struct sink sink;
@@ -153,9 +153,8 @@ void mf_slot_flush(struct mf_slot *s);
 void mf_slot_wait(struct mf_slot *s, uint64_t timeout);
 /* The slot's answer for the content is in (verdict), or it failed. */
 void mf_content_step(struct mf_slot *s);
-const char *mf_slot_name(const struct mf_slot *s);
 void mf_default_reply(const struct mf_conn *mc, struct smtp_check_reply *r);
-void mf_verdict_reply(const struct mf_slot *s, struct smtp_check_reply *r, bool rcpt);
+void mf_verdict_reply(const struct mf_slot *s, struct smtp_check_reply *r);
 
 /* milter_msg.c */
 void mf_msg_event(struct mf_slot *s, const struct milter_event *ev);

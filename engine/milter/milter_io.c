@@ -59,12 +59,6 @@ slot_ud(const struct mf_slot *s, unsigned kind)
 	return ud_make(s->pool->env.ud_op, s->gen, kind, s->idx);
 }
 
-const char *
-mf_slot_name(const struct mf_slot *s)
-{
-	return s->ep;
-}
-
 /* ---- pool ---- */
 
 int
@@ -137,12 +131,6 @@ mf_pool_free(struct mf_pool *p)
 	munmap(p->conns, p->conns_len);
 	free(p->free);
 	free(p);
-}
-
-unsigned
-mf_busy(const struct mf_pool *p)
-{
-	return p->busy;
 }
 
 /* ---- the core's callbacks ---- */
@@ -275,7 +263,6 @@ slot_release_check(struct mf_slot *s)
 	s->fd = -1;
 	s->st = MF_S_FREE;
 	s->gen = (s->gen + 1) & UD_GEN_MASK;
-	s->pool->busy--;
 	s->pool->free[s->pool->nfree++] = s->idx;
 }
 
@@ -312,35 +299,36 @@ mf_slot_wait(struct mf_slot *s, uint64_t timeout)
 }
 
 static const char *const default_names[] = {"tempfail", "accept", "reject"};
+/* Postfix's texts for a milter's tempfail and reject without a reply code. */
+static const char r_tempfail[] = "451 4.7.1 Service unavailable - try again later\r\n";
+static const char r_reject[] = "550 5.7.1 Command rejected\r\n";
+
+static void
+set_reply(struct smtp_check_reply *r, const char *t, size_t len)
+{
+	memcpy(r->text, t, len);
+	r->len = len;
+}
 
 void
 mf_default_reply(const struct mf_conn *mc, struct smtp_check_reply *r)
 {
-	static const char tf[] = "451 4.7.1 Service unavailable - try again later\r\n";
-	static const char rj[] = "550 5.7.1 Command rejected\r\n";
-	const char *t = mc->default_action == MILTER_DEFAULT_REJECT ? rj : tf;
-
-	r->len = strlen(t);
-	memcpy(r->text, t, r->len);
+	if (mc->default_action == MILTER_DEFAULT_REJECT)
+		set_reply(r, r_reject, sizeof(r_reject) - 1);
+	else
+		set_reply(r, r_tempfail, sizeof(r_tempfail) - 1);
 }
 
-/* An SMTP reply for a refusing verdict (Postfix's texts). */
+/* An SMTP reply for a refusing verdict. */
 void
-mf_verdict_reply(const struct mf_slot *s, struct smtp_check_reply *r, bool rcpt)
+mf_verdict_reply(const struct mf_slot *s, struct smtp_check_reply *r)
 {
-	const char *t;
-
-	(void)rcpt;
-	if (s->verdict == MILTER_V_REPLYCODE) {
+	if (s->verdict == MILTER_V_REPLYCODE)
 		*r = s->vreply;
-		return;
-	}
-	if (s->verdict == MILTER_V_TEMPFAIL)
-		t = "451 4.7.1 Service unavailable - try again later\r\n";
+	else if (s->verdict == MILTER_V_TEMPFAIL)
+		set_reply(r, r_tempfail, sizeof(r_tempfail) - 1);
 	else
-		t = "550 5.7.1 Command rejected\r\n";
-	r->len = strlen(t);
-	memcpy(r->text, t, r->len);
+		set_reply(r, r_reject, sizeof(r_reject) - 1);
 }
 
 void
@@ -429,10 +417,6 @@ on_recv(struct mf_slot *s, int res)
 		char why[96];
 		snprintf(why, sizeof(why), "%s",
 		         res == 0 ? "closed the connection" : strerror(-res));
-		if (res == 0 && s->deadline == 0 && s->owner != NULL && s->owner->msg == NULL) {
-			/* Between stages (e.g. a restart of the milter): not
-			 * a broken answer, but the conversation is gone. */
-		}
 		mf_slot_fail(s, why);
 		return;
 	}
@@ -576,22 +560,10 @@ static void
 early_verdict(struct mf_slot *s)
 {
 	struct mf_conn *mc = s->owner;
-	struct ringmx_stats *st = s->pool->env.stats;
 	enum milter_verdict v = s->verdict;
 	enum milter_stage stage = s->vstage;
 
 	s->deadline = 0;
-	if (v == MILTER_V_ACCEPT)
-		st->milter_accepts++;
-	else if (v == MILTER_V_REJECT || (v == MILTER_V_REPLYCODE && s->vreply.text[0] == '5'))
-		st->milter_rejects++;
-	else if (v == MILTER_V_TEMPFAIL || v == MILTER_V_REPLYCODE)
-		st->milter_tempfails++;
-	if (v == MILTER_V_CONNFAIL || v == MILTER_V_SHUTDOWN) {
-		mf_slot_fail(s,
-		             v == MILTER_V_SHUTDOWN ? "shut down" : "connection failure verdict");
-		return;
-	}
 	switch (stage) {
 	case MILTER_ST_CONNECT:
 	case MILTER_ST_HELO:
@@ -605,7 +577,7 @@ early_verdict(struct mf_slot *s)
 			/* Refused at connect or HELO: every MAIL of the
 			 * session gets it (docs/milter.md). */
 			mc->denied = true;
-			mf_verdict_reply(s, &mc->deny, false);
+			mf_verdict_reply(s, &mc->deny);
 			log_info("milter %s: %s at %s for [%s]:%u: %.*s", s->ep,
 			         milter_verdict_name(v), milter_stage_name(stage),
 			         mc->peer->addr_text, mc->peer->port, (int)mc->deny.len - 2,
@@ -621,7 +593,7 @@ early_verdict(struct mf_slot *s)
 			res = MF_DISCARD;
 		} else if (v != MILTER_V_CONTINUE) {
 			res = SMTP_CHECK_REJECT;
-			mf_verdict_reply(s, &s->creply, stage == MILTER_ST_RCPT);
+			mf_verdict_reply(s, &s->creply);
 			if (stage == MILTER_ST_MAIL)
 				s->msg_out = true;
 		}
@@ -631,6 +603,21 @@ early_verdict(struct mf_slot *s)
 	default:
 		return;
 	}
+}
+
+/* Every verdict, whatever its stage, counted once as it comes in. */
+static void
+verdict_count(const struct mf_slot *s)
+{
+	struct ringmx_stats *st = s->pool->env.stats;
+
+	if (s->verdict == MILTER_V_ACCEPT)
+		st->milter_accepts++;
+	else if (s->verdict == MILTER_V_REJECT ||
+	         (s->verdict == MILTER_V_REPLYCODE && s->vreply.text[0] == '5'))
+		st->milter_rejects++;
+	else if (s->verdict == MILTER_V_TEMPFAIL || s->verdict == MILTER_V_REPLYCODE)
+		st->milter_tempfails++;
 }
 
 /* After bytes came in or went out: act on a verdict, then send what is
@@ -647,6 +634,14 @@ slot_run(struct mf_slot *s)
 			return;
 	}
 	if (s->have_verdict) {
+		verdict_count(s);
+		if (s->verdict == MILTER_V_CONNFAIL || s->verdict == MILTER_V_SHUTDOWN) {
+			s->have_verdict = false;
+			mf_slot_fail(s, s->verdict == MILTER_V_SHUTDOWN
+			                    ? "shut down"
+			                    : "connection failure verdict");
+			return;
+		}
 		if (s->vstage >= MILTER_ST_DATA) {
 			mf_content_step(s); /* consumes it */
 			return;
@@ -710,7 +705,6 @@ mf_conn_open(struct mf_pool *p, uint32_t idx, void *owner, const struct milters_
 		s->which = (uint8_t)i;
 		s->active = true;
 		s->check_seq = 0;
-		p->busy++;
 		mc->slot[i] = s;
 		p->env.stats->milter_conversations++;
 		snprintf(s->ep, sizeof(s->ep), "%s", e->text);

@@ -96,8 +96,6 @@ void mf_pool_free(struct mf_pool *p);
 /* The sink a session with milters uses (wraps env->inner). */
 const struct sink *mf_sink(struct mf_pool *p);
 void mf_on_cqe(struct mf_pool *p, const struct io_uring_cqe *cqe);
-/* Conversations with a kernel operation still in flight (drain). */
-unsigned mf_busy(const struct mf_pool *p);
 
 /* Connect time: connection slot idx (owner: passed back in mc->owner)
  * gets one conversation per milter of cfg. */

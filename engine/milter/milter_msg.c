@@ -80,6 +80,31 @@ buf_add_crlf(struct mf_pool *p, struct mf_buf *b, const char *d, size_t n)
 	return 0;
 }
 
+/* ---- recipients: records [u16 len][u8 deleted][addr] in m->rcpts ---- */
+
+static int
+rcpt_add(struct mf_msg *m, const char *a, size_t n)
+{
+	uint8_t hd[3] = {(uint8_t)n, (uint8_t)(n >> 8), 0};
+
+	if (buf_add(m->pool, &m->rcpts, hd, 3) < 0 || buf_add(m->pool, &m->rcpts, a, n) < 0)
+		return -ENOMEM;
+	m->nrcpt++;
+	return 0;
+}
+
+/* The record at *o (its address at +3, *len octets), moving *o past it. */
+static uint8_t *
+rcpt_next(struct mf_buf *b, size_t *o, size_t *len)
+{
+	if (*o + 3 > b->len)
+		return NULL;
+	uint8_t *hd = (uint8_t *)b->p + *o;
+	*len = (size_t)hd[0] | (size_t)hd[1] << 8;
+	*o += 3 + *len;
+	return hd;
+}
+
 /* ---- the message ---- */
 
 static struct mf_msg *
@@ -326,25 +351,18 @@ mf_msg_event(struct mf_slot *s, const struct milter_event *ev)
 			r = -EINVAL;
 			break;
 		}
-		uint8_t hd[3] = {(uint8_t)n, (uint8_t)(n >> 8), 0};
-		r = buf_add(m->pool, &m->rcpts, hd, 3);
-		if (r == 0)
-			r = buf_add(m->pool, &m->rcpts, a, n);
-		if (r == 0)
-			m->nrcpt++;
+		r = rcpt_add(m, a, n);
 		break;
 	}
 	case MILTER_EV_DEL_RCPT: {
 		const char *a = ev->addr;
 		size_t n = ev->addr_len;
 		strip_brackets(&a, &n);
-		for (size_t o = 0; o + 3 <= m->rcpts.len;) {
-			uint8_t *hd = (uint8_t *)m->rcpts.p + o;
-			size_t len = (size_t)hd[0] | (size_t)hd[1] << 8;
+		uint8_t *hd;
+		size_t len;
+		for (size_t o = 0; (hd = rcpt_next(&m->rcpts, &o, &len)) != NULL;)
 			if (len == n && strncasecmp((char *)hd + 3, a, n) == 0)
 				hd[2] = 1;
-			o += 3 + len;
-		}
 		break;
 	}
 	case MILTER_EV_REPL_BODY:
@@ -393,16 +411,15 @@ forward(struct mf_msg *m)
 		         m->qid);
 	}
 	unsigned n = 0;
-	for (size_t o = 0; o + 3 <= m->rcpts.len;) {
-		const uint8_t *hd = (const uint8_t *)m->rcpts.p + o;
-		size_t len = (size_t)hd[0] | (size_t)hd[1] << 8;
-		if (!hd[2]) {
-			r = in->ops->tx_rcpt(m->inner, (const char *)hd + 3, len);
-			if (r < 0)
-				return r;
-			n++;
-		}
-		o += 3 + len;
+	uint8_t *hd;
+	size_t len;
+	for (size_t o = 0; (hd = rcpt_next(&m->rcpts, &o, &len)) != NULL;) {
+		if (hd[2])
+			continue; /* deleted by a milter */
+		r = in->ops->tx_rcpt(m->inner, (const char *)hd + 3, len);
+		if (r < 0)
+			return r;
+		n++;
 	}
 	if (n == 0)
 		return 1; /* every recipient removed: nothing to deliver */
@@ -533,13 +550,6 @@ hdr_value(const struct mf_msg *m, const struct mf_hdr *h, char *dst, size_t cap)
 	return o;
 }
 
-static const struct smtp_check_reply *
-content_refusal(struct mf_slot *s, struct smtp_check_reply *r)
-{
-	mf_verdict_reply(s, r, false);
-	return r;
-}
-
 /* Drive the current milter through the content; called when its reply
  * came, its send finished, or it failed. */
 void
@@ -547,7 +557,6 @@ mf_content_step(struct mf_slot *s)
 {
 	struct mf_conn *mc = s->owner;
 	struct mf_msg *m = mc != NULL ? mc->msg : NULL;
-	struct ringmx_stats *st = s->pool->env.stats;
 
 	if (m == NULL || !m->committing || mc->slot[m->cur] != s)
 		return;
@@ -579,26 +588,15 @@ mf_content_step(struct mf_slot *s)
 				s->cstep = STEP_EOM;
 				break;
 			case MILTER_V_ACCEPT:
-				st->milter_accepts++;
 				next_slot(m);
 				return;
 			case MILTER_V_DISCARD:
 				m->discard = true;
 				finish(m);
 				return;
-			case MILTER_V_CONNFAIL:
-			case MILTER_V_SHUTDOWN:
-				mf_slot_fail(s, v == MILTER_V_SHUTDOWN
-				                    ? "shut down"
-				                    : "connection failure verdict");
-				return;
 			default: {
 				struct smtp_check_reply r;
-				content_refusal(s, &r);
-				if (r.text[0] == '5')
-					st->milter_rejects++;
-				else
-					st->milter_tempfails++;
+				mf_verdict_reply(s, &r); /* CONNFAIL, SHUTDOWN: slot_run */
 				log_info("%s: milter-reject: %s from %s: %.*s", m->qid,
 				         milter_stage_name(s->vstage), s->ep, (int)r.len - 2,
 				         r.text);
@@ -743,15 +741,9 @@ w_open(void *self, struct sink_waiter *waiter, const struct sink_open_info *info
 static int
 w_rcpt(struct sink_tx *tx, const char *rcpt, size_t len)
 {
-	struct mf_msg *m = from_tx(tx);
-	uint8_t hd[3] = {(uint8_t)len, (uint8_t)(len >> 8), 0};
-
 	if (len > SMTP_PATH_MAX)
 		return -EINVAL;
-	if (buf_add(m->pool, &m->rcpts, hd, 3) < 0 || buf_add(m->pool, &m->rcpts, rcpt, len) < 0)
-		return -ENOMEM;
-	m->nrcpt++;
-	return 0;
+	return rcpt_add(from_tx(tx), rcpt, len);
 }
 
 static int
