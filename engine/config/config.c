@@ -121,6 +121,8 @@ const struct key_def config_keys[] = {
 	{"dns_cache_size", T_UINT, CO(screen.dns_cache_size), 16, 1u << 24, false},
 	/* Content filters (docs/milter.md). New connections use the list of
 	 * the configuration they started under; the pool is sized at start. */
+	/* Operations (docs/operations.md). */
+	{"metrics_listen", T_ADDR, CO(metrics_listen), 0, 0, false},
 	{"milters", T_MILTERS, 0, 0, 0, true},
 	{"milter_default_action", T_MILTER_ACTION, CO(milters.default_action), 0, 0, true},
 	{"milter_connect_timeout", T_DURATION, CO(milters.connect_timeout), SEC(1), SEC(3600), true},
@@ -742,6 +744,16 @@ cf_set_value(struct pstate *st, const struct key_def *k, const char *v)
 	switch (k->type) {
 	case T_LISTEN:
 		return cf_listen_parse(st, k->name, v);
+	case T_ADDR: {
+		struct listener_conf *l = (struct listener_conf *)(void *)((char *)cfg + k->off);
+		char buf[CONFIG_LINE_MAX + 1];
+
+		if (strlen(v) >= sizeof(buf))
+			return cf_fail(st, k->name, "value too long");
+		strcpy(buf, v);
+		memset(l, 0, sizeof(*l));
+		return listener_addr(st, k->name, buf, l);
+	}
 	case T_DOMAINS:
 		return domains_parse(st, k->name, v);
 	case T_CPUS:

@@ -67,6 +67,7 @@ enum key_type {
 	T_DNS_SERVERS,   /* host[:port] list */
 	T_MILTERS,       /* inet:HOST:PORT, unix:/PATH list, resolved in cf_finish_milters() */
 	T_MILTER_ACTION, /* tempfail | accept | reject */
+	T_ADDR,          /* ADDRESS:PORT, no options: struct listener_conf at off (addrlen 0: unset) */
 };
 
 struct key_def {
@@ -81,7 +82,7 @@ struct key_def {
 #define SEC(n) ((uint64_t)(n) * NS_PER_S)
 
 /* The order here is the order of config_print() and docs/config.md. */
-#define NKEYS 83 /* entries of config_keys (checked in config.c) */
+#define NKEYS 84 /* entries of config_keys (checked in config.c) */
 
 static const char *const default_domains[] = {"localhost", "example.test"};
 

@@ -69,6 +69,13 @@ config_print(const struct config *cfg, FILE *f)
 				fputc('\n', f);
 			}
 			continue;
+		case T_ADDR: {
+			const struct listener_conf *l = p;
+
+			if (l->addrlen != 0)
+				fprintf(f, "%s = %s\n", k->name, l->text);
+			continue;
+		}
 		case T_HOSTNAME:
 			fprintf(f, "hostname = %s\n", cfg->smtp.hostname);
 			continue;
@@ -197,6 +204,10 @@ config_check_reload(const struct config *cur, const struct config *next, char er
 				same = cf_listener_same(&cur->listeners[j], &next->listeners[j]) &&
 				       cur->listeners[j].tls == next->listeners[j].tls &&
 				       cur->listeners[j].proxy == next->listeners[j].proxy;
+			break;
+		case T_ADDR:
+			same = cf_listener_same((const struct listener_conf *)(const void *)((const char *)cur + k->off),
+						(const struct listener_conf *)(const void *)((const char *)next + k->off));
 			break;
 		case T_CPUS:
 			same = cur->ncpus == next->ncpus &&

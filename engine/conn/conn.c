@@ -384,6 +384,7 @@ conn_begin(struct worker *w, struct conn *c)
 			c->eof = true;
 			return false;
 		}
+		c->t_hs = w->now;
 		c->hs_deadline = w->now + w->cfg->tls.handshake_timeout;
 		tls_begin(w, c);
 		return true;
@@ -434,6 +435,7 @@ conn_open(struct worker *w, int fd, unsigned listener)
 		return;
 	}
 	w->active++;
+	w->open_by_listener[c->listener]++;
 
 	out_ensure(w, c);
 	smtp_session_init(&c->session, &w->cfg->smtp, &c->peer, &c->out, &w->sink, &w->hooks, c,
@@ -799,6 +801,7 @@ conn_teardown(struct worker *w, struct conn *c)
 	w->stats.connections_closed++;
 	assert(w->active > 0);
 	w->active--;
+	w->open_by_listener[c->listener]--;
 	c->state = CONN_FREE;
 	c->gen = (c->gen + 1) & UD_GEN_MASK;
 	if (!c->in_flush && !c->in_rearm)
@@ -1325,6 +1328,7 @@ starttls_switch(struct worker *w, struct conn *c)
 {
 	c->stage = CONN_STAGE_STARTTLS;
 	c->hs_deadline = w->now + w->cfg->tls.handshake_timeout;
+	c->t_hs = w->now;
 	if (c->hold_head != HOLD_NONE) {
 		w->stats.starttls_injection_discarded++;
 		hold_drop(w, c);
@@ -1446,6 +1450,7 @@ tls_handshake(struct worker *w, struct conn *c)
 		return;
 	}
 	w->stats.tls_handshakes++;
+	RINGMX_HIST_OBSERVE(&w->stats, tls_handshake, (w->now - c->t_hs) / 1000u);
 	if (wolfSSL_session_reused(t->io.ssl)) {
 		t->resumed = true;
 		w->stats.tls_resumed++;

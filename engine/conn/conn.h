@@ -124,6 +124,7 @@ struct conn {
 	uint8_t stage;      /* enum conn_stage */
 	struct conn_tls *tls; /* NULL for plaintext connections */
 	uint64_t hs_deadline; /* STARTTLS/HANDSHAKE stage: handshake_timeout */
+	uint64_t t_hs;        /* when the handshake stage began (tls_handshake histogram) */
 	uint64_t greet_deadline; /* GREET stage: the end of the 220- pause */
 
 	/* Held input: receive buffers the session could not consume yet

@@ -306,3 +306,18 @@ client_table_conns(struct client_table *t, const struct client_key *k)
 {
 	return key_sum(t, k, -1, 0);
 }
+
+uint32_t
+client_table_used(struct client_table *t, uint32_t win, uint32_t *nslots)
+{
+	uint32_t used = 0;
+
+	for (uint32_t i = 0; i <= t->mask; i++) {
+		struct client_slot *s = &t->slots[i];
+		uint64_t st = atomic_load_explicit(&s->st, memory_order_relaxed);
+		if (ST_GEN(st) != 0 && !slot_free(s, st, win))
+			used++;
+	}
+	*nslots = t->mask + 1;
+	return used;
+}

@@ -101,6 +101,11 @@ void client_table_unpin(struct client_table *t, int slot);
 uint32_t client_table_count(struct client_table *t, int slot, enum client_event ev, uint32_t win);
 /* True for the first caller per pinned slot, bit and window: who logs. */
 bool client_table_first(struct client_table *t, int slot, unsigned bit, uint32_t win);
+/* Slots in use in window win (connections, or a count in that window), out
+ * of mask + 1: the metrics endpoint's gauge. A scan of the whole table with
+ * relaxed loads, from any thread; a slot changing meanwhile may be counted
+ * either way. */
+uint32_t client_table_used(struct client_table *t, uint32_t win, uint32_t *nslots);
 /* The client's current connections (0 if it has no slot). For tests. */
 uint32_t client_table_conns(struct client_table *t, const struct client_key *k);
 

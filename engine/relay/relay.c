@@ -145,6 +145,8 @@ msg_free(struct relay *r, struct rmsg *m)
 		s->msgs = m->next;
 	if (m->next != NULL)
 		m->next->prev = m->prev;
+	else
+		s->msgs_tail = m->prev;
 	assert(s->pending > 0);
 	s->pending--;
 	r->backlog_msgs--;
@@ -1034,6 +1036,35 @@ relay_log_backlog(const struct relay *r)
 {
 	log_info("relay: backlog %" PRIu64 " messages, %" PRIu64 " bytes", r->backlog_msgs,
 	         r->backlog_bytes);
+}
+
+void
+relay_gauges(const struct relay *r, struct relay_gauges *g)
+{
+	g->backlog_msgs = r->backlog_msgs;
+	g->backlog_bytes = r->backlog_bytes;
+	g->oldest_us = 0;
+	/* A segment's messages are in arrival order, newest first: its
+	 * oldest is its tail. */
+	for (const struct rseg *s = r->segs; s != NULL; s = s->next)
+		if (s->msgs_tail != NULL && (g->oldest_us == 0 || s->msgs_tail->received_us < g->oldest_us))
+			g->oldest_us = s->msgs_tail->received_us;
+	g->nhops = 0;
+	g->other_queued = 0;
+	for (const struct rhop *h = r->hops; h != NULL; h = h->next) {
+		if (h->gone && h->qlen == 0 && h->nconns == 0)
+			continue;
+		if (g->nhops == RELAY_GAUGE_HOPS) {
+			g->other_queued += h->qlen;
+			continue;
+		}
+		size_t nl = strnlen(h->name, sizeof(g->hop[0].name) - 1);
+		memcpy(g->hop[g->nhops].name, h->name, nl); /* a long list is cut */
+		g->hop[g->nhops].name[nl] = '\0';
+		g->hop[g->nhops].queued = h->qlen;
+		g->hop[g->nhops].conns = h->nconns;
+		g->nhops++;
+	}
 }
 
 void

@@ -138,4 +138,22 @@ bool relay_io_pending(const struct relay *r);
 void relay_close(struct relay *r);
 void relay_log_backlog(const struct relay *r);
 
+/* What the metrics endpoint shows of one worker's relay (copied by the
+ * worker when it publishes; engine/runtime/metrics.c). Hops past
+ * RELAY_GAUGE_HOPS are summed into other_queued. */
+#define RELAY_GAUGE_HOPS 32
+#define RELAY_GAUGE_NAME 128
+struct relay_gauges {
+	uint64_t backlog_msgs, backlog_bytes;
+	uint64_t oldest_us; /* wall-clock us the oldest unfinished message was received; 0: none */
+	uint32_t nhops;
+	uint64_t other_queued;
+	struct {
+		char name[RELAY_GAUGE_NAME];
+		uint32_t queued; /* deliveries waiting for a connection to this hop */
+		uint32_t conns;  /* connections open or opening */
+	} hop[RELAY_GAUGE_HOPS];
+};
+void relay_gauges(const struct relay *r, struct relay_gauges *g);
+
 #endif

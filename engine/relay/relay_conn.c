@@ -20,6 +20,16 @@
 static void conn_starttls(struct oconn *c);
 static void conn_after(struct oconn *c);
 
+/* Read when a transaction starts and ends (relay_delivery histogram): r->now
+ * is the loop's, taken before the wait, so it would count the sleep. */
+static uint64_t
+mono_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
 /* "host[ip]:port" of the address this connection uses, for logs. */
 static const char *
 conn_name(const struct oconn *c)
@@ -559,6 +569,7 @@ oconn_fill(struct oconn *c)
 		j->conn = c;
 		j->ep = c->ep;
 		j->attempts++;
+		j->t_attempt = mono_ns();
 		c->active[c->nactive++] = j;
 		r->env.stats->relay_attempts++;
 		j->tx = (struct smtpc_tx){
@@ -636,6 +647,7 @@ conn_event(void *arg, const struct smtpc_event *ev)
 			return;
 		}
 		struct rjob *j = ev->tx->user;
+		RINGMX_HIST_OBSERVE(r->env.stats, relay_delivery, (mono_ns() - j->t_attempt) / 1000u);
 		active_remove(c, j);
 		rjob_end_attempt(r, j);
 		return;

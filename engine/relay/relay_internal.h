@@ -135,6 +135,7 @@ struct rjob {
 	uint8_t *rs;  /* enum rstate per recipient */
 	char **rtext; /* per recipient: the reply that decided it (malloc) */
 	uint32_t attempts;
+	uint64_t t_attempt; /* monotonic ns the last attempt's transaction began */
 	uint8_t ep; /* the hop's address of the last attempt (logs, bounces) */
 	/* J_ACTIVE: the transaction lent to the connection's client core, its
 	 * recipients (those not finished earlier) and their indices k here. */
@@ -207,7 +208,8 @@ struct rseg {
 	 * first answer that depends on the journal: see rj_sync_want). */
 	bool jdir_synced;
 	uint32_t pending;  /* messages not finished */
-	struct rmsg *msgs; /* unfinished messages */
+	struct rmsg *msgs; /* unfinished messages, newest first */
+	struct rmsg *msgs_tail; /* the oldest of them (relay_gauges) */
 	uint8_t jbuf[RELAY_JBUF_SIZE];
 };
 

@@ -282,6 +282,8 @@ rmsg_load(struct relay *r, struct rseg *s, uint64_t off, const struct journal_ms
 	m->next = s->msgs;
 	if (s->msgs != NULL)
 		s->msgs->prev = m;
+	else
+		s->msgs_tail = m;
 	s->msgs = m;
 	s->pending++;
 	r->backlog_msgs++;

@@ -17,6 +17,9 @@
  *                         body can be read, cuts its segment file to its
  *                         first page, as a disk going bad then would (the
  *                         body's pages raise SIGBUS when read next)
+ *   RINGMX_FAULT_STALL    worker 0 sleeps in its loop (no iteration, as a
+ *                         worker stuck in a blocking call) while the file
+ *                         exists: /healthz and the watchdog see it
  *   RINGMX_FAULT_LOOP_IO  (set to anything) a worker that makes a blocking
  *                         write, fsync, unlink or rename itself once its
  *                         loop runs aborts, naming the call
@@ -47,7 +50,14 @@ fault_cut_file(const char *path)
 		abort();
 }
 void fault_loop_guard(void);
+static inline void
+fault_stall(unsigned worker)
+{
+	while (worker == 0 && fault_armed("RINGMX_FAULT_STALL") < 0)
+		usleep(100000);
+}
 #else
+#define fault_stall(worker) ((void)(worker))
 #define fault_dirsync() 0
 #define fault_fsync() 0
 #define fault_journal() 0

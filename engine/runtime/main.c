@@ -42,6 +42,8 @@
 #include "worker.h"
 #include "pass_cache.h"
 #include "client_table.h"
+#include "metrics_http.h"
+#include "notify.h"
 
 static void
 sleep_ms(long ms)
@@ -118,8 +120,22 @@ rcpt_map_text(const struct config *cfg, char *b, size_t cap)
 		 cfg->nrcpt_map_files, cfg->nrcpt_map_files == 1 ? "" : "s", mi.bytes);
 }
 
+static const struct config *reload_config(struct worker *ws, unsigned n,
+					  const struct config_args *args, const struct config *cur);
+
+/* systemd sees RELOADING=1 then READY=1 whether the new file was taken or
+ * refused (the service runs either way; the log says which). */
 static const struct config *
 reload(struct worker *ws, unsigned n, const struct config_args *args, const struct config *cur)
+{
+	notify_reloading();
+	const struct config *next = reload_config(ws, n, args, cur);
+	notify_ready(next != cur ? "configuration reloaded" : "reload refused; running configuration kept");
+	return next;
+}
+
+static const struct config *
+reload_config(struct worker *ws, unsigned n, const struct config_args *args, const struct config *cur)
 {
 	char err[CONFIG_ERR_MAX];
 	struct config *next = config_load(args, err);
@@ -228,6 +244,11 @@ main(int argc, char **argv)
 
 	if (listener_probe(cfg, err, sizeof(err)) < 0)
 		fatal("%s", err);
+	/* Bound with the SMTP listeners, before any privilege is dropped. */
+	struct metrics_server *metrics = NULL;
+	if (cfg->metrics_listen.addrlen != 0 && metrics_bind(&metrics, cfg, err, sizeof(err)) < 0)
+		fatal("%s", err);
+	notify_init();
 	if (cfg->sink == SINK_KIND_SPOOL && control_lock(cfg, err, sizeof(err)) < 0)
 		fatal("%s", err);
 	unsigned n = cfg->workers;
@@ -292,13 +313,23 @@ main(int argc, char **argv)
 	rcpt_map_text(cfg, err, sizeof(err));
 	if (err[0] != '\0')
 		log_info("%s", err);
+	if (metrics != NULL) {
+		int mr = metrics_start(metrics, ws, n, clients);
+		if (mr < 0)
+			fatal("metrics_listen %s: %s", cfg->metrics_listen.text, strerror(-mr));
+	}
+	/* Listeners bound, every worker's spool recovered (started == 1). */
+	notify_ready(where);
 
 	const struct config *cur = cfg;
+	uint64_t tick_ns = notify_tick_ns();
 	for (;;) {
 		siginfo_t si;
-		/* Wake once a second for ringmx-spool's requests (control.c). */
-		struct timespec tick = {1, 0};
+		/* Wake once a second (or more often for the watchdog) for
+		 * ringmx-spool's requests (control.c). */
+		struct timespec tick = {(time_t)(tick_ns / 1000000000u), (long)(tick_ns % 1000000000u)};
 		int sig = sigtimedwait(&sigs, &si, &tick);
+		notify_tick(ws, n, now_ns());
 		if (sig < 0) {
 			if (errno == EAGAIN && cur->sink == SINK_KIND_SPOOL)
 				control_poll(ws, n, cur);
@@ -312,6 +343,7 @@ main(int argc, char **argv)
 			wake_all(ws, n);
 		} else {
 			log_info("%s: draining", sig == SIGINT ? "SIGINT" : "SIGTERM");
+			notify_stopping();
 			break;
 		}
 	}
@@ -329,6 +361,7 @@ main(int argc, char **argv)
 	}
 	log_info("stopped: connections=%llu messages=%llu", (unsigned long long)total.connections_accepted,
 		 (unsigned long long)total.messages_accepted);
+	metrics_stop(metrics);
 	free(ws);
 	client_table_free(clients);
 	pass_cache_free(passes);

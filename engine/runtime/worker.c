@@ -512,9 +512,31 @@ pin(struct worker *w)
 		log_warn("cannot pin to cpu %d: %s", w->cpu, strerror(r));
 }
 
+/* Copy what a scrape shows into the published snapshot (metrics.h). */
+static void
+publish(struct worker *w)
+{
+	struct metrics_snap *s = &w->pub.snap;
+
+	metrics_write_begin(&w->pub);
+	s->stats = w->stats;
+	memcpy(s->open, w->open_by_listener, sizeof(s->open));
+	s->active = w->active;
+	s->nconns = w->nconns;
+	s->relay = w->relay != NULL;
+	if (w->relay != NULL)
+		relay_gauges(w->relay, &s->rg);
+	metrics_write_end(&w->pub);
+	w->pub_at = w->now + METRICS_PUBLISH_NS;
+}
+
 static void
 loop(struct worker *w)
 {
+	bool pub_dirty = false;
+
+	atomic_store_explicit(&w->pub.beat, w->now, memory_order_relaxed);
+	publish(w);
 	for (;;) {
 		/* First, so verdicts it gives (a failed batch) are flushed
 		 * below and the batch's SQEs go out with this submit. */
@@ -546,6 +568,10 @@ loop(struct worker *w)
 		wait = dns_wait_ns(w->policy.dns, wait);
 		if (w->draining && wait > TIMER_TICK_NS)
 			wait = TIMER_TICK_NS;
+		/* Changes since the last snapshot reach it within
+		 * METRICS_PUBLISH_NS, even if nothing else wakes us. */
+		if (pub_dirty && wait > w->pub_at - w->now)
+			wait = w->pub_at - w->now;
 		struct __kernel_timespec ts = {.tv_sec = (long long)(wait / 1000000000u),
 					       .tv_nsec = (long long)(wait % 1000000000u)};
 		struct io_uring_cqe *cqe;
@@ -556,6 +582,8 @@ loop(struct worker *w)
 		w->now = now_ns();
 		w->wall = time(NULL);
 		w->stats.loop_iterations++;
+		atomic_store_explicit(&w->pub.beat, w->now, memory_order_relaxed);
+		fault_stall(w->id);
 
 		unsigned head, n = 0;
 		io_uring_for_each_cqe(&w->ring, head, cqe)
@@ -566,6 +594,9 @@ loop(struct worker *w)
 		io_uring_cq_advance(&w->ring, n);
 
 		timer_expire(w->wheel, w->now, conn_on_timer, w);
+		pub_dirty = w->now < w->pub_at;
+		if (!pub_dirty)
+			publish(w);
 		if (w->draining && w->now >= w->drain_deadline) {
 			for (uint32_t i = 0; i < w->nconns; i++)
 				if (w->conns[i].state == CONN_OPEN)

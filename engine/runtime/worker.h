@@ -27,6 +27,7 @@
 #include "conn.h"
 #include "dns.h"
 #include "log.h"
+#include "metrics.h"
 #include "milter_io.h"
 #include "qid.h"
 #include "relay.h"
@@ -88,6 +89,7 @@ struct worker {
 	uint32_t nfree;
 	uint32_t nconns;
 	uint32_t active;
+	uint32_t open_by_listener[CONFIG_MAX_LISTENERS]; /* of active (metrics gauge) */
 
 	char *outmem; /* nconns * CONN_OUT_SIZE, mapped, touched lazily */
 	char **free_out;
@@ -128,6 +130,9 @@ struct worker {
 	struct policy policy;
 	struct ringmx_stats stats;
 	struct log_buf log;
+	/* What the metrics endpoint and the watchdog read (metrics.h). */
+	struct metrics_pub pub;
+	uint64_t pub_at; /* next publish not before this (monotonic ns) */
 };
 
 /* worker.c */

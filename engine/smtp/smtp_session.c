@@ -449,6 +449,9 @@ emit_received(struct smtp_session *s)
 static void
 message_done(struct smtp_session *s, const char *text, size_t len, bool sent)
 {
+	/* Every final reply after the end of data, refusals too: what a
+	 * client waits for there is the sink (fsync, milters). */
+	RINGMX_HIST_OBSERVE(s->stats, eod_reply, (s->now - s->t_verdict) / 1000u);
 	if (sent) {
 		s->stats->messages_accepted++;
 		s->counts.messages++;
@@ -488,6 +491,7 @@ message_end(struct smtp_session *s)
 	unsigned f = s->body.flags;
 	int rc;
 
+	s->t_verdict = s->now;
 	/* The protocol failures are decided by the content alone, whatever
 	 * the feed boundaries (which decide how much reached a failing sink),
 	 * so they take precedence. */
@@ -510,7 +514,6 @@ message_end(struct smtp_session *s)
 	}
 	rc = s->sink->ops->tx_commit(s->tx);
 	if (rc == SINK_PENDING) {
-		s->t_verdict = s->now;
 		enter(s, SMTP_S_VERDICT);
 		return;
 	}

@@ -620,6 +620,7 @@ batch_form(struct spool *sp)
 		b->cur_ch = b->head->head;
 		b->cur_off = 0;
 		sp->env.stats->spool_batches++;
+		RINGMX_HIST_OBSERVE(sp->env.stats, spool_batch, b->n);
 	}
 }
 
@@ -771,7 +772,9 @@ on_fsync(struct spool *sp, int res)
 	assert(sp->fsync_inflight);
 	sp->fsync_inflight = false;
 	/* From queueing to the CQE seen: the disk plus io-wq scheduling. */
-	sp->env.stats->spool_fsync_us += (sp_mono_ns() - sp->fsync_start) / 1000u;
+	uint64_t fsync_us = (sp_mono_ns() - sp->fsync_start) / 1000u;
+	sp->env.stats->spool_fsync_us += fsync_us;
+	RINGMX_HIST_OBSERVE(sp->env.stats, spool_fdatasync, fsync_us);
 	int err = 0;
 	if (res >= 0)
 		res = fault_fsync();

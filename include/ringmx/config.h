@@ -314,6 +314,9 @@ struct config {
 	struct client_limits_conf client_limits;
 	struct screen_conf screen;
 	struct milters_conf milters;
+	/* metrics_listen: the Prometheus endpoint (engine/runtime/metrics_http.c);
+	 * addrlen 0 when unset. Not a listener for SMTP. */
+	struct listener_conf metrics_listen;
 
 	struct relay_conf relay;
 

@@ -133,10 +133,83 @@
 	X(milter_changes, "message changes a milter made: headers, body, sender, recipients") \
 	X(loop_iterations, "event loop iterations")
 
+/*
+ * Histograms, for the Prometheus endpoint (engine/runtime/metrics.c). Each
+ * observation is one comparison per bucket bound and two additions, by the
+ * worker that owns the struct, like the counters. Bounds are fixed at build
+ * time (a scrape must be comparable across restarts and workers):
+ *   RINGMX_HB_TIME   microseconds, 50 us .. 60 s (exposed in seconds)
+ *   RINGMX_HB_COUNT  1 .. 1024 (a count: messages per batch)
+ * X(name, kind, help)
+ */
+#define RINGMX_HISTS(X)                                                                            \
+	X(eod_reply, RINGMX_HB_TIME, "end of data to the final reply (250 or refusal), seconds")  \
+	X(spool_fdatasync, RINGMX_HB_TIME, "spool fdatasync, queued to completion, seconds")     \
+	X(spool_batch, RINGMX_HB_COUNT, "messages per spool group commit (batch)")               \
+	X(tls_handshake, RINGMX_HB_TIME, "inbound TLS handshake, first flight to done, seconds")   \
+	X(relay_delivery, RINGMX_HB_TIME,                                                          \
+	  "one delivery transaction at the next hop, MAIL to its last reply, seconds")
+
+enum ringmx_hist_kind { RINGMX_HB_TIME, RINGMX_HB_COUNT };
+
+#define RINGMX_HIST_BUCKETS 20 /* bounds of the longest kind, plus +Inf */
+
+static const uint64_t ringmx_hb_time[] = {50,      100,     250,     500,      1000,     2500,
+					  5000,    10000,   25000,   50000,    100000,   250000,
+					  500000,  1000000, 2500000, 5000000,  10000000, 30000000,
+					  60000000};
+static const uint64_t ringmx_hb_count[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024};
+
+struct ringmx_hist {
+	uint64_t bucket[RINGMX_HIST_BUCKETS]; /* not cumulative; [nbounds] is +Inf */
+	uint64_t sum;                         /* microseconds, or the counted units */
+	uint64_t count;
+};
+
+/* The bounds of a kind, ascending; *n is their number (< RINGMX_HIST_BUCKETS). */
+static inline const uint64_t *
+ringmx_hist_bounds(enum ringmx_hist_kind kind, unsigned *n)
+{
+	if (kind == RINGMX_HB_COUNT) {
+		*n = sizeof(ringmx_hb_count) / sizeof(ringmx_hb_count[0]);
+		return ringmx_hb_count;
+	}
+	*n = sizeof(ringmx_hb_time) / sizeof(ringmx_hb_time[0]);
+	return ringmx_hb_time;
+}
+
+static inline void
+ringmx_hist_observe(struct ringmx_hist *h, enum ringmx_hist_kind kind, uint64_t v)
+{
+	unsigned n, i = 0;
+	const uint64_t *b = ringmx_hist_bounds(kind, &n);
+	while (i < n && v > b[i])
+		i++;
+	h->bucket[i]++;
+	h->sum += v;
+	h->count++;
+}
+
+struct ringmx_hists {
+#define RINGMX_HIST_FIELD(name, kind, help) struct ringmx_hist name;
+	RINGMX_HISTS(RINGMX_HIST_FIELD)
+#undef RINGMX_HIST_FIELD
+};
+
+/* Each histogram's kind by name, so a call site cannot mix them up. */
+enum {
+#define RINGMX_HIST_KIND(name, kind, help) RINGMX_HK_##name = kind,
+	RINGMX_HISTS(RINGMX_HIST_KIND)
+#undef RINGMX_HIST_KIND
+};
+#define RINGMX_HIST_OBSERVE(stats, name, v)                                                        \
+	ringmx_hist_observe(&(stats)->hist.name, (enum ringmx_hist_kind)RINGMX_HK_##name, v)
+
 struct ringmx_stats {
 #define RINGMX_STATS_FIELD(name, help) uint64_t name;
 	RINGMX_STATS(RINGMX_STATS_FIELD)
 #undef RINGMX_STATS_FIELD
+	struct ringmx_hists hist; /* not in RINGMX_STATS: summed and dumped apart */
 } __attribute__((aligned(64)));
 
 #endif
