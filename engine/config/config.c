@@ -123,6 +123,8 @@ const struct key_def config_keys[] = {
 	 * the configuration they started under; the pool is sized at start. */
 	/* Operations (docs/operations.md). */
 	{"metrics_listen", T_ADDR, CO(metrics_listen), 0, 0, false},
+	{"user", T_ACCOUNT, CO(run_as.user), 0, 0, false},
+	{"group", T_ACCOUNT, CO(run_as.group), 0, 0, false},
 	{"milters", T_MILTERS, 0, 0, 0, true},
 	{"milter_default_action", T_MILTER_ACTION, CO(milters.default_action), 0, 0, true},
 	{"milter_connect_timeout", T_DURATION, CO(milters.connect_timeout), SEC(1), SEC(3600), true},
@@ -840,6 +842,8 @@ cf_set_value(struct pstate *st, const struct key_def *k, const char *v)
 	case T_MILTERS:
 	case T_MILTER_ACTION:
 		return cf_milter_set(st, k, v);
+	case T_ACCOUNT:
+		return cf_account_set(st, k, v);
 	case T_TLS_VERSION:
 		/* TLS 1.0 and 1.1 are never offered (RFC 8996). */
 		if (strcmp(v, "1.2") == 0)
@@ -1392,7 +1396,7 @@ cf_load(const char *name, const char *text, size_t len, const struct config_args
 		goto cf_fail;
 	}
 	if (cf_finish_relay(&st) < 0 || cf_finish_rcpt_maps(&st) < 0 || cf_finish_screen(&st) < 0 ||
-	    cf_finish_milters(&st) < 0)
+	    cf_finish_milters(&st) < 0 || cf_finish_account(&st) < 0)
 		goto cf_fail;
 	return cfg;
 cf_fail:
@@ -1426,10 +1430,25 @@ config_load(const struct config_args *args, char err[CONFIG_ERR_MAX])
 }
 
 void
+config_tls_pem_clear(struct tls_pem *p)
+{
+	if (p->key != NULL) {
+		/* Do not leave key material in freed heap memory. */
+		explicit_bzero(p->key, p->key_len);
+		free(p->key);
+	}
+	free(p->cert);
+	memset(p, 0, sizeof(*p));
+}
+
+void
 config_free(struct config *cfg)
 {
 	if (cfg == NULL)
 		return;
+	config_tls_pem_clear(&cfg->tls.pem);
+	for (size_t i = 0; i < cfg->tls.nsni; i++)
+		config_tls_pem_clear(&cfg->tls.sni[i].pem);
 	domains_clear(cfg);
 	relay_map_free(&cfg->relay);
 	cf_rcpt_maps_clear(cfg);

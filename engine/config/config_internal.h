@@ -68,6 +68,7 @@ enum key_type {
 	T_MILTERS,       /* inet:HOST:PORT, unix:/PATH list, resolved in cf_finish_milters() */
 	T_MILTER_ACTION, /* tempfail | accept | reject */
 	T_ADDR,          /* ADDRESS:PORT, no options: struct listener_conf at off (addrlen 0: unset) */
+	T_ACCOUNT,       /* user, group: a name at off, resolved in cf_finish_account() */
 };
 
 struct key_def {
@@ -82,7 +83,7 @@ struct key_def {
 #define SEC(n) ((uint64_t)(n) * NS_PER_S)
 
 /* The order here is the order of config_print() and docs/config.md. */
-#define NKEYS 84 /* entries of config_keys (checked in config.c) */
+#define NKEYS 86 /* entries of config_keys (checked in config.c) */
 
 static const char *const default_domains[] = {"localhost", "example.test"};
 
@@ -165,6 +166,11 @@ void cf_screen_free(struct config *cfg);
 int cf_milter_set(struct pstate *st, const struct key_def *k, const char *v);
 int cf_finish_milters(struct pstate *st);
 void cf_milter_print(const struct config *cfg, const struct key_def *k, FILE *f);
+
+/* config_account.c */
+int cf_account_set(struct pstate *st, const struct key_def *k, const char *v);
+int cf_finish_account(struct pstate *st);
+void cf_account_print(const struct config *cfg, const struct key_def *k, FILE *f);
 
 /* config_print.c */
 void config_print(const struct config *cfg, FILE *f);

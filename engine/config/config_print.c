@@ -146,6 +146,9 @@ config_print(const struct config *cfg, FILE *f)
 		case T_MILTER_ACTION:
 			cf_milter_print(cfg, k, f);
 			continue;
+		case T_ACCOUNT:
+			cf_account_print(cfg, k, f);
+			continue;
 		case T_TLS_SNI:
 			for (j = 0; j < cfg->tls.nsni; j++)
 				fprintf(f, "tls_sni = %s %s %s\n", cfg->tls.sni[j].name,
@@ -208,6 +211,9 @@ config_check_reload(const struct config *cur, const struct config *next, char er
 		case T_ADDR:
 			same = cf_listener_same((const struct listener_conf *)(const void *)((const char *)cur + k->off),
 						(const struct listener_conf *)(const void *)((const char *)next + k->off));
+			break;
+		case T_ACCOUNT:
+			same = strcmp((const char *)cur + k->off, (const char *)next + k->off) == 0;
 			break;
 		case T_CPUS:
 			same = cur->ncpus == next->ncpus &&

@@ -44,6 +44,7 @@
 #include "client_table.h"
 #include "metrics_http.h"
 #include "notify.h"
+#include "privdrop.h"
 
 static void
 sleep_ms(long ms)
@@ -249,8 +250,6 @@ main(int argc, char **argv)
 	if (cfg->metrics_listen.addrlen != 0 && metrics_bind(&metrics, cfg, err, sizeof(err)) < 0)
 		fatal("%s", err);
 	notify_init();
-	if (cfg->sink == SINK_KIND_SPOOL && control_lock(cfg, err, sizeof(err)) < 0)
-		fatal("%s", err);
 	unsigned n = cfg->workers;
 	struct worker *ws = calloc(n, sizeof(*ws));
 	if (ws == NULL)
@@ -290,6 +289,14 @@ main(int argc, char **argv)
 		if (w->wake_fd < 0)
 			fatal("eventfd: %s", strerror(errno));
 	}
+	/* Everything root was needed for is done: every listener bound, the
+	 * keys read (tls_check above), the descriptor limit raised. The spool
+	 * is opened from here on as the user, so everything in it stays the
+	 * user's. No thread but this one exists yet. */
+	if (privdrop_check_spool(cfg, err, sizeof(err)) < 0 || privdrop(cfg, err, sizeof(err)) < 0)
+		fatal("%s", err);
+	if (cfg->sink == SINK_KIND_SPOOL && control_lock(cfg, err, sizeof(err)) < 0)
+		fatal("%s", err);
 	for (unsigned i = 0; i < n; i++) {
 		int r = pthread_create(&ws[i].thread, NULL, worker_main, &ws[i]);
 		if (r != 0)

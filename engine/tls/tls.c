@@ -303,36 +303,57 @@ fail:
 	return NULL;
 }
 
-/*
- * One certificate/key pair into a new context: the file checks with their
- * messages, then what wolfSSL says about them. cert_label is "tls_cert" or
- * "tls_sni NAME", key_label likewise.
- */
-static WOLFSSL_CTX *
-pair_load(const struct tls_conf *t, const char *cert_label, const char *cert_path,
-	  const char *key_label, const char *key_path, int64_t now_wall, bool warn, char *err,
-	  size_t errlen)
+/* Both files of a pair into memory, with the checks that need no wolfSSL.
+ * cert_label is "tls_cert" or "tls_sni NAME", key_label likewise. */
+static int
+pem_read(const char *cert_label, const char *cert_path, const char *key_label,
+	 const char *key_path, struct tls_pem *out, char *err, size_t errlen)
 {
-	char *cert = NULL, *key = NULL, why[160];
-	size_t clen, klen;
-	WOLFSSL_CTX *ctx = NULL;
-	int r;
+	struct tls_pem p = {0};
 
-	if (file_read(cert_label, cert_path, &cert, &clen, err, errlen) < 0)
-		return NULL;
-	if (file_read(key_label, key_path, &key, &klen, err, errlen) < 0)
-		goto out;
-	if (count_str(cert, clen, "-----BEGIN CERTIFICATE-----") == 0) {
+	if (file_read(cert_label, cert_path, &p.cert, &p.cert_len, err, errlen) < 0)
+		return -1;
+	if (file_read(key_label, key_path, &p.key, &p.key_len, err, errlen) < 0)
+		goto fail;
+	if (count_str(p.cert, p.cert_len, "-----BEGIN CERTIFICATE-----") == 0) {
 		snprintf(err, errlen, "%s: %s: not a PEM certificate (no '-----BEGIN CERTIFICATE-----')",
 			 cert_label, cert_path);
-		goto out;
+		goto fail;
 	}
-	if (count_str(key, klen, "-----BEGIN ") == 0 || count_str(key, klen, "PRIVATE KEY-----") == 0) {
+	if (count_str(p.key, p.key_len, "-----BEGIN ") == 0 ||
+	    count_str(p.key, p.key_len, "PRIVATE KEY-----") == 0) {
 		snprintf(err, errlen, "%s: %s: not a PEM private key (no '-----BEGIN ... PRIVATE KEY-----')",
 			 key_label, key_path);
-		goto out;
+		goto fail;
 	}
-	if (cert_dates(cert_path, cert, clen, now_wall, warn, err, errlen) < 0) {
+	config_tls_pem_clear(out);
+	*out = p;
+	return 0;
+fail:
+	config_tls_pem_clear(&p);
+	return -1;
+}
+
+/*
+ * One pair, already in memory, into a new context: the dates, then what
+ * wolfSSL says about the chain and the key. The paths only name the files
+ * in messages.
+ */
+static WOLFSSL_CTX *
+pair_build(const struct tls_conf *t, const char *cert_label, const char *cert_path,
+	   const char *key_label, const char *key_path, const struct tls_pem *pem,
+	   int64_t now_wall, bool warn, char *err, size_t errlen)
+{
+	char why[160];
+	WOLFSSL_CTX *ctx;
+	int r;
+
+	if (pem->cert == NULL || pem->key == NULL) {
+		snprintf(err, errlen, "%s: %s: not read (tls_check() did not run)", cert_label,
+			 cert_path);
+		return NULL;
+	}
+	if (cert_dates(cert_path, pem->cert, pem->cert_len, now_wall, warn, err, errlen) < 0) {
 		/* cert_dates names "tls_cert"; an SNI pair says which one. */
 		if (strcmp(cert_label, "tls_cert") != 0) {
 			char tmp[512];
@@ -340,43 +361,36 @@ pair_load(const struct tls_conf *t, const char *cert_label, const char *cert_pat
 			snprintf(tmp, sizeof tmp, "%s", err + sizeof("tls_cert: ") - 1);
 			snprintf(err, errlen, "%s: %s", cert_label, tmp);
 		}
-		goto out;
+		return NULL;
 	}
 	ctx = ctx_new(t, err, errlen);
 	if (ctx == NULL)
-		goto out;
+		return NULL;
 	/* The chain comes from the same file (fullchain.pem): leaf first. */
-	r = wolfSSL_CTX_use_certificate_chain_buffer(ctx, (const unsigned char *)cert, (long)clen);
+	r = wolfSSL_CTX_use_certificate_chain_buffer(ctx, (const unsigned char *)pem->cert,
+						     (long)pem->cert_len);
 	if (r != WOLFSSL_SUCCESS) {
 		snprintf(err, errlen, "%s: %s: wolfSSL refuses the certificate chain: %s", cert_label,
 			 cert_path, tls_io_strerror(r, why, sizeof why));
 		goto fail;
 	}
-	r = wolfSSL_CTX_use_PrivateKey_buffer(ctx, (const unsigned char *)key, (long)klen,
-					      WOLFSSL_FILETYPE_PEM);
+	r = wolfSSL_CTX_use_PrivateKey_buffer(ctx, (const unsigned char *)pem->key,
+					      (long)pem->key_len, WOLFSSL_FILETYPE_PEM);
 	if (r != WOLFSSL_SUCCESS) {
 		snprintf(err, errlen, "%s: %s: cannot load the private key: %s", key_label, key_path,
 			 tls_io_strerror(r, why, sizeof why));
 		goto fail;
 	}
 	if (wolfSSL_CTX_check_private_key(ctx) != WOLFSSL_SUCCESS ||
-	    !key_matches(cert, clen, key, klen)) {
+	    !key_matches(pem->cert, pem->cert_len, pem->key, pem->key_len)) {
 		snprintf(err, errlen, "%s: %s: private key does not match the certificate in %s",
 			 key_label, key_path, cert_path);
 		goto fail;
 	}
-	goto out;
+	return ctx;
 fail:
 	wolfSSL_CTX_free(ctx);
-	ctx = NULL;
-out:
-	if (key != NULL) {
-		/* Do not leave key material in freed heap memory. */
-		explicit_bzero(key, klen);
-		free(key);
-	}
-	free(cert);
-	return ctx;
+	return NULL;
 }
 
 /* "*.example.org" matches exactly one more label: "a.example.org". */
@@ -436,14 +450,15 @@ set_build(const struct tls_conf *t, int64_t now_wall, bool warn, char *err, size
 		return NULL;
 	}
 	s->refs = 1;
-	s->def = pair_load(t, "tls_cert", t->cert, "tls_key", t->key, now_wall, warn, err, errlen);
+	s->def = pair_build(t, "tls_cert", t->cert, "tls_key", t->key, &t->pem, now_wall, warn, err,
+			    errlen);
 	if (s->def == NULL)
 		goto fail;
 	for (size_t i = 0; i < t->nsni; i++) {
 		snprintf(cl, sizeof cl, "tls_sni %s", t->sni[i].name);
 		snprintf(kl, sizeof kl, "tls_sni %s", t->sni[i].name);
-		s->sni[i].ctx = pair_load(t, cl, t->sni[i].cert, kl, t->sni[i].key, now_wall, warn,
-					  err, errlen);
+		s->sni[i].ctx = pair_build(t, cl, t->sni[i].cert, kl, t->sni[i].key, &t->sni[i].pem,
+					   now_wall, warn, err, errlen);
 		if (s->sni[i].ctx == NULL)
 			goto fail;
 		snprintf(s->sni[i].name, sizeof s->sni[i].name, "%s", t->sni[i].name);
@@ -460,12 +475,20 @@ fail:
 }
 
 int
-tls_check(const struct tls_conf *t, int64_t now_wall, char *err, size_t errlen)
+tls_check(struct tls_conf *t, int64_t now_wall, char *err, size_t errlen)
 {
 	struct tls_set *s;
+	char cl[300];
 
 	if (t->cert[0] == '\0')
 		return 0;
+	if (pem_read("tls_cert", t->cert, "tls_key", t->key, &t->pem, err, errlen) < 0)
+		return -1;
+	for (size_t i = 0; i < t->nsni; i++) {
+		snprintf(cl, sizeof cl, "tls_sni %s", t->sni[i].name);
+		if (pem_read(cl, t->sni[i].cert, cl, t->sni[i].key, &t->sni[i].pem, err, errlen) < 0)
+			return -1;
+	}
 	s = set_build(t, now_wall, true, err, errlen);
 	if (s == NULL)
 		return -1;

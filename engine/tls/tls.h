@@ -9,10 +9,14 @@
  *  - wolfSSL_Init()/wolfSSL_Cleanup() are called once, by main
  *    (tls_global_init/tls_global_fini).
  *  - tls_check() runs on the main thread only (start-up, -t, SIGHUP). It
- *    reads the files, reports the first problem as one line, and logs a
- *    warning for a certificate that expires within TLS_EXPIRY_WARN_DAYS.
+ *    reads the files into the configuration (struct tls_pem, owned by it),
+ *    reports the first problem as one line, and logs a warning for a
+ *    certificate that expires within TLS_EXPIRY_WARN_DAYS. It is the only
+ *    reader of certificate and key files: at start-up it runs before the
+ *    privilege drop, so the key may be readable by root only.
  *  - A struct tls_set belongs to one worker thread: it is built there
- *    (tls_set_new), used only there and freed there. Its reference count
+ *    (tls_set_new, from the bytes tls_check() read), used only there and
+ *    freed there. Its reference count
  *    is therefore a plain integer, not an atomic: the worker holds one
  *    reference for new sessions, every TLS connection holds one for its
  *    WOLFSSL object. After a reload the worker drops its reference to the
@@ -58,10 +62,11 @@ void tls_thread_fini(void);
  *   "tls_key: /x/key.pem: private key does not match the certificate in /x/cert.pem"
  * A configuration without tls_cert passes trivially.
  */
-int tls_check(const struct tls_conf *t, int64_t now_wall, char *err, size_t errlen);
+int tls_check(struct tls_conf *t, int64_t now_wall, char *err, size_t errlen);
 
-/* worker thread: build the contexts for t. NULL with err on failure. The
- * new set has one reference (the caller's). */
+/* worker thread: build the contexts for t from what tls_check() read into
+ * it. NULL with err on failure. The new set has one reference (the
+ * caller's). */
 struct tls_set *tls_set_new(const struct tls_conf *t, char *err, size_t errlen);
 void tls_set_ref(struct tls_set *s);
 /* NULL is allowed; frees the set and its CTXs at zero. */

@@ -83,10 +83,27 @@ enum spool_durability {
 #define CONFIG_TLS_SNI_MAX     32
 #define CONFIG_TLS_CIPHERS_MAX 1024
 
+/*
+ * A certificate and key as read by tls_check() on the main thread, before
+ * any privilege drop: the workers build their contexts from these bytes, so
+ * a key file readable by root only still serves every worker. Owned by the
+ * configuration they belong to; config_free() wipes the key.
+ */
+struct tls_pem {
+	char *cert, *key;
+	size_t cert_len, key_len;
+};
+/* Free both buffers, wiping the key first; leaves p empty. */
+void config_tls_pem_clear(struct tls_pem *p);
+
+/* user and group names (useradd allows 32 bytes). */
+#define CONFIG_ACCOUNT_MAX 33
+
 struct tls_sni_conf {
 	char name[256]; /* lower case; "*.example.org" matches one label */
 	char cert[CONFIG_TLS_PATH_MAX];
 	char key[CONFIG_TLS_PATH_MAX];
+	struct tls_pem pem;
 };
 
 /* Per-client limits (docs/defences.md, engine/policy/client_limits.c).
@@ -153,6 +170,7 @@ struct milters_conf {
 struct tls_conf {
 	char cert[CONFIG_TLS_PATH_MAX]; /* PEM, leaf first then chain; "" = no TLS */
 	char key[CONFIG_TLS_PATH_MAX];
+	struct tls_pem pem; /* filled by tls_check() */
 	struct tls_sni_conf sni[CONFIG_TLS_SNI_MAX];
 	size_t nsni;
 	unsigned min_version;                 /* 12 (TLS 1.2) or 13 */
@@ -317,6 +335,14 @@ struct config {
 	/* metrics_listen: the Prometheus endpoint (engine/runtime/metrics_http.c);
 	 * addrlen 0 when unset. Not a listener for SMTP. */
 	struct listener_conf metrics_listen;
+	/* user, group: the account ringmxd runs as once its listeners are
+	 * bound and its keys read (engine/runtime/privdrop.c). Names as
+	 * written ("" unset), resolved at load. Restart only. */
+	struct run_as_conf {
+		char user[CONFIG_ACCOUNT_MAX], group[CONFIG_ACCOUNT_MAX];
+		bool set;   /* user given */
+		uint32_t uid, gid;
+	} run_as;
 
 	struct relay_conf relay;
 
