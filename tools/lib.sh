@@ -8,7 +8,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # --no-install-recommends, so every package a step needs is named here, Recommends
 # included (swaks does TLS only through libnet-ssleay-perl and libio-socket-ssl-perl, which
 # are merely recommended). check_caps below proves what the tests rely on after installing.
-PKGS_BUILD="gcc libc6-dev meson ninja-build pkg-config liburing-dev libinih-dev libwolfssl-dev libc-ares-dev libsystemd-dev"
+PKGS_BUILD="gcc libc6-dev meson ninja-build pkg-config liburing-dev libinih-dev libwolfssl-dev libc-ares-dev libsystemd-dev libnats-dev"
 # python3: the integration harness (standard library only: ssl, smtplib, email).
 # swaks + libnet-ssleay-perl + libio-socket-ssl-perl: swaks with STARTTLS and TLS on connect.
 # postfix: smtp-source and smtp-sink (the peer load generator and next hop).
@@ -17,6 +17,8 @@ PKGS_BUILD="gcc libc6-dev meson ninja-build pkg-config liburing-dev libinih-dev 
 # python3-dnslib: the test DNS server of tests/integration/dnsd.py (run with /usr/bin/python3).
 # python3-milter: the scripted milters of tests/integration/milterd.py (libmilter; /usr/bin/python3).
 # prometheus: promtool checks /metrics and a private prometheus scrapes it (test_metrics.py).
+# libnats-dev (PKGS_BUILD): sink = jetstream; nats-server: the private 3-node JetStream
+# cluster of test_jetstream.py (the packaged service is kept off, see ensure_pkgs).
 # libsystemd-dev (PKGS_BUILD): sd_notify for Type=notify units.
 # rspamd, opendkim, opendkim-tools: the real milters of test_milter_real.py (private instances;
 # their services are neither started by the install nor enabled, see ensure_pkgs;
@@ -26,7 +28,7 @@ PKGS_BUILD="gcc libc6-dev meson ninja-build pkg-config liburing-dev libinih-dev 
 # tests/integration/nexthop.py (the system dovecot is kept stopped, see ensure_pkgs).
 # util-linux (prlimit, taskset, mount) and procps are Essential/Priority:required on Debian,
 # named anyway so a stripped image still works.
-PKGS_TEST="libcmocka-dev python3 swaks libnet-ssleay-perl libio-socket-ssl-perl postfix clang libclang-rt-14-dev haproxy openssl nginx libnginx-mod-stream stunnel4 dovecot-core dovecot-lmtpd python3-dnslib python3-milter rspamd opendkim opendkim-tools util-linux procps prometheus"
+PKGS_TEST="libcmocka-dev python3 swaks libnet-ssleay-perl libio-socket-ssl-perl postfix clang libclang-rt-14-dev haproxy openssl nginx libnginx-mod-stream stunnel4 dovecot-core dovecot-lmtpd python3-dnslib python3-milter rspamd opendkim opendkim-tools util-linux procps prometheus nats-server"
 PKGS_BENCH="hyperfine postfix python3 util-linux"
 
 missing_pkgs() {
@@ -78,7 +80,7 @@ ensure_pkgs() {
 	# brought in stays off (one installed by the admin beforehand is not touched).
 	# The same for rspamd and opendkim: the tests run private instances.
 	local svc
-	for svc in dovecot rspamd opendkim prometheus; do
+	for svc in dovecot rspamd opendkim prometheus nats-server; do
 		case " $missing " in
 		*" $svc "* | *" $svc-core "*)
 			if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then

@@ -131,6 +131,17 @@ const struct key_def config_keys[] = {
 	{"milter_command_timeout", T_DURATION, CO(milters.command_timeout), SEC(1), SEC(3600), true},
 	{"milter_content_timeout", T_DURATION, CO(milters.content_timeout), SEC(1), SEC(3600), true},
 	{"milter_conversation_limit", T_UINT, CO(milters.conversation_limit), 1, 65536, false},
+	/* sink = jetstream (docs/jetstream.md). Each worker connects at
+	 * start-up: all restart only. */
+	{"jetstream_servers", T_JS_SERVERS, 0, 0, 0, false},
+	{"jetstream_stream", T_JS_STREAM, 0, 0, 0, false},
+	{"jetstream_subject", T_JS_SUBJECT, 0, 0, 0, false},
+	{"jetstream_create", T_BOOL, CO(jetstream.create), 0, 0, false},
+	{"jetstream_replicas", T_UINT, CO(jetstream.replicas), 1, 5, false},
+	{"jetstream_timeout", T_DURATION, CO(jetstream.timeout), 100000000ull, SEC(600), false},
+	{"jetstream_max_pending", T_UINT, CO(jetstream.max_pending), 1, 65536, false},
+	{"jetstream_creds", T_FILE, CO(jetstream.creds), 0, 0, false},
+	{"jetstream_tls_ca", T_FILE, CO(jetstream.tls_ca), 0, 0, false},
 };
 _Static_assert(sizeof(config_keys) / sizeof(config_keys[0]) == NKEYS, "NKEYS is the key count");
 
@@ -773,8 +784,11 @@ cf_set_value(struct pstate *st, const struct key_def *k, const char *v)
 			cfg->sink = SINK_KIND_DISCARD;
 		else if (strcmp(v, "spool") == 0)
 			cfg->sink = SINK_KIND_SPOOL;
+		else if (strcmp(v, "jetstream") == 0)
+			cfg->sink = SINK_KIND_JETSTREAM;
 		else
-			return cf_fail(st, k->name, "not one of spool, discard: '%s'", q(st, v));
+			return cf_fail(st, k->name, "not one of spool, jetstream, discard: '%s'",
+				       q(st, v));
 		return 0;
 	case T_DURABILITY:
 		if (strcmp(v, "fsync") == 0)
@@ -844,6 +858,10 @@ cf_set_value(struct pstate *st, const struct key_def *k, const char *v)
 		return cf_milter_set(st, k, v);
 	case T_ACCOUNT:
 		return cf_account_set(st, k, v);
+	case T_JS_SERVERS:
+	case T_JS_STREAM:
+	case T_JS_SUBJECT:
+		return cf_jetstream_set(st, k, v);
 	case T_TLS_VERSION:
 		/* TLS 1.0 and 1.1 are never offered (RFC 8996). */
 		if (strcmp(v, "1.2") == 0)
@@ -1151,6 +1169,7 @@ set_defaults(struct config *cfg)
 	cfg->recv_buffer_size = 16384;
 	cfg->listen_backlog = 4096;
 	cfg->sink = SINK_KIND_SPOOL;
+	cf_jetstream_defaults(cfg);
 	strcpy(cfg->spool_dir, "/var/spool/ringmx");
 	cfg->segment_size = 64ull << 20;
 	cfg->durability = SPOOL_DURABILITY_FSYNC;
@@ -1396,7 +1415,8 @@ cf_load(const char *name, const char *text, size_t len, const struct config_args
 		goto cf_fail;
 	}
 	if (cf_finish_relay(&st) < 0 || cf_finish_rcpt_maps(&st) < 0 || cf_finish_screen(&st) < 0 ||
-	    cf_finish_milters(&st) < 0 || cf_finish_account(&st) < 0)
+	    cf_finish_milters(&st) < 0 || cf_finish_account(&st) < 0 ||
+	    cf_finish_jetstream(&st) < 0)
 		goto cf_fail;
 	return cfg;
 cf_fail:

@@ -69,6 +69,9 @@ enum key_type {
 	T_MILTER_ACTION, /* tempfail | accept | reject */
 	T_ADDR,          /* ADDRESS:PORT, no options: struct listener_conf at off (addrlen 0: unset) */
 	T_ACCOUNT,       /* user, group: a name at off, resolved in cf_finish_account() */
+	T_JS_SERVERS,    /* jetstream_servers: URL list */
+	T_JS_STREAM,     /* jetstream_stream: a stream name */
+	T_JS_SUBJECT,    /* jetstream_subject: a subject without wildcards */
 };
 
 struct key_def {
@@ -83,7 +86,7 @@ struct key_def {
 #define SEC(n) ((uint64_t)(n) * NS_PER_S)
 
 /* The order here is the order of config_print() and docs/config.md. */
-#define NKEYS 86 /* entries of config_keys (checked in config.c) */
+#define NKEYS 95 /* entries of config_keys (checked in config.c) */
 
 static const char *const default_domains[] = {"localhost", "example.test"};
 
@@ -171,6 +174,12 @@ void cf_milter_print(const struct config *cfg, const struct key_def *k, FILE *f)
 int cf_account_set(struct pstate *st, const struct key_def *k, const char *v);
 int cf_finish_account(struct pstate *st);
 void cf_account_print(const struct config *cfg, const struct key_def *k, FILE *f);
+
+/* config_jetstream.c */
+int cf_jetstream_set(struct pstate *st, const struct key_def *k, const char *v);
+void cf_jetstream_defaults(struct config *cfg);
+int cf_finish_jetstream(struct pstate *st);
+void cf_jetstream_print(const struct config *cfg, const struct key_def *k, FILE *f);
 
 /* config_print.c */
 void config_print(const struct config *cfg, FILE *f);

@@ -102,7 +102,10 @@ config_print(const struct config *cfg, FILE *f)
 			break;
 		}
 		case T_SINK:
-			fputs(cfg->sink == SINK_KIND_SPOOL ? "sink = spool" : "sink = discard", f);
+			fputs(cfg->sink == SINK_KIND_SPOOL       ? "sink = spool"
+			      : cfg->sink == SINK_KIND_JETSTREAM ? "sink = jetstream"
+								 : "sink = discard",
+			      f);
 			break;
 		case T_PATH:
 			fprintf(f, "spool_dir = %s", cfg->spool_dir);
@@ -148,6 +151,11 @@ config_print(const struct config *cfg, FILE *f)
 			continue;
 		case T_ACCOUNT:
 			cf_account_print(cfg, k, f);
+			continue;
+		case T_JS_SERVERS:
+		case T_JS_STREAM:
+		case T_JS_SUBJECT:
+			cf_jetstream_print(cfg, k, f);
 			continue;
 		case T_TLS_SNI:
 			for (j = 0; j < cfg->tls.nsni; j++)
@@ -213,7 +221,19 @@ config_check_reload(const struct config *cur, const struct config *next, char er
 						(const struct listener_conf *)(const void *)((const char *)next + k->off));
 			break;
 		case T_ACCOUNT:
+		case T_FILE:
 			same = strcmp((const char *)cur + k->off, (const char *)next + k->off) == 0;
+			break;
+		case T_JS_SERVERS:
+			same = cur->jetstream.nservers == next->jetstream.nservers;
+			for (size_t j = 0; same && j < cur->jetstream.nservers; j++)
+				same = strcmp(cur->jetstream.servers[j], next->jetstream.servers[j]) == 0;
+			break;
+		case T_JS_STREAM:
+			same = strcmp(cur->jetstream.stream, next->jetstream.stream) == 0;
+			break;
+		case T_JS_SUBJECT:
+			same = strcmp(cur->jetstream.subject, next->jetstream.subject) == 0;
 			break;
 		case T_CPUS:
 			same = cur->ncpus == next->ncpus &&

@@ -177,9 +177,11 @@ cf_finish_relay(struct pstate *st)
 	}
 	if (!relay_enabled(r))
 		return 0;
-	if (cfg->sink != SINK_KIND_SPOOL)
+	/* With jetstream the stream's consumer (ringmx-deliver) reads the
+	 * same keys and delivers. */
+	if (cfg->sink == SINK_KIND_DISCARD)
 		return cf_fail_key(st, r->relay_host[0] != '\0' ? "relay_host" : "transport_maps",
-				"needs sink = spool");
+				"needs sink = spool or jetstream");
 	for (i = 0; i < cfg->ndomains; i++) {
 		const char *d = cfg->domain_list[i];
 

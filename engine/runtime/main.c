@@ -315,7 +315,9 @@ main(int argc, char **argv)
 		off += (size_t)snprintf(where + off, sizeof(where) - off, "%s%s", l ? ", " : "",
 					cfg->listeners[l].text);
 	log_info("ringmxd %s listening on %s (%u worker%s, sink=%s, config %s)", RINGMX_VERSION,
-		 where, n, n == 1 ? "" : "s", cfg->sink == SINK_KIND_SPOOL ? "spool" : "discard",
+		 where, n, n == 1 ? "" : "s", cfg->sink == SINK_KIND_SPOOL       ? "spool"
+		 : cfg->sink == SINK_KIND_JETSTREAM ? "jetstream"
+						    : "discard",
 		 cfg->path[0] ? cfg->path : "(defaults)");
 	rcpt_map_text(cfg, err, sizeof(err));
 	if (err[0] != '\0')
@@ -373,6 +375,8 @@ main(int argc, char **argv)
 	client_table_free(clients);
 	pass_cache_free(passes);
 	dns_library_cleanup();
+	if (cur->sink == SINK_KIND_JETSTREAM)
+		js_library_fini();
 	config_free((struct config *)cur);
 	tls_global_fini();
 	return 0;

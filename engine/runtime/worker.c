@@ -375,6 +375,9 @@ handle_cqe(struct worker *w, struct io_uring_cqe *cqe)
 	case OP_MILTER:
 		mf_on_cqe(w->mf, cqe);
 		return;
+	case OP_JETSTREAM:
+		js_on_cqe(w->js, cqe);
+		return;
 	case OP_RECV:
 	case OP_SEND: {
 		uint32_t idx = ud_idx(ud);
@@ -551,11 +554,13 @@ loop(struct worker *w)
 		dns_poll(w->policy.dns); /* c-ares' retries and time-outs */
 		conn_rearm_all(w);
 		conn_flush_all(w);
+		if (w->js != NULL)
+			js_poll(w->js); /* after the sessions' commits of this round */
 		rearm_accepts(w);
 		bufring_publish(&w->br);
 		log_flush();
 		if (w->draining && w->active == 0 && (w->spool == NULL || spool_idle(w->spool)) &&
-		    (w->relay == NULL || relay_idle(w->relay)))
+		    (w->relay == NULL || relay_idle(w->relay)) && (w->js == NULL || js_idle(w->js)))
 			break;
 
 		uint64_t wait = timer_wait_ns(w->wheel, 1000000000ull);
@@ -739,6 +744,30 @@ worker_main(void *arg)
 				panic("verify: cannot allocate the cache (verify_cache_size %u): %s",
 				      w->cfg->verify.cache_size, strerror(-r));
 		}
+	} else if (w->cfg->sink == SINK_KIND_JETSTREAM) {
+		char err[512];
+		struct js_env jenv = {
+			.worker = w->id,
+			.ring = &w->ring,
+			.get_sqe = spool_get_sqe,
+			.ctx = w,
+			.ud_op = OP_JETSTREAM,
+			.qid = &w->qid,
+			.stats = &w->stats,
+			.now = &w->now,
+			.wall = &w->wall,
+		};
+		r = js_open(&w->js, w->cfg, &jenv, err, sizeof(err));
+		if (r < 0) {
+			log_err("%s", err);
+			log_flush();
+			bufring_fini(&w->br, &w->ring);
+			io_uring_queue_exit(&w->ring);
+			pools_fini(w);
+			atomic_store(&w->started, r);
+			return NULL;
+		}
+		js_sink(w->js, &w->sink);
 	} else {
 		sink_discard_init(&w->discard, &w->qid, &w->sink);
 	}
@@ -821,5 +850,7 @@ worker_main(void *arg)
 	w->policy.screen_pool = NULL;
 	mf_pool_free(w->mf); /* after the ring and the connections */
 	w->mf = NULL;
+	js_close(w->js); /* after the ring: no read of its eventfd is armed */
+	w->js = NULL;
 	return NULL;
 }

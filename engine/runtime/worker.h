@@ -35,6 +35,7 @@
 #include "ringmx/smtp.h"
 #include "ringmx/stats.h"
 #include "sink_discard.h"
+#include "js_sink.h"
 #include "spool.h"
 #include "timer.h"
 #include "tls.h"
@@ -51,6 +52,7 @@ enum op {
 	OP_RELAY,      /* outbound connections, journal; gen/kind/idx: relay */
 	OP_DNS,        /* the resolver's socket polls; gen/kind/idx: dns.c */
 	OP_MILTER,     /* milter conversations; gen/kind/idx: milter_io.c */
+	OP_JETSTREAM,  /* the jetstream sink's eventfds; kind: js_sink.c */
 };
 
 
@@ -123,6 +125,7 @@ struct worker {
 	struct qid_gen qid;
 	struct sink_discard discard;
 	struct spool *spool; /* sink = spool; NULL otherwise */
+	struct js_sink *js;  /* sink = jetstream; NULL otherwise */
 	struct relay *relay; /* relay_host/transport_maps set; NULL otherwise */
 	struct sink sink;
 	struct mf_pool *mf; /* milter conversations (milter_io.h) */

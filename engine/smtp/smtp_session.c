@@ -53,6 +53,8 @@ static const char r_sink_err[] = "451 4.3.0 Error: queue file write error\r\n";
 static const char r_no_space[] = "452 4.3.1 Insufficient system storage\r\n";
 /* Backpressure from the relay: the next hop has been failing for a while. */
 static const char r_busy[] = "451 4.3.0 Error: next hop unavailable, try again later\r\n";
+/* A sink that stores elsewhere (jetstream) and got no acknowledgement. */
+static const char r_queue_down[] = "451 4.3.0 Error: queue unavailable, try again later\r\n";
 static const char r_too_big[] = "552 5.3.4 Message size exceeds fixed limit\r\n";
 static const char r_bare_cr[] = "550 5.5.2 Error: bare <CR> received\r\n";
 static const char r_bare_lf[] = "550 5.5.2 Error: bare <LF> received\r\n";
@@ -481,6 +483,8 @@ message_verdict(struct smtp_session *s, int res)
 	s->stats->sink_errors++;
 	if (res == -ENOSPC)
 		message_done(s, r_no_space, sizeof r_no_space - 1, false);
+	else if (res == -EAGAIN)
+		message_done(s, r_queue_down, sizeof r_queue_down - 1, false);
 	else
 		message_done(s, r_sink_err, sizeof r_sink_err - 1, false);
 }
@@ -790,6 +794,7 @@ mail_accept(struct smtp_session *s)
 		.eightbit = s->tx_8bit,
 		.esmtp = s->esmtp,
 		.wall = s->now_wall,
+		.tls = s->tls_active ? s->tls_info : "",
 	};
 	int r;
 

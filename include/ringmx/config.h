@@ -67,6 +67,28 @@ struct listener_conf {
 enum sink_kind {
 	SINK_KIND_DISCARD = 0,
 	SINK_KIND_SPOOL,
+	SINK_KIND_JETSTREAM, /* a NATS JetStream stream (docs/jetstream.md) */
+};
+
+#define CONFIG_PATH_MAX 4096
+
+/* sink = jetstream (docs/jetstream.md, engine/jetstream/). Restart only:
+ * each worker connects once, at start-up. */
+#define CONFIG_JS_SERVERS_MAX 16
+#define CONFIG_JS_URL_MAX 256
+#define CONFIG_JS_NAME_MAX 64
+#define CONFIG_JS_SUBJECT_MAX 256
+struct jetstream_conf {
+	char servers[CONFIG_JS_SERVERS_MAX][CONFIG_JS_URL_MAX]; /* nats:// or tls:// URLs */
+	size_t nservers;
+	char stream[CONFIG_JS_NAME_MAX];     /* jetstream_stream, default MAIL */
+	char subject[CONFIG_JS_SUBJECT_MAX]; /* jetstream_subject, default mail.in */
+	bool create;                         /* jetstream_create: add the stream if missing */
+	unsigned replicas;                   /* jetstream_replicas, for a created stream */
+	uint64_t timeout;                    /* ns: publish to acknowledgement, and connect */
+	unsigned max_pending;                /* publishes in flight per worker */
+	char creds[CONFIG_PATH_MAX];         /* jetstream_creds: a .creds file; "" none */
+	char tls_ca[CONFIG_PATH_MAX];        /* jetstream_tls_ca: CA file; "" none */
 };
 
 /* When the spool answers 250 (docs/spool.md). */
@@ -75,7 +97,6 @@ enum spool_durability {
 	SPOOL_DURABILITY_NONE,      /* after the write completed: UNSAFE, benchmarks only */
 };
 
-#define CONFIG_PATH_MAX 4096
 
 /* Native TLS (docs/tls.md). Files are only named here; engine/tls/tls.c loads
  * and validates them (start-up, -t, SIGHUP). */
@@ -302,6 +323,7 @@ struct config {
 	unsigned listen_backlog;
 
 	enum sink_kind sink;
+	struct jetstream_conf jetstream;
 
 	/* The durable spool (sink = spool); see docs/spool.md. */
 	char spool_dir[CONFIG_PATH_MAX]; /* absolute or relative path, no NUL */

@@ -39,7 +39,8 @@ struct sink_open_info {
 	bool utf8;              /* SMTPUTF8 */
 	bool eightbit;          /* BODY=8BITMIME */
 	bool esmtp;
-	int64_t wall; /* time(NULL) of MAIL */
+	int64_t wall;    /* time(NULL) of MAIL */
+	const char *tls; /* "TLSv1.3 with cipher TLS_AES_256_GCM_SHA384"; "" without TLS */
 };
 
 enum sink_commit {

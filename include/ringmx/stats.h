@@ -131,6 +131,12 @@
 	X(milter_tempfails, "milter verdicts tempfail or a 4xx reply code") \
 	X(milter_discards, "messages discarded by a milter (250, not spooled)") \
 	X(milter_changes, "message changes a milter made: headers, body, sender, recipients") \
+	X(jetstream_published, "messages the JetStream stream acknowledged (250 sent)") \
+	X(jetstream_duplicates, "of those, acknowledged as duplicates: stored once already (Nats-Msg-Id)") \
+	X(jetstream_retries, "publish attempts after the first (a lost acknowledgement, a leader change)") \
+	X(jetstream_timeouts, "messages not acknowledged within jetstream_timeout (451 4.3.0)") \
+	X(jetstream_errors, "messages the stream refused or could not be reached for (451 4.3.0)") \
+	X(jetstream_busy, "MAIL refused: jetstream_max_pending publishes in flight (451 4.3.0)") \
 	X(loop_iterations, "event loop iterations")
 
 /*

@@ -469,7 +469,7 @@ test_numbers(void **state)
 	bad1("hop_count_limit", "50x", "not a number: '50x'");
 	bad1("workers", "257", "out of range: '257' (0..256)");
 	bad1("workers", "two", "not a number: 'two'");
-	bad1("sink", "file", "not one of spool, discard: 'file'");
+	bad1("sink", "file", "not one of spool, jetstream, discard: 'file'");
 	bad1("durability", "sync", "not one of fsync, none: 'sync'");
 	bad1("spool_dir", "/a\tb", "control character in path: '/a\\x09b'");
 	bad1("segment_size", "1k", "out of range: '1k' (65536..1099511627776)");
@@ -1973,7 +1973,7 @@ test_relay_host(void **state)
 
 	/* A relay needs the spool. */
 	bad("relay_host = 127.0.0.1:25\nsink = discard\n",
-	    "t.conf:1: relay_host: needs sink = spool");
+	    "t.conf:1: relay_host: needs sink = spool or jetstream");
 }
 
 static void
@@ -2051,7 +2051,7 @@ test_transport_maps(void **state)
 	config_free(ok(with_map("transport_maps = @MAP@\ndomains = .example.org, a.example.org\n",
 				map)));
 	bad(with_map("transport_maps = @MAP@\nsink = discard\ndomains = a.example.org\n", map),
-	    "t.conf:1: transport_maps: needs sink = spool");
+	    "t.conf:1: transport_maps: needs sink = spool or jetstream");
 
 	/* An empty map (comments only) enables nothing. */
 	map = map_file("transport6", "# nothing yet\n\n");
