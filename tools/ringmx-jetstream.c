@@ -110,19 +110,31 @@ main(int argc, char **argv)
 	jsCtx *js = NULL;
 	jsStreamInfo *si = NULL;
 	jsErrCode jerr = 0;
+	/* natsOptions_SetURL takes one URL: split the list. */
+	char list[4096];
+	const char *srv[16];
+	int nsrv = 0;
+	snprintf(list, sizeof(list), "%s", urls);
+	for (char *save = NULL, *t = strtok_r(list, ", ", &save); t != NULL && nsrv < 16;
+	     t = strtok_r(NULL, ", ", &save))
+		srv[nsrv++] = t;
 	natsStatus s = natsOptions_Create(&o);
 	if (s == NATS_OK)
-		s = natsOptions_SetURL(o, urls);
+		s = natsOptions_SetServers(o, srv, nsrv);
 	if (s == NATS_OK)
 		s = natsConnection_Connect(&nc, o);
-	if (s != NATS_OK)
-		return fail("connect", s, 0);
+	int rc = 0;
+	if (s != NATS_OK) {
+		rc = fail("connect", s, 0);
+		goto out;
+	}
 	s = natsConnection_JetStream(&js, nc, NULL);
 	if (s == NATS_OK)
 		s = js_GetStreamInfo(&si, js, stream, NULL, &jerr);
-	if (s != NATS_OK)
-		return fail(stream, s, jerr);
-	int rc = 0;
+	if (s != NATS_OK) {
+		rc = fail(stream, s, jerr);
+		goto out;
+	}
 	if (!dump) {
 		printf("stream=%s messages=%" PRIu64 " bytes=%" PRIu64 " first_seq=%" PRIu64
 		       " last_seq=%" PRIu64 " replicas=%" PRId64 " leader=%s\n",
@@ -163,6 +175,7 @@ main(int argc, char **argv)
 			natsMsg_Destroy(m);
 		}
 	}
+out:
 	jsStreamInfo_Destroy(si);
 	jsCtx_Destroy(js);
 	natsConnection_Destroy(nc);

@@ -1,0 +1,351 @@
+#!/usr/bin/env python3
+"""sink = jetstream (issue 16): a private 3-node nats-server cluster with
+JetStream on loopback ports; ringmx-load -> ringmxd -> a replicas=3 stream.
+
+- the stream's leader is SIGKILLed in the middle of a run: every message
+  that got a 250 is in the stream exactly once and byte for byte (read back
+  with ringmx-jetstream dump, checksums of ringmx-load's manifest);
+- the whole cluster down: 451 4.3.0, nothing acknowledged; back up: ringmxd
+  accepts again by itself, and what was stored before is still there;
+- the headers of docs/jetstream.md on a message with two recipients, the
+  payload as the spool would hold it (ringmxd's Received: first);
+- jetstream_max_pending bounds the publishes in flight (451 at MAIL), and
+  SIGTERM with publishes in flight ends within jetstream_timeout;
+- jetstream_create = no and a missing stream: one log line and 451;
+- bad keys: one error naming file, line and key.
+"""
+
+import os
+import re
+import shutil
+import signal
+import smtplib
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+
+from ringmx_harness import (Server, Skip, Suite, check, check_eq, fail, free_port, run,
+                            ringmxd_path, wait_for, TIMEOUT)
+from relay_util import fnv1a64, load_tool, read_manifest
+
+T = Suite(__file__)
+NATS = shutil.which("nats-server") or "/usr/sbin/nats-server"
+TOOL = os.environ.get("RINGMX_JETSTREAM") or os.path.join(
+    os.path.dirname(ringmxd_path()), "tools", "ringmx-jetstream")
+if not os.access(NATS, os.X_OK):
+    print("skip %s: nats-server is not installed (Debian package nats-server)" % T.name)
+    raise SystemExit(77)
+TMP = tempfile.mkdtemp(prefix="ringmx-js-")
+
+
+class Node:
+    def __init__(self, name, client, route, mon, peers):
+        self.name, self.client, self.route, self.mon = name, client, route, mon
+        self.dir = os.path.join(TMP, name)
+        os.makedirs(self.dir, exist_ok=True)
+        self.conf = os.path.join(self.dir, "nats.conf")
+        with open(self.conf, "w") as f:
+            f.write("server_name: %s\nlisten: 127.0.0.1:%d\nhttp: 127.0.0.1:%d\n"
+                    "max_payload: 8MB\n"
+                    "jetstream { store_dir: \"%s\" }\n"
+                    "cluster { name: ringmx\n listen: 127.0.0.1:%d\n routes: [%s] }\n"
+                    % (name, client, mon, os.path.join(self.dir, "store"), route,
+                       ", ".join("nats-route://127.0.0.1:%d" % p for p in peers)))
+        self.proc = None
+
+    def url(self):
+        return "nats://127.0.0.1:%d" % self.client
+
+    def start(self):
+        self.log = open(os.path.join(self.dir, "log"), "ab")
+        self.proc = subprocess.Popen([NATS, "-c", self.conf], stdout=self.log,
+                                     stderr=self.log, stdin=subprocess.DEVNULL)
+
+    def kill(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def healthy(self):
+        try:
+            with urllib.request.urlopen("http://127.0.0.1:%d/healthz" % self.mon,
+                                        timeout=2) as r:
+                return r.status == 200
+        except Exception:
+            return False
+
+
+def ports(n):
+    out = []
+    while len(out) < n:
+        p = free_port()
+        if p not in out:
+            out.append(p)
+    return out
+
+
+P = ports(9)
+NODES = [Node("n%d" % (i + 1), P[i], P[3 + i], P[6 + i],
+              [P[3 + j] for j in range(3) if j != i]) for i in range(3)]
+URLS = ", ".join(n.url() for n in NODES)
+
+
+def cluster_up(nodes=NODES):
+    for n in nodes:
+        if n.proc is None:
+            n.start()
+    wait_for(lambda: all(n.healthy() for n in nodes), timeout=60,
+             what="the JetStream cluster to be healthy")
+
+
+def cluster_down(nodes=NODES):
+    for n in nodes:
+        n.kill()
+
+
+def tool(*args, nodes=None):
+    urls = ",".join(n.url() for n in (nodes or [n for n in NODES if n.proc is not None]))
+    r = run([TOOL, "-s", urls, "-S", "MAIL"] + list(args), timeout=60)
+    check(r.returncode == 0, "ringmx-jetstream %s: %s" % (" ".join(args), r.stderr[:800]))
+    return r.stdout
+
+
+def info():
+    line = tool("info").strip()
+    return dict(kv.split("=", 1) for kv in line.split())
+
+
+def dump(body=True):
+    """[(fields, payload bytes or None)] in sequence order."""
+    out = []
+    for ln in tool("dump", *(["--body"] if body else [])).splitlines():
+        head, sep, raw = ln.partition(" body=")
+        f = {}
+        for kv in re.findall(r"(\w+)=(\S*)", head):
+            f[kv[0]] = kv[1]
+        payload = None
+        if sep:
+            payload = re.sub(rb"\\(r|n|\\|x[0-9a-f]{2})",
+                             lambda m: {b"r": b"\r", b"n": b"\n", b"\\": b"\\"}.get(
+                                 m.group(1), bytes([int(m.group(1)[1:], 16)]) if
+                                 m.group(1).startswith(b"x") else b""),
+                             raw.encode("latin-1"))
+        out.append((f, payload))
+    return out
+
+
+def js_server(extra=(), workers=2, timeout="10s"):
+    return Server(workers=workers, args=["-o", "sink=jetstream", "-o", "jetstream_servers=" + URLS,
+                                         "-o", "jetstream_create=yes", "-o", "jetstream_replicas=3",
+                                         "-o", "jetstream_timeout=" + timeout,
+                                         "-o", "message_size_limit=4m"] + list(extra))
+
+
+def send(srv, rcpts=("u@example.test",), body="hello\r\n"):
+    """(code, text) of the end of data, with smtplib."""
+    with smtplib.SMTP("127.0.0.1", srv.port, local_hostname="c.test", timeout=30) as s:
+        s.ehlo("c.test")
+        code, text = s.mail("a@sender.test")
+        check_eq(code, 250, "MAIL: %s" % text)
+        for r in rcpts:
+            code, text = s.rcpt(r)
+            check_eq(code, 250, "RCPT: %s" % text)
+        return s.data("Subject: js\r\n\r\n" + body)
+
+
+def wait_accepting(srv, timeout=60):
+    deadline = time.monotonic() + timeout
+    while True:
+        code, text = send(srv)
+        if code == 250:
+            return text.decode()
+        check(time.monotonic() < deadline, "still %d %s after %ds" % (code, text, timeout))
+        time.sleep(0.5)
+
+
+def check_stored_once(manifest, stored):
+    """Every manifest entry (a 250) is in the stream once, byte for byte."""
+    want = read_manifest(manifest)          # load id -> (size, sum)
+    qids = {}
+    for ln in open(manifest).read().splitlines():
+        lid, qid = ln.split()[:2]
+        qids[qid] = lid
+    seen = {}
+    for f, payload in stored:
+        seen[f["qid"]] = seen.get(f["qid"], 0) + 1
+    dups = sorted(q for q, n in seen.items() if n > 1)
+    check(not dups, "stored more than once: %s" % dups[:10])
+    missing = sorted(q for q in qids if q not in seen)
+    check(not missing, "%d acknowledged messages not in the stream, e.g. %s"
+          % (len(missing), missing[:5]))
+    by_qid = {f["qid"]: p for f, p in stored}
+    for qid, lid in qids.items():
+        payload = by_qid[qid]
+        check(payload.startswith(b"Received: from "), "%s: no Received: first" % qid)
+        _head, _sep, body = payload.partition(b"\r\n\r\n")
+        size, total = want[lid]
+        check_eq("%016x" % fnv1a64(body), total, "checksum of %s (%s)" % (qid, lid))
+    return len(qids)
+
+
+@T.test("cluster of 3, replicas=3: the leader SIGKILLed mid-run; every 250 stored once, "
+        "byte for byte")
+def _():
+    cluster_up()
+    with js_server() as srv:
+        wait_accepting(srv)
+        before = {f["qid"] for f, _ in dump(body=False)}
+        st = info()
+        check_eq(st["replicas"], "3", "stream replicas")
+        leader = st["leader"]
+        check(leader in ("n1", "n2", "n3"), "leader: %r" % st)
+        man = os.path.join(TMP, "manifest1")
+        load = subprocess.Popen([load_tool(), "-q", "-c", "8", "-m", "3000", "--expect-reject",
+                                 "--timeout", "30", "--verify", man,
+                                 "127.0.0.1:%d" % srv.port],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_for(lambda: os.path.exists(man) and
+                 len(open(man).read().splitlines()) >= 500 or load.poll() is not None,
+                 timeout=60, what="500 messages acknowledged")
+        check(load.poll() is None, "the run ended before the kill: make it longer")
+        victim = [n for n in NODES if n.name == leader][0]
+        victim.kill()
+        out, err = load.communicate(timeout=240)
+        check_eq(load.returncode, 0, "ringmx-load exit: %s" % err[-800:])
+        survivors = [n for n in NODES if n is not victim]
+        wait_for(lambda: info().get("leader") not in ("-", leader), timeout=60,
+                 what="a new leader")
+        stored = [(f, p) for f, p in dump() if f["qid"] not in before]
+        n = check_stored_once(man, stored)
+        check(n >= 500, "only %d messages acknowledged" % n)
+        s = srv.stats()
+        check_eq(s["jetstream_published"], n + 1, "jetstream_published (+1: the probe)")
+        print("  %d of 3000 acknowledged across the leader change (%s killed); "
+              "retries %d, duplicates %d, 451s: timeouts %d errors %d"
+              % (n, leader, s["jetstream_retries"], s["jetstream_duplicates"],
+                 s["jetstream_timeouts"], s["jetstream_errors"]), flush=True)
+        victim.start()
+        cluster_up()
+
+
+@T.test("the whole cluster down: 451 4.3.0 and nothing acknowledged; back up: accepting "
+        "again by itself, the earlier messages still there")
+def _():
+    cluster_up()
+    with js_server(timeout="2s") as srv:
+        wait_accepting(srv)
+        before = len(dump(body=False))
+        cluster_down()
+        code, text = send(srv)
+        check_eq((code, text.decode()), (451, "4.3.0 Error: queue unavailable, try again later"),
+                 "reply with the cluster down")
+        man = os.path.join(TMP, "manifest2")
+        rc = subprocess.run([load_tool(), "-q", "-c", "4", "-m", "20", "--expect-reject",
+                             "--timeout", "30", "--verify", man, "127.0.0.1:%d" % srv.port],
+                            capture_output=True, text=True, timeout=120)
+        check_eq(rc.returncode, 0, "ringmx-load: " + rc.stderr[-500:])
+        check_eq(open(man).read(), "", "messages acknowledged with the cluster down")
+        cluster_up()
+        wait_accepting(srv, timeout=90)
+        man = os.path.join(TMP, "manifest3")
+        rc = subprocess.run([load_tool(), "-q", "-c", "4", "-m", "200", "--timeout", "30",
+                             "--verify", man, "127.0.0.1:%d" % srv.port],
+                            capture_output=True, text=True, timeout=120)
+        check_eq(rc.returncode, 0, "ringmx-load after the restart: " + rc.stderr[-500:])
+        stored = dump()
+        check(len(stored) >= before + 200, "%d stored, want >= %d" % (len(stored), before + 200))
+        check_eq(check_stored_once(man, stored), 200, "acknowledged after the restart")
+
+
+@T.test("the headers of docs/jetstream.md; the payload is the spool's (Received: first)")
+def _():
+    cluster_up()
+    with js_server() as srv:
+        wait_accepting(srv)
+        code, text = send(srv, rcpts=("u@example.test", "v@example.test"), body="line\r\n")
+        check_eq(code, 250, text)
+        qid = re.search(r"queued as (\S+)", text.decode()).group(1)
+        f, payload = [x for x in dump() if x[0]["qid"] == qid][0]
+        check_eq(f["from"], "<a@sender.test>", "Ringmx-Mail-From")
+        check_eq(f["rcpt"], "<u@example.test>,<v@example.test>", "Ringmx-Rcpt-To")
+        check(re.fullmatch(r"\[127\.0\.0\.1\]:\d+", f["client"]), "Ringmx-Client %r" % f)
+        check_eq(f["helo"], "c.test", "Ringmx-Helo")
+        check(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", f["received_at"]), f)
+        check_eq(f["tls"], "none", "Ringmx-Tls")
+        check(payload.startswith(b"Received: from c.test ([127.0.0.1])"), payload[:200])
+        check(("id %s" % qid).encode() in payload.split(b"\r\n\r\n")[0], payload[:300])
+        check(payload.endswith(b"\r\n\r\nline\r\n"), payload[-80:])
+        check_eq(int(f["bytes"]), len(payload), "bytes")
+
+
+@T.test("jetstream_max_pending: MAIL past it gets 451 4.3.0; SIGTERM with publishes in "
+        "flight ends within jetstream_timeout")
+def _():
+    cluster_up()
+    with js_server(extra=["-o", "jetstream_max_pending=2", "-o", "shutdown_timeout=1s"],
+                   workers=1, timeout="6s") as srv:
+        wait_accepting(srv)
+        cluster_down()
+        socks = []
+        for _ in range(2):
+            c = srv.client()
+            c.ehlo()
+            c.cmd("MAIL FROM:<a@sender.test>").expect(250)
+            c.cmd("RCPT TO:<u@example.test>").expect(250)
+            c.cmd("DATA").expect(354)
+            c.send(b"Subject: x\r\n\r\nbody\r\n.\r\n")
+            socks.append(c)
+        time.sleep(0.3)
+        c3 = srv.client()
+        c3.ehlo()
+        c3.cmd("MAIL FROM:<a@sender.test>").expect(451, "4.3.0")
+        check(srv.stats()["jetstream_busy"] >= 1, "jetstream_busy")
+        t0 = time.monotonic()
+        srv.signal(signal.SIGTERM)
+        for c in socks:
+            # 451 when the publish times out first, 421 when the drain's
+            # shutdown_timeout does; never 250.
+            r = c.reply()
+            check(r.code in (421, 451), "after SIGTERM: %r" % r)
+        rc = srv.stop()
+        check_eq(rc, 0, "exit code")
+        check(time.monotonic() - t0 < 6 + 5, "stop took %.1fs" % (time.monotonic() - t0))
+    cluster_up()
+
+
+@T.test("jetstream_create = no and no such stream: one log line, 451 4.3.0")
+def _():
+    cluster_up()
+    with Server(workers=1, args=["-o", "sink=jetstream", "-o", "jetstream_servers=" + URLS,
+                                 "-o", "jetstream_stream=NOSUCH", "-o", "jetstream_timeout=2s"]) as srv:
+        code, text = send(srv)
+        check_eq(code, 451, text)
+        srv.wait_log(r"jetstream w0: stream NOSUCH does not exist and jetstream_create = no")
+
+
+@T.test("bad keys: one error with file, line and key")
+def _():
+    conf = os.path.join(TMP, "bad.conf")
+    for text, want in [("sink = jetstream\njetstream_servers = http://x:1\n",
+                        r"bad\.conf:2: jetstream_servers: 'http://x:1': not a nats:// or tls:// URL"),
+                       ("jetstream_stream = a.b\n", r"bad\.conf:1: jetstream_stream: 'a\.b'"),
+                       ("jetstream_subject = mail.*\n", r"bad\.conf:1: jetstream_subject: "),
+                       ("jetstream_replicas = 7\n", r"bad\.conf:1: jetstream_replicas: "),
+                       ("sink = jetstream\njetstream_creds = /nonexistent.creds\n",
+                        r"bad\.conf:2: jetstream_creds: /nonexistent\.creds: No such file")]:
+        with open(conf, "w") as f:
+            f.write(text)
+        r = run([ringmxd_path(), "-t", "-c", conf])
+        out = (r.stdout + r.stderr).strip()
+        check(r.returncode != 0, "%r accepted" % text)
+        check(re.search(want, out), "%r: want %r, got %s" % (text, want, out))
+
+
+try:
+    T.main()
+finally:
+    cluster_down()
+    shutil.rmtree(TMP, ignore_errors=True)
