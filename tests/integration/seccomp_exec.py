@@ -3,7 +3,12 @@
 applies it, so a test can see what ringmxd does inside such a container without a
 container runtime.
 
-    /usr/bin/python3 seccomp_exec.py PROFILE.json COMMAND [ARG...]
+    /usr/bin/python3 seccomp_exec.py [--user NAME [--bind-cap]] PROFILE.json COMMAND [ARG...]
+
+--user NAME switches to that account first (no supplementary groups), as systemd's User= does
+before it loads a unit's filter; --bind-cap keeps CAP_NET_BIND_SERVICE through the switch as
+the only capability, bounding set included, and raises it as ambient, as
+AmbientCapabilities= and CapabilityBoundingSet= do, so the command can bind a port below 1024.
 
 Needs Debian's python3-seccomp (libseccomp's bindings), so it runs under /usr/bin/python3;
 without the module, or where seccomp cannot be loaded, it exits 77 (skip).
@@ -23,10 +28,12 @@ x86_64) get libseccomp's bad-architecture action instead of the profile's rules,
 native ringmxd never reaches.
 """
 
+import ctypes
 import errno
 import json
 import os
 import platform
+import pwd
 import sys
 
 SKIP = 77
@@ -106,19 +113,54 @@ def build(sc, profile, caps=CAPS):
     return f, added
 
 
+PR_SET_KEEPCAPS, PR_CAPBSET_DROP, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE = 8, 24, 47, 2
+CAP_NET_BIND_SERVICE = 10
+LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+def _libc_call(name, *args):
+    libc = ctypes.CDLL(None, use_errno=True)
+    if getattr(libc, name)(*args) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, "%s: %s" % (name, os.strerror(e)))
+
+
+def become(user, bind_cap):
+    """Switch to user; with bind_cap keep CAP_NET_BIND_SERVICE alone, ambient."""
+    pw = pwd.getpwnam(user)
+    if bind_cap:
+        with open("/proc/sys/kernel/cap_last_cap") as f:
+            last = int(f.read())
+        for cap in range(last + 1):
+            if cap != CAP_NET_BIND_SERVICE:
+                _libc_call("prctl", PR_CAPBSET_DROP, cap, 0, 0, 0)
+        _libc_call("prctl", PR_SET_KEEPCAPS, 1, 0, 0, 0)
+    os.setgroups([])
+    os.setgid(pw.pw_gid)
+    os.setuid(pw.pw_uid)
+    if bind_cap:
+        header = (ctypes.c_uint32 * 2)(LINUX_CAPABILITY_VERSION_3, 0)
+        bit = 1 << CAP_NET_BIND_SERVICE
+        # {effective, permitted, inheritable} for capabilities 0-31, then 32-63.
+        data = (ctypes.c_uint32 * 6)(bit, bit, bit, 0, 0, 0)
+        _libc_call("capset", header, data)
+        _libc_call("prctl", PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, CAP_NET_BIND_SERVICE, 0, 0)
+
+
 # python3-seccomp is a Debian package: only Debian's interpreter has it.
 SYSTEM_PYTHON = "/usr/bin/python3"
 
 
-def confined_server(profile, **kw):
+def confined_server(profile, wrapper_args=(), **kw):
     """A ringmx_harness.Server whose ringmxd is started through this script: the filter is
     loaded here, then ringmxd is exec'd, so the process the harness signals and waits for is
-    the filtered daemon itself."""
+    the filtered daemon itself. wrapper_args: --user NAME, --bind-cap."""
     from ringmx_harness import Server
 
     class Confined(Server):
         def _spawn(self, cmd):
-            super()._spawn([SYSTEM_PYTHON, os.path.abspath(__file__), profile] + cmd)
+            super()._spawn([SYSTEM_PYTHON, os.path.abspath(__file__)] + list(wrapper_args) +
+                           [profile] + cmd)
     return Confined(**kw)
 
 
@@ -132,8 +174,20 @@ def seccomp_mode(pid):
 
 
 def main(argv):
-    if len(argv) < 3:
-        print("usage: seccomp_exec.py PROFILE.json COMMAND [ARG...]", file=sys.stderr)
+    user, bind_cap = None, False
+    argv = list(argv)
+    while len(argv) > 1 and argv[1] in ("--user", "--bind-cap"):
+        if argv[1] == "--user" and len(argv) > 2:
+            user = argv[2]
+            del argv[1:3]
+        elif argv[1] == "--bind-cap":
+            bind_cap = True
+            del argv[1]
+        else:
+            break
+    if len(argv) < 3 or (bind_cap and user is None):
+        print("usage: seccomp_exec.py [--user NAME [--bind-cap]] PROFILE.json COMMAND [ARG...]",
+              file=sys.stderr)
         return 2
     try:
         import seccomp as sc
@@ -146,6 +200,8 @@ def main(argv):
     if added == 0:
         print("seccomp_exec: %s gave no rules" % argv[1], file=sys.stderr)
         return 2
+    if user is not None:
+        become(user, bind_cap)
     try:
         f.load()
     except (OSError, RuntimeError) as e:

@@ -4,13 +4,16 @@ so the unit is never booted. `systemd-analyze verify` prints nothing for it (wit
 pointing at the built ringmxd); `systemd-analyze security --offline=yes` rates it at most
 MAX_EXPOSURE and every item it marks exposed is one ACCEPTED names a reason for; the unit's
 SystemCallFilter= lines, resolved the way systemd resolves them, allow the io_uring calls and
-what ringmxd needs besides; and ringmxd really runs under that filter (with the unit's
+what ringmxd needs besides; and ringmxd really runs the way the unit runs it: as nobody (for
+User=) with CAP_NET_BIND_SERVICE alone, under that filter with the unit's
 RestrictAddressFamilies=, RestrictNamespaces=, LockPersonality=, MemoryDenyWriteExecute= and
-SystemCallArchitectures=, as seccomp rules of the same effect), pinned, spooling, reloading."""
+SystemCallArchitectures= as seccomp rules of the same effect: on a port below 1024, pinned,
+spooling, reloading."""
 
 import errno
 import json
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -18,7 +21,8 @@ import socket
 import subprocess
 import tempfile
 
-from ringmx_harness import Skip, Suite, check, check_eq, ringmxd_path, smtplib_send
+from ringmx_harness import (Skip, Suite, check, check_eq, privileged_port, ringmxd_path,
+                            smtplib_send)
 from seccomp_exec import SYSTEM_PYTHON, confined_server, seccomp_mode
 
 T = Suite(__file__)
@@ -266,33 +270,76 @@ class NoLeakCheck:
         return False
 
 
-@T.test("ringmxd under the unit's seccomp settings: pinned, spools, reloads, stops with exit 0")
+def write_profile(prof, name):
+    path = os.path.join(TMP.name, name)
+    with open(path, "w") as f:
+        json.dump(prof, f, indent=1)
+    p = subprocess.run([SYSTEM_PYTHON, EXEC, path, "true"], capture_output=True, text=True,
+                       timeout=30)
+    if p.returncode == 77:
+        raise Skip(p.stderr.strip() + " (apt-get install python3-seccomp)")
+    check_eq(p.returncode, 0, "seccomp_exec.py true under %s: %r" % (name, p.stderr))
+    return path
+
+
+def as_unit_user():
+    """The account and the spool the way the unit has them: User= is nobody here (the test
+    runs as root and cannot count on a ringmx account), the spool a directory it owns, as
+    StateDirectory= makes it, reachable from outside the harness's private directory."""
+    if os.geteuid() != 0:
+        raise Skip("needs root to switch to nobody")
+    try:
+        pw = pwd.getpwnam("nobody")
+    except KeyError:
+        raise Skip("no 'nobody' account")
+    top = tempfile.mkdtemp(prefix="ringmx-unit-state-")
+    os.chmod(top, 0o755)
+    spool = os.path.join(top, "ringmx")
+    os.mkdir(spool, 0o700)
+    os.chown(spool, pw.pw_uid, pw.pw_gid)
+    return pw, top, spool
+
+
+@T.test("ringmxd as the unit runs it: nobody with CAP_NET_BIND_SERVICE only, the unit's "
+        "filter; port < 1024, pinned, spools, reloads, exit 0")
 def _():
     if not os.access(SYSTEM_PYTHON, os.X_OK):
         raise Skip("no " + SYSTEM_PYTHON)
-    profile = os.path.join(TMP.name, "unit-profile.json")
-    with open(profile, "w") as f:
-        json.dump(unit_profile(), f, indent=1)
-    p = subprocess.run([SYSTEM_PYTHON, EXEC, profile, "true"], capture_output=True,
-                       text=True, timeout=30)
-    if p.returncode == 77:
-        raise Skip(p.stderr.strip() + " (apt-get install python3-seccomp)")
-    check_eq(p.returncode, 0, "seccomp_exec.py true under the unit's filter: %r" % p.stderr)
-    spool = os.path.join(TMP.name, "spool")
-    conf = "cpus = 0\nsink = spool\nspool_dir = %s\n" % spool
-    with NoLeakCheck(), confined_server(profile, workers=1, config_text=conf) as s:
-        check_eq(seccomp_mode(s.proc.pid), 2, "Seccomp: of ringmxd (2: filter)")
-        smtplib_send(s)
-        off = s.log_size()
-        s.signal(signal.SIGHUP)
-        s.wait_log(r"configuration reloaded from", since=off)
-        stats = s.stats()
-        check(stats.get("spool_fsyncs", 0) >= 1, "no spool fsync: %r" % stats)
-        s.stop()
-        log = s.log()
-    # EPERM is what the filter answers; ringmxd reports what fails.
-        for bad in ("Operation not permitted", "cannot pin", "open file limit"):
-            check(bad not in log, "%r in the log:\n%s" % (bad, log[-3000:]))
+    profile = write_profile(unit_profile(), "unit-profile.json")
+    pw, top, spool = as_unit_user()
+    port = privileged_port()
+    # -o only: the harness's config file sits in a directory only root can read.
+    args = ["--listen", "127.0.0.1:%d" % port, "-o", "cpus=0", "-o", "sink=spool",
+            "-o", "spool_dir=" + spool, "-o", "user=nobody"]
+    try:
+        with NoLeakCheck(), confined_server(profile, ("--user", "nobody", "--bind-cap"),
+                                            workers=1, listen=(), port=port, args=args) as s:
+            st = {}
+            with open("/proc/%d/status" % s.proc.pid) as f:
+                for line in f:
+                    k, _, v = line.partition(":")
+                    st[k] = v.split()
+            check_eq(st["Uid"], [str(pw.pw_uid)] * 4, "Uid")
+            check_eq(st["CapEff"], ["%016x" % (1 << 10)], "CapEff (CAP_NET_BIND_SERVICE only)")
+            check_eq(st["CapBnd"], ["%016x" % (1 << 10)], "CapBnd")
+            check_eq(st["NoNewPrivs"], ["1"], "NoNewPrivs")
+            check_eq(seccomp_mode(s.proc.pid), 2, "Seccomp: of ringmxd (2: filter)")
+            smtplib_send(s)
+            off = s.log_size()
+            s.signal(signal.SIGHUP)
+            s.wait_log(r"configuration reloaded from", since=off)
+            stats = s.stats()
+            check(stats.get("spool_fsyncs", 0) >= 1, "no spool fsync: %r" % stats)
+            s.stop()
+            log = s.log()
+            # EPERM is what the filter answers; ringmxd reports what fails.
+            for bad in ("Operation not permitted", "cannot pin", "open file limit", "warning"):
+                check(bad not in log, "%r in the log:\n%s" % (bad, log[-3000:]))
+        owners = {os.stat(os.path.join(d, n)).st_uid
+                  for d, _dirs, files in os.walk(spool) for n in files}
+        check(owners == {pw.pw_uid}, "spool file owners: %r" % owners)
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
 
 
 @T.test("that filter bites: without the line taking sched_setaffinity back, pinning fails")
@@ -302,9 +349,7 @@ def _():
         raise Skip("no " + SYSTEM_PYTHON)
     prof = unit_profile()
     prof["syscalls"][0]["names"].remove("sched_setaffinity")
-    profile = os.path.join(TMP.name, "unit-profile-nopin.json")
-    with open(profile, "w") as f:
-        json.dump(prof, f, indent=1)
+    profile = write_profile(prof, "unit-profile-nopin.json")
     with NoLeakCheck(), confined_server(profile, workers=1, args=["-o", "cpus=0"]) as s:
         s.wait_log(r"cannot pin to cpu 0: Operation not permitted")
 
