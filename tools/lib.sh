@@ -26,9 +26,13 @@ PKGS_BUILD="gcc libc6-dev meson ninja-build pkg-config liburing-dev libinih-dev 
 # libc-ares-dev (PKGS_BUILD): the resolver the screening DNS lookups use.
 # dovecot-core, dovecot-lmtpd: the private Dovecot LMTP next hop of
 # tests/integration/nexthop.py (the system dovecot is kept stopped, see ensure_pkgs).
+# systemd: systemd-analyze verify/security/syscall-filter on etc/ringmxd.service (test_service.py;
+# the tests never boot it). golang-github-containers-common: /usr/share/containers/seccomp.json,
+# the default profile etc/seccomp-ringmxd.json is derived from; python3-seccomp applies both
+# profiles (test_seccomp.py, under /usr/bin/python3).
 # util-linux (prlimit, taskset, mount) and procps are Essential/Priority:required on Debian,
 # named anyway so a stripped image still works.
-PKGS_TEST="libcmocka-dev python3 swaks libnet-ssleay-perl libio-socket-ssl-perl postfix clang libclang-rt-14-dev haproxy openssl nginx libnginx-mod-stream stunnel4 dovecot-core dovecot-lmtpd python3-dnslib python3-milter rspamd opendkim opendkim-tools util-linux procps prometheus nats-server"
+PKGS_TEST="libcmocka-dev python3 swaks libnet-ssleay-perl libio-socket-ssl-perl postfix clang libclang-rt-14-dev haproxy openssl nginx libnginx-mod-stream stunnel4 dovecot-core dovecot-lmtpd python3-dnslib python3-milter rspamd opendkim opendkim-tools util-linux procps prometheus systemd golang-github-containers-common python3-seccomp nats-server"
 PKGS_BENCH="hyperfine postfix python3 util-linux"
 
 missing_pkgs() {
@@ -135,6 +139,11 @@ check_caps() {
 	mkdir -p "$t/ngx/logs"
 	printf 'load_module /usr/lib/nginx/modules/ngx_stream_module.so;\nerror_log stderr;\npid %s/ngx.pid;\nevents {}\nstream {}\n' "$t" >"$t/ngx.conf"
 	nginx -t -q -p "$t/ngx" -c "$t/ngx.conf" >/dev/null 2>&1 || caps_fail "nginx with the stream module" "nginx libnginx-mod-stream"
+	systemd-analyze syscall-filter @default 2>/dev/null | grep -qw execve ||
+		caps_fail "systemd-analyze syscall-filter" systemd
+	[ -f /usr/share/containers/seccomp.json ] ||
+		caps_fail "/usr/share/containers/seccomp.json" golang-github-containers-common
+	/usr/bin/python3 -c 'import seccomp' 2>/dev/null || caps_fail "python3 seccomp module" python3-seccomp
 	for t_cmd in prlimit taskset mount; do
 		command -v "$t_cmd" >/dev/null || caps_fail "$t_cmd" util-linux
 	done

@@ -91,6 +91,20 @@ def free_port(family=socket.AF_INET, host="127.0.0.1"):
         s.close()
 
 
+def privileged_port():
+    """A free loopback port below 1024: only root (or CAP_NET_BIND_SERVICE) may bind it."""
+    for p in range(600, 1024):
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", p))
+            return p
+        except OSError:
+            continue
+        finally:
+            s.close()
+    raise Skip("no free port below 1024")
+
+
 def ipv6_available():
     if not socket.has_ipv6:
         return False

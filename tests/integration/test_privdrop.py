@@ -16,14 +16,13 @@ import re
 import shutil
 import signal
 import smtplib
-import socket
 import ssl
 import subprocess
 import tempfile
 import time
 
-from ringmx_harness import (Server, Skip, Suite, check, check_eq, fail, free_port, run,
-                            ringmxd_path, TIMEOUT)
+from ringmx_harness import (Server, Skip, Suite, check, check_eq, fail, free_port,
+                            privileged_port, run, ringmxd_path, TIMEOUT)
 
 T = Suite(__file__)
 OPENSSL = "/usr/bin/openssl"
@@ -60,20 +59,6 @@ def make_cert():
     os.chown(key, 0, 0)
     os.chmod(key, 0o600)   # root only, as the issue asks to support
     return cert, key
-
-
-def privileged_port():
-    """A free loopback port below 1024: only root may bind it."""
-    for p in range(600, 1024):
-        s = socket.socket()
-        try:
-            s.bind(("127.0.0.1", p))
-            return p
-        except OSError:
-            continue
-        finally:
-            s.close()
-    raise Skip("no free port below 1024")
 
 
 def proc_status(pid):
