@@ -62,15 +62,22 @@ check_io_uring(void)
 	struct io_uring ring;
 	int r = io_uring_queue_init(2, &ring, 0);
 	if (r == 0) {
+		/* A filter may allow io_uring_setup and refuse io_uring_register
+		 * (which the workers need for their buffer rings): ask it too. */
+		struct io_uring_probe *probe =
+			calloc(1, sizeof(*probe) + 256 * sizeof(struct io_uring_probe_op));
+		r = probe != NULL ? io_uring_register_probe(&ring, probe, 256) : -ENOMEM;
+		free(probe);
 		io_uring_queue_exit(&ring);
-		return;
+		if (r == 0)
+			return;
 	}
 	if (r == -EPERM || r == -ENOSYS || r == -EACCES) {
 		fatal("io_uring is not available (%s). ringmxd needs io_uring (Linux >= 6.1). "
 		      "Check 'sysctl kernel.io_uring_disabled' (set it to 0, or to 1 and run as a "
 		      "member of kernel.io_uring_group) and any seccomp filter (Docker's default "
 		      "profile blocks io_uring: run with a profile that allows io_uring_setup, "
-		      "io_uring_enter and io_uring_register)",
+		      "io_uring_enter and io_uring_register, such as etc/seccomp-ringmxd.json)",
 		      strerror(-r));
 	}
 	fatal("io_uring_queue_init: %s", strerror(-r));

@@ -111,6 +111,31 @@ def _():
     check("listening on" not in p.stderr, p.stderr)
 
 
+@T.test("a profile that allows io_uring_setup and io_uring_enter but not io_uring_register: "
+        "ringmxd exits 1 with the same message, before any worker starts")
+def _():
+    need_default()
+    seccomp_usable()
+    prof = load(PROFILE)
+    for rule in prof["syscalls"]:
+        if "io_uring_register" in rule.get("names", []):
+            rule["names"] = [n for n in rule["names"] if n != "io_uring_register"]
+    with tempfile.TemporaryDirectory(prefix="ringmx-seccomp-") as d:
+        path = os.path.join(d, "no-register.json")
+        with open(path, "w") as f:
+            json.dump(prof, f)
+        p = subprocess.run([SYSTEM_PYTHON, EXEC, path, ringmxd_path(), "--listen",
+                            "127.0.0.1:%d" % free_port(), "--workers", "1", "-o", "sink=discard",
+                            "-o", "hostname=" + HOSTNAME],
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=15)
+    check(scan_bad(p.stderr) is None, "sanitizer report: %s" % scan_bad(p.stderr))
+    check_eq(p.returncode, 1, "exit code (stderr %r)" % p.stderr)
+    check("ringmxd: fatal: io_uring is not available (Function not implemented)" in p.stderr,
+          p.stderr)
+    check("etc/seccomp-ringmxd.json" in p.stderr, p.stderr)
+    check("provided buffer ring" not in p.stderr, p.stderr)
+
+
 @T.test("under etc/seccomp-ringmxd.json ringmxd runs filtered, answers 220, spools a message")
 def _():
     need_default()
