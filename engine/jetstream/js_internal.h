@@ -39,6 +39,7 @@ struct js_slot {
 	char client[96];
 	char tls[SMTP_TLS_INFO_MAX];
 	int64_t received_at; /* wall clock at the end of data */
+	bool utf8, eightbit; /* SMTPUTF8, BODY=8BITMIME: the next hop needs them too */
 	/* Recipients, each NUL terminated, one after the other. */
 	char *rcpt;
 	size_t rcpt_len, rcpt_cap;

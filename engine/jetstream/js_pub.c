@@ -278,6 +278,10 @@ publish(struct js_sink *js, struct js_slot *s)
 		st = header(m, "Ringmx-Received-At", when, false);
 	if (st == NATS_OK)
 		st = header(m, "Ringmx-Tls", s->tls[0] != '\0' ? s->tls : "none", false);
+	if (st == NATS_OK && s->utf8)
+		st = header(m, "Ringmx-Smtputf8", "yes", false);
+	if (st == NATS_OK && s->eightbit)
+		st = header(m, "Ringmx-8bitmime", "yes", false);
 	if (st != NATS_OK) {
 		natsMsg_Destroy(m);
 		failed(js, s, st, false);

@@ -114,6 +114,8 @@ j_open(void *self, struct sink_waiter *waiter, const struct sink_open_info *info
 	else
 		s->client[0] = '\0';
 	snprintf(s->tls, sizeof(s->tls), "%s", info->tls != NULL ? info->tls : "");
+	s->utf8 = info->utf8;
+	s->eightbit = info->eightbit;
 	*tx = (struct sink_tx *)(void *)s;
 	return 0;
 }

@@ -28,12 +28,16 @@ import urllib.request
 
 from ringmx_harness import (Server, Skip, Suite, check, check_eq, fail, free_port, run,
                             ringmxd_path, wait_for, TIMEOUT)
-from relay_util import fnv1a64, load_tool, read_manifest
+from relay_util import fnv1a64, load_check, load_tool, read_manifest
+import nexthop
+from nexthop import DovecotLMTP, FakeMX, SmtpSink, Unavailable
 
 T = Suite(__file__)
 NATS = shutil.which("nats-server") or "/usr/sbin/nats-server"
 TOOL = os.environ.get("RINGMX_JETSTREAM") or os.path.join(
     os.path.dirname(ringmxd_path()), "tools", "ringmx-jetstream")
+DELIVER = os.environ.get("RINGMX_DELIVER") or os.path.join(
+    os.path.dirname(ringmxd_path()), "tools", "ringmx-deliver")
 if not os.access(NATS, os.X_OK):
     print("skip %s: nats-server is not installed (Debian package nats-server)" % T.name)
     raise SystemExit(77)
@@ -106,22 +110,22 @@ def cluster_down(nodes=NODES):
         n.kill()
 
 
-def tool(*args, nodes=None):
+def tool(*args, nodes=None, stream="MAIL"):
     urls = ",".join(n.url() for n in (nodes or [n for n in NODES if n.proc is not None]))
-    r = run([TOOL, "-s", urls, "-S", "MAIL"] + list(args), timeout=60)
+    r = run([TOOL, "-s", urls, "-S", stream] + list(args), timeout=60)
     check(r.returncode == 0, "ringmx-jetstream %s: %s" % (" ".join(args), r.stderr[:800]))
     return r.stdout
 
 
-def info():
-    line = tool("info").strip()
+def info(stream="MAIL"):
+    line = tool("info", stream=stream).strip()
     return dict(kv.split("=", 1) for kv in line.split())
 
 
-def dump(body=True):
+def dump(body=True, stream="MAIL"):
     """[(fields, payload bytes or None)] in sequence order."""
     out = []
-    for ln in tool("dump", *(["--body"] if body else [])).splitlines():
+    for ln in tool("dump", *(["--body"] if body else []), stream=stream).splitlines():
         head, sep, raw = ln.partition(" body=")
         f = {}
         for kv in re.findall(r"(\w+)=(\S*)", head):
@@ -342,6 +346,218 @@ def _():
         out = (r.stdout + r.stderr).strip()
         check(r.returncode != 0, "%r accepted" % text)
         check(re.search(want, out), "%r: want %r, got %s" % (text, want, out))
+
+# ---------------------------------------------------------------- ringmx-deliver
+
+def stream_keys(name):
+    """Each delivery test its own stream and subject: nothing left by another."""
+    return ["-o", "jetstream_servers=" + URLS, "-o", "jetstream_stream=" + name,
+            "-o", "jetstream_subject=mail." + name.lower()]
+
+
+class Deliver:
+    """ringmx-deliver with the given -o keys, its log in TMP."""
+
+    def __init__(self, name, keys, threads=4):
+        self.cmd = [DELIVER, "-o", "sink=jetstream", "-o", "hostname=dlv.ringmx.test",
+                    "--threads", str(threads), "--ack-wait", "3"] + keys
+        self.log_path = os.path.join(TMP, name + ".deliver.log")
+        self.proc = None
+
+    def start(self):
+        self.logf = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.cmd, stdout=self.logf, stderr=self.logf,
+                                     stdin=subprocess.DEVNULL)
+        return self
+
+    def log(self):
+        with open(self.log_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def kill(self):
+        self.proc.kill()
+        self.proc.wait()
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        rc = self.proc.wait(30)
+        bad = [ln for ln in self.log().splitlines() if "Sanitizer" in ln or "runtime error" in ln]
+        check(not bad, "ringmx-deliver: %s" % bad[:3])
+        check_eq(rc, 0, "ringmx-deliver exit code; log tail:\n" + self.log()[-2000:])
+
+
+def need(make):
+    try:
+        return make()
+    except Unavailable as e:
+        raise Skip(str(e))
+
+
+def fill(name, n, extra_load=(), keys=()):
+    """n messages into stream name through ringmxd; returns the manifest."""
+    with Server(workers=2, args=["-o", "sink=jetstream", "-o", "jetstream_create=yes",
+                                 "-o", "jetstream_replicas=3", "-o", "jetstream_timeout=10s"]
+                + stream_keys(name) + list(keys)) as srv:
+        wait_accepting_n(srv)
+        man = os.path.join(TMP, name + ".manifest")
+        rc = subprocess.run([load_tool(), "-q", "-c", "8", "-m", str(n), "--timeout", "30",
+                             "--verify", man] + list(extra_load) + ["127.0.0.1:%d" % srv.port],
+                            capture_output=True, text=True, timeout=300)
+        check_eq(rc.returncode, 0, "ringmx-load: " + rc.stderr[-500:])
+    manifest = read_manifest(man)
+    check_eq(len(manifest), n, "acknowledged")
+    return manifest
+
+
+def wait_accepting_n(srv, timeout=60):
+    """Until the stream answers (it is created by the first publish); the probe is
+    delivered too and has no load headers: it goes to probe@example.test."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with smtplib.SMTP("127.0.0.1", srv.port, local_hostname="c.test", timeout=30) as s:
+                s.sendmail("a@sender.test", ["probe@example.test"],
+                           b"Subject: probe\r\n\r\nprobe\r\n")
+                return
+        except smtplib.SMTPDataError as e:
+            check(e.smtp_code == 451, "probe: %r" % e)
+        check(time.monotonic() < deadline, "the stream does not answer")
+        time.sleep(0.5)
+
+
+def drained(name):
+    return int(info(stream=name)["messages"]) == 0
+
+
+def delivered_check(manifest, datas, what):
+    loads = [d for d in datas if b"X-Ringmx-Load-Id:" in d.split(b"\r\n\r\n", 1)[0]]
+    counts, problems = load_check(manifest, loads)
+    check(not problems, "%s: %d problems, e.g. %s" % (what, len(problems), problems[:3]))
+    missing = [i for i in manifest if i not in counts]
+    check(not missing, "%s: %d acknowledged messages never delivered, e.g. %s"
+          % (what, len(missing), missing[:3]))
+    return sum(c - 1 for c in counts.values())
+
+
+@T.test("ringmx-deliver into smtp-sink, SIGKILLed mid-run and started again: every "
+        "acknowledged message delivered at least once, byte for byte; the stream drained")
+def _():
+    if not os.access(DELIVER, os.X_OK):
+        raise Skip("ringmx-deliver not built")
+    cluster_up()
+    name = "DLVSINK"
+    manifest = fill(name, 2000)
+    dumpdir = os.path.join(TMP, name + ".dump")
+    sink = need(lambda: SmtpSink(dump_dir=dumpdir))
+    with sink:
+        keys = stream_keys(name) + ["-o", "relay_host=smtp:127.0.0.1:%d" % sink.port]
+        d = Deliver(name, keys).start()
+        wait_for(lambda: sink.count() >= 500, timeout=120, what="500 delivered")
+        d.kill()
+        killed_at = sink.count()
+        d = Deliver(name, keys).start()
+        wait_for(lambda: drained(name), timeout=180, what="the stream drained")
+        d.stop()
+        msgs = sink.wait_for(2001, timeout=30)
+        dups = delivered_check(manifest, [m.data for m in msgs], "smtp-sink")
+        print("  2000 messages: consumer killed after %d deliveries; %d delivered twice"
+              % (killed_at, dups), flush=True)
+
+
+@T.test("ringmx-deliver into Dovecot LMTP (unix socket), SIGKILLed mid-run: every message "
+        "in the Maildir at least once, byte for byte")
+def _():
+    if not os.access(DELIVER, os.X_OK):
+        raise Skip("ringmx-deliver not built")
+    cluster_up()
+    name = "DLVLMTP"
+    dv = need(lambda: DovecotLMTP(os.path.join(TMP, name, "dovecot")))
+    with dv:
+        manifest = fill(name, 400, extra_load=["--to", "alice@example.test"])
+        keys = stream_keys(name) + ["-o", "relay_host=lmtp:unix:" + dv.unix_path]
+        d = Deliver(name, keys, threads=2).start()
+        wait_for(lambda: len(dv.maildir_messages("alice", "example.test")) >= 100,
+                 timeout=120, what="100 in the Maildir")
+        d.kill()
+        d = Deliver(name, keys, threads=2).start()
+        wait_for(lambda: drained(name), timeout=180, what="the stream drained")
+        d.stop()
+        stored = dv.maildir_messages("alice", "example.test")
+        datas = [nexthop.strip_dovecot_headers(m)[1] for m in stored]
+        dups = delivered_check(manifest, datas, "Dovecot")
+        print("  400 messages into the Maildir; %d delivered twice" % dups, flush=True)
+
+
+@T.test("ringmx-deliver: a 5xx recipient gets a DSN (from <>, Status 5.1.1) delivered to the "
+        "sender, the others are delivered once; a next hop that is down is retried with "
+        "the relay's backoff and gets the message when it is back")
+def _():
+    if not os.access(DELIVER, os.X_OK):
+        raise Skip("ringmx-deliver not built")
+    cluster_up()
+    name = "DLVRULES"
+    mx = FakeMX()
+    home = FakeMX()
+    mx.rcpt_reply = lambda a: (550, "5.1.1 <%s>: no such user" % a) if a.startswith("bad") \
+        else None
+    tmap = os.path.join(TMP, name + ".transport")
+    with open(tmap, "w") as f:
+        f.write("example.test smtp:127.0.0.1:%d\nsender.test smtp:127.0.0.1:%d\n"
+                "localhost smtp:127.0.0.1:%d\n" % (mx.port, home.port, home.port))
+    keys = stream_keys(name) + ["-o", "transport_maps=" + tmap, "-o", "retry_min=1s",
+                                "-o", "retry_max=2s"]
+    with Server(workers=1, args=["-o", "sink=jetstream", "-o", "jetstream_create=yes",
+                                 "-o", "jetstream_replicas=3"] + stream_keys(name)) as srv:
+        wait_accepting_n(srv)
+        code, text = send(srv, rcpts=("good@example.test", "bad@example.test"))
+        check_eq(code, 250, text)
+        qid = re.search(r"queued as (\S+)", text.decode()).group(1)
+        d = Deliver(name, keys, threads=1).start()
+        try:
+            got = wait_for(lambda: [m for m in mx.messages if "good@example.test" in m.rcpts],
+                           timeout=30, what="the good recipient")
+            check_eq(len(got), 1, "deliveries to good@")
+            dsn = wait_for(lambda: [m for m in home.messages if m.mail_from == ""],
+                           timeout=30, what="the DSN at the sender's next hop")[0]
+            check_eq(dsn.rcpts, ["a@sender.test"], "DSN recipient")
+            check(b"Status: 5.1.1" in dsn.data_bytes and b"bad@example.test" in dsn.data_bytes
+                  and qid.encode() in dsn.data_bytes, dsn.data_bytes[:1500])
+            # The next hop down: deferred, NAKed with backoff, delivered when back.
+            mx.refuse()
+            code, text = send(srv, rcpts=("later@example.test",))
+            check_eq(code, 250, text)
+            wait_for(lambda: "later@example.test" in d.log() and "status=deferred" in d.log(),
+                     timeout=30, what="a deferral")
+            time.sleep(1.5)
+            check(not [m for m in mx.messages if "later@example.test" in m.rcpts], "early")
+            mx.accept_again()
+            wait_for(lambda: [m for m in mx.messages if "later@example.test" in m.rcpts],
+                     timeout=30, what="the retry after the next hop came back")
+            wait_for(lambda: drained(name), timeout=30, what="the stream drained")
+            log = d.log()
+            check(re.search(r": to=<later@example.test>, relay=none, delay=\d+, status=deferred "
+                            r"\(451 4\.4\.1 connect to smtp:127\.0\.0\.1:\d+: Connection refused\)",
+                            log), log[-2000:])
+            check(re.search(r"%s: to=<bad@example.test>, relay=smtp:127\.0\.0\.1:\d+, delay=\d+, "
+                            r"status=bounced \(550 5\.1\.1 " % qid, log), log[-2000:])
+        finally:
+            d.stop()
+            mx.close()
+            home.close()
+
+
+@T.test("ringmx-deliver: bad arguments and a configuration without a next hop are refused")
+def _():
+    if not os.access(DELIVER, os.X_OK):
+        raise Skip("ringmx-deliver not built")
+    r = run([DELIVER, "--threads", "0"])
+    check_eq(r.returncode, 2, "usage: " + r.stderr)
+    r = run([DELIVER, "-o", "sink=jetstream"])
+    check(r.returncode == 1 and "no next hop: set relay_host or transport_maps" in r.stderr,
+          r.stderr)
+    r = run([DELIVER, "-o", "sink=jetstream", "-o", "jetstream_servers=ftp://x"])
+    check(r.returncode == 1 and "jetstream_servers" in r.stderr, r.stderr)
+
 
 
 try:
