@@ -43,6 +43,17 @@ STOP_TIMEOUT = 15.0     # SIGTERM to exit
 HOSTNAME = "mx.ringmx.test"
 SKIP = 77
 
+# A worker's log line ends in its tag (docs/logging.md): a pattern that
+# anchors a line's end puts this before "$".
+EOL_WORKER = r" worker=w\d+$"
+
+
+def worker_of_line(ln):
+    """The worker tag (w0, w1, ...) a log line ends in, or None (main thread)."""
+    m = re.search(r" worker=(w\d+)$", ln)
+    return m.group(1) if m else None
+
+
 # Log text that means the daemon is broken whatever the test checked.
 BAD_LOG = ("AddressSanitizer", "runtime error:", "LeakSanitizer", "panic",
            "ThreadSanitizer")
