@@ -68,6 +68,8 @@ enum key_type {
 	T_MILTERS,       /* inet:HOST:PORT, unix:/PATH list, resolved in cf_finish_milters() */
 	T_MILTER_ACTION, /* tempfail | accept | reject */
 	T_ADDR,          /* ADDRESS:PORT, no options: struct listener_conf at off (addrlen 0: unset) */
+	T_LOG_LEVEL,     /* debug | info | notice | warning: unsigned at off (enum log_level) */
+	T_LOG_FORMAT,    /* postfix | json: unsigned at off (enum log_format) */
 };
 
 struct key_def {
@@ -82,7 +84,7 @@ struct key_def {
 #define SEC(n) ((uint64_t)(n) * NS_PER_S)
 
 /* The order here is the order of config_print() and docs/config.md. */
-#define NKEYS 84 /* entries of config_keys (checked in config.c) */
+#define NKEYS 86 /* entries of config_keys (checked in config.c) */
 
 static const char *const default_domains[] = {"localhost", "example.test"};
 
@@ -119,6 +121,8 @@ struct pstate {
 
 /* config.c: the key table */
 extern const struct key_def config_keys[NKEYS];
+extern const char *const cf_log_level_words[];
+extern const char *const cf_log_format_words[];
 
 /* config.c */
 void cf_buff(char *b, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));

@@ -165,6 +165,7 @@ reload_config(struct worker *ws, unsigned n, const struct config_args *args, con
 	for (unsigned i = 0; i < n; i++)
 		while (atomic_load(&ws[i].ctl.cfg_ack) != next && atomic_load(&ws[i].started) == 1)
 			sleep_ms(1);
+	log_configure((enum log_level)next->log_level, (enum log_format)next->log_format);
 	log_notice("configuration reloaded from %s", next->path[0] ? next->path : "(defaults)");
 	rcpt_map_text(next, err, sizeof(err));
 	if (err[0] != '\0')
@@ -210,6 +211,7 @@ main(int argc, char **argv)
 		config_free(cfg);
 		return 0;
 	}
+	log_configure((enum log_level)cfg->log_level, (enum log_format)cfg->log_format);
 	if (tls_global_init() < 0) {
 		fprintf(stderr, "ringmxd: wolfSSL_Init failed\n");
 		config_free(cfg);

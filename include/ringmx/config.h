@@ -317,6 +317,10 @@ struct config {
 	/* metrics_listen: the Prometheus endpoint (engine/runtime/metrics_http.c);
 	 * addrlen 0 when unset. Not a listener for SMTP. */
 	struct listener_conf metrics_listen;
+	/* log_level, log_format: enum log_level, enum log_format
+	 * (engine/runtime/log.h, docs/logging.md). Reloadable. */
+	unsigned log_level;
+	unsigned log_format;
 
 	struct relay_conf relay;
 
