@@ -344,10 +344,12 @@ class Server:
                  (an IPv6 host is written [::1])
     defaults:    -o key=value added unless the key appears in args or
                  config_text: hostname, shutdown_timeout=5s, sink=discard
+    ready:       "log": started once "listening on" is logged; "connect": once
+                 the first listener greets (log_level = warning logs nothing)
     """
 
     def __init__(self, args=(), config_text=None, workers=2,
-                 listen=("127.0.0.1",), check_exit=True, port=None):
+                 listen=("127.0.0.1",), check_exit=True, port=None, ready="log"):
         self.args = list(args)
         self.config_text = config_text
         self.workers = workers
@@ -359,6 +361,7 @@ class Server:
         self.returncode = None
         self.stopped = False
         self.port = port
+        self.ready = ready
 
     # -- life cycle
     def _mentioned(self, key):
@@ -432,7 +435,10 @@ class Server:
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             text = self.log()
-            if "listening on" in text and "\n" in text.split("listening on", 1)[1]:
+            if self.ready == "log":
+                if "listening on" in text and "\n" in text.split("listening on", 1)[1]:
+                    return
+            elif self._greets():
                 return
             rc = self.proc.poll()
             if rc is not None:
@@ -448,6 +454,16 @@ class Server:
         self.proc.kill()
         self.proc.wait()
         raise Failure("no 'listening on' within %.0fs; log: %s" % (START_TIMEOUT, self.log()))
+
+    def _greets(self):
+        try:
+            with socket.create_connection((self.host, self.port), timeout=1) as s:
+                ok = s.recv(4)[:3] == b"220"
+                s.sendall(b"QUIT\r\n")
+                s.recv(100)
+                return ok
+        except OSError:
+            return False
 
     def __enter__(self):
         return self.start()
