@@ -32,7 +32,7 @@ PKGS_BUILD="gcc libc6-dev meson ninja-build pkg-config liburing-dev libinih-dev 
 # profiles (test_seccomp.py, under /usr/bin/python3).
 # util-linux (prlimit, taskset, mount) and procps are Essential/Priority:required on Debian,
 # named anyway so a stripped image still works.
-PKGS_TEST="libcmocka-dev python3 swaks libnet-ssleay-perl libio-socket-ssl-perl postfix clang libclang-rt-14-dev haproxy openssl nginx libnginx-mod-stream stunnel4 dovecot-core dovecot-lmtpd python3-dnslib python3-milter rspamd opendkim opendkim-tools util-linux procps prometheus systemd golang-github-containers-common python3-seccomp nats-server"
+PKGS_TEST="libcmocka-dev python3 swaks libnet-ssleay-perl libio-socket-ssl-perl postfix clang libclang-rt-14-dev haproxy openssl nginx libnginx-mod-stream stunnel4 dovecot-core dovecot-lmtpd python3-dnslib python3-milter rspamd opendkim opendkim-tools util-linux procps prometheus systemd golang-github-containers-common python3-seccomp nats-server pflogsumm"
 PKGS_BENCH="hyperfine postfix python3 util-linux"
 
 missing_pkgs() {

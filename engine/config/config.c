@@ -21,7 +21,13 @@
  * cf_fail() is ignored.
  */
 #include "config_internal.h"
+#include "log.h"
 #include "ringmx/spool_share.h"
+
+/* The words of log_level and log_format, indexed by their enums; LOG_ERR
+ * has none (errors are always logged). */
+const char *const cf_log_level_words[] = {NULL, "warning", "notice", "info", "debug"};
+const char *const cf_log_format_words[] = {"postfix", "json"};
 
 /* ---- the key table ---- */
 
@@ -125,6 +131,9 @@ const struct key_def config_keys[] = {
 	{"metrics_listen", T_ADDR, CO(metrics_listen), 0, 0, false},
 	{"user", T_ACCOUNT, CO(run_as.user), 0, 0, false},
 	{"group", T_ACCOUNT, CO(run_as.group), 0, 0, false},
+	/* Reloadable: two numbers every log call reads anyway (log.h). */
+	{"log_level", T_LOG_LEVEL, CO(log_level), 0, 0, true},
+	{"log_format", T_LOG_FORMAT, CO(log_format), 0, 0, true},
 	{"milters", T_MILTERS, 0, 0, 0, true},
 	{"milter_default_action", T_MILTER_ACTION, CO(milters.default_action), 0, 0, true},
 	{"milter_connect_timeout", T_DURATION, CO(milters.connect_timeout), SEC(1), SEC(3600), true},
@@ -846,6 +855,20 @@ cf_set_value(struct pstate *st, const struct key_def *k, const char *v)
 	}
 	case T_TLS_SNI:
 		return tls_sni_parse(st, k->name, v);
+	case T_LOG_LEVEL:
+	case T_LOG_FORMAT: {
+		const char *const *w = k->type == T_LOG_LEVEL ? cf_log_level_words : cf_log_format_words;
+		unsigned nw = k->type == T_LOG_LEVEL ? LOG_DEBUG + 1 : LOG_FORMAT_JSON + 1;
+
+		for (unsigned i = 0; i < nw; i++)
+			if (w[i] != NULL && strcmp(v, w[i]) == 0) {
+				*(unsigned *)(void *)((char *)cfg + k->off) = i;
+				return 0;
+			}
+		return cf_fail(st, k->name, "not one of %s: '%s'",
+			    k->type == T_LOG_LEVEL ? "debug, info, notice, warning" : "postfix, json",
+			    q(st, v));
+	}
 	case T_RCPT_MAPS:
 		return cf_rcpt_maps_parse(st, k->name, v);
 	case T_ACCESS:
@@ -1216,6 +1239,8 @@ set_defaults(struct config *cfg)
 	cfg->smtp.session_timeout = SEC(3600);
 	cfg->smtp.starttls = false;
 	cfg->shutdown_timeout = SEC(30);
+	cfg->log_level = LOG_INFO;
+	cfg->log_format = LOG_FORMAT_POSTFIX;
 
 	cfg->verify.enabled = false;
 	cfg->verify.positive_ttl = SEC(DAY_S);

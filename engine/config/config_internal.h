@@ -72,6 +72,8 @@ enum key_type {
 	T_JS_SERVERS,    /* jetstream_servers: URL list */
 	T_JS_STREAM,     /* jetstream_stream: a stream name */
 	T_JS_SUBJECT,    /* jetstream_subject: a subject without wildcards */
+	T_LOG_LEVEL,     /* debug | info | notice | warning: unsigned at off (enum log_level) */
+	T_LOG_FORMAT,    /* postfix | json: unsigned at off (enum log_format) */
 };
 
 struct key_def {
@@ -86,7 +88,7 @@ struct key_def {
 #define SEC(n) ((uint64_t)(n) * NS_PER_S)
 
 /* The order here is the order of config_print() and docs/config.md. */
-#define NKEYS 95 /* entries of config_keys (checked in config.c) */
+#define NKEYS 97 /* entries of config_keys (checked in config.c) */
 
 static const char *const default_domains[] = {"localhost", "example.test"};
 
@@ -123,6 +125,8 @@ struct pstate {
 
 /* config.c: the key table */
 extern const struct key_def config_keys[NKEYS];
+extern const char *const cf_log_level_words[];
+extern const char *const cf_log_format_words[];
 
 /* config.c */
 void cf_buff(char *b, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));

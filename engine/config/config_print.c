@@ -165,6 +165,12 @@ config_print(const struct config *cfg, FILE *f)
 		case T_TLS_VERSION:
 			fprintf(f, "tls_min_version = 1.%u", cfg->tls.min_version - 10);
 			break;
+		case T_LOG_LEVEL:
+			fprintf(f, "%s = %s", k->name, cf_log_level_words[*(const unsigned *)p]);
+			break;
+		case T_LOG_FORMAT:
+			fprintf(f, "%s = %s", k->name, cf_log_format_words[*(const unsigned *)p]);
+			break;
 		case T_TLS_CIPHERS:
 			if (cfg->tls.ciphers[0] == '\0')
 				continue; /* the built-in list */

@@ -36,6 +36,8 @@
  *  - PROXY (proxy=yes listeners): conn_stage_proxy() is the one place the
  *    header parser plugs in; see its comment for the contract.
  */
+/* The service of this file's log lines, pflogsumm's unit (log.h). */
+#define LOG_SERVICE LOG_SVC_SMTPD
 #include "conn.h"
 #include "worker.h"
 #include "ringmx/proxy.h"
@@ -765,7 +767,7 @@ log_disconnect(struct worker *w, struct conn *c)
 	if (off < sizeof(line))
 		off += (size_t)snprintf(line + off, sizeof(line) - off, " commands=%u duration=%.3fs",
 					k->commands, (double)(w->now - c->t_connect) / 1e9);
-	log_line(LOG_INFO, line, off < sizeof(line) ? off : sizeof(line) - 1);
+	log_line(LOG_SERVICE, LOG_INFO, line, off < sizeof(line) ? off : sizeof(line) - 1);
 }
 
 static void
@@ -1129,10 +1131,10 @@ static const struct mf_conn_ops conn_mf_ops = {
 };
 
 void
-conn_log_hook(void *owner, const char *line, size_t len)
+conn_log_hook(void *owner, enum smtp_log_role role, const char *line, size_t len)
 {
 	(void)owner;
-	log_line(LOG_INFO, line, len);
+	log_line(role == SMTP_LOG_QUEUE ? LOG_SVC_QMGR : LOG_SERVICE, LOG_INFO, line, len);
 }
 
 /* ---- input stages (worker.h, enum conn_stage) ---- */

@@ -163,7 +163,7 @@ void conn_rearm_all(struct worker *w);
 void conn_on_timer(struct timer_node *n, void *arg);
 void conn_drain(struct worker *w, struct conn *c, bool force);
 void conn_set_conf(struct conn *c, const struct smtp_conf *conf);
-void conn_log_hook(void *owner, const char *line, size_t len);
+void conn_log_hook(void *owner, enum smtp_log_role role, const char *line, size_t len);
 /* struct smtp_hooks.check / .check_cancel: the session's policy questions
  * go to the worker's struct policy (policy.h). */
 int conn_policy_check(void *owner, enum smtp_check_point what, const char *addr, size_t len,

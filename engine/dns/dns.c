@@ -21,6 +21,8 @@
  *  - Waiters are unlinked before done() runs; done() may start or cancel
  *    other lookups.
  */
+/* The service of this file's log lines, pflogsumm's unit (log.h). */
+#define LOG_SERVICE LOG_SVC_DNS
 #include "dns.h"
 
 #include <ares.h>

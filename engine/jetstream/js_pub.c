@@ -28,6 +28,8 @@
 
 #include "log.h"
 
+#define LOG_SERVICE LOG_SVC_CLEANUP /* log.h */
+
 /* One attempt waits at most this share of jetstream_timeout for its
  * acknowledgement, so a message lost with a leader has time for another. */
 #define JS_ATTEMPT_DIV    4
@@ -159,7 +161,7 @@ on_reconnected(natsConnection *nc, void *closure)
 	struct js_sink *js = closure;
 	char url[256] = "";
 	natsConnection_GetConnectedUrl(nc, url, sizeof(url));
-	log_info("jetstream w%u: connected to %s", js->env.worker, url);
+	log_notice("jetstream w%u: connected to %s", js->env.worker, url);
 }
 
 /* The stream exists (or is made). Blocking, on the publisher only. */
@@ -199,7 +201,7 @@ ensure_stream(struct js_sink *js)
 		st = js_AddStream(&si, p->jsc, &sc, NULL, &jerr);
 		if (st == NATS_OK) {
 			jsStreamInfo_Destroy(si);
-			log_info("jetstream w%u: created stream %s (subject %s, %u replica%s)",
+			log_notice("jetstream w%u: created stream %s (subject %s, %u replica%s)",
 			         js->env.worker, c->stream, c->subject, c->replicas,
 			         c->replicas == 1 ? "" : "s");
 			p->stream_ok = true;
@@ -218,7 +220,7 @@ ensure_stream(struct js_sink *js)
 		p->stream_logged = true;
 	}
 	if (p->stream_ok && p->stream_logged) {
-		log_info("jetstream w%u: stream %s answers", js->env.worker, c->stream);
+		log_notice("jetstream w%u: stream %s answers", js->env.worker, c->stream);
 		p->stream_logged = false;
 	}
 	if (p->stream_ok && !p->payload_warned) {

@@ -17,6 +17,8 @@
 #include "log.h"
 #include "ud.h"
 
+#define LOG_SERVICE LOG_SVC_CLEANUP /* log.h */
+
 enum { JS_KIND_DONE = 1, JS_KIND_KICK = 2 };
 
 /* Staging buffers start here and double; one past JS_KEEP_MAX is given

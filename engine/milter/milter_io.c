@@ -20,6 +20,8 @@
  * core's callback into the slot and acted on after milter_feed()
  * returns: the core may not be called from its own callback.
  */
+/* The service of this file's log lines, pflogsumm's unit (log.h). */
+#define LOG_SERVICE LOG_SVC_CLEANUP
 #include <assert.h>
 #include <errno.h>
 #include <stdio.h>

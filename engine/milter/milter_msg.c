@@ -22,6 +22,8 @@
  *  - Every pointer a milter event carries is read during the event only:
  *    changes are copied into the message's buffers at once.
  */
+/* The service of this file's log lines, pflogsumm's unit (log.h). */
+#define LOG_SERVICE LOG_SVC_CLEANUP
 #include <assert.h>
 #include <errno.h>
 #include <stdio.h>

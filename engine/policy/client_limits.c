@@ -12,6 +12,8 @@
  *    would let a flood of distinct sources lock out every new client, the
  *    very thing the limits are for; the table stays bounded either way.
  */
+/* The service of this file's log lines, pflogsumm's unit (log.h). */
+#define LOG_SERVICE LOG_SVC_SMTPD
 #include "client_limits.h"
 
 #include <netinet/in.h>

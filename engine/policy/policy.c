@@ -6,6 +6,8 @@
  *  - Runs on the connection's worker thread only and keeps no state of its
  *    own: the modules keep theirs (per worker, or shared as they document).
  */
+/* The service of this file's log lines, pflogsumm's unit (log.h). */
+#define LOG_SERVICE LOG_SVC_POSTSCREEN
 #include "policy.h"
 #include "rcpt_map.h"
 #include "ringmx/config.h"

@@ -12,6 +12,8 @@
  *  - Fail open: a client the resolver or the pool cannot serve is scored
  *    on what answered, and is never entered in the pass cache.
  */
+/* The service of this file's log lines, pflogsumm's unit (log.h). */
+#define LOG_SERVICE LOG_SVC_POSTSCREEN
 #include "screen.h"
 
 #include <errno.h>

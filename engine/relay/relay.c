@@ -45,6 +45,8 @@
  *  mapping with the commands before them in one sendmsg. With TLS, wolfSSL
  *  encrypts both into the ciphertext buffer.
  */
+/* The service of this file's log lines, pflogsumm's unit (log.h). */
+#define LOG_SERVICE LOG_SVC_QMGR
 #include "relay_internal.h"
 
 /* ---- small helpers ---- */
@@ -113,10 +115,10 @@ dsn_of(int code, const char *text, size_t len, char out[16])
 
 /* ---- messages and jobs ---- */
 
-static void msg_log(const struct rmsg *m, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+static void msg_log(enum log_service svc, const struct rmsg *m, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 static void
-msg_log(const struct rmsg *m, const char *fmt, ...)
+msg_log(enum log_service svc, const struct rmsg *m, const char *fmt, ...)
 {
 	char line[1024];
 	int n = snprintf(line, sizeof(line), "%s: ", m->qid);
@@ -124,7 +126,7 @@ msg_log(const struct rmsg *m, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(line + n, sizeof(line) - (size_t)n, fmt, ap);
 	va_end(ap);
-	log_info("%s", line);
+	logmsg(svc, LOG_INFO, "%s", line);
 }
 
 static void
@@ -166,7 +168,7 @@ job_done(struct relay *r, struct rjob *j)
 	assert(m->jobs_left > 0);
 	if (--m->jobs_left == 0) {
 		if (!m->deleted)
-			msg_log(m, "removed");
+			msg_log(LOG_SERVICE, m, "removed");
 		r->env.stats->relay_messages_done++;
 		msg_free(r, m);
 	}
@@ -202,6 +204,18 @@ hop_name(const struct rjob *j)
 	return j->ep < j->hop->conf.na ? j->hop->epname[j->ep] : j->hop->name;
 }
 
+/* A delivery line is smtp's or lmtp's, as in Postfix: pflogsumm groups
+ * deferrals by it. Before an address was picked, the hop's first decides. */
+static enum log_service
+job_service(const struct rjob *j)
+{
+	if (j->hop == NULL || j->hop->conf.na == 0)
+		return LOG_SVC_SMTP;
+	const struct relay_hop_conf *c = &j->hop->conf;
+	const struct relay_hop_addr *a = &c->a[j->ep < c->na ? j->ep : 0];
+	return c->m[a->member].proto == RELAY_PROTO_LMTP ? LOG_SVC_LMTP : LOG_SVC_SMTP;
+}
+
 /* One line per recipient and attempt, in the shape Postfix's tools parse. */
 static void
 rcpt_log(const struct rjob *j, uint32_t k, int code, const char *text, size_t len,
@@ -212,8 +226,8 @@ rcpt_log(const struct rjob *j, uint32_t k, int code, const char *text, size_t le
 	char dsn[16];
 	dsn_of(code, text, len, dsn);
 	int tl = (int)(len > 400 ? 400 : len);
-	msg_log(m, "to=<%.*s>, relay=%s, delay=%.2f, dsn=%s, status=%s (%d %.*s)", (int)a->len,
-	        a->p, hop_name(j), delay_s(m), dsn, status, code, tl, text);
+	msg_log(job_service(j), m, "to=<%.*s>, relay=%s, delay=%.2f, dsn=%s, status=%s (%d %.*s)",
+	        (int)a->len, a->p, hop_name(j), delay_s(m), dsn, status, code, tl, text);
 }
 
 /* Reply text as kept per recipient: "550 5.1.1 text". */
@@ -323,7 +337,8 @@ job_settle(struct relay *r, struct rjob *j)
 			const char *t = j->last_temp_len > 4 ? j->last_temp + 4 : "";
 			char dsn[16];
 			dsn_of(code, t, strlen(t), dsn);
-			msg_log(m, "to=<%.*s>, relay=%s, delay=%.2f, dsn=%s, status=deferred (%s)",
+			msg_log(job_service(j), m,
+			        "to=<%.*s>, relay=%s, delay=%.2f, dsn=%s, status=deferred (%s)",
 			        (int)a->len, a->p, hop_name(j), delay_s(m), dsn, j->last_temp);
 			r->env.stats->relay_rcpt_deferred++;
 		}
@@ -479,6 +494,7 @@ bounce_start(struct relay *r, struct rjob *j)
 	b->r = r;
 	b->job = j;
 	b->used = true;
+	b->size = len;
 	spool_internal_next(r->env.sp);
 	b->waiter.verdict = bounce_verdict;
 	int rc = sk->ops->tx_open(sk->self, &b->waiter, &oi, &b->tx, b->qid);
@@ -523,7 +539,10 @@ bounce_verdict(struct sink_waiter *waiter, int res)
 		timer_set(r->wheel, &j->t.n, r->now + RELAY_BOUNCE_RETRY_NS);
 		return;
 	}
-	msg_log(j->m, "sender non-delivery notification: %s", b->qid);
+	msg_log(LOG_SERVICE, j->m, "sender non-delivery notification: %s", b->qid);
+	/* What the session logs for a message it takes in: pflogsumm sizes
+	 * the bounce's deliveries from it. */
+	log_info("%s: from=<>, size=%zu, nrcpt=1 (queued)", b->qid, b->size);
 	r->env.stats->relay_bounces++;
 	j->state = J_WAIT;
 	if (j->m->deleted) {
@@ -901,19 +920,19 @@ cmd_apply(struct relay *r, struct relay_cmd *cmd, struct rmsg *m)
 			if (j->state == J_WAIT && timer_armed(&j->t.n))
 				timer_cancel(r->wheel, &j->t.n);
 		}
-		msg_log(m, "held by the operator");
+		msg_log(LOG_SERVICE, m, "held by the operator");
 		return true;
 	case RELAY_CMD_RELEASE:
 		if (!m->held)
 			return true;
 		m->held = false;
 		cmd_record(r, cmd, m, JOURNAL_RELEASE);
-		msg_log(m, "released by the operator");
+		msg_log(LOG_SERVICE, m, "released by the operator");
 		break; /* and queue it now, as a flush */
 	case RELAY_CMD_DELETE: {
 		m->deleted = true;
 		cmd_record(r, cmd, m, JOURNAL_DELETE);
-		msg_log(m, "deleted by the operator");
+		msg_log(LOG_SERVICE, m, "deleted by the operator");
 		struct rjob *js[CONFIG_MAX_HOPS + 1];
 		uint32_t n = 0;
 		for (uint32_t i = 0; i < m->njobs; i++)
@@ -1034,8 +1053,8 @@ relay_idle(const struct relay *r)
 void
 relay_log_backlog(const struct relay *r)
 {
-	log_info("relay: backlog %" PRIu64 " messages, %" PRIu64 " bytes", r->backlog_msgs,
-	         r->backlog_bytes);
+	log_notice("relay: backlog %" PRIu64 " messages, %" PRIu64 " bytes", r->backlog_msgs,
+	           r->backlog_bytes);
 }
 
 void

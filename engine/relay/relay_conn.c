@@ -5,6 +5,8 @@
  * results. Objects and ownership: relay.c; shared declarations:
  * relay_internal.h.
  */
+/* The service of this file's log lines, pflogsumm's unit (log.h). */
+#define LOG_SERVICE LOG_SVC_SMTP
 #include "relay_internal.h"
 
 /* ---- outbound connections ---- */

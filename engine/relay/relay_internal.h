@@ -292,6 +292,7 @@ struct rbounce {
 	struct rjob *job;
 	struct sink_tx *tx;
 	bool used;
+	size_t size; /* of the bounce message, for its qmgr log line */
 	char qid[SINK_QID_MAX];
 };
 

@@ -25,6 +25,8 @@
  * delete) are answered only after their records are fdatasynced and the
  * journal's directory entry is durable (rj_sync_want).
  */
+/* The service of this file's log lines, pflogsumm's unit (log.h). */
+#define LOG_SERVICE LOG_SVC_QMGR
 #include "relay_internal.h"
 
 /* A failed journal write is tried again after this long. */

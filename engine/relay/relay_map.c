@@ -9,6 +9,8 @@
  * and mmap itself reads nothing; the reads happen on access, under the
  * guard.
  */
+/* The service of this file's log lines, pflogsumm's unit (log.h). */
+#define LOG_SERVICE LOG_SVC_QMGR
 #include "relay_internal.h"
 
 /* ---- reading the mappings ----

@@ -21,6 +21,8 @@
  *  - Per-recipient reply texts of permanent failures (for the bounce) are
  *    separate allocations: the failure path, not the delivery path.
  */
+/* The service of this file's log lines, pflogsumm's unit (log.h). */
+#define LOG_SERVICE LOG_SVC_QMGR
 #include "relay_internal.h"
 
 static const uint32_t pool_size[RELAY_POOL_CLASSES] = {RELAY_MSG_SMALL, RELAY_MSG_BIG};

@@ -5,6 +5,8 @@
  * loop starts, so its reads may block. Objects and ownership: relay.c;
  * shared declarations: relay_internal.h.
  */
+/* The service of this file's log lines, pflogsumm's unit (log.h). */
+#define LOG_SERVICE LOG_SVC_QMGR
 #include "relay_internal.h"
 
 /* ---- start-up: what the spool holds ---- */
@@ -282,7 +284,7 @@ relay_open(struct relay **out, const struct config *cfg, const struct relay_env 
 		closedir(d);
 	}
 	if (msgs > 0 || segs > 0)
-		log_info("relay: %" PRIu64 " messages (%" PRIu64 " bytes) to deliver from %" PRIu64
+		log_notice("relay: %" PRIu64 " messages (%" PRIu64 " bytes) to deliver from %" PRIu64
 		         " segments, %" PRIu64 " on hold",
 		         msgs, r->backlog_bytes, segs, held);
 	*out = r;

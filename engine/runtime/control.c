@@ -11,6 +11,8 @@
  *
  * Owner: the main thread.
  */
+/* The service of this file's log lines, pflogsumm's unit (log.h). */
+#define LOG_SERVICE LOG_SVC_MASTER
 #include "control.h"
 
 #include <dirent.h>

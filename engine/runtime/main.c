@@ -16,6 +16,8 @@
  * Ownership: main owns the configurations. A replaced one is freed only
  * after every worker has acknowledged its successor.
  */
+/* The service of this file's log lines, pflogsumm's unit (log.h). */
+#define LOG_SERVICE LOG_SVC_MASTER
 #include <errno.h>
 #include <liburing.h>
 #include <signal.h>
@@ -171,10 +173,11 @@ reload_config(struct worker *ws, unsigned n, const struct config_args *args, con
 	for (unsigned i = 0; i < n; i++)
 		while (atomic_load(&ws[i].ctl.cfg_ack) != next && atomic_load(&ws[i].started) == 1)
 			sleep_ms(1);
-	log_info("configuration reloaded from %s", next->path[0] ? next->path : "(defaults)");
+	log_configure((enum log_level)next->log_level, (enum log_format)next->log_format);
+	log_notice("configuration reloaded from %s", next->path[0] ? next->path : "(defaults)");
 	rcpt_map_text(next, err, sizeof(err));
 	if (err[0] != '\0')
-		log_info("%s", err);
+		log_notice("%s", err);
 	config_free((struct config *)cur);
 	return next;
 }
@@ -216,6 +219,7 @@ main(int argc, char **argv)
 		config_free(cfg);
 		return 0;
 	}
+	log_configure((enum log_level)cfg->log_level, (enum log_format)cfg->log_format);
 	if (tls_global_init() < 0) {
 		fprintf(stderr, "ringmxd: wolfSSL_Init failed\n");
 		config_free(cfg);
@@ -321,14 +325,14 @@ main(int argc, char **argv)
 	for (size_t l = 0, off = 0; l < cfg->nlisteners && off < sizeof(where); l++)
 		off += (size_t)snprintf(where + off, sizeof(where) - off, "%s%s", l ? ", " : "",
 					cfg->listeners[l].text);
-	log_info("ringmxd %s listening on %s (%u worker%s, sink=%s, config %s)", RINGMX_VERSION,
+	log_notice("ringmxd %s listening on %s (%u worker%s, sink=%s, config %s)", RINGMX_VERSION,
 		 where, n, n == 1 ? "" : "s", cfg->sink == SINK_KIND_SPOOL       ? "spool"
 		 : cfg->sink == SINK_KIND_JETSTREAM ? "jetstream"
 						    : "discard",
 		 cfg->path[0] ? cfg->path : "(defaults)");
 	rcpt_map_text(cfg, err, sizeof(err));
 	if (err[0] != '\0')
-		log_info("%s", err);
+		log_notice("%s", err);
 	if (metrics != NULL) {
 		int mr = metrics_start(metrics, ws, n, clients);
 		if (mr < 0)
@@ -358,7 +362,7 @@ main(int argc, char **argv)
 				atomic_store(&ws[i].ctl.dump, true);
 			wake_all(ws, n);
 		} else {
-			log_info("%s: draining", sig == SIGINT ? "SIGINT" : "SIGTERM");
+			log_notice("%s: draining", sig == SIGINT ? "SIGINT" : "SIGTERM");
 			notify_stopping();
 			break;
 		}
@@ -375,7 +379,7 @@ main(int argc, char **argv)
 #undef RINGMX_STATS_SUM
 		close(ws[i].wake_fd);
 	}
-	log_info("stopped: connections=%llu messages=%llu", (unsigned long long)total.connections_accepted,
+	log_notice("stopped: connections=%llu messages=%llu", (unsigned long long)total.connections_accepted,
 		 (unsigned long long)total.messages_accepted);
 	metrics_stop(metrics);
 	free(ws);

@@ -8,6 +8,8 @@
  * malloc'd when the request is complete and freed when the connection
  * closes. Nothing here runs on a worker's thread.
  */
+/* The service of this file's log lines, pflogsumm's unit (log.h). */
+#define LOG_SERVICE LOG_SVC_MASTER
 #include "metrics_http.h"
 
 #include <errno.h>
@@ -450,7 +452,7 @@ metrics_start(struct metrics_server *m, struct worker *ws, unsigned n, struct cl
 		return -r;
 	}
 	m->started = true;
-	log_info("metrics on http://%s/metrics and /healthz", m->text);
+	log_notice("metrics on http://%s/metrics and /healthz", m->text);
 	return 0;
 }
 

@@ -1,6 +1,8 @@
 /*
  * notify.c - see notify.h.
  */
+/* The service of this file's log lines, pflogsumm's unit (log.h). */
+#define LOG_SERVICE LOG_SVC_MASTER
 #include "notify.h"
 
 #include <stdbool.h>

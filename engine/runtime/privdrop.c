@@ -19,6 +19,8 @@
 #include "log.h"
 #include "spool.h"
 
+#define LOG_SERVICE LOG_SVC_MASTER /* log.h */
+
 /* nftw() has no user argument: the walk's state, main thread only. */
 static struct {
 	uid_t uid;
@@ -172,7 +174,7 @@ privdrop(const struct config *cfg, char *err, size_t errlen)
 		snprintf(err, errlen, "prctl(PR_SET_NO_NEW_PRIVS): %s", strerror(e));
 		return -e;
 	}
-	log_info("running as user %s (uid %u, gid %u)", r->user, (unsigned)r->uid,
+	log_notice("running as user %s (uid %u, gid %u)", r->user, (unsigned)r->uid,
 	         (unsigned)r->gid);
 	return 0;
 }

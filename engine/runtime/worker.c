@@ -8,6 +8,8 @@
  * except ctl (written by main, read here after a wake) and cfg (read-only,
  * freed by main only after this worker acknowledged the next one).
  */
+/* The service of this file's log lines, pflogsumm's unit (log.h). */
+#define LOG_SERVICE LOG_SVC_MASTER
 #include "worker.h"
 #include "fault.h"
 
@@ -242,7 +244,7 @@ log_stats(struct worker *w, const char *when)
 					(unsigned long long)w->stats.name);
 	RINGMX_STATS(RINGMX_STATS_FMT)
 #undef RINGMX_STATS_FMT
-	log_line(LOG_INFO, line, off < sizeof(line) ? off : sizeof(line) - 1);
+	log_line(LOG_SERVICE, LOG_NOTICE, line, off < sizeof(line) ? off : sizeof(line) - 1);
 }
 
 static void
@@ -258,8 +260,8 @@ start_drain(struct worker *w)
 			conn_drain(w, &w->conns[i], false);
 	if (w->relay != NULL)
 		relay_drain(w->relay, false);
-	log_info("draining: %u connections open, shutdown_timeout %llus", w->active,
-		 (unsigned long long)(w->cfg->shutdown_timeout / 1000000000u));
+	log_notice("draining: %u connections open, shutdown_timeout %llus", w->active,
+		   (unsigned long long)(w->cfg->shutdown_timeout / 1000000000u));
 }
 
 /*

@@ -257,10 +257,10 @@ lb_client(struct logbuf *l, const struct smtp_session *s)
 }
 
 static void
-lb_emit(struct smtp_session *s, struct logbuf *l)
+lb_emit(struct smtp_session *s, enum smtp_log_role role, struct logbuf *l)
 {
 	if (s->hooks != NULL && s->hooks->log != NULL)
-		s->hooks->log(s->owner, l->b, l->n);
+		s->hooks->log(s->owner, role, l->b, l->n);
 }
 
 /* NOQUEUE: reject: MAIL/RCPT from [ip]:port: <reply>; from=<> [to=<>] ... */
@@ -288,7 +288,7 @@ log_reject(struct smtp_session *s, const char *verb, const char *text, size_t le
 	lb_fmt(&l, "> proto=%s helo=<", s->esmtp ? "ESMTP" : "SMTP");
 	lb_put(&l, s->helo, strlen(s->helo));
 	lb_fmt(&l, ">");
-	lb_emit(s, &l);
+	lb_emit(s, SMTP_LOG_SESSION, &l);
 }
 
 static void
@@ -309,7 +309,16 @@ log_message(struct smtp_session *s, const char *text, size_t len, bool sent)
 	       s->body.size, sent ? "queued" : "rejected");
 	lb_put(&l, text, len - 2);
 	lb_fmt(&l, ")");
-	lb_emit(s, &l);
+	lb_emit(s, SMTP_LOG_SESSION, &l);
+	if (!sent)
+		return;
+	/* Postfix's qmgr line, after smtpd's: pflogsumm takes sender and size
+	 * from it, and only for a queue id whose client= line it has seen. */
+	l.n = 0;
+	lb_fmt(&l, "%s: from=<", s->qid);
+	lb_put(&l, s->mail_from, strlen(s->mail_from));
+	lb_fmt(&l, ">, size=%" PRIu64 ", nrcpt=%" PRIu32 " (queued)", s->body.size, s->tx_nrcpt);
+	lb_emit(s, SMTP_LOG_QUEUE, &l);
 }
 
 /* A MAIL/RCPT refusal: the reply plus one log line. */

@@ -65,6 +65,8 @@
  *    a transaction is freed before its owner hears the verdict, and a
  *    batch's list is detached before it is walked.
  */
+/* The service of this file's log lines, pflogsumm's unit (log.h). */
+#define LOG_SERVICE LOG_SVC_CLEANUP
 #include "spool_internal.h"
 
 uint8_t spool_zeros[SPOOL_ZERO_BUF] __attribute__((aligned(4096)));

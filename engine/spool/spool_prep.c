@@ -5,6 +5,8 @@
  * fails the batch that needs it. Objects and ownership: spool.c; shared
  * declarations: spool_internal.h.
  */
+/* The service of this file's log lines, pflogsumm's unit (log.h). */
+#define LOG_SERVICE LOG_SVC_CLEANUP
 #include "spool_internal.h"
 
 /* ---- preparing the next segment (pre-zeroing, through the ring) ---- */

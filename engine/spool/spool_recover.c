@@ -5,6 +5,8 @@
  * Runs before the loop starts, so it may block. Objects and ownership:
  * spool.c; shared declarations: spool_internal.h.
  */
+/* The service of this file's log lines, pflogsumm's unit (log.h). */
+#define LOG_SERVICE LOG_SVC_CLEANUP
 #include "spool_internal.h"
 
 /* ---- start-up: directories and recovery ---- */
@@ -273,7 +275,7 @@ recover(struct spool *sp, char *err, size_t errlen)
 	sp->next_seq = n > 0 ? seqs[n - 1] + 1 : 1;
 	sp->first_seq = sp->next_seq;
 	free(seqs);
-	log_info("spool: %s: %zu segment%s, %" PRIu64 " messages, %" PRIu64 " bytes recovered",
+	log_notice("spool: %s: %zu segment%s, %" PRIu64 " messages, %" PRIu64 " bytes recovered",
 		 sp->dir, n, n == 1 ? "" : "s", msgs, bytes);
 	return 0;
 }
@@ -379,7 +381,7 @@ spool_open(struct spool **out, const struct config *cfg, const struct spool_env 
 		spool_free(sp);
 		return r;
 	}
-	log_info("spool: %s: segment_size %llu, durability %s%s, commit_delay %lluus, commit_size "
+	log_notice("spool: %s: segment_size %llu, durability %s%s, commit_delay %lluus, commit_size "
 		 "%llu, spool_memory %llu",
 		 sp->dir, (unsigned long long)sp->seg_size, sp->durable ? "fsync" : "none",
 		 sp->durable ? " (segments pre-zeroed)" : "",

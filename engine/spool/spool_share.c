@@ -10,6 +10,8 @@
  * chunks (nchunks <= large) covered, so freeing its chain gives back
  * exactly large.
  */
+/* The service of this file's log lines, pflogsumm's unit (log.h). */
+#define LOG_SERVICE LOG_SVC_CLEANUP
 #include "spool_internal.h"
 
 #include "ringmx/spool_share.h"

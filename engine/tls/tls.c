@@ -9,6 +9,8 @@
  * reload) fails the worker's build, which then keeps its old set and logs
  * it; the next SIGHUP tries again.
  */
+/* The service of this file's log lines, pflogsumm's unit (log.h). */
+#define LOG_SERVICE LOG_SVC_SMTPD
 #include "tls.h"
 #include "tls_io.h"
 

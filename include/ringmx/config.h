@@ -365,6 +365,10 @@ struct config {
 		bool set;   /* user given */
 		uint32_t uid, gid;
 	} run_as;
+	/* log_level, log_format: enum log_level, enum log_format
+	 * (engine/runtime/log.h, docs/logging.md). Reloadable. */
+	unsigned log_level;
+	unsigned log_format;
 
 	struct relay_conf relay;
 

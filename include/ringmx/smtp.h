@@ -156,13 +156,17 @@ struct smtp_check_reply {
 	char text[SMTP_REPLY_MAX];
 };
 
+/* Whose event a log line is, in Postfix's terms (the engine's log service):
+ * the session's (smtpd), or the queue's taking a message in (qmgr). */
+enum smtp_log_role { SMTP_LOG_SESSION, SMTP_LOG_QUEUE };
+
 /*
  * Hooks the session calls outward besides the sink. All optional (NULL).
  * log: one message-level event, already formatted key=value text without a
  * trailing newline, e.g. reject lines; the engine adds the prefix.
  */
 struct smtp_hooks {
-	void (*log)(void *owner, const char *line, size_t len);
+	void (*log)(void *owner, enum smtp_log_role role, const char *line, size_t len);
 	/* Policy (engine/policy/): asked before MAIL, RCPT or STARTTLS is
 	 * accepted, once the command itself is valid; NULL accepts all. For
 	 * RCPT only addresses of accepted domains (and <Postmaster>) are

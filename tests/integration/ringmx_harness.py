@@ -43,6 +43,17 @@ STOP_TIMEOUT = 15.0     # SIGTERM to exit
 HOSTNAME = "mx.ringmx.test"
 SKIP = 77
 
+# A worker's log line ends in its tag (docs/logging.md): a pattern that
+# anchors a line's end puts this before "$".
+EOL_WORKER = r" worker=w\d+$"
+
+
+def worker_of_line(ln):
+    """The worker tag (w0, w1, ...) a log line ends in, or None (main thread)."""
+    m = re.search(r" worker=(w\d+)$", ln)
+    return m.group(1) if m else None
+
+
 # Log text that means the daemon is broken whatever the test checked.
 BAD_LOG = ("AddressSanitizer", "runtime error:", "LeakSanitizer", "panic",
            "ThreadSanitizer")
@@ -347,10 +358,12 @@ class Server:
                  (an IPv6 host is written [::1])
     defaults:    -o key=value added unless the key appears in args or
                  config_text: hostname, shutdown_timeout=5s, sink=discard
+    ready:       "log": started once "listening on" is logged; "connect": once
+                 the first listener greets (log_level = warning logs nothing)
     """
 
     def __init__(self, args=(), config_text=None, workers=2,
-                 listen=("127.0.0.1",), check_exit=True, port=None):
+                 listen=("127.0.0.1",), check_exit=True, port=None, ready="log"):
         self.args = list(args)
         self.config_text = config_text
         self.workers = workers
@@ -362,6 +375,7 @@ class Server:
         self.returncode = None
         self.stopped = False
         self.port = port
+        self.ready = ready
 
     # -- life cycle
     def _mentioned(self, key):
@@ -435,7 +449,10 @@ class Server:
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             text = self.log()
-            if "listening on" in text and "\n" in text.split("listening on", 1)[1]:
+            if self.ready == "log":
+                if "listening on" in text and "\n" in text.split("listening on", 1)[1]:
+                    return
+            elif self._greets():
                 return
             rc = self.proc.poll()
             if rc is not None:
@@ -451,6 +468,16 @@ class Server:
         self.proc.kill()
         self.proc.wait()
         raise Failure("no 'listening on' within %.0fs; log: %s" % (START_TIMEOUT, self.log()))
+
+    def _greets(self):
+        try:
+            with socket.create_connection((self.host, self.port), timeout=1) as s:
+                ok = s.recv(4)[:3] == b"220"
+                s.sendall(b"QUIT\r\n")
+                s.recv(100)
+                return ok
+        except OSError:
+            return False
 
     def __enter__(self):
         return self.start()

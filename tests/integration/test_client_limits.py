@@ -17,7 +17,8 @@ import tempfile
 import time
 
 from ringmx_harness import (HOSTNAME, Client, Closed, Server, Suite, Skip, check, check_eq,
-                            free_port, ipv6_available, sum_stats, wait_for)
+                            EOL_WORKER, free_port, ipv6_available, sum_stats, wait_for,
+                            worker_of_line)
 
 T = Suite(__file__)
 SMTP_SOURCE = "/usr/sbin/smtp-source"
@@ -46,8 +47,8 @@ def per_worker(s, name):
     lines = s.wait_log(r"\bstats now:", count=s.workers, since=off)
     out = {}
     for ln in lines:
-        m = re.search(r"\b(w\d+): stats now:.*\b%s=(\d+)" % name, ln)
-        out[m.group(1)] = int(m.group(2))
+        m = re.search(r"\bstats now:.*\b%s=(\d+)" % name, ln)
+        out[worker_of_line(ln)] = int(m.group(1))
     return out
 
 
@@ -90,7 +91,7 @@ def _():
     check_eq(s.stats()["client_conn_limited"] - st0["client_conn_limited"], 3,
              "client_conn_limited delta")
     lines = s.wait_log(r"limit: client=\[127\.0\.0\.2\] limit=client_connection_limit "
-                       r"count=6 max=5$", since=0)
+                       r"count=6 max=5" + EOL_WORKER, since=0)
     check_eq(len(limit_lines(s, src, "client_connection_limit")), 1,
              "one log line per client, limit and window: %s" % lines)
     for c in held[1:]:

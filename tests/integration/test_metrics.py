@@ -17,7 +17,8 @@ import time
 import urllib.error
 import urllib.request
 
-from ringmx_harness import Server, Skip, Suite, check, check_eq, free_port, smtplib_send
+from ringmx_harness import (Server, Skip, Suite, check, check_eq, free_port, smtplib_send,
+                            worker_of_line)
 
 T = Suite(__file__)
 
@@ -50,7 +51,7 @@ def per_worker_stats(s, workers):
     lines = s.wait_log(r"\bstats now:", count=workers, since=off)
     res = {}
     for ln in lines:
-        w = int(re.search(r"\bw(\d+): stats now:", ln).group(1))
+        w = int(worker_of_line(ln)[1:])
         res[w] = {k: int(v) for k, v in re.findall(r" (\w+)=(\d+)", ln)}
     return res
 

@@ -32,7 +32,8 @@ import tempfile
 import time
 
 from ringmx_harness import (HOSTNAME, Client, Closed, Server, Suite, Skip, check, check_eq,
-                            free_port, ipv6_available, ringmxd_path, run)
+                            EOL_WORKER, free_port, ipv6_available, ringmxd_path, run,
+                            worker_of_line)
 from dnsd import DnsServer, DnsUnavailable, dnsbl_name
 
 T = Suite(__file__)
@@ -169,16 +170,16 @@ def noqueue_line(s, ip, port, reply, helo="client.ringmx.test", since=0):
 
 def has_line(s, ip, port, text, since=0):
     """A log line ending in 'text [ip]:port' (PASS NEW, PASS OLD, ...) for that session."""
-    rx = re.compile(r"\b%s \[%s\]:%d$" % (re.escape(text), esc(ip), port))
+    rx = re.compile(r"\b%s \[%s\]:%d" % (re.escape(text), esc(ip), port) + EOL_WORKER)
     s.wait_disconnect(port, since=since)
     return [ln for ln in s.log_since(since).splitlines() if rx.search(ln)]
 
 
 def worker_of(s, port, since=0):
     ln = s.wait_disconnect(port, since=since)
-    m = re.search(r"\b(w\d+): disconnect from", ln)
-    check(m is not None, "no worker in %r" % ln)
-    return m.group(1)
+    w = worker_of_line(ln)
+    check(w is not None, "no worker in %r" % ln)
+    return w
 
 
 def queries_of(d, ip, zones=SITE_ZONES):
@@ -207,7 +208,7 @@ def _():
     ip = "127.1.0.2"
     port = refused_session(s, ip, blocked(550, ip, "bl.test"))
     noqueue_line(s, ip, port, blocked(550, ip, "bl.test"), since=off)
-    s.wait_log(r"DNSBL rank 5 for \[%s\]:%d$" % (esc(ip), port), since=off)
+    s.wait_log(r"DNSBL rank 5 for \[%s\]:%d worker=w\d+$" % (esc(ip), port), since=off)
     check_eq(has_line(s, ip, port, "PASS NEW", since=off) + has_line(s, ip, port, "PASS OLD",
                                                                       since=off), [],
              "PASS lines of a listed client")
@@ -223,7 +224,7 @@ def _():
     off = s.log_size()
     for ip in ("127.1.0.3", "127.1.0.9"):
         port = refused_session(s, ip, blocked(550, ip, "fl.test"))
-        s.wait_log(r"DNSBL rank 2 for \[%s\]:%d$" % (esc(ip), port), since=off)
+        s.wait_log(r"DNSBL rank 2 for \[%s\]:%d worker=w\d+$" % (esc(ip), port), since=off)
         noqueue_line(s, ip, port, blocked(550, ip, "fl.test"), since=off)
 
 
@@ -234,7 +235,7 @@ def _():
     off = s.log_size()
     ip = "127.1.0.6"
     port = refused_session(s, ip, blocked(550, ip, "bl.test"))
-    s.wait_log(r"DNSBL rank 1 for \[%s\]:%d$" % (esc(ip), port), since=off)
+    s.wait_log(r"DNSBL rank 1 for \[%s\]:%d worker=w\d+$" % (esc(ip), port), since=off)
 
 
 @T.test("DNSBL: an unlisted client (NXDOMAIN everywhere): mail accepted, PASS NEW; then "
@@ -335,7 +336,7 @@ def _():
     with screening(dns(), "dnsbl_sites=" + SITES, "dnsbl_action=ignore") as s:
         ip = "127.5.0.3"
         port, _t = accepted_session(s, ip)
-        s.wait_log(r"DNSBL rank 3 for \[%s\]:%d$" % (esc(ip), port))
+        s.wait_log(r"DNSBL rank 3 for \[%s\]:%d worker=w\d+$" % (esc(ip), port))
         check_eq(has_line(s, ip, port, "PASS NEW"), [], "PASS NEW lines")
         st = s.stats()
         check_eq({k: st.get(k) for k in ("screen_dnsbl_listed", "screen_pass_new",
@@ -441,7 +442,7 @@ def _():
         port = refused_session(s, None, blocked(550, "::1", "bl.test"), host="::1")
         # Log lines name the client as every session line does, [IPv6:::1]:port; the
         # spec's shapes show IPv4 only, so the bare [::1] is taken too.
-        s.wait_log(r"DNSBL rank 3 for \[(?:IPv6:)?::1\]:%d$" % port)
+        s.wait_log(r"DNSBL rank 3 for \[(?:IPv6:)?::1\]:%d worker=w\d+$" % port)
         noqueue_line(s, "IPv6:::1", port, blocked(550, "::1", "bl.test"))
         check_eq(len(d.queries(name)), 1, "queries for %s" % name)
 
@@ -501,7 +502,7 @@ def greet_srv():
 
 
 def pregreet_rx(ip, port, nbytes, text):
-    return (r"PREGREET %d after (\d+\.\d\d) from \[%s\]:%d: %s$"
+    return (r"PREGREET %d after (\d+\.\d\d) from \[%s\]:%d: %s worker=w\d+$"
             % (nbytes, esc(ip), port, re.escape(text)))
 
 
@@ -674,7 +675,7 @@ def _():
                     timeout=60)
             check_eq(p.returncode, 0, "swaks run %d exit code:\n%s" % (i, p.stdout[-2000:]))
             outs.append(p.stdout)
-            s.wait_log(r"\bPASS %s \[%s\]:\d+$" % ("NEW" if i == 1 else "OLD", esc(ip)),
+            s.wait_log(r"\bPASS %s \[%s\]:\d+ worker=w\d+$" % ("NEW" if i == 1 else "OLD", esc(ip)),
                        since=off)
         check("<-  " + GREET_TEASER in outs[0], "first swaks saw no 220-:\n" + outs[0][:800])
         check("220-" not in outs[1], "second swaks saw a 220-:\n" + outs[1][:800])
@@ -688,7 +689,7 @@ def _():
             took.append(time.monotonic() - t0)
             check_eq(m.sendmail("a@sender.test", ["u@example.test"],
                                 b"Subject: smtplib\r\n\r\nhi\r\n"), {}, "refused")
-        s.wait_log(r"\bPASS %s \[%s\]:\d+$" % ("NEW" if i == 1 else "OLD", esc(ip)), since=off)
+        s.wait_log(r"\bPASS %s \[%s\]:\d+ worker=w\d+$" % ("NEW" if i == 1 else "OLD", esc(ip)), since=off)
     check(took[0] >= 0.8 and took[1] < 0.5, "smtplib connect times %r" % took)
     if os.access(SMTP_SOURCE, os.X_OK):
         st, off = s.stats(), s.log_size()
@@ -698,8 +699,8 @@ def _():
         after = s.stats()
         check_eq(delta(after, st, "messages_accepted"), 3, "messages_accepted from smtp-source")
         text = s.log_since(off)
-        check_eq((len(re.findall(r"PASS NEW \[127\.0\.0\.1\]:\d+$", text, re.M)),
-                  len(re.findall(r"PASS OLD \[127\.0\.0\.1\]:\d+$", text, re.M))), (1, 2),
+        check_eq((len(re.findall(r"PASS NEW \[127\.0\.0\.1\]:\d+ worker=w\d+$", text, re.M)),
+                  len(re.findall(r"PASS OLD \[127\.0\.0\.1\]:\d+ worker=w\d+$", text, re.M))), (1, 2),
                  "PASS NEW, PASS OLD of smtp-source's 3 connections")
         check_eq(delta(after, st, "screen_greet_waits"), 1, "greet waits of smtp-source")
 
@@ -728,8 +729,8 @@ def access_denied(s, ip, text):
     finally:
         c.close()
     port = c.local_port
-    s.wait_log(r"\bDENYLISTED \[%s\]:%d$" % (esc(ip), port))
-    s.wait_log(r"NOQUEUE: reject: CONNECT from \[%s\]:%d: %s$"
+    s.wait_log(r"\bDENYLISTED \[%s\]:%d worker=w\d+$" % (esc(ip), port))
+    s.wait_log(r"NOQUEUE: reject: CONNECT from \[%s\]:%d: %s worker=w\d+$"
                % (esc(ip), port, re.escape("554 5.7.1 " + text)))
     return port
 
@@ -752,7 +753,7 @@ def _():
             access_denied(s, "127.4.1.5", "first match")
             for ip in ("127.4.0.2", "127.4.1.6"):
                 port = unscreened_session(s, ip, "allow-listed %s" % ip)
-                s.wait_log(r"\bALLOWLISTED \[%s\]:%d$" % (esc(ip), port))
+                s.wait_log(r"\bALLOWLISTED \[%s\]:%d worker=w\d+$" % (esc(ip), port))
                 check_eq(len(d.queries(dnsbl_name(ip, "bl.test"))), 0, "queries for %s" % ip)
             # DUNNO ends the search (first match), so the /24 REJECT below it does not apply.
             ip = "127.4.0.3"

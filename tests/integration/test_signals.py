@@ -9,7 +9,8 @@ import signal
 import socket
 import time
 
-from ringmx_harness import HOSTNAME, Server, Suite, check, check_eq, free_port, smtplib_send
+from ringmx_harness import (HOSTNAME, Server, Suite, check, check_eq, free_port, smtplib_send,
+                            worker_of_line)
 
 T = Suite(__file__)
 
@@ -35,7 +36,7 @@ def rcpt_code(s, addr, c=None):
     return r.code
 
 
-@T.test("SIGUSR1: one 'stats now:' line per worker (w0:, w1:) with every counter")
+@T.test("SIGUSR1: one 'stats now:' line per worker (worker=w0, worker=w1) with every counter")
 def _():
     with Server(workers=2) as s:
         for _ in range(3):
@@ -46,8 +47,8 @@ def _():
         time.sleep(0.3)
         lines = [ln for ln in s.log_since(off).splitlines() if "stats now:" in ln]
         check_eq(len(lines), 2, "stats lines")
-        check(any("w0: stats now:" in ln for ln in lines) and
-              any("w1: stats now:" in ln for ln in lines), "worker prefixes: %r" % lines)
+        check_eq(sorted(worker_of_line(ln) for ln in lines), ["w0", "w1"],
+                 "worker tags: %r" % lines)
         for name in COUNTERS:
             for ln in lines:
                 check(re.search(r" %s=\d+" % name, ln), "counter %s missing: %s" % (name, ln))
@@ -70,7 +71,8 @@ def _():
             c.close()
         rc = s.stop()
         check_eq(rc, 0, "exit code")
-        check_eq(len(re.findall(r"w\d: stats final:", s.log())), 2, "stats final lines")
+        check_eq(len(re.findall(r"\bstats final:.* worker=w\d$", s.log(), re.M)), 2,
+                 "stats final lines")
 
 
 @T.test("SIGTERM inside DATA: the message finishes (250), then 421, exit 0")

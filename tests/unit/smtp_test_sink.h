@@ -219,10 +219,11 @@ static const struct sink_ops tsink_ops = {
 };
 
 static void
-tsink_hook_log(void *owner, const char *line, size_t len)
+tsink_hook_log(void *owner, enum smtp_log_role role, const char *line, size_t len)
 {
 	struct tsink *ts = owner;
 
+	(void)role; /* the line's text says it: a queue line is "QID: from=<...>, size=" */
 	if (memchr(line, '\n', len) != NULL || memchr(line, '\r', len) != NULL)
 		tsink_fail("log line with a line break");
 	tsink_escape(ts->hooklog, &ts->hooklen, sizeof ts->hooklog, line, len);
