@@ -28,10 +28,10 @@ enum dlv_status {
 struct dlv_rcpt {
 	const char *addr; /* without <>, into the message's headers */
 	size_t len;
-	int hop;          /* index into relay.hops; -1: no route */
+	int hop; /* index into relay.hops; -1: no route */
 	enum dlv_status st;
 	int code;
-	char enh[16];     /* "5.1.1", or "" */
+	char enh[16]; /* "5.1.1", or "" */
 	char text[RELAY_REPLY_TEXT_MAX];
 };
 
@@ -52,12 +52,15 @@ struct dlv_timeouts {
 
 /*
  * Deliver the recipients idx[0..n) of m (all routed to hop) in one
- * session: every one of them gets a status (sent, deferred, bounced) and
- * the deciding reply. relay_text names the member that answered (for the
- * log and the DSN's Remote-MTA), "" when none did.
+ * session, with STARTTLS as relay_tls says: every one of them gets a status (sent, deferred,
+ * bounced) and the deciding reply. relay_text names the member that answered (for the log and the
+ * DSN's Remote-MTA), "" when none did.
  */
-void dlv_hop(const struct relay_hop_conf *hop, const char *helo, struct dmsg *m,
-	     const uint32_t *idx, uint32_t n, const struct dlv_timeouts *t, char *relay_text,
-	     size_t relay_cap);
+void dlv_hop(const struct relay_conf *rc, const struct relay_hop_conf *hop, const char *helo,
+             struct dmsg *m, const uint32_t *idx, uint32_t n, const struct dlv_timeouts *t,
+             char *relay_text, size_t relay_cap);
+
+/* A delivery thread ends: its TLS context and wolfSSL's per-thread caches. */
+void dlv_thread_end(void);
 
 #endif

@@ -47,6 +47,8 @@
 #include <unistd.h>
 
 #include <nats/nats.h>
+#include <wolfssl/options.h>
+#include <wolfssl/ssl.h>
 
 #include "deliver.h"
 #include "ringmx/dsn.h"
@@ -62,8 +64,7 @@ static int batch = 16;
 static unsigned nthreads = 4;
 static int64_t ack_wait_ms = 60000;
 
-static void
-logf_(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void logf_(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void
 logf_(const char *fmt, ...)
 {
@@ -75,9 +76,10 @@ logf_(const char *fmt, ...)
 
 	clock_gettime(CLOCK_REALTIME, &ts);
 	gmtime_r(&ts.tv_sec, &tm);
-	n = snprintf(b, sizeof(b), "%04d-%02d-%02dT%02d:%02d:%02d.%06ldZ ringmx-deliver[%d]: ",
-		     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-		     ts.tv_nsec / 1000, (int)getpid());
+	n = snprintf(b, sizeof(b),
+	             "%04d-%02d-%02dT%02d:%02d:%02d.%06ldZ ringmx-deliver[%d]: ", tm.tm_year + 1900,
+	             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000,
+	             (int)getpid());
 	va_start(ap, fmt);
 	n += vsnprintf(b + n, sizeof(b) - (size_t)n - 1, fmt, ap);
 	va_end(ap);
@@ -164,17 +166,16 @@ publish(jsCtx *js, natsMsg **m, const char *msg_id)
 
 /* The deferred recipients as a new message with the same payload. */
 static int
-publish_rest(jsCtx *js, natsMsg *orig, const struct dmsg *d, uint64_t attempts,
-	     uint64_t not_before)
+publish_rest(jsCtx *js, natsMsg *orig, const struct dmsg *d, uint64_t attempts, uint64_t not_before)
 {
 	natsMsg *m = NULL;
 	char v[32], id[64];
 	uint64_t h = 0xcbf29ce484222325ull;
-	static const char *const keep[] = {"Ringmx-Mail-From", "Ringmx-Client", "Ringmx-Helo",
-					   "Ringmx-Received-At", "Ringmx-Tls", "Ringmx-Smtputf8",
-					   "Ringmx-8bitmime"};
-	natsStatus s = natsMsg_Create(&m, natsMsg_GetSubject(orig), NULL,
-				      (const char *)d->body, (int)d->body_len);
+	static const char *const keep[] = {"Ringmx-Mail-From",   "Ringmx-Client", "Ringmx-Helo",
+	                                   "Ringmx-Received-At", "Ringmx-Tls",    "Ringmx-Smtputf8",
+	                                   "Ringmx-8bitmime"};
+	natsStatus s = natsMsg_Create(&m, natsMsg_GetSubject(orig), NULL, (const char *)d->body,
+	                              (int)d->body_len);
 
 	if (s == NATS_OK)
 		s = natsMsgHeader_Set(m, "Ringmx-Queue-Id", d->qid);
@@ -209,7 +210,7 @@ publish_rest(jsCtx *js, natsMsg *orig, const struct dmsg *d, uint64_t attempts,
 /* One report for the bounced recipients, from <> to the sender. */
 static int
 publish_bounce(jsCtx *js, natsMsg *orig, const struct dmsg *d, int64_t arrival,
-	       const char *relay_text)
+               const char *relay_text)
 {
 	struct dsn_rcpt r[DLV_RCPT_MAX];
 	size_t n = 0, first = SIZE_MAX;
@@ -222,36 +223,37 @@ publish_bounce(jsCtx *js, natsMsg *orig, const struct dmsg *d, int64_t arrival,
 		if (first == SIZE_MAX)
 			first = i;
 		snprintf(statuses[n], sizeof(statuses[n]), "%s",
-			 x->enh[0] == '5' ? x->enh : "5.0.0");
+		         x->enh[0] == '5' ? x->enh : "5.0.0");
 		r[n] = (struct dsn_rcpt){
-			.addr = x->addr,
-			.addr_len = x->len,
-			.status = statuses[n],
-			.remote_mta = relay_text[0] != '\0' ? relay_text : NULL,
-			.diag = x->text,
-			.diag_len = strlen(x->text),
-			.last_attempt = wall(),
+		    .addr = x->addr,
+		    .addr_len = x->len,
+		    .status = statuses[n],
+		    .remote_mta = relay_text[0] != '\0' ? relay_text : NULL,
+		    .diag = x->text,
+		    .diag_len = strlen(x->text),
+		    .last_attempt = wall(),
 		};
 		n++;
 	}
 	if (n == 0)
 		return 0;
 	if (d->from_len == 0) {
-		logf_("%s: sender is <>: no bounce for %zu recipient%s", d->qid, n, n == 1 ? "" : "s");
+		logf_("%s: sender is <>: no bounce for %zu recipient%s", d->qid, n,
+		      n == 1 ? "" : "s");
 		return 0;
 	}
 	struct dsn_info info = {
-		.hostname = cfg->smtp.hostname,
-		.qid = d->qid,
-		.sender = d->from,
-		.sender_len = d->from_len,
-		.arrival = arrival,
-		.now = wall(),
-		.utf8 = d->utf8,
-		.rcpts = r,
-		.nrcpt = n,
-		.msg = d->body,
-		.msg_len = d->body_len,
+	    .hostname = cfg->smtp.hostname,
+	    .qid = d->qid,
+	    .sender = d->from,
+	    .sender_len = d->from_len,
+	    .arrival = arrival,
+	    .now = wall(),
+	    .utf8 = d->utf8,
+	    .rcpts = r,
+	    .nrcpt = n,
+	    .msg = d->body,
+	    .msg_len = d->body_len,
 	};
 	size_t cap = dsn_size_bound(&info);
 	char *buf = cap ? malloc(cap) : NULL;
@@ -357,21 +359,23 @@ handle(jsCtx *js, natsMsg *m)
 		if (!unbracket(rv[i], &r->addr, &r->len) || r->len == 0)
 			continue;
 		const char *at = memrchr(r->addr, '@', r->len);
-		r->hop = at != NULL ? relay_route(&cfg->relay, at + 1, r->len - (size_t)(at + 1 - r->addr))
-				    : cfg->relay.default_hop;
+		r->hop = at != NULL
+		             ? relay_route(&cfg->relay, at + 1, r->len - (size_t)(at + 1 - r->addr))
+		             : cfg->relay.default_hop;
 		if (r->hop < 0) {
 			r->st = DLV_BOUNCED;
 			r->code = 554;
 			snprintf(r->enh, sizeof(r->enh), "5.4.4");
-			snprintf(r->text, sizeof(r->text), "no next hop for this domain "
-							   "(transport_maps, relay_host)");
+			snprintf(r->text, sizeof(r->text),
+			         "no next hop for this domain "
+			         "(transport_maps, relay_host)");
 		}
 		d.nrcpt++;
 	}
 	/* One session per next hop, its recipients together. */
 	char relay[CONFIG_HOP_TEXT_MAX] = "", last_relay[CONFIG_HOP_TEXT_MAX] = "";
 	struct dlv_timeouts t = {.connect_ns = cfg->relay.connect_timeout,
-				 .reply_ns = cfg->relay.reply_timeout};
+	                         .reply_ns = cfg->relay.reply_timeout};
 	for (uint32_t i = 0; i < d.nrcpt; i++) {
 		if (rc[i].st != DLV_PENDING)
 			continue;
@@ -380,8 +384,8 @@ handle(jsCtx *js, natsMsg *m)
 			if (rc[j].st == DLV_PENDING && rc[j].hop == rc[i].hop)
 				idx[n++] = j;
 		natsMsg_InProgress(m, NULL); /* a fresh --ack-wait for this session */
-		dlv_hop(&cfg->relay.hops[rc[i].hop], cfg->smtp.hostname, &d, idx, n, &t, relay,
-			sizeof(relay));
+		dlv_hop(&cfg->relay, &cfg->relay.hops[rc[i].hop], cfg->smtp.hostname, &d, idx, n,
+		        &t, relay, sizeof(relay));
 		for (uint32_t k = 0; k < n; k++)
 			log_result(&d, &rc[idx[k]], relay, arrival);
 		if (relay[0] != '\0')
@@ -394,9 +398,10 @@ handle(jsCtx *js, natsMsg *m)
 			rc[i].st = DLV_BOUNCED;
 			snprintf(rc[i].enh, sizeof(rc[i].enh), "5.4.7");
 			char tmp[RELAY_REPLY_TEXT_MAX];
-			snprintf(tmp, sizeof(tmp), "delivery time expired (maximal_queue_lifetime); "
-						   "last: %d %.400s",
-				 rc[i].code, rc[i].text);
+			snprintf(tmp, sizeof(tmp),
+			         "delivery time expired (maximal_queue_lifetime); "
+			         "last: %d %.400s",
+			         rc[i].code, rc[i].text);
 			snprintf(rc[i].text, sizeof(rc[i].text), "%s", tmp);
 		}
 		nsent += rc[i].st == DLV_SENT;
@@ -415,10 +420,10 @@ handle(jsCtx *js, natsMsg *m)
 		natsMsg_NakWithDelay(m, (int64_t)(backoff_ns(attempts) / 1000000u), NULL);
 		return;
 	}
-	if (ndef > 0 &&
-	    publish_rest(js, m, &d, attempts, (uint64_t)wall() + backoff_ns(attempts) / 1000000000u) <
-		    0) {
-		logf_("%s: cannot publish the deferred recipients: retrying the message later", d.qid);
+	if (ndef > 0 && publish_rest(js, m, &d, attempts,
+	                             (uint64_t)wall() + backoff_ns(attempts) / 1000000000u) < 0) {
+		logf_("%s: cannot publish the deferred recipients: retrying the message later",
+		      d.qid);
 		natsMsg_NakWithDelay(m, (int64_t)(backoff_ns(attempts) / 1000000u), NULL);
 		return;
 	}
@@ -476,6 +481,7 @@ thread_main(void *arg)
 	natsSubscription_Unsubscribe(sub); /* the durable consumer stays */
 	natsSubscription_Destroy(sub);
 	jsCtx_Destroy(js);
+	dlv_thread_end();
 	return NULL;
 }
 
@@ -504,12 +510,10 @@ usage(FILE *f)
 int
 main(int argc, char **argv)
 {
-	static const struct option lo[] = {{"threads", required_argument, NULL, 'T'},
-					   {"durable", required_argument, NULL, 'D'},
-					   {"batch", required_argument, NULL, 'B'},
-					   {"ack-wait", required_argument, NULL, 'A'},
-					   {"help", no_argument, NULL, 'h'},
-					   {NULL, 0, NULL, 0}};
+	static const struct option lo[] = {
+	    {"threads", required_argument, NULL, 'T'}, {"durable", required_argument, NULL, 'D'},
+	    {"batch", required_argument, NULL, 'B'},   {"ack-wait", required_argument, NULL, 'A'},
+	    {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0}};
 	struct config_args args;
 	char err[CONFIG_ERR_MAX];
 	int c;
@@ -548,8 +552,8 @@ main(int argc, char **argv)
 		}
 	}
 	if (optind != argc || nthreads < 1 || nthreads > DLV_THREADS_MAX || batch < 1 ||
-	    ack_wait_ms < 1000 ||
-	    batch > 1024 || durable[0] == '\0' || strpbrk(durable, ". *>") != NULL) {
+	    ack_wait_ms < 1000 || batch > 1024 || durable[0] == '\0' ||
+	    strpbrk(durable, ". *>") != NULL) {
 		usage(stderr);
 		return 2;
 	}
@@ -559,9 +563,15 @@ main(int argc, char **argv)
 		return 1;
 	}
 	cfg = conf;
+	if (wolfSSL_Init() != WOLFSSL_SUCCESS) {
+		fprintf(stderr, "ringmx-deliver: wolfSSL_Init failed\n");
+		config_free(conf);
+		return 1;
+	}
 	if (!relay_enabled(&conf->relay)) {
-		fprintf(stderr, "ringmx-deliver: %s: no next hop: set relay_host or transport_maps\n",
-			conf->path[0] ? conf->path : "(defaults)");
+		fprintf(stderr,
+		        "ringmx-deliver: %s: no next hop: set relay_host or transport_maps\n",
+		        conf->path[0] ? conf->path : "(defaults)");
 		config_free(conf);
 		return 1;
 	}
@@ -618,5 +628,6 @@ main(int argc, char **argv)
 	natsOptions_Destroy(o);
 	nats_CloseAndWait(2000);
 	config_free(conf);
+	wolfSSL_Cleanup();
 	return rc;
 }

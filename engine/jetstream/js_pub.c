@@ -50,6 +50,7 @@ struct js_pub {
 	bool payload_warned;
 	struct js_slot *retry; /* publisher only: waiting for retry_at */
 	const char *urls[CONFIG_JS_SERVERS_MAX];
+	struct js_cb *cb;
 };
 
 static uint64_t
@@ -143,25 +144,45 @@ ack_handler(jsCtx *jsc, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *clos
 	natsMsg_Destroy(msg);
 }
 
+/*
+ * The connection's state callbacks run on libnats' own callback thread,
+ * also after natsConnection_Close() returns: their closure is not the
+ * sink (freed at exit) but this, which the closed callback, libnats' last
+ * one, marks; js_pub_stop() frees it only then.
+ */
+struct js_cb {
+	unsigned worker;
+	atomic_bool stopping;
+	atomic_bool closed;
+};
+
 static void
 on_disconnected(natsConnection *nc, void *closure)
 {
-	struct js_sink *js = closure;
+	struct js_cb *cb = closure;
 	(void)nc;
-	if (atomic_load(&js->stop))
+	if (atomic_load(&cb->stopping))
 		return; /* our own close */
 	log_warn("jetstream w%u: disconnected; reconnecting (mail gets 451 4.3.0 after "
 	         "jetstream_timeout)",
-	         js->env.worker);
+	         cb->worker);
 }
 
 static void
 on_reconnected(natsConnection *nc, void *closure)
 {
-	struct js_sink *js = closure;
+	struct js_cb *cb = closure;
 	char url[256] = "";
 	natsConnection_GetConnectedUrl(nc, url, sizeof(url));
-	log_notice("jetstream w%u: connected to %s", js->env.worker, url);
+	log_notice("jetstream w%u: connected to %s", cb->worker, url);
+}
+
+static void
+on_closed(natsConnection *nc, void *closure)
+{
+	struct js_cb *cb = closure;
+	(void)nc;
+	atomic_store(&cb->closed, true);
 }
 
 /* The stream exists (or is made). Blocking, on the publisher only. */
@@ -202,8 +223,8 @@ ensure_stream(struct js_sink *js)
 		if (st == NATS_OK) {
 			jsStreamInfo_Destroy(si);
 			log_notice("jetstream w%u: created stream %s (subject %s, %u replica%s)",
-			         js->env.worker, c->stream, c->subject, c->replicas,
-			         c->replicas == 1 ? "" : "s");
+			           js->env.worker, c->stream, c->subject, c->replicas,
+			           c->replicas == 1 ? "" : "s");
 			p->stream_ok = true;
 		}
 	}
@@ -337,7 +358,7 @@ pub_main(void *arg)
 		log_warn("jetstream w%u: no server answers yet; retrying in the background",
 		         js->env.worker);
 	else
-		on_reconnected(p->nc, js);
+		on_reconnected(p->nc, p->cb);
 
 	while (!atomic_load(&js->stop)) {
 		uint64_t now = mono_ns(), next = UINT64_MAX;
@@ -411,6 +432,12 @@ js_pub_start(struct js_sink *js, char *err, size_t errlen)
 		return -ENOMEM;
 	}
 	js->pub = p;
+	p->cb = calloc(1, sizeof(*p->cb));
+	if (p->cb == NULL) {
+		snprintf(err, errlen, "jetstream: out of memory");
+		return -ENOMEM;
+	}
+	p->cb->worker = js->env.worker;
 	for (size_t i = 0; i < c->nservers; i++)
 		p->urls[i] = c->servers[i];
 	snprintf(name, sizeof(name), "ringmxd w%u", js->env.worker);
@@ -428,9 +455,11 @@ js_pub_start(struct js_sink *js, char *err, size_t errlen)
 	if (st == NATS_OK)
 		st = natsOptions_SetRetryOnFailedConnect(p->opts, true, NULL, NULL);
 	if (st == NATS_OK)
-		st = natsOptions_SetDisconnectedCB(p->opts, on_disconnected, js);
+		st = natsOptions_SetDisconnectedCB(p->opts, on_disconnected, p->cb);
 	if (st == NATS_OK)
-		st = natsOptions_SetReconnectedCB(p->opts, on_reconnected, js);
+		st = natsOptions_SetReconnectedCB(p->opts, on_reconnected, p->cb);
+	if (st == NATS_OK)
+		st = natsOptions_SetClosedCB(p->opts, on_closed, p->cb);
 	if (st == NATS_OK && c->creds[0] != '\0')
 		st = natsOptions_SetUserCredentialsFromFiles(p->opts, c->creds, NULL);
 	if (st == NATS_OK && c->tls_ca[0] != '\0') {
@@ -466,15 +495,30 @@ js_pub_stop(struct js_sink *js)
 	}
 	if (p == NULL)
 		return;
-	/* Destroying the context drops any acknowledgement still due (none
-	 * after a clean drain). */
+	/* Close first: no acknowledgement (none is due after a clean drain)
+	 * or state callback is delivered once the closed callback ran. */
+	bool closed = true;
+	if (p->nc != NULL) {
+		atomic_store(&p->cb->stopping, true);
+		natsConnection_Close(p->nc);
+		closed = false;
+		for (int i = 0; i < 5000 && !closed; i++) {
+			closed = atomic_load(&p->cb->closed);
+			if (!closed)
+				usleep(1000);
+		}
+	}
 	if (p->jsc != NULL)
 		jsCtx_Destroy(p->jsc);
-	if (p->nc != NULL) {
-		natsConnection_Close(p->nc);
+	if (p->nc != NULL)
 		natsConnection_Destroy(p->nc);
-	}
 	natsOptions_Destroy(p->opts);
+	/* Still not closed: libnats may call back yet, so its closure stays. */
+	if (closed)
+		free(p->cb);
+	else
+		log_warn("jetstream w%u: the connection did not report closed within 5 s",
+		         js->env.worker);
 	free(p);
 	js->pub = NULL;
 }

@@ -560,6 +560,53 @@ def _():
 
 
 
+@T.test("ringmx-deliver with relay_tls = encrypt: STARTTLS to the next hop (the relay's TLS "
+        "glue), the message arrives over TLS; a hop without STARTTLS defers it")
+def _():
+    if not os.access(DELIVER, os.X_OK):
+        raise Skip("ringmx-deliver not built")
+    if not os.access("/usr/bin/openssl", os.X_OK):
+        raise Skip("openssl is not installed")
+    cluster_up()
+    name = "DLVTLS"
+    cert, key = os.path.join(TMP, "mx-cert.pem"), os.path.join(TMP, "mx-key.pem")
+    r = run(["/usr/bin/openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+             "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", cert, "-days", "2",
+             "-subj", "/CN=localhost"])
+    check_eq(r.returncode, 0, "openssl: " + r.stderr[-300:])
+    tls_mx = FakeMX(starttls_cert=(cert, key))
+    plain_mx = FakeMX()
+    tmap = os.path.join(TMP, name + ".transport")
+    with open(tmap, "w") as f:
+        f.write("example.test smtp:127.0.0.1:%d\nplain.test smtp:127.0.0.1:%d\n"
+                "localhost smtp:127.0.0.1:%d\n" % (tls_mx.port, plain_mx.port, tls_mx.port))
+    keys = stream_keys(name) + ["-o", "transport_maps=" + tmap, "-o", "relay_tls=encrypt",
+                                "-o", "retry_min=1s"]
+    try:
+        with Server(workers=1, args=["-o", "sink=jetstream", "-o", "jetstream_create=yes",
+                                     "-o", "jetstream_replicas=3",
+                                     "-o", "domains=example.test, plain.test, localhost"]
+                    + stream_keys(name)) as srv:
+            wait_accepting_n(srv)
+            code, text = send(srv, rcpts=("t@example.test",))
+            check_eq(code, 250, text)
+            d = Deliver(name, keys, threads=1).start()
+            try:
+                got = wait_for(lambda: [m for m in tls_mx.messages if "t@example.test" in m.rcpts],
+                               timeout=30, what="delivery over TLS")
+                check(got[0].tls, "not over TLS: %r" % (got[0],))
+                code, text = send(srv, rcpts=("p@plain.test",))
+                check_eq(code, 250, text)
+                wait_for(lambda: re.search(r"to=<p@plain.test>, .*status=deferred \(4\d\d 4\.7\.4",
+                                           d.log()), timeout=30, what="the deferral without TLS")
+                check(not plain_mx.messages, "sent in plaintext under relay_tls = encrypt")
+            finally:
+                d.stop()
+    finally:
+        tls_mx.close()
+        plain_mx.close()
+
+
 try:
     T.main()
 finally:
