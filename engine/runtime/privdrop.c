@@ -140,8 +140,8 @@ int
 privdrop(const struct config *cfg, char *err, size_t errlen)
 {
 	const struct run_as_conf *r = &cfg->run_as;
-	uid_t ru, eu, su;
-	gid_t rg, eg, sg;
+	uid_t ru = (uid_t)-1, eu = (uid_t)-1, su = (uid_t)-1;
+	gid_t rg = (gid_t)-1, eg = (gid_t)-1, sg = (gid_t)-1;
 
 	if (!r->set) {
 		if (geteuid() == 0)
