@@ -587,8 +587,6 @@ main(int argc, char **argv)
 		s = natsOptions_SetMaxReconnect(o, -1);
 	if (s == NATS_OK)
 		s = natsOptions_SetReconnectWait(o, 250);
-	if (s == NATS_OK)
-		s = natsOptions_SetRetryOnFailedConnect(o, true, NULL, NULL);
 	if (s == NATS_OK && jc->creds[0] != '\0')
 		s = natsOptions_SetUserCredentialsFromFiles(o, jc->creds, NULL);
 	if (s == NATS_OK && jc->tls_ca[0] != '\0') {
@@ -596,13 +594,8 @@ main(int argc, char **argv)
 		if (s == NATS_OK)
 			s = natsOptions_LoadCATrustedCertificates(o, jc->tls_ca);
 	}
-	if (s == NATS_OK) {
-		s = natsConnection_Connect(&nc, o);
-		if (s == NATS_NOT_YET_CONNECTED)
-			s = NATS_OK; /* libnats keeps trying */
-	}
 	if (s != NATS_OK) {
-		fprintf(stderr, "ringmx-deliver: NATS: %s\n", natsStatus_GetText(s));
+		fprintf(stderr, "ringmx-deliver: NATS options: %s\n", natsStatus_GetText(s));
 		natsOptions_Destroy(o);
 		config_free(conf);
 		return 1;
@@ -610,6 +603,29 @@ main(int argc, char **argv)
 	struct sigaction sa = {.sa_handler = on_signal};
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGINT, &sa, NULL);
+	/* One pass over the servers per attempt (libnats' retry-on-failed-
+	 * connect would keep retrying inside the call when a server answers
+	 * but TLS or authentication fails); once connected it reconnects by
+	 * itself. */
+	for (bool logged = false; !atomic_load(&stopping);) {
+		s = natsConnection_Connect(&nc, o);
+		if (s == NATS_OK)
+			break;
+		if (!logged) {
+			const char *le = nats_GetLastError(NULL);
+			logf_("cannot connect to NATS: %s%s%s; retrying", natsStatus_GetText(s),
+			      le != NULL && *le ? ": " : "", le != NULL ? le : "");
+			logged = true;
+		}
+		sleep(1);
+	}
+	if (nc == NULL) {
+		natsOptions_Destroy(o);
+		config_free(conf);
+		nats_CloseAndWait(2000);
+		wolfSSL_Cleanup();
+		return 0; /* stopped before it ever connected */
+	}
 	signal(SIGPIPE, SIG_IGN);
 	pthread_t th[DLV_THREADS_MAX];
 	for (unsigned i = 0; i < nthreads; i++)

@@ -42,8 +42,10 @@
 
 struct js_pub {
 	natsOptions *opts;
-	natsConnection *nc;
-	jsCtx *jsc;
+	natsConnection *nc;   /* the connector's, read after jsc */
+	_Atomic(jsCtx *) jsc; /* NULL until connected (connect_main) */
+	pthread_t connector;
+	bool connector_started;
 	bool stream_ok;
 	uint64_t stream_next_try;
 	bool stream_logged;
@@ -201,7 +203,8 @@ ensure_stream(struct js_sink *js)
 	if (now < p->stream_next_try)
 		return false;
 	p->stream_next_try = now + JS_STREAM_RETRY_NS;
-	st = js_GetStreamInfo(&si, p->jsc, c->stream, NULL, &jerr);
+	jsCtx *jsc = atomic_load_explicit(&p->jsc, memory_order_acquire);
+	st = js_GetStreamInfo(&si, jsc, c->stream, NULL, &jerr);
 	if (st == NATS_OK) {
 		jsStreamInfo_Destroy(si);
 		p->stream_ok = true;
@@ -219,7 +222,7 @@ ensure_stream(struct js_sink *js)
 		sc.Storage = js_FileStorage;
 		sc.Replicas = c->replicas;
 		sc.Duplicates = (int64_t)JS_DUPLICATE_WINDOW_NS;
-		st = js_AddStream(&si, p->jsc, &sc, NULL, &jerr);
+		st = js_AddStream(&si, jsc, &sc, NULL, &jerr);
 		if (st == NATS_OK) {
 			jsStreamInfo_Destroy(si);
 			log_notice("jetstream w%u: created stream %s (subject %s, %u replica%s)",
@@ -322,13 +325,63 @@ publish(struct js_sink *js, struct js_slot *s)
 	s->attempts++;
 	/* Before the call: the acknowledgement may come before it returns. */
 	atomic_store_explicit(&s->nmsg, m, memory_order_release);
-	st = js_PublishMsgAsync(p->jsc, &m, &po);
+	st = js_PublishMsgAsync(atomic_load_explicit(&p->jsc, memory_order_acquire), &m, &po);
 	if (st != NATS_OK) {
 		/* Not taken (m is still ours): no acknowledgement will come. */
 		atomic_store_explicit(&s->nmsg, NULL, memory_order_relaxed);
 		natsMsg_Destroy(m);
 		failed(js, s, st, false);
 	}
+}
+
+/*
+ * The connector: natsConnection_Connect() blocks, and when a server answers
+ * but the TLS handshake (or the authentication) fails it keeps retrying
+ * inside the call. So it runs here, not in the publisher, which answers
+ * -EIO (451) at once while there is no connection; and each attempt is one
+ * pass over the servers (no retry-on-failed-connect), so a stop is seen
+ * between attempts. Once connected, libnats reconnects by itself.
+ */
+static void *
+connect_main(void *arg)
+{
+	struct js_sink *js = arg;
+	struct js_pub *p = js->pub;
+	natsConnection *nc = NULL;
+	bool logged = false;
+	char name[32];
+
+	snprintf(name, sizeof(name), "ringmx-jsc%u", js->env.worker);
+	pthread_setname_np(pthread_self(), name);
+	while (!atomic_load(&js->stop)) {
+		natsStatus st = natsConnection_Connect(&nc, p->opts);
+		if (st == NATS_OK) {
+			jsCtx *jsc = NULL;
+			jsOptions jo;
+			jsOptions_Init(&jo);
+			jo.Wait = (int64_t)(js->conf->timeout / 1000000u);
+			jo.PublishAsync.MaxPending = (int64_t)js->nslots;
+			jo.PublishAsync.AckHandler = ack_handler;
+			jo.PublishAsync.AckHandlerClosure = js;
+			st = natsConnection_JetStream(&jsc, nc, &jo);
+			if (st == NATS_OK) {
+				p->nc = nc; /* published with jsc, below */
+				on_reconnected(nc, p->cb);
+				atomic_store_explicit(&p->jsc, jsc, memory_order_release);
+				return NULL;
+			}
+			natsConnection_Destroy(nc);
+			nc = NULL;
+		}
+		if (!logged) {
+			log_err("jetstream w%u: cannot connect: %s; mail gets 451 4.3.0 until it can",
+			        js->env.worker, nats_text(st));
+			logged = true;
+		}
+		for (int i = 0; i < 25 && !atomic_load(&js->stop); i++)
+			usleep(10000);
+	}
+	return NULL;
 }
 
 static void *
@@ -340,26 +393,6 @@ pub_main(void *arg)
 
 	snprintf(name, sizeof(name), "ringmx-js%u", js->env.worker);
 	pthread_setname_np(pthread_self(), name);
-	/* With retry on failed connect, this returns at once when no server
-	 * answers, and libnats keeps trying in the background. */
-	natsStatus st = natsConnection_Connect(&p->nc, p->opts);
-	if (st == NATS_OK || st == NATS_NOT_YET_CONNECTED) {
-		jsOptions jo;
-		jsOptions_Init(&jo);
-		jo.Wait = (int64_t)(js->conf->timeout / 1000000u);
-		jo.PublishAsync.MaxPending = (int64_t)js->nslots;
-		jo.PublishAsync.AckHandler = ack_handler;
-		jo.PublishAsync.AckHandlerClosure = js;
-		st = natsConnection_JetStream(&p->jsc, p->nc, &jo);
-	}
-	if (st != NATS_OK && st != NATS_NOT_YET_CONNECTED)
-		log_err("jetstream w%u: cannot connect: %s", js->env.worker, nats_text(st));
-	else if (st == NATS_NOT_YET_CONNECTED)
-		log_warn("jetstream w%u: no server answers yet; retrying in the background",
-		         js->env.worker);
-	else
-		on_reconnected(p->nc, p->cb);
-
 	while (!atomic_load(&js->stop)) {
 		uint64_t now = mono_ns(), next = UINT64_MAX;
 		for (struct js_slot *s = p->retry; s != NULL; s = s->next)
@@ -390,8 +423,8 @@ pub_main(void *arg)
 		uint32_t head = atomic_load_explicit(&js->ring_head, memory_order_acquire);
 		for (; tail != head; tail++) {
 			struct js_slot *s = &js->slots[js->ring[tail & (js->nring - 1)]];
-			if (p->jsc == NULL)
-				finish(js, s, -EIO);
+			if (atomic_load_explicit(&p->jsc, memory_order_acquire) == NULL)
+				finish(js, s, -EIO); /* not connected yet: 451 now */
 			else
 				publish(js, s);
 		}
@@ -453,8 +486,6 @@ js_pub_start(struct js_sink *js, char *err, size_t errlen)
 	if (st == NATS_OK)
 		st = natsOptions_SetReconnectWait(p->opts, 250);
 	if (st == NATS_OK)
-		st = natsOptions_SetRetryOnFailedConnect(p->opts, true, NULL, NULL);
-	if (st == NATS_OK)
 		st = natsOptions_SetDisconnectedCB(p->opts, on_disconnected, p->cb);
 	if (st == NATS_OK)
 		st = natsOptions_SetReconnectedCB(p->opts, on_reconnected, p->cb);
@@ -471,7 +502,13 @@ js_pub_start(struct js_sink *js, char *err, size_t errlen)
 		snprintf(err, errlen, "jetstream: %s", nats_text(st));
 		return -EINVAL;
 	}
-	int r = pthread_create(&js->thread, NULL, pub_main, js);
+	int r = pthread_create(&p->connector, NULL, connect_main, js);
+	if (r != 0) {
+		snprintf(err, errlen, "jetstream: pthread_create: %s", strerror(r));
+		return -r;
+	}
+	p->connector_started = true;
+	r = pthread_create(&js->thread, NULL, pub_main, js);
 	if (r != 0) {
 		snprintf(err, errlen, "jetstream: pthread_create: %s", strerror(r));
 		return -r;
@@ -485,9 +522,9 @@ js_pub_stop(struct js_sink *js)
 {
 	struct js_pub *p = js->pub;
 
+	atomic_store(&js->stop, true);
 	if (js->thread_started) {
 		uint64_t one = 1;
-		atomic_store(&js->stop, true);
 		ssize_t w = write(js->pub_efd, &one, sizeof(one));
 		(void)w;
 		pthread_join(js->thread, NULL);
@@ -495,6 +532,11 @@ js_pub_stop(struct js_sink *js)
 	}
 	if (p == NULL)
 		return;
+	/* At most one connection attempt (jetstream_timeout per server). */
+	if (p->connector_started) {
+		pthread_join(p->connector, NULL);
+		p->connector_started = false;
+	}
 	/* Close first: no acknowledgement (none is due after a clean drain)
 	 * or state callback is delivered once the closed callback ran. */
 	bool closed = true;
@@ -509,7 +551,7 @@ js_pub_stop(struct js_sink *js)
 		}
 	}
 	if (p->jsc != NULL)
-		jsCtx_Destroy(p->jsc);
+		jsCtx_Destroy(atomic_load(&p->jsc));
 	if (p->nc != NULL)
 		natsConnection_Destroy(p->nc);
 	natsOptions_Destroy(p->opts);

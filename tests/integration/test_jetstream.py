@@ -607,6 +607,52 @@ def _():
         plain_mx.close()
 
 
+@T.test("jetstream_tls_ca: ringmxd publishes over TLS (tls:// URL) to a nats-server that "
+        "requires it, and refuses to when the CA is not the server's")
+def _():
+    if not os.access("/usr/bin/openssl", os.X_OK):
+        raise Skip("openssl is not installed")
+    d = os.path.join(TMP, "tlsnode")
+    os.makedirs(d, exist_ok=True)
+    cert, key = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
+    other, okey = os.path.join(d, "other.pem"), os.path.join(d, "other-key.pem")
+    for c, k in ((cert, key), (other, okey)):
+        r = run(["/usr/bin/openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                 "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", k, "-out", c, "-days", "2",
+                 "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        check_eq(r.returncode, 0, "openssl: " + r.stderr[-300:])
+    port = free_port()
+    conf = os.path.join(d, "nats.conf")
+    with open(conf, "w") as f:
+        f.write("listen: 127.0.0.1:%d\njetstream { store_dir: \"%s\" }\n"
+                "tls { cert_file: \"%s\"\n key_file: \"%s\" }\n"
+                % (port, os.path.join(d, "store"), cert, key))
+    log = open(os.path.join(d, "log"), "ab")
+    ns = subprocess.Popen([NATS, "-c", conf], stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+    try:
+        def up():
+            try:
+                socket.create_connection(("127.0.0.1", port), 1).close()
+                return True
+            except OSError:
+                return False
+        wait_for(up, timeout=20, what="nats-server with TLS")
+        base = ["-o", "sink=jetstream", "-o", "jetstream_servers=tls://127.0.0.1:%d" % port,
+                "-o", "jetstream_create=yes", "-o", "jetstream_timeout=3s"]
+        with Server(workers=1, args=base + ["-o", "jetstream_tls_ca=" + cert]) as srv:
+            text = wait_accepting(srv, timeout=30)
+            check("queued as" in text, text)
+        with Server(workers=1, args=base + ["-o", "jetstream_tls_ca=" + other]) as srv:
+            # The handshake fails and libnats would retry inside its connect
+            # call: the publisher must not wait for it (it once hung here).
+            code, text = send(srv)
+            check_eq(code, 451, "with the wrong CA: %s" % text)
+            srv.wait_log(r"jetstream w0: cannot connect: .*mail gets 451 4\.3\.0 until it can")
+    finally:
+        ns.kill()
+        ns.wait()
+
+
 try:
     T.main()
 finally:
