@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """bench/proctree.py - CPU time of a process tree, for bench/run (no cgroups, no pidstat).
 
-  proctree.py snapshot PID [HARNESS_PID [AUX_PID]]
+  proctree.py snapshot PID [HARNESS_PID [AUX_PID...]]
                                     print a JSON snapshot of every process, marking PID's
                                     tree (the server), HARNESS_PID's tree (the harness
-                                    and the load generator) and AUX_PID's tree (a process
-                                    the server needs but that is not the server: the
-                                    milter of bench/milter; counted apart, not as noise)
+                                    and the load generator) and the AUX_PIDs' trees
+                                    (processes the server needs but that are not the
+                                    server: the milter of bench/milter, the nats-server
+                                    nodes of bench/jetstream; counted apart, not as
+                                    noise, even when the harness started them)
   proctree.py delta BEFORE AFTER    print the CPU seconds spent between two snapshots:
                                     the server's, in total and by command name; the other
                                     user-space processes' on the box (noise); kernel threads'
@@ -59,7 +61,7 @@ def subtree(procs, kids, root):
     return tree
 
 
-def snapshot(root, harness=None, aux=None):
+def snapshot(root, harness=None, aux=()):
     procs = {}
     for name in os.listdir("/proc"):
         if name.isdigit():
@@ -70,8 +72,13 @@ def snapshot(root, harness=None, aux=None):
     for pid, st in procs.items():
         kids.setdefault(st["ppid"], []).append(pid)
     server = subtree(procs, kids, root)
-    ours = subtree(procs, kids, harness) if harness else set()
-    side = subtree(procs, kids, aux) - server - ours if aux else set()
+    side = set()
+    for a in aux:
+        side |= subtree(procs, kids, a)
+    side -= server
+    # bench/jetstream's nodes are the harness's children: without taking them out here
+    # their CPU would vanish into the harness's share, which is counted nowhere.
+    ours = (subtree(procs, kids, harness) - side) if harness else set()
     tree = {pid: procs[pid] for pid in server}
     # Everything else, for the noise figure: user space and kernel threads.
     rest = {str(pid): {k: st[k] for k in ("self", "children", "kthread", "comm")}
@@ -132,12 +139,13 @@ def delta(before, after):
         by["(exited children)"] = reaped
     cpu = (total(after) - total(before)) / hz
     aux_b, aux_a = before.get("aux", {}), after.get("aux", {})
-    aux_by = {}
+    aux_by, aux_pid = {}, {}
     for pid, p in aux_a.items():
         prev = aux_b.get(pid)
         dd = p["self"] - (prev["self"] if prev else 0)
         if dd:
             aux_by[p["comm"]] = aux_by.get(p["comm"], 0) + dd / hz
+            aux_pid[pid] = dd / hz
     # Per CPU: task time (user+nice+system), interrupt time (irq+softirq: on loopback
     # much of TCP receive runs there and is charged to no process) and steal.
     cpus = {}
@@ -151,14 +159,14 @@ def delta(before, after):
             "processes": len(a), "wall_s": after["t"] - before["t"], "cpus": cpus,
             "others_cpu_s": others, "kthreads_cpu_s": kthreads,
             "aux_cpu_s": max(0, group_delta(aux_b, aux_a)) / hz if aux_a or aux_b else None,
-            "aux_by_comm_s": aux_by,
+            "aux_by_comm_s": aux_by, "aux_by_pid_s": aux_pid,
             "others_top_s": dict(sorted(top.items(), key=lambda kv: -kv[1])[:5])}
 
 
 def main():
-    if len(sys.argv) in (3, 4, 5) and sys.argv[1] == "snapshot":
-        pids = [int(a) for a in sys.argv[2:]] + [None, None]
-        json.dump(snapshot(pids[0], pids[1], pids[2]), sys.stdout)
+    if len(sys.argv) >= 3 and sys.argv[1] == "snapshot":
+        pids = [int(a) for a in sys.argv[2:]]
+        json.dump(snapshot(pids[0], pids[1] if len(pids) > 1 else None, pids[2:]), sys.stdout)
     elif len(sys.argv) == 4 and sys.argv[1] == "delta":
         json.dump(delta(json.load(open(sys.argv[2])), json.load(open(sys.argv[3]))), sys.stdout)
     else:
