@@ -18,7 +18,9 @@ PKGS_BUILD="gcc libc6-dev meson ninja-build pkg-config liburing-dev libinih-dev 
 # python3-milter: the scripted milters of tests/integration/milterd.py (libmilter; /usr/bin/python3).
 # prometheus: promtool checks /metrics and a private prometheus scrapes it (test_metrics.py).
 # libnats-dev (PKGS_BUILD): sink = jetstream; nats-server: the private 3-node JetStream
-# cluster of test_jetstream.py (the packaged service is kept off, see ensure_pkgs).
+# cluster of test_jetstream.py (the packaged service is kept off, see ensure_pkgs);
+# python3-cryptography: natsjwt.py mints the operator/account/user JWTs and the .creds file of
+# the jetstream_creds check (Debian ships no nsc; run with /usr/bin/python3).
 # libsystemd-dev (PKGS_BUILD): sd_notify for Type=notify units.
 # rspamd, opendkim, opendkim-tools: the real milters of test_milter_real.py (private instances;
 # their services are neither started by the install nor enabled, see ensure_pkgs;
@@ -32,7 +34,7 @@ PKGS_BUILD="gcc libc6-dev meson ninja-build pkg-config liburing-dev libinih-dev 
 # profiles (test_seccomp.py, under /usr/bin/python3).
 # util-linux (prlimit, taskset, mount) and procps are Essential/Priority:required on Debian,
 # named anyway so a stripped image still works.
-PKGS_TEST="libcmocka-dev python3 swaks libnet-ssleay-perl libio-socket-ssl-perl postfix clang libclang-rt-14-dev haproxy openssl nginx libnginx-mod-stream stunnel4 dovecot-core dovecot-lmtpd python3-dnslib python3-milter rspamd opendkim opendkim-tools util-linux procps prometheus systemd golang-github-containers-common python3-seccomp nats-server pflogsumm"
+PKGS_TEST="libcmocka-dev python3 swaks libnet-ssleay-perl libio-socket-ssl-perl postfix clang libclang-rt-14-dev haproxy openssl nginx libnginx-mod-stream stunnel4 dovecot-core dovecot-lmtpd python3-dnslib python3-milter rspamd opendkim opendkim-tools util-linux procps prometheus systemd golang-github-containers-common python3-seccomp nats-server pflogsumm python3-cryptography"
 PKGS_BENCH="hyperfine postfix python3 util-linux"
 
 missing_pkgs() {
@@ -144,6 +146,10 @@ check_caps() {
 	[ -f /usr/share/containers/seccomp.json ] ||
 		caps_fail "/usr/share/containers/seccomp.json" golang-github-containers-common
 	/usr/bin/python3 -c 'import seccomp' 2>/dev/null || caps_fail "python3 seccomp module" python3-seccomp
+	/usr/bin/python3 -c 'from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey' \
+		2>/dev/null || caps_fail "python3 cryptography (Ed25519)" python3-cryptography
+	command -v nats-server >/dev/null || caps_fail "nats-server" nats-server
+	command -v pflogsumm >/dev/null || caps_fail "pflogsumm" pflogsumm
 	for t_cmd in prlimit taskset mount; do
 		command -v "$t_cmd" >/dev/null || caps_fail "$t_cmd" util-linux
 	done

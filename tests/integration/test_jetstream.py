@@ -653,6 +653,45 @@ def _():
         ns.wait()
 
 
+@T.test("jetstream_creds: against a nats-server in operator mode (JWTs minted by natsjwt.py), "
+        "ringmxd with the user's .creds publishes; without them it gets 451")
+def _():
+    helper = os.path.join(os.path.dirname(os.path.abspath(__file__)), "natsjwt.py")
+    d = os.path.join(TMP, "credsnode")
+    os.makedirs(d, exist_ok=True)
+    r = run(["/usr/bin/python3", helper, d])
+    if r.returncode != 0 and "cryptography" in r.stderr:
+        raise Skip("python3-cryptography is not installed: " + r.stderr.strip()[-200:])
+    check_eq(r.returncode, 0, "natsjwt.py: " + r.stderr[-500:])
+    port = free_port()
+    conf = os.path.join(d, "nats.conf")
+    with open(conf, "w") as f:
+        f.write("listen: 127.0.0.1:%d\njetstream { store_dir: \"%s\" }\ninclude server.conf.inc\n"
+                % (port, os.path.join(d, "store")))
+    log = open(os.path.join(d, "log"), "ab")
+    ns = subprocess.Popen([NATS, "-c", conf], stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+    try:
+        def up():
+            try:
+                socket.create_connection(("127.0.0.1", port), 1).close()
+                return True
+            except OSError:
+                return False
+        wait_for(up, timeout=20, what="nats-server in operator mode")
+        base = ["-o", "sink=jetstream", "-o", "jetstream_servers=nats://127.0.0.1:%d" % port,
+                "-o", "jetstream_create=yes", "-o", "jetstream_timeout=3s"]
+        with Server(workers=1, args=base + ["-o", "jetstream_creds=" + os.path.join(d, "user.creds")]) as srv:
+            text = wait_accepting(srv, timeout=30)
+            check("queued as" in text, text)
+        with Server(workers=1, args=base) as srv:
+            code, text = send(srv)
+            check_eq(code, 451, "without credentials: %s" % text)
+            srv.wait_log(r"jetstream w0: cannot connect: .*[Aa]uthoriz")
+    finally:
+        ns.kill()
+        ns.wait()
+
+
 try:
     T.main()
 finally:
