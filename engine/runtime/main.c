@@ -207,6 +207,10 @@ main(int argc, char **argv)
 		printf("c-ares %s (running; built against %s)\n", ares_version(NULL),
 		       RINGMX_BUILD_CARES);
 		printf("build: %s\n", RINGMX_BUILD_OPTIONS);
+		const char *why;
+		bool aes = tls_aes_fast(&why);
+		printf("tls: default suites %s first (%s)\n",
+		       aes ? "AES-GCM" : "ChaCha20-Poly1305", why);
 		return 0;
 	}
 	struct config *cfg = config_load(&args, err);

@@ -38,13 +38,47 @@
  * TLS 1.3 suites are all AEAD. For TLS 1.2 only ECDHE (forward secrecy)
  * with AES-GCM or ChaCha20-Poly1305: no RSA key exchange, no CBC, no
  * SHA-1 MACs, no 3DES/RC4/NULL/export. The server's order wins (wolfSSL's
- * default; useClientOrder stays off).
+ * default; useClientOrder stays off), so the order is the one that is fast
+ * here: AES-GCM first only where this wolfSSL has AES assembly and the CPU
+ * runs it; ChaCha20-Poly1305 first otherwise, since in portable C it costs
+ * about two thirds of AES-GCM's CPU (docs/benchmarks.md, "TLS").
  */
-static const char default_ciphers[] =
+static const char ciphers_aes_first[] =
 	"TLS13-AES256-GCM-SHA384:TLS13-CHACHA20-POLY1305-SHA256:TLS13-AES128-GCM-SHA256:"
 	"ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
 	"ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
 	"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256";
+static const char ciphers_chacha_first[] =
+	"TLS13-CHACHA20-POLY1305-SHA256:TLS13-AES256-GCM-SHA384:TLS13-AES128-GCM-SHA256:"
+	"ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+	"ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+	"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256";
+
+bool
+tls_aes_fast(const char **why)
+{
+#if defined(WOLFSSL_AESNI) && (defined(__x86_64__) || defined(__i386__))
+	/* wolfSSL's AES-NI code checks the CPU itself; ask the same question. */
+	bool fast = __builtin_cpu_supports("aes") && __builtin_cpu_supports("pclmul");
+	*why = fast ? "wolfSSL has AES-NI code and the CPU has AES-NI"
+		    : "wolfSSL has AES-NI code, the CPU has no AES-NI";
+	return fast;
+#elif defined(WOLFSSL_ARMASM)
+	*why = "wolfSSL has ARMv8 crypto code";
+	return true;
+#else
+	*why = "this wolfSSL has no AES assembly";
+	return false;
+#endif
+}
+
+const char *
+tls_default_ciphers(void)
+{
+	const char *why;
+
+	return tls_aes_fast(&why) ? ciphers_aes_first : ciphers_chacha_first;
+}
 
 struct tls_sni_ctx {
 	char name[256]; /* lower case, "*.example.org" allowed */
@@ -273,7 +307,7 @@ ctx_new(const struct tls_conf *t, char *err, size_t errlen)
 	/* TLS 1.0/1.1 are never negotiated: the floor is 1.2 (RFC 8996). */
 	WOLFSSL_CTX *ctx = wolfSSL_CTX_new(t->min_version >= 13 ? wolfTLSv1_3_server_method()
 								 : wolfSSLv23_server_method());
-	const char *ciphers = t->ciphers[0] != '\0' ? t->ciphers : default_ciphers;
+	const char *ciphers = t->ciphers[0] != '\0' ? t->ciphers : tls_default_ciphers();
 
 	if (ctx == NULL) {
 		snprintf(err, errlen, "tls: cannot create a wolfSSL context (out of memory)");

@@ -46,6 +46,12 @@ struct WOLFSSL_CTX;
 
 struct tls_set;
 
+/* The built-in tls_ciphers order: AES-GCM first when this wolfSSL has AES
+ * assembly the CPU runs (why: which it is, for --version), ChaCha20-Poly1305
+ * first otherwise. */
+bool tls_aes_fast(const char **why);
+const char *tls_default_ciphers(void);
+
 /* main: wolfSSL_Init() once. Returns 0 or -1. */
 int tls_global_init(void);
 void tls_global_fini(void);

@@ -31,7 +31,8 @@ def conf(text, name="t.conf"):
     return path
 
 
-@T.test("-V and --version: 'ringmxd 0.1.0' first, then liburing, wolfSSL, c-ares and the build")
+@T.test("-V and --version: 'ringmxd 0.1.0' first, then liburing, wolfSSL, c-ares, the build "
+        "and the default TLS suite order")
 def _():
     def pkgver(name):
         r = subprocess.run(["pkg-config", "--modversion", name], capture_output=True, text=True)
@@ -41,13 +42,22 @@ def _():
         check_eq(p.returncode, 0, opt + " exit code")
         lines = p.stdout.splitlines()
         check_eq(lines[0], "ringmxd 0.1.0", opt + " first line")
-        check(len(lines) == 5, "%s: %r" % (opt, lines))
+        check(len(lines) == 6, "%s: %r" % (opt, lines))
         for i, (lib, pc) in enumerate((("liburing", "liburing"), ("wolfSSL", "wolfssl"),
                                        ("c-ares", "libcares")), 1):
             want = pkgver(pc)
             check(lines[i].startswith(lib + " ") and (want is None or want in lines[i]),
                   "%s: %r (pkg-config says %s)" % (opt, lines[i], want))
         check(lines[4].startswith("build: buildtype="), "%s: %r" % (opt, lines[4]))
+        # Debian's wolfSSL is built without AES assembly (no WOLFSSL_AESNI in its options.h).
+        with open("/usr/include/wolfssl/options.h") as f:
+            aesni = re.search(r"^#define\s+WOLFSSL_AESNI\b", f.read(), re.M) is not None
+        if not aesni:
+            check_eq(lines[5], "tls: default suites ChaCha20-Poly1305 first (this wolfSSL has no "
+                     "AES assembly)", opt + " TLS line")
+        else:
+            check(re.match(r"tls: default suites (AES-GCM|ChaCha20-Poly1305) first \(", lines[5]),
+                  "%s: %r" % (opt, lines[5]))
 
 
 @T.test("-h and --help: usage on stdout, exit 0")

@@ -95,6 +95,32 @@ def s_client(port, *args, stdin="EHLO c.test\r\nQUIT\r\n", starttls=True):
                           timeout=20)
 
 
+def _aes_first():
+    out = subprocess.run([ringmxd_path(), "--version"], capture_output=True, text=True).stdout
+    m = re.search(r"^tls: default suites (AES-GCM|ChaCha20-Poly1305) first", out, re.M)
+    check(m, "ringmxd --version has no tls line: %r" % out)
+    return m.group(1) == "AES-GCM"
+
+
+# The server's order wins: what the default order puts first is negotiated.
+AES_FIRST = _aes_first()
+
+
+@T.test("the default suite order: what ringmxd --version says comes first is what a client "
+        "offering both gets (TLS 1.3 and 1.2; the client lists AES-GCM first)")
+def _():
+    want13 = "TLS_AES_256_GCM_SHA384" if AES_FIRST else "TLS_CHACHA20_POLY1305_SHA256"
+    p = s_client(srv().port, "-tls1_3", "-ciphersuites",
+                 "TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256")
+    check("Cipher is " + want13 in p.stdout or "Ciphersuite: " + want13 in p.stdout,
+          "TLS 1.3: want %s: %s" % (want13, p.stdout[-1200:]))
+    want12 = "ECDHE-ECDSA-AES256-GCM-SHA384" if AES_FIRST else "ECDHE-ECDSA-CHACHA20-POLY1305"
+    p = s_client(srv().port, "-tls1_2", "-cipher",
+                 "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305")
+    check("Cipher is " + want12 in p.stdout or "Cipher    : " + want12 in p.stdout,
+          "TLS 1.2: want %s: %s" % (want12, p.stdout[-1200:]))
+
+
 def ctx(cafile=CERT, **kw):
     c = ssl.create_default_context(cafile=cafile)
     for k, v in kw.items():
@@ -113,7 +139,8 @@ def _():
         check("221 2.0.0 Bye" in p.stdout, p.stdout[-800:])
         after = p.stdout.split("250 CHUNKING", 1)[-1]
         check("STARTTLS" not in after, "STARTTLS offered after TLS: " + p.stdout[-800:])
-    srv().wait_log(r"disconnect from .* tls=TLSv1\.2/TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384")
+    srv().wait_log(r"disconnect from .* tls=TLSv1\.2/TLS_ECDHE_ECDSA_WITH_%s"
+                   % ("AES_256_GCM_SHA384" if AES_FIRST else "CHACHA20_POLY1305_SHA256"))
 
 
 @T.test("plaintext EHLO offers STARTTLS on a listener with a certificate")
@@ -370,7 +397,8 @@ def _():
                              timeout=TIMEOUT)
         check_eq(out.returncode, 0, "ringmx-spool cat: %r" % out.stderr)
         hdr = out.stdout.split(b"\r\n\r\n", 1)[0].decode()
-        check(re.search(r"\(using TLSv1\.3 with cipher TLS_AES_\d+_GCM_SHA\d+\)\r\n\tby "
+        suite = "TLS_AES_256_GCM_SHA384" if AES_FIRST else "TLS_CHACHA20_POLY1305_SHA256"
+        check(re.search(r"\(using TLSv1\.3 with cipher " + suite + r"\)\r\n\tby "
                         r"mx\.ringmx\.test \(ringmx\) with ESMTPS id " + qid, hdr), hdr)
 
 
