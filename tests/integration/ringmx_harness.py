@@ -81,6 +81,26 @@ def check_eq(got, want, what="value"):
         raise Failure("%s: expected %r, got %r" % (what, want, got))
 
 
+_world_copies = {}
+
+
+def world_executable(path):
+    """A copy of the binary at path that any account may execute: tests that exec ringmxd
+    as nobody cannot count on the build directory being reachable (a clone under /root is
+    not). The copy lives in a 0755 directory under /tmp, removed at exit."""
+    if path not in _world_copies:
+        import atexit
+        import shutil
+        d = tempfile.mkdtemp(prefix="ringmx-bin-")
+        os.chmod(d, 0o755)
+        dst = os.path.join(d, os.path.basename(path))
+        shutil.copy2(path, dst)
+        os.chmod(dst, 0o755)
+        atexit.register(shutil.rmtree, d, True)
+        _world_copies[path] = dst
+    return _world_copies[path]
+
+
 def ringmxd_path():
     p = os.environ.get("RINGMXD")
     if not p:
@@ -363,7 +383,8 @@ class Server:
     """
 
     def __init__(self, args=(), config_text=None, workers=2,
-                 listen=("127.0.0.1",), check_exit=True, port=None, ready="log"):
+                 listen=("127.0.0.1",), check_exit=True, port=None, ready="log", binary=None):
+        self.binary = binary    # None: ringmxd_path()
         self.args = list(args)
         self.config_text = config_text
         self.workers = workers
@@ -417,7 +438,7 @@ class Server:
         # port taken between free_port() and the start shows up as "in use"
         # and start() retries with another one.
         self.ports = []
-        cmd = [ringmxd_path()]
+        cmd = [self.binary or ringmxd_path()]
         for h in self.listen_hosts:
             if ":" in h:
                 p = free_port(socket.AF_INET6, h)

@@ -22,7 +22,7 @@ import tempfile
 import time
 
 from ringmx_harness import (Server, Skip, Suite, check, check_eq, fail, free_port,
-                            privileged_port, run, ringmxd_path, TIMEOUT)
+                            privileged_port, run, ringmxd_path, world_executable, TIMEOUT)
 
 T = Suite(__file__)
 OPENSSL = "/usr/bin/openssl"
@@ -217,7 +217,9 @@ def _():
     os.makedirs(spool)
     os.chown(spool, UID, GID)
     port = free_port()
-    cmd = [ringmxd_path(), "--listen", "127.0.0.1:%d" % port, "--workers", "1", "-o", "sink=spool",
+    # As nobody: a copy of the binary nobody can execute (the build dir may be under /root).
+    cmd = [world_executable(ringmxd_path()), "--listen", "127.0.0.1:%d" % port, "--workers", "1",
+           "-o", "sink=spool",
            "-o", "spool_dir=" + spool, "-o", "shutdown_timeout=5s"]
     log = os.path.join(TMP, "nobody.log")
     with open(log, "wb") as lf:

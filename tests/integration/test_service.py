@@ -22,7 +22,7 @@ import subprocess
 import tempfile
 
 from ringmx_harness import (Skip, Suite, check, check_eq, privileged_port, ringmxd_path,
-                            smtplib_send)
+                            smtplib_send, world_executable)
 from seccomp_exec import SYSTEM_PYTHON, confined_server, seccomp_mode
 
 T = Suite(__file__)
@@ -312,8 +312,10 @@ def _():
     args = ["--listen", "127.0.0.1:%d" % port, "-o", "cpus=0", "-o", "sink=spool",
             "-o", "spool_dir=" + spool, "-o", "user=nobody"]
     try:
+        # nobody execs it: a copy it can reach (the build dir may be under /root).
         with NoLeakCheck(), confined_server(profile, ("--user", "nobody", "--bind-cap"),
-                                            workers=1, listen=(), port=port, args=args) as s:
+                                            workers=1, listen=(), port=port, args=args,
+                                            binary=world_executable(ringmxd_path())) as s:
             st = {}
             with open("/proc/%d/status" % s.proc.pid) as f:
                 for line in f:
