@@ -355,6 +355,11 @@ def stream_keys(name):
             "-o", "jetstream_subject=mail." + name.lower()]
 
 
+# Every ringmx-deliver started: killed at the end whatever failed, so a failing
+# check leaves no consumer running (one once outlived its test by an hour).
+CONSUMERS = []
+
+
 class Deliver:
     """ringmx-deliver with the given -o keys, its log in TMP."""
 
@@ -368,6 +373,7 @@ class Deliver:
         self.logf = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.cmd, stdout=self.logf, stderr=self.logf,
                                      stdin=subprocess.DEVNULL)
+        CONSUMERS.append(self.proc)
         return self
 
     def log(self):
@@ -695,5 +701,9 @@ def _():
 try:
     T.main()
 finally:
+    for p in CONSUMERS:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
     cluster_down()
     shutil.rmtree(TMP, ignore_errors=True)
