@@ -214,7 +214,7 @@ publish_bounce(jsCtx *js, natsMsg *orig, const struct dmsg *d, int64_t arrival,
 {
 	struct dsn_rcpt r[DLV_RCPT_MAX];
 	size_t n = 0, first = SIZE_MAX;
-	static char statuses[DLV_RCPT_MAX][16];
+	char statuses[DLV_RCPT_MAX][16]; /* per call: several threads bounce at once */
 
 	for (uint32_t i = 0; i < d->nrcpt; i++) {
 		const struct dlv_rcpt *x = &d->rcpt[i];

@@ -24,7 +24,6 @@ enum js_slot_state {
 	JS_FREE = 0,
 	JS_OPEN,     /* worker: between tx_open and tx_commit */
 	JS_INFLIGHT, /* publisher / libnats */
-	JS_DONE,     /* worker again: the result is in res */
 };
 
 struct js_slot {

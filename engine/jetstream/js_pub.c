@@ -374,8 +374,9 @@ connect_main(void *arg)
 			nc = NULL;
 		}
 		if (!logged) {
-			log_err("jetstream w%u: cannot connect: %s; mail gets 451 4.3.0 until it can",
-			        js->env.worker, nats_text(st));
+			log_err(
+			    "jetstream w%u: cannot connect: %s; mail gets 451 4.3.0 until it can",
+			    js->env.worker, nats_text(st));
 			logged = true;
 		}
 		for (int i = 0; i < 25 && !atomic_load(&js->stop); i++)
@@ -550,8 +551,9 @@ js_pub_stop(struct js_sink *js)
 				usleep(1000);
 		}
 	}
-	if (p->jsc != NULL)
-		jsCtx_Destroy(atomic_load(&p->jsc));
+	jsCtx *jsc = atomic_load(&p->jsc); /* the connector has ended */
+	if (jsc != NULL)
+		jsCtx_Destroy(jsc);
 	if (p->nc != NULL)
 		natsConnection_Destroy(p->nc);
 	natsOptions_Destroy(p->opts);

@@ -159,12 +159,6 @@ j_data(struct sink_tx *tx, const char *p, size_t n)
 	return 0;
 }
 
-static void
-kick(struct js_sink *js)
-{
-	js->kick_wanted = true;
-}
-
 static int
 j_commit(struct sink_tx *tx)
 {
@@ -186,7 +180,7 @@ j_commit(struct sink_tx *tx)
 	assert(head - atomic_load_explicit(&js->ring_tail, memory_order_acquire) < js->nring);
 	js->ring[head & (js->nring - 1)] = s->idx;
 	atomic_store_explicit(&js->ring_head, head + 1, memory_order_release);
-	kick(js);
+	js->kick_wanted = true; /* js_poll() wakes the publisher once per iteration */
 	return SINK_PENDING;
 }
 
@@ -395,11 +389,9 @@ js_close(struct js_sink *js)
 {
 	if (js == NULL)
 		return;
+	/* Results that came after the last loop iteration are dropped with
+	 * the slots: their owners are gone (the drain closed every connection). */
 	js_pub_stop(js);
-	/* Results that came after the last loop iteration: their owners are
-	 * gone (the drain closed every connection). */
-	struct js_slot *s = atomic_exchange(&js->done, NULL);
-	(void)s;
 	for (uint32_t i = 0; js->slots != NULL && i < js->nslots; i++) {
 		free(js->slots[i].body);
 		free(js->slots[i].rcpt);

@@ -640,6 +640,22 @@ relay_finish(struct worker *w)
 	}
 }
 
+/* A worker that cannot start after its ring and buffer ring exist: one
+ * line, everything set up so far undone, and main told why (started). */
+static void *
+start_failed(struct worker *w, int r, const char *why)
+{
+	log_err("%s", why);
+	log_flush();
+	spool_close(w->spool);
+	w->spool = NULL;
+	bufring_fini(&w->br, &w->ring);
+	io_uring_queue_exit(&w->ring);
+	pools_fini(w);
+	atomic_store(&w->started, r);
+	return NULL;
+}
+
 void *
 worker_main(void *arg)
 {
@@ -674,15 +690,8 @@ worker_main(void *arg)
 		/* This worker's own contexts, built on its thread (tls.h). */
 		char err[512];
 		w->tls = tls_set_new(&w->cfg->tls, err, sizeof(err));
-		if (w->tls == NULL) {
-			log_err("%s", err);
-			log_flush();
-			bufring_fini(&w->br, &w->ring);
-			io_uring_queue_exit(&w->ring);
-			pools_fini(w);
-			atomic_store(&w->started, -EINVAL);
-			return NULL;
-		}
+		if (w->tls == NULL)
+			return start_failed(w, -EINVAL, err);
 	}
 	qid_init(&w->qid, w->id);
 	if (w->cfg->sink == SINK_KIND_SPOOL) {
@@ -697,15 +706,8 @@ worker_main(void *arg)
 			.stats = &w->stats,
 		};
 		r = spool_open(&w->spool, w->cfg, &env, err, sizeof(err));
-		if (r < 0) {
-			log_err("%s", err);
-			log_flush();
-			bufring_fini(&w->br, &w->ring);
-			io_uring_queue_exit(&w->ring);
-			pools_fini(w);
-			atomic_store(&w->started, r);
-			return NULL;
-		}
+		if (r < 0)
+			return start_failed(w, r, err);
 		spool_sink(w->spool, &w->sink);
 		if (relay_enabled(&w->cfg->relay)) {
 			struct relay_env renv = {
@@ -721,16 +723,8 @@ worker_main(void *arg)
 				.stats = &w->stats,
 			};
 			r = relay_open(&w->relay, w->cfg, &renv, err, sizeof(err));
-			if (r < 0) {
-				log_err("%s", err);
-				log_flush();
-				spool_close(w->spool);
-				bufring_fini(&w->br, &w->ring);
-				io_uring_queue_exit(&w->ring);
-				pools_fini(w);
-				atomic_store(&w->started, r);
-				return NULL;
-			}
+			if (r < 0)
+				return start_failed(w, r, err);
 			struct spool_hooks hooks = {
 				.ctx = w->relay,
 				.durable = relay_record_durable,
@@ -760,15 +754,8 @@ worker_main(void *arg)
 			.wall = &w->wall,
 		};
 		r = js_open(&w->js, w->cfg, &jenv, err, sizeof(err));
-		if (r < 0) {
-			log_err("%s", err);
-			log_flush();
-			bufring_fini(&w->br, &w->ring);
-			io_uring_queue_exit(&w->ring);
-			pools_fini(w);
-			atomic_store(&w->started, r);
-			return NULL;
-		}
+		if (r < 0)
+			return start_failed(w, r, err);
 		js_sink(w->js, &w->sink);
 	} else {
 		sink_discard_init(&w->discard, &w->qid, &w->sink);

@@ -15,6 +15,7 @@ JetStream on loopback ports; ringmx-load -> ringmxd -> a replicas=3 stream.
 - bad keys: one error naming file, line and key.
 """
 
+import contextlib
 import os
 import re
 import shutil
@@ -576,10 +577,7 @@ def _():
     cluster_up()
     name = "DLVTLS"
     cert, key = os.path.join(TMP, "mx-cert.pem"), os.path.join(TMP, "mx-key.pem")
-    r = run(["/usr/bin/openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-             "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", cert, "-days", "2",
-             "-subj", "/CN=localhost"])
-    check_eq(r.returncode, 0, "openssl: " + r.stderr[-300:])
+    self_signed(cert, key)
     tls_mx = FakeMX(starttls_cert=(cert, key))
     plain_mx = FakeMX()
     tmap = os.path.join(TMP, name + ".transport")
@@ -613,6 +611,39 @@ def _():
         plain_mx.close()
 
 
+@contextlib.contextmanager
+def single_node(d, extra, what):
+    """One nats-server with JetStream in d, with the extra configuration
+    lines; yields its client port, killed on the way out."""
+    port = free_port()
+    conf = os.path.join(d, "nats.conf")
+    with open(conf, "w") as f:
+        f.write("listen: 127.0.0.1:%d\njetstream { store_dir: \"%s\" }\n%s"
+                % (port, os.path.join(d, "store"), extra))
+    log = open(os.path.join(d, "log"), "ab")
+    ns = subprocess.Popen([NATS, "-c", conf], stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+    try:
+        def up():
+            try:
+                socket.create_connection(("127.0.0.1", port), 1).close()
+                return True
+            except OSError:
+                return False
+        wait_for(up, timeout=20, what=what)
+        yield port
+    finally:
+        ns.kill()
+        ns.wait()
+
+
+def self_signed(cert, key):
+    """An ECDSA P-256 certificate for localhost and 127.0.0.1."""
+    r = run(["/usr/bin/openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+             "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", cert, "-days", "2",
+             "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+    check_eq(r.returncode, 0, "openssl: " + r.stderr[-300:])
+
+
 @T.test("jetstream_tls_ca: ringmxd publishes over TLS (tls:// URL) to a nats-server that "
         "requires it, and refuses to when the CA is not the server's")
 def _():
@@ -623,26 +654,9 @@ def _():
     cert, key = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
     other, okey = os.path.join(d, "other.pem"), os.path.join(d, "other-key.pem")
     for c, k in ((cert, key), (other, okey)):
-        r = run(["/usr/bin/openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                 "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", k, "-out", c, "-days", "2",
-                 "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
-        check_eq(r.returncode, 0, "openssl: " + r.stderr[-300:])
-    port = free_port()
-    conf = os.path.join(d, "nats.conf")
-    with open(conf, "w") as f:
-        f.write("listen: 127.0.0.1:%d\njetstream { store_dir: \"%s\" }\n"
-                "tls { cert_file: \"%s\"\n key_file: \"%s\" }\n"
-                % (port, os.path.join(d, "store"), cert, key))
-    log = open(os.path.join(d, "log"), "ab")
-    ns = subprocess.Popen([NATS, "-c", conf], stdout=log, stderr=log, stdin=subprocess.DEVNULL)
-    try:
-        def up():
-            try:
-                socket.create_connection(("127.0.0.1", port), 1).close()
-                return True
-            except OSError:
-                return False
-        wait_for(up, timeout=20, what="nats-server with TLS")
+        self_signed(c, k)
+    tls = 'tls { cert_file: "%s"\n key_file: "%s" }\n' % (cert, key)
+    with single_node(d, tls, "nats-server with TLS") as port:
         base = ["-o", "sink=jetstream", "-o", "jetstream_servers=tls://127.0.0.1:%d" % port,
                 "-o", "jetstream_create=yes", "-o", "jetstream_timeout=3s"]
         with Server(workers=1, args=base + ["-o", "jetstream_tls_ca=" + cert]) as srv:
@@ -654,9 +668,6 @@ def _():
             code, text = send(srv)
             check_eq(code, 451, "with the wrong CA: %s" % text)
             srv.wait_log(r"jetstream w0: cannot connect: .*mail gets 451 4\.3\.0 until it can")
-    finally:
-        ns.kill()
-        ns.wait()
 
 
 @T.test("jetstream_creds: against a nats-server in operator mode (JWTs minted by natsjwt.py), "
@@ -669,34 +680,17 @@ def _():
     if r.returncode != 0 and "cryptography" in r.stderr:
         raise Skip("python3-cryptography is not installed: " + r.stderr.strip()[-200:])
     check_eq(r.returncode, 0, "natsjwt.py: " + r.stderr[-500:])
-    port = free_port()
-    conf = os.path.join(d, "nats.conf")
-    with open(conf, "w") as f:
-        f.write("listen: 127.0.0.1:%d\njetstream { store_dir: \"%s\" }\ninclude server.conf.inc\n"
-                % (port, os.path.join(d, "store")))
-    log = open(os.path.join(d, "log"), "ab")
-    ns = subprocess.Popen([NATS, "-c", conf], stdout=log, stderr=log, stdin=subprocess.DEVNULL)
-    try:
-        def up():
-            try:
-                socket.create_connection(("127.0.0.1", port), 1).close()
-                return True
-            except OSError:
-                return False
-        wait_for(up, timeout=20, what="nats-server in operator mode")
+    with single_node(d, "include server.conf.inc\n", "nats-server in operator mode") as port:
         base = ["-o", "sink=jetstream", "-o", "jetstream_servers=nats://127.0.0.1:%d" % port,
                 "-o", "jetstream_create=yes", "-o", "jetstream_timeout=3s"]
-        with Server(workers=1, args=base + ["-o", "jetstream_creds=" + os.path.join(d, "user.creds")]) as srv:
+        creds = os.path.join(d, "user.creds")
+        with Server(workers=1, args=base + ["-o", "jetstream_creds=" + creds]) as srv:
             text = wait_accepting(srv, timeout=30)
             check("queued as" in text, text)
         with Server(workers=1, args=base) as srv:
             code, text = send(srv)
             check_eq(code, 451, "without credentials: %s" % text)
             srv.wait_log(r"jetstream w0: cannot connect: .*[Aa]uthoriz")
-    finally:
-        ns.kill()
-        ns.wait()
-
 
 try:
     T.main()
