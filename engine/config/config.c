@@ -47,6 +47,7 @@ const struct key_def config_keys[] = {
 	{"spool_dir", T_PATH, 0, 0, 0, false},
 	{"segment_size", T_SIZE64, CO(segment_size), 64ull << 10, 1ull << 40, false},
 	{"durability", T_DURABILITY, 0, 0, 0, false},
+	{"spool_io", T_SPOOL_IO, 0, 0, 0, false},
 	{"commit_delay", T_DURATION, CO(commit_delay), 0, SEC(1), true},
 	{"commit_size", T_SIZE64, CO(commit_size), 4096, 1ull << 30, true},
 	{"spool_memory", T_SIZE64, CO(spool_memory), 1ull << 20, 1ull << 40, false},
@@ -807,6 +808,16 @@ cf_set_value(struct pstate *st, const struct key_def *k, const char *v)
 		else
 			return cf_fail(st, k->name, "not one of fsync, none: '%s'", q(st, v));
 		return 0;
+	case T_SPOOL_IO:
+		if (strcmp(v, "auto") == 0)
+			cfg->spool_io = SPOOL_IO_AUTO;
+		else if (strcmp(v, "direct") == 0)
+			cfg->spool_io = SPOOL_IO_DIRECT;
+		else if (strcmp(v, "buffered") == 0)
+			cfg->spool_io = SPOOL_IO_BUFFERED;
+		else
+			return cf_fail(st, k->name, "not one of auto, direct, buffered: '%s'", q(st, v));
+		return 0;
 	case T_PROXY_TRUSTED:
 		return trusted_parse(st, k->name, (struct proxy_trust *)(void *)((char *)cfg + k->off),
 				     v);
@@ -1196,8 +1207,9 @@ set_defaults(struct config *cfg)
 	strcpy(cfg->spool_dir, "/var/spool/ringmx");
 	cfg->segment_size = 64ull << 20;
 	cfg->durability = SPOOL_DURABILITY_FSYNC;
+	cfg->spool_io = SPOOL_IO_AUTO;
 	cfg->commit_delay = 1000000ull; /* 1ms */
-	cfg->commit_size = 1ull << 20;
+	cfg->commit_size = 4ull << 20;
 	cfg->spool_memory = 256ull << 20;
 
 	cfg->relay.default_hop = -1;

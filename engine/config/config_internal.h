@@ -51,6 +51,7 @@ enum key_type {
 	T_BARE_NEWLINE,
 	T_PATH,       /* spool_dir */
 	T_DURABILITY,
+	T_SPOOL_IO,
 	T_BOOL,        /* bool at off */
 	T_TLS_PATH,    /* tls_cert, tls_key: char[CONFIG_TLS_PATH_MAX] at off */
 	T_TLS_SNI,     /* tls_sni = NAME CERTFILE KEYFILE (list) */
@@ -88,7 +89,7 @@ struct key_def {
 #define SEC(n) ((uint64_t)(n) * NS_PER_S)
 
 /* The order here is the order of config_print() and docs/config.md. */
-#define NKEYS 97 /* entries of config_keys (checked in config.c) */
+#define NKEYS 98 /* entries of config_keys (checked in config.c) */
 
 static const char *const default_domains[] = {"localhost", "example.test"};
 

@@ -114,6 +114,12 @@ config_print(const struct config *cfg, FILE *f)
 			fprintf(f, "durability = %s",
 				cfg->durability == SPOOL_DURABILITY_NONE ? "none" : "fsync");
 			break;
+		case T_SPOOL_IO:
+			fprintf(f, "spool_io = %s",
+				cfg->spool_io == SPOOL_IO_DIRECT     ? "direct"
+				: cfg->spool_io == SPOOL_IO_BUFFERED ? "buffered"
+								     : "auto");
+			break;
 		case T_BOOL:
 			fprintf(f, "%s = %s", k->name, *(const bool *)p ? "yes" : "no");
 			break;
@@ -253,6 +259,9 @@ config_check_reload(const struct config *cur, const struct config *next, char er
 			break;
 		case T_DURABILITY:
 			same = cur->durability == next->durability;
+			break;
+		case T_SPOOL_IO:
+			same = cur->spool_io == next->spool_io;
 			break;
 		case T_SIZE64:
 		case T_DURATION:

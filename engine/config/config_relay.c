@@ -177,6 +177,13 @@ cf_finish_relay(struct pstate *st)
 	}
 	if (!relay_enabled(r))
 		return 0;
+	/* The relay reads the records it delivers from the page cache
+	 * (relay_map.c): after direct writes each read would be a disk read
+	 * inside the event loop. */
+	if (cfg->sink == SINK_KIND_SPOOL && cfg->spool_io == SPOOL_IO_DIRECT)
+		return cf_fail_key(st, "spool_io", "direct cannot be used with relay_host or "
+			       "transport_maps (the relay reads the spool back through the page cache); "
+			       "use auto or buffered");
 	/* With jetstream the stream's consumer (ringmx-deliver) reads the
 	 * same keys and delivers. */
 	if (cfg->sink == SINK_KIND_DISCARD)

@@ -11,7 +11,8 @@
  *   RINGMX_FAULT_DIRSYNC  every directory fsync (spool and relay) fails
  *                         with EIO
  *   RINGMX_FAULT_FSYNC    the spool's fdatasync of written records (the one
- *                         that releases 250s) fails with EIO
+ *                         that releases 250s) fails with EIO; with
+ *                         spool_io = direct, the RWF_DSYNC write does
  *   RINGMX_FAULT_JOURNAL  every relay journal write fails with EIO
  *   RINGMX_FAULT_BODY_CUT the relay, right after checking that a message's
  *                         body can be read, cuts its segment file to its

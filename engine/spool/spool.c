@@ -449,7 +449,7 @@ sp_seg_create(struct spool *sp, uint64_t size, bool zero)
 {
 	char name[32];
 	sp_seg_name(name, sizeof(name), sp->next_seq);
-	int fd = openat(sp->dirfd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	int fd = openat(sp->dirfd, name, sp_seg_open_flags(sp), 0600);
 	if (fd < 0)
 		return -errno;
 	/* fallocate even before zeroing: a full disk shows here, and blocks
@@ -626,13 +626,6 @@ batch_form(struct spool *sp)
 	}
 }
 
-/* Length of chunk c of tx (the tail chunk may be partly used). */
-static uint32_t
-chunk_len(const struct sink_tx *tx, const struct chunk *c)
-{
-	return c == tx->tail ? tx->tail_len : SPOOL_CHUNK_SIZE;
-}
-
 static void
 cursor_advance(struct batch *b, uint64_t n)
 {
@@ -656,6 +649,17 @@ cursor_advance(struct batch *b, uint64_t n)
 static void
 write_submit(struct spool *sp, struct batch *b)
 {
+	if (sp->direct) {
+		assert(b->done < b->len && !sp->write_inflight);
+		struct io_uring_sqe *sqe = sp->env.get_sqe(sp->env.ctx);
+		sp_dio_submit(sp, b, sqe);
+		io_uring_sqe_set_data64(sqe,
+					ud_make(sp->env.ud_op, 0, TAG_WRITE, batch_index(sp, b)));
+		b->state = B_WRITING;
+		sp->write_inflight = true;
+		sp->env.stats->spool_writes++;
+		return;
+	}
 	struct sink_tx *tx = b->cur_tx;
 	struct chunk *c = b->cur_ch;
 	uint32_t off = b->cur_off;
@@ -707,7 +711,7 @@ static void
 fsync_next(struct spool *sp)
 {
 	struct seg *s = NULL;
-	if (sp->fsync_inflight || !sp->durable)
+	if (sp->fsync_inflight || !sp->durable || sp->direct)
 		return;
 	for (unsigned i = 0; i < sp->b_count; i++) {
 		struct batch *b = batch_at(sp, i);
@@ -743,20 +747,29 @@ on_write(struct spool *sp, struct batch *b, int res)
 		batch_finish(sp, b, b->err);
 		return;
 	}
+	/* A direct write is also the durability point (RWF_DSYNC): the
+	 * fdatasync fault hook fails it. */
+	if (res > 0 && sp->direct && sp->durable && fault_fsync() < 0)
+		res = -EIO;
 	if (res <= 0) {
 		/* 0 would mean no progress on a regular file: an I/O error. */
 		int err = res == 0 ? -EIO : sp_map_errno(-res);
 		b->state = B_WRITTEN; /* seg_abandon fails it with the others */
-		seg_abandon(sp, b->seg, err, res == 0 ? "write (no progress)" : "write");
+		seg_abandon(sp, b->seg, err,
+			    res == 0               ? "write (no progress)"
+			    : sp->direct && sp->durable ? "write (RWF_DSYNC)"
+							: "write");
 		assert(b->state == B_DONE || b->state == B_FREE);
 		return;
 	}
-	assert((uint64_t)res <= b->sub_bytes);
-	sp->env.stats->spool_bytes_written += (uint64_t)res;
-	if ((uint64_t)res < b->sub_bytes)
+	/* Direct: res counts the carried head and the zero padding too. */
+	uint64_t got = sp->direct ? sp_dio_done(sp, b, (uint64_t)res) : (uint64_t)res;
+	assert(got <= b->sub_bytes);
+	sp->env.stats->spool_bytes_written += got;
+	if (got < b->sub_bytes)
 		sp->env.stats->spool_short_writes++;
-	b->done += (uint64_t)res;
-	cursor_advance(b, (uint64_t)res);
+	b->done += got;
+	cursor_advance(b, got);
 	if (b->done < b->len) {
 		/* A short write, or more than SPOOL_IOV_MAX iovecs: go on from
 		 * where it stopped. */
@@ -764,7 +777,8 @@ on_write(struct spool *sp, struct batch *b, int res)
 		return;
 	}
 	b->state = B_WRITTEN;
-	if (!sp->durable)
+	/* Direct writes carry RWF_DSYNC: written is durable. */
+	if (!sp->durable || sp->direct)
 		batch_finish(sp, b, 0);
 }
 

@@ -74,6 +74,10 @@
  * one (~35 ms per 64 MiB here), and an idle spool keeps no spare segment.
  * A named constant, not a configuration key, on purpose. */
 #define SPOOL_PREP_DIVISOR 2
+/* spool_io = direct: the staging buffer of the one write in flight
+ * (spool_direct.c). A write is at most this long; a longer batch takes
+ * several, like a batch of more than SPOOL_IOV_MAX chunks. */
+#define SPOOL_DIO_BUF (8u << 20)
 
 /* The zero buffer, shared by all workers and never written: it is in .bss,
  * so its pages are the kernel's zero page until someone writes (nobody
@@ -242,6 +246,15 @@ struct spool {
 	uint64_t void_seq[SPOOL_MAX_SEGS];
 	unsigned void_inflight;
 
+	/* spool_io (spool_direct.c). */
+	bool direct;         /* segments opened O_DIRECT, written from dio_buf */
+	char io_note[CONFIG_PATH_MAX + 160]; /* why auto is not direct, for the start-up line */
+	uint8_t *dio_buf;    /* SPOOL_DIO_BUF bytes, page aligned */
+	uint64_t dio_seq;    /* dio_buf[0, dio_head): the written partial block */
+	uint64_t dio_pos;    /* at this offset of segment dio_seq ends */
+	uint32_t dio_head;
+	uint32_t dio_sub_head; /* head bytes of the write in flight */
+
 	struct spool_hooks hooks; /* the relay's (spool.h) */
 	uint64_t first_seq;  /* first segment of this run */
 	bool internal_next;  /* the next tx_open is a bounce: no admission check */
@@ -258,6 +271,26 @@ int sp_seg_create(struct spool *sp, uint64_t size, bool zero);
 void sp_seg_install(struct spool *sp, int fd, uint64_t seq, uint64_t size, bool zeroed);
 void sp_seg_name(char *buf, size_t len, uint64_t seq);
 void sp_seg_retire(struct spool *sp);
+
+/* Length of chunk c of tx (the tail chunk may be partly used). */
+static inline uint32_t
+chunk_len(const struct sink_tx *tx, const struct chunk *c)
+{
+	return c == tx->tail ? tx->tail_len : SPOOL_CHUNK_SIZE;
+}
+
+/* spool_direct.c */
+/* Decide spool_io for this spool (probing O_DIRECT in sp->dir). 0, or
+ * -errno with err set (spool_io = direct that cannot work). */
+int sp_dio_init(struct spool *sp, char *err, size_t errlen);
+void sp_dio_free(struct spool *sp);
+/* Fill sqe with the next direct write of b (from its cursor); sets
+ * b->sub_bytes to the record bytes it carries. */
+void sp_dio_submit(struct spool *sp, struct batch *b, struct io_uring_sqe *sqe);
+/* The write's CQE said res > 0 bytes: how many of b's bytes are written. */
+uint64_t sp_dio_done(struct spool *sp, struct batch *b, uint64_t res);
+/* openat flags of a new segment file. */
+int sp_seg_open_flags(const struct spool *sp);
 
 /* spool_prep.c */
 void sp_prep_maybe_start(struct spool *sp);

@@ -117,7 +117,7 @@ prep_start(struct spool *sp)
 	char name[32];
 	assert(p->state == P_NONE && p->inflight == 0);
 	sp_seg_name(name, sizeof(name), sp->next_seq);
-	int fd = openat(sp->dirfd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	int fd = openat(sp->dirfd, name, sp_seg_open_flags(sp), 0600);
 	if (fd < 0) {
 		sp_prezero_error(sp, sp->next_seq, -errno, "create");
 		sp->prep_blocked = true;
@@ -170,6 +170,12 @@ sp_prep_on_cqe(struct spool *sp, unsigned kind, unsigned idx, int res)
 			return;
 		}
 		p->state = P_ZERO;
+		/* Direct writes need no zeros: an unwritten extent costs a
+		 * RWF_DSYNC write its conversion, much less than writing every
+		 * byte of the segment twice (zeros, then records) costs the
+		 * disk. Only the fallocate is made durable ahead of need. */
+		if (sp->direct)
+			p->next = p->zeroed = p->size;
 		sp_prep_pump(sp);
 		return;
 	case TAG_PREP_WRITE: {
@@ -281,7 +287,7 @@ prep_take(struct spool *sp)
 	int fd = p->fd;
 	p->fd = -1;
 	p->state = P_NONE;
-	sp_seg_install(sp, fd, p->seq, p->size, true);
+	sp_seg_install(sp, fd, p->seq, p->size, !sp->direct); /* direct: fallocated only */
 	return 0;
 }
 

@@ -97,6 +97,13 @@ enum spool_durability {
 	SPOOL_DURABILITY_NONE,      /* after the write completed: UNSAFE, benchmarks only */
 };
 
+/* How the spool writes its segments (docs/spool.md, "Direct I/O"). */
+enum spool_io {
+	SPOOL_IO_AUTO = 0, /* direct with durability = fsync and no relay reading back, else buffered */
+	SPOOL_IO_DIRECT,   /* O_DIRECT: aligned writes, no page cache */
+	SPOOL_IO_BUFFERED, /* through the page cache */
+};
+
 
 /* Native TLS (docs/tls.md). Files are only named here; engine/tls/tls.c loads
  * and validates them (start-up, -t, SIGHUP). */
@@ -329,6 +336,7 @@ struct config {
 	char spool_dir[CONFIG_PATH_MAX]; /* absolute or relative path, no NUL */
 	uint64_t segment_size;           /* bytes per preallocated segment file */
 	enum spool_durability durability;
+	enum spool_io spool_io;
 	uint64_t commit_delay;           /* ns: a batch closes this long after its first message */
 	uint64_t commit_size;            /* bytes: a batch closes at this size */
 	uint64_t spool_memory;           /* bytes of staged messages per worker */

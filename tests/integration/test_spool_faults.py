@@ -117,11 +117,11 @@ def _():
         check_eq(r.returncode, 0, "verify exit status (%s)" % r.stdout.decode()[-500:])
 
 
-@T.test("fdatasync fails after the records were written: the 451'd message is never delivered")
-def _():
+def sync_fails(mode, what):
     with faulty_spool("RINGMX_FAULT_FSYNC", "1m") as (spool, fault, args):
         good = []
-        with Server(args=args, workers=1) as srv:
+        with Server(args=args + ["-o", "spool_io=" + mode], workers=1) as srv:
+            srv.wait_log(r"spool_io %s" % mode)
             with srv.client() as c:
                 c.ehlo()
                 for i in range(2):
@@ -134,8 +134,8 @@ def _():
                 c.cmd("RSET")
                 good.append(qid_of(send_to(c, "g2@example.test", message(2, 3000))))
                 c.quit()
-            check(re.search(r"fdatasync on .* failed: Input/output error; segment abandoned",
-                            srv.log()), "the failed fdatasync is not logged")
+            check(re.search(r"%s on .* failed: Input/output error; segment abandoned" % what,
+                            srv.log()), "the failed %s is not logged" % what)
         listed = spool_cmd(spool, "list").stdout
         check("void@example.test" not in listed, "the 451'd message is in the spool:\n" + listed)
         for qid in good:
@@ -149,6 +149,14 @@ def _():
         check_eq(rcpts, ["g0@example.test", "g1@example.test", "g2@example.test"],
                  "recipients delivered after the restart")
         check_eq(sorted(qid_in(m.data_bytes) for m in got), sorted(good), "delivered")
+
+
+# Buffered: the batch's fdatasync fails. Direct: the write itself is the
+# durability point (RWF_DSYNC) and fails.
+T.test("fdatasync fails after the records were written: the 451'd message is never delivered")(
+    lambda: sync_fails("buffered", "fdatasync"))
+T.test("spool_io=direct: the RWF_DSYNC write fails: the 451'd message is never delivered")(
+    lambda: sync_fails("direct", r"write \(RWF_DSYNC\)"))
 
 
 if __name__ == "__main__":

@@ -205,7 +205,7 @@ test_defaults(void **state)
 	assert_int_equal(cfg->segment_size, 64 << 20);
 	assert_int_equal(cfg->durability, SPOOL_DURABILITY_FSYNC);
 	assert_int_equal(cfg->commit_delay, 1000000);
-	assert_int_equal(cfg->commit_size, 1 << 20);
+	assert_int_equal(cfg->commit_size, 4 << 20);
 	assert_int_equal(cfg->spool_memory, 256 << 20);
 	assert_int_equal(cfg->smtp.message_size_limit, 10240000);
 	assert_int_equal(cfg->smtp.recipient_limit, 1000);
@@ -471,6 +471,7 @@ test_numbers(void **state)
 	bad1("workers", "two", "not a number: 'two'");
 	bad1("sink", "file", "not one of spool, jetstream, discard: 'file'");
 	bad1("durability", "sync", "not one of fsync, none: 'sync'");
+	bad1("spool_io", "mmap", "not one of auto, direct, buffered: 'mmap'");
 	bad1("spool_dir", "/a\tb", "control character in path: '/a\\x09b'");
 	bad1("segment_size", "1k", "out of range: '1k' (65536..1099511627776)");
 	bad1("commit_size", "1k", "out of range: '1k' (4096..1073741824)");
@@ -1420,8 +1421,8 @@ test_print(void **state)
 				  "recv_buffer_size = 16384\nlisten_backlog = 4096\n"
 				  "proxy_trusted = 127.0.0.0/8, ::1/128\nproxy_timeout = 5s\nsink = spool\n"
 				  "spool_dir = /var/spool/ringmx\nsegment_size = 67108864\n"
-				  "durability = fsync\ncommit_delay = 1ms\ncommit_size = 1048576\n"
-				  "spool_memory = 268435456\n"
+				  "durability = fsync\nspool_io = auto\ncommit_delay = 1ms\n"
+				  "commit_size = 4194304\nspool_memory = 268435456\n"
 				  "relay_tls = none\nrelay_connections = 8\n"
 				  "relay_connect_timeout = 30s\nrelay_reply_timeout = 5m\n"
 				  "relay_idle_timeout = 10s\nretry_min = 1m\nretry_max = 1h\n"
@@ -1974,6 +1975,12 @@ test_relay_host(void **state)
 	/* A relay needs the spool. */
 	bad("relay_host = 127.0.0.1:25\nsink = discard\n",
 	    "t.conf:1: relay_host: needs sink = spool or jetstream");
+	/* Direct spool writes would make every delivery read the disk. */
+	bad("relay_host = 127.0.0.1:25\nspool_io = direct\n",
+	    "t.conf:2: spool_io: direct cannot be used with relay_host or transport_maps (the relay "
+	    "reads the spool back through the page cache); use auto or buffered");
+	config_free(ok("relay_host = 127.0.0.1:25\nspool_io = buffered\n"));
+	config_free(ok("spool_io = direct\n"));
 }
 
 static void
