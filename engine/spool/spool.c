@@ -515,6 +515,7 @@ batch_finish(struct spool *sp, struct batch *b, int res)
 	assert(b->state != B_FREE && b->state != B_DONE);
 	b->head = b->tail = NULL;
 	b->state = B_DONE;
+	sp_dio_release(sp, b);
 	/* The relay hears of each durable record before its 250 goes out
 	 * and before the segment can be closed (seg_unref below). */
 	uint64_t off = b->off, seq = b->seg->seq;
@@ -572,8 +573,10 @@ seg_abandon(struct spool *sp, struct seg *s, int err, const char *what)
 static void
 batch_form(struct spool *sp)
 {
+	/* Direct: room for the filler that ends the batch on a block. */
+	uint64_t pad_room = sp->direct ? SPOOL_HDR_SIZE : 0;
 	while (sp->q_head != NULL && sp->b_count < SPOOL_MAX_BATCHES) {
-		int r = sp_seg_ensure(sp, sp->q_head->len);
+		int r = sp_seg_ensure(sp, sp->q_head->len + pad_room);
 		if (r < 0) {
 			/* No segment: every queued message is refused now,
 			 * rather than waiting for a disk that is full. */
@@ -597,7 +600,7 @@ batch_form(struct spool *sp)
 		s->refs++;
 		sp->b_count++;
 		uint64_t commit_size = sp->cfg->commit_size;
-		while (sp->q_head != NULL && s->tail + sp->q_head->len <= s->size &&
+		while (sp->q_head != NULL && s->tail + sp->q_head->len + pad_room <= s->size &&
 		       (b->n == 0 || b->len < commit_size)) {
 			struct sink_tx *tx = sp->q_head;
 			sp->q_head = tx->next;
@@ -614,6 +617,13 @@ batch_form(struct spool *sp)
 			s->tail += tx->len;
 		}
 		assert(b->n > 0);
+		if (sp->direct) {
+			/* b->off is block aligned: the batch before ended so. */
+			assert(b->off % SPOOL_SEG_ALIGN == 0);
+			b->pad = sp_dio_pad(s->tail);
+			s->tail += b->pad;
+			assert(s->tail <= s->size);
+		}
 		if (sp->q_head == NULL)
 			sp->q_tail = NULL;
 		else
@@ -650,13 +660,12 @@ static void
 write_submit(struct spool *sp, struct batch *b)
 {
 	if (sp->direct) {
-		assert(b->done < b->len && !sp->write_inflight);
+		assert(b->done < b->len + b->pad);
 		struct io_uring_sqe *sqe = sp->env.get_sqe(sp->env.ctx);
 		sp_dio_submit(sp, b, sqe);
 		io_uring_sqe_set_data64(sqe,
 					ud_make(sp->env.ud_op, 0, TAG_WRITE, batch_index(sp, b)));
 		b->state = B_WRITING;
-		sp->write_inflight = true;
 		sp->env.stats->spool_writes++;
 		return;
 	}
@@ -695,6 +704,14 @@ write_submit(struct spool *sp, struct batch *b)
 static void
 write_next(struct spool *sp)
 {
+	if (sp->direct) {
+		/* Batches share no block: as many at once as there are
+		 * staging buffers, oldest first. */
+		for (unsigned i = 0; i < sp->b_count && sp->dio_free != 0; i++)
+			if (batch_at(sp, i)->state == B_QUEUED)
+				write_submit(sp, batch_at(sp, i));
+		return;
+	}
 	if (sp->write_inflight)
 		return;
 	for (unsigned i = 0; i < sp->b_count; i++) {
@@ -735,8 +752,14 @@ fsync_next(struct spool *sp)
 static void
 on_write(struct spool *sp, struct batch *b, int res)
 {
-	assert(b->state == B_WRITING && sp->write_inflight);
-	sp->write_inflight = false;
+	assert(b->state == B_WRITING);
+	if (sp->direct) {
+		assert(sp->dio_inflight > 0);
+		sp->dio_inflight--;
+	} else {
+		assert(sp->write_inflight);
+		sp->write_inflight = false;
+	}
 	if (res == -EINTR || res == -EAGAIN) {
 		write_submit(sp, b); /* nothing was written: try again */
 		return;
@@ -768,9 +791,11 @@ on_write(struct spool *sp, struct batch *b, int res)
 	sp->env.stats->spool_bytes_written += got;
 	if (got < b->sub_bytes)
 		sp->env.stats->spool_short_writes++;
+	/* The cursor walks records only, not the filler after them. */
+	uint64_t rec_left = b->done < b->len ? b->len - b->done : 0;
+	cursor_advance(b, got < rec_left ? got : rec_left);
 	b->done += got;
-	cursor_advance(b, got);
-	if (b->done < b->len) {
+	if (b->done < b->len + b->pad) {
 		/* A short write, or more than SPOOL_IOV_MAX iovecs: go on from
 		 * where it stopped. */
 		write_submit(sp, b);
@@ -848,7 +873,7 @@ spool_poll(struct spool *sp, uint64_t now)
 		/* The writer is free: write now, so the batch is on its way
 		 * while an fsync runs and the next fsync starts as soon as
 		 * that one ends. Waiting would only add latency. */
-		bool idle = !sp->write_inflight;
+		bool idle = sp->direct ? sp->dio_inflight < SPOOL_DIO_EAGER : !sp->write_inflight;
 		if (idle || sp->q_bytes >= sp->cfg->commit_size ||
 		    now >= sp->q_first_ns + sp->cfg->commit_delay)
 			batch_form(sp);
@@ -872,7 +897,7 @@ spool_wait_ns(const struct spool *sp, uint64_t now, uint64_t max)
 int
 spool_idle(const struct spool *sp)
 {
-	return sp->q_head == NULL && sp->b_count == 0 && !sp->write_inflight &&
+	return sp->q_head == NULL && sp->b_count == 0 && !sp->write_inflight && sp->dio_inflight == 0 &&
 	       !sp->fsync_inflight && sp->void_inflight == 0;
 }
 

@@ -10,20 +10,21 @@
  * segment are already written: no extent conversion to journal).
  *
  * How: O_DIRECT wants file offsets, lengths and memory aligned to the
- * file system's direct I/O alignment (statx STATX_DIOALIGN). Records are
- * 8-byte aligned and packed, so a write covers the whole SPOOL_SEG_ALIGN
- * blocks around its bytes: the records are copied from their chunks into
- * dio_buf after the bytes already written in the first, partial block
- * (kept from the previous write, the "head"), and the last block is padded
- * with zeros (what a segment holds after its tail anyway). The next write
- * writes that block again with the same head bytes and more records, as a
- * database's log writer rewrites its last partial page: a torn rewrite
- * leaves each sector old or new, and both hold the same acknowledged bytes.
+ * file system's direct I/O alignment (statx STATX_DIOALIGN), which must
+ * divide SPOOL_SEG_ALIGN (4 KiB). Records are 8-byte aligned and packed, so
+ * every batch starts on a 4 KiB boundary and ends with a filler record
+ * (SPOOL_REC_PAD, at least a header long) up to the next one: batches share
+ * no block, and up to SPOOL_DIO_QD of them are written at once, each from
+ * its own staging buffer (its records copied out of their chunks). Each
+ * write carries RWF_DSYNC, so a batch is durable at its last write's CQE,
+ * in any order. The cost is the filler, ~2 KiB per batch of disk space.
+ * After a power loss, writes in flight may leave a hole before later,
+ * acknowledged records: recovery sets the hole aside as damage (its records
+ * never got a 250) and keeps the records after it.
  *
- * Ownership: dio_buf belongs to the spool, and to the kernel while the one
- * write of the worker is in flight (write_inflight in spool.c): nothing
- * touches it until that write's CQE. Between writes, its first dio_head
- * bytes are the written, partial block at dio_pos of segment dio_seq.
+ * Ownership: dio_buf[i] belongs to the batch that holds slot i (b->slot =
+ * i + 1) from its first write until batch_finish, and to the kernel while a
+ * write of it is in flight.
  */
 /* The service of this file's log lines, pflogsumm's unit (log.h). */
 #define LOG_SERVICE LOG_SVC_CLEANUP
@@ -88,14 +89,16 @@ sp_dio_init(struct spool *sp, char *err, size_t errlen)
 		snprintf(sp->io_note, sizeof(sp->io_note), " (not direct: %s)", why);
 		return 0;
 	}
-	void *m = mmap(NULL, SPOOL_DIO_BUF, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-		       -1, 0);
+	/* One mapping; pages are touched (made resident) only as batches use them. */
+	void *m = mmap(NULL, (size_t)SPOOL_DIO_QD * SPOOL_DIO_BUF, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (m == MAP_FAILED) {
 		snprintf(err, errlen, "spool: out of memory");
 		return -ENOMEM;
 	}
-	sp->dio_buf = m;
-	sp->dio_head = 0;
+	for (unsigned i = 0; i < SPOOL_DIO_QD; i++)
+		sp->dio_buf[i] = (uint8_t *)m + (size_t)i * SPOOL_DIO_BUF;
+	sp->dio_free = (1u << SPOOL_DIO_QD) - 1;
 	sp->direct = true;
 	return 0;
 }
@@ -103,9 +106,17 @@ sp_dio_init(struct spool *sp, char *err, size_t errlen)
 void
 sp_dio_free(struct spool *sp)
 {
-	if (sp->dio_buf != NULL)
-		munmap(sp->dio_buf, SPOOL_DIO_BUF);
-	sp->dio_buf = NULL;
+	if (sp->dio_buf[0] != NULL)
+		munmap(sp->dio_buf[0], (size_t)SPOOL_DIO_QD * SPOOL_DIO_BUF);
+	memset(sp->dio_buf, 0, sizeof(sp->dio_buf));
+}
+
+uint64_t
+sp_dio_pad(uint64_t end)
+{
+	uint64_t gap = (SPOOL_SEG_ALIGN - end % SPOOL_SEG_ALIGN) % SPOOL_SEG_ALIGN;
+	/* A filler is at least a header: a shorter gap takes one more block. */
+	return gap == 0 || gap >= SPOOL_HDR_SIZE ? gap : gap + SPOOL_SEG_ALIGN;
 }
 
 /* Copy n bytes from the batch's write cursor (not moved) to dst. */
@@ -138,48 +149,55 @@ cursor_copy(const struct batch *b, uint8_t *dst, uint64_t n)
 void
 sp_dio_submit(struct spool *sp, struct batch *b, struct io_uring_sqe *sqe)
 {
-	uint64_t pos = b->off + b->done;
-	uint32_t head = (uint32_t)(pos % SPOOL_SEG_ALIGN);
-	/* Segments are written front to back, one write at a time, so an
-	 * unaligned start is where the previous write of this segment
-	 * ended, and its partial block is at the start of dio_buf. */
-	if (head != 0 && (sp->dio_seq != b->seg->seq || sp->dio_pos != pos || sp->dio_head != head))
-		panic("spool: direct write at %s/%016" PRIx64 ".seg offset %" PRIu64
-		      " does not continue the last one (segment %016" PRIx64 ", offset %" PRIu64 ")",
-		      sp->dir, b->seg->seq, pos, sp->dio_seq, sp->dio_pos);
-	uint64_t data = b->len - b->done;
-	if (data > SPOOL_DIO_BUF - head)
-		data = SPOOL_DIO_BUF - head;
-	cursor_copy(b, sp->dio_buf + head, data);
-	uint64_t used = head + data;
-	uint64_t len = (used + SPOOL_SEG_ALIGN - 1) & ~(uint64_t)(SPOOL_SEG_ALIGN - 1);
-	memset(sp->dio_buf + used, 0, (size_t)(len - used));
-	io_uring_prep_write(sqe, b->seg->fd, sp->dio_buf, (unsigned)len, pos - head);
+	if (b->slot == 0) {
+		assert(sp->dio_free != 0);
+		unsigned i = (unsigned)__builtin_ctz(sp->dio_free);
+		sp->dio_free &= ~(1u << i);
+		b->slot = (uint8_t)(i + 1);
+	}
+	uint8_t *buf = sp->dio_buf[b->slot - 1];
+	uint64_t pos = b->off + b->done, total = b->len + b->pad;
+	uint64_t n = total - b->done < SPOOL_DIO_BUF ? total - b->done : SPOOL_DIO_BUF;
+	assert(pos % SPOOL_SEG_ALIGN == 0 && n % SPOOL_SEG_ALIGN == 0 && n > 0);
+	uint64_t rec = b->done < b->len ? b->len - b->done : 0;
+	if (rec > n)
+		rec = n;
+	cursor_copy(b, buf, rec);
+	if (rec < n) {
+		/* The filler, or the part of it in this write. */
+		uint8_t pad[SPOOL_SEG_ALIGN + SPOOL_HDR_SIZE];
+		uint64_t from = b->done + rec - b->len;
+		assert(b->pad <= sizeof(pad) && from + (n - rec) <= b->pad);
+		spool_pad_encode(pad, (size_t)b->pad);
+		memcpy(buf + rec, pad + from, (size_t)(n - rec));
+	}
+	io_uring_prep_write(sqe, b->seg->fd, buf, (unsigned)n, pos);
 	/* The write is durable at its CQE: with O_DIRECT and RWF_DSYNC the
 	 * kernel flushes the disk's cache (or writes FUA) and commits the
-	 * extent conversion before completing it. No fdatasync round trip,
-	 * and no fsync in an io-wq thread on the worker's CPU. */
+	 * extent conversion before completing it. No fdatasync round trip. */
 	if (sp->durable)
 		sqe->rw_flags = RWF_DSYNC;
-	sp->dio_sub_head = head;
-	b->sub_bytes = data;
+	b->sub_bytes = n;
+	sp->dio_inflight++;
 }
 
 uint64_t
 sp_dio_done(struct spool *sp, struct batch *b, uint64_t res)
 {
-	uint64_t head = sp->dio_sub_head;
-	uint64_t end = res < head + b->sub_bytes ? res : head + b->sub_bytes;
-	if (end <= head)
-		return 0; /* none of the new bytes: dio_buf's head is unchanged */
-	uint64_t got = end - head;
-	uint64_t pos = b->off + b->done + got;
-	uint32_t keep = (uint32_t)(pos % SPOOL_SEG_ALIGN);
-	memmove(sp->dio_buf, sp->dio_buf + end - keep, keep);
-	sp->dio_seq = b->seg->seq;
-	sp->dio_pos = pos;
-	sp->dio_head = keep;
-	return got;
+	(void)sp;
+	/* A short direct write: what follows is written again from the last
+	 * whole block (the same bytes). */
+	uint64_t got = res < b->sub_bytes ? res : b->sub_bytes;
+	return got - got % SPOOL_SEG_ALIGN;
+}
+
+void
+sp_dio_release(struct spool *sp, struct batch *b)
+{
+	if (b->slot == 0)
+		return;
+	sp->dio_free |= 1u << (b->slot - 1);
+	b->slot = 0;
 }
 
 int

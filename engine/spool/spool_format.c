@@ -201,6 +201,22 @@ spool_rec_encode(uint8_t *buf, size_t cap, const char *qid, uint64_t received_us
 	return (size_t)len;
 }
 
+void
+spool_pad_encode(uint8_t *buf, size_t len)
+{
+	assert(len >= SPOOL_HDR_SIZE && len % SPOOL_REC_ALIGN == 0);
+	struct spool_hdr h = {
+		.magic = SPOOL_REC_MAGIC,
+		.version = SPOOL_REC_VERSION,
+		.flags = SPOOL_REC_PAD,
+		.rec_len = len,
+		.msg_len = len - SPOOL_HDR_SIZE,
+	};
+	spool_hdr_encode(buf, &h);
+	memset(buf + SPOOL_HDR_SIZE, 0, len - SPOOL_HDR_SIZE);
+	spool_hdr_set_crc(buf, spool_crc32c(buf, len));
+}
+
 static bool
 all_zero(const uint8_t *p, uint64_t n)
 {
@@ -343,6 +359,11 @@ spool_seg_scan(const uint8_t *map, uint64_t size,
 	for (;;) {
 		assert(off <= size && off % SPOOL_REC_ALIGN == 0);
 		enum spool_rec_status st = spool_rec_check(map + off, size - off, &h);
+		if (st == SPOOL_REC_OK && (h.flags & SPOOL_REC_PAD)) {
+			out->pad_bytes += h.rec_len;
+			off += h.rec_len;
+			continue;
+		}
 		if (st == SPOOL_REC_OK) {
 			out->records++;
 			out->bytes += h.rec_len;
@@ -365,10 +386,13 @@ spool_seg_scan(const uint8_t *map, uint64_t size,
 			return;
 		}
 		bool hdr_ok = st != SPOOL_REC_END && size - off >= SPOOL_HDR_SIZE && hdr_plausible(&h);
-		/* Only one record may have been cut short: writes within a
-		 * segment are issued one at a time, so a crash leaves at most
-		 * one partial write, and a buffered write fills its range
-		 * front to back. */
+		/* Only one record may have been cut short: buffered writes
+		 * within a segment are issued one at a time, so a crash leaves
+		 * at most one partial write, and a buffered write fills its
+		 * range front to back. (Direct writes, several in flight, may
+		 * leave a hole before later records after a power loss: that
+		 * is reported as damage, set aside, the records after it
+		 * kept.) */
 		if (z - off < SPOOL_HDR_SIZE || (hdr_ok && z - off <= h.rec_len)) {
 			out->end = SPOOL_SCAN_TORN;
 			return;

@@ -74,9 +74,18 @@
  * one (~35 ms per 64 MiB here), and an idle spool keeps no spare segment.
  * A named constant, not a configuration key, on purpose. */
 #define SPOOL_PREP_DIVISOR 2
-/* spool_io = direct: the staging buffer of the one write in flight
- * (spool_direct.c). A write is at most this long; a longer batch takes
- * several, like a batch of more than SPOOL_IOV_MAX chunks. */
+/* spool_io = direct (spool_direct.c): batches written at once, each from
+ * its own staging buffer of SPOOL_DIO_BUF bytes; a longer batch takes
+ * several writes, one after the other. 4 in flight: on the disk of
+ * docs/benchmarks.md 64 KiB RWF_DSYNC writes go 3,650/s one at a time,
+ * 8,900/s four at a time. */
+#define SPOOL_DIO_QD 4
+/* Direct: a batch is formed at once (without waiting for commit_size or
+ * commit_delay) while fewer writes than this are in flight. Past it, records
+ * gather into larger batches: every write costs the disk a flush and a
+ * virtualised disk a doorbell exit, so at full load fewer, larger writes
+ * carry more messages per second (measured: docs/benchmarks.md). */
+#define SPOOL_DIO_EAGER 2
 #define SPOOL_DIO_BUF (8u << 20)
 
 /* The zero buffer, shared by all workers and never written: it is in .bss,
@@ -180,6 +189,8 @@ struct batch {
 	struct sink_tx *cur_tx;
 	struct chunk *cur_ch;
 	uint32_t cur_off;
+	uint64_t pad;      /* spool_io = direct: filler after the records */
+	uint8_t slot;      /* spool_io = direct: dio_buf index + 1, 0 none */
 	struct iovec iov[SPOOL_IOV_MAX];
 };
 
@@ -249,11 +260,9 @@ struct spool {
 	/* spool_io (spool_direct.c). */
 	bool direct;         /* segments opened O_DIRECT, written from dio_buf */
 	char io_note[CONFIG_PATH_MAX + 160]; /* why auto is not direct, for the start-up line */
-	uint8_t *dio_buf;    /* SPOOL_DIO_BUF bytes, page aligned */
-	uint64_t dio_seq;    /* dio_buf[0, dio_head): the written partial block */
-	uint64_t dio_pos;    /* at this offset of segment dio_seq ends */
-	uint32_t dio_head;
-	uint32_t dio_sub_head; /* head bytes of the write in flight */
+	uint8_t *dio_buf[SPOOL_DIO_QD]; /* SPOOL_DIO_BUF bytes each, page aligned */
+	unsigned dio_free;   /* bit i: dio_buf[i] has no batch */
+	unsigned dio_inflight; /* direct writes in the kernel */
 
 	struct spool_hooks hooks; /* the relay's (spool.h) */
 	uint64_t first_seq;  /* first segment of this run */
@@ -284,11 +293,15 @@ chunk_len(const struct sink_tx *tx, const struct chunk *c)
  * -errno with err set (spool_io = direct that cannot work). */
 int sp_dio_init(struct spool *sp, char *err, size_t errlen);
 void sp_dio_free(struct spool *sp);
-/* Fill sqe with the next direct write of b (from its cursor); sets
- * b->sub_bytes to the record bytes it carries. */
+/* The filler after records ending at end (0 if end is block aligned). */
+uint64_t sp_dio_pad(uint64_t end);
+/* Fill sqe with the next direct write of b (from its cursor; the batch
+ * takes a staging buffer at its first write); sets b->sub_bytes. */
 void sp_dio_submit(struct spool *sp, struct batch *b, struct io_uring_sqe *sqe);
 /* The write's CQE said res > 0 bytes: how many of b's bytes are written. */
 uint64_t sp_dio_done(struct spool *sp, struct batch *b, uint64_t res);
+/* The batch is done: its staging buffer is free. */
+void sp_dio_release(struct spool *sp, struct batch *b);
 /* openat flags of a new segment file. */
 int sp_seg_open_flags(const struct spool *sp);
 

@@ -35,6 +35,10 @@
 #define SPOOL_REC_ALIGN   8
 #define SPOOL_QID_FIELD   16 /* queue id, NUL padded */
 #define SPOOL_CRC_OFF     16 /* byte offset of the crc32c field */
+/* flags: a filler record (no envelope, msg_len zero bytes) that ends a
+ * direct write on a 4 KiB boundary (spool_io = direct, docs/spool-format.md).
+ * Readers skip it: spool_seg_scan() neither counts nor reports it. */
+#define SPOOL_REC_PAD     0x0001u
 /* Largest envelope accepted by readers. A record claiming more is damage,
  * not a reason to read gigabytes. recipient_limit alone would allow more
  * (1000000 x 256 bytes): ringmxd refuses the RCPT that would go past this
@@ -71,7 +75,7 @@ enum {
 struct spool_hdr {
 	uint32_t magic;
 	uint16_t version;
-	uint16_t flags; /* reserved, 0 */
+	uint16_t flags; /* 0, or SPOOL_REC_PAD */
 	uint64_t rec_len;
 	uint32_t crc;
 	char qid[SPOOL_QID_FIELD + 1]; /* decoded: always NUL terminated */
@@ -119,6 +123,10 @@ int spool_tlv_put(uint8_t *out, size_t cap, size_t *off, unsigned type, const vo
  * Used by tests and tools; the engine builds records across chunks. */
 size_t spool_rec_encode(uint8_t *buf, size_t cap, const char *qid, uint64_t received_us,
 			const uint8_t *env, size_t env_len, const uint8_t *msg, size_t msg_len);
+
+/* Encode a filler record (SPOOL_REC_PAD) of exactly len bytes into buf:
+ * len >= SPOOL_HDR_SIZE and a multiple of SPOOL_REC_ALIGN. */
+void spool_pad_encode(uint8_t *buf, size_t len);
 
 /* Is the record at p (avail bytes readable) valid? */
 enum spool_rec_status {
@@ -175,8 +183,9 @@ struct spool_scan {
 	 * after the last record or damaged range (only zeros follow).
 	 * DAMAGED: the end of the data (nothing may be cut off). */
 	uint64_t valid_end;
-	uint64_t records;
+	uint64_t records;       /* good records (filler records not counted) */
 	uint64_t bytes;         /* sum of rec_len of the good records */
+	uint64_t pad_bytes;     /* sum of rec_len of the filler records */
 	uint64_t damaged;       /* damaged ranges (the last may run to the end) */
 	uint64_t damaged_bytes; /* their length */
 	uint64_t first_damage;  /* offset of the first damaged range, if any */
@@ -201,7 +210,8 @@ typedef void (*spool_dmg_fn)(void *arg, uint64_t off, uint64_t len);
  *    next 8-aligned offset that holds a valid record (magic, version,
  *    lengths and CRC), or to Z (end DAMAGED). The walk goes on there.
  * Bytes inside a record whose header looks valid are never searched for
- * records: a message may contain anything, even a valid record. */
+ * records: a message may contain anything, even a valid record. Filler
+ * records (SPOOL_REC_PAD) are stepped over: fn never sees them. */
 void spool_seg_scan(const uint8_t *map, uint64_t size,
 		    int (*fn)(void *arg, uint64_t off, const struct spool_hdr *h,
 			      const uint8_t *rec),

@@ -90,6 +90,17 @@ class SpoolServer(Server):
                          **kw)
 
 
+def msg_offsets(data):
+    """Offsets of the message records of a segment's bytes, stepping over the
+    filler records (flag 1) that end direct writes on a 4 KiB boundary."""
+    out, off = [], 0
+    while off + 64 <= len(data) and data[off:off + 4] == b"RMSR":
+        if not int.from_bytes(data[off + 6:off + 8], "little") & 1:
+            out.append(off)
+        off += int.from_bytes(data[off + 8:off + 16], "little")
+    return out
+
+
 def tmp_spool():
     d = tempfile.mkdtemp(prefix="ringmx-spool-test-")
     return d, os.path.join(d, "spool")
@@ -264,7 +275,7 @@ def _():
         seg = os.path.join(spool, "w0", "0000000000000001.seg")
         with open(seg, "r+b") as f:
             data = f.read()
-            second = int.from_bytes(data[8:16], "little")
+            second = msg_offsets(data)[1]
             f.seek(second + 300)
             f.write(bytes([data[second + 300] ^ 0x55]))
         size = os.path.getsize(seg)

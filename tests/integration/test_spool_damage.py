@@ -26,13 +26,15 @@ N = 6
 
 
 def records(seg):
-    """(offset, length) of each record of a clean segment file."""
+    """(offset, length) of each message record of a clean segment file
+    (filler records, flag 1, that end direct writes are stepped over)."""
     with open(seg, "rb") as f:
         data = f.read()
     out, off = [], 0
     while off + 64 <= len(data) and data[off:off + 4] == b"RMSR":
         n = int.from_bytes(data[off + 8:off + 16], "little")
-        out.append((off, n))
+        if not int.from_bytes(data[off + 6:off + 8], "little") & 1:
+            out.append((off, n))
         off += n
     return data, out
 

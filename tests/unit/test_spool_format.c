@@ -426,6 +426,57 @@ test_damage_inner_record(void **state)
  * counted, nothing is fatal; a file shorter than asked reads as zeros
  * after its end. (No bad sector can be made here: pread on a directory
  * fails too, with EISDIR, which takes the same path.) */
+/* spool_io = direct ends every write on a 4 KiB boundary with a filler
+ * record: the scan steps over it (never handed on, not counted as mail),
+ * whatever its length (a header alone, or a block and more), and a filler
+ * that is damaged is damage like any record. */
+static void
+test_pad_records(void **state)
+{
+	uint8_t env[256], msg[500];
+	static const size_t pads[] = {SPOOL_HDR_SIZE, 72, 4032, 4096 + 56};
+	(void)state;
+	for (size_t k = 0; k < sizeof(pads) / sizeof(pads[0]); k++) {
+		uint8_t *seg = calloc(1, 16384);
+		assert_non_null(seg);
+		size_t el = make_env(env, sizeof(env), "s@example.test", 1), off = 0;
+		memset(msg, 'm', sizeof(msg));
+		off += spool_rec_encode(seg, 16384, "ID0", 1, env, el, msg, sizeof(msg));
+		uint64_t pad_at = off;
+		spool_pad_encode(seg + off, pads[k]);
+		off += pads[k];
+		uint64_t second = off;
+		off += spool_rec_encode(seg + off, 16384 - off, "ID1", 2, env, el, msg, 100);
+
+		struct spool_hdr h;
+		assert_int_equal(spool_rec_check(seg + pad_at, 16384 - pad_at, &h), SPOOL_REC_OK);
+		assert_int_equal(h.flags, SPOOL_REC_PAD);
+		assert_int_equal(h.rec_len, pads[k]);
+		assert_int_equal(h.env_len, 0);
+
+		struct seen v;
+		struct spool_scan sc;
+		scan_seen(seg, 16384, &v, &sc);
+		assert_int_equal(v.nrec, 2);
+		assert_string_equal(v.qid[0], "ID0");
+		assert_string_equal(v.qid[1], "ID1");
+		assert_int_equal(sc.pad_bytes, pads[k]);
+		assert_int_equal(sc.bytes, off - pads[k]);
+		assert_int_equal(sc.end, SPOOL_SCAN_CLEAN);
+		assert_int_equal(sc.valid_end, off);
+
+		/* One flipped byte in the filler: a damaged range, the record
+		 * after it found again. */
+		seg[pad_at + pads[k] - 1] ^= 1;
+		scan_seen(seg, 16384, &v, &sc);
+		assert_int_equal(v.nrec, 2);
+		assert_int_equal(v.ndmg, 1);
+		assert_int_equal(v.doff[0], pad_at);
+		assert_int_equal(v.doff[0] + v.dlen[0], second);
+		free(seg);
+	}
+}
+
 static void
 test_read_file(void **state)
 {
@@ -528,6 +579,7 @@ main(void)
 		cmocka_unit_test(test_torn_tail),
 		cmocka_unit_test(test_damage),
 		cmocka_unit_test(test_damage_inner_record),
+		cmocka_unit_test(test_pad_records),
 		cmocka_unit_test(test_seg_names),
 		cmocka_unit_test(test_read_file),
 		cmocka_unit_test(test_qid_unique),
