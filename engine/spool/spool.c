@@ -872,8 +872,14 @@ spool_poll(struct spool *sp, uint64_t now)
 	if (sp->q_head != NULL) {
 		/* The writer is free: write now, so the batch is on its way
 		 * while an fsync runs and the next fsync starts as soon as
-		 * that one ends. Waiting would only add latency. */
-		bool idle = sp->direct ? sp->dio_inflight < SPOOL_DIO_EAGER : !sp->write_inflight;
+		 * that one ends. Waiting would only add latency. Direct:
+		 * while few writes are in flight (SPOOL_DIO_EAGER), or when
+		 * every open transaction is already queued: nobody is about to
+		 * join the batch, so waiting for commit_delay would only delay
+		 * every one of them. */
+		bool idle = sp->direct ? sp->dio_free != 0 && (sp->dio_inflight < SPOOL_DIO_EAGER ||
+								 sp->tx_open_count == 0)
+				       : !sp->write_inflight;
 		if (idle || sp->q_bytes >= sp->cfg->commit_size ||
 		    now >= sp->q_first_ns + sp->cfg->commit_delay)
 			batch_form(sp);
