@@ -398,6 +398,7 @@ sp_seg_install(struct spool *sp, int fd, uint64_t seq, uint64_t size, bool zeroe
 	s->current = true;
 	s->abandoned = false;
 	sp->cur = s;
+	sp->cur_writes = sp->cur_wbytes = 0;
 	sp->last_seq = seq;
 	sp->prep_blocked = false; /* a new segment: preparing may be tried again */
 	sp->env.stats->spool_segments++;
@@ -791,6 +792,10 @@ on_write(struct spool *sp, struct batch *b, int res)
 	sp->env.stats->spool_bytes_written += got;
 	if (got < b->sub_bytes)
 		sp->env.stats->spool_short_writes++;
+	if (sp->direct && b->seg == sp->cur) {
+		sp->cur_writes++;
+		sp->cur_wbytes += got;
+	}
 	/* The cursor walks records only, not the filler after them. */
 	uint64_t rec_left = b->done < b->len ? b->len - b->done : 0;
 	cursor_advance(b, got < rec_left ? got : rec_left);

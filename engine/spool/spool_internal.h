@@ -86,6 +86,9 @@
  * virtualised disk a doorbell exit, so at full load fewer, larger writes
  * carry more messages per second (measured: docs/benchmarks.md). */
 #define SPOOL_DIO_EAGER 2
+/* Direct: the next segment is zero-filled ahead while the current one's
+ * writes average less than this (spool_prep.c, sp_prep_zero). */
+#define SPOOL_DIO_ZERO_BELOW (256u << 10)
 #define SPOOL_DIO_BUF (8u << 20)
 
 /* The zero buffer, shared by all workers and never written: it is in .bss,
@@ -161,6 +164,7 @@ struct prep {
 	uint64_t size;
 	uint64_t next;      /* first byte not yet given to a zero write */
 	uint64_t zeroed;    /* bytes whose zero write and writeback start completed */
+	bool zero;          /* zero-filled (else only fallocated and synced) */
 	uint64_t start_ns;  /* monotonic, for the log */
 	uint64_t cur_seq;   /* the current segment when preparing started */
 	uint64_t cur_tail0; /* and its tail then (pacing) */
@@ -263,6 +267,7 @@ struct spool {
 	uint8_t *dio_buf[SPOOL_DIO_QD]; /* SPOOL_DIO_BUF bytes each, page aligned */
 	unsigned dio_free;   /* bit i: dio_buf[i] has no batch */
 	unsigned dio_inflight; /* direct writes in the kernel */
+	uint64_t cur_writes, cur_wbytes; /* direct writes into the current segment, and their bytes */
 
 	struct spool_hooks hooks; /* the relay's (spool.h) */
 	uint64_t first_seq;  /* first segment of this run */

@@ -16,6 +16,7 @@ import tempfile
 import time
 
 from ringmx_harness import Suite, Server, check, check_eq, fail, run, wait_for, TIMEOUT
+from relay_util import load_tool
 
 T = Suite(__file__)
 
@@ -410,6 +411,39 @@ def _():
         shutil.rmtree(d)
 
 
+@T.test("spool_io=direct: large writes get segments fallocated ahead, small ones zero-filled")
+def _():
+    d, spool = tmp_spool()
+    try:
+        # 2 MiB segments. 300 KB records, one per write: past the middle of
+        # segment 1 the next one is prepared without zeros (writing them
+        # would halve the disk's bandwidth for such writes). Then 2 KB
+        # records: segment 3 is zero-filled ahead (small writes wait on the
+        # extent conversion).
+        with SpoolServer(spool, extra=["-o", "segment_size=2m", "-o", "spool_io=direct"],
+                         workers=1) as srv:
+            big = [("a@sender.test", body(i, 300000)) for i in range(7)]
+            ids = send_paced(srv, big)
+            time.sleep(0.3)
+            # 500 small messages one at a time: a write each.
+            r = run([load_tool(), "-c", "1", "--per-connection", "500", "-m", "500", "-s", "2k",
+                     "-q", "127.0.0.1:%d" % srv.port], timeout=TIMEOUT)
+            check(r.returncode == 0, "ringmx-load: %s" % r.stderr[-300:])
+            time.sleep(0.3)
+            st = srv.stats()
+            check_eq(st.get("spool_messages"), 507, "messages")
+            check(st.get("spool_segments", 0) >= 3, "segments: %r" % st)
+            check_eq(st.get("spool_segments_prezeroed"), st["spool_segments"] - 2,
+                     "pre-zeroed segments (all but the first two)")
+            check_eq(st.get("spool_prezero_errors"), 0, "zero-filling errors")
+            for qid, (_s, data) in zip(ids, big):
+                check_message(spool, qid, data)
+        v = tool(spool, "verify").stdout.decode()
+        check("507 records" in v and v.strip().endswith(": ok"), "verify: %s" % v)
+    finally:
+        shutil.rmtree(d)
+
+
 def prepared_renamed(mode):
     d, spool = tmp_spool()
     try:
@@ -429,10 +463,11 @@ def prepared_renamed(mode):
                 check_eq(st.get("spool_segments_unzeroed"), 1, "fallocated segments")
                 check_eq(st.get("spool_segments_prezeroed"), 2, "pre-zeroed segments")
             else:
-                # Direct: nothing is zero-filled; segment 2 was prepared
-                # (fallocated and synced) ahead all the same.
-                check_eq(st.get("spool_segments_unzeroed"), 3, "fallocated segments")
-                check_eq(st.get("spool_segments_prezeroed"), 0, "pre-zeroed segments")
+                # Direct: the first segment is only fallocated; its writes
+                # were small (one 20 KB record each), so segment 2 was
+                # zero-filled ahead (spool_prep.c, prep_wants_zero).
+                check_eq(st.get("spool_segments_unzeroed"), 2, "fallocated segments")
+                check_eq(st.get("spool_segments_prezeroed"), 1, "pre-zeroed segments")
         check_eq(seg_files(spool), ["0000000000000001.seg", "0000000000000003.seg",
                                     "0000000000000004.seg"], "segments")
         for qid, (_s, data) in zip(ids, msgs):
@@ -446,7 +481,7 @@ def prepared_renamed(mode):
 
 T.test("a segment fallocated while one was prepared: the prepared one is renamed after it")(
     lambda: prepared_renamed("buffered"))
-T.test("spool_io=direct: the same with segments fallocated ahead, not zero-filled")(
+T.test("spool_io=direct: the same (its small writes have segment 2 zero-filled ahead)")(
     lambda: prepared_renamed("direct"))
 
 
