@@ -378,8 +378,11 @@ spool_open(struct spool **out, const struct config *cfg, const struct spool_env 
 	/* The first segment is zero-filled here, synchronously: the loop is
 	 * not running yet (~35 ms for 64 MiB on the benchmark disk), and the
 	 * load that follows start-up would otherwise begin on a fallocated
-	 * segment. Any failure: the usual path, which logs it. */
-	r = sp->durable && !sp->direct ? sp_seg_create(sp, sp->seg_size, true) : -1;
+	 * segment. With direct writes too: the zeros cost no bandwidth yet,
+	 * and until the first segment's writes are seen (spool_prep.c,
+	 * prep_wants_zero) small writes are as likely as large ones. Any
+	 * failure: the usual path, which logs it. */
+	r = sp->durable ? sp_seg_create(sp, sp->seg_size, true) : -1;
 	if (r < 0)
 		r = sp_seg_ensure(sp, SPOOL_HDR_SIZE);
 	if (r < 0 && r != -ENOSPC) {

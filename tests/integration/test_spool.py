@@ -416,7 +416,7 @@ def _():
     d, spool = tmp_spool()
     try:
         # 2 MiB segments. 300 KB records, one per write: past the middle of
-        # segment 1 the next one is prepared without zeros (writing them
+        # segment 1 (zero-filled at start-up) the next one is prepared without zeros (writing them
         # would halve the disk's bandwidth for such writes). Then 2 KB
         # records: segment 3 is zero-filled ahead (small writes wait on the
         # extent conversion).
@@ -433,8 +433,11 @@ def _():
             st = srv.stats()
             check_eq(st.get("spool_messages"), 507, "messages")
             check(st.get("spool_segments", 0) >= 3, "segments: %r" % st)
-            check_eq(st.get("spool_segments_prezeroed"), st["spool_segments"] - 2,
-                     "pre-zeroed segments (all but the first two)")
+            # Segment 1 zero-filled at start-up, 2 only fallocated, the rest
+            # zero-filled.
+            check_eq(st.get("spool_segments_unzeroed"), 1, "fallocated segments")
+            check_eq(st.get("spool_segments_prezeroed"), st["spool_segments"] - 1,
+                     "pre-zeroed segments")
             check_eq(st.get("spool_prezero_errors"), 0, "zero-filling errors")
             for qid, (_s, data) in zip(ids, big):
                 check_message(spool, qid, data)
@@ -459,15 +462,11 @@ def prepared_renamed(mode):
             ids += send(srv, big)
             msgs += big
             st = srv.stats()
-            if mode == "buffered":
-                check_eq(st.get("spool_segments_unzeroed"), 1, "fallocated segments")
-                check_eq(st.get("spool_segments_prezeroed"), 2, "pre-zeroed segments")
-            else:
-                # Direct: the first segment is only fallocated; its writes
-                # were small (one 20 KB record each), so segment 2 was
-                # zero-filled ahead (spool_prep.c, prep_wants_zero).
-                check_eq(st.get("spool_segments_unzeroed"), 2, "fallocated segments")
-                check_eq(st.get("spool_segments_prezeroed"), 1, "pre-zeroed segments")
+            # Direct too: segment 1 zero-filled at start-up, and its writes
+            # were small (one 20 KB record each), so segment 2 was zero-filled
+            # ahead (spool_prep.c, prep_wants_zero).
+            check_eq(st.get("spool_segments_unzeroed"), 1, "fallocated segments")
+            check_eq(st.get("spool_segments_prezeroed"), 2, "pre-zeroed segments")
         check_eq(seg_files(spool), ["0000000000000001.seg", "0000000000000003.seg",
                                     "0000000000000004.seg"], "segments")
         for qid, (_s, data) in zip(ids, msgs):
@@ -481,7 +480,7 @@ def prepared_renamed(mode):
 
 T.test("a segment fallocated while one was prepared: the prepared one is renamed after it")(
     lambda: prepared_renamed("buffered"))
-T.test("spool_io=direct: the same (its small writes have segment 2 zero-filled ahead)")(
+T.test("spool_io=direct: the same (small writes: segment 2 zero-filled ahead)")(
     lambda: prepared_renamed("direct"))
 
 
