@@ -130,6 +130,8 @@ free_slot(struct worker *w, struct conn *c)
 static void
 arm_recv(struct worker *w, struct conn *c, bool poll_first)
 {
+	/* After the close is queued the descriptor may name another socket. */
+	assert(!c->close_queued);
 	struct io_uring_sqe *sqe = worker_sqe(w);
 	io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
 	/* The server speaks first, so the first receive would find nothing:
@@ -149,7 +151,31 @@ cancel_op(struct worker *w, struct conn *c, enum op op)
 {
 	struct io_uring_sqe *sqe = worker_sqe(w);
 	io_uring_prep_cancel64(sqe, ud_make(op, c->gen, 0, c->idx), 0);
+	/* CQE_SKIP_SUCCESS (5.17): the cancelled request's own CQE says all
+	 * there is to know; only a cancel that found nothing answers. */
+	sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
 	io_uring_sqe_set_data64(sqe, ud_make(OP_CANCEL, 0, 0, 0));
+}
+
+/* The ring closes the descriptor, in the same submission as the rest of
+ * the loop's SQEs: no close(2) of its own. Only a failure answers. */
+static void
+close_prep(struct io_uring_sqe *sqe, struct conn *c)
+{
+	io_uring_prep_close(sqe, c->fd);
+	sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+	io_uring_sqe_set_data64(sqe, ud_make(OP_CLOSE, 0, 0, c->idx));
+	c->close_queued = true;
+}
+
+/* A close that failed (OP_CLOSE CQE): the descriptor is in an unknown
+ * state, which is a bug in the bookkeeping here, not the client's doing. */
+void
+conn_on_close_error(struct worker *w, struct io_uring_cqe *cqe)
+{
+	(void)w;
+	log_err("closing a client connection's descriptor (slot %u): %s",
+		(unsigned)ud_idx(cqe->user_data), strerror(-cqe->res));
 }
 
 /*
@@ -685,12 +711,27 @@ conn_on_send(struct worker *w, struct conn *c, int res)
 		memmove(c->out.buf, c->out.buf + sent, c->out.len - sent);
 		c->out.len -= sent;
 	}
+	/* The last send, and the close linked to it: whatever it left unsent
+	 * can no longer go out (conn_after_io drops it). */
+	if (c->close_queued && pending_out(c) > 0)
+		c->eof = true;
 	/* STARTTLS: the 220 is out, so what comes next is the ClientHello. */
 	if (c->stage == CONN_STAGE_STARTTLS && c->out.len == 0 && c->state == CONN_OPEN && !c->eof)
 		tls_begin(w, c);
 	if (c->state == CONN_OPEN && !c->eof)
 		conn_input(w, c);
 	conn_after_io(w, c);
+}
+
+/* TLS: say close_notify (RFC 8446 6.1) before closing, once every reply
+ * is encrypted: wolfSSL appends the alert to the ciphertext block. */
+static void
+tls_notify(struct conn *c)
+{
+	if (c->tls != NULL && c->tls->io.done && !c->tls->notify_sent && c->out.len == 0) {
+		c->tls->notify_sent = true;
+		wolfSSL_shutdown(c->tls->io.ssl);
+	}
 }
 
 /* After anything happened to c: schedule the flush, move the timer, and
@@ -712,11 +753,7 @@ conn_after_io(struct worker *w, struct conn *c)
 				c->tls->io.out_len = 0;
 		} else if ((smtp_session_status(&c->session) & SMTP_ST_CLOSE) && pending_out(c) == 0 &&
 			   !c->send_inflight) {
-			/* TLS: say close_notify (RFC 8446 6.1) before closing. */
-			if (c->tls != NULL && c->tls->io.done && !c->tls->notify_sent) {
-				c->tls->notify_sent = true;
-				wolfSSL_shutdown(c->tls->io.ssl);
-			}
+			tls_notify(c);
 			if (pending_out(c) == 0)
 				c->state = CONN_CLOSING;
 		}
@@ -793,7 +830,8 @@ conn_teardown(struct worker *w, struct conn *c)
 		mf_conn_close(c->mf);
 	c->mf = NULL;
 	policy_conn_close(&w->policy, &c->pol);
-	close(c->fd);
+	if (!c->close_queued)
+		close_prep(worker_sqe(w), c);
 	c->fd = -1;
 	c->out.len = 0;
 	out_release(w, c);
@@ -812,6 +850,22 @@ conn_teardown(struct worker *w, struct conn *c)
 
 static void tls_encrypt_out(struct worker *w, struct conn *c);
 
+/*
+ * The send about to go out is the connection's last: the session is over
+ * (QUIT, a 421) and this send carries everything it will ever write, TLS
+ * included (the close_notify is already queued, or there is no TLS
+ * session to end). conn_after_io() would tear down once it completed.
+ */
+static bool
+last_send(const struct conn *c)
+{
+	if (c->eof || !(smtp_session_status(&c->session) & SMTP_ST_CLOSE))
+		return false;
+	if (c->tls == NULL)
+		return true;
+	return c->out.len == 0 && (c->tls->notify_sent || !c->tls->io.done);
+}
+
 void
 conn_flush_all(struct worker *w)
 {
@@ -824,22 +878,52 @@ conn_flush_all(struct worker *w)
 				free_slot(w, c);
 			continue;
 		}
-		if (c->send_inflight)
+		if (c->send_inflight || c->close_queued)
 			continue;
 		const char *p = c->out.buf;
 		size_t len = c->out.len;
 		if (c->tls != NULL) {
 			tls_encrypt_out(w, c);
+			/* The session is over: the alert goes out with its last
+			 * replies, in the same send and the same segment. */
+			if (!c->eof && (smtp_session_status(&c->session) & SMTP_ST_CLOSE))
+				tls_notify(c);
 			p = c->tls->io.out;
 			len = c->tls->io.out_len;
 		}
 		if (len == 0)
 			continue;
+		bool last = last_send(c);
+		if (last)
+			worker_sq_reserve(w, 3);
+		if (last && c->recv_armed && !c->recv_cancel) {
+			/* Nothing more is read: end the receive now, in the
+			 * same submission, not after the send completed. */
+			c->recv_cancel = true;
+			cancel_op(w, c, OP_RECV);
+		}
 		struct io_uring_sqe *sqe = worker_sqe(w);
 		/* MSG_WAITALL: the kernel retries a short send itself, so a
 		 * completion normally means everything went out. */
-		io_uring_prep_send(sqe, c->fd, p, len, MSG_NOSIGNAL | MSG_WAITALL);
+		int flags = MSG_NOSIGNAL | MSG_WAITALL;
+		/* After the client's QUIT: MSG_MORE holds the 221 back until
+		 * the linked close adds the FIN to it, one segment instead of
+		 * two (and one ACK less). Not when the server ends the session
+		 * (421s): that client may still be sending, and a close with
+		 * unread input resets the connection, which would throw the
+		 * held reply away unsent. */
+		if (last && c->session.counts.quit > 0)
+			flags |= MSG_MORE;
+		io_uring_prep_send(sqe, c->fd, p, len, flags);
 		io_uring_sqe_set_data64(sqe, ud_make(OP_SEND, c->gen, 0, c->idx));
+		if (last) {
+			/* The close follows the last reply in the kernel, with
+			 * no loop iteration between them. HARDLINK: it runs
+			 * however the send ends (an error, or the cancel of a
+			 * send the client does not read, at close_deadline). */
+			sqe->flags |= IOSQE_IO_HARDLINK;
+			close_prep(worker_sqe(w), c);
+		}
 		c->send_inflight = true;
 		c->send_len = len;
 		c->send_t0 = w->now;
@@ -865,7 +949,7 @@ conn_rearm_all(struct worker *w)
 			continue;
 		}
 		if (c->state != CONN_OPEN || c->eof || c->recv_armed || !c->recv_wanted ||
-		    c->nheld >= CONN_HOLD_MAX)
+		    c->nheld >= CONN_HOLD_MAX || c->close_queued)
 			continue;
 		if (budget == 0) {
 			c->in_rearm = true;

@@ -117,7 +117,7 @@ struct conn {
 	bool recv_cancel;   /* cancel requested for backpressure */
 	bool eof;           /* the client closed its side */
 	bool send_inflight;
-	bool shut;          /* shutdown(2) issued during teardown */
+	bool close_queued;  /* the ring closes fd (linked after the last send) */
 	bool in_flush;      /* on the worker's flush list */
 	bool in_rearm;      /* on the worker's re-arm list */
 	bool logged_error;  /* the reason for an abnormal close is logged */
@@ -158,6 +158,7 @@ struct conn {
 void conn_open(struct worker *w, int fd, unsigned listener);
 void conn_on_recv(struct worker *w, struct conn *c, struct io_uring_cqe *cqe);
 void conn_on_send(struct worker *w, struct conn *c, int res);
+void conn_on_close_error(struct worker *w, struct io_uring_cqe *cqe);
 void conn_flush_all(struct worker *w);
 void conn_rearm_all(struct worker *w);
 void conn_on_timer(struct timer_node *n, void *arg);

@@ -137,6 +137,18 @@ worker_sqe(struct worker *w)
 	return sqe;
 }
 
+/* Room for n SQEs that must go to the kernel in one submission (a link
+ * chain): an implicit submit between them would cut the chain. */
+void
+worker_sq_reserve(struct worker *w, unsigned n)
+{
+	while (io_uring_sq_space_left(&w->ring) < n) {
+		int r = io_uring_submit(&w->ring);
+		if (r < 0 && r != -EAGAIN && r != -EBUSY && r != -EINTR)
+			panic("io_uring_submit: %s", strerror(-r));
+	}
+}
+
 static struct io_uring_sqe *
 spool_get_sqe(void *ctx)
 {
@@ -365,6 +377,9 @@ handle_cqe(struct worker *w, struct io_uring_cqe *cqe)
 		return;
 	case OP_CANCEL:
 		return; /* -ENOENT/-EALREADY: the target finished on its own */
+	case OP_CLOSE:
+		conn_on_close_error(w, cqe);
+		return;
 	case OP_SPOOL:
 		spool_on_cqe(w->spool, cqe);
 		return;

@@ -47,12 +47,13 @@ enum op {
 	OP_RECV,       /* idx = conn */
 	OP_SEND,       /* idx = conn */
 	OP_WAKE,       /* eventfd read from the main thread */
-	OP_CANCEL,     /* async cancel; result only logged */
+	OP_CANCEL,     /* async cancel; its result is not needed */
 	OP_SPOOL,      /* spool write/fsync; kind and idx: spool.c */
 	OP_RELAY,      /* outbound connections, journal; gen/kind/idx: relay */
 	OP_DNS,        /* the resolver's socket polls; gen/kind/idx: dns.c */
 	OP_MILTER,     /* milter conversations; gen/kind/idx: milter_io.c */
 	OP_JETSTREAM,  /* the jetstream sink's eventfds; kind: js_sink.c */
+	OP_CLOSE,      /* a connection's close, idx = conn; CQE only on failure */
 };
 
 
@@ -144,6 +145,7 @@ int worker_setup_listeners(struct worker *w, const struct config *cfg, char *err
 void *worker_main(void *arg);
 void worker_wake(struct worker *w);
 struct io_uring_sqe *worker_sqe(struct worker *w);
+void worker_sq_reserve(struct worker *w, unsigned n);
 uint64_t now_ns(void);
 
 
