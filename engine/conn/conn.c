@@ -49,7 +49,6 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <unistd.h>
 
 #include <wolfssl/options.h>
 #include <wolfssl/ssl.h>
@@ -124,7 +123,6 @@ static void
 free_slot(struct worker *w, struct conn *c)
 {
 	w->free_conns[w->nfree++] = c->idx;
-	w->accept_wanted = true;
 }
 
 static void
@@ -134,6 +132,7 @@ arm_recv(struct worker *w, struct conn *c, bool poll_first)
 	assert(!c->close_queued);
 	struct io_uring_sqe *sqe = worker_sqe(w);
 	io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
+	sqe->flags |= IOSQE_FIXED_FILE; /* c->fd is a direct descriptor */
 	/* The server speaks first, so the first receive would find nothing:
 	 * POLL_FIRST skips that attempt. liburing 2.3 has no buf_group
 	 * helper, so the group is set by hand. */
@@ -157,25 +156,51 @@ cancel_op(struct worker *w, struct conn *c, enum op op)
 	io_uring_sqe_set_data64(sqe, ud_make(OP_CANCEL, 0, 0, 0));
 }
 
-/* The ring closes the descriptor, in the same submission as the rest of
- * the loop's SQEs: no close(2) of its own. Only a failure answers. */
+/* What an OP_CLOSE CQE (only ever a failure) was about. */
+enum close_kind { CLOSE_FILE, CLOSE_REFUSAL_SEND };
+
+/* Direct descriptor fd leaves the ring's file table (close_direct, 5.15),
+ * in the same submission as the rest of the loop's SQEs. Its CQE tells
+ * the worker the table entry is free again (worker.h, files_open). */
+static void
+close_direct_prep(struct io_uring_sqe *sqe, int fd)
+{
+	io_uring_prep_close_direct(sqe, (unsigned)fd);
+	io_uring_sqe_set_data64(sqe, ud_make(OP_CLOSE, 0, CLOSE_FILE, (uint32_t)fd));
+}
+
 static void
 close_prep(struct io_uring_sqe *sqe, struct conn *c)
 {
-	io_uring_prep_close(sqe, c->fd);
-	sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
-	io_uring_sqe_set_data64(sqe, ud_make(OP_CLOSE, 0, 0, c->idx));
+	close_direct_prep(sqe, c->fd);
 	c->close_queued = true;
 }
 
-/* A close that failed (OP_CLOSE CQE): the descriptor is in an unknown
- * state, which is a bug in the bookkeeping here, not the client's doing. */
+/* An accepted socket that gets no connection (the worker is draining). */
 void
-conn_on_close_error(struct worker *w, struct io_uring_cqe *cqe)
+conn_close_direct(struct worker *w, int fd)
 {
-	(void)w;
-	log_err("closing a client connection's descriptor (slot %u): %s",
-		(unsigned)ud_idx(cqe->user_data), strerror(-cqe->res));
+	close_direct_prep(worker_sqe(w), fd);
+}
+
+/*
+ * An OP_CLOSE CQE. The 421 of a refusal answers only when it failed (the
+ * client left, its buffer is full): nothing to do, its close follows
+ * anyway. A close frees its table entry; one that failed leaves the entry
+ * in an unknown state: a bug in the bookkeeping here, not the client's
+ * doing, so the entry stays counted as taken.
+ */
+void
+conn_on_close(struct worker *w, struct io_uring_cqe *cqe)
+{
+	if (ud_kind(cqe->user_data) == CLOSE_REFUSAL_SEND)
+		return;
+	if (cqe->res < 0) {
+		log_err("closing a client connection's direct descriptor %u: %s",
+			(unsigned)ud_idx(cqe->user_data), strerror(-cqe->res));
+		return;
+	}
+	worker_file_closed(w);
 }
 
 /*
@@ -279,16 +304,15 @@ update_timer(struct worker *w, struct conn *c)
 		timer_set(w->wheel, &c->timer, d);
 }
 
-/* Returns false when the client is already gone (reset before we asked). */
-static bool
-peer_fill(struct conn *c)
+/* The client's address, as its accept brought it (no getpeername(2)). */
+static void
+peer_fill(struct conn *c, const struct sockaddr_storage *addr, socklen_t addrlen)
 {
-	socklen_t len = sizeof(c->peer.addr);
 	memset(&c->peer, 0, sizeof(c->peer));
-	if (getpeername(c->fd, (struct sockaddr *)&c->peer.addr, &len) < 0) {
-		snprintf(c->peer.addr_text, sizeof(c->peer.addr_text), "unknown");
-		return false;
-	}
+	if (addrlen > sizeof(c->peer.addr))
+		addrlen = sizeof(c->peer.addr);
+	memcpy(&c->peer.addr, addr, addrlen);
+	snprintf(c->peer.addr_text, sizeof(c->peer.addr_text), "unknown");
 	if (c->peer.addr.ss_family == AF_INET) {
 		const struct sockaddr_in *a = (const struct sockaddr_in *)&c->peer.addr;
 		inet_ntop(AF_INET, &a->sin_addr, c->peer.addr_text, sizeof(c->peer.addr_text));
@@ -300,7 +324,6 @@ peer_fill(struct conn *c)
 		inet_ntop(AF_INET6, &a->sin6_addr, c->peer.addr_text + 5, sizeof(c->peer.addr_text) - 5);
 		c->peer.port = ntohs(a->sin6_port);
 	}
-	return true;
 }
 
 static const struct mf_conn_ops conn_mf_ops;
@@ -422,20 +445,46 @@ conn_begin(struct worker *w, struct conn *c)
 	return true;
 }
 
+/* The worker's refusal line, for the current hostname. Called before any
+ * accept is armed and on reload, after the loop's SQEs went out: a send
+ * of the old text (MSG_DONTWAIT: copied at submission) is never left
+ * pointing at a rewritten buffer. */
 void
-conn_open(struct worker *w, int fd, unsigned listener)
+conn_refusal_text(struct worker *w)
+{
+	int n = snprintf(w->refuse, sizeof(w->refuse), "421 4.3.2 %s Error: too many connections\r\n",
+			 w->cfg->smtp.hostname);
+
+	assert(n > 0 && (size_t)n < sizeof(w->refuse));
+	w->refuse_len = (unsigned)n;
+}
+
+/*
+ * Every slot is taken: refuse politely rather than leave the client in
+ * the backlog. One non-blocking send of the line into the empty socket
+ * buffer (MSG_DONTWAIT: done at submission or not at all), the close
+ * hardlinked after it; neither answers unless it fails.
+ */
+static void
+conn_refuse(struct worker *w, int fd)
+{
+	worker_sq_reserve(w, 2);
+	struct io_uring_sqe *sqe = worker_sqe(w);
+	io_uring_prep_send(sqe, fd, w->refuse, w->refuse_len, MSG_DONTWAIT | MSG_NOSIGNAL);
+	sqe->flags |= IOSQE_FIXED_FILE | IOSQE_IO_HARDLINK | IOSQE_CQE_SKIP_SUCCESS;
+	io_uring_sqe_set_data64(sqe, ud_make(OP_CLOSE, 0, CLOSE_REFUSAL_SEND, (uint32_t)fd));
+	close_direct_prep(worker_sqe(w), fd);
+	w->stats.connections_refused++;
+}
+
+/* A client accepted on listener into direct descriptor fd, from addr. */
+void
+conn_open(struct worker *w, int fd, unsigned listener, const struct sockaddr_storage *addr,
+	  socklen_t addrlen)
 {
 	w->stats.connections_accepted++;
 	if (w->nfree == 0) {
-		/* Refuse politely rather than leave the client in the backlog:
-		 * a non-blocking send of one line into an empty socket buffer. */
-		char msg[SMTP_HOSTNAME_MAX + 64];
-		int n = snprintf(msg, sizeof(msg), "421 4.3.2 %s Error: too many connections\r\n",
-				 w->cfg->smtp.hostname);
-		ssize_t r = send(fd, msg, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL);
-		(void)r;
-		close(fd);
-		w->stats.connections_refused++;
+		conn_refuse(w, fd);
 		return;
 	}
 	uint32_t idx = w->free_conns[--w->nfree];
@@ -453,15 +502,7 @@ conn_open(struct worker *w, int fd, unsigned listener)
 	c->listener = (uint8_t)listener;
 	c->hold_head = c->hold_tail = HOLD_NONE;
 	c->t_connect = w->now;
-	if (!peer_fill(c)) {
-		/* Reset between accept and now: nobody to talk to, nothing to
-		 * log (and not an untrusted proxy). */
-		close(fd);
-		c->state = CONN_FREE;
-		free_slot(w, c);
-		w->stats.connections_closed++;
-		return;
-	}
+	peer_fill(c, addr, addrlen);
 	w->active++;
 	w->open_by_listener[c->listener]++;
 
@@ -884,6 +925,10 @@ conn_flush_all(struct worker *w)
 		size_t len = c->out.len;
 		if (c->tls != NULL) {
 			tls_encrypt_out(w, c);
+			if (c->eof) {
+				conn_after_io(w, c); /* the write failed: close */
+				continue;
+			}
 			/* The session is over: the alert goes out with its last
 			 * replies, in the same send and the same segment. */
 			if (!c->eof && (smtp_session_status(&c->session) & SMTP_ST_CLOSE))
@@ -915,6 +960,7 @@ conn_flush_all(struct worker *w)
 		if (last && c->session.counts.quit > 0)
 			flags |= MSG_MORE;
 		io_uring_prep_send(sqe, c->fd, p, len, flags);
+		sqe->flags |= IOSQE_FIXED_FILE;
 		io_uring_sqe_set_data64(sqe, ud_make(OP_SEND, c->gen, 0, c->idx));
 		if (last) {
 			/* The close follows the last reply in the kernel, with
@@ -1628,12 +1674,12 @@ tls_encrypt_out(struct worker *w, struct conn *c)
 		return;
 	}
 	/* Cannot happen with the room checked above; if it does, end the
-	 * connection: the recv CQE that shutdown(2) causes tears it down. */
+	 * connection (conn_flush_all tears it down). */
 	char why[160];
 	log_err("TLS write to [%s]:%u failed: %s", c->peer.addr_text, c->peer.port,
 		tls_io_strerror(err, why, sizeof why));
 	w->stats.tls_errors++;
 	c->logged_error = true;
 	c->out.len = 0;
-	shutdown(c->fd, SHUT_RDWR);
+	c->eof = true;
 }

@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
-"""test_conn_close - what a connection's end looks like on the wire
-(engine/conn/conn.c, the last send and the close linked to it): after the
-client's QUIT the 221 and the server's FIN arrive in one TCP segment,
-over TLS with the close_notify in it too; a 421 the server ends a session
-with while the client is still writing still reaches the client; the
-counts that log and metrics show stay right.
+"""test_conn_close - a connection's life as the client and the system see
+it (engine/conn/conn.c, engine/runtime/worker.c): after the client's QUIT
+the 221 and the server's FIN arrive in one TCP segment, over TLS with the
+close_notify in it too; a 421 the server ends a session with while the
+client is still writing still reaches the client; accepted sockets are
+direct descriptors (none in the process's descriptor table) whose
+client address comes with the accept; the counts stay right.
 
 Segments are counted on the client's socket (TCP_INFO tcpi_segs_in), so
 the checks see the server's packets, not its code.
@@ -18,7 +19,7 @@ import ssl
 import struct
 import tempfile
 
-from ringmx_harness import (Server, Suite, check, check_eq, free_port,
+from ringmx_harness import (Client, Server, Suite, check, check_eq, free_port, ipv6_available,
                             self_signed_cert, smtplib_send, wait_for)
 
 T = Suite(__file__)
@@ -150,6 +151,40 @@ def _():
     after = s.stats()
     check_eq(after["connections_accepted"] - before["connections_accepted"], 200, "accepted")
     check_eq(after["connections_closed"] - before["connections_closed"], 200, "closed")
+
+
+@T.test("accepted sockets are direct descriptors: 50 open connections add no entry to "
+        "ringmxd's descriptor table")
+def _():
+    s = srv()
+    fds = "/proc/%d/fd" % s.proc.pid
+    n0 = len(os.listdir(fds))
+    cs = [s.client() for _ in range(50)]
+    grew = len(os.listdir(fds)) - n0
+    for c in cs:
+        c.quit()
+        c.close()
+    check(grew < 5, "the descriptor table grew by %d with 50 connections open" % grew)
+
+
+@T.test("the client's address comes with its accept: 127.0.0.x sources, [::1]")
+def _():
+    s = srv()
+    for i in (2, 77, 254):
+        src = "127.0.0.%d" % i
+        with Client(s.port, source=src) as c:
+            c.quit()
+            line = s.wait_disconnect(c.local_port)
+            check("[%s]:%d " % (src, c.local_port) in line, line)
+    if not ipv6_available():
+        return
+    with Server(workers=1, listen=("::1",)) as s6:
+        with Client(s6.port, host="::1") as c:
+            c.ehlo()
+            c.cmd("MAIL FROM:<a@sender.test>").expect(250)
+            c.quit()
+            line = s6.wait_disconnect(c.local_port)
+            check("[IPv6:::1]:%d " % c.local_port in line, line)
 
 
 if __name__ == "__main__":
