@@ -63,7 +63,7 @@ enum op {
  * sockaddr of its own for the kernel to fill; a multishot accept would
  * write every client's address into one. More than the connections one
  * loop pass usually accepts, few enough to leave the backlog alone. */
-#define ACCEPT_DEPTH 16
+#define ACCEPT_DEPTH 8
 
 struct accept_slot {
 	struct sockaddr_storage addr;
