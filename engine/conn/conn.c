@@ -304,7 +304,8 @@ update_timer(struct worker *w, struct conn *c)
 		timer_set(w->wheel, &c->timer, d);
 }
 
-/* The client's address, as its accept brought it (no getpeername(2)). */
+/* The client's address, as its accept brought it (no getpeername(2)), and
+ * its text for Received: and the logs (the form a PROXY header's gets). */
 static void
 peer_fill(struct conn *c, const struct sockaddr_storage *addr, socklen_t addrlen)
 {
@@ -312,18 +313,8 @@ peer_fill(struct conn *c, const struct sockaddr_storage *addr, socklen_t addrlen
 	if (addrlen > sizeof(c->peer.addr))
 		addrlen = sizeof(c->peer.addr);
 	memcpy(&c->peer.addr, addr, addrlen);
-	snprintf(c->peer.addr_text, sizeof(c->peer.addr_text), "unknown");
-	if (c->peer.addr.ss_family == AF_INET) {
-		const struct sockaddr_in *a = (const struct sockaddr_in *)&c->peer.addr;
-		inet_ntop(AF_INET, &a->sin_addr, c->peer.addr_text, sizeof(c->peer.addr_text));
-		c->peer.port = ntohs(a->sin_port);
-	} else if (c->peer.addr.ss_family == AF_INET6) {
-		const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&c->peer.addr;
-		/* RFC 5321 4.1.3 IPv6 address literal form, as Received: wants. */
-		memcpy(c->peer.addr_text, "IPv6:", 5);
-		inet_ntop(AF_INET6, &a->sin6_addr, c->peer.addr_text + 5, sizeof(c->peer.addr_text) - 5);
-		c->peer.port = ntohs(a->sin6_port);
-	}
+	proxy_addr_text((const struct sockaddr *)&c->peer.addr, c->peer.addr_text,
+			sizeof(c->peer.addr_text), &c->peer.port);
 }
 
 static const struct mf_conn_ops conn_mf_ops;
