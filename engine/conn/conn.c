@@ -156,7 +156,8 @@ cancel_op(struct worker *w, struct conn *c, enum op op)
 	io_uring_sqe_set_data64(sqe, ud_make(OP_CANCEL, 0, 0, 0));
 }
 
-/* What an OP_CLOSE CQE (only ever a failure) was about. */
+/* What an OP_CLOSE CQE is about: a close (always answers) or the send of
+ * a refusal (answers only when it failed). */
 enum close_kind { CLOSE_FILE, CLOSE_REFUSAL_SEND };
 
 /* Direct descriptor fd leaves the ring's file table (close_direct, 5.15),
