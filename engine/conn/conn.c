@@ -49,7 +49,6 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <unistd.h>
 
 #include <wolfssl/options.h>
 #include <wolfssl/ssl.h>
@@ -124,14 +123,16 @@ static void
 free_slot(struct worker *w, struct conn *c)
 {
 	w->free_conns[w->nfree++] = c->idx;
-	w->accept_wanted = true;
 }
 
 static void
 arm_recv(struct worker *w, struct conn *c, bool poll_first)
 {
+	/* After the close is queued the descriptor may name another socket. */
+	assert(!c->close_queued);
 	struct io_uring_sqe *sqe = worker_sqe(w);
 	io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
+	sqe->flags |= IOSQE_FIXED_FILE; /* c->fd is a direct descriptor */
 	/* The server speaks first, so the first receive would find nothing:
 	 * POLL_FIRST skips that attempt. liburing 2.3 has no buf_group
 	 * helper, so the group is set by hand. */
@@ -149,7 +150,58 @@ cancel_op(struct worker *w, struct conn *c, enum op op)
 {
 	struct io_uring_sqe *sqe = worker_sqe(w);
 	io_uring_prep_cancel64(sqe, ud_make(op, c->gen, 0, c->idx), 0);
+	/* CQE_SKIP_SUCCESS (5.17): the cancelled request's own CQE says all
+	 * there is to know; only a cancel that found nothing answers. */
+	sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
 	io_uring_sqe_set_data64(sqe, ud_make(OP_CANCEL, 0, 0, 0));
+}
+
+/* What an OP_CLOSE CQE is about: a close (always answers) or the send of
+ * a refusal (answers only when it failed). */
+enum close_kind { CLOSE_FILE, CLOSE_REFUSAL_SEND };
+
+/* Direct descriptor fd leaves the ring's file table (close_direct, 5.15),
+ * in the same submission as the rest of the loop's SQEs. Its CQE tells
+ * the worker the table entry is free again (worker.h, files_open). */
+static void
+close_direct_prep(struct io_uring_sqe *sqe, int fd)
+{
+	io_uring_prep_close_direct(sqe, (unsigned)fd);
+	io_uring_sqe_set_data64(sqe, ud_make(OP_CLOSE, 0, CLOSE_FILE, (uint32_t)fd));
+}
+
+static void
+close_prep(struct io_uring_sqe *sqe, struct conn *c)
+{
+	close_direct_prep(sqe, c->fd);
+	c->close_queued = true;
+}
+
+/* An accepted socket that gets no connection (the worker is draining). */
+void
+conn_close_direct(struct worker *w, int fd)
+{
+	close_direct_prep(worker_sqe(w), fd);
+}
+
+/*
+ * An OP_CLOSE CQE. The 421 of a refusal answers only when it failed (the
+ * client left, its buffer is full): nothing to do, its close follows
+ * anyway. A close frees its table entry; one that failed leaves the entry
+ * in an unknown state: a bug in the bookkeeping here, not the client's
+ * doing, so the entry stays counted as taken.
+ */
+void
+conn_on_close(struct worker *w, struct io_uring_cqe *cqe)
+{
+	if (ud_kind(cqe->user_data) == CLOSE_REFUSAL_SEND)
+		return;
+	if (cqe->res < 0) {
+		log_err("closing a client connection's direct descriptor %u: %s",
+			(unsigned)ud_idx(cqe->user_data), strerror(-cqe->res));
+		return;
+	}
+	worker_file_closed(w);
 }
 
 /*
@@ -253,28 +305,17 @@ update_timer(struct worker *w, struct conn *c)
 		timer_set(w->wheel, &c->timer, d);
 }
 
-/* Returns false when the client is already gone (reset before we asked). */
-static bool
-peer_fill(struct conn *c)
+/* The client's address, as its accept brought it (no getpeername(2)), and
+ * its text for Received: and the logs (the form a PROXY header's gets). */
+static void
+peer_fill(struct conn *c, const struct sockaddr_storage *addr, socklen_t addrlen)
 {
-	socklen_t len = sizeof(c->peer.addr);
 	memset(&c->peer, 0, sizeof(c->peer));
-	if (getpeername(c->fd, (struct sockaddr *)&c->peer.addr, &len) < 0) {
-		snprintf(c->peer.addr_text, sizeof(c->peer.addr_text), "unknown");
-		return false;
-	}
-	if (c->peer.addr.ss_family == AF_INET) {
-		const struct sockaddr_in *a = (const struct sockaddr_in *)&c->peer.addr;
-		inet_ntop(AF_INET, &a->sin_addr, c->peer.addr_text, sizeof(c->peer.addr_text));
-		c->peer.port = ntohs(a->sin_port);
-	} else if (c->peer.addr.ss_family == AF_INET6) {
-		const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&c->peer.addr;
-		/* RFC 5321 4.1.3 IPv6 address literal form, as Received: wants. */
-		memcpy(c->peer.addr_text, "IPv6:", 5);
-		inet_ntop(AF_INET6, &a->sin6_addr, c->peer.addr_text + 5, sizeof(c->peer.addr_text) - 5);
-		c->peer.port = ntohs(a->sin6_port);
-	}
-	return true;
+	if (addrlen > sizeof(c->peer.addr))
+		addrlen = sizeof(c->peer.addr);
+	memcpy(&c->peer.addr, addr, addrlen);
+	proxy_addr_text((const struct sockaddr *)&c->peer.addr, c->peer.addr_text,
+			sizeof(c->peer.addr_text), &c->peer.port);
 }
 
 static const struct mf_conn_ops conn_mf_ops;
@@ -396,20 +437,46 @@ conn_begin(struct worker *w, struct conn *c)
 	return true;
 }
 
+/* The worker's refusal line, for the current hostname. Called before any
+ * accept is armed and on reload, after the loop's SQEs went out: a send
+ * of the old text (MSG_DONTWAIT: copied at submission) is never left
+ * pointing at a rewritten buffer. */
 void
-conn_open(struct worker *w, int fd, unsigned listener)
+conn_refusal_text(struct worker *w)
+{
+	int n = snprintf(w->refuse, sizeof(w->refuse), "421 4.3.2 %s Error: too many connections\r\n",
+			 w->cfg->smtp.hostname);
+
+	assert(n > 0 && (size_t)n < sizeof(w->refuse));
+	w->refuse_len = (unsigned)n;
+}
+
+/*
+ * Every slot is taken: refuse politely rather than leave the client in
+ * the backlog. One non-blocking send of the line into the empty socket
+ * buffer (MSG_DONTWAIT: done at submission or not at all), the close
+ * hardlinked after it; neither answers unless it fails.
+ */
+static void
+conn_refuse(struct worker *w, int fd)
+{
+	worker_sq_reserve(w, 2);
+	struct io_uring_sqe *sqe = worker_sqe(w);
+	io_uring_prep_send(sqe, fd, w->refuse, w->refuse_len, MSG_DONTWAIT | MSG_NOSIGNAL);
+	sqe->flags |= IOSQE_FIXED_FILE | IOSQE_IO_HARDLINK | IOSQE_CQE_SKIP_SUCCESS;
+	io_uring_sqe_set_data64(sqe, ud_make(OP_CLOSE, 0, CLOSE_REFUSAL_SEND, (uint32_t)fd));
+	close_direct_prep(worker_sqe(w), fd);
+	w->stats.connections_refused++;
+}
+
+/* A client accepted on listener into direct descriptor fd, from addr. */
+void
+conn_open(struct worker *w, int fd, unsigned listener, const struct sockaddr_storage *addr,
+	  socklen_t addrlen)
 {
 	w->stats.connections_accepted++;
 	if (w->nfree == 0) {
-		/* Refuse politely rather than leave the client in the backlog:
-		 * a non-blocking send of one line into an empty socket buffer. */
-		char msg[SMTP_HOSTNAME_MAX + 64];
-		int n = snprintf(msg, sizeof(msg), "421 4.3.2 %s Error: too many connections\r\n",
-				 w->cfg->smtp.hostname);
-		ssize_t r = send(fd, msg, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL);
-		(void)r;
-		close(fd);
-		w->stats.connections_refused++;
+		conn_refuse(w, fd);
 		return;
 	}
 	uint32_t idx = w->free_conns[--w->nfree];
@@ -427,15 +494,7 @@ conn_open(struct worker *w, int fd, unsigned listener)
 	c->listener = (uint8_t)listener;
 	c->hold_head = c->hold_tail = HOLD_NONE;
 	c->t_connect = w->now;
-	if (!peer_fill(c)) {
-		/* Reset between accept and now: nobody to talk to, nothing to
-		 * log (and not an untrusted proxy). */
-		close(fd);
-		c->state = CONN_FREE;
-		free_slot(w, c);
-		w->stats.connections_closed++;
-		return;
-	}
+	peer_fill(c, addr, addrlen);
 	w->active++;
 	w->open_by_listener[c->listener]++;
 
@@ -685,12 +744,27 @@ conn_on_send(struct worker *w, struct conn *c, int res)
 		memmove(c->out.buf, c->out.buf + sent, c->out.len - sent);
 		c->out.len -= sent;
 	}
+	/* The last send, and the close linked to it: whatever it left unsent
+	 * can no longer go out (conn_after_io drops it). */
+	if (c->close_queued && pending_out(c) > 0)
+		c->eof = true;
 	/* STARTTLS: the 220 is out, so what comes next is the ClientHello. */
 	if (c->stage == CONN_STAGE_STARTTLS && c->out.len == 0 && c->state == CONN_OPEN && !c->eof)
 		tls_begin(w, c);
 	if (c->state == CONN_OPEN && !c->eof)
 		conn_input(w, c);
 	conn_after_io(w, c);
+}
+
+/* TLS: say close_notify (RFC 8446 6.1) before closing, once every reply
+ * is encrypted: wolfSSL appends the alert to the ciphertext block. */
+static void
+tls_notify(struct conn *c)
+{
+	if (c->tls != NULL && c->tls->io.done && !c->tls->notify_sent && c->out.len == 0) {
+		c->tls->notify_sent = true;
+		wolfSSL_shutdown(c->tls->io.ssl);
+	}
 }
 
 /* After anything happened to c: schedule the flush, move the timer, and
@@ -712,11 +786,7 @@ conn_after_io(struct worker *w, struct conn *c)
 				c->tls->io.out_len = 0;
 		} else if ((smtp_session_status(&c->session) & SMTP_ST_CLOSE) && pending_out(c) == 0 &&
 			   !c->send_inflight) {
-			/* TLS: say close_notify (RFC 8446 6.1) before closing. */
-			if (c->tls != NULL && c->tls->io.done && !c->tls->notify_sent) {
-				c->tls->notify_sent = true;
-				wolfSSL_shutdown(c->tls->io.ssl);
-			}
+			tls_notify(c);
 			if (pending_out(c) == 0)
 				c->state = CONN_CLOSING;
 		}
@@ -793,7 +863,8 @@ conn_teardown(struct worker *w, struct conn *c)
 		mf_conn_close(c->mf);
 	c->mf = NULL;
 	policy_conn_close(&w->policy, &c->pol);
-	close(c->fd);
+	if (!c->close_queued)
+		close_prep(worker_sqe(w), c);
 	c->fd = -1;
 	c->out.len = 0;
 	out_release(w, c);
@@ -812,6 +883,22 @@ conn_teardown(struct worker *w, struct conn *c)
 
 static void tls_encrypt_out(struct worker *w, struct conn *c);
 
+/*
+ * The send about to go out is the connection's last: the session is over
+ * (QUIT, a 421) and this send carries everything it will ever write, TLS
+ * included (the close_notify is already queued, or there is no TLS
+ * session to end). conn_after_io() would tear down once it completed.
+ */
+static bool
+last_send(const struct conn *c)
+{
+	if (c->eof || !(smtp_session_status(&c->session) & SMTP_ST_CLOSE))
+		return false;
+	if (c->tls == NULL)
+		return true;
+	return c->out.len == 0 && (c->tls->notify_sent || !c->tls->io.done);
+}
+
 void
 conn_flush_all(struct worker *w)
 {
@@ -824,22 +911,57 @@ conn_flush_all(struct worker *w)
 				free_slot(w, c);
 			continue;
 		}
-		if (c->send_inflight)
+		if (c->send_inflight || c->close_queued)
 			continue;
 		const char *p = c->out.buf;
 		size_t len = c->out.len;
 		if (c->tls != NULL) {
 			tls_encrypt_out(w, c);
+			if (c->eof) {
+				conn_after_io(w, c); /* the write failed: close */
+				continue;
+			}
+			/* The session is over: the alert goes out with its last
+			 * replies, in the same send and the same segment. */
+			if (!c->eof && (smtp_session_status(&c->session) & SMTP_ST_CLOSE))
+				tls_notify(c);
 			p = c->tls->io.out;
 			len = c->tls->io.out_len;
 		}
 		if (len == 0)
 			continue;
+		bool last = last_send(c);
+		if (last)
+			worker_sq_reserve(w, 3);
+		if (last && c->recv_armed && !c->recv_cancel) {
+			/* Nothing more is read: end the receive now, in the
+			 * same submission, not after the send completed. */
+			c->recv_cancel = true;
+			cancel_op(w, c, OP_RECV);
+		}
 		struct io_uring_sqe *sqe = worker_sqe(w);
 		/* MSG_WAITALL: the kernel retries a short send itself, so a
 		 * completion normally means everything went out. */
-		io_uring_prep_send(sqe, c->fd, p, len, MSG_NOSIGNAL | MSG_WAITALL);
+		int flags = MSG_NOSIGNAL | MSG_WAITALL;
+		/* After the client's QUIT: MSG_MORE holds the 221 back until
+		 * the linked close adds the FIN to it, one segment instead of
+		 * two (and one ACK less). Not when the server ends the session
+		 * (421s): that client may still be sending, and a close with
+		 * unread input resets the connection, which would throw the
+		 * held reply away unsent. */
+		if (last && c->session.counts.quit > 0)
+			flags |= MSG_MORE;
+		io_uring_prep_send(sqe, c->fd, p, len, flags);
+		sqe->flags |= IOSQE_FIXED_FILE;
 		io_uring_sqe_set_data64(sqe, ud_make(OP_SEND, c->gen, 0, c->idx));
+		if (last) {
+			/* The close follows the last reply in the kernel, with
+			 * no loop iteration between them. HARDLINK: it runs
+			 * however the send ends (an error, or the cancel of a
+			 * send the client does not read, at close_deadline). */
+			sqe->flags |= IOSQE_IO_HARDLINK;
+			close_prep(worker_sqe(w), c);
+		}
 		c->send_inflight = true;
 		c->send_len = len;
 		c->send_t0 = w->now;
@@ -865,7 +987,7 @@ conn_rearm_all(struct worker *w)
 			continue;
 		}
 		if (c->state != CONN_OPEN || c->eof || c->recv_armed || !c->recv_wanted ||
-		    c->nheld >= CONN_HOLD_MAX)
+		    c->nheld >= CONN_HOLD_MAX || c->close_queued)
 			continue;
 		if (budget == 0) {
 			c->in_rearm = true;
@@ -1544,12 +1666,12 @@ tls_encrypt_out(struct worker *w, struct conn *c)
 		return;
 	}
 	/* Cannot happen with the room checked above; if it does, end the
-	 * connection: the recv CQE that shutdown(2) causes tears it down. */
+	 * connection (conn_flush_all tears it down). */
 	char why[160];
 	log_err("TLS write to [%s]:%u failed: %s", c->peer.addr_text, c->peer.port,
 		tls_io_strerror(err, why, sizeof why));
 	w->stats.tls_errors++;
 	c->logged_error = true;
 	c->out.len = 0;
-	shutdown(c->fd, SHUT_RDWR);
+	c->eof = true;
 }

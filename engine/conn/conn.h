@@ -20,6 +20,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 #include "ringmx/sink.h"
 #include "ringmx/smtp.h"
@@ -109,7 +110,7 @@ struct conn {
 	struct worker *w;
 	uint32_t idx;
 	uint32_t gen;
-	int fd;
+	int fd; /* a direct descriptor: an index into the ring's file table */
 	uint8_t state;
 	uint8_t listener;
 	bool recv_armed;    /* a multishot recv is in the kernel */
@@ -117,7 +118,7 @@ struct conn {
 	bool recv_cancel;   /* cancel requested for backpressure */
 	bool eof;           /* the client closed its side */
 	bool send_inflight;
-	bool shut;          /* shutdown(2) issued during teardown */
+	bool close_queued;  /* the ring closes fd (linked after the last send) */
 	bool in_flush;      /* on the worker's flush list */
 	bool in_rearm;      /* on the worker's re-arm list */
 	bool logged_error;  /* the reason for an abnormal close is logged */
@@ -155,9 +156,13 @@ struct conn {
 };
 
 /* conn.c */
-void conn_open(struct worker *w, int fd, unsigned listener);
+void conn_open(struct worker *w, int fd, unsigned listener, const struct sockaddr_storage *addr,
+	       socklen_t addrlen);
+void conn_close_direct(struct worker *w, int fd);
+void conn_refusal_text(struct worker *w);
 void conn_on_recv(struct worker *w, struct conn *c, struct io_uring_cqe *cqe);
 void conn_on_send(struct worker *w, struct conn *c, int res);
+void conn_on_close(struct worker *w, struct io_uring_cqe *cqe);
 void conn_flush_all(struct worker *w);
 void conn_rearm_all(struct worker *w);
 void conn_on_timer(struct timer_node *n, void *arg);

@@ -1,6 +1,7 @@
 /*
- * worker.c - the per-core event loop: ring set-up, listeners, multishot
- * accept, wake-ups from the main thread, and the loop itself
+ * worker.c - the per-core event loop: ring set-up, listeners, accepts
+ * (into the ring's file table, with the client's address), wake-ups from
+ * the main thread, and the loop itself
  * (submit_and_wait_timeout -> for_each_cqe -> one cq_advance -> timers ->
  * flush replies and re-arm receives -> publish returned buffers).
  *
@@ -23,6 +24,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -137,19 +139,78 @@ worker_sqe(struct worker *w)
 	return sqe;
 }
 
+/* Room for n SQEs that must go to the kernel in one submission (a link
+ * chain): an implicit submit between them would cut the chain. */
+void
+worker_sq_reserve(struct worker *w, unsigned n)
+{
+	while (io_uring_sq_space_left(&w->ring) < n) {
+		int r = io_uring_submit(&w->ring);
+		if (r < 0 && r != -EAGAIN && r != -EBUSY && r != -EINTR)
+			panic("io_uring_submit: %s", strerror(-r));
+	}
+}
+
 static struct io_uring_sqe *
 spool_get_sqe(void *ctx)
 {
 	return worker_sqe(ctx);
 }
 
+#ifndef IORING_ACCEPT_POLL_FIRST
+#define IORING_ACCEPT_POLL_FIRST (1U << 2) /* 6.10; liburing 2.3 predates it */
+#endif
+
+/*
+ * Accept slot j of listener i: straight into the ring's file table
+ * (IORING_FILE_INDEX_ALLOC, 5.19; liburing 2.3's helper adds one to the
+ * index it is given, hence the - 1), the client's address into the slot.
+ * ACCEPT_POLL_FIRST (6.10): a re-armed accept usually finds the backlog
+ * empty, and an accept that finds nothing has already allocated (and now
+ * frees) a socket, an inode and a file; with it the kernel waits for a
+ * client first. Older kernels refuse the flag (EINVAL, on_accept).
+ */
 static void
-arm_accept(struct worker *w, unsigned i)
+arm_accept(struct worker *w, unsigned i, unsigned j)
 {
+	struct accept_slot *a = &w->accepts[i][j];
 	struct io_uring_sqe *sqe = worker_sqe(w);
-	io_uring_prep_multishot_accept(sqe, w->listen_fd[i], NULL, NULL, SOCK_CLOEXEC);
-	io_uring_sqe_set_data64(sqe, ud_make(OP_ACCEPT, 0, 0, i));
-	w->accept_armed[i] = true;
+
+	assert(!a->armed && w->files_open + w->accepts_armed < w->nfiles);
+	a->addrlen = sizeof(a->addr);
+	io_uring_prep_accept_direct(sqe, w->listen_fd[i], (struct sockaddr *)&a->addr, &a->addrlen,
+				    0, IORING_FILE_INDEX_ALLOC - 1);
+	if (!w->accept_no_poll_first)
+		sqe->ioprio |= IORING_ACCEPT_POLL_FIRST;
+	io_uring_sqe_set_data64(sqe, ud_make(OP_ACCEPT, 0, j, i));
+	a->armed = true;
+	w->accepts_armed++;
+}
+
+/* Room in the file table for one more accept in flight (worker.h). */
+static bool
+accept_room(const struct worker *w)
+{
+	return w->files_open + w->accepts_armed < w->nfiles;
+}
+
+/* A close CQE: its table entry is free; an accept held back for want of
+ * one is armed on this loop pass. */
+void
+worker_file_closed(struct worker *w)
+{
+	assert(w->files_open > 0);
+	w->files_open--;
+	w->accept_wanted = true;
+}
+
+static bool
+accepts_armed(const struct worker *w, size_t i)
+{
+	for (unsigned j = 0; j < ACCEPT_DEPTH; j++)
+		if (w->accepts[i][j].armed)
+			return true;
+	return false;
 }
 
 static void
@@ -165,7 +226,7 @@ stop_accepting(struct worker *w)
 {
 	bool cancels = false;
 	for (size_t i = 0; i < w->nlisteners; i++) {
-		if (w->listen_fd[i] >= 0 && w->accept_armed[i]) {
+		if (w->listen_fd[i] >= 0 && accepts_armed(w, i)) {
 			struct io_uring_sqe *sqe = worker_sqe(w);
 			io_uring_prep_cancel_fd(sqe, w->listen_fd[i], IORING_ASYNC_CANCEL_ALL);
 			io_uring_sqe_set_data64(sqe, ud_make(OP_CANCEL, 0, 0, 0));
@@ -173,8 +234,8 @@ stop_accepting(struct worker *w)
 		}
 	}
 	/* The cancels look the descriptors up, so they must reach the kernel
-	 * before the descriptors are closed; otherwise the multishot accepts
-	 * stay armed and keep taking (and dropping) connections. */
+	 * before the descriptors are closed; otherwise the accepts stay
+	 * armed and keep taking (and dropping) connections. */
 	if (cancels)
 		io_uring_submit(&w->ring);
 	for (size_t i = 0; i < w->nlisteners; i++) {
@@ -193,20 +254,39 @@ stop_accepting(struct worker *w)
 static void
 on_accept(struct worker *w, struct io_uring_cqe *cqe)
 {
-	unsigned i = ud_idx(cqe->user_data);
-	if (!(cqe->flags & IORING_CQE_F_MORE))
-		w->accept_armed[i] = false;
+	unsigned i = ud_idx(cqe->user_data), j = ud_kind(cqe->user_data);
+	struct accept_slot *a = &w->accepts[i][j];
+
+	assert(i < w->nlisteners && j < ACCEPT_DEPTH && a->armed && w->accepts_armed > 0);
+	a->armed = false;
+	w->accepts_armed--;
 	if (cqe->res >= 0) {
+		w->files_open++;
 		if (w->draining) {
-			close(cqe->res);
+			conn_close_direct(w, cqe->res);
 			return;
 		}
-		conn_open(w, cqe->res, i);
-	} else if (cqe->res != -ECANCELED && cqe->res != -EINVAL) {
-		/* EMFILE/ENFILE/ENOMEM end the multishot; it is re-armed on
-		 * the next tick, not in a tight loop. The clients wait in the
-		 * backlog meanwhile: nothing is refused, so this is counted
-		 * apart, and logged at most every ACCEPT_ERROR_LOG_NS. */
+		conn_open(w, cqe->res, i, &a->addr, a->addrlen);
+		/* At once, so the accepts in flight stay ACCEPT_DEPTH; with
+		 * every slot taken the next client still gets its 421. */
+		if (accept_room(w))
+			arm_accept(w, i, j);
+		else
+			w->accept_wanted = true;
+		return;
+	}
+	if (cqe->res == -EINVAL && !w->draining && !w->accept_no_poll_first) {
+		/* A kernel before 6.10 (IORING_ACCEPT_POLL_FIRST): without. */
+		w->accept_no_poll_first = true;
+		w->accept_wanted = true;
+		return;
+	}
+	if (cqe->res != -ECANCELED && cqe->res != -EINVAL) {
+		/* ENOMEM, or ENFILE (a full file table, which accept_room()
+		 * keeps from happening): re-armed on the next tick, not in a
+		 * tight loop. The clients wait in the backlog meanwhile:
+		 * nothing is refused, so this is counted apart, and logged at
+		 * most every ACCEPT_ERROR_LOG_NS. */
 		w->stats.accept_errors++;
 		if (w->now >= w->accept_error_logged + ACCEPT_ERROR_LOG_NS) {
 			w->accept_error_logged = w->now;
@@ -215,22 +295,27 @@ on_accept(struct worker *w, struct io_uring_cqe *cqe)
 				 w->cfg->listeners[i].text, strerror(-cqe->res));
 		}
 	}
-	if (!w->accept_armed[i] && !w->draining) {
+	if (!w->draining) {
 		w->accept_wanted = true;
-		if (cqe->res < 0)
-			w->accept_retry_at = w->now + TIMER_TICK_NS;
+		w->accept_retry_at = w->now + TIMER_TICK_NS;
 	}
 }
 
+/* Every accept slot that is not in flight, while the table has room. */
 static void
 rearm_accepts(struct worker *w)
 {
-	if (!w->accept_wanted || w->draining || w->nfree == 0 || w->now < w->accept_retry_at)
+	if (!w->accept_wanted || w->draining || w->now < w->accept_retry_at)
 		return;
 	w->accept_wanted = false;
 	for (size_t i = 0; i < w->nlisteners; i++)
-		if (!w->accept_armed[i] && w->listen_fd[i] >= 0)
-			arm_accept(w, (unsigned)i);
+		for (unsigned j = 0; j < ACCEPT_DEPTH && w->listen_fd[i] >= 0; j++) {
+			if (w->accepts[i][j].armed)
+				continue;
+			if (!accept_room(w))
+				return; /* worker_file_closed() asks again */
+			arm_accept(w, (unsigned)i, j);
+		}
 }
 
 static void
@@ -304,6 +389,9 @@ switch_config(struct worker *w, const struct config *cfg)
 			log_err("%s; keeping the previous servers", err);
 	}
 	tls_reload(w, cfg);
+	/* A refusal's send queued this pass reads the line at submission. */
+	io_uring_submit(&w->ring);
+	conn_refusal_text(w);
 	if (w->spool != NULL)
 		spool_set_conf(w->spool, cfg);
 	if (w->relay != NULL)
@@ -365,6 +453,9 @@ handle_cqe(struct worker *w, struct io_uring_cqe *cqe)
 		return;
 	case OP_CANCEL:
 		return; /* -ENOENT/-EALREADY: the target finished on its own */
+	case OP_CLOSE:
+		conn_on_close(w, cqe);
+		return;
 	case OP_SPOOL:
 		spool_on_cqe(w->spool, cqe);
 		return;
@@ -404,6 +495,37 @@ handle_cqe(struct worker *w, struct io_uring_cqe *cqe)
 	panic("unknown CQE op %u (user_data %llx)", (unsigned)ud_op(ud), (unsigned long long)ud);
 }
 
+/*
+ * The ring's file table for accepted sockets (a sparse registration,
+ * 5.19): direct descriptors cost no process descriptor, no fget/fput per
+ * recv and send, and close with an SQE. Every connection slot, plus as
+ * many again for sockets whose close is still queued and for refusals in
+ * flight (a full table only delays accepts: ENFILE, retried). The kernel
+ * refuses a table larger than RLIMIT_NOFILE, or than 1 << 20 entries.
+ */
+static int
+files_init(struct worker *w)
+{
+	struct rlimit rl;
+	uint64_t n = 2 * (uint64_t)w->nconns + (uint64_t)ACCEPT_DEPTH * w->nlisteners;
+
+	if (n > (1u << 20))
+		n = 1u << 20;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < n)
+		n = rl.rlim_cur;
+	int r = io_uring_register_files_sparse(&w->ring, (unsigned)n);
+	if (r < 0) {
+		io_uring_queue_exit(&w->ring);
+		return r;
+	}
+	w->nfiles = (unsigned)n;
+	if (n < w->nconns)
+		log_warn("open file limit %llu caps the ring's file table below max_connections "
+			 "(%u): accepts past it wait (raise the limit, or lower max_connections)",
+			 (unsigned long long)n, w->nconns);
+	return 0;
+}
+
 static int
 ring_init(struct worker *w)
 {
@@ -441,7 +563,7 @@ ring_init(struct worker *w)
 		return -EOPNOTSUPP;
 	}
 	io_uring_register_ring_fd(&w->ring); /* best effort: saves an fget per enter */
-	return 0;
+	return files_init(w);
 }
 
 static int
@@ -810,9 +932,9 @@ worker_main(void *arg)
 			panic("%s", err);
 	}
 	atomic_store(&w->ctl.cfg_ack, w->cfg);
+	conn_refusal_text(w);
 
-	for (size_t i = 0; i < w->nlisteners; i++)
-		arm_accept(w, (unsigned)i);
+	w->accept_wanted = true; /* rearm_accepts() arms them, in the table's room */
 	arm_wake(w);
 	atomic_store(&w->started, 1);
 

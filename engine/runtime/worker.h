@@ -22,6 +22,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 #include "bufring.h"
 #include "conn.h"
@@ -43,18 +44,34 @@
 #include "ud.h"
 
 enum op {
-	OP_ACCEPT = 1, /* idx = listener */
+	OP_ACCEPT = 1, /* idx = listener, kind = its accept slot */
 	OP_RECV,       /* idx = conn */
 	OP_SEND,       /* idx = conn */
 	OP_WAKE,       /* eventfd read from the main thread */
-	OP_CANCEL,     /* async cancel; result only logged */
+	OP_CANCEL,     /* async cancel; its result is not needed */
 	OP_SPOOL,      /* spool write/fsync; kind and idx: spool.c */
 	OP_RELAY,      /* outbound connections, journal; gen/kind/idx: relay */
 	OP_DNS,        /* the resolver's socket polls; gen/kind/idx: dns.c */
 	OP_MILTER,     /* milter conversations; gen/kind/idx: milter_io.c */
 	OP_JETSTREAM,  /* the jetstream sink's eventfds; kind: js_sink.c */
+	OP_CLOSE,      /* a direct descriptor's close (idx), or a refusal's 421 (kind) */
 };
 
+
+/* Accepts in flight per listener. Each is a single-shot accept that brings
+ * its client's address (no getpeername(2) per connection), so each needs a
+ * sockaddr of its own for the kernel to fill; a multishot accept would
+ * write every client's address into one. About what one loop pass
+ * accepts under churn: accepts submitted together for fewer waiting
+ * clients all find the listener ready, and each one too many allocates
+ * and frees a socket for nothing (16: 0.12 sockets per connection). */
+#define ACCEPT_DEPTH 8
+
+struct accept_slot {
+	struct sockaddr_storage addr;
+	socklen_t addrlen;
+	bool armed;
+};
 
 /* Written by the main thread, read by the worker after an eventfd wake. */
 struct worker_ctl {
@@ -80,8 +97,9 @@ struct worker {
 	uint32_t *hold_len;  /* per buffer id: bytes the kernel put there */
 
 	int listen_fd[CONFIG_MAX_LISTENERS];
-	bool accept_armed[CONFIG_MAX_LISTENERS];
-	bool accept_wanted; /* re-arm accepts when slots free up */
+	struct accept_slot accepts[CONFIG_MAX_LISTENERS][ACCEPT_DEPTH];
+	bool accept_wanted; /* accept slots to re-arm (an error, a full file table) */
+	bool accept_no_poll_first; /* the kernel refused IORING_ACCEPT_POLL_FIRST */
 	uint64_t accept_retry_at; /* after an accept error, not before this */
 	uint64_t accept_error_logged; /* when the last accept error was logged */
 	size_t nlisteners;
@@ -92,6 +110,22 @@ struct worker {
 	uint32_t nconns;
 	uint32_t active;
 	uint32_t open_by_listener[CONFIG_MAX_LISTENERS]; /* of active (metrics gauge) */
+
+	/* Accepted sockets are direct descriptors (the ring's registered
+	 * file table, nfiles entries), never in the process's table.
+	 * files_open: entries taken (accepted, close CQE not yet seen), and
+	 * accepts_armed: accepts in flight, each of which may take one. An
+	 * accept that finds the table full has already taken its client off
+	 * the backlog and can only drop it, so accepts are armed only while
+	 * files_open + accepts_armed < nfiles: past that, clients wait in the
+	 * backlog, as with a full process descriptor table. */
+	unsigned nfiles;
+	unsigned files_open;
+	unsigned accepts_armed;
+	/* "421 4.3.2 ... too many connections", sent from here by the ring
+	 * when no slot is free (conn.c: conn_refusal_text). */
+	char refuse[SMTP_HOSTNAME_MAX + 64];
+	unsigned refuse_len;
 
 	char *outmem; /* nconns * CONN_OUT_SIZE, mapped, touched lazily */
 	char **free_out;
@@ -144,6 +178,8 @@ int worker_setup_listeners(struct worker *w, const struct config *cfg, char *err
 void *worker_main(void *arg);
 void worker_wake(struct worker *w);
 struct io_uring_sqe *worker_sqe(struct worker *w);
+void worker_sq_reserve(struct worker *w, unsigned n);
+void worker_file_closed(struct worker *w);
 uint64_t now_ns(void);
 
 

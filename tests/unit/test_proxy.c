@@ -812,6 +812,19 @@ test_addr_text(void **state)
 	assert_int_equal(proxy_addr_text((struct sockaddr *)&ss, t, sizeof(t), &port), 0);
 	assert_string_equal(t, "127.0.0.1");
 	assert_int_equal(port, 2525);
+	/* The hand-made dotted quad against inet_ntop(), every digit count
+	 * in every position. */
+	static const uint8_t oct[] = {0, 1, 9, 10, 42, 99, 100, 101, 199, 200, 250, 255};
+	for (size_t i = 0; i < 4 * sizeof(oct); i++) {
+		uint8_t b[4] = {oct[i % sizeof(oct)], oct[(i * 5 + 1) % sizeof(oct)],
+				oct[(i * 7 + 2) % sizeof(oct)], oct[(i / 4) % sizeof(oct)]};
+		char want[INET_ADDRSTRLEN];
+
+		memcpy(&s4->sin_addr, b, 4);
+		inet_ntop(AF_INET, &s4->sin_addr, want, sizeof(want));
+		assert_int_equal(proxy_addr_text((struct sockaddr *)&ss, t, sizeof(t), NULL), 0);
+		assert_string_equal(t, want);
+	}
 
 	memset(&ss, 0, sizeof(ss));
 	s6->sin6_family = AF_INET6;
