@@ -1,0 +1,69 @@
+/*
+ * fmt.c - the number appends of include/ringmx/fmt.h. Digits are made
+ * right to left in a small stack buffer and appended as one piece, so a cut
+ * keeps the leading digits like snprintf does.
+ */
+#include "ringmx/fmt.h"
+
+#include <assert.h>
+#include <stdio.h>
+
+#define U64_DIGITS 20 /* 18446744073709551615 */
+
+/* Writes v's decimal digits so that they end at end; returns the first. */
+static char *
+digits_back(char *end, uint64_t v)
+{
+	char *p = end;
+
+	do {
+		*--p = (char)('0' + v % 10);
+		v /= 10;
+	} while (v != 0);
+	return p;
+}
+
+void
+fmt_u64(struct fmt *f, uint64_t v)
+{
+	char b[U64_DIGITS];
+	char *s = digits_back(b + sizeof b, v);
+
+	fmt_bytes(f, s, (size_t)(b + sizeof b - s));
+}
+
+void
+fmt_digits(struct fmt *f, uint64_t v, unsigned width)
+{
+	char b[U64_DIGITS];
+	char *s = digits_back(b + sizeof b, v);
+
+	assert(width <= U64_DIGITS);
+	while (b + sizeof b - s < (ptrdiff_t)width)
+		*--s = '0';
+	fmt_bytes(f, s, (size_t)(b + sizeof b - s));
+}
+
+void
+fmt_secs3(struct fmt *f, uint64_t ns)
+{
+	uint64_t ms = ns / 1000000u, rem = ns % 1000000u;
+
+	/* Below 2^53 the conversion is exact and the division is within
+	 * ns * 2^-53 ns of ns / 1e9, less than the 1 ns that separates any
+	 * other count from a rounding tie: the double rounds like the exact
+	 * quotient, to nearest. Only a tie (the double's side of it decides)
+	 * and longer durations (104 days) take printf's word for it. Like
+	 * printf, this assumes the default rounding mode. */
+	if (rem == 500000u || ns >= (UINT64_C(1) << 53)) {
+		char b[40];
+		int n = snprintf(b, sizeof b, "%.3f", (double)ns / 1e9);
+
+		fmt_bytes(f, b, n > 0 ? (size_t)n : 0);
+		return;
+	}
+	ms += rem > 500000u;
+	fmt_u64(f, ms / 1000u);
+	fmt_char(f, '.');
+	fmt_digits(f, ms % 1000u, 3);
+}
