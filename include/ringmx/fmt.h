@@ -51,6 +51,9 @@ fmt_bytes(struct fmt *f, const void *s, size_t n)
 	f->len += n;
 }
 
+/* A string literal: its length is known at compile time. */
+#define fmt_lit(f, lit) fmt_bytes((f), "" lit, sizeof(lit) - 1)
+
 static inline void
 fmt_str(struct fmt *f, const char *s)
 {

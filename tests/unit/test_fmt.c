@@ -15,27 +15,9 @@
 
 #include <cmocka.h>
 
+#include "test_rnd.h"
+
 #include "ringmx/fmt.h"
-
-static uint64_t rng = 0x9e3779b97f4a7c15u;
-
-/* splitmix64 */
-static uint64_t
-rnd(void)
-{
-	uint64_t z = (rng += 0x9e3779b97f4a7c15u);
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9u;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebu;
-	return z ^ (z >> 31);
-}
-
-/* A value of random magnitude: every digit count turns up. */
-static uint64_t
-rnd_mag(void)
-{
-	unsigned bits = (unsigned)(rnd() % 65);
-	return bits == 64 ? rnd() : rnd() & ((UINT64_C(1) << bits) - 1);
-}
 
 enum piece { P_U64, P_DIGITS, P_SECS3 };
 
