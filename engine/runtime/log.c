@@ -12,7 +12,7 @@
  *
  * No printf per line (docs/logging.md, "Cost"): a line is appended with
  * fmt.h straight into the thread's buffer. What does not change from line
- * to line is made beforehand: " HOST PROG/" and "[PID]: " at log_init(),
+ * to line is made beforehand: " HOST PROG/SERVICE[PID]: " at log_init(),
  * the "YYYY-MM-DDTHH:MM:SS." of the current second once per second and
  * thread (struct log_stamp). test_log.c keeps the snprintf formatter this
  * replaced and compares the two.
@@ -49,24 +49,14 @@ struct log_stamp {
 static __thread struct log_stamp tstamp;
 static void (*clock_fn)(struct timespec *ts);
 
-/* The parts of a line that are the same on every line of the process. */
+/* What comes between the time stamp and the level on every line of one
+ * service: " HOST PROG/SERVICE[PID]: ". log_init() makes them, once. */
+#define LOG_HEAD_MAX 640 /* host (at most 255), prog ("ringmxd"), service, pid */
 struct log_head {
-	size_t host_prog_len, pid_len, pid_num_len;
-	char pid[24];     /* "[4242]: " */
-	char pid_num[16]; /* "4242", for JSON */
-	/* " HOST PROG/": a line is cut at LOG_LINE_CAP, so is this */
-	char host_prog[LOG_LINE_CAP];
+	size_t len;
+	char text[LOG_HEAD_MAX];
 };
-
-/* Made by log_init(); until then the defaults (pid 0), as before. */
-static struct log_head head = {
-    .host_prog_len = sizeof(" " DEFAULT_HOST " " DEFAULT_PROG "/") - 1,
-    .pid_len = sizeof("[0]: ") - 1,
-    .pid_num_len = 1,
-    .pid = "[0]: ",
-    .pid_num = "0",
-    .host_prog = " " DEFAULT_HOST " " DEFAULT_PROG "/",
-};
+static struct log_head heads[LOG_SVC_COUNT];
 
 struct name {
 	const char *s;
@@ -116,23 +106,39 @@ put_int(struct fmt *w, int v)
 }
 
 static void
-head_make(struct log_head *h, const char *hostname, const char *progname, int id)
+head_make(struct log_head *h, const char *hostname, const char *progname, enum log_service svc,
+          int id)
 {
-	struct fmt w = fmt_init(h->host_prog, sizeof(h->host_prog));
+	struct fmt w = fmt_init(h->text, sizeof(h->text));
 	fmt_char(&w, ' ');
 	fmt_str(&w, hostname);
 	fmt_char(&w, ' ');
 	fmt_str(&w, progname);
 	fmt_char(&w, '/');
-	h->host_prog_len = w.len;
-	w = fmt_init(h->pid_num, sizeof(h->pid_num));
-	put_int(&w, id);
-	h->pid_num_len = w.len;
-	w = fmt_init(h->pid, sizeof(h->pid));
+	fmt_bytes(&w, service_names[svc].s, service_names[svc].len);
 	fmt_char(&w, '[');
-	fmt_bytes(&w, h->pid_num, h->pid_num_len);
+	put_int(&w, id);
 	fmt_lit(&w, "]: ");
-	h->pid_len = w.len;
+	assert(w.len < w.cap);
+	h->len = w.len;
+}
+
+static void
+heads_make(int id)
+{
+	for (int svc = 0; svc < LOG_SVC_COUNT; svc++)
+		head_make(&heads[svc], host, prog, (enum log_service)svc, id);
+}
+
+/* A line logged before log_init() (a unit test, an early start-up error)
+ * says localhost, ringmxd and pid 0, as it always did. Before main(), so
+ * no thread can be logging while the heads are written. */
+static void heads_default(void) __attribute__((constructor));
+
+static void
+heads_default(void)
+{
+	heads_make(0);
 }
 
 void
@@ -150,7 +156,7 @@ log_init(const char *progname)
 			host[n] = '\0';
 		}
 	}
-	head_make(&head, host, prog, (int)pid);
+	heads_make((int)pid);
 }
 
 void
@@ -327,8 +333,8 @@ put_json_member(struct fmt *o, const char *name, const char *val, size_t vlen, s
 }
 
 static size_t
-format_json(char *dst, size_t cap, const struct log_origin *o, const struct log_head *h,
-            struct log_stamp *st, const char *body, size_t blen)
+format_json(char *dst, size_t cap, const struct log_origin *o, struct log_stamp *st,
+            const char *body, size_t blen)
 {
 	struct fmt w = fmt_init(dst, cap);
 	/* Room kept for the closing "}\n of a cut text. */
@@ -341,7 +347,7 @@ format_json(char *dst, size_t cap, const struct log_origin *o, const struct log_
 	fmt_lit(&w, ",\"service\":\"");
 	fmt_bytes(&w, service_names[o->svc].s, service_names[o->svc].len);
 	fmt_lit(&w, "\",\"pid\":");
-	fmt_bytes(&w, h->pid_num, h->pid_num_len);
+	put_int(&w, o->pid);
 	fmt_lit(&w, ",\"level\":\"");
 	fmt_bytes(&w, level_names[o->lvl].s, level_names[o->lvl].len);
 	fmt_char(&w, '"');
@@ -375,9 +381,7 @@ format_postfix(char *dst, size_t cap, const struct log_origin *o, const struct l
 {
 	struct fmt w = fmt_init(dst, cap);
 	put_time(&w, st, &o->ts);
-	fmt_bytes(&w, h->host_prog, h->host_prog_len);
-	fmt_bytes(&w, service_names[o->svc].s, service_names[o->svc].len);
-	fmt_bytes(&w, h->pid, h->pid_len);
+	fmt_bytes(&w, h->text, h->len);
 	fmt_bytes(&w, postfix_prefix[o->lvl].s, postfix_prefix[o->lvl].len);
 	/* The tail (" worker=TAG" and the newline) always fits: the text is
 	 * cut to leave room for it. */
@@ -403,7 +407,7 @@ format_line(char *dst, size_t cap, enum log_format fmt, const struct log_origin 
             const struct log_head *h, struct log_stamp *st, const char *body, size_t blen)
 {
 	if (fmt == LOG_FORMAT_JSON)
-		return format_json(dst, cap, o, h, st, body, blen);
+		return format_json(dst, cap, o, st, body, blen);
 	return format_postfix(dst, cap, o, h, st, body, blen);
 }
 
@@ -413,7 +417,7 @@ log_format_line(char *dst, size_t cap, enum log_format fmt, const struct log_ori
 {
 	struct log_head h;
 	struct log_stamp st = {0};
-	head_make(&h, o->host, o->prog, o->pid);
+	head_make(&h, o->host, o->prog, o->svc, o->pid);
 	return format_line(dst, cap, fmt, o, &h, &st, body, blen);
 }
 
@@ -438,15 +442,16 @@ log_line(enum log_service svc, enum log_level lvl, const char *line, size_t len)
 	    (enum log_format)atomic_load_explicit(&log_format_, memory_order_relaxed);
 	if (tlb == NULL) {
 		char tmp[LOG_LINE_CAP];
-		write_all(tmp, format_line(tmp, sizeof(tmp), fmt, &o, &head, &tstamp, line, len));
+		write_all(tmp,
+		          format_line(tmp, sizeof(tmp), fmt, &o, &heads[svc], &tstamp, line, len));
 		return;
 	}
 	/* In place, at the end of what the thread has buffered: a line takes
 	 * at most LOG_LINE_CAP. */
 	if (LOG_BUF_SIZE - tlb->len < LOG_LINE_CAP)
 		log_flush();
-	tlb->len +=
-	    format_line(tlb->buf + tlb->len, LOG_LINE_CAP, fmt, &o, &head, &tstamp, line, len);
+	tlb->len += format_line(tlb->buf + tlb->len, LOG_LINE_CAP, fmt, &o, &heads[svc], &tstamp,
+	                        line, len);
 }
 
 void

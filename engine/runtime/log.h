@@ -102,7 +102,7 @@ void log_set_clock(void (*now)(struct timespec *ts));
 
 /* What a line is made of, apart from its text (log_format_line()). */
 struct log_origin {
-	const char *host;
+	const char *host; /* host and prog: together under 600 bytes */
 	const char *prog;
 	int pid;
 	const char *worker; /* NULL: the main thread, no worker field */

@@ -229,21 +229,27 @@ lb_init(struct logbuf *l)
 }
 
 /* Client-supplied text is logged with control bytes (and, unless it is
- * valid UTF-8, non-ASCII) replaced, so a log line stays one line. */
+ * valid UTF-8, non-ASCII) replaced, so a log line stays one line. One pass
+ * for the usual ASCII text: the UTF-8 check only when a byte needs it
+ * (over the whole text, also when only part of it fits). */
 static void
 lb_put(struct logbuf *l, const char *p, size_t n)
 {
-	bool utf8 = smtp_utf8_valid(p, n);
+	size_t k = n < sizeof l->b - l->f.len ? n : sizeof l->b - l->f.len;
 	char *d = l->b + l->f.len;
+	unsigned char high = 0;
 
-	if (n > sizeof l->b - l->f.len)
-		n = sizeof l->b - l->f.len;
-	for (size_t i = 0; i < n; i++) {
+	for (size_t i = 0; i < k; i++) {
 		unsigned char c = (unsigned char)p[i];
 
-		d[i] = (c < 0x20 || c == 0x7f || (c >= 0x80 && !utf8)) ? '?' : (char)c;
+		high |= c;
+		d[i] = (c < 0x20 || c == 0x7f) ? '?' : (char)c;
 	}
-	l->f.len += n;
+	if ((high & 0x80) && !smtp_utf8_valid(p, n))
+		for (size_t i = 0; i < k; i++)
+			if ((unsigned char)d[i] >= 0x80)
+				d[i] = '?';
+	l->f.len += k;
 }
 
 static void

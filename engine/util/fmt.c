@@ -1,7 +1,7 @@
 /*
  * fmt.c - the number appends of include/ringmx/fmt.h. Digits are made
- * right to left in a small stack buffer and appended as one piece, so a cut
- * keeps the leading digits like snprintf does.
+ * right to left, two at a time, in a small stack buffer and appended as one
+ * piece, so a cut keeps the leading digits like snprintf does.
  */
 #include "ringmx/fmt.h"
 
@@ -10,16 +10,29 @@
 
 #define U64_DIGITS 20 /* 18446744073709551615 */
 
+/* "00" to "99": two digits per division. */
+static const char pairs[] = "00010203040506070809101112131415161718192021222324252627282930313233"
+                            "34353637383940414243444546474849505152535455565758596061626364656667"
+                            "6869707172737475767778798081828384858687888990919293949596979899";
+
 /* Writes v's decimal digits so that they end at end; returns the first. */
 static char *
 digits_back(char *end, uint64_t v)
 {
 	char *p = end;
 
-	do {
-		*--p = (char)('0' + v % 10);
-		v /= 10;
-	} while (v != 0);
+	while (v >= 100) {
+		unsigned r = (unsigned)(v % 100);
+		v /= 100;
+		p -= 2;
+		memcpy(p, pairs + 2 * r, 2);
+	}
+	if (v >= 10) {
+		p -= 2;
+		memcpy(p, pairs + 2 * v, 2);
+	} else {
+		*--p = (char)('0' + v);
+	}
 	return p;
 }
 
