@@ -1,11 +1,13 @@
 /*
  * fmt.c - the number appends of include/ringmx/fmt.h. Digits are made
- * right to left, two at a time, in a small stack buffer and appended as one
- * piece, so a cut keeps the leading digits like snprintf does.
+ * right to left, two at a time, straight into the output when they fit;
+ * otherwise in a small stack buffer appended cut, so that a cut keeps the
+ * leading digits like snprintf does.
  */
 #include "ringmx/fmt.h"
 
 #include <assert.h>
+#include <stdbool.h>
 #include <stdio.h>
 
 #define U64_DIGITS 20 /* 18446744073709551615 */
@@ -36,25 +38,49 @@ digits_back(char *end, uint64_t v)
 	return p;
 }
 
+/* Decimal digits of v: 1 to 20. */
+static unsigned
+digit_count(uint64_t v)
+{
+	unsigned n = 1;
+
+	for (uint64_t p = 10; n < U64_DIGITS && v >= p; p *= 10)
+		n++;
+	return n;
+}
+
+/* At least width digits, zero-padded: straight into place when they fit
+ * (the usual case), else through b and cut. */
+static void
+put_digits(struct fmt *f, uint64_t v, unsigned width)
+{
+	char b[U64_DIGITS];
+	unsigned n = digit_count(v);
+
+	assert(width <= U64_DIGITS);
+	if (n < width)
+		n = width;
+	bool direct = n <= fmt_room(f);
+	char *end = direct ? f->p + f->len + n : b + n;
+	char *s = digits_back(end, v);
+	while (s > end - n)
+		*--s = '0';
+	if (direct)
+		f->len += n;
+	else
+		fmt_bytes(f, b, n);
+}
+
 void
 fmt_u64(struct fmt *f, uint64_t v)
 {
-	char b[U64_DIGITS];
-	char *s = digits_back(b + sizeof b, v);
-
-	fmt_bytes(f, s, (size_t)(b + sizeof b - s));
+	put_digits(f, v, 0);
 }
 
 void
 fmt_digits(struct fmt *f, uint64_t v, unsigned width)
 {
-	char b[U64_DIGITS];
-	char *s = digits_back(b + sizeof b, v);
-
-	assert(width <= U64_DIGITS);
-	while (b + sizeof b - s < (ptrdiff_t)width)
-		*--s = '0';
-	fmt_bytes(f, s, (size_t)(b + sizeof b - s));
+	put_digits(f, v, width);
 }
 
 void
