@@ -808,36 +808,14 @@ conn_after_io(struct worker *w, struct conn *c)
 static void
 log_disconnect(struct worker *w, struct conn *c)
 {
-	const struct smtp_counts *k = &c->session.counts;
-	char line[512];
-	size_t off = (size_t)snprintf(line, sizeof(line), "disconnect from [%s]:%u", c->peer.addr_text,
-				      c->peer.port);
-	if (c->session.helo[0])
-		off += (size_t)snprintf(line + off, sizeof(line) - off, " helo=<%s>", c->session.helo);
-#define COUNT(name)                                                                                \
-	if (k->name && off < sizeof(line))                                                         \
-		off += (size_t)snprintf(line + off, sizeof(line) - off, " " #name "=%u", k->name);
-	COUNT(ehlo)
-	COUNT(helo)
-	COUNT(mail)
-	COUNT(rcpt)
-	COUNT(data)
-	COUNT(bdat)
-	COUNT(rset)
-	COUNT(noop)
-	COUNT(vrfy)
-	COUNT(quit)
-	COUNT(unknown)
-	COUNT(messages)
-	COUNT(errors)
-#undef COUNT
-	if (c->tls != NULL && c->tls->io.done && off < sizeof(line))
-		off += (size_t)snprintf(line + off, sizeof(line) - off, " tls=%s/%s%s", c->tls->version,
-					c->tls->cipher, c->tls->resumed ? "/resumed" : "");
-	if (off < sizeof(line))
-		off += (size_t)snprintf(line + off, sizeof(line) - off, " commands=%u duration=%.3fs",
-					k->commands, (double)(w->now - c->t_connect) / 1e9);
-	log_line(LOG_SERVICE, LOG_INFO, line, off < sizeof(line) ? off : sizeof(line) - 1);
+	if (!log_enabled(LOG_INFO))
+		return;
+	char line[SMTP_DISCONNECT_LINE_MAX];
+	const struct conn_tls *t = c->tls != NULL && c->tls->io.done ? c->tls : NULL;
+	size_t n = smtp_session_disconnect_line(&c->session, &c->peer, t ? t->version : NULL,
+						t ? t->cipher : NULL, t && t->resumed,
+						w->now - c->t_connect, line);
+	log_line(LOG_SERVICE, LOG_INFO, line, n);
 }
 
 static void

@@ -9,10 +9,19 @@
  * Postfix passes them); in JSON the string escapes of RFC 8259 apply and a
  * byte that is not part of valid UTF-8 becomes U+FFFD, so every line is
  * valid UTF-8 JSON.
+ *
+ * No printf per line (docs/logging.md, "Cost"): a line is appended with
+ * fmt.h straight into the thread's buffer. What does not change from line
+ * to line is made beforehand: " HOST PROG/SERVICE[PID]: " at log_init(),
+ * the "YYYY-MM-DDTHH:MM:SS." of the current second once per second and
+ * thread (struct log_stamp). test_log.c keeps the snprintf formatter this
+ * replaced and compares the two.
  */
 #include "log.h"
 #include "qid.h"
+#include "ringmx/fmt.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -23,22 +32,56 @@
 _Atomic int log_threshold_ = LOG_INFO;
 _Atomic int log_format_ = LOG_FORMAT_POSTFIX;
 
-static const char *prog = "ringmxd";
-static char host[256] = "localhost";
+#define DEFAULT_HOST "localhost"
+#define DEFAULT_PROG "ringmxd"
+
+static const char *prog = DEFAULT_PROG;
+static char host[256] = DEFAULT_HOST;
 static pid_t pid;
 static __thread struct log_buf *tlb;
+/* "YYYY-MM-DDTHH:MM:SS." of the second of the thread's last line: gmtime_r
+ * and its formatting once a second, not per line. len 0: none yet. */
+struct log_stamp {
+	time_t sec;
+	size_t len;
+	char text[48];
+};
+static __thread struct log_stamp tstamp;
+static void (*clock_fn)(struct timespec *ts);
 
-static const char *const level_names[] = {"error", "warning", "notice", "info", "debug"};
+/* What comes between the time stamp and the level on every line of one
+ * service: " HOST PROG/SERVICE[PID]: ". log_init() makes them, once. */
+#define LOG_HEAD_MAX 640 /* host (at most 255), prog ("ringmxd"), service, pid */
+struct log_head {
+	size_t len;
+	char text[LOG_HEAD_MAX];
+};
+static struct log_head heads[LOG_SVC_COUNT];
+
+struct name {
+	const char *s;
+	size_t len;
+};
+/* The initialiser of a struct name. */
+#define NAME(lit) lit, sizeof(lit) - 1
+
+static const struct name level_names[] = {
+    {NAME("error")}, {NAME("warning")}, {NAME("notice")}, {NAME("info")}, {NAME("debug")}};
 static const char *const format_names[] = {"postfix", "json"};
-static const char *const service_names[] = {"master", "smtpd", "postscreen", "cleanup",
-                                            "qmgr",   "smtp",  "lmtp",       "dns"};
+static const struct name service_names[] = {
+    {NAME("master")}, {NAME("smtpd")}, {NAME("postscreen")}, {NAME("cleanup")},
+    {NAME("qmgr")},   {NAME("smtp")},  {NAME("lmtp")},       {NAME("dns")}};
 _Static_assert(sizeof(service_names) / sizeof(service_names[0]) == LOG_SVC_COUNT,
                "a name per service");
+/* Postfix writes "warning: " and the like before the text; info and notice
+ * have no word (Postfix has neither), debug is ringmxd's own. */
+static const struct name postfix_prefix[] = {
+    {NAME("error: ")}, {NAME("warning: ")}, {NAME("")}, {NAME("")}, {NAME("debug: ")}};
 
 const char *
 log_level_name(enum log_level lvl)
 {
-	return (unsigned)lvl <= LOG_DEBUG ? level_names[lvl] : NULL;
+	return (unsigned)lvl <= LOG_DEBUG ? level_names[lvl].s : NULL;
 }
 
 const char *
@@ -50,7 +93,52 @@ log_format_name(enum log_format fmt)
 const char *
 log_service_name(enum log_service svc)
 {
-	return (unsigned)svc < LOG_SVC_COUNT ? service_names[svc] : NULL;
+	return (unsigned)svc < LOG_SVC_COUNT ? service_names[svc].s : NULL;
+}
+
+/* "%d" */
+static void
+put_int(struct fmt *w, int v)
+{
+	if (v < 0)
+		fmt_char(w, '-');
+	fmt_u64(w, v < 0 ? (uint64_t)0 - (uint64_t)(int64_t)v : (uint64_t)v);
+}
+
+static void
+head_make(struct log_head *h, const char *hostname, const char *progname, enum log_service svc,
+          int id)
+{
+	struct fmt w = fmt_init(h->text, sizeof(h->text));
+	fmt_char(&w, ' ');
+	fmt_str(&w, hostname);
+	fmt_char(&w, ' ');
+	fmt_str(&w, progname);
+	fmt_char(&w, '/');
+	fmt_bytes(&w, service_names[svc].s, service_names[svc].len);
+	fmt_char(&w, '[');
+	put_int(&w, id);
+	fmt_lit(&w, "]: ");
+	assert(w.len < w.cap);
+	h->len = w.len;
+}
+
+static void
+heads_make(int id)
+{
+	for (int svc = 0; svc < LOG_SVC_COUNT; svc++)
+		head_make(&heads[svc], host, prog, (enum log_service)svc, id);
+}
+
+/* A line logged before log_init() (a unit test, an early start-up error)
+ * says localhost, ringmxd and pid 0, as it always did. Before main(), so
+ * no thread can be logging while the heads are written. */
+static void heads_default(void) __attribute__((constructor));
+
+static void
+heads_default(void)
+{
+	heads_make(0);
 }
 
 void
@@ -68,6 +156,13 @@ log_init(const char *progname)
 			host[n] = '\0';
 		}
 	}
+	heads_make((int)pid);
+}
+
+void
+log_set_clock(void (*now)(struct timespec *ts))
+{
+	clock_fn = now;
 }
 
 void
@@ -109,38 +204,34 @@ log_flush(void)
 
 /* ---- the formatter ---- */
 
-/* A bounded output cursor: writes past the end are dropped, so a caller
- * checks room only where it must keep a tail (a closing quote, the worker). */
-struct out {
-	char *p;
-	size_t n, cap;
-};
+/* The output is a struct fmt (fmt.h): writes past the end are dropped, so a
+ * caller checks room only where it must keep a tail (a closing quote, the
+ * worker). */
 
 static void
-put(struct out *o, const char *s, size_t n)
+stamp_second(struct log_stamp *st, time_t sec)
 {
-	if (n > o->cap - o->n)
-		n = o->cap - o->n;
-	memcpy(o->p + o->n, s, n);
-	o->n += n;
-}
-
-static void
-puts_(struct out *o, const char *s)
-{
-	put(o, s, strlen(s));
-}
-
-static void
-put_time(struct out *o, const struct timespec *ts)
-{
+	if (st->len != 0 && st->sec == sec)
+		return;
 	struct tm tm;
-	char b[40];
-	gmtime_r(&ts->tv_sec, &tm);
-	int n = snprintf(b, sizeof(b), "%04d-%02d-%02dT%02d:%02d:%02d.%06ldZ", tm.tm_year + 1900,
-	                 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-	                 ts->tv_nsec / 1000);
-	put(o, b, n > 0 ? (size_t)n : 0);
+	memset(&tm, 0, sizeof(tm));
+	gmtime_r(&sec, &tm);
+	int n = snprintf(st->text, sizeof(st->text), "%04d-%02d-%02dT%02d:%02d:%02d.",
+	                 tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
+	                 tm.tm_sec);
+	st->len = n > 0 ? (size_t)n : 0;
+	st->sec = sec;
+}
+
+/* 2026-12-04T01:02:03.123456Z */
+static void
+put_time(struct fmt *w, struct log_stamp *st, const struct timespec *ts)
+{
+	assert(ts->tv_nsec >= 0 && ts->tv_nsec < 1000000000);
+	stamp_second(st, ts->tv_sec);
+	fmt_bytes(w, st->text, st->len);
+	fmt_digits(w, (uint64_t)ts->tv_nsec / 1000u, 6);
+	fmt_char(w, 'Z');
 }
 
 /* A line about one message starts "QID: " (qid.h: QID_LEN characters of
@@ -192,7 +283,7 @@ utf8_len(const unsigned char *s, size_t n)
 /* A JSON string's content; stops before it would write past limit, and
  * never writes half an escape or half a UTF-8 sequence. */
 static void
-put_json_text(struct out *o, const char *s, size_t n, size_t limit)
+put_json_text(struct fmt *o, const char *s, size_t n, size_t limit)
 {
 	static const char hex[] = "0123456789abcdef";
 	for (size_t i = 0; i < n;) {
@@ -224,43 +315,42 @@ put_json_text(struct out *o, const char *s, size_t n, size_t limit)
 			memcpy(e, "\\ufffd", 6);
 			en = 6;
 		}
-		if (en > limit - o->n)
+		if (en > limit - o->len)
 			return;
-		put(o, src, en);
+		fmt_bytes(o, src, en);
 		i += step;
 	}
 }
 
 static void
-put_json_member(struct out *o, const char *name, const char *val, size_t vlen, size_t limit)
+put_json_member(struct fmt *o, const char *name, const char *val, size_t vlen, size_t limit)
 {
-	puts_(o, ",\"");
-	puts_(o, name);
-	puts_(o, "\":\"");
+	fmt_lit(o, ",\"");
+	fmt_str(o, name);
+	fmt_lit(o, "\":\"");
 	put_json_text(o, val, vlen, limit);
-	puts_(o, "\"");
+	fmt_char(o, '"');
 }
 
 static size_t
-format_json(char *dst, size_t cap, const struct log_origin *o, const char *body, size_t blen)
+format_json(char *dst, size_t cap, const struct log_origin *o, struct log_stamp *st,
+            const char *body, size_t blen)
 {
-	struct out w = {dst, 0, cap};
-	char num[24];
+	struct fmt w = fmt_init(dst, cap);
 	/* Room kept for the closing "}\n of a cut text. */
 	size_t limit = cap - 3;
-	puts_(&w, "{\"timestamp\":\"");
-	put_time(&w, &o->ts);
-	puts_(&w, "\"");
+	fmt_lit(&w, "{\"timestamp\":\"");
+	put_time(&w, st, &o->ts);
+	fmt_char(&w, '"');
 	put_json_member(&w, "host", o->host, strlen(o->host), limit);
 	put_json_member(&w, "program", o->prog, strlen(o->prog), limit);
-	puts_(&w, ",\"service\":\"");
-	puts_(&w, service_names[o->svc]);
-	snprintf(num, sizeof(num), "%d", o->pid);
-	puts_(&w, "\",\"pid\":");
-	puts_(&w, num);
-	puts_(&w, ",\"level\":\"");
-	puts_(&w, level_names[o->lvl]);
-	puts_(&w, "\"");
+	fmt_lit(&w, ",\"service\":\"");
+	fmt_bytes(&w, service_names[o->svc].s, service_names[o->svc].len);
+	fmt_lit(&w, "\",\"pid\":");
+	put_int(&w, o->pid);
+	fmt_lit(&w, ",\"level\":\"");
+	fmt_bytes(&w, level_names[o->lvl].s, level_names[o->lvl].len);
+	fmt_char(&w, '"');
 	if (o->worker != NULL)
 		put_json_member(&w, "worker", o->worker, strlen(o->worker), limit);
 	size_t q = leading_qid(body, blen);
@@ -270,55 +360,65 @@ format_json(char *dst, size_t cap, const struct log_origin *o, const char *body,
 		blen -= q + 2;
 	}
 	put_json_member(&w, "text", body, blen, limit);
-	put(&w, "}\n", 2);
-	return w.n;
+	fmt_lit(&w, "}\n");
+	return w.len;
 }
 
-/* Postfix writes "warning: " and the like before the text; info and notice
- * have no word (Postfix has neither), debug is ringmxd's own. */
-static const char *const postfix_prefix[] = {"error: ", "warning: ", "", "", "debug: "};
+/* A control byte becomes '?'. A loop the compiler can vectorise: this is
+ * most of a line's bytes. */
+static void
+copy_text(char *restrict d, const char *restrict s, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+		d[i] = c < 0x20 || c == 0x7f ? '?' : (char)c;
+	}
+}
 
 static size_t
-format_postfix(char *dst, size_t cap, const struct log_origin *o, const char *body, size_t blen)
+format_postfix(char *dst, size_t cap, const struct log_origin *o, const struct log_head *h,
+               struct log_stamp *st, const char *body, size_t blen)
 {
-	struct out w = {dst, 0, cap};
-	char head[64];
-	put_time(&w, &o->ts);
-	put(&w, " ", 1);
-	puts_(&w, o->host);
-	put(&w, " ", 1);
-	puts_(&w, o->prog);
-	put(&w, "/", 1);
-	puts_(&w, service_names[o->svc]);
-	int n = snprintf(head, sizeof(head), "[%d]: %s", o->pid, postfix_prefix[o->lvl]);
-	put(&w, head, n > 0 ? (size_t)n : 0);
+	struct fmt w = fmt_init(dst, cap);
+	put_time(&w, st, &o->ts);
+	fmt_bytes(&w, h->text, h->len);
+	fmt_bytes(&w, postfix_prefix[o->lvl].s, postfix_prefix[o->lvl].len);
 	/* The tail (" worker=TAG" and the newline) always fits: the text is
 	 * cut to leave room for it. */
-	size_t tail = 1 + (o->worker != NULL ? 8 + strlen(o->worker) : 0);
-	size_t room = w.n + tail < cap ? cap - w.n - tail : 0;
+	size_t wlen = o->worker != NULL ? strlen(o->worker) : 0;
+	size_t tail = 1 + (o->worker != NULL ? 8 + wlen : 0);
+	size_t room = w.len + tail < cap ? cap - w.len - tail : 0;
 	if (blen > room)
 		blen = room;
-	for (size_t i = 0; i < blen; i++) {
-		unsigned char c = (unsigned char)body[i];
-		dst[w.n++] = c < 0x20 || c == 0x7f ? '?' : (char)c;
-	}
+	copy_text(dst + w.len, body, blen);
+	w.len += blen;
 	if (o->worker != NULL) {
-		puts_(&w, " worker=");
-		puts_(&w, o->worker);
+		fmt_lit(&w, " worker=");
+		fmt_bytes(&w, o->worker, wlen);
 	}
-	if (w.n == cap)
-		w.n--;
-	dst[w.n++] = '\n';
-	return w.n;
+	if (w.len == cap)
+		w.len--;
+	dst[w.len++] = '\n';
+	return w.len;
+}
+
+static size_t
+format_line(char *dst, size_t cap, enum log_format fmt, const struct log_origin *o,
+            const struct log_head *h, struct log_stamp *st, const char *body, size_t blen)
+{
+	if (fmt == LOG_FORMAT_JSON)
+		return format_json(dst, cap, o, st, body, blen);
+	return format_postfix(dst, cap, o, h, st, body, blen);
 }
 
 size_t
 log_format_line(char *dst, size_t cap, enum log_format fmt, const struct log_origin *o,
                 const char *body, size_t blen)
 {
-	if (fmt == LOG_FORMAT_JSON)
-		return format_json(dst, cap, o, body, blen);
-	return format_postfix(dst, cap, o, body, blen);
+	struct log_head h;
+	struct log_stamp st = {0};
+	head_make(&h, o->host, o->prog, o->svc, o->pid);
+	return format_line(dst, cap, fmt, o, &h, &st, body, blen);
 }
 
 /* ---- logging ---- */
@@ -334,19 +434,24 @@ log_line(enum log_service svc, enum log_level lvl, const char *line, size_t len)
 	                       .worker = tlb != NULL ? tlb->tag : NULL,
 	                       .svc = svc,
 	                       .lvl = lvl};
-	clock_gettime(CLOCK_REALTIME, &o.ts);
-	char tmp[LOG_LINE_CAP];
+	if (clock_fn != NULL)
+		clock_fn(&o.ts);
+	else
+		clock_gettime(CLOCK_REALTIME, &o.ts);
 	enum log_format fmt =
 	    (enum log_format)atomic_load_explicit(&log_format_, memory_order_relaxed);
-	size_t n = log_format_line(tmp, sizeof(tmp), fmt, &o, line, len);
 	if (tlb == NULL) {
-		write_all(tmp, n);
+		char tmp[LOG_LINE_CAP];
+		write_all(tmp,
+		          format_line(tmp, sizeof(tmp), fmt, &o, &heads[svc], &tstamp, line, len));
 		return;
 	}
-	if (LOG_BUF_SIZE - tlb->len < n)
+	/* In place, at the end of what the thread has buffered: a line takes
+	 * at most LOG_LINE_CAP. */
+	if (LOG_BUF_SIZE - tlb->len < LOG_LINE_CAP)
 		log_flush();
-	memcpy(tlb->buf + tlb->len, tmp, n);
-	tlb->len += n;
+	tlb->len += format_line(tlb->buf + tlb->len, LOG_LINE_CAP, fmt, &o, &heads[svc], &tstamp,
+	                        line, len);
 }
 
 void

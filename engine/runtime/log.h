@@ -14,11 +14,11 @@
  * the queue id right after "]: ". log_format = json: the same fields as the
  * members of one object per line.
  *
- * Each worker formats into its own buffer (struct log_buf) and writes it with
- * one write(2) per event-loop iteration, so logging costs no syscall per line
- * and lines from different workers never interleave mid-line (each write is
- * a run of whole lines, O_APPEND/pipe semantics keep them atomic up to
- * PIPE_BUF per line in practice). The main thread logs unbuffered.
+ * Each worker formats into its own buffer (struct log_buf), each line in
+ * place at its end, and writes it with one write(2) per event-loop iteration, so logging costs no
+ * syscall per line and lines from different workers never interleave mid-line (each write is a run
+ * of whole lines, O_APPEND/pipe semantics keep them atomic up to PIPE_BUF per line in practice).
+ * The main thread logs unbuffered.
  *
  * Every .c file that logs defines LOG_SERVICE (an enum log_service) before
  * its first log_*() call: the default service of its lines. A file without
@@ -87,6 +87,8 @@ void vlogmsg(enum log_service svc, enum log_level lvl, const char *fmt, va_list 
     __attribute__((format(printf, 3, 0)));
 /* A pre-formatted line (no trailing newline). */
 void log_line(enum log_service svc, enum log_level lvl, const char *line, size_t len);
+/* Where log_line() reads the time, for tests (NULL: CLOCK_REALTIME). */
+void log_set_clock(void (*now)(struct timespec *ts));
 
 #define log_err(...)    logmsg(LOG_SERVICE, LOG_ERR, __VA_ARGS__)
 #define log_warn(...)   logmsg(LOG_SERVICE, LOG_WARN, __VA_ARGS__)
@@ -100,7 +102,7 @@ void log_line(enum log_service svc, enum log_level lvl, const char *line, size_t
 
 /* What a line is made of, apart from its text (log_format_line()). */
 struct log_origin {
-	const char *host;
+	const char *host; /* host and prog: together under 600 bytes */
 	const char *prog;
 	int pid;
 	const char *worker; /* NULL: the main thread, no worker field */
@@ -110,7 +112,8 @@ struct log_origin {
 };
 
 /* Format one whole line, newline included, into dst (cap >= 256) and return
- * its length. Pure: no clock, no I/O; the unit tests call it directly. */
+ * its length. Pure: no clock, no I/O; the unit tests call it directly.
+ * ts.tv_nsec is in [0, 1e9) (clock_gettime's). */
 size_t log_format_line(char *dst, size_t cap, enum log_format fmt, const struct log_origin *o,
                        const char *body, size_t blen);
 /* Configuration words, for config and docs: "debug", "postfix", ... NULL past the end. */

@@ -168,6 +168,14 @@ int smtp_parse_bdat(const char *p, size_t n, uint64_t *count, bool *last);
 /* ASCII case-insensitive equality of n bytes (locale-free). */
 bool smtp_ieq(const char *a, const char *b, size_t n);
 
+/* The lines the session gives hooks->log (smtp_session.c; test_smtp_log.c
+ * calls them directly): a transaction's end, smtpd's line and, when it was
+ * sent (queued), qmgr's; a MAIL or RCPT refusal. text is the reply, CRLF
+ * included. Nothing without a log hook. */
+void smtp_log_message(struct smtp_session *s, const char *text, size_t len, bool sent);
+void smtp_log_reject(struct smtp_session *s, const char *verb, const char *text, size_t len,
+		     const char *addr, size_t addr_len);
+
 /* Command handlers (smtp_session.c), referenced by the verb table. */
 smtp_cmd_fn smtp_cmd_helo, smtp_cmd_ehlo, smtp_cmd_mail, smtp_cmd_rcpt, smtp_cmd_data,
 	smtp_cmd_bdat, smtp_cmd_rset, smtp_cmd_noop, smtp_cmd_quit, smtp_cmd_vrfy, smtp_cmd_expn,

@@ -30,6 +30,7 @@
 #include <stdio.h>
 #include <time.h>
 
+#include "ringmx/fmt.h"
 #include "smtp_internal.h"
 
 /* Bits for a command line's bare CR/LF (carry_bad). */
@@ -211,114 +212,194 @@ replyf(struct smtp_session *s, const char *fmt, ...)
 
 /* ---- log hook ---- */
 
+/* A line for hooks->log, built with fmt.h (no printf: these lines are per
+ * message). The formatted pieces stop one byte short of the end, where
+ * vsnprintf put its NUL when it built these lines, and client text
+ * (lb_put) may take that byte, so a cut line is cut where it always was
+ * (test_smtp_log.c keeps the vsnprintf builder to compare). */
 struct logbuf {
-	size_t n;
+	struct fmt f;
 	char b[LOG_LINE_MAX];
 };
 
+static void
+lb_init(struct logbuf *l)
+{
+	l->f = fmt_init(l->b, sizeof l->b - 1);
+}
+
 /* Client-supplied text is logged with control bytes (and, unless it is
- * valid UTF-8, non-ASCII) replaced, so a log line stays one line. */
+ * valid UTF-8, non-ASCII) replaced, so a log line stays one line. One pass
+ * for the usual ASCII text: the UTF-8 check only when a byte needs it
+ * (over the whole text, also when only part of it fits). */
 static void
 lb_put(struct logbuf *l, const char *p, size_t n)
 {
-	bool utf8 = smtp_utf8_valid(p, n);
+	size_t k = n < sizeof l->b - l->f.len ? n : sizeof l->b - l->f.len;
+	char *d = l->b + l->f.len;
+	unsigned char high = 0;
 
-	for (size_t i = 0; i < n && l->n < sizeof l->b; i++) {
+	for (size_t i = 0; i < k; i++) {
 		unsigned char c = (unsigned char)p[i];
 
-		l->b[l->n++] = (c < 0x20 || c == 0x7f || (c >= 0x80 && !utf8)) ? '?' : (char)c;
+		high |= c;
+		d[i] = (c < 0x20 || c == 0x7f) ? '?' : (char)c;
 	}
-}
-
-static void lb_fmt(struct logbuf *l, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void
-lb_fmt(struct logbuf *l, const char *fmt, ...)
-{
-	va_list ap;
-	int len;
-
-	if (l->n >= sizeof l->b)
-		return;
-	va_start(ap, fmt);
-	len = vsnprintf(l->b + l->n, sizeof l->b - l->n, fmt, ap);
-	va_end(ap);
-	if (len > 0)
-		l->n += (size_t)len < sizeof l->b - l->n ? (size_t)len : sizeof l->b - l->n - 1;
+	if ((high & 0x80) && !smtp_utf8_valid(p, n))
+		for (size_t i = 0; i < k; i++)
+			if ((unsigned char)d[i] >= 0x80)
+				d[i] = '?';
+	l->f.len += k;
 }
 
 static void
 lb_client(struct logbuf *l, const struct smtp_session *s)
 {
-	if (s->peer != NULL)
-		lb_fmt(l, "[%s]:%u", s->peer->addr_text, (unsigned)s->peer->port);
-	else
-		lb_fmt(l, "[unknown]");
+	if (s->peer != NULL) {
+		fmt_char(&l->f, '[');
+		fmt_str(&l->f, s->peer->addr_text);
+		fmt_lit(&l->f, "]:");
+		fmt_u64(&l->f, s->peer->port);
+	} else {
+		fmt_lit(&l->f, "[unknown]");
+	}
 }
 
 static void
 lb_emit(struct smtp_session *s, enum smtp_log_role role, struct logbuf *l)
 {
-	if (s->hooks != NULL && s->hooks->log != NULL)
-		s->hooks->log(s->owner, role, l->b, l->n);
+	s->hooks->log(s->owner, role, l->b, l->f.len);
 }
 
 /* NOQUEUE: reject: MAIL/RCPT from [ip]:port: <reply>; from=<> [to=<>] ... */
-static void
-log_reject(struct smtp_session *s, const char *verb, const char *text, size_t len,
-	   const char *addr, size_t addr_len)
+void
+smtp_log_reject(struct smtp_session *s, const char *verb, const char *text, size_t len,
+		const char *addr, size_t addr_len)
 {
 	struct logbuf l;
 
 	if (s->hooks == NULL || s->hooks->log == NULL)
 		return;
-	l.n = 0;
-	lb_fmt(&l, "NOQUEUE: reject: %s from ", verb);
+	lb_init(&l);
+	fmt_lit(&l.f, "NOQUEUE: reject: ");
+	fmt_str(&l.f, verb);
+	fmt_lit(&l.f, " from ");
 	lb_client(&l, s);
-	lb_fmt(&l, ": ");
+	fmt_lit(&l.f, ": ");
 	lb_put(&l, text, len - 2);
-	lb_fmt(&l, "; from=<");
+	fmt_lit(&l.f, "; from=<");
 	if (verb[0] == 'M') {
 		lb_put(&l, addr, addr_len);
 	} else {
 		lb_put(&l, s->mail_from, strlen(s->mail_from));
-		lb_fmt(&l, "> to=<");
+		fmt_lit(&l.f, "> to=<");
 		lb_put(&l, addr, addr_len);
 	}
-	lb_fmt(&l, "> proto=%s helo=<", s->esmtp ? "ESMTP" : "SMTP");
+	if (s->esmtp)
+		fmt_lit(&l.f, "> proto=ESMTP helo=<");
+	else
+		fmt_lit(&l.f, "> proto=SMTP helo=<");
 	lb_put(&l, s->helo, strlen(s->helo));
-	lb_fmt(&l, ">");
+	fmt_char(&l.f, '>');
 	lb_emit(s, SMTP_LOG_SESSION, &l);
 }
 
-static void
-log_message(struct smtp_session *s, const char *text, size_t len, bool sent)
+void
+smtp_log_message(struct smtp_session *s, const char *text, size_t len, bool sent)
 {
 	struct logbuf l;
 
 	if (s->hooks == NULL || s->hooks->log == NULL)
 		return;
-	l.n = 0;
-	lb_fmt(&l, "%s: client=", s->qid);
+	lb_init(&l);
+	fmt_str(&l.f, s->qid);
+	fmt_lit(&l.f, ": client=");
 	lb_client(&l, s);
-	lb_fmt(&l, ", helo=<");
+	fmt_lit(&l.f, ", helo=<");
 	lb_put(&l, s->helo, strlen(s->helo));
-	lb_fmt(&l, ">, from=<");
+	fmt_lit(&l.f, ">, from=<");
 	lb_put(&l, s->mail_from, strlen(s->mail_from));
-	lb_fmt(&l, ">, nrcpt=%" PRIu32 ", size=%" PRIu64 ", status=%s (", s->tx_nrcpt,
-	       s->body.size, sent ? "queued" : "rejected");
+	fmt_lit(&l.f, ">, nrcpt=");
+	fmt_u64(&l.f, s->tx_nrcpt);
+	fmt_lit(&l.f, ", size=");
+	fmt_u64(&l.f, s->body.size);
+	if (sent)
+		fmt_lit(&l.f, ", status=queued (");
+	else
+		fmt_lit(&l.f, ", status=rejected (");
 	lb_put(&l, text, len - 2);
-	lb_fmt(&l, ")");
+	fmt_char(&l.f, ')');
 	lb_emit(s, SMTP_LOG_SESSION, &l);
 	if (!sent)
 		return;
 	/* Postfix's qmgr line, after smtpd's: pflogsumm takes sender and size
 	 * from it, and only for a queue id whose client= line it has seen. */
-	l.n = 0;
-	lb_fmt(&l, "%s: from=<", s->qid);
+	lb_init(&l);
+	fmt_str(&l.f, s->qid);
+	fmt_lit(&l.f, ": from=<");
 	lb_put(&l, s->mail_from, strlen(s->mail_from));
-	lb_fmt(&l, ">, size=%" PRIu64 ", nrcpt=%" PRIu32 " (queued)", s->body.size, s->tx_nrcpt);
+	fmt_lit(&l.f, ">, size=");
+	fmt_u64(&l.f, s->body.size);
+	fmt_lit(&l.f, ", nrcpt=");
+	fmt_u64(&l.f, s->tx_nrcpt);
+	fmt_lit(&l.f, " (queued)");
 	lb_emit(s, SMTP_LOG_QUEUE, &l);
+}
+
+/* The counters of the disconnect line, in Postfix's order. */
+static const struct {
+	char name[11]; /* " ehlo=" */
+	uint8_t len;
+	uint8_t off; /* in struct smtp_counts */
+} disconnect_counts[] = {
+#define COUNT(f) {" " #f "=", sizeof(" " #f "=") - 1, offsetof(struct smtp_counts, f)}
+	COUNT(ehlo), COUNT(helo), COUNT(mail), COUNT(rcpt), COUNT(data),
+	COUNT(bdat), COUNT(rset), COUNT(noop), COUNT(vrfy), COUNT(quit),
+	COUNT(unknown), COUNT(messages), COUNT(errors),
+#undef COUNT
+};
+
+size_t
+smtp_session_disconnect_line(const struct smtp_session *s, const struct smtp_peer *peer,
+			     const char *tls_version, const char *tls_cipher, bool tls_resumed,
+			     uint64_t duration_ns, char *dst)
+{
+	/* One byte short of the buffer, as the snprintf chain that built
+	 * this line before left room for its NUL. */
+	struct fmt f = fmt_init(dst, SMTP_DISCONNECT_LINE_MAX - 1);
+
+	fmt_lit(&f, "disconnect from [");
+	fmt_str(&f, peer->addr_text);
+	fmt_lit(&f, "]:");
+	fmt_u64(&f, peer->port);
+	if (s->helo[0]) {
+		fmt_lit(&f, " helo=<");
+		fmt_str(&f, s->helo);
+		fmt_char(&f, '>');
+	}
+	for (size_t i = 0; i < sizeof disconnect_counts / sizeof disconnect_counts[0]; i++) {
+		uint32_t v;
+
+		memcpy(&v, (const char *)&s->counts + disconnect_counts[i].off, sizeof v);
+		if (v != 0) {
+			fmt_bytes(&f, disconnect_counts[i].name, disconnect_counts[i].len);
+			fmt_u64(&f, v);
+		}
+	}
+	if (tls_version != NULL) {
+		fmt_lit(&f, " tls=");
+		fmt_str(&f, tls_version);
+		fmt_char(&f, '/');
+		fmt_str(&f, tls_cipher);
+		if (tls_resumed)
+			fmt_lit(&f, "/resumed");
+	}
+	fmt_lit(&f, " commands=");
+	fmt_u64(&f, s->counts.commands);
+	fmt_lit(&f, " duration=");
+	fmt_secs3(&f, duration_ns);
+	fmt_char(&f, 's');
+	return f.len;
 }
 
 /* A MAIL/RCPT refusal: the reply plus one log line. */
@@ -326,7 +407,7 @@ static void
 reject(struct smtp_session *s, const char *verb, const char *text, size_t len, const char *addr,
        size_t addr_len)
 {
-	log_reject(s, verb, text, len, addr, addr_len);
+	smtp_log_reject(s, verb, text, len, addr, addr_len);
 	reply(s, text, len);
 }
 
@@ -469,7 +550,7 @@ message_done(struct smtp_session *s, const char *text, size_t len, bool sent)
 	} else {
 		s->stats->messages_rejected++;
 	}
-	log_message(s, text, len, sent);
+	smtp_log_message(s, text, len, sent);
 	tx_abort(s); /* no-op unless refused before tx_commit */
 	enter(s, SMTP_S_READY);
 	reply(s, text, len);

@@ -378,6 +378,20 @@ void smtp_session_set_waiter(struct smtp_session *s, struct sink_waiter *w);
 void smtp_session_tls_started(struct smtp_session *s, const char *version, const char *cipher,
 			      uint64_t now_ns);
 
+/*
+ * The connection's last log line, in Postfix's words: "disconnect from
+ * [ADDR]:PORT helo=<HELO> ehlo=1 mail=1 ... commands=N duration=S.mmms"
+ * (a counter only when it is not 0; " tls=VERSION/CIPHER[/resumed]" before
+ * commands= when tls_version is not NULL). peer is where the client is,
+ * duration_ns how long it was connected. Writes at most
+ * SMTP_DISCONNECT_LINE_MAX - 1 bytes into dst (no newline, no NUL; a
+ * longer line is cut) and returns how many. Pure: no hook, no clock.
+ */
+#define SMTP_DISCONNECT_LINE_MAX 512
+size_t smtp_session_disconnect_line(const struct smtp_session *s, const struct smtp_peer *peer,
+				    const char *tls_version, const char *tls_cipher,
+				    bool tls_resumed, uint64_t duration_ns, char *dst);
+
 /* ---- building blocks, exposed for tests, fuzzing and benchmarks ---- */
 
 /* RFC 5321 mailbox checks. Return 0 if valid, else one of SMTP_ADDR_*. */
