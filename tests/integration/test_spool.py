@@ -15,7 +15,8 @@ import subprocess
 import tempfile
 import time
 
-from ringmx_harness import Suite, Server, check, check_eq, fail, run, wait_for, TIMEOUT
+from ringmx_harness import Suite, Server, Skip, check, check_eq, fail, run, wait_for, TIMEOUT
+from dio_util import dio_tmpdir
 from relay_util import load_tool
 
 T = Suite(__file__)
@@ -102,13 +103,20 @@ def msg_offsets(data):
     return out
 
 
-def tmp_spool():
-    d = tempfile.mkdtemp(prefix="ringmx-spool-test-")
+def tmp_spool(direct=False):
+    """A temporary directory and the spool in it; direct: on a file system
+    where ringmxd can write with spool_io = direct (dio_util)."""
+    base = None
+    if direct:
+        base = dio_tmpdir()
+        if base is None:
+            raise Skip("no file system with a direct I/O alignment here (/tmp, the build dir)")
+    d = tempfile.mkdtemp(prefix="ringmx-spool-test-", dir=base)
     return d, os.path.join(d, "spool")
 
 
 def byte_exact(mode):
-    d, spool = tmp_spool()
+    d, spool = tmp_spool(direct=mode == "direct")
     try:
         with SpoolServer(spool, extra=["-o", "spool_io=" + mode]) as srv:
             srv.wait_log(r"spool_io %s," % mode)
@@ -153,7 +161,7 @@ def byte_exact(mode):
 
 @T.test("spool_io=auto: direct without a relay, buffered when the relay reads the spool back")
 def _():
-    d, spool = tmp_spool()
+    d, spool = tmp_spool(direct=True)
     try:
         with SpoolServer(spool) as srv:
             srv.wait_log(r"durability fsync, spool_io direct,")
@@ -413,7 +421,7 @@ def _():
 
 @T.test("spool_io=direct: large writes get segments fallocated ahead, small ones zero-filled")
 def _():
-    d, spool = tmp_spool()
+    d, spool = tmp_spool(direct=True)
     try:
         # 2 MiB segments. 300 KB records, one per write: past the middle of
         # segment 1 (zero-filled at start-up) the next one is prepared without zeros (writing them
@@ -448,7 +456,7 @@ def _():
 
 
 def prepared_renamed(mode):
-    d, spool = tmp_spool()
+    d, spool = tmp_spool(direct=mode == "direct")
     try:
         with SpoolServer(spool, extra=["-o", "segment_size=256k", "-o", "spool_io=" + mode],
                          workers=1) as srv:

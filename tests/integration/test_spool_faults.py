@@ -19,17 +19,22 @@ import time
 
 from ringmx_harness import Suite, Server, Skip, check, check_eq, qid_of, TIMEOUT
 from nexthop import FakeMX
+from dio_util import dio_tmpdir
 from relay_util import RelayServer, hop, qid_in, spool_cmd, spool_tool, use_fault_daemon
 
 T = Suite(__file__)
 
 
 @contextlib.contextmanager
-def faulty_spool(hook, segment_size):
+def faulty_spool(hook, segment_size, direct=False):
     """A temporary spool, the fault daemon, and hook armed by a file that
-    does not exist yet: yields (spool, fault file, ringmxd args)."""
+    does not exist yet: yields (spool, fault file, ringmxd args). direct: on a
+    file system where spool_io = direct works (dio_util)."""
     use_fault_daemon()
-    d = tempfile.mkdtemp(prefix="ringmx-faults-")
+    base = dio_tmpdir() if direct else None
+    if direct and base is None:
+        raise Skip("no file system with a direct I/O alignment here (/tmp, the build dir)")
+    d = tempfile.mkdtemp(prefix="ringmx-faults-", dir=base)
     spool = os.path.join(d, "spool")
     fault = os.path.join(d, "fault-" + hook)
     os.environ[hook] = fault
@@ -118,7 +123,7 @@ def _():
 
 
 def sync_fails(mode, what):
-    with faulty_spool("RINGMX_FAULT_FSYNC", "1m") as (spool, fault, args):
+    with faulty_spool("RINGMX_FAULT_FSYNC", "1m", direct=mode == "direct") as (spool, fault, args):
         good = []
         with Server(args=args + ["-o", "spool_io=" + mode], workers=1) as srv:
             srv.wait_log(r"spool_io %s" % mode)
